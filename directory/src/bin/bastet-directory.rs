@@ -1,0 +1,88 @@
+//! `bastet-directory`: a Bastet directory authority.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bastet_directory::server::{self, AuthorityConfig};
+use bastet_sphinx::NodeId;
+use clap::{Parser, Subcommand};
+
+/// A Bastet directory authority: admits nodes and publishes a signed
+/// consensus of their keys every epoch.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a data directory with a fresh key, TLS certificate and config.
+    Init {
+        /// Data directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// HTTPS API address.
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: SocketAddr,
+        /// Plain-HTTP /health and /metrics address.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+        /// Epoch length in seconds.
+        #[arg(long, default_value_t = 3600)]
+        epoch_secs: u64,
+        /// Admit this node id (repeat for each node).
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+    },
+    /// Run the authority.
+    Run {
+        /// Path to authority.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BASTET_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bastet-directory: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Init {
+            dir,
+            listen,
+            metrics_listen,
+            epoch_secs,
+            allow,
+        } => {
+            let allowed = allow
+                .iter()
+                .map(|s| NodeId::from_hex(s).ok_or_else(|| format!("--allow {s:?}: not a node id")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let info = server::init(&dir, listen, metrics_listen, epoch_secs, &allowed)?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
+        Command::Run { config } => {
+            let config: AuthorityConfig =
+                bastet_directory::load_config(&config, "BASTET_DIRECTORY")?;
+            tokio::runtime::Runtime::new()?.block_on(server::run(config))?;
+            Ok(())
+        }
+    }
+}

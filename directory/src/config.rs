@@ -1,0 +1,176 @@
+//! How every process names the directory authorities it trusts, and the one
+//! configuration loader all Bastet binaries use.
+
+use std::path::Path;
+
+use bastet_link::CertPin;
+use ed25519_dalek::VerifyingKey;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// One pinned directory authority.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityRef {
+    /// `https://host:port` of its API.
+    pub url: String,
+    /// Its Ed25519 signing key, 64 hex digits.
+    pub identity_key: String,
+    /// Pin of its TLS certificate, 64 hex digits.
+    pub tls_pin: String,
+}
+
+impl AuthorityRef {
+    /// The parsed signing key.
+    pub fn key(&self) -> Result<VerifyingKey> {
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(self.identity_key.trim(), &mut b)
+            .ok()
+            .and_then(|()| VerifyingKey::from_bytes(&b).ok())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "directory.authorities: identity_key {:?} is not an Ed25519 key in hex",
+                    self.identity_key
+                ))
+            })
+    }
+
+    /// The parsed TLS pin.
+    pub fn pin(&self) -> Result<CertPin> {
+        CertPin::from_hex(&self.tls_pin).map_err(|_| {
+            Error::Config(format!(
+                "directory.authorities: tls_pin {:?} is not 64 hex digits",
+                self.tls_pin
+            ))
+        })
+    }
+}
+
+/// The `[directory]` section of node and client configs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// The authorities whose keys are pinned.
+    pub authorities: Vec<AuthorityRef>,
+    /// How many of them must sign a consensus (default: a majority).
+    #[serde(default)]
+    pub threshold: Option<usize>,
+    /// Length of an epoch in seconds; must match the authorities'.
+    #[serde(default = "default_epoch_secs")]
+    pub epoch_secs: u64,
+}
+
+fn default_epoch_secs() -> u64 {
+    3600
+}
+
+impl DirectoryConfig {
+    /// The threshold in force: the configured one, or ⌊n/2⌋+1.
+    pub fn threshold(&self) -> usize {
+        self.threshold
+            .unwrap_or(self.authorities.len() / 2 + 1)
+    }
+
+    /// Checks the section, naming the key at fault.
+    pub fn validate(&self) -> Result<()> {
+        if self.authorities.is_empty() {
+            return Err(Error::Config(
+                "directory.authorities: at least one authority is required".into(),
+            ));
+        }
+        for a in &self.authorities {
+            a.key()?;
+            a.pin()?;
+            if !a.url.starts_with("https://") {
+                return Err(Error::Config(format!(
+                    "directory.authorities: url {:?} must start with https://",
+                    a.url
+                )));
+            }
+        }
+        let t = self.threshold();
+        if t == 0 || t > self.authorities.len() {
+            return Err(Error::Config(format!(
+                "directory.threshold: {t} must be between 1 and the number of authorities ({})",
+                self.authorities.len()
+            )));
+        }
+        if self.epoch_secs < 10 {
+            return Err(Error::Config(
+                "directory.epoch_secs: must be at least 10".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Loads a TOML config file into `T`, with environment overrides
+/// `{env_prefix}__SECTION__KEY=value` (e.g. `BASTET_MIXNODE__LISTEN`).
+/// Unknown keys are refused by `T`'s `deny_unknown_fields`; the error names
+/// the file and the key.
+pub fn load_config<T: DeserializeOwned>(path: &Path, env_prefix: &str) -> Result<T> {
+    if !path.exists() {
+        return Err(Error::Config(format!(
+            "{} does not exist (create it with `init`)",
+            path.display()
+        )));
+    }
+    config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(env_prefix)
+                .prefix_separator("__")
+                .separator("__"),
+        )
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Sample {
+        listen: String,
+        directory: DirectoryConfig,
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"x\"\nlisten_port = 3\n[directory]\nauthorities = []\n",
+        )
+        .unwrap();
+        let err = load_config::<Sample>(&path, "BASTET_TEST_UNKNOWN").unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn threshold_defaults_to_majority_and_is_checked() {
+        let a = AuthorityRef {
+            url: "https://127.0.0.1:1".into(),
+            identity_key: hex::encode(
+                ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key().as_bytes(),
+            ),
+            tls_pin: hex::encode([0; 32]),
+        };
+        let mut c = DirectoryConfig {
+            authorities: vec![a.clone(), a.clone(), a],
+            threshold: None,
+            epoch_secs: 60,
+        };
+        assert_eq!(c.threshold(), 2);
+        assert!(c.validate().is_ok());
+        c.threshold = Some(4);
+        assert!(c.validate().unwrap_err().to_string().contains("directory.threshold"));
+    }
+}

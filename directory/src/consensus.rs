@@ -1,0 +1,277 @@
+//! The consensus: every node of an epoch, signed by the authorities.
+
+use std::collections::HashSet;
+
+use bastet_sphinx::NodeId;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::descriptor::{sig_bytes, signed_bytes};
+use crate::{Descriptor, Error, Result, Role, SignedDescriptor, epoch_bounds};
+
+/// Most bytes of an encoded signed consensus (about 400 nodes).
+pub const MAX_CONSENSUS_LEN: usize = 1 << 20;
+const CONSENSUS_CONTEXT: &[u8] = b"bastet consensus v1\0";
+
+/// One epoch's network, before signing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consensus {
+    /// Epoch number.
+    pub epoch: u64,
+    /// Not valid before this (unix seconds).
+    pub valid_after: u64,
+    /// Not valid from this on (unix seconds).
+    pub valid_until: u64,
+    /// The nodes' signed descriptors, sorted by node id.
+    pub nodes: Vec<SignedDescriptor>,
+}
+
+impl Consensus {
+    /// The canonical consensus of `epoch` over `nodes`: sorted by node id, one
+    /// descriptor per node (the first given wins).
+    pub fn new(epoch: u64, epoch_secs: u64, nodes: Vec<(NodeId, SignedDescriptor)>) -> Self {
+        let mut nodes = nodes;
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        nodes.dedup_by(|a, b| a.0 == b.0);
+        let (valid_after, valid_until) = epoch_bounds(epoch, epoch_secs);
+        Consensus {
+            epoch,
+            valid_after,
+            valid_until,
+            nodes: nodes.into_iter().map(|(_, d)| d).collect(),
+        }
+    }
+
+    /// The canonical encoding and one authority's signature over it.
+    pub fn sign(&self, authority: &SigningKey) -> Result<SignedConsensus> {
+        let body = postcard::to_stdvec(self).map_err(|e| Error::malformed("consensus", e))?;
+        let mut signed = SignedConsensus {
+            body,
+            signatures: Vec::new(),
+        };
+        signed.add_signature(authority);
+        Ok(signed)
+    }
+}
+
+/// An authority's signature on a consensus.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthoritySignature {
+    /// The authority's Ed25519 key.
+    pub authority_key: [u8; 32],
+    /// Its signature over the consensus body.
+    #[serde(with = "sig_bytes")]
+    pub signature: [u8; 64],
+}
+
+/// A consensus as served: canonical body plus every signature collected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedConsensus {
+    /// Canonical (postcard) encoding of the [`Consensus`].
+    pub body: Vec<u8>,
+    /// Authorities' signatures.
+    pub signatures: Vec<AuthoritySignature>,
+}
+
+impl SignedConsensus {
+    /// Adds `authority`'s signature.
+    pub fn add_signature(&mut self, authority: &SigningKey) {
+        let signature = authority
+            .sign(&signed_bytes(CONSENSUS_CONTEXT, &self.body))
+            .to_bytes();
+        self.signatures.push(AuthoritySignature {
+            authority_key: *authority.verifying_key().as_bytes(),
+            signature,
+        });
+    }
+
+    /// Accepts the consensus only if at least `threshold` distinct keys of
+    /// `pinned` signed it, it is valid at `now`, and every descriptor in it
+    /// verifies and is for its epoch.
+    pub fn verify(
+        &self,
+        pinned: &[VerifyingKey],
+        threshold: usize,
+        now: u64,
+    ) -> Result<VerifiedConsensus> {
+        let message = signed_bytes(CONSENSUS_CONTEXT, &self.body);
+        let mut signers = HashSet::new();
+        for s in &self.signatures {
+            let Some(key) = pinned.iter().find(|k| k.as_bytes() == &s.authority_key) else {
+                continue;
+            };
+            if key
+                .verify_strict(&message, &Signature::from_bytes(&s.signature))
+                .is_ok()
+            {
+                signers.insert(s.authority_key);
+            }
+        }
+        let required = threshold.max(1);
+        if signers.len() < required {
+            return Err(Error::NotEnoughSignatures {
+                valid: signers.len(),
+                required,
+            });
+        }
+        let consensus: Consensus =
+            postcard::from_bytes(&self.body).map_err(|e| Error::malformed("consensus", e))?;
+        if now < consensus.valid_after || now >= consensus.valid_until {
+            return Err(Error::ConsensusNotValidNow {
+                epoch: consensus.epoch,
+                valid_after: consensus.valid_after,
+                valid_until: consensus.valid_until,
+                now,
+            });
+        }
+        let mut nodes = Vec::with_capacity(consensus.nodes.len());
+        for signed in &consensus.nodes {
+            let d = signed.verify()?;
+            if d.epoch != consensus.epoch {
+                return Err(Error::InvalidField {
+                    field: "epoch",
+                    why: format!("descriptor for epoch {} in consensus {}", d.epoch, consensus.epoch),
+                });
+            }
+            if nodes.last().is_some_and(|p: &Descriptor| p.node_id() >= d.node_id()) {
+                return Err(Error::malformed("consensus", "nodes not sorted or duplicated"));
+            }
+            nodes.push(d);
+        }
+        Ok(VerifiedConsensus {
+            epoch: consensus.epoch,
+            valid_after: consensus.valid_after,
+            valid_until: consensus.valid_until,
+            nodes,
+            signatures: signers.len(),
+        })
+    }
+
+    /// Wire encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Parses the wire encoding, refusing anything over 1 MiB. Does not
+    /// verify; call [`SignedConsensus::verify`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_CONSENSUS_LEN {
+            return Err(Error::TooLarge {
+                what: "consensus",
+                len: bytes.len(),
+                max: MAX_CONSENSUS_LEN,
+            });
+        }
+        postcard::from_bytes(bytes).map_err(|e| Error::malformed("consensus", e))
+    }
+}
+
+/// A consensus whose signatures, validity and descriptors were checked.
+#[derive(Clone, Debug)]
+pub struct VerifiedConsensus {
+    /// Epoch number.
+    pub epoch: u64,
+    /// Start of validity (unix seconds).
+    pub valid_after: u64,
+    /// End of validity (unix seconds).
+    pub valid_until: u64,
+    /// Every node, sorted by node id.
+    pub nodes: Vec<Descriptor>,
+    /// How many pinned authorities signed it.
+    pub signatures: usize,
+}
+
+impl VerifiedConsensus {
+    /// The descriptor of `node`, if it is in this epoch.
+    pub fn node(&self, node: &NodeId) -> Option<&Descriptor> {
+        self.nodes
+            .binary_search_by(|d| d.node_id().cmp(node))
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+
+    /// The mixnodes of `layer`.
+    pub fn mixes(&self, layer: u8) -> impl Iterator<Item = &Descriptor> {
+        self.nodes
+            .iter()
+            .filter(move |d| d.role == Role::Mix { layer })
+    }
+
+    /// The mailbox servers.
+    pub fn mailboxes(&self) -> impl Iterator<Item = &Descriptor> {
+        self.nodes.iter().filter(|d| d.role == Role::Mailbox)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::descriptor::tests::descriptor;
+
+    fn signed_consensus(authority: &SigningKey) -> SignedConsensus {
+        let nodes = (1..=3u8)
+            .map(|i| {
+                let k = SigningKey::from_bytes(&[i; 32]);
+                let d = descriptor(&k, Role::Mix { layer: i }, "DE");
+                (d.node_id(), d.sign(&k).unwrap())
+            })
+            .collect();
+        Consensus::new(7, 100, nodes).sign(authority).unwrap()
+    }
+
+    #[test]
+    fn consensus_verifies_against_pinned_key_in_its_epoch() {
+        let auth = SigningKey::from_bytes(&[42; 32]);
+        let signed = signed_consensus(&auth);
+        let parsed = SignedConsensus::from_bytes(&signed.to_bytes()).unwrap();
+        let v = parsed.verify(&[auth.verifying_key()], 1, 750).unwrap();
+        assert_eq!((v.epoch, v.nodes.len(), v.signatures), (7, 3, 1));
+        assert_eq!(v.mixes(2).count(), 1);
+        let id = v.nodes[1].node_id();
+        assert_eq!(v.node(&id).map(Descriptor::node_id), Some(id));
+    }
+
+    #[test]
+    fn forged_unpinned_or_expired_consensus_is_rejected() {
+        let auth = SigningKey::from_bytes(&[42; 32]);
+        let pinned = [auth.verifying_key()];
+        let mut forged = signed_consensus(&auth);
+        forged.signatures[0].signature[3] ^= 0x10;
+        assert!(matches!(
+            forged.verify(&pinned, 1, 750),
+            Err(Error::NotEnoughSignatures { valid: 0, .. })
+        ));
+
+        let rogue = SigningKey::from_bytes(&[43; 32]);
+        assert!(matches!(
+            signed_consensus(&rogue).verify(&pinned, 1, 750),
+            Err(Error::NotEnoughSignatures { .. })
+        ));
+
+        let mut two = signed_consensus(&auth);
+        two.add_signature(&rogue);
+        assert!(matches!(
+            two.verify(&[auth.verifying_key(), SigningKey::from_bytes(&[44; 32]).verifying_key()], 2, 750),
+            Err(Error::NotEnoughSignatures { valid: 1, required: 2 })
+        ));
+
+        let ok = signed_consensus(&auth);
+        assert!(matches!(
+            ok.verify(&pinned, 1, 800),
+            Err(Error::ConsensusNotValidNow { .. })
+        ));
+        assert!(matches!(
+            ok.verify(&pinned, 1, 699),
+            Err(Error::ConsensusNotValidNow { .. })
+        ));
+    }
+
+    #[test]
+    fn tampered_body_fails_even_with_signature_count_met() {
+        let auth = SigningKey::from_bytes(&[42; 32]);
+        let mut signed = signed_consensus(&auth);
+        let last = signed.body.len() - 1;
+        signed.body[last] ^= 1;
+        assert!(signed.verify(&[auth.verifying_key()], 1, 750).is_err());
+    }
+}

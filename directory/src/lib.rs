@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+
+mod client;
+mod config;
+mod descriptor;
+mod consensus;
+mod error;
+mod keys;
+pub mod server;
+
+pub use client::{ConsensusWatch, DirectoryClient, publish_forever};
+pub use config::{AuthorityRef, DirectoryConfig, load_config};
+pub use consensus::{AuthoritySignature, Consensus, SignedConsensus, VerifiedConsensus};
+pub use descriptor::{
+    Descriptor, MAX_DESCRIPTOR_LEN, Role, SignedDescriptor, epoch_bounds, epoch_of, unix_now,
+};
+pub use error::Error;
+pub use keys::{NodeKeys, read_key_file, write_key_file};
+
+/// Ed25519 types every crate uses for identities and signatures.
+pub use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+
+/// Result of this crate's operations.
+pub type Result<T> = std::result::Result<T, Error>;

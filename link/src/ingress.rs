@@ -1,0 +1,119 @@
+//! Accepting packets: the listening half of a packet link.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+
+use crate::{FRAME_LEN, Result, TlsIdentity, read_frame, server_config};
+
+/// Limits on what peers may hold open.
+#[derive(Clone, Debug)]
+pub struct IngressConfig {
+    /// Most connections open at once; further ones are closed at accept.
+    pub max_connections: usize,
+    /// A TLS handshake that takes longer is abandoned.
+    pub handshake_timeout: Duration,
+    /// A connection that sends no frame for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Counters of what the listener accepted and refused.
+#[derive(Default, Debug)]
+pub struct IngressStats {
+    /// Frames read and handed on.
+    pub frames: AtomicU64,
+    /// Frames dropped because the processing queue was full (load shedding).
+    pub dropped_overload: AtomicU64,
+    /// Connections closed for a partial frame or a TLS failure.
+    pub bad_connections: AtomicU64,
+    /// Connections refused because `max_connections` were open.
+    pub refused_connections: AtomicU64,
+}
+
+/// A frame received from a peer, not yet checked.
+pub type Frame = Box<[u8; FRAME_LEN]>;
+
+/// Accepts TLS connections on `listener` and hands every whole frame to `tx`
+/// without waiting: when the queue is full the frame is dropped and counted,
+/// so a flood cannot grow memory. Runs until the listener fails.
+pub async fn serve_packets(
+    listener: TcpListener,
+    identity: &TlsIdentity,
+    config: IngressConfig,
+    tx: mpsc::Sender<Frame>,
+    stats: Arc<IngressStats>,
+) -> Result<()> {
+    let acceptor = TlsAcceptor::from(server_config(identity)?);
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, tx, stats, config) = (acceptor.clone(), tx.clone(), stats.clone(), config.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(why) = connection(tcp, peer, acceptor, &config, &tx, &stats).await {
+                stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%why, "closed packet connection");
+            }
+        });
+    }
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    _peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    config: &IngressConfig,
+    tx: &mpsc::Sender<Frame>,
+    stats: &IngressStats,
+) -> std::result::Result<(), String> {
+    let mut tls = tokio::time::timeout(config.handshake_timeout, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    loop {
+        let mut frame: Frame = Box::new([0u8; FRAME_LEN]);
+        let more = tokio::time::timeout(config.idle_timeout, read_frame(&mut tls, &mut frame))
+            .await
+            .map_err(|_| "idle".to_string())?
+            .map_err(|e| e.to_string())?;
+        if !more {
+            return Ok(());
+        }
+        stats.frames.fetch_add(1, Ordering::Relaxed);
+        match tx.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                stats.dropped_overload.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+        }
+    }
+}

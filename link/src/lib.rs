@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod frame;
+mod https;
+mod ingress;
+mod metrics;
+mod pool;
+mod tls;
+
+pub use error::Error;
+pub use frame::{FRAME_LEN, read_frame, write_frame};
+pub use https::{https_client, serve_https};
+pub use ingress::{Frame, IngressConfig, IngressStats, serve_packets};
+pub use metrics::serve_metrics;
+pub use pool::{Outbound, OutboundConfig, Peer, SendError};
+pub use tls::{CertPin, TlsIdentity, client_config, connect, server_config};
+
+/// Result of this crate's operations.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod packet;
+mod types;
+
+pub use error::Error;
+pub use packet::{
+    Hop, MAX_HOPS, MAX_MESSAGE_LEN, PACKET_LEN, PAYLOAD_SIZE, Packet, Prepared, Processed,
+    ReplayTag, build, build_with_secret,
+};
+pub use types::{MailboxId, NodeId};
+
+/// Re-exported so that every crate names Sphinx keys with the same types.
+pub use x25519_dalek::{PublicKey as SphinxPublicKey, StaticSecret as SphinxSecretKey};
+
+/// Result of this crate's operations.
+pub type Result<T> = std::result::Result<T, Error>;

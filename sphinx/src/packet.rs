@@ -1,0 +1,306 @@
+//! Building and processing Bastet's one packet size class.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use sphinx_packet::constants::REPLAY_TAG_SIZE;
+use sphinx_packet::header::delays::Delay;
+use sphinx_packet::header::shared_secret::ExpandedSharedSecret;
+use sphinx_packet::payload::PAYLOAD_OVERHEAD_SIZE;
+use sphinx_packet::route::{Destination, DestinationAddressBytes, Node, NodeAddressBytes};
+use sphinx_packet::{ProcessedPacketData, SphinxPacket, SphinxPacketBuilder};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::{Error, MailboxId, NodeId, Result};
+
+/// Bytes of Sphinx payload in every packet (including Sphinx's own overhead).
+pub const PAYLOAD_SIZE: usize = 2048;
+/// Most message bytes one packet carries.
+pub const MAX_MESSAGE_LEN: usize = PAYLOAD_SIZE - PAYLOAD_OVERHEAD_SIZE;
+/// Length of every packet on every link.
+pub const PACKET_LEN: usize = sphinx_packet::header::HEADER_SIZE + PAYLOAD_SIZE;
+/// Most hops in a route (mixnodes plus the final mailbox server).
+pub const MAX_HOPS: usize = sphinx_packet::constants::MAX_PATH_LENGTH;
+
+/// One relay on a route, and how long it must hold the packet.
+#[derive(Clone, Debug)]
+pub struct Hop {
+    /// The relay.
+    pub node: NodeId,
+    /// The relay's Sphinx key for the epoch the packet is sent in.
+    pub sphinx_key: PublicKey,
+    /// How long the relay holds the packet before forwarding it.
+    pub delay: Duration,
+}
+
+/// A packet of exactly [`PACKET_LEN`] bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Packet(Box<[u8]>);
+
+impl Packet {
+    /// Wraps bytes received from a peer, checking only the length.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() != PACKET_LEN {
+            return Err(Error::WrongPacketLength {
+                got: bytes.len(),
+                expected: PACKET_LEN,
+            });
+        }
+        Ok(Packet(bytes.into()))
+    }
+
+    /// The wire bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packet({} bytes)", self.0.len())
+    }
+}
+
+/// Builds a packet carrying `message` along `route` to `mailbox`, with a
+/// fresh random initial secret.
+pub fn build(route: &[Hop], mailbox: &MailboxId, message: &[u8]) -> Result<Packet> {
+    build_with_secret(route, mailbox, message, &StaticSecret::random())
+}
+
+/// Like [`build`] with the caller's initial secret: deterministic, for test
+/// vectors only. Reusing a secret across packets links them; never do that.
+pub fn build_with_secret(
+    route: &[Hop],
+    mailbox: &MailboxId,
+    message: &[u8],
+    initial_secret: &StaticSecret,
+) -> Result<Packet> {
+    if route.is_empty() || route.len() > MAX_HOPS {
+        return Err(Error::BadRouteLength {
+            got: route.len(),
+            max: MAX_HOPS,
+        });
+    }
+    if message.len() > MAX_MESSAGE_LEN {
+        return Err(Error::MessageTooLong {
+            len: message.len(),
+            max: MAX_MESSAGE_LEN,
+        });
+    }
+    let nodes: Vec<Node> = route
+        .iter()
+        .map(|h| Node::new(NodeAddressBytes::from_bytes(h.node.0), h.sphinx_key))
+        .collect();
+    let delays = route
+        .iter()
+        .map(|h| {
+            u64::try_from(h.delay.as_nanos())
+                .map(Delay::new_from_nanos)
+                .map_err(|_| Error::DelayTooLong(h.delay))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let destination = Destination::new(DestinationAddressBytes::from_bytes(mailbox.0), [0; 16]);
+    let packet = SphinxPacketBuilder::new()
+        .with_payload_size(PAYLOAD_SIZE)
+        .with_initial_secret(initial_secret)
+        .build_packet(message, &nodes, &destination, &delays)
+        .map_err(Error::malformed)?;
+    let bytes = packet.to_bytes();
+    debug_assert_eq!(bytes.len(), PACKET_LEN);
+    Packet::from_bytes(&bytes)
+}
+
+/// A packet's replay tag: the same packet replayed to the same key has the
+/// same tag, so a relay drops it without processing it twice.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplayTag(pub [u8; REPLAY_TAG_SIZE]);
+
+/// A received packet after the one Diffie-Hellman, before the rest of the
+/// work: the relay checks [`Prepared::replay_tag`] against its filter, then
+/// calls [`Prepared::process`].
+pub struct Prepared {
+    packet: SphinxPacket,
+    secret: ExpandedSharedSecret,
+}
+
+impl Prepared {
+    /// Parses `bytes` and derives the shared secret under `key`.
+    pub fn new(bytes: &[u8], key: &StaticSecret) -> Result<Self> {
+        if bytes.len() != PACKET_LEN {
+            return Err(Error::WrongPacketLength {
+                got: bytes.len(),
+                expected: PACKET_LEN,
+            });
+        }
+        let packet = guard(|| SphinxPacket::from_bytes(bytes))?;
+        let secret = packet.header.compute_expanded_shared_secret(key);
+        Ok(Prepared { packet, secret })
+    }
+
+    /// The tag to check against the replay filter.
+    pub fn replay_tag(&self) -> ReplayTag {
+        ReplayTag(*self.secret.replay_tag())
+    }
+
+    /// Removes this node's layer.
+    pub fn process(self) -> Result<Processed> {
+        let Prepared { packet, secret } = self;
+        let processed = guard(move || packet.process_with_expanded_secret(&secret))?;
+        match processed.data {
+            ProcessedPacketData::ForwardHop {
+                next_hop_packet,
+                next_hop_address,
+                delay,
+            } => Ok(Processed::Forward {
+                next_hop: NodeId(next_hop_address.to_bytes()),
+                delay: delay.to_duration(),
+                packet: Packet::from_bytes(&next_hop_packet.to_bytes())?,
+            }),
+            ProcessedPacketData::FinalHop {
+                destination,
+                payload,
+                ..
+            } => Ok(Processed::Deliver {
+                mailbox: MailboxId(destination.as_bytes()),
+                message: guard(move || payload.recover_plaintext())?,
+            }),
+        }
+    }
+}
+
+/// What a relay does with a packet after removing its layer.
+#[derive(Debug)]
+pub enum Processed {
+    /// Hold the packet for `delay`, then send it to `next_hop`.
+    Forward {
+        /// Where to send it.
+        next_hop: NodeId,
+        /// How long to hold it.
+        delay: Duration,
+        /// The packet for the next hop.
+        packet: Packet,
+    },
+    /// This relay is the last hop: store `message` in `mailbox`.
+    Deliver {
+        /// The recipient's mailbox.
+        mailbox: MailboxId,
+        /// The (still end-to-end encrypted) message.
+        message: Vec<u8>,
+    },
+}
+
+/// Runs a `sphinx-packet` call on peer-supplied bytes, turning any panic deep
+/// in the library into a `Malformed` error: a relay must never die on input.
+fn guard<T>(f: impl FnOnce() -> sphinx_packet::Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Error::malformed(e)),
+        Err(_) => Err(Error::Malformed("packet decoder panicked".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(i: u8) -> (Hop, StaticSecret) {
+        let sk = StaticSecret::from([i; 32]);
+        let hop = Hop {
+            node: NodeId::from_identity_key(&[i; 32]),
+            sphinx_key: PublicKey::from(&sk),
+            delay: Duration::from_millis(u64::from(i)),
+        };
+        (hop, sk)
+    }
+
+    #[test]
+    fn four_hops_deliver_the_message_and_each_hop_sees_only_its_next() {
+        let (hops, keys): (Vec<_>, Vec<_>) = (1..=4).map(node).unzip();
+        let mailbox = MailboxId([9; 32]);
+        let mut packet = build(&hops, &mailbox, b"hello bastet").unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(packet.as_bytes().len(), PACKET_LEN);
+            match Prepared::new(packet.as_bytes(), key).unwrap().process().unwrap() {
+                Processed::Forward {
+                    next_hop,
+                    delay,
+                    packet: next,
+                } => {
+                    assert_eq!(next_hop, hops[i + 1].node);
+                    assert_eq!(delay, hops[i].delay);
+                    packet = next;
+                }
+                Processed::Deliver { mailbox: m, message } => {
+                    assert_eq!(i, 3);
+                    assert_eq!(m, mailbox);
+                    assert_eq!(message, b"hello bastet");
+                    return;
+                }
+            }
+        }
+        panic!("never delivered");
+    }
+
+    #[test]
+    fn wrong_key_and_wrong_length_are_errors() {
+        let (hop, _) = node(1);
+        let packet = build(&[hop], &MailboxId([1; 32]), b"x").unwrap();
+        let other = StaticSecret::from([99; 32]);
+        assert!(matches!(
+            Prepared::new(packet.as_bytes(), &other).unwrap().process(),
+            Err(Error::Malformed(_))
+        ));
+        assert!(matches!(
+            Prepared::new(&packet.as_bytes()[1..], &other),
+            Err(Error::WrongPacketLength { .. })
+        ));
+    }
+
+    #[test]
+    fn replay_tag_is_stable_for_a_packet_and_differs_between_packets() {
+        let (hop, key) = node(1);
+        let mb = MailboxId([1; 32]);
+        let a = build(std::slice::from_ref(&hop), &mb, b"x").unwrap();
+        let b = build(&[hop], &mb, b"x").unwrap();
+        let tag = |p: &Packet| Prepared::new(p.as_bytes(), &key).unwrap().replay_tag();
+        assert!(tag(&a) == tag(&a));
+        assert!(tag(&a) != tag(&b));
+    }
+
+    #[test]
+    fn oversize_message_and_bad_routes_are_refused() {
+        let (hop, _) = node(1);
+        let mb = MailboxId([1; 32]);
+        let big = vec![0; MAX_MESSAGE_LEN + 1];
+        assert!(matches!(
+            build(std::slice::from_ref(&hop), &mb, &big),
+            Err(Error::MessageTooLong { .. })
+        ));
+        assert!(build(std::slice::from_ref(&hop), &mb, &big[1..]).is_ok());
+        assert!(matches!(
+            build(&[], &mb, b"x"),
+            Err(Error::BadRouteLength { .. })
+        ));
+        assert!(matches!(
+            build(&vec![hop; MAX_HOPS + 1], &mb, b"x"),
+            Err(Error::BadRouteLength { .. })
+        ));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), PACKET_LEN)) {
+                let key = StaticSecret::from([3; 32]);
+                if let Ok(p) = Prepared::new(&bytes, &key) {
+                    let _ = p.replay_tag();
+                    prop_assert!(p.process().is_err());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Deterministic Sphinx vectors: fixed node keys, fixed initial secret, fixed
+//! delays and message. A change to the wire format shows up here first.
+
+use std::time::Duration;
+
+use bastet_sphinx::{
+    Hop, MailboxId, NodeId, PACKET_LEN, Prepared, Processed, SphinxPublicKey, SphinxSecretKey,
+    build_with_secret,
+};
+
+const VECTORS: &str = "testdata/sphinx_vectors.json";
+
+fn case(hops: u8) -> serde_json::Value {
+    let keys: Vec<SphinxSecretKey> = (1..=hops).map(|i| SphinxSecretKey::from([i; 32])).collect();
+    let route: Vec<Hop> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Hop {
+            node: NodeId::from_identity_key(&[0x40 + i as u8; 32]),
+            sphinx_key: SphinxPublicKey::from(k),
+            delay: Duration::from_micros(1000 * (i as u64 + 1)),
+        })
+        .collect();
+    let mailbox = MailboxId::from_owner_key(&[0x77; 32]);
+    let message = format!("bastet vector, {hops} hops");
+    let packet = build_with_secret(
+        &route,
+        &mailbox,
+        message.as_bytes(),
+        &SphinxSecretKey::from([0x5a; 32]),
+    )
+    .unwrap();
+    assert_eq!(packet.as_bytes().len(), PACKET_LEN);
+
+    let mut per_hop = Vec::new();
+    let mut current = packet.clone();
+    for key in &keys {
+        let prepared = Prepared::new(current.as_bytes(), key).unwrap();
+        let tag = hex::encode(prepared.replay_tag().0);
+        match prepared.process().unwrap() {
+            Processed::Forward {
+                next_hop,
+                delay,
+                packet,
+            } => {
+                per_hop.push(serde_json::json!({
+                    "replay_tag": tag, "next_hop": next_hop.to_hex(),
+                    "delay_ns": delay.as_nanos() as u64,
+                    "packet_blake3": blake3::hash(packet.as_bytes()).to_hex().to_string(),
+                }));
+                current = packet;
+            }
+            Processed::Deliver { mailbox: m, message: got } => {
+                assert_eq!(m, mailbox);
+                per_hop.push(serde_json::json!({
+                    "replay_tag": tag, "mailbox": m.to_hex(),
+                    "message": String::from_utf8(got).unwrap(),
+                }));
+            }
+        }
+    }
+    serde_json::json!({
+        "hops": hops,
+        "node_secret_keys": keys.iter().map(|k| hex::encode(k.to_bytes())).collect::<Vec<_>>(),
+        "initial_secret": hex::encode([0x5a; 32]),
+        "message": message,
+        "packet": hex::encode(packet.as_bytes()),
+        "per_hop": per_hop,
+    })
+}
+
+#[test]
+fn sphinx_vectors_match_testdata() {
+    let computed = serde_json::Value::Array((1..=5).map(case).collect());
+    if std::env::var_os("BASTET_REGENERATE_VECTORS").is_some() {
+        std::fs::write(VECTORS, serde_json::to_string_pretty(&computed).unwrap()).unwrap();
+    }
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(VECTORS).unwrap()).unwrap();
+    assert_eq!(stored, computed, "Sphinx wire format changed");
+}

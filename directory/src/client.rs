@@ -8,8 +8,8 @@ use ed25519_dalek::VerifyingKey;
 use tokio::sync::watch;
 
 use crate::{
-    DirectoryConfig, Error, Result, SignedConsensus, SignedDescriptor, VerifiedConsensus,
-    epoch_of, unix_now,
+    DirectoryConfig, Error, Result, SignedConsensus, SignedDescriptor, VerifiedConsensus, epoch_of,
+    unix_now,
 };
 
 struct Authority {
@@ -126,7 +126,10 @@ impl DirectoryClient {
     }
 }
 
-async fn read_bounded(mut resp: reqwest::Response, max: usize) -> std::result::Result<Vec<u8>, String> {
+async fn read_bounded(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> std::result::Result<Vec<u8>, String> {
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
         if body.len() + chunk.len() > max {

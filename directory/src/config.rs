@@ -69,8 +69,7 @@ fn default_epoch_secs() -> u64 {
 impl DirectoryConfig {
     /// The threshold in force: the configured one, or ⌊n/2⌋+1.
     pub fn threshold(&self) -> usize {
-        self.threshold
-            .unwrap_or(self.authorities.len() / 2 + 1)
+        self.threshold.unwrap_or(self.authorities.len() / 2 + 1)
     }
 
     /// Checks the section, naming the key at fault.
@@ -159,7 +158,9 @@ mod tests {
         let a = AuthorityRef {
             url: "https://127.0.0.1:1".into(),
             identity_key: hex::encode(
-                ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key().as_bytes(),
+                ed25519_dalek::SigningKey::from_bytes(&[1; 32])
+                    .verifying_key()
+                    .as_bytes(),
             ),
             tls_pin: hex::encode([0; 32]),
         };
@@ -171,6 +172,11 @@ mod tests {
         assert_eq!(c.threshold(), 2);
         assert!(c.validate().is_ok());
         c.threshold = Some(4);
-        assert!(c.validate().unwrap_err().to_string().contains("directory.threshold"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("directory.threshold")
+        );
     }
 }

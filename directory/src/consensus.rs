@@ -31,7 +31,7 @@ impl Consensus {
     /// descriptor per node (the first given wins).
     pub fn new(epoch: u64, epoch_secs: u64, nodes: Vec<(NodeId, SignedDescriptor)>) -> Self {
         let mut nodes = nodes;
-        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        nodes.sort_by_key(|n| n.0);
         nodes.dedup_by(|a, b| a.0 == b.0);
         let (valid_after, valid_until) = epoch_bounds(epoch, epoch_secs);
         Consensus {
@@ -130,11 +130,20 @@ impl SignedConsensus {
             if d.epoch != consensus.epoch {
                 return Err(Error::InvalidField {
                     field: "epoch",
-                    why: format!("descriptor for epoch {} in consensus {}", d.epoch, consensus.epoch),
+                    why: format!(
+                        "descriptor for epoch {} in consensus {}",
+                        d.epoch, consensus.epoch
+                    ),
                 });
             }
-            if nodes.last().is_some_and(|p: &Descriptor| p.node_id() >= d.node_id()) {
-                return Err(Error::malformed("consensus", "nodes not sorted or duplicated"));
+            if nodes
+                .last()
+                .is_some_and(|p: &Descriptor| p.node_id() >= d.node_id())
+            {
+                return Err(Error::malformed(
+                    "consensus",
+                    "nodes not sorted or duplicated",
+                ));
             }
             nodes.push(d);
         }
@@ -251,8 +260,18 @@ mod tests {
         let mut two = signed_consensus(&auth);
         two.add_signature(&rogue);
         assert!(matches!(
-            two.verify(&[auth.verifying_key(), SigningKey::from_bytes(&[44; 32]).verifying_key()], 2, 750),
-            Err(Error::NotEnoughSignatures { valid: 1, required: 2 })
+            two.verify(
+                &[
+                    auth.verifying_key(),
+                    SigningKey::from_bytes(&[44; 32]).verifying_key()
+                ],
+                2,
+                750
+            ),
+            Err(Error::NotEnoughSignatures {
+                valid: 1,
+                required: 2
+            })
         ));
 
         let ok = signed_consensus(&auth);

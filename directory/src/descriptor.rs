@@ -82,24 +82,30 @@ impl Descriptor {
                 why: why.to_string(),
             })
         };
-        if let Role::Mix { layer } = self.role {
-            if !(1..=3).contains(&layer) {
-                return bad("role", "mix layer must be 1, 2 or 3");
-            }
+        if let Role::Mix { layer } = self.role
+            && !(1..=3).contains(&layer)
+        {
+            return bad("role", "mix layer must be 1, 2 or 3");
         }
         if self.role == Role::Mailbox && self.api_addr.is_none() {
             return bad("api_addr", "a mailbox server must publish its API address");
         }
-        for (field, addr) in [("addr", Some(&self.addr)), ("api_addr", self.api_addr.as_ref())] {
-            if let Some(a) = addr {
-                if a.is_empty() || a.len() > MAX_ADDR_LEN || !a.contains(':') {
-                    return bad(field, "must be host:port, at most 255 bytes");
-                }
+        for (field, addr) in [
+            ("addr", Some(&self.addr)),
+            ("api_addr", self.api_addr.as_ref()),
+        ] {
+            if let Some(a) = addr
+                && (a.is_empty() || a.len() > MAX_ADDR_LEN || !a.contains(':'))
+            {
+                return bad(field, "must be host:port, at most 255 bytes");
             }
         }
         let j = self.jurisdiction.as_bytes();
         if j.len() != 2 || !j.iter().all(u8::is_ascii_uppercase) {
-            return bad("jurisdiction", "must be an ISO 3166-1 alpha-2 code such as DE");
+            return bad(
+                "jurisdiction",
+                "must be an ISO 3166-1 alpha-2 code such as DE",
+            );
         }
         if self.operator.is_empty()
             || self.operator.len() > MAX_OPERATOR_LEN
@@ -120,7 +126,9 @@ impl Descriptor {
         }
         self.validate()?;
         let body = postcard::to_stdvec(self).map_err(|e| Error::malformed("descriptor", e))?;
-        let signature = key.sign(&signed_bytes(DESCRIPTOR_CONTEXT, &body)).to_bytes();
+        let signature = key
+            .sign(&signed_bytes(DESCRIPTOR_CONTEXT, &body))
+            .to_bytes();
         Ok(SignedDescriptor { body, signature })
     }
 }
@@ -250,7 +258,9 @@ pub(crate) mod tests {
         d.identity_key = *other.verifying_key().as_bytes();
         let body = postcard::to_stdvec(&d).unwrap();
         let forged = SignedDescriptor {
-            signature: key.sign(&signed_bytes(DESCRIPTOR_CONTEXT, &body)).to_bytes(),
+            signature: key
+                .sign(&signed_bytes(DESCRIPTOR_CONTEXT, &body))
+                .to_bytes(),
             body,
         };
         assert!(matches!(forged.verify(), Err(Error::BadSignature(_))));

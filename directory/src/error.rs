@@ -47,7 +47,9 @@ pub enum Error {
         required: usize,
     },
     /// The consensus is not valid at this time.
-    #[error("consensus for epoch {epoch} is valid from {valid_after} to {valid_until} (unix seconds), now is {now}")]
+    #[error(
+        "consensus for epoch {epoch} is valid from {valid_after} to {valid_until} (unix seconds), now is {now}"
+    )]
     ConsensusNotValidNow {
         /// Its epoch.
         epoch: u64,

@@ -102,6 +102,9 @@ mod tests {
         assert_eq!(keys.node_id(), loaded.node_id());
         assert_eq!(keys.sphinx_public(), loaded.sphinx_public());
         std::fs::write(dir.path().join("sphinx.key"), "nothex").unwrap();
-        assert!(matches!(NodeKeys::load(dir.path()), Err(Error::KeyFile { .. })));
+        assert!(matches!(
+            NodeKeys::load(dir.path()),
+            Err(Error::KeyFile { .. })
+        ));
     }
 }

@@ -2,8 +2,8 @@
 
 mod client;
 mod config;
-mod descriptor;
 mod consensus;
+mod descriptor;
 mod error;
 mod keys;
 pub mod server;

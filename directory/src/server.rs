@@ -63,7 +63,9 @@ impl AuthorityConfig {
             .iter()
             .map(|s| {
                 NodeId::from_hex(s).ok_or_else(|| {
-                    Error::Config(format!("allowed_nodes: {s:?} is not a 64-hex-digit node id"))
+                    Error::Config(format!(
+                        "allowed_nodes: {s:?} is not a 64-hex-digit node id"
+                    ))
                 })
             })
             .collect()
@@ -164,13 +166,21 @@ pub async fn run(config: AuthorityConfig) -> Result<()> {
         rejected: Family::default(),
         nodes: Gauge::default(),
     };
-    registry.register("descriptors_accepted", "Descriptors accepted", metrics.accepted.clone());
+    registry.register(
+        "descriptors_accepted",
+        "Descriptors accepted",
+        metrics.accepted.clone(),
+    );
     registry.register(
         "descriptors_rejected",
         "Descriptors refused, by reason",
         metrics.rejected.clone(),
     );
-    registry.register("consensus_nodes", "Nodes in the current consensus", metrics.nodes.clone());
+    registry.register(
+        "consensus_nodes",
+        "Nodes in the current consensus",
+        metrics.nodes.clone(),
+    );
     let state = Arc::new(Authority {
         key,
         epoch_secs: config.epoch_secs,
@@ -227,7 +237,12 @@ async fn post_descriptor(State(state): State<Arc<Authority>>, body: Bytes) -> Re
     let d = match signed.verify() {
         Ok(d) => d,
         Err(e @ Error::BadSignature(_)) => {
-            return refuse(&state, StatusCode::FORBIDDEN, "bad_signature", e.to_string());
+            return refuse(
+                &state,
+                StatusCode::FORBIDDEN,
+                "bad_signature",
+                e.to_string(),
+            );
         }
         Err(e) => return refuse(&state, StatusCode::BAD_REQUEST, "invalid", e.to_string()),
     };
@@ -237,7 +252,9 @@ async fn post_descriptor(State(state): State<Arc<Authority>>, body: Bytes) -> Re
             &state,
             StatusCode::FORBIDDEN,
             "not_admitted",
-            format!("node {node} is not on this authority's allow-list; ask its operator to admit it"),
+            format!(
+                "node {node} is not on this authority's allow-list; ask its operator to admit it"
+            ),
         );
     }
     let current = epoch_of(unix_now(), state.epoch_secs);
@@ -306,7 +323,12 @@ fn consensus_response(state: &Authority, epoch: u64) -> Response {
 /// The signed consensus for `epoch`, built and signed once per change of its
 /// descriptor set.
 fn consensus_bytes(state: &Authority, epoch: u64) -> Result<Option<Bytes>> {
-    if let Some(b) = state.signed.lock().unwrap_or_else(|e| e.into_inner()).get(&epoch) {
+    if let Some(b) = state
+        .signed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&epoch)
+    {
         return Ok(Some(b.clone()));
     }
     let nodes: Vec<_> = {
@@ -317,9 +339,16 @@ fn consensus_bytes(state: &Authority, epoch: u64) -> Result<Option<Bytes>> {
         }
     };
     if epoch == epoch_of(unix_now(), state.epoch_secs) {
-        state.metrics.nodes.set(i64::try_from(nodes.len()).unwrap_or(i64::MAX));
+        state
+            .metrics
+            .nodes
+            .set(i64::try_from(nodes.len()).unwrap_or(i64::MAX));
     }
-    let bytes = Bytes::from(Consensus::new(epoch, state.epoch_secs, nodes).sign(&state.key)?.to_bytes());
+    let bytes = Bytes::from(
+        Consensus::new(epoch, state.epoch_secs, nodes)
+            .sign(&state.key)?
+            .to_bytes(),
+    );
     state
         .signed
         .lock()

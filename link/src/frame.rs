@@ -31,11 +31,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 
 /// Writes one frame (the caller flushes, so that several frames share a
 /// flush).
-pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) -> std::io::Result<()> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frame: &[u8],
+) -> std::io::Result<()> {
     if frame.len() != FRAME_LEN {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("frame of {} bytes, links carry exactly {FRAME_LEN}", frame.len()),
+            format!(
+                "frame of {} bytes, links carry exactly {FRAME_LEN}",
+                frame.len()
+            ),
         ));
     }
     writer.write_all(frame).await

@@ -24,12 +24,10 @@ pub async fn serve_https(
     identity: &TlsIdentity,
     router: axum::Router,
 ) -> Result<()> {
-    let addr = listener
-        .local_addr()
-        .map_err(|source| Error::Serve {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Serve {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
     let serve_err = |source| Error::Serve { addr, source };
     listener.set_nonblocking(true).map_err(serve_err)?;
     let config = RustlsConfig::from_config(server_config(identity)?);

@@ -75,7 +75,8 @@ pub async fn serve_packets(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, tx, stats, config) = (acceptor.clone(), tx.clone(), stats.clone(), config.clone());
+        let (acceptor, tx, stats, config) =
+            (acceptor.clone(), tx.clone(), stats.clone(), config.clone());
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(why) = connection(tcp, peer, acceptor, &config, &tx, &stats).await {

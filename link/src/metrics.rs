@@ -13,7 +13,10 @@ use crate::{Error, Result};
 
 /// Serves `/health` (always `ok` while the process runs) and `/metrics`
 /// (the registry in Prometheus text format) on `listener`.
-pub async fn serve_metrics(listener: tokio::net::TcpListener, registry: Arc<Registry>) -> Result<()> {
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+) -> Result<()> {
     let addr = listener.local_addr().map_err(|source| Error::Serve {
         addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
@@ -28,7 +31,10 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, registry: Arc<Regi
                     let mut body = String::new();
                     match prometheus_client::encoding::text::encode(&mut body, &registry) {
                         Ok(()) => (
-                            [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                            [(
+                                CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
                             body,
                         )
                             .into_response(),

@@ -145,7 +145,12 @@ impl Outbound {
 /// Most frames written before one flush.
 const BATCH: usize = 64;
 
-async fn writer(peer: Peer, mut rx: mpsc::Receiver<Packet>, config: OutboundConfig, stats: Arc<Stats>) {
+async fn writer(
+    peer: Peer,
+    mut rx: mpsc::Receiver<Packet>,
+    config: OutboundConfig,
+    stats: Arc<Stats>,
+) {
     let mut first = None;
     loop {
         // Wait for something to send before opening a connection.

@@ -190,7 +190,8 @@ pub async fn connect(addr: &str, pin: CertPin) -> Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await.map_err(connect_err)?;
     tcp.set_nodelay(true).map_err(connect_err)?;
     let connector = TlsConnector::from(Arc::new(client_config(pin)?));
-    let name = ServerName::try_from(CERT_NAME).map_err(|_| rustls::Error::General("name".into()))?;
+    let name =
+        ServerName::try_from(CERT_NAME).map_err(|_| rustls::Error::General("name".into()))?;
     connector.connect(name, tcp).await.map_err(connect_err)
 }
 

@@ -220,7 +220,11 @@ mod tests {
         let mut packet = build(&hops, &mailbox, b"hello bastet").unwrap();
         for (i, key) in keys.iter().enumerate() {
             assert_eq!(packet.as_bytes().len(), PACKET_LEN);
-            match Prepared::new(packet.as_bytes(), key).unwrap().process().unwrap() {
+            match Prepared::new(packet.as_bytes(), key)
+                .unwrap()
+                .process()
+                .unwrap()
+            {
                 Processed::Forward {
                     next_hop,
                     delay,
@@ -230,7 +234,10 @@ mod tests {
                     assert_eq!(delay, hops[i].delay);
                     packet = next;
                 }
-                Processed::Deliver { mailbox: m, message } => {
+                Processed::Deliver {
+                    mailbox: m,
+                    message,
+                } => {
                     assert_eq!(i, 3);
                     assert_eq!(m, mailbox);
                     assert_eq!(message, b"hello bastet");

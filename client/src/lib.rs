@@ -1,1 +1,29 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod address;
+mod client;
+mod config;
+mod crypto;
+mod datadir;
+mod error;
+mod inbox;
+mod message;
+mod route;
+
+pub use address::{ADDRESS_LEN, ADDRESS_PREFIX, ADDRESS_VERSION, Address};
+pub use client::{Client, InboxReport, POLL_INTERVAL, SentMessage, now_ms};
+pub use config::{ClientConfig, ENV_PREFIX, MAX_MIX_DELAY_MS};
+pub use crypto::ClientKeys;
+pub use datadir::DataDir;
+pub use error::Error;
+pub use inbox::{InboxMessage, InboxPlan, UnreadablePayload, plan_inbox};
+pub use message::{
+    MAX_TEXT_LEN, MESSAGE_OVERHEAD, MessageId, PAYLOAD_VERSION, ReceivedMessage, SealedMessage,
+    check_text, open_message, seal_message,
+};
+pub use route::{
+    MAX_HOP_DELAY, MIX_LAYERS, Route, RouteNode, choose_route, mailbox_descriptor, sample_delay,
+};
+
+/// Result of this crate's operations.
+pub type Result<T> = std::result::Result<T, Error>;

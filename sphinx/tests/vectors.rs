@@ -1,6 +1,7 @@
 //! Deterministic Sphinx vectors: fixed node keys, fixed initial secret, fixed
 //! delays and message. A change to the wire format shows up here first.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code may panic
 use std::time::Duration;
 
 use bastet_sphinx::{

@@ -1,1 +1,21 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod client;
+mod demo;
+mod error;
+mod layout;
+mod network;
+mod ports;
+mod process;
+mod scan;
+
+pub use client::{Client, Received, RouteHop, Sent};
+pub use demo::{DemoOptions, DemoReport, MessageReport, message_text, route_text, run_demo};
+pub use error::Error;
+pub use layout::{AuthorityNode, Layout, RelayNode};
+pub use network::{Network, NetworkOptions};
+pub use process::{Binaries, STOP_GRACE, StopOutcome};
+pub use scan::{Hit, ScanReport, scan_for_marker};
+
+/// Result of this crate's operations.
+pub type Result<T> = std::result::Result<T, Error>;

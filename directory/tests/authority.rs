@@ -1,0 +1,186 @@
+//! The authority over real HTTPS on loopback: what it accepts, what it
+//! refuses and why, and what clients verify.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code may panic
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bastet_directory::server::{self, AuthorityConfig};
+use bastet_directory::{
+    AuthorityRef, Descriptor, DirectoryClient, DirectoryConfig, Error, NodeKeys, Role,
+    SignedDescriptor, SigningKey, epoch_of, load_config, unix_now,
+};
+
+const EPOCH_SECS: u64 = 3600;
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Net {
+    _dir: tempfile::TempDir,
+    directory: DirectoryConfig,
+    admitted: NodeKeys,
+}
+
+async fn start_authority() -> Net {
+    let dir = tempfile::tempdir().unwrap();
+    let admitted = NodeKeys::generate();
+    let listen = free_addr();
+    let info = server::init(dir.path(), listen, None, EPOCH_SECS, &[admitted.node_id()]).unwrap();
+    let config: AuthorityConfig =
+        load_config(&dir.path().join("authority.toml"), "BASTET_TEST_AUTHORITY").unwrap();
+    tokio::spawn(server::run(config));
+    let directory = DirectoryConfig {
+        authorities: vec![AuthorityRef {
+            url: info.url,
+            identity_key: info.identity_key,
+            tls_pin: info.tls_pin,
+        }],
+        threshold: None,
+        epoch_secs: EPOCH_SECS,
+    };
+    // Wait for the listener.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(listen).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Net {
+        _dir: dir,
+        directory,
+        admitted,
+    }
+}
+
+fn descriptor(keys: &NodeKeys, epoch: u64) -> Descriptor {
+    Descriptor {
+        identity_key: *keys.identity.verifying_key().as_bytes(),
+        epoch,
+        sphinx_key: *keys.sphinx_public().as_bytes(),
+        tls_pin: [9; 32],
+        addr: "127.0.0.1:9".into(),
+        api_addr: None,
+        role: Role::Mix { layer: 1 },
+        jurisdiction: "DE".into(),
+        operator: "Test Org".into(),
+    }
+}
+
+fn now_epoch() -> u64 {
+    epoch_of(unix_now(), EPOCH_SECS)
+}
+
+async fn post_raw(net: &Net, body: Vec<u8>) -> (u16, String) {
+    let a = &net.directory.authorities[0];
+    let http = bastet_link::https_client(a.pin().unwrap()).unwrap();
+    let r = http
+        .post(format!("{}/v1/descriptors", a.url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn admitted_node_appears_in_a_verified_consensus() {
+    let net = start_authority().await;
+    let client = DirectoryClient::new(&net.directory).unwrap();
+    assert!(matches!(
+        client.fetch_consensus().await,
+        Err(Error::Authority { .. })
+    ));
+
+    let signed = descriptor(&net.admitted, now_epoch())
+        .sign(&net.admitted.identity)
+        .unwrap();
+    assert_eq!(client.publish(&signed).await.unwrap(), 1);
+    let consensus = client.fetch_consensus().await.unwrap();
+    assert_eq!(consensus.epoch, now_epoch());
+    assert_eq!(consensus.nodes.len(), 1);
+    assert_eq!(consensus.nodes[0].node_id(), net.admitted.node_id());
+    assert_eq!(consensus.signatures, 1);
+}
+
+#[tokio::test]
+async fn authority_refuses_bad_descriptors_with_reasons() {
+    let net = start_authority().await;
+
+    let mut forged = descriptor(&net.admitted, now_epoch())
+        .sign(&net.admitted.identity)
+        .unwrap();
+    forged.signature[10] ^= 1;
+    let (status, why) = post_raw(&net, forged.to_bytes()).await;
+    assert_eq!(status, 403, "{why}");
+    assert!(why.contains("bad signature"), "{why}");
+
+    let stranger = NodeKeys::generate();
+    let signed = descriptor(&stranger, now_epoch())
+        .sign(&stranger.identity)
+        .unwrap();
+    let (status, why) = post_raw(&net, signed.to_bytes()).await;
+    assert_eq!(status, 403, "{why}");
+    assert!(why.contains("allow-list"), "{why}");
+
+    let stale = descriptor(&net.admitted, now_epoch() - 1)
+        .sign(&net.admitted.identity)
+        .unwrap();
+    let (status, why) = post_raw(&net, stale.to_bytes()).await;
+    assert_eq!(status, 400, "{why}");
+    assert!(why.contains("epoch"), "{why}");
+
+    let (status, why) = post_raw(&net, b"\xff\xff\xff garbage".to_vec()).await;
+    assert_eq!(status, 400, "{why}");
+    assert!(why.contains("malformed"), "{why}");
+
+    let (status, _) = post_raw(&net, vec![0; 64 * 1024]).await;
+    assert_eq!(status, 413);
+
+    // None of it reached the consensus.
+    let client = DirectoryClient::new(&net.directory).unwrap();
+    assert!(client.fetch_consensus().await.is_err());
+}
+
+#[tokio::test]
+async fn client_pinning_another_authority_key_refuses_the_consensus() {
+    let net = start_authority().await;
+    let client = DirectoryClient::new(&net.directory).unwrap();
+    let signed: SignedDescriptor = descriptor(&net.admitted, now_epoch())
+        .sign(&net.admitted.identity)
+        .unwrap();
+    client.publish(&signed).await.unwrap();
+
+    let mut wrong = net.directory.clone();
+    wrong.authorities[0].identity_key =
+        hex::encode(SigningKey::from_bytes(&[1; 32]).verifying_key().as_bytes());
+    let err = DirectoryClient::new(&wrong)
+        .unwrap()
+        .fetch_consensus()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("valid signatures"), "{err}");
+
+    let mut wrong_pin = net.directory.clone();
+    wrong_pin.authorities[0].tls_pin = hex::encode([7u8; 32]);
+    assert!(
+        DirectoryClient::new(&wrong_pin)
+            .unwrap()
+            .fetch_consensus()
+            .await
+            .is_err()
+    );
+
+    // The watch picks the consensus up.
+    let mut watch =
+        bastet_directory::ConsensusWatch::spawn(Arc::new(client), Duration::from_secs(60));
+    let c = tokio::time::timeout(Duration::from_secs(10), watch.ready())
+        .await
+        .unwrap();
+    assert_eq!(c.nodes.len(), 1);
+}

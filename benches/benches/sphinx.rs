@@ -59,25 +59,25 @@ fn main() {
             "process one hop",
             "sphinx/process_one_hop",
             "sphinx/x25519_dh",
-            1.0,
+            2.0,
         ),
         (
             "build 3 hops",
             "sphinx/build_3_hops",
             "sphinx/x25519_dh",
-            4.0,
+            6.0,
         ),
         (
             "build 4 hops",
             "sphinx/build_4_hops",
             "sphinx/x25519_dh",
-            5.0,
+            8.0,
         ),
         (
             "build 5 hops",
             "sphinx/build_5_hops",
             "sphinx/x25519_dh",
-            6.0,
+            10.0,
         ),
     ]);
 }

@@ -1,0 +1,112 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// What went wrong, in terms a user of `bastet` can act on.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The data directory holds no client yet.
+    #[error("data dir {} not initialised: run `bastet init --directory FILE`", .0.display())]
+    NotInitialised(PathBuf),
+    /// `init` would overwrite an existing client.
+    #[error("{} already exists: this data dir already holds a client (use another --data-dir)", .0.display())]
+    AlreadyInitialised(PathBuf),
+    /// A file in the data directory cannot be read or written.
+    #[error("{}: {why}", path.display())]
+    File {
+        /// The file or directory.
+        path: PathBuf,
+        /// What happened.
+        why: String,
+    },
+    /// A configuration value is wrong; the message names the key.
+    #[error("configuration: {0}")]
+    Config(String),
+
+    /// The address does not start with `bastet1`.
+    #[error("not a Bastet address: it must start with \"{expected}\"")]
+    AddressPrefix {
+        /// The prefix every address starts with.
+        expected: &'static str,
+    },
+    /// The address has too few or too many characters.
+    #[error("address has {got} characters, expected {expected}: check that it was copied whole")]
+    AddressLength {
+        /// Characters given.
+        got: usize,
+        /// Characters in every address.
+        expected: usize,
+    },
+    /// The address holds a character outside its alphabet.
+    #[error(
+        "address contains a character that cannot appear in an address (only a-z and 2-7 after the prefix): check for a typo"
+    )]
+    AddressCharacters,
+    /// The address checksum does not match its contents.
+    #[error("address checksum mismatch: check for a typo")]
+    AddressChecksum,
+    /// The address was made by a newer (or unknown) version of Bastet.
+    #[error("address version {0} is not supported by this version of bastet")]
+    AddressVersion(u8),
+
+    /// The text does not fit one packet.
+    #[error(
+        "message is {len} bytes, but one message holds at most {max} bytes of text (the Sphinx payload limit of {payload_max} bytes minus encryption and signature overhead)"
+    )]
+    MessageTooLong {
+        /// Bytes of text given.
+        len: usize,
+        /// Most bytes of text.
+        max: usize,
+        /// The Sphinx payload limit the text must fit in, with its overhead.
+        payload_max: usize,
+    },
+    /// The recipient's encryption key is not usable (a low-order point).
+    #[error("the recipient's encryption key in the address is invalid")]
+    BadRecipientKey,
+    /// A payload did not decrypt under this client's key: it was not sent to
+    /// this client, or it was corrupted or forged.
+    #[error(
+        "message does not decrypt with this client's key (not addressed to it, corrupted or forged)"
+    )]
+    Undecryptable,
+    /// A payload decrypted but its contents are malformed.
+    #[error("malformed message: {0}")]
+    MalformedMessage(&'static str),
+    /// A payload of a format version this client does not know.
+    #[error("message format version {0} is not supported by this version of bastet")]
+    MessageVersion(u8),
+
+    /// The consensus has no mix node in a layer, so no route can be built.
+    #[error("no mix node in layer {0} of the consensus: cannot build a route, try again later")]
+    NoMixInLayer(u8),
+    /// The consensus lists no mailbox server at all.
+    #[error("no mailbox server in the consensus: cannot create a mailbox, try again later")]
+    NoMailboxServer,
+    /// A mailbox server named by an address, the config or `--mailbox-server`
+    /// is not in the consensus (or is not a mailbox server).
+    #[error("mailbox server {0} is not a mailbox server in the current consensus")]
+    MailboxServerNotInConsensus(String),
+    /// A mailbox server request failed.
+    #[error(transparent)]
+    Mailbox(#[from] bastet_mailbox::Error),
+    /// Sending the packet to the first mix failed.
+    #[error("cannot send to the first mix at {addr}: {why}")]
+    Send {
+        /// The mix's address.
+        addr: String,
+        /// What happened.
+        why: String,
+    },
+
+    /// A directory, consensus or key-file problem.
+    #[error(transparent)]
+    Directory(#[from] bastet_directory::Error),
+    /// A link (TLS) problem.
+    #[error(transparent)]
+    Link(#[from] bastet_link::Error),
+    /// Building the Sphinx packet failed.
+    #[error(transparent)]
+    Sphinx(#[from] bastet_sphinx::Error),
+}

@@ -1,0 +1,225 @@
+//! Route selection: one random mix per layer, then the recipient's mailbox
+//! server, with the per-hop delays the sender draws. Pure: a consensus and an
+//! RNG in, a route out.
+
+use std::time::Duration;
+
+use bastet_directory::{Descriptor, Role, VerifiedConsensus};
+use bastet_link::CertPin;
+use bastet_sphinx::{Hop, NodeId};
+use rand::seq::IndexedRandom;
+use rand::{Rng, RngExt};
+
+use crate::{Error, Result};
+
+/// Mix layers every route crosses, in order.
+pub const MIX_LAYERS: [u8; 3] = [1, 2, 3];
+/// Longest delay a sender asks one hop for. Mixnodes drop packets asking for
+/// more than their `max_delay_ms` (30 s by default); the exponential tail
+/// beyond this is cut off rather than risk the packet.
+pub const MAX_HOP_DELAY: Duration = Duration::from_secs(30);
+
+/// One relay on a chosen route, as shown to the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteNode {
+    /// The relay.
+    pub node: NodeId,
+    /// Its role (`mix1`..`mix3`, `mailbox`).
+    pub role: Role,
+    /// Its jurisdiction.
+    pub jurisdiction: String,
+}
+
+/// A route through the network to a mailbox server.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// The hops for [`bastet_sphinx::build`], delays included.
+    pub hops: Vec<Hop>,
+    /// The same relays, for display.
+    pub nodes: Vec<RouteNode>,
+    /// Packet-link address of the first hop.
+    pub entry_addr: String,
+    /// TLS pin of the first hop.
+    pub entry_pin: CertPin,
+}
+
+/// Picks one mix uniformly at random in each layer and ends at
+/// `mailbox_server`. Each mix holds the packet for an independent
+/// Exp(`mean_delay`) delay; the mailbox server stores it at once.
+pub fn choose_route<R: Rng + ?Sized>(
+    consensus: &VerifiedConsensus,
+    mailbox_server: &NodeId,
+    mean_delay: Duration,
+    rng: &mut R,
+) -> Result<Route> {
+    let last = mailbox_descriptor(consensus, mailbox_server)?;
+    let mut chosen: Vec<&Descriptor> = Vec::with_capacity(MIX_LAYERS.len() + 1);
+    for layer in MIX_LAYERS {
+        let mixes: Vec<&Descriptor> = consensus.mixes(layer).collect();
+        chosen.push(mixes.choose(rng).ok_or(Error::NoMixInLayer(layer))?);
+    }
+    chosen.push(last);
+    let hops = chosen
+        .iter()
+        .map(|d| Hop {
+            node: d.node_id(),
+            sphinx_key: d.sphinx_public(),
+            delay: if d.role == Role::Mailbox {
+                Duration::ZERO
+            } else {
+                sample_delay(mean_delay, rng)
+            },
+        })
+        .collect();
+    let nodes = chosen
+        .iter()
+        .map(|d| RouteNode {
+            node: d.node_id(),
+            role: d.role,
+            jurisdiction: d.jurisdiction.clone(),
+        })
+        .collect();
+    Ok(Route {
+        hops,
+        nodes,
+        entry_addr: chosen[0].addr.clone(),
+        entry_pin: chosen[0].pin(),
+    })
+}
+
+/// The descriptor of `node` if the consensus lists it as a mailbox server.
+pub fn mailbox_descriptor<'c>(
+    consensus: &'c VerifiedConsensus,
+    node: &NodeId,
+) -> Result<&'c Descriptor> {
+    consensus
+        .node(node)
+        .filter(|d| d.role == Role::Mailbox)
+        .ok_or_else(|| Error::MailboxServerNotInConsensus(node.to_hex()))
+}
+
+/// One draw from Exp(`mean`) (inverse transform: `-ln(U) * mean`), capped at
+/// [`MAX_HOP_DELAY`].
+pub fn sample_delay<R: Rng + ?Sized>(mean: Duration, rng: &mut R) -> Duration {
+    // 1 - U lies in (0, 1], so the logarithm is finite.
+    let u: f64 = 1.0 - rng.random::<f64>();
+    let secs = -u.ln() * mean.as_secs_f64();
+    Duration::try_from_secs_f64(secs)
+        .unwrap_or(MAX_HOP_DELAY)
+        .min(MAX_HOP_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptor(i: u8, role: Role, jurisdiction: &str) -> Descriptor {
+        Descriptor {
+            identity_key: [i; 32],
+            epoch: 1,
+            sphinx_key: [i; 32],
+            tls_pin: [i; 32],
+            addr: format!("127.0.0.1:{}", 9000 + u16::from(i)),
+            api_addr: (role == Role::Mailbox).then(|| format!("127.0.0.1:{}", 9100 + u16::from(i))),
+            role,
+            jurisdiction: jurisdiction.into(),
+            operator: "Org".into(),
+        }
+    }
+
+    fn consensus(nodes: Vec<Descriptor>) -> VerifiedConsensus {
+        let mut nodes = nodes;
+        nodes.sort_by_key(Descriptor::node_id);
+        VerifiedConsensus {
+            epoch: 1,
+            valid_after: 0,
+            valid_until: u64::MAX,
+            nodes,
+            signatures: 1,
+        }
+    }
+
+    fn network() -> VerifiedConsensus {
+        consensus(vec![
+            descriptor(1, Role::Mix { layer: 1 }, "DE"),
+            descriptor(2, Role::Mix { layer: 1 }, "NL"),
+            descriptor(3, Role::Mix { layer: 2 }, "CH"),
+            descriptor(4, Role::Mix { layer: 2 }, "SE"),
+            descriptor(5, Role::Mix { layer: 3 }, "IS"),
+            descriptor(6, Role::Mix { layer: 3 }, "FR"),
+            descriptor(7, Role::Mailbox, "CH"),
+        ])
+    }
+
+    #[test]
+    fn routes_cross_each_layer_in_order_and_end_at_the_mailbox_server() {
+        let c = network();
+        let mailbox = descriptor(7, Role::Mailbox, "CH").node_id();
+        let mut rng = rand::rng();
+        for _ in 0..50 {
+            let r = choose_route(&c, &mailbox, Duration::from_millis(50), &mut rng).unwrap();
+            let roles: Vec<String> = r.nodes.iter().map(|n| n.role.to_string()).collect();
+            assert_eq!(roles, ["mix1", "mix2", "mix3", "mailbox"]);
+            assert_eq!(r.hops.len(), 4);
+            assert_eq!(r.hops[3].node, mailbox);
+            assert_eq!(r.hops[3].delay, Duration::ZERO);
+            let first = c.node(&r.hops[0].node).unwrap();
+            assert_eq!(r.entry_addr, first.addr);
+            assert_eq!(r.entry_pin, first.pin());
+        }
+    }
+
+    #[test]
+    fn every_mix_of_a_layer_gets_chosen() {
+        let c = network();
+        let mailbox = descriptor(7, Role::Mailbox, "CH").node_id();
+        let mut rng = rand::rng();
+        let firsts: std::collections::HashSet<NodeId> = (0..200)
+            .map(|_| {
+                choose_route(&c, &mailbox, Duration::ZERO, &mut rng)
+                    .unwrap()
+                    .hops[0]
+                    .node
+            })
+            .collect();
+        assert_eq!(firsts.len(), 2);
+    }
+
+    #[test]
+    fn missing_layers_and_unknown_mailbox_servers_are_refused() {
+        let c = network();
+        let mut rng = rand::rng();
+        let not_mailbox = descriptor(1, Role::Mix { layer: 1 }, "DE").node_id();
+        assert!(matches!(
+            choose_route(&c, &not_mailbox, Duration::ZERO, &mut rng),
+            Err(Error::MailboxServerNotInConsensus(_))
+        ));
+        assert!(matches!(
+            choose_route(&c, &NodeId([0xee; 32]), Duration::ZERO, &mut rng),
+            Err(Error::MailboxServerNotInConsensus(_))
+        ));
+        let no_layer_2 = consensus(vec![
+            descriptor(1, Role::Mix { layer: 1 }, "DE"),
+            descriptor(5, Role::Mix { layer: 3 }, "IS"),
+            descriptor(7, Role::Mailbox, "CH"),
+        ]);
+        let mailbox = descriptor(7, Role::Mailbox, "CH").node_id();
+        let err = choose_route(&no_layer_2, &mailbox, Duration::ZERO, &mut rng).unwrap_err();
+        assert!(matches!(err, Error::NoMixInLayer(2)), "{err}");
+    }
+
+    #[test]
+    fn delays_are_exponential_with_the_configured_mean() {
+        let mut rng = rand::rng();
+        let mean = Duration::from_millis(50);
+        let n = 20_000;
+        let total: f64 = (0..n)
+            .map(|_| sample_delay(mean, &mut rng).as_secs_f64())
+            .sum();
+        let observed = total / f64::from(n);
+        // Standard error of the mean is 50 ms / sqrt(20000) ≈ 0.35 ms.
+        assert!((observed - 0.050).abs() < 0.003, "mean {observed}");
+        assert_eq!(sample_delay(Duration::ZERO, &mut rng), Duration::ZERO);
+        assert!(sample_delay(Duration::from_secs(1_000_000), &mut rng) <= MAX_HOP_DELAY);
+    }
+}

@@ -1,0 +1,98 @@
+//! Fixtures shared by the integration tests: an in-process directory
+//! authority and relays that publish descriptors to it.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bastet_directory::server::{self, AuthorityConfig};
+use bastet_directory::{
+    AuthorityRef, Descriptor, DirectoryClient, DirectoryConfig, NodeKeys, Role, epoch_of, unix_now,
+};
+
+pub const EPOCH_SECS: u64 = 3600;
+
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub struct Relay {
+    pub keys: NodeKeys,
+    pub role: Role,
+}
+
+pub async fn start_authority(dir: &std::path::Path) -> DirectoryConfig {
+    let listen = free_port();
+    let info = server::init(dir, listen, None, EPOCH_SECS, &[]).unwrap();
+    tokio::spawn(server::run(AuthorityConfig {
+        data_dir: dir.to_path_buf(),
+        listen,
+        metrics_listen: None,
+        epoch_secs: EPOCH_SECS,
+        allowed_nodes: Vec::new(),
+        max_nodes: 100,
+    }));
+    DirectoryConfig {
+        authorities: vec![AuthorityRef {
+            url: info.url,
+            identity_key: info.identity_key,
+            tls_pin: info.tls_pin,
+        }],
+        threshold: None,
+        epoch_secs: EPOCH_SECS,
+    }
+}
+
+pub async fn publish(
+    directory: &DirectoryConfig,
+    relay: &Relay,
+    addr: String,
+    api_addr: Option<String>,
+    pin: [u8; 32],
+) {
+    let descriptor = Descriptor {
+        identity_key: relay.keys.identity.verifying_key().to_bytes(),
+        epoch: epoch_of(unix_now(), EPOCH_SECS),
+        sphinx_key: relay.keys.sphinx_public().to_bytes(),
+        tls_pin: pin,
+        addr,
+        api_addr,
+        role: relay.role,
+        jurisdiction: if relay.role == Role::Mailbox {
+            "CH"
+        } else {
+            "DE"
+        }
+        .into(),
+        operator: "Test".into(),
+    }
+    .sign(&relay.keys.identity)
+    .unwrap();
+    let client = DirectoryClient::new(directory).unwrap();
+    for _ in 0..100 {
+        if client.publish(&descriptor).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("authority never accepted the descriptor");
+}
+
+/// Three mixes (one per layer) and a mailbox server, with fresh keys.
+pub fn relays() -> Vec<Relay> {
+    [
+        Role::Mix { layer: 1 },
+        Role::Mix { layer: 2 },
+        Role::Mix { layer: 3 },
+        Role::Mailbox,
+    ]
+    .into_iter()
+    .map(|role| Relay {
+        keys: NodeKeys::generate(),
+        role,
+    })
+    .collect()
+}

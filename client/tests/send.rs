@@ -1,0 +1,138 @@
+//! `Client::send` against a real in-process directory authority and a real
+//! TLS packet listener standing in for the layer-1 mix: the packet that
+//! arrives, peeled hop by hop with the relays' keys, carries a message only
+//! the recipient can read.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bastet_client::{Address, Client, ClientConfig, ClientKeys, DataDir, Error, open_message};
+use bastet_link::{IngressConfig, IngressStats, TlsIdentity, serve_packets};
+use bastet_sphinx::{NodeId, Prepared, Processed};
+use tokio::sync::mpsc;
+
+mod common;
+use common::{publish, relays, start_authority};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
+    let tmp = tempfile::tempdir().unwrap();
+    let directory = start_authority(&tmp.path().join("authority")).await;
+
+    let relays = relays();
+
+    // The layer-1 mix really listens; the others only need descriptors.
+    let tls = TlsIdentity::generate().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let entry_addr = listener.local_addr().unwrap().to_string();
+    let (tx, mut rx) = mpsc::channel(4);
+    let entry_pin = tls.pin();
+    tokio::spawn(async move {
+        serve_packets(
+            listener,
+            &tls,
+            IngressConfig::default(),
+            tx,
+            Arc::new(IngressStats::default()),
+        )
+        .await
+    });
+    publish(&directory, &relays[0], entry_addr, None, entry_pin.0).await;
+    for relay in &relays[1..3] {
+        publish(&directory, relay, "127.0.0.1:9".into(), None, [7; 32]).await;
+    }
+    let api = Some("127.0.0.1:9".to_string());
+    publish(&directory, &relays[3], "127.0.0.1:9".into(), api, [7; 32]).await;
+
+    // The sender's data dir, written as `init` would.
+    let mailbox_server = relays[3].keys.node_id();
+    let sender_dir = DataDir::new(tmp.path().join("alice"));
+    sender_dir.create().unwrap();
+    let alice = ClientKeys::generate(&mut rand::rng());
+    sender_dir.save_keys(&alice).unwrap();
+    sender_dir
+        .save_config(&ClientConfig::new(
+            directory.clone(),
+            mailbox_server,
+            alice.mailbox_id(),
+        ))
+        .unwrap();
+    let sender = Client::open(sender_dir).unwrap();
+
+    let bob = ClientKeys::generate(&mut rand::rng());
+    let to = Address {
+        identity_key: bob.identity_public(),
+        encryption_key: bob.encryption_public(),
+        mailbox_server,
+        mailbox: bob.mailbox_id(),
+    };
+    let text = "hello bob, this is MARKER-51d3";
+    let sent = sender.send(&to, text).await.unwrap();
+    let roles: Vec<String> = sent.route.iter().map(|n| n.role.to_string()).collect();
+    assert_eq!(roles, ["mix1", "mix2", "mix3", "mailbox"]);
+    let route_ids: Vec<NodeId> = sent.route.iter().map(|n| n.node).collect();
+    let relay_ids: Vec<NodeId> = relays.iter().map(|r| r.keys.node_id()).collect();
+    assert_eq!(route_ids, relay_ids);
+
+    let frame = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no packet reached the first mix")
+        .unwrap();
+    assert!(
+        !frame
+            .windows(b"MARKER-51d3".len())
+            .any(|w| w == b"MARKER-51d3"),
+        "plaintext on the wire"
+    );
+    let mut packet = frame.to_vec();
+    for (i, relay) in relays.iter().enumerate() {
+        match Prepared::new(&packet, &relay.keys.sphinx)
+            .unwrap()
+            .process()
+            .unwrap()
+        {
+            Processed::Forward {
+                next_hop,
+                delay,
+                packet: next,
+            } => {
+                assert_eq!(next_hop, relay_ids[i + 1]);
+                assert!(delay <= bastet_client::MAX_HOP_DELAY);
+                packet = next.as_bytes().to_vec();
+            }
+            Processed::Deliver { mailbox, message } => {
+                assert_eq!(i, 3, "delivered early");
+                assert_eq!(mailbox, bob.mailbox_id());
+                let got = open_message(&bob, &message).unwrap();
+                assert_eq!(got.text, text);
+                assert!(got.verified);
+                assert_eq!(got.from, alice.identity_public());
+                assert_eq!(got.message_id, sent.message_id);
+                assert_eq!(got.sent_at_ms, sent.sent_at_ms);
+                assert!(open_message(&alice, &message).is_err());
+                break;
+            }
+        }
+    }
+
+    // A recipient on a mailbox server the consensus does not list, and a
+    // text that does not fit, are refused before anything is sent.
+    let elsewhere = Address {
+        mailbox_server: NodeId([0xee; 32]),
+        ..to
+    };
+    let err = sender.send(&elsewhere, "x").await.unwrap_err();
+    assert!(
+        matches!(err, Error::MailboxServerNotInConsensus(_)),
+        "{err}"
+    );
+    let err = sender
+        .send(&to, &"x".repeat(bastet_client::MAX_TEXT_LEN + 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::MessageTooLong { .. }), "{err}");
+    assert!(rx.try_recv().is_err(), "a refused send reached the mix");
+}

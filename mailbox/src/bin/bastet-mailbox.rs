@@ -1,0 +1,119 @@
+//! `bastet-mailbox`: a Bastet mailbox server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bastet_mailbox::{InitOptions, MailboxConfig};
+use clap::{Parser, Subcommand};
+
+/// A Bastet mailbox server: the final hop of every route. Stores the
+/// still-encrypted payloads it receives under pseudonymous mailbox ids and
+/// serves them to their owners over authenticated HTTPS.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once at start: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Command {
+    /// Create a data directory with fresh keys, a TLS certificate and a
+    /// commented mailbox.toml; prints one JSON object.
+    Init {
+        /// Data directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Packet link address.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// HTTPS API address.
+        #[arg(long)]
+        api_listen: SocketAddr,
+        /// Plain-HTTP /health and /metrics address.
+        #[arg(long)]
+        metrics_listen: SocketAddr,
+        /// ISO 3166-1 alpha-2 code of the server's jurisdiction, e.g. CH.
+        #[arg(long)]
+        jurisdiction: String,
+        /// Who runs the server.
+        #[arg(long)]
+        operator: String,
+        /// TOML file with the directory authorities (a [directory] section's
+        /// contents: epoch_secs and [[authorities]]).
+        #[arg(long)]
+        directory: PathBuf,
+        /// host:port published for the packet link (default: --listen).
+        #[arg(long)]
+        public_addr: Option<String>,
+        /// host:port published for the API (default: --api-listen).
+        #[arg(long)]
+        public_api_addr: Option<String>,
+        /// FOR TESTS ONLY: append every stored payload to this file.
+        #[arg(long)]
+        packet_log: Option<PathBuf>,
+    },
+    /// Run the server until SIGTERM or Ctrl-C.
+    Run {
+        /// Path to mailbox.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BASTET_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bastet-mailbox: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Init {
+            dir,
+            listen,
+            api_listen,
+            metrics_listen,
+            jurisdiction,
+            operator,
+            directory,
+            public_addr,
+            public_api_addr,
+            packet_log,
+        } => {
+            let info = bastet_mailbox::init(InitOptions {
+                dir,
+                listen,
+                api_listen,
+                metrics_listen,
+                jurisdiction,
+                operator,
+                public_addr,
+                public_api_addr,
+                directory: bastet_mailbox::read_directory_file(&directory)?,
+                packet_log,
+            })?;
+            println!("{}", serde_json::to_string(&info)?);
+            Ok(())
+        }
+        Command::Run { config } => {
+            let config = MailboxConfig::load(&config)?;
+            tokio::runtime::Runtime::new()?.block_on(bastet_mailbox::run(config))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! `mailbox.toml` and `init`, which writes it next to fresh keys.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bastet_directory::{DirectoryConfig, NodeKeys};
+use bastet_link::TlsIdentity;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Prefix of environment overrides: `BASTET_MAILBOX__QUOTA_MESSAGES=...`.
+pub const ENV_PREFIX: &str = "BASTET_MAILBOX";
+
+/// The mailbox server's configuration (`mailbox.toml`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxConfig {
+    /// Holds the keys, the TLS certificate and `db/`.
+    pub data_dir: PathBuf,
+    /// Packet link: where the last mixnodes deliver packets.
+    pub listen: SocketAddr,
+    /// `host:port` published for the packet link (default: `listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_addr: Option<String>,
+    /// HTTPS API for mailbox owners.
+    pub api_listen: SocketAddr,
+    /// `host:port` published for the API (default: `api_listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_api_addr: Option<String>,
+    /// Plain-HTTP `/health` and `/metrics`.
+    pub metrics_listen: SocketAddr,
+    /// ISO 3166-1 alpha-2 code of the jurisdiction the server runs in.
+    pub jurisdiction: String,
+    /// Who runs the server.
+    pub operator: String,
+    /// Most messages one mailbox holds; more are dropped.
+    #[serde(default = "default_quota_messages")]
+    pub quota_messages: u64,
+    /// Most mailboxes on this server.
+    #[serde(default = "default_max_mailboxes")]
+    pub max_mailboxes: u64,
+    /// Replay tags remembered per Bloom filter generation.
+    #[serde(default = "default_replay_filter_capacity")]
+    pub replay_filter_capacity: usize,
+    /// Test hook: append every stored payload to this file (bounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet_log: Option<PathBuf>,
+    /// The directory authorities.
+    pub directory: DirectoryConfig,
+}
+
+fn default_quota_messages() -> u64 {
+    10_000
+}
+
+fn default_max_mailboxes() -> u64 {
+    100_000
+}
+
+fn default_replay_filter_capacity() -> usize {
+    1_000_000
+}
+
+fn bad(key: &str, why: &str) -> Error {
+    Error::Config(format!("{key}: {why}"))
+}
+
+fn check_host_port(key: &str, value: &str) -> Result<()> {
+    let ok = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if ok && value.len() <= 255 {
+        Ok(())
+    } else {
+        Err(bad(key, &format!("{value:?} must be host:port")))
+    }
+}
+
+impl MailboxConfig {
+    /// Loads `path` with environment overrides and validates it.
+    pub fn load(path: &Path) -> Result<Self> {
+        let config: MailboxConfig = bastet_directory::load_config(path, ENV_PREFIX)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every key, naming the one at fault.
+    pub fn validate(&self) -> Result<()> {
+        let j = self.jurisdiction.as_bytes();
+        if j.len() != 2 || !j.iter().all(u8::is_ascii_uppercase) {
+            return Err(bad(
+                "jurisdiction",
+                "must be an ISO 3166-1 alpha-2 code such as CH",
+            ));
+        }
+        if self.operator.is_empty()
+            || self.operator.len() > 64
+            || self.operator.chars().any(char::is_control)
+        {
+            return Err(bad("operator", "must be 1 to 64 printable characters"));
+        }
+        check_host_port("public_addr", &self.public_addr())?;
+        check_host_port("public_api_addr", &self.public_api_addr())?;
+        if self.quota_messages == 0 {
+            return Err(bad("quota_messages", "must be at least 1"));
+        }
+        if self.max_mailboxes == 0 {
+            return Err(bad("max_mailboxes", "must be at least 1"));
+        }
+        if self.replay_filter_capacity == 0 {
+            return Err(bad("replay_filter_capacity", "must be at least 1"));
+        }
+        let distinct = [self.listen, self.api_listen, self.metrics_listen];
+        if distinct
+            .iter()
+            .any(|a| a.port() != 0 && distinct.iter().filter(|b| *b == a).count() > 1)
+        {
+            return Err(bad(
+                "listen",
+                "listen, api_listen and metrics_listen must be different addresses",
+            ));
+        }
+        self.directory.validate()?;
+        Ok(())
+    }
+
+    /// The packet link address published in the directory.
+    pub fn public_addr(&self) -> String {
+        self.public_addr
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// The API address published in the directory.
+    pub fn public_api_addr(&self) -> String {
+        self.public_api_addr
+            .clone()
+            .unwrap_or_else(|| self.api_listen.to_string())
+    }
+}
+
+/// What `init` needs besides defaults.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Data directory to create.
+    pub dir: PathBuf,
+    /// Packet link address.
+    pub listen: SocketAddr,
+    /// HTTPS API address.
+    pub api_listen: SocketAddr,
+    /// Metrics address.
+    pub metrics_listen: SocketAddr,
+    /// Jurisdiction code.
+    pub jurisdiction: String,
+    /// Operator name.
+    pub operator: String,
+    /// Published packet link address, if not `listen`.
+    pub public_addr: Option<String>,
+    /// Published API address, if not `api_listen`.
+    pub public_api_addr: Option<String>,
+    /// The directory authorities.
+    pub directory: DirectoryConfig,
+    /// Test hook: where to log stored payloads.
+    pub packet_log: Option<PathBuf>,
+}
+
+/// What `init` prints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InitInfo {
+    /// The node id, hex.
+    pub node_id: String,
+    /// The Ed25519 identity public key, hex.
+    pub identity_key: String,
+    /// Pin of the TLS certificate (packet link and API), hex.
+    pub tls_pin: String,
+    /// Path of the config written.
+    pub config: PathBuf,
+}
+
+/// Reads a `--directory` file: a TOML file holding exactly a
+/// [`DirectoryConfig`].
+pub fn read_directory_file(path: &Path) -> Result<DirectoryConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let directory: DirectoryConfig =
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    directory.validate()?;
+    Ok(directory)
+}
+
+/// Creates the data directory with fresh keys, a TLS certificate and a
+/// commented `mailbox.toml`. Refuses to overwrite an existing identity key.
+pub fn init(options: InitOptions) -> Result<InitInfo> {
+    let file_err = |path: &Path, e: std::io::Error| Error::File {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    };
+    let dir = &options.dir;
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| file_err(dir, e))?;
+    let identity_path = dir.join("identity.key");
+    if identity_path.exists() {
+        return Err(Error::File {
+            path: identity_path,
+            why: "already exists; refusing to overwrite a node's identity key".into(),
+        });
+    }
+    let config = MailboxConfig {
+        data_dir: dir.clone(),
+        listen: options.listen,
+        public_addr: options.public_addr,
+        api_listen: options.api_listen,
+        public_api_addr: options.public_api_addr,
+        metrics_listen: options.metrics_listen,
+        jurisdiction: options.jurisdiction,
+        operator: options.operator,
+        quota_messages: default_quota_messages(),
+        max_mailboxes: default_max_mailboxes(),
+        replay_filter_capacity: default_replay_filter_capacity(),
+        packet_log: options.packet_log,
+        directory: options.directory,
+    };
+    config.validate()?;
+    let keys = NodeKeys::generate();
+    let tls = TlsIdentity::generate()?;
+    keys.save(&dir)?;
+    tls.save(&dir)?;
+    let path = dir.join("mailbox.toml");
+    std::fs::write(&path, commented(&config)?).map_err(|e| file_err(&path, e))?;
+    Ok(InitInfo {
+        node_id: keys.node_id().to_hex(),
+        identity_key: hex::encode(keys.identity.verifying_key().as_bytes()),
+        tls_pin: tls.pin().to_hex(),
+        config: path,
+    })
+}
+
+fn value(v: impl Into<toml::Value>) -> String {
+    v.into().to_string()
+}
+
+/// The config file text, every key with a comment saying what it does.
+fn commented(c: &MailboxConfig) -> Result<String> {
+    #[derive(Serialize)]
+    struct Section<'a> {
+        directory: &'a DirectoryConfig,
+    }
+    let directory = toml::to_string(&Section {
+        directory: &c.directory,
+    })
+    .map_err(|e| Error::Config(format!("directory: {e}")))?;
+    let optional = |key: &str, v: &Option<String>, example: &str| match v {
+        Some(v) => format!("{key} = {}", value(v.as_str())),
+        None => format!("# {key} = {}", value(example)),
+    };
+    let packet_log = match &c.packet_log {
+        Some(p) => format!("packet_log = {}", value(p.display().to_string())),
+        None => "# packet_log = \"/path/to/stored-payloads.bin\"".into(),
+    };
+    Ok(format!(
+        "# Bastet mailbox server: `bastet-mailbox run --config <this file>`.\n\
+         # Every key can be overridden from the environment as {ENV_PREFIX}__<KEY>\n\
+         # (for example {ENV_PREFIX}__QUOTA_MESSAGES=5000). Unknown keys are refused.\n\
+         \n\
+         # Holds identity.key and sphinx.key (secret, mode 0600), tls-cert.pem and\n\
+         # tls-key.pem, and db/ (the RocksDB message store).\n\
+         data_dir = {data_dir}\n\
+         \n\
+         # Packet link (TLS, pinned): the last mixnode of each route delivers here.\n\
+         listen = {listen}\n\
+         # host:port published in the directory for the packet link (default: listen).\n\
+         {public_addr}\n\
+         \n\
+         # HTTPS API where mailbox owners register and poll (same certificate as the link).\n\
+         api_listen = {api_listen}\n\
+         # host:port published in the directory for the API (default: api_listen).\n\
+         {public_api_addr}\n\
+         \n\
+         # Plain HTTP /health and Prometheus /metrics: keep it on loopback or a\n\
+         # management network.\n\
+         metrics_listen = {metrics_listen}\n\
+         \n\
+         # Where this server runs (ISO 3166-1 alpha-2) and who runs it; both are\n\
+         # published so that clients can choose routes by jurisdiction.\n\
+         jurisdiction = {jurisdiction}\n\
+         operator = {operator}\n\
+         \n\
+         # Most messages one mailbox holds; further packets for it are dropped\n\
+         # (metric packets_dropped{{reason=\"quota\"}}) until its owner deletes some.\n\
+         quota_messages = {quota}\n\
+         # Most mailboxes this server registers.\n\
+         max_mailboxes = {max_mailboxes}\n\
+         # Replay tags remembered per Bloom filter generation (two generations are\n\
+         # kept, {fp} false-positive rate each; about 3.6 MB per million).\n\
+         replay_filter_capacity = {replay}\n\
+         \n\
+         # FOR TESTS ONLY: append every stored payload to this file (at most 64 MiB).\n\
+         {packet_log}\n\
+         \n\
+         # The directory authorities this server publishes its descriptor to.\n\
+         {directory}",
+        data_dir = value(c.data_dir.display().to_string()),
+        listen = value(c.listen.to_string()),
+        public_addr = optional("public_addr", &c.public_addr, "mailbox.example.org:9000"),
+        api_listen = value(c.api_listen.to_string()),
+        public_api_addr = optional(
+            "public_api_addr",
+            &c.public_api_addr,
+            "mailbox.example.org:9443"
+        ),
+        metrics_listen = value(c.metrics_listen.to_string()),
+        jurisdiction = value(c.jurisdiction.as_str()),
+        operator = value(c.operator.as_str()),
+        quota = c.quota_messages,
+        max_mailboxes = c.max_mailboxes,
+        fp = crate::hop::REPLAY_FILTER_FP_RATE,
+        replay = c.replay_filter_capacity,
+    ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use bastet_directory::AuthorityRef;
+
+    use super::*;
+
+    fn directory() -> DirectoryConfig {
+        DirectoryConfig {
+            authorities: vec![AuthorityRef {
+                url: "https://127.0.0.1:7000".into(),
+                identity_key: hex::encode(
+                    bastet_directory::SigningKey::from_bytes(&[1; 32])
+                        .verifying_key()
+                        .as_bytes(),
+                ),
+                tls_pin: hex::encode([2; 32]),
+            }],
+            threshold: None,
+            epoch_secs: 60,
+        }
+    }
+
+    fn options(dir: &Path) -> InitOptions {
+        InitOptions {
+            dir: dir.join("node"),
+            listen: "127.0.0.1:9000".parse().unwrap(),
+            api_listen: "127.0.0.1:9001".parse().unwrap(),
+            metrics_listen: "127.0.0.1:9002".parse().unwrap(),
+            jurisdiction: "CH".into(),
+            operator: "Org \"quoted\"".into(),
+            public_addr: None,
+            public_api_addr: Some("mb.example:443".into()),
+            directory: directory(),
+            packet_log: None,
+        }
+    }
+
+    #[test]
+    fn init_writes_a_config_that_loads_and_refuses_to_run_twice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let info = init(options(tmp.path())).unwrap();
+        let text = std::fs::read_to_string(&info.config).unwrap();
+        assert!(text.contains("\nquota_messages = 10000\n"), "{text}");
+        assert!(text.contains("# Most messages one mailbox holds"), "{text}");
+        let config = MailboxConfig::load(&info.config).unwrap();
+        assert_eq!(config.operator, "Org \"quoted\"");
+        assert_eq!(config.public_addr(), "127.0.0.1:9000");
+        assert_eq!(config.public_api_addr(), "mb.example:443");
+        assert_eq!(config.quota_messages, 10_000);
+        assert_eq!(config.directory, directory());
+        let keys = NodeKeys::load(&config.data_dir).unwrap();
+        assert_eq!(keys.node_id().to_hex(), info.node_id);
+
+        let again = init(options(tmp.path())).unwrap_err();
+        assert!(again.to_string().contains("identity.key"), "{again}");
+        // The first node's keys are untouched.
+        assert_eq!(
+            NodeKeys::load(&config.data_dir).unwrap().node_id().to_hex(),
+            info.node_id
+        );
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let info = init(options(tmp.path())).unwrap();
+        let text = std::fs::read_to_string(&info.config).unwrap();
+
+        let bad_jurisdiction = text.replace("jurisdiction = \"CH\"", "jurisdiction = \"Swiss\"");
+        std::fs::write(&info.config, bad_jurisdiction).unwrap();
+        let err = MailboxConfig::load(&info.config).unwrap_err();
+        assert!(err.to_string().contains("jurisdiction"), "{err}");
+
+        let unknown = text.replace("quota_messages =", "quota_mesages =");
+        std::fs::write(&info.config, unknown).unwrap();
+        let err = MailboxConfig::load(&info.config).unwrap_err();
+        assert!(err.to_string().contains("quota_mesages"), "{err}");
+
+        let zero = text.replace("quota_messages = 10000", "quota_messages = 0");
+        std::fs::write(&info.config, zero).unwrap();
+        let err = MailboxConfig::load(&info.config).unwrap_err();
+        assert!(err.to_string().contains("quota_messages"), "{err}");
+    }
+}

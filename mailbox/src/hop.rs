@@ -1,0 +1,181 @@
+//! The final hop, sans IO: removes the last Sphinx layer and refuses
+//! replays and packets that are not for a mailbox.
+
+use bastet_sphinx::{MailboxId, Prepared, Processed, ReplayTag, SphinxSecretKey};
+use bloomfilter::Bloom;
+
+/// False-positive rate of each replay filter generation: about one fresh
+/// packet in a million is wrongly dropped as a replay (the sender's
+/// retransmission recovers it).
+pub const REPLAY_FILTER_FP_RATE: f64 = 1e-6;
+
+/// Why a packet was dropped before reaching the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// Its replay tag was seen before.
+    Replay,
+    /// It does not decode or authenticate under this node's key.
+    Malformed,
+    /// It is not exactly one packet long.
+    WrongLength,
+    /// It asks to be forwarded, but a mailbox server is the last hop.
+    NotFinalHop,
+}
+
+impl Rejected {
+    /// Label for the `packets_dropped` metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejected::Replay => "replay",
+            Rejected::Malformed => "malformed",
+            Rejected::WrongLength => "wrong_length",
+            Rejected::NotFinalHop => "not_final_hop",
+        }
+    }
+}
+
+/// Replay tags seen, in two Bloom filter generations of `capacity` tags
+/// each: when the current one is full it becomes the previous one, so the
+/// memory is bounded and at least the last `capacity` tags are always
+/// remembered.
+struct ReplayFilter {
+    capacity: usize,
+    current: Bloom<ReplayTag>,
+    previous: Option<Bloom<ReplayTag>>,
+    inserted: usize,
+}
+
+impl ReplayFilter {
+    fn new(capacity: usize) -> Result<Self, String> {
+        let capacity = capacity.max(1);
+        Ok(ReplayFilter {
+            capacity,
+            current: Bloom::new_for_fp_rate(capacity, REPLAY_FILTER_FP_RATE)?,
+            previous: None,
+            inserted: 0,
+        })
+    }
+
+    /// Records `tag`; true if it was (probably) seen before.
+    fn check_and_set(&mut self, tag: &ReplayTag) -> Result<bool, String> {
+        if self.previous.as_ref().is_some_and(|p| p.check(tag)) {
+            return Ok(true);
+        }
+        if self.current.check_and_set(tag) {
+            return Ok(true);
+        }
+        self.inserted += 1;
+        if self.inserted >= self.capacity {
+            let fresh = Bloom::new_for_fp_rate(self.capacity, REPLAY_FILTER_FP_RATE)?;
+            self.previous = Some(std::mem::replace(&mut self.current, fresh));
+            self.inserted = 0;
+        }
+        Ok(false)
+    }
+}
+
+/// The last Sphinx hop of this mailbox server.
+pub struct FinalHop {
+    key: SphinxSecretKey,
+    replay: ReplayFilter,
+}
+
+impl FinalHop {
+    /// A final hop for Sphinx key `key` remembering about
+    /// `replay_capacity` packets per filter generation.
+    pub fn new(key: SphinxSecretKey, replay_capacity: usize) -> Result<Self, String> {
+        Ok(FinalHop {
+            key,
+            replay: ReplayFilter::new(replay_capacity)?,
+        })
+    }
+
+    /// Opens one received packet: the mailbox and the payload to store.
+    pub fn open(&mut self, bytes: &[u8]) -> Result<(MailboxId, Vec<u8>), Rejected> {
+        let prepared = Prepared::new(bytes, &self.key).map_err(classify)?;
+        // The filter cannot fail after construction (the same parameters
+        // succeeded once); if it ever did, refusing is the safe side.
+        if self
+            .replay
+            .check_and_set(&prepared.replay_tag())
+            .unwrap_or(true)
+        {
+            return Err(Rejected::Replay);
+        }
+        match prepared.process().map_err(classify)? {
+            Processed::Deliver { mailbox, message } => Ok((mailbox, message)),
+            Processed::Forward { .. } => Err(Rejected::NotFinalHop),
+        }
+    }
+}
+
+fn classify(e: bastet_sphinx::Error) -> Rejected {
+    match e {
+        bastet_sphinx::Error::WrongPacketLength { .. } => Rejected::WrongLength,
+        _ => Rejected::Malformed,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use bastet_sphinx::{Hop, NodeId, SphinxPublicKey, build};
+
+    use super::*;
+
+    fn hop(i: u8) -> (Hop, SphinxSecretKey) {
+        let key = SphinxSecretKey::from([i; 32]);
+        let hop = Hop {
+            node: NodeId([i; 32]),
+            sphinx_key: SphinxPublicKey::from(&key),
+            delay: Duration::ZERO,
+        };
+        (hop, key)
+    }
+
+    #[test]
+    fn delivers_once_and_drops_replays_forwards_and_garbage() {
+        let (me, key) = hop(1);
+        let (other, _) = hop(2);
+        let mailbox = MailboxId([5; 32]);
+        let mut final_hop = FinalHop::new(key, 1000).unwrap();
+        let packet = build(std::slice::from_ref(&me), &mailbox, b"hi").unwrap();
+        assert_eq!(
+            final_hop.open(packet.as_bytes()),
+            Ok((mailbox, b"hi".to_vec()))
+        );
+        assert_eq!(final_hop.open(packet.as_bytes()), Err(Rejected::Replay));
+
+        let onward = build(&[me, other], &mailbox, b"hi").unwrap();
+        assert_eq!(
+            final_hop.open(onward.as_bytes()),
+            Err(Rejected::NotFinalHop)
+        );
+
+        let mut garbage = build(&[hop(1).0], &mailbox, b"x")
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        garbage[100] ^= 1;
+        assert_eq!(final_hop.open(&garbage), Err(Rejected::Malformed));
+        assert_eq!(final_hop.open(&garbage[1..]), Err(Rejected::WrongLength));
+    }
+
+    #[test]
+    fn replay_filter_stays_bounded_and_remembers_the_last_generation() {
+        let mut filter = ReplayFilter::new(4).unwrap();
+        let tag = |i: u8| ReplayTag([i; 32]);
+        for i in 0..4 {
+            assert!(!filter.check_and_set(&tag(i)).unwrap());
+        }
+        // The first generation rotated out of `current` but is still checked.
+        assert!(filter.previous.is_some());
+        assert!(filter.check_and_set(&tag(0)).unwrap());
+        for i in 4..8 {
+            assert!(!filter.check_and_set(&tag(i)).unwrap());
+        }
+        assert!(filter.check_and_set(&tag(7)).unwrap());
+    }
+}

@@ -1,0 +1,310 @@
+//! The tokio shell: listeners, the store writer, descriptor publishing.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bastet_directory::{Descriptor, DirectoryClient, NodeKeys, Role, publish_forever, unix_now};
+use bastet_link::{Frame, IngressConfig, IngressStats, TlsIdentity};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::hop::FinalHop;
+use crate::http::{Api, router};
+use crate::metrics::Metrics;
+use crate::store::{Delivery, Store, StoreLimits};
+use crate::{Error, MailboxConfig, Result};
+
+/// Packets waiting between the link and the store; more are dropped and
+/// counted (`overload`).
+const INGRESS_QUEUE: usize = 8192;
+/// Most packets stored with one synced write.
+const MAX_BATCH: usize = 256;
+/// Signatures the API remembers to refuse replays.
+const API_REPLAY_CAPACITY: usize = 100_000;
+/// The packet log stops growing at this size.
+const PACKET_LOG_MAX_BYTES: u64 = 64 << 20;
+
+/// Runs the mailbox server until SIGTERM or SIGINT.
+pub async fn run(config: MailboxConfig) -> Result<()> {
+    run_until(config, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs the mailbox server until `shutdown` completes; packets already
+/// taken off the link are stored before it returns.
+pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    config.validate()?;
+    let keys = NodeKeys::load(&config.data_dir)?;
+    let tls = TlsIdentity::load(&config.data_dir)?;
+    let directory = Arc::new(DirectoryClient::new(&config.directory)?);
+    let limits = StoreLimits {
+        quota_messages: config.quota_messages,
+        max_mailboxes: config.max_mailboxes,
+    };
+    let db_path = config.data_dir.join("db");
+    let store = tokio::task::spawn_blocking(move || Store::open(&db_path, limits))
+        .await
+        .map_err(|_| Error::CorruptStore("opening the store panicked".into()))??;
+    let store = Arc::new(store);
+    let hop = FinalHop::new(keys.sphinx.clone(), config.replay_filter_capacity)
+        .map_err(|why| Error::Config(format!("replay_filter_capacity: {why}")))?;
+    let packet_log = match &config.packet_log {
+        Some(path) => Some(PacketLog::open(path.clone())?),
+        None => None,
+    };
+
+    let bind_err = |addr, what| move |source| Error::Bind { addr, what, source };
+    let packet_listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(bind_err(config.listen, "listen"))?;
+    let api_listener = std::net::TcpListener::bind(config.api_listen)
+        .map_err(bind_err(config.api_listen, "api_listen"))?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(bind_err(config.metrics_listen, "metrics_listen"))?;
+
+    let mut registry = Registry::with_prefix("bastet_mailbox");
+    let metrics = Metrics::register(&mut registry);
+    metrics
+        .mailboxes
+        .set(i64::try_from(store.mailboxes()).unwrap_or(i64::MAX));
+    let registry = Arc::new(registry);
+
+    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    let (tx, rx) = mpsc::channel::<Frame>(INGRESS_QUEUE);
+    let stats = Arc::new(IngressStats::default());
+    {
+        let (tls, stats) = (tls.clone(), stats.clone());
+        tasks.spawn(async move {
+            bastet_link::serve_packets(packet_listener, &tls, IngressConfig::default(), tx, stats)
+                .await?;
+            Ok(())
+        });
+    }
+    {
+        let api = Arc::new(Api::new(
+            store.clone(),
+            API_REPLAY_CAPACITY,
+            metrics.clone(),
+            unix_now,
+        ));
+        let tls = tls.clone();
+        tasks.spawn(async move {
+            bastet_link::serve_https(api_listener, &tls, router(api)).await?;
+            Ok(())
+        });
+    }
+    tasks.spawn(async move {
+        bastet_link::serve_metrics(metrics_listener, registry).await?;
+        Ok(())
+    });
+    tasks.spawn(count_overload(stats, metrics.clone()));
+    {
+        let descriptor = Descriptor {
+            identity_key: keys.identity.verifying_key().to_bytes(),
+            epoch: 0,
+            sphinx_key: keys.sphinx_public().to_bytes(),
+            tls_pin: tls.pin().0,
+            addr: config.public_addr(),
+            api_addr: Some(config.public_api_addr()),
+            role: Role::Mailbox,
+            jurisdiction: config.jurisdiction.clone(),
+            operator: config.operator.clone(),
+        };
+        let identity = keys.identity.clone();
+        tasks.spawn(async move {
+            publish_forever(directory, move |epoch| {
+                Descriptor {
+                    epoch,
+                    ..descriptor.clone()
+                }
+                .sign(&identity)
+            })
+            .await;
+            Ok(())
+        });
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let pipeline = tokio::spawn(pipeline(rx, hop, store, metrics, packet_log, stop_rx));
+
+    tracing::info!(
+        node = %keys.node_id().short(),
+        listen = %config.listen,
+        api_listen = %config.api_listen,
+        metrics_listen = %config.metrics_listen,
+        "mailbox server running"
+    );
+    let outcome = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        Some(ended) = tasks.join_next() => match ended {
+            Ok(Ok(())) => Err(Error::Config("a server task ended unexpectedly".into())),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(Error::Config(format!("a server task failed: {e}"))),
+        },
+    };
+    tasks.abort_all();
+    let _ = stop_tx.send(true);
+    match pipeline.await {
+        Ok(Ok(())) => outcome,
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(Error::Config(format!("the packet pipeline failed: {e}"))),
+    }
+}
+
+/// Moves the link's load-shedding count into the metrics.
+async fn count_overload(stats: Arc<IngressStats>, metrics: Metrics) -> Result<()> {
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = stats.dropped_overload.load(Ordering::Relaxed);
+        if now > seen {
+            metrics.packets_received.inc_by(now - seen);
+            metrics.dropped("overload", now - seen);
+            seen = now;
+        }
+    }
+}
+
+/// Takes packets off the link in batches, opens them, and stores each batch
+/// with one synced write on a blocking thread.
+async fn pipeline(
+    mut rx: mpsc::Receiver<Frame>,
+    mut hop: FinalHop,
+    store: Arc<Store>,
+    metrics: Metrics,
+    mut packet_log: Option<PacketLog>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.changed() => return Ok(()),
+            frame = rx.recv() => match frame {
+                Some(f) => f,
+                None => return Ok(()),
+            },
+        };
+        let mut frames = vec![first];
+        while frames.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(f) => frames.push(f),
+                Err(_) => break,
+            }
+        }
+        let (store, metrics) = (store.clone(), metrics.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            store_batch(&mut hop, &store, &metrics, packet_log.as_mut(), &frames);
+            (hop, packet_log)
+        })
+        .await;
+        (hop, packet_log) =
+            done.map_err(|e| Error::Config(format!("storing packets failed: {e}")))?;
+    }
+}
+
+fn store_batch(
+    hop: &mut FinalHop,
+    store: &Store,
+    metrics: &Metrics,
+    mut packet_log: Option<&mut PacketLog>,
+    frames: &[Frame],
+) {
+    let mut items = Vec::with_capacity(frames.len());
+    for frame in frames {
+        metrics.packets_received.inc();
+        match hop.open(&frame[..]) {
+            Ok(item) => items.push(item),
+            Err(why) => metrics.dropped(why.reason(), 1),
+        }
+    }
+    if items.is_empty() {
+        return;
+    }
+    match store.deliver(&items, now_ms()) {
+        Ok(outcomes) => {
+            for (outcome, (_, payload)) in outcomes.iter().zip(&items) {
+                match outcome {
+                    Delivery::Stored { .. } => {
+                        metrics.messages_stored.inc();
+                        if let Some(log) = packet_log.as_deref_mut() {
+                            log.append(payload);
+                        }
+                    }
+                    Delivery::UnknownMailbox => metrics.dropped("unknown_mailbox", 1),
+                    Delivery::OverQuota => metrics.dropped("quota", 1),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, packets = items.len(), "storing packets failed; dropped");
+            metrics.dropped("store_error", items.len() as u64);
+        }
+    }
+}
+
+/// Test hook: stored payloads appended raw to a file, up to a bound.
+struct PacketLog {
+    path: PathBuf,
+    file: std::fs::File,
+    written: u64,
+}
+
+impl PacketLog {
+    fn open(path: PathBuf) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::File {
+                path: path.clone(),
+                why: format!("packet_log: {e}"),
+            })?;
+        let written = file.metadata().map_or(0, |m| m.len());
+        Ok(PacketLog {
+            path,
+            file,
+            written,
+        })
+    }
+
+    fn append(&mut self, payload: &[u8]) {
+        if self.written + payload.len() as u64 > PACKET_LOG_MAX_BYTES {
+            return;
+        }
+        match self.file.write_all(payload) {
+            Ok(()) => self.written += payload.len() as u64,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "packet_log write failed")
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `bastet-mixnode`: a Bastet mixnode.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bastet_mixnode::{InitOptions, MixnodeConfig};
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// A Bastet mixnode: removes one Sphinx layer from each packet, drops
+/// replays, holds each packet for the delay its sender chose and forwards it
+/// to the next hop named in the directory consensus.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a data directory with fresh keys, a TLS certificate and a
+    /// commented mixnode.toml; prints the node id and pins as JSON.
+    Init {
+        /// Data directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address of the packet link (TLS).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Plain-HTTP /health and /metrics address.
+        #[arg(long)]
+        metrics_listen: SocketAddr,
+        /// Mix layer: 1, 2 or 3.
+        #[arg(long)]
+        layer: u8,
+        /// ISO 3166-1 alpha-2 code of where the node runs, e.g. DE.
+        #[arg(long)]
+        jurisdiction: String,
+        /// Who runs the node.
+        #[arg(long)]
+        operator: String,
+        /// TOML file naming the directory authorities (a DirectoryConfig).
+        #[arg(long)]
+        directory: PathBuf,
+        /// host:port published to other nodes (default: --listen).
+        #[arg(long)]
+        public_addr: Option<String>,
+    },
+    /// Run the mixnode until SIGTERM or SIGINT.
+    Run {
+        /// Path to mixnode.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BASTET_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bastet-mixnode: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Init {
+            dir,
+            listen,
+            metrics_listen,
+            layer,
+            jurisdiction,
+            operator,
+            directory,
+            public_addr,
+        } => {
+            let report = bastet_mixnode::init(&InitOptions {
+                dir,
+                listen,
+                public_addr,
+                metrics_listen,
+                layer,
+                jurisdiction,
+                operator,
+                directory_file: directory,
+            })?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Run { config } => {
+            let config = MixnodeConfig::load(&config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                // Installed before anything starts, so an early SIGTERM is
+                // not lost.
+                let mut term = signal(SignalKind::terminate())?;
+                let mut int = signal(SignalKind::interrupt())?;
+                let shutdown = async move {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                };
+                bastet_mixnode::run(config, shutdown).await?;
+                Ok::<(), Box<dyn std::error::Error>>(())
+            })?;
+            // Blocking packet workers finish their batch; do not wait longer.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            Ok(())
+        }
+    }
+}

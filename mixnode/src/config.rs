@@ -1,0 +1,435 @@
+//! `mixnode.toml`: what `init` writes and `run` reads.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bastet_directory::{DirectoryConfig, NodeKeys};
+use bastet_link::TlsIdentity;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, MixerConfig, Result};
+
+/// Name of the config file `init` writes into the data directory.
+pub const CONFIG_FILE: &str = "mixnode.toml";
+/// Prefix of environment overrides: `BASTET_MIXNODE__LISTEN=...`.
+pub const ENV_PREFIX: &str = "BASTET_MIXNODE";
+/// The `packet_log` file stops growing at this size.
+pub const PACKET_LOG_LIMIT: u64 = 64 << 20;
+
+/// The mixnode's configuration (`mixnode.toml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixnodeConfig {
+    /// Holds `identity.key`, `sphinx.key`, `tls-cert.pem`, `tls-key.pem`.
+    pub data_dir: PathBuf,
+    /// Where the packet link (TLS) listens.
+    pub listen: SocketAddr,
+    /// `host:port` published in the directory; default: the bound `listen`.
+    #[serde(default)]
+    pub public_addr: Option<String>,
+    /// Plain-HTTP `/health` and `/metrics`.
+    pub metrics_listen: SocketAddr,
+    /// ISO 3166-1 alpha-2 code of where the node runs.
+    pub jurisdiction: String,
+    /// Who runs the node.
+    pub operator: String,
+    /// Mix layer, 1 to 3.
+    pub layer: u8,
+    /// Packets asking for a longer delay are dropped.
+    #[serde(default = "default_max_delay_ms")]
+    pub max_delay_ms: u64,
+    /// Most packets held in the delay queue at once.
+    #[serde(default = "default_max_delayed_packets")]
+    pub max_delayed_packets: usize,
+    /// Packets waiting to be unwrapped before new ones are dropped.
+    #[serde(default = "default_ingress_queue")]
+    pub ingress_queue: usize,
+    /// Replay tags remembered at least (Bloom filter, false positives ~1e-6).
+    #[serde(default = "default_replay_filter_capacity")]
+    pub replay_filter_capacity: usize,
+    /// Test hook: append every packet sent onward to this file.
+    #[serde(default)]
+    pub packet_log: Option<PathBuf>,
+    /// The directory authorities.
+    pub directory: DirectoryConfig,
+}
+
+fn default_max_delay_ms() -> u64 {
+    30_000
+}
+
+fn default_max_delayed_packets() -> usize {
+    100_000
+}
+
+fn default_ingress_queue() -> usize {
+    8192
+}
+
+fn default_replay_filter_capacity() -> usize {
+    1_000_000
+}
+
+/// Largest `replay_filter_capacity` accepted: about 750 MB of filter.
+const MAX_REPLAY_FILTER_CAPACITY: usize = 100_000_000;
+/// Largest `max_delay_ms`: an hour; Loopix delays are seconds.
+const MAX_DELAY_MS: u64 = 3_600_000;
+
+impl MixnodeConfig {
+    /// Loads `path` with `BASTET_MIXNODE__KEY` environment overrides and
+    /// validates it.
+    pub fn load(path: &Path) -> Result<Self> {
+        let config: MixnodeConfig = bastet_directory::load_config(path, ENV_PREFIX)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value, naming the key at fault.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key, why: &str| {
+            Err(Error::Config {
+                key,
+                why: why.to_string(),
+            })
+        };
+        if !(1..=3).contains(&self.layer) {
+            return bad("layer", "must be 1, 2 or 3");
+        }
+        let j = self.jurisdiction.as_bytes();
+        if j.len() != 2 || !j.iter().all(u8::is_ascii_uppercase) {
+            return bad(
+                "jurisdiction",
+                "must be an ISO 3166-1 alpha-2 code in capitals, such as DE",
+            );
+        }
+        if self.operator.is_empty()
+            || self.operator.len() > 64
+            || self.operator.chars().any(char::is_control)
+        {
+            return bad("operator", "must be 1 to 64 printable characters");
+        }
+        match &self.public_addr {
+            Some(a) if a.is_empty() || a.len() > 255 || !a.contains(':') => {
+                return bad("public_addr", "must be host:port, at most 255 bytes");
+            }
+            None if self.listen.ip().is_unspecified() => {
+                return bad(
+                    "public_addr",
+                    "is required when `listen` is a wildcard address: peers need an address to connect to",
+                );
+            }
+            _ => {}
+        }
+        if self.metrics_listen == self.listen && self.listen.port() != 0 {
+            return bad("metrics_listen", "must differ from `listen`");
+        }
+        if self.max_delay_ms == 0 || self.max_delay_ms > MAX_DELAY_MS {
+            return bad("max_delay_ms", "must be between 1 and 3600000");
+        }
+        if self.max_delayed_packets == 0 {
+            return bad("max_delayed_packets", "must be at least 1");
+        }
+        if self.ingress_queue == 0 {
+            return bad("ingress_queue", "must be at least 1");
+        }
+        if self.replay_filter_capacity == 0
+            || self.replay_filter_capacity > MAX_REPLAY_FILTER_CAPACITY
+        {
+            return bad("replay_filter_capacity", "must be between 1 and 100000000");
+        }
+        if self
+            .packet_log
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return bad("packet_log", "must be a file path (or left out)");
+        }
+        self.directory.validate().map_err(|e| Error::Config {
+            key: "directory",
+            why: e.to_string(),
+        })
+    }
+
+    /// The [`crate::Mixer`]'s part of this config.
+    pub fn mixer(&self) -> MixerConfig {
+        MixerConfig {
+            max_delay: Duration::from_millis(self.max_delay_ms),
+            max_delayed_packets: self.max_delayed_packets,
+            replay_filter_capacity: self.replay_filter_capacity,
+        }
+    }
+
+    /// The file as `init` writes it: every key with a comment.
+    pub fn to_commented_toml(&self) -> Result<String> {
+        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let path = |p: &Path| q(&p.to_string_lossy());
+        let public_addr = match &self.public_addr {
+            Some(a) => format!("public_addr = {}", q(a)),
+            None => "# public_addr = \"mix.example.org:4100\"".to_string(),
+        };
+        let packet_log = match &self.packet_log {
+            Some(p) => format!("packet_log = {}", path(p)),
+            None => "# packet_log = \"/tmp/bastet-mix-packets.bin\"".to_string(),
+        };
+        #[derive(Serialize)]
+        struct Section<'a> {
+            directory: &'a DirectoryConfig,
+        }
+        let directory = toml::to_string(&Section {
+            directory: &self.directory,
+        })
+        .map_err(|e| Error::Config {
+            key: "directory",
+            why: e.to_string(),
+        })?;
+        Ok(format!(
+            "# Bastet mixnode, written by `bastet-mixnode init`.\n\
+             # Any key can be overridden from the environment as BASTET_MIXNODE__<KEY>,\n\
+             # e.g. BASTET_MIXNODE__LISTEN=0.0.0.0:4100. Unknown keys are refused.\n\
+             \n\
+             # Holds identity.key and sphinx.key (secret: mode 0600), tls-cert.pem, tls-key.pem.\n\
+             data_dir = {data_dir}\n\
+             # Address the packet link (TLS 1.3, pinned certificates) listens on.\n\
+             listen = {listen}\n\
+             # host:port other nodes connect to, published in the directory. Default: listen.\n\
+             {public_addr}\n\
+             # Plain-HTTP /health and Prometheus /metrics. Keep it on loopback or a\n\
+             # management network.\n\
+             metrics_listen = {metrics_listen}\n\
+             # Where the node runs (ISO 3166-1 alpha-2) and who runs it; published.\n\
+             jurisdiction = {jurisdiction}\n\
+             operator = {operator}\n\
+             # Mix layer, 1 to 3: a layer-n mix receives from layer n-1 (or clients).\n\
+             layer = {layer}\n\
+             # Packets asking to be held longer than this are dropped (delay_too_long).\n\
+             max_delay_ms = {max_delay_ms}\n\
+             # Most packets held at once; more are dropped (queue_full).\n\
+             max_delayed_packets = {max_delayed_packets}\n\
+             # Packets waiting to be unwrapped; more are dropped (overload).\n\
+             ingress_queue = {ingress_queue}\n\
+             # Replay tags remembered at least: two Bloom filter generations of this many\n\
+             # tags, about 7.5 bytes per unit in all; false positives at most 1e-6.\n\
+             replay_filter_capacity = {replay_filter_capacity}\n\
+             # TEST HOOK ONLY: append every packet sent onward to this file (stops at 64 MiB).\n\
+             {packet_log}\n\
+             \n\
+             # Directory authorities this node publishes to and trusts for the consensus.\n\
+             {directory}",
+            data_dir = path(&self.data_dir),
+            listen = q(&self.listen.to_string()),
+            metrics_listen = q(&self.metrics_listen.to_string()),
+            jurisdiction = q(&self.jurisdiction),
+            operator = q(&self.operator),
+            layer = self.layer,
+            max_delay_ms = self.max_delay_ms,
+            max_delayed_packets = self.max_delayed_packets,
+            ingress_queue = self.ingress_queue,
+            replay_filter_capacity = self.replay_filter_capacity,
+        ))
+    }
+}
+
+/// What `init` needs to know.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Data directory to create (or fill, if empty of keys).
+    pub dir: PathBuf,
+    /// Packet link address.
+    pub listen: SocketAddr,
+    /// Published address, if not `listen`.
+    pub public_addr: Option<String>,
+    /// `/health` and `/metrics` address.
+    pub metrics_listen: SocketAddr,
+    /// Mix layer, 1 to 3.
+    pub layer: u8,
+    /// ISO 3166-1 alpha-2 code.
+    pub jurisdiction: String,
+    /// Who runs the node.
+    pub operator: String,
+    /// A TOML file holding exactly a `[directory]`-style `DirectoryConfig`.
+    pub directory_file: PathBuf,
+}
+
+/// What `init` prints as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitReport {
+    /// The node id, hex (the authority's `allowed_nodes` entry).
+    pub node_id: String,
+    /// Ed25519 identity public key, hex.
+    pub identity_key: String,
+    /// TLS certificate pin, hex.
+    pub tls_pin: String,
+    /// Path of the config file written.
+    pub config: PathBuf,
+}
+
+/// Creates the data directory with fresh keys, TLS certificate and a
+/// commented `mixnode.toml`. Refuses to overwrite an existing `identity.key`.
+pub fn init(options: &InitOptions) -> Result<InitReport> {
+    let key_path = options.dir.join("identity.key");
+    if key_path.exists() {
+        return Err(Error::KeysExist(key_path));
+    }
+    let directory = read_directory_file(&options.directory_file)?;
+    let mut config = MixnodeConfig {
+        data_dir: options.dir.clone(),
+        listen: options.listen,
+        public_addr: options.public_addr.clone(),
+        metrics_listen: options.metrics_listen,
+        jurisdiction: options.jurisdiction.clone(),
+        operator: options.operator.clone(),
+        layer: options.layer,
+        max_delay_ms: default_max_delay_ms(),
+        max_delayed_packets: default_max_delayed_packets(),
+        ingress_queue: default_ingress_queue(),
+        replay_filter_capacity: default_replay_filter_capacity(),
+        packet_log: None,
+        directory,
+    };
+    config.validate()?;
+
+    let file_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::File { path, source }
+    };
+    std::fs::create_dir_all(&options.dir).map_err(file_err(&options.dir))?;
+    // An absolute data_dir, so `run` works from any working directory.
+    config.data_dir = std::fs::canonicalize(&options.dir).map_err(file_err(&options.dir))?;
+    let keys = NodeKeys::generate();
+    keys.save(&config.data_dir)?;
+    let tls = TlsIdentity::generate()?;
+    tls.save(&config.data_dir)?;
+    let config_path = config.data_dir.join(CONFIG_FILE);
+    std::fs::write(&config_path, config.to_commented_toml()?).map_err(file_err(&config_path))?;
+    Ok(InitReport {
+        node_id: keys.node_id().to_hex(),
+        identity_key: hex::encode(keys.identity.verifying_key().as_bytes()),
+        tls_pin: tls.pin().to_hex(),
+        config: config_path,
+    })
+}
+
+fn read_directory_file(path: &Path) -> Result<DirectoryConfig> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let directory: DirectoryConfig = toml::from_str(&text).map_err(|e| Error::Config {
+        key: "directory",
+        why: format!("{} is not a directory config: {e}", path.display()),
+    })?;
+    Ok(directory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bastet_directory::{AuthorityRef, SigningKey};
+
+    fn directory_toml() -> String {
+        format!(
+            "epoch_secs = 60\n[[authorities]]\nurl = \"https://127.0.0.1:7000\"\n\
+             identity_key = \"{}\"\ntls_pin = \"{}\"\n",
+            hex::encode(SigningKey::from_bytes(&[1; 32]).verifying_key().as_bytes()),
+            hex::encode([2u8; 32]),
+        )
+    }
+
+    fn options(dir: &Path) -> InitOptions {
+        let directory_file = dir.join("directory.toml");
+        std::fs::write(&directory_file, directory_toml()).unwrap();
+        InitOptions {
+            dir: dir.join("mix"),
+            listen: "127.0.0.1:4100".parse().unwrap(),
+            public_addr: None,
+            metrics_listen: "127.0.0.1:4101".parse().unwrap(),
+            layer: 2,
+            jurisdiction: "DE".into(),
+            operator: "Example \"Org\"".into(),
+            directory_file,
+        }
+    }
+
+    #[test]
+    fn init_writes_a_config_that_loads_back_and_refuses_to_overwrite_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = options(tmp.path());
+        let report = init(&opts).unwrap();
+        let text = std::fs::read_to_string(&report.config).unwrap();
+        assert!(text.contains("# TEST HOOK ONLY"), "{text}");
+        let config = MixnodeConfig::load(&report.config).unwrap();
+        assert_eq!(config.layer, 2);
+        assert_eq!(config.operator, "Example \"Org\"");
+        assert_eq!(config.max_delay_ms, 30_000);
+        assert_eq!(config.replay_filter_capacity, 1_000_000);
+        assert_eq!(config.public_addr, None);
+        assert_eq!(config.directory.epoch_secs, 60);
+        assert_eq!(
+            config.directory.authorities,
+            vec![AuthorityRef {
+                url: "https://127.0.0.1:7000".into(),
+                identity_key: hex::encode(
+                    SigningKey::from_bytes(&[1; 32]).verifying_key().as_bytes()
+                ),
+                tls_pin: hex::encode([2u8; 32]),
+            }]
+        );
+        let keys = NodeKeys::load(&config.data_dir).unwrap();
+        assert_eq!(keys.node_id().to_hex(), report.node_id);
+        assert!(matches!(init(&opts), Err(Error::KeysExist(_))));
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_key_name_before_anything_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        type Change = fn(&mut InitOptions);
+        let cases: [(&str, Change); 4] = [
+            ("layer", |o| o.layer = 4),
+            ("jurisdiction", |o| o.jurisdiction = "de".into()),
+            ("operator", |o| o.operator = String::new()),
+            ("public_addr", |o| {
+                o.listen = "0.0.0.0:4100".parse().unwrap()
+            }),
+        ];
+        for (key, change) in cases {
+            let mut opts = options(tmp.path());
+            change(&mut opts);
+            match init(&opts) {
+                Err(Error::Config { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("expected an error naming {key}, got {other:?}"),
+            }
+            assert!(!opts.dir.join("identity.key").exists());
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_out_of_range_values_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let report = init(&options(tmp.path())).unwrap();
+        let text = std::fs::read_to_string(&report.config).unwrap();
+
+        let typo = tmp.path().join("typo.toml");
+        std::fs::write(&typo, text.replace("max_delay_ms", "max_delay_msec")).unwrap();
+        let err = MixnodeConfig::load(&typo).unwrap_err().to_string();
+        assert!(err.contains("max_delay_msec"), "{err}");
+
+        let zero = tmp.path().join("zero.toml");
+        std::fs::write(
+            &zero,
+            text.replace("ingress_queue = 8192", "ingress_queue = 0"),
+        )
+        .unwrap();
+        let err = MixnodeConfig::load(&zero).unwrap_err().to_string();
+        assert!(err.contains("ingress_queue"), "{err}");
+
+        let short_epoch = tmp.path().join("epoch.toml");
+        std::fs::write(
+            &short_epoch,
+            text.replace("epoch_secs = 60", "epoch_secs = 5"),
+        )
+        .unwrap();
+        let err = MixnodeConfig::load(&short_epoch).unwrap_err().to_string();
+        assert!(err.contains("epoch_secs"), "{err}");
+    }
+}

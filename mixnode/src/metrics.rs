@@ -1,0 +1,78 @@
+//! The Prometheus metrics of a mixnode (prefix `bastet_mixnode`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::DropReason;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+pub(crate) struct Metrics {
+    pub(crate) received: Counter,
+    pub(crate) forwarded: Counter,
+    dropped: Family<Reason, Counter>,
+    pub(crate) delay_queue_depth: Gauge,
+    pub(crate) outbound_queued: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric in `registry`, with every drop reason at zero
+    /// so that dashboards and alerts see the series before the first drop.
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            received: Counter::default(),
+            forwarded: Counter::default(),
+            dropped: Family::default(),
+            delay_queue_depth: Gauge::default(),
+            outbound_queued: Gauge::default(),
+        };
+        registry.register(
+            "packets_received",
+            "Whole packets read from peers (including those then dropped)",
+            m.received.clone(),
+        );
+        registry.register(
+            "packets_forwarded",
+            "Packets handed to the link to their next hop",
+            m.forwarded.clone(),
+        );
+        registry.register(
+            "packets_dropped",
+            "Packets dropped, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "delay_queue_depth",
+            "Packets held for their delay now",
+            m.delay_queue_depth.clone(),
+        );
+        registry.register(
+            "outbound_queued",
+            "Packets queued to next hops, not yet written",
+            m.outbound_queued.clone(),
+        );
+        for reason in DropReason::ALL {
+            m.drops(reason, 0);
+        }
+        m
+    }
+
+    pub(crate) fn drops(&self, reason: DropReason, n: u64) {
+        self.dropped
+            .get_or_create(&Reason {
+                reason: reason.as_str(),
+            })
+            .inc_by(n);
+    }
+}
+
+/// Saturating conversion for gauges.
+pub(crate) fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

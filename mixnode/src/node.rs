@@ -1,0 +1,446 @@
+//! The async shell: sockets, threads and timers around the [`Mixer`].
+//!
+//! ```text
+//! serve_packets ─▶ ingress queue ─▶ workers (Unwrapper, one per core)
+//!       ─▶ Mixer (replay filter, delay queue) ─▶ consensus lookup ─▶ Outbound
+//! ```
+//! Every arrow is a bounded queue; what does not fit is dropped and counted.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bastet_directory::{
+    ConsensusWatch, Descriptor, DirectoryClient, NodeKeys, Role, VerifiedConsensus, publish_forever,
+};
+use bastet_link::{
+    Frame, IngressConfig, IngressStats, Outbound, OutboundConfig, TlsIdentity, serve_packets,
+};
+use bastet_sphinx::NodeId;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::config::PACKET_LOG_LIMIT;
+use crate::metrics::{Metrics, gauge_value};
+use crate::{
+    DropReason, Error, Mixer, MixnodeConfig, Outcome, Result, Transmit, Unwrapped, Unwrapper, route,
+};
+
+/// Frames one worker takes from the ingress queue at a time.
+const WORKER_BATCH: usize = 32;
+/// Unwrapped packets waiting for the mixer; workers wait when it is full.
+const UNWRAPPED_QUEUE: usize = 1024;
+/// How often the link's counters are copied into the metrics.
+const STATS_PERIOD: Duration = Duration::from_millis(250);
+
+type Unwrap = std::result::Result<Unwrapped, DropReason>;
+
+/// A running mixnode. Dropping it stops every task it started.
+pub struct Mixnode {
+    node_id: NodeId,
+    listen_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    consensus: ConsensusWatch,
+    tasks: JoinSet<Result<()>>,
+}
+
+/// Runs a mixnode with `config` until `shutdown` completes (then stops it
+/// cleanly and returns `Ok`) or a part of it fails (returns the error).
+pub async fn run(config: MixnodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let mut node = Mixnode::start(config).await?;
+    tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            node.stop().await;
+            Ok(())
+        }
+        failed = node.wait() => failed,
+    }
+}
+
+impl Mixnode {
+    /// Loads keys, binds the listeners and starts every task. Errors here
+    /// (bad config, missing keys, address in use) leave nothing running.
+    pub async fn start(config: MixnodeConfig) -> Result<Self> {
+        config.validate()?;
+        let NodeKeys { identity, sphinx } = NodeKeys::load(&config.data_dir)?;
+        let tls = TlsIdentity::load(&config.data_dir)?;
+        let directory = Arc::new(DirectoryClient::new(&config.directory)?);
+        let listener = bind("listen", config.listen).await?;
+        let metrics_listener = bind("metrics_listen", config.metrics_listen).await?;
+        let listen_addr = local_addr("listen", config.listen, &listener)?;
+        let metrics_addr = local_addr("metrics_listen", config.metrics_listen, &metrics_listener)?;
+        let packet_log = config
+            .packet_log
+            .as_deref()
+            .map(PacketLog::open)
+            .transpose()?;
+
+        let mut registry = Registry::with_prefix("bastet_mixnode");
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let mixer = Mixer::new(config.mixer(), sphinx.clone())?;
+        let unwrapper = mixer.unwrapper();
+        let node_id = NodeId::from_identity_key(identity.verifying_key().as_bytes());
+        let descriptor = Descriptor {
+            identity_key: *identity.verifying_key().as_bytes(),
+            epoch: 0,
+            sphinx_key: *bastet_sphinx::SphinxPublicKey::from(&sphinx).as_bytes(),
+            tls_pin: tls.pin().0,
+            addr: config
+                .public_addr
+                .clone()
+                .unwrap_or_else(|| listen_addr.to_string()),
+            api_addr: None,
+            role: Role::Mix {
+                layer: config.layer,
+            },
+            jurisdiction: config.jurisdiction.clone(),
+            operator: config.operator.clone(),
+        };
+        // Fail now, not in the background, if the descriptor is unsignable.
+        descriptor.sign(&identity)?;
+        // The watch notices a new epoch's consensus only when it refreshes,
+        // so poll often enough that an epoch change costs seconds of
+        // `no_consensus` drops at most.
+        let refresh = Duration::from_secs((config.directory.epoch_secs / 12).clamp(2, 10));
+        let consensus = ConsensusWatch::spawn(directory.clone(), refresh);
+
+        let mut tasks = JoinSet::new();
+        let (frames_tx, frames_rx) = mpsc::channel::<Frame>(config.ingress_queue);
+        let (unwrapped_tx, unwrapped_rx) = mpsc::channel::<Unwrap>(UNWRAPPED_QUEUE);
+        let ingress_stats = Arc::new(IngressStats::default());
+        {
+            let stats = ingress_stats.clone();
+            tasks.spawn(async move {
+                let why =
+                    match serve_packets(listener, &tls, IngressConfig::default(), frames_tx, stats)
+                        .await
+                    {
+                        Ok(()) => "listener closed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                Err(Error::TaskFailed {
+                    what: "packet listener",
+                    why,
+                })
+            });
+        }
+        let outbound = Arc::new(Outbound::new(OutboundConfig::default()));
+        tasks.spawn(copy_link_stats(
+            ingress_stats,
+            outbound.clone(),
+            metrics.clone(),
+        ));
+        tasks.spawn(dispatch(
+            frames_rx,
+            unwrapper,
+            unwrapped_tx,
+            workers(),
+            metrics.clone(),
+        ));
+        tasks.spawn(mix(
+            mixer,
+            unwrapped_rx,
+            consensus.clone(),
+            outbound,
+            metrics,
+            packet_log,
+        ));
+        {
+            let registry = Arc::new(registry);
+            tasks.spawn(async move {
+                let why = match bastet_link::serve_metrics(metrics_listener, registry).await {
+                    Ok(()) => "server closed".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                Err(Error::TaskFailed {
+                    what: "metrics server",
+                    why,
+                })
+            });
+        }
+        tasks.spawn(async move {
+            // Same Sphinx key for epochs e and e+1 until keys rotate.
+            publish_forever(directory, move |epoch| {
+                Descriptor {
+                    epoch,
+                    ..descriptor.clone()
+                }
+                .sign(&identity)
+            })
+            .await;
+            Err(Error::TaskFailed {
+                what: "descriptor publisher",
+                why: "ended".into(),
+            })
+        });
+        tracing::info!(
+            node = %node_id.short(),
+            layer = config.layer,
+            listen = %listen_addr,
+            metrics = %metrics_addr,
+            "mixnode running"
+        );
+        Ok(Mixnode {
+            node_id,
+            listen_addr,
+            metrics_addr,
+            consensus,
+            tasks,
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Where the packet link listens (the bound port if `listen` had port 0).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// Where `/health` and `/metrics` are served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// Waits until the node holds a valid consensus, and returns it.
+    pub async fn consensus(&self) -> Arc<VerifiedConsensus> {
+        self.consensus.clone().ready().await
+    }
+
+    /// Waits until a part of the node fails and returns why. Never returns
+    /// while everything runs.
+    pub async fn wait(&mut self) -> Result<()> {
+        match self.tasks.join_next().await {
+            Some(Ok(Err(e))) => Err(e),
+            Some(Ok(Ok(()))) | None => Err(Error::TaskFailed {
+                what: "node",
+                why: "a task ended".into(),
+            }),
+            Some(Err(e)) => Err(Error::TaskFailed {
+                what: "node",
+                why: format!("a task panicked or was cancelled: {e}"),
+            }),
+        }
+    }
+
+    /// Stops every task. Packets still held in the delay queue are lost;
+    /// senders' end-to-end retransmission recovers them.
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { key, addr, source })
+}
+
+fn local_addr(key: &'static str, addr: SocketAddr, l: &TcpListener) -> Result<SocketAddr> {
+    l.local_addr()
+        .map_err(|source| Error::Bind { key, addr, source })
+}
+
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Copies the link's counters into the metrics: packets shed at ingress
+/// (which never reach [`dispatch`], where the others are counted as
+/// received), broken frames, and the outbound backlog.
+async fn copy_link_stats(
+    stats: Arc<IngressStats>,
+    outbound: Arc<Outbound>,
+    metrics: Arc<Metrics>,
+) -> Result<()> {
+    let mut seen = [0u64; 2];
+    let mut tick = tokio::time::interval(STATS_PERIOD);
+    loop {
+        tick.tick().await;
+        let now = [
+            stats.dropped_overload.load(Ordering::Relaxed),
+            // A connection that ended inside a frame; the link counts failed
+            // TLS handshakes here too, as it does not tell them apart.
+            stats.bad_connections.load(Ordering::Relaxed),
+        ];
+        let delta = |i: usize| now[i].saturating_sub(seen[i]);
+        metrics.received.inc_by(delta(0));
+        metrics.drops(DropReason::Overload, delta(0));
+        metrics.drops(DropReason::WrongLength, delta(1));
+        seen = now;
+        metrics.outbound_queued.set(gauge_value(outbound.queued()));
+    }
+}
+
+/// Hands frames to at most `workers` blocking threads at a time, so that
+/// Sphinx work never runs on the I/O threads. When every worker is busy the
+/// ingress queue fills and the listener sheds load (counted as overload).
+async fn dispatch(
+    mut frames: mpsc::Receiver<Frame>,
+    unwrapper: Unwrapper,
+    out: mpsc::Sender<Unwrap>,
+    workers: usize,
+    metrics: Arc<Metrics>,
+) -> Result<()> {
+    let slots = Arc::new(Semaphore::new(workers.max(1)));
+    let stopped = |why: &str| Error::TaskFailed {
+        what: "packet workers",
+        why: why.into(),
+    };
+    loop {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| stopped("worker pool closed"))?;
+        let mut batch = Vec::with_capacity(WORKER_BATCH);
+        if frames.recv_many(&mut batch, WORKER_BATCH).await == 0 {
+            return Err(stopped("ingress queue closed"));
+        }
+        metrics.received.inc_by(batch.len() as u64);
+        let (unwrapper, out) = (unwrapper.clone(), out.clone());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            for frame in batch {
+                if out.blocking_send(unwrapper.unwrap(&frame[..])).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Owns the [`Mixer`]: admits unwrapped packets, sleeps until the next
+/// release, and hands released packets to their next hop.
+async fn mix(
+    mut mixer: Mixer,
+    mut unwrapped: mpsc::Receiver<Unwrap>,
+    consensus: ConsensusWatch,
+    outbound: Arc<Outbound>,
+    metrics: Arc<Metrics>,
+    mut packet_log: Option<PacketLog>,
+) -> Result<()> {
+    loop {
+        let now = Instant::now();
+        let wake = mixer
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_secs(3600));
+        tokio::select! {
+            received = unwrapped.recv() => {
+                let Some(first) = received else {
+                    return Err(Error::TaskFailed {
+                        what: "mixer",
+                        why: "packet workers stopped".into(),
+                    });
+                };
+                let now = Instant::now();
+                admit(&mut mixer, &metrics, now, first);
+                // Take what else is waiting; the queue bounds this loop.
+                while let Ok(next) = unwrapped.try_recv() {
+                    admit(&mut mixer, &metrics, now, next);
+                }
+            }
+            () = tokio::time::sleep_until(wake.into()) => {}
+        }
+        let now = Instant::now();
+        let mut held_consensus = None;
+        while let Some(transmit) = mixer.poll_transmit(now) {
+            let c = held_consensus.get_or_insert_with(|| consensus.current());
+            let sent = forward(transmit, c.as_deref(), &outbound, &metrics, &mut packet_log);
+            if let Err(reason) = sent {
+                mixer.record_drop(reason);
+            }
+        }
+        metrics.delay_queue_depth.set(gauge_value(mixer.queued()));
+    }
+}
+
+fn admit(mixer: &mut Mixer, metrics: &Metrics, now: Instant, unwrapped: Unwrap) {
+    if let Outcome::Dropped(reason) = mixer.handle_unwrapped(now, unwrapped) {
+        tracing::debug!(%reason, "packet dropped");
+        metrics.drops(reason, 1);
+    }
+}
+
+fn forward(
+    transmit: Transmit,
+    consensus: Option<&VerifiedConsensus>,
+    outbound: &Outbound,
+    metrics: &Metrics,
+    packet_log: &mut Option<PacketLog>,
+) -> std::result::Result<(), DropReason> {
+    let result = route(consensus, &transmit.next_hop).and_then(|peer| {
+        let logged = packet_log.is_some().then(|| transmit.packet.clone());
+        outbound
+            .send(&peer, transmit.packet)
+            .map_err(|_| DropReason::QueueFull)?;
+        if let (Some(log), Some(packet)) = (packet_log.as_mut(), logged) {
+            log.append(packet.as_bytes());
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => metrics.forwarded.inc(),
+        Err(reason) => {
+            tracing::debug!(%reason, "released packet dropped");
+            metrics.drops(reason, 1);
+            return Err(reason);
+        }
+    };
+    Ok(())
+}
+
+/// The `packet_log` test hook: raw packets appended to a file, up to
+/// [`PACKET_LOG_LIMIT`] bytes.
+struct PacketLog {
+    path: PathBuf,
+    file: std::fs::File,
+    written: u64,
+    failed: bool,
+}
+
+impl PacketLog {
+    fn open(path: &Path) -> Result<Self> {
+        let err = |source| Error::File {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(err)?;
+        let written = file.metadata().map_err(err)?.len();
+        tracing::warn!(path = %path.display(), "packet_log is on: every forwarded packet is written to disk (test hook)");
+        Ok(PacketLog {
+            path: path.to_path_buf(),
+            file,
+            written,
+            failed: false,
+        })
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        let len = bytes.len() as u64;
+        if self.failed || self.written + len > PACKET_LOG_LIMIT {
+            return;
+        }
+        // A small blocking write: this is a test hook, not a production path.
+        match self.file.write_all(bytes) {
+            Ok(()) => self.written += len,
+            Err(e) => {
+                self.failed = true;
+                tracing::warn!(path = %self.path.display(), error = %e, "packet_log write failed; not logging further");
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The replay filter: remembers the replay tags of packets already mixed.
+
+use bastet_sphinx::ReplayTag;
+use bloomfilter::Bloom;
+
+/// False-positive rate of each of the two generations; a lookup checks both,
+/// so a fresh packet is wrongly taken for a replay with probability at most
+/// twice this, 1e-6.
+pub const GENERATION_FP_RATE: f64 = 5e-7;
+
+/// Two Bloom filter generations of `capacity` tags each. Tags go into the
+/// current generation; when it holds `capacity` tags the older one is
+/// forgotten and a fresh one started. So the last `capacity` tags (and up to
+/// `2 * capacity`) are always remembered, memory stays fixed (about 7.5 bytes
+/// per unit of capacity in all), and the false-positive rate never exceeds
+/// the one documented, however many packets arrive.
+pub(crate) struct ReplayFilter {
+    current: Bloom<ReplayTag>,
+    previous: Bloom<ReplayTag>,
+    in_current: usize,
+    capacity: usize,
+}
+
+impl ReplayFilter {
+    /// An empty filter remembering at least `capacity` tags.
+    pub(crate) fn new(capacity: usize) -> Result<Self, &'static str> {
+        let capacity = capacity.max(1);
+        Ok(ReplayFilter {
+            current: generation(capacity)?,
+            previous: generation(capacity)?,
+            in_current: 0,
+            capacity,
+        })
+    }
+
+    /// Records `tag`; true if it was (probably) seen before.
+    pub(crate) fn check_and_insert(&mut self, tag: &ReplayTag) -> bool {
+        if self.previous.check(tag) || self.current.check(tag) {
+            return true;
+        }
+        if self.in_current >= self.capacity {
+            // A fresh seed (SipHash key) per generation, so a peer cannot
+            // reuse collisions it found in an earlier one.
+            match generation(self.capacity) {
+                Ok(fresh) => self.previous = std::mem::replace(&mut self.current, fresh),
+                // The same parameters were accepted at start; should the
+                // constructor ever refuse them, recycle the oldest generation.
+                Err(_) => {
+                    self.previous.clear();
+                    std::mem::swap(&mut self.previous, &mut self.current);
+                }
+            }
+            self.in_current = 0;
+        }
+        self.current.set(tag);
+        self.in_current += 1;
+        false
+    }
+}
+
+fn generation(capacity: usize) -> Result<Bloom<ReplayTag>, &'static str> {
+    let mut seed = [0u8; 32];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut seed);
+    Bloom::new_for_fp_rate_with_seed(capacity, GENERATION_FP_RATE, &seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(i: u32) -> ReplayTag {
+        let mut t = [0u8; 32];
+        t[..4].copy_from_slice(&i.to_be_bytes());
+        ReplayTag(t)
+    }
+
+    #[test]
+    fn a_tag_is_a_replay_the_second_time_only() {
+        let mut f = ReplayFilter::new(100).unwrap();
+        assert!(!f.check_and_insert(&tag(1)));
+        assert!(f.check_and_insert(&tag(1)));
+        assert!(!f.check_and_insert(&tag(2)));
+    }
+
+    #[test]
+    fn the_last_capacity_tags_survive_rotation_and_older_ones_are_forgotten() {
+        let mut f = ReplayFilter::new(10).unwrap();
+        for i in 0..10 {
+            assert!(!f.check_and_insert(&tag(i)));
+        }
+        // Rotates: tags 0..10 move to the previous generation, still known.
+        for i in 10..20 {
+            assert!(!f.check_and_insert(&tag(i)));
+        }
+        for i in 0..20 {
+            assert!(f.check_and_insert(&tag(i)), "tag {i} forgotten too early");
+        }
+        // Another rotation drops 0..10.
+        for i in 20..31 {
+            assert!(!f.check_and_insert(&tag(i)));
+        }
+        let forgotten = (0..10).filter(|i| !f.check_and_insert(&tag(*i))).count();
+        assert!(forgotten >= 9, "only {forgotten} of 10 old tags forgotten");
+    }
+}

@@ -1,0 +1,170 @@
+//! The mixnode over real TLS on 127.0.0.1, with a real directory authority.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code may panic
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bastet_sphinx::PACKET_LEN;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_is_forwarded_after_its_delay_and_its_replay_is_dropped() {
+    avoid_epoch_boundary().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (directory, client) = authority(tmp.path()).await;
+    let mut sink = Sink::start(&client).await;
+    let log = tmp.path().join("packets.bin");
+    let mix = Mix::start(tmp.path(), &directory, |c| c.packet_log = Some(log.clone())).await;
+    mix.wait_for_consensus().await;
+
+    let delay = Duration::from_millis(400);
+    let p = packet(&mix, delay, sink.hop(), b"hello through one mix");
+    let sent = Instant::now();
+    mix.send(&p).await;
+    let frame = sink
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the sink got nothing");
+    let took = sent.elapsed();
+    assert!(
+        took >= delay,
+        "forwarded after {took:?}, before the {delay:?} delay"
+    );
+    assert_ne!(
+        &frame[..],
+        p.as_bytes(),
+        "forwarded without removing a layer"
+    );
+    let (_, message) = sink.open(&frame[..]);
+    assert_eq!(message, b"hello through one mix");
+    mix.wait_metric(FORWARDED, |v| v == 1.0).await;
+    mix.wait_metric(RECEIVED, |v| v == 1.0).await;
+    assert_eq!(std::fs::read(&log).unwrap(), frame.to_vec(), "packet_log");
+
+    // The very same bytes again: dropped as a replay, never forwarded.
+    mix.send(&p).await;
+    mix.wait_metric(&dropped("replay"), |v| v == 1.0).await;
+    assert!(
+        sink.next(delay + Duration::from_millis(600))
+            .await
+            .is_none(),
+        "a replayed packet was forwarded"
+    );
+    let text = mix.metrics().await;
+    assert_eq!(metric_value(&text, FORWARDED), Some(1.0), "{text}");
+    assert_eq!(metric_value(&text, RECEIVED), Some(2.0), "{text}");
+    assert_eq!(
+        metric_value(&text, "bastet_mixnode_delay_queue_depth"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(&log).unwrap().len(), PACKET_LEN);
+    mix.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_and_garbage_frames_are_dropped_and_the_node_keeps_serving() {
+    avoid_epoch_boundary().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (directory, client) = authority(tmp.path()).await;
+    let mut sink = Sink::start(&client).await;
+    let mix = Mix::start(tmp.path(), &directory, |_| {}).await;
+    mix.wait_for_consensus().await;
+
+    let valid = packet(&mix, Duration::ZERO, sink.hop(), b"first");
+    // Half a frame, then a clean TLS close: the connection ends mid-frame.
+    mix.send_raw(&valid.as_bytes()[..PACKET_LEN / 2]).await;
+    mix.wait_metric(&dropped("wrong_length"), |v| v == 1.0)
+        .await;
+
+    // A whole frame of bytes that authenticate under no key.
+    let garbage: Vec<u8> = (0..PACKET_LEN).map(|i| (i * 7 + 3) as u8).collect();
+    mix.send_raw(&garbage).await;
+    mix.wait_metric(&dropped("malformed"), |v| v == 1.0).await;
+    assert!(sink.next(Duration::from_millis(300)).await.is_none());
+
+    // Still serving: a valid packet goes through.
+    mix.send(&valid).await;
+    let frame = sink
+        .next(Duration::from_secs(10))
+        .await
+        .expect("a valid packet after bad ones was not forwarded");
+    assert_eq!(sink.open(&frame[..]).1, b"first");
+    mix.wait_metric(FORWARDED, |v| v == 1.0).await;
+    // Half a frame is no packet; the garbage frame and the valid one are.
+    mix.wait_metric(RECEIVED, |v| v == 2.0).await;
+    mix.wait_metric("bastet_mixnode_outbound_queued", |v| v == 0.0)
+        .await;
+    let text = mix.metrics().await;
+    assert_eq!(metric_value(&text, &dropped("replay")), Some(0.0), "{text}");
+    mix.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_next_hops_and_overlong_delays_are_dropped_by_reason() {
+    avoid_epoch_boundary().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (directory, client) = authority(tmp.path()).await;
+    let mut sink = Sink::start(&client).await;
+    let mix = Mix::start(tmp.path(), &directory, |c| c.max_delay_ms = 1000).await;
+    mix.wait_for_consensus().await;
+
+    mix.send(&packet(
+        &mix,
+        Duration::from_millis(1001),
+        sink.hop(),
+        b"slow",
+    ))
+    .await;
+    mix.wait_metric(&dropped("delay_too_long"), |v| v == 1.0)
+        .await;
+
+    mix.send(&packet(&mix, Duration::ZERO, stranger(), b"lost"))
+        .await;
+    mix.wait_metric(&dropped("unknown_next_hop"), |v| v == 1.0)
+        .await;
+
+    assert!(sink.next(Duration::from_millis(300)).await.is_none());
+    let text = mix.metrics().await;
+    assert_eq!(metric_value(&text, FORWARDED), Some(0.0), "{text}");
+    mix.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_consensus_released_packets_are_dropped_and_health_is_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mix = Mix::start(tmp.path(), &unreachable_directory(), |_| {}).await;
+    assert!(
+        http_get(mix.node.metrics_addr(), "/health")
+            .await
+            .ends_with("ok\n")
+    );
+
+    mix.send(&packet(&mix, Duration::from_millis(50), stranger(), b"x"))
+        .await;
+    mix.wait_metric(&dropped("no_consensus"), |v| v == 1.0)
+        .await;
+    let text = mix.metrics().await;
+    // Every reason is exported from the start.
+    for reason in [
+        "replay",
+        "malformed",
+        "wrong_length",
+        "unknown_next_hop",
+        "queue_full",
+        "overload",
+        "delay_too_long",
+        "no_consensus",
+    ] {
+        assert!(
+            metric_value(&text, &dropped(reason)).is_some(),
+            "{reason}: {text}"
+        );
+    }
+    assert!(
+        metric_value(&text, "bastet_mixnode_outbound_queued").is_some(),
+        "{text}"
+    );
+    mix.node.stop().await;
+}

@@ -174,7 +174,8 @@ pub struct ConsensusWatch {
 }
 
 impl ConsensusWatch {
-    /// Starts refreshing every `refresh` (and every 2 s while it has none).
+    /// Starts refreshing every `refresh`, as soon as the held consensus
+    /// expires, and every 2 s while it has none.
     pub fn spawn(client: Arc<DirectoryClient>, refresh: Duration) -> Self {
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
@@ -198,10 +199,14 @@ impl ConsensusWatch {
                 if expired {
                     tx.send_replace(None);
                 }
-                let wait = if tx.borrow().is_some() {
-                    refresh
-                } else {
-                    Duration::from_secs(2)
+                // Refresh periodically, and right after the held consensus
+                // expires so that an epoch change costs no more than a fetch.
+                let wait = match tx.borrow().as_ref() {
+                    Some(c) => {
+                        let left = c.valid_until.saturating_sub(unix_now());
+                        refresh.min(Duration::from_secs(left) + Duration::from_millis(100))
+                    }
+                    None => Duration::from_secs(2),
                 };
                 if tx.is_closed() {
                     return;

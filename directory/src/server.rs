@@ -1,7 +1,7 @@
 //! The directory authority: admits nodes, collects their descriptors, and
 //! serves one signed consensus per epoch.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -39,9 +39,12 @@ pub struct AuthorityConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Epoch length in seconds.
     pub epoch_secs: u64,
-    /// Node ids (hex) admitted; empty admits any node with a valid signature.
+    /// Node ids (hex) admitted.
     #[serde(default)]
     pub allowed_nodes: Vec<String>,
+    /// Admit any node with a valid signature (for closed test networks only).
+    #[serde(default)]
+    pub open_admission: bool,
     /// Most nodes in one epoch.
     #[serde(default = "default_max_nodes")]
     pub max_nodes: usize,
@@ -58,6 +61,13 @@ impl AuthorityConfig {
         }
         if self.max_nodes == 0 {
             return Err(Error::Config("max_nodes: must be at least 1".into()));
+        }
+        if self.allowed_nodes.is_empty() && !self.open_admission {
+            return Err(Error::Config(
+                "allowed_nodes: empty, so no node could join; list the node ids to admit \
+                 (bastet-directory init --allow ID) or set open_admission = true"
+                    .into(),
+            ));
         }
         self.allowed_nodes
             .iter()
@@ -113,6 +123,7 @@ pub fn init(
         metrics_listen,
         epoch_secs,
         allowed_nodes: allowed_nodes.iter().map(NodeId::to_hex).collect(),
+        open_admission: false,
         max_nodes: default_max_nodes(),
     };
     let body = toml::to_string(&config).map_err(|e| Error::Config(e.to_string()))?;
@@ -122,7 +133,8 @@ pub fn init(
          # listen: HTTPS API for nodes (POST /v1/descriptors) and clients (GET /v1/consensus).\n\
          # metrics_listen: plain HTTP /health and /metrics; keep it on loopback.\n\
          # epoch_secs: epoch length; every node and client must use the same.\n\
-         # allowed_nodes: node ids admitted (empty = any validly signed node).\n\
+         # allowed_nodes: node ids admitted; nothing else may join.\n\
+         # open_admission: admit any validly signed node (closed test networks only).\n\
          # max_nodes: most nodes in one epoch's consensus.\n\
          # Environment overrides: BASTET_DIRECTORY__<KEY>.\n\n{body}"
     );
@@ -145,13 +157,21 @@ struct Metrics {
     nodes: Gauge,
 }
 
+/// One epoch's descriptors and, once asked for, its signed consensus. Both
+/// live under one lock so that a consensus is never cached over a stale set.
+#[derive(Default)]
+struct EpochState {
+    nodes: BTreeMap<NodeId, SignedDescriptor>,
+    signed: Option<Bytes>,
+}
+
 struct Authority {
     key: SigningKey,
     epoch_secs: u64,
     allowed: HashSet<NodeId>,
+    open_admission: bool,
     max_nodes: usize,
-    descriptors: Mutex<BTreeMap<u64, BTreeMap<NodeId, SignedDescriptor>>>,
-    signed: Mutex<HashMap<u64, Bytes>>,
+    epochs: Mutex<BTreeMap<u64, EpochState>>,
     metrics: Metrics,
 }
 
@@ -185,9 +205,9 @@ pub async fn run(config: AuthorityConfig) -> Result<()> {
         key,
         epoch_secs: config.epoch_secs,
         allowed,
+        open_admission: config.open_admission,
         max_nodes: config.max_nodes,
-        descriptors: Mutex::default(),
-        signed: Mutex::default(),
+        epochs: Mutex::default(),
         metrics,
     });
     let app = router(state);
@@ -247,7 +267,7 @@ async fn post_descriptor(State(state): State<Arc<Authority>>, body: Bytes) -> Re
         Err(e) => return refuse(&state, StatusCode::BAD_REQUEST, "invalid", e.to_string()),
     };
     let node = d.node_id();
-    if !state.allowed.is_empty() && !state.allowed.contains(&node) {
+    if !state.open_admission && !state.allowed.contains(&node) {
         return refuse(
             &state,
             StatusCode::FORBIDDEN,
@@ -272,14 +292,14 @@ async fn post_descriptor(State(state): State<Arc<Authority>>, body: Bytes) -> Re
         );
     }
     {
-        let mut all = state.descriptors.lock().unwrap_or_else(|e| e.into_inner());
-        all.retain(|e, _| *e + 1 >= current);
-        let epoch = all.entry(d.epoch).or_default();
-        if epoch.get(&node) == Some(&signed) {
+        let mut epochs = state.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        epochs.retain(|e, _| *e + 1 >= current);
+        let epoch = epochs.entry(d.epoch).or_default();
+        if epoch.nodes.get(&node) == Some(&signed) {
             return StatusCode::NO_CONTENT.into_response();
         }
-        if !epoch.contains_key(&node) && epoch.len() >= state.max_nodes {
-            drop(all);
+        if !epoch.nodes.contains_key(&node) && epoch.nodes.len() >= state.max_nodes {
+            drop(epochs);
             return refuse(
                 &state,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -287,13 +307,9 @@ async fn post_descriptor(State(state): State<Arc<Authority>>, body: Bytes) -> Re
                 format!("epoch {} already has {} nodes", d.epoch, state.max_nodes),
             );
         }
-        epoch.insert(node, signed);
+        epoch.nodes.insert(node, signed);
+        epoch.signed = None;
     }
-    state
-        .signed
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&d.epoch);
     state.metrics.accepted.inc();
     tracing::info!(node = %node.short(), epoch = d.epoch, role = %d.role, "descriptor accepted");
     StatusCode::NO_CONTENT.into_response()
@@ -321,23 +337,16 @@ fn consensus_response(state: &Authority, epoch: u64) -> Response {
 }
 
 /// The signed consensus for `epoch`, built and signed once per change of its
-/// descriptor set.
+/// descriptor set (under the same lock as the set, so no insert is missed).
 fn consensus_bytes(state: &Authority, epoch: u64) -> Result<Option<Bytes>> {
-    if let Some(b) = state
-        .signed
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&epoch)
-    {
+    let mut epochs = state.epochs.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(entry) = epochs.get_mut(&epoch).filter(|e| !e.nodes.is_empty()) else {
+        return Ok(None);
+    };
+    if let Some(b) = &entry.signed {
         return Ok(Some(b.clone()));
     }
-    let nodes: Vec<_> = {
-        let all = state.descriptors.lock().unwrap_or_else(|e| e.into_inner());
-        match all.get(&epoch) {
-            Some(m) if !m.is_empty() => m.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            _ => return Ok(None),
-        }
-    };
+    let nodes: Vec<_> = entry.nodes.iter().map(|(k, v)| (*k, v.clone())).collect();
     if epoch == epoch_of(unix_now(), state.epoch_secs) {
         state
             .metrics
@@ -349,10 +358,37 @@ fn consensus_bytes(state: &Authority, epoch: u64) -> Result<Option<Bytes>> {
             .sign(&state.key)?
             .to_bytes(),
     );
-    state
-        .signed
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(epoch, bytes.clone());
+    entry.signed = Some(bytes.clone());
     Ok(Some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(allowed: Vec<String>, open: bool) -> AuthorityConfig {
+        AuthorityConfig {
+            data_dir: PathBuf::from("/nonexistent"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: None,
+            epoch_secs: 60,
+            allowed_nodes: allowed,
+            open_admission: open,
+            max_nodes: 10,
+        }
+    }
+
+    #[test]
+    fn an_authority_admitting_nobody_refuses_to_start() {
+        let err = config(vec![], false).validate().unwrap_err().to_string();
+        assert!(err.contains("allowed_nodes"), "{err}");
+        assert!(config(vec![], true).validate().is_ok());
+        let err = config(vec!["nope".into()], false).validate().unwrap_err();
+        assert!(err.to_string().contains("\"nope\""), "{err}");
+        assert!(
+            config(vec![NodeId([1; 32]).to_hex()], false)
+                .validate()
+                .is_ok()
+        );
+    }
 }

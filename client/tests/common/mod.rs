@@ -33,6 +33,7 @@ pub async fn start_authority(dir: &std::path::Path) -> DirectoryConfig {
         metrics_listen: None,
         epoch_secs: EPOCH_SECS,
         allowed_nodes: Vec::new(),
+        open_admission: true,
         max_nodes: 100,
     }));
     DirectoryConfig {

@@ -56,6 +56,7 @@ pub async fn authority(dir: &Path) -> (DirectoryConfig, Arc<DirectoryClient>) {
         metrics_listen: None,
         epoch_secs: EPOCH_SECS,
         allowed_nodes: Vec::new(),
+        open_admission: true,
         max_nodes: 100,
     };
     tokio::spawn(server::run(config));

@@ -31,8 +31,19 @@ pub async fn serve_https(
     let serve_err = |source| Error::Serve { addr, source };
     listener.set_nonblocking(true).map_err(serve_err)?;
     let config = RustlsConfig::from_config(server_config(identity)?);
-    axum_server::from_tcp_rustls(listener, config)
-        .map_err(serve_err)?
+    let mut server = axum_server::from_tcp_rustls(listener, config).map_err(serve_err)?;
+    // A client that opens a connection and dribbles its headers must not hold
+    // a descriptor forever (slow-loris); nor may an idle HTTP/2 connection.
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Some(Duration::from_secs(10)));
+    server
+        .http_builder()
+        .http2()
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    server
         .serve(router.into_make_service_with_connect_info::<SocketAddr>())
         .await
         .map_err(serve_err)

@@ -9,7 +9,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 
-use crate::{FRAME_LEN, Result, TlsIdentity, read_frame, server_config};
+use tokio::io::AsyncReadExt;
+
+use crate::{FRAME_LEN, Result, TlsIdentity, server_config};
 
 /// Limits on what peers may hold open.
 #[derive(Clone, Debug)]
@@ -18,8 +20,11 @@ pub struct IngressConfig {
     pub max_connections: usize,
     /// A TLS handshake that takes longer is abandoned.
     pub handshake_timeout: Duration,
-    /// A connection that sends no frame for this long is closed.
+    /// A connection that starts no frame for this long is closed.
     pub idle_timeout: Duration,
+    /// A frame must be complete this long after its first byte arrived
+    /// (slow senders hold a slot for at most this long per frame).
+    pub frame_timeout: Duration,
 }
 
 impl Default for IngressConfig {
@@ -27,7 +32,8 @@ impl Default for IngressConfig {
         IngressConfig {
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(120),
+            frame_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -101,13 +107,17 @@ async fn connection(
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
     loop {
         let mut frame: Frame = Box::new([0u8; FRAME_LEN]);
-        let more = tokio::time::timeout(config.idle_timeout, read_frame(&mut tls, &mut frame))
+        let started = tokio::time::timeout(config.idle_timeout, tls.read(&mut frame[..]))
             .await
             .map_err(|_| "idle".to_string())?
             .map_err(|e| e.to_string())?;
-        if !more {
+        if started == 0 {
             return Ok(());
         }
+        tokio::time::timeout(config.frame_timeout, tls.read_exact(&mut frame[started..]))
+            .await
+            .map_err(|_| "frame not completed in time".to_string())?
+            .map_err(|e| format!("partial frame: {e}"))?;
         stats.frames.fetch_add(1, Ordering::Relaxed);
         match tx.try_send(frame) {
             Ok(()) => {}
@@ -116,5 +126,45 @@ async fn connection(
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connect;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_stalled_frame_is_cut_off_and_whole_frames_pass() {
+        let identity = TlsIdentity::generate().unwrap();
+        let pin = identity.pin();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, mut rx) = mpsc::channel(4);
+        let stats = Arc::new(IngressStats::default());
+        let config = IngressConfig {
+            max_connections: 1,
+            frame_timeout: Duration::from_millis(200),
+            ..IngressConfig::default()
+        };
+        let s = stats.clone();
+        tokio::spawn(async move { serve_packets(listener, &identity, config, tx, s).await });
+
+        // Half a frame, then nothing: the only slot is freed after the timeout.
+        let mut slow = connect(&addr, pin).await.unwrap();
+        slow.write_all(&[1u8; FRAME_LEN / 2]).await.unwrap();
+        slow.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(stats.bad_connections.load(Ordering::Relaxed), 1);
+
+        let mut good = connect(&addr, pin).await.unwrap();
+        good.write_all(&[2u8; FRAME_LEN]).await.unwrap();
+        good.flush().await.unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame[FRAME_LEN - 1], 2);
     }
 }

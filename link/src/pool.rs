@@ -32,17 +32,31 @@ pub struct OutboundConfig {
     pub max_peers: usize,
     /// A connection with nothing to send for this long is closed.
     pub idle_timeout: Duration,
-    /// Pause between failed connection attempts.
+    /// First pause after a failed connection attempt; doubles up to
+    /// `max_retry_delay`.
     pub retry_delay: Duration,
+    /// Longest pause between connection attempts.
+    pub max_retry_delay: Duration,
+    /// After this many failed attempts in a row, what is queued for the
+    /// peer is dropped (and counted lost) rather than held.
+    pub give_up_after: u32,
+    /// A TCP connect plus TLS handshake that takes longer fails.
+    pub connect_timeout: Duration,
+    /// Writing and flushing one batch that takes longer fails the connection.
+    pub write_timeout: Duration,
 }
 
 impl Default for OutboundConfig {
     fn default() -> Self {
         OutboundConfig {
-            queue_len: 4096,
+            queue_len: 1024,
             max_peers: 1024,
             idle_timeout: Duration::from_secs(300),
-            retry_delay: Duration::from_millis(500),
+            retry_delay: Duration::from_millis(250),
+            max_retry_delay: Duration::from_secs(30),
+            give_up_after: 6,
+            connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -117,13 +131,12 @@ impl Outbound {
             );
         }
         let handle = peers.get(&peer.node).ok_or(SendError::QueueFull)?;
-        match handle.tx.try_send(packet) {
-            Ok(()) => {
-                self.stats.queued.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(_) => Err(SendError::QueueFull),
-        }
+        // Counted before the writer can see it, so the gauge never wraps.
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        handle.tx.try_send(packet).map_err(|_| {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            SendError::QueueFull
+        })
     }
 
     /// Packets queued across all peers, not yet written.
@@ -145,76 +158,184 @@ impl Outbound {
 /// Most frames written before one flush.
 const BATCH: usize = 64;
 
+/// Feeds one peer's queue into a connection to it, reconnecting with
+/// exponential backoff, until the queue has been idle for `idle_timeout`.
 async fn writer(
     peer: Peer,
     mut rx: mpsc::Receiver<Packet>,
     config: OutboundConfig,
     stats: Arc<Stats>,
 ) {
-    let mut first = None;
+    let mut pending: Vec<Packet> = Vec::new();
+    let mut failures = 0u32;
+    let mut backoff = config.retry_delay;
     loop {
         // Wait for something to send before opening a connection.
-        let packet = match first.take() {
-            Some(p) => p,
-            None => match tokio::time::timeout(config.idle_timeout, rx.recv()).await {
-                Ok(Some(p)) => p,
-                Ok(None) | Err(_) => return,
-            },
-        };
-        let mut stream = match connect(&peer.addr, peer.pin).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(node = %peer.node.short(), error = %e, "next hop unreachable");
-                // Keep the packet for the next attempt; the queue bounds the backlog.
-                first = Some(packet);
-                tokio::time::sleep(config.retry_delay).await;
+        if pending.is_empty() {
+            match tokio::time::timeout(config.idle_timeout, rx.recv()).await {
+                Ok(Some(p)) => take(&mut pending, p, &stats),
+                Ok(None) | Err(_) => return close(rx, &stats),
+            }
+        }
+        let connected =
+            tokio::time::timeout(config.connect_timeout, connect(&peer.addr, peer.pin)).await;
+        let mut stream = match connected {
+            Ok(Ok(s)) => s,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "connection timed out".into(),
+                };
+                failures += 1;
+                tracing::warn!(node = %peer.node.short(), attempt = failures, error = %why, "next hop unreachable");
+                if failures >= config.give_up_after {
+                    // Holding packets for a peer that stays away only delays
+                    // them past usefulness; end-to-end retransmission covers them.
+                    lose(&stats, pending.len());
+                    pending.clear();
+                    while let Ok(_dropped) = rx.try_recv() {
+                        stats.queued.fetch_sub(1, Ordering::Relaxed);
+                        lose(&stats, 1);
+                    }
+                    failures = 0;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.max_retry_delay);
                 continue;
             }
         };
-        let mut pending = Some(packet);
+        failures = 0;
+        backoff = config.retry_delay;
         loop {
-            let mut batch = Vec::with_capacity(BATCH);
-            if let Some(p) = pending.take() {
-                batch.push(p);
-            } else {
+            if pending.is_empty() {
                 match tokio::time::timeout(config.idle_timeout, rx.recv()).await {
-                    Ok(Some(p)) => batch.push(p),
+                    Ok(Some(p)) => take(&mut pending, p, &stats),
                     Ok(None) | Err(_) => {
-                        let _ = stream.shutdown().await;
-                        return;
+                        let _ = tokio::time::timeout(config.write_timeout, stream.shutdown()).await;
+                        return close(rx, &stats);
                     }
                 }
             }
-            while batch.len() < BATCH {
+            while pending.len() < BATCH {
                 match rx.try_recv() {
-                    Ok(p) => batch.push(p),
+                    Ok(p) => take(&mut pending, p, &stats),
                     Err(_) => break,
                 }
             }
-            let n = batch.len();
-            stats.queued.fetch_sub(n, Ordering::Relaxed);
-            let mut result = Ok(());
-            for p in &batch {
-                result = write_frame(&mut stream, p.as_bytes()).await;
-                if result.is_err() {
-                    break;
+            let n = pending.len();
+            let written = tokio::time::timeout(config.write_timeout, async {
+                for p in &pending {
+                    write_frame(&mut stream, p.as_bytes()).await?;
                 }
-            }
-            if result.is_ok() {
-                result = stream.flush().await;
-            }
-            match result {
-                Ok(()) => {
+                stream.flush().await
+            })
+            .await;
+            pending.clear();
+            match written {
+                Ok(Ok(())) => {
                     stats.written.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) => {
+                failed => {
                     // Whether the peer got these is unknown; end-to-end acks
                     // and retransmission recover them.
-                    stats.lost.fetch_add(n as u64, Ordering::Relaxed);
-                    tracing::warn!(node = %peer.node.short(), error = %e, "link to next hop failed");
+                    lose(&stats, n);
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "write timed out".into(),
+                    };
+                    tracing::warn!(node = %peer.node.short(), error = %why, "link to next hop failed");
                     break;
                 }
             }
         }
+    }
+}
+
+/// Moves a packet from the queue into the writer's hands.
+fn take(pending: &mut Vec<Packet>, p: Packet, stats: &Stats) {
+    stats.queued.fetch_sub(1, Ordering::Relaxed);
+    pending.push(p);
+}
+
+fn lose(stats: &Stats, n: usize) {
+    stats.lost.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// Closes the queue and counts what was still in it as lost.
+fn close(mut rx: mpsc::Receiver<Packet>, stats: &Stats) {
+    rx.close();
+    while let Ok(_dropped) = rx.try_recv() {
+        stats.queued.fetch_sub(1, Ordering::Relaxed);
+        lose(stats, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{IngressConfig, TlsIdentity, serve_packets};
+    use bastet_sphinx::PACKET_LEN;
+
+    fn packet(b: u8) -> Packet {
+        Packet::from_bytes(&[b; PACKET_LEN]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn packets_reach_a_peer_and_an_unreachable_peer_is_given_up_on() {
+        let identity = TlsIdentity::generate().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, mut rx) = mpsc::channel(16);
+        let pin = identity.pin();
+        tokio::spawn(async move {
+            serve_packets(
+                listener,
+                &identity,
+                IngressConfig::default(),
+                tx,
+                Arc::default(),
+            )
+            .await
+        });
+        let config = OutboundConfig {
+            retry_delay: Duration::from_millis(10),
+            give_up_after: 2,
+            ..OutboundConfig::default()
+        };
+        let pool = Outbound::new(config);
+        let good = Peer {
+            node: bastet_sphinx::NodeId([1; 32]),
+            addr,
+            pin,
+        };
+        pool.send(&good, packet(1)).unwrap();
+        pool.send(&good, packet(2)).unwrap();
+        for want in [1u8, 2] {
+            let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got[0], want);
+        }
+
+        // Nothing listens here: the packet is dropped and counted, not held.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let dead = Peer {
+            node: bastet_sphinx::NodeId([2; 32]),
+            addr: dead_addr,
+            pin,
+        };
+        pool.send(&dead, packet(3)).unwrap();
+        for _ in 0..200 {
+            if pool.lost() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(pool.lost(), 1);
+        assert_eq!(pool.queued(), 0);
+        assert_eq!(pool.written(), 2);
     }
 }

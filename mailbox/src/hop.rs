@@ -93,16 +93,16 @@ impl FinalHop {
     /// Opens one received packet: the mailbox and the payload to store.
     pub fn open(&mut self, bytes: &[u8]) -> Result<(MailboxId, Vec<u8>), Rejected> {
         let prepared = Prepared::new(bytes, &self.key).map_err(classify)?;
+        let tag = prepared.replay_tag();
+        // Authenticate before touching the filter: junk must not be able to
+        // fill it and push real tags out.
+        let processed = prepared.process().map_err(classify)?;
         // The filter cannot fail after construction (the same parameters
         // succeeded once); if it ever did, refusing is the safe side.
-        if self
-            .replay
-            .check_and_set(&prepared.replay_tag())
-            .unwrap_or(true)
-        {
+        if self.replay.check_and_set(&tag).unwrap_or(true) {
             return Err(Rejected::Replay);
         }
-        match prepared.process().map_err(classify)? {
+        match processed {
             Processed::Deliver { mailbox, message } => Ok((mailbox, message)),
             Processed::Forward { .. } => Err(Rejected::NotFinalHop),
         }

@@ -279,12 +279,21 @@ async fn mailbox_server_stores_durably_and_serves_only_its_owner() {
     assert!(
         stored[0].received_at_ms <= now_ms + 1000 && stored[0].received_at_ms + 60_000 > now_ms
     );
-    let packet_log = std::fs::read(node.dir.join("packets.log")).unwrap();
-    assert!(
-        packet_log
+    // The log is appended just after the synced write that made the message
+    // listable, so give it a moment.
+    let mut logged = false;
+    for _ in 0..100 {
+        let packet_log = std::fs::read(node.dir.join("packets.log")).unwrap_or_default();
+        if packet_log
             .windows(message.len())
             .any(|w| w == message.as_slice())
-    );
+        {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(logged, "stored payload missing from packet_log");
 
     // Identical requests back to back (the same second, fresh nonces) are
     // all accepted; none counts as a replay (checked in /metrics below).

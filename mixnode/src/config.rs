@@ -60,7 +60,7 @@ fn default_max_delay_ms() -> u64 {
 }
 
 fn default_max_delayed_packets() -> usize {
-    100_000
+    20_000
 }
 
 fn default_ingress_queue() -> usize {

@@ -7,7 +7,6 @@ use bastet_directory::{DirectoryClient, DirectoryConfig, VerifiedConsensus};
 use bastet_link::{CertPin, write_frame};
 use bastet_mailbox::{MailboxClient, StoredMessage};
 use bastet_sphinx::NodeId;
-use rand::RngExt;
 use rand::seq::IndexedRandom;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,14 +19,8 @@ use crate::{Address, ClientConfig, ClientKeys, DataDir, Error, MessageId, Result
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Most messages one `inbox` call reads (a mailbox holds at most its quota).
 const MAX_INBOX_MESSAGES: usize = 20_000;
-/// Page size for listing, before the per-request variation below.
+/// Page size for listing.
 const LIST_LIMIT: usize = bastet_mailbox::api::MAX_LIST_LIMIT;
-/// The mailbox server accepts each signed request once, and identical
-/// requests signed in the same second have identical signatures. Varying the
-/// page size keeps back-to-back polls (even from separate processes) apart.
-const LIST_LIMIT_SPREAD: usize = 100;
-/// Attempts for a mailbox request refused as a replay (each a second apart).
-const REPLAY_RETRIES: usize = 3;
 /// Bound on connecting to the first mix and handing it the packet.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for the first mix to close the link after our packet.
@@ -166,7 +159,8 @@ impl Client {
         let mut report = InboxReport::default();
         let mut deleted = false;
         if let Some(upto) = plan.delete_upto {
-            match retry_replayed(|| api.delete(self.keys.mailbox_signing_key(), &mailbox, upto))
+            match api
+                .delete(self.keys.mailbox_signing_key(), &mailbox, upto)
                 .await
             {
                 Ok(n) => {
@@ -188,9 +182,7 @@ impl Client {
         let mut all = Vec::new();
         let mut after = None;
         loop {
-            let limit = LIST_LIMIT - rand::rng().random_range(0..LIST_LIMIT_SPREAD);
-            let (page, next) =
-                retry_replayed(|| api.list_page(key, &mailbox, after, limit)).await?;
+            let (page, next) = api.list_page(key, &mailbox, after, LIST_LIMIT).await?;
             all.extend(page);
             match next {
                 Some(n) if all.len() < MAX_INBOX_MESSAGES && after.is_none_or(|a| n > a) => {
@@ -212,27 +204,6 @@ fn mailbox_client(server: &bastet_directory::Descriptor) -> Result<MailboxClient
         .as_deref()
         .ok_or_else(|| Error::MailboxServerNotInConsensus(server.node_id().to_hex()))?;
     Ok(MailboxClient::new(api_addr, server.pin())?)
-}
-
-/// Runs a mailbox request again (after a second, so that it is signed
-/// anew) when the server refuses it as a replay of an identical request.
-async fn retry_replayed<T, F, Fut>(mut request: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bastet_mailbox::Result<T>>,
-{
-    let mut attempt = 1;
-    loop {
-        match request().await {
-            Err(bastet_mailbox::Error::Refused { status: 401, why })
-                if why.starts_with("replayed") && attempt < REPLAY_RETRIES =>
-            {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(1005)).await;
-            }
-            other => return Ok(other?),
-        }
-    }
 }
 
 /// Writes one packet to the first mix over pinned TLS, then waits briefly

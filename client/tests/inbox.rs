@@ -19,8 +19,8 @@ use bastet_client::{Client, ClientKeys, DataDir, Error, seal_message};
 use bastet_directory::{DirectoryConfig, unix_now};
 use bastet_link::TlsIdentity;
 use bastet_mailbox::api::{
-    DeleteResponse, ListResponse, RegisterRequest, RegisterResponse, ReplayCache, SignedRequest,
-    StoredMessage, verify_request,
+    DeleteResponse, ListResponse, RegisterRequest, RegisterResponse, ReplayCache, RequestAuth,
+    SignedRequest, StoredMessage, verify_request,
 };
 use bastet_sphinx::{MailboxId, NodeId};
 
@@ -32,6 +32,10 @@ struct FakeMailboxes {
     boxes: HashMap<MailboxId, BTreeMap<u64, (u64, Vec<u8>)>>,
     next_seq: u64,
     replay: Option<ReplayCache>,
+    /// Every authenticated request: method, path and query, signing time.
+    accepted: Vec<(Method, String, u64)>,
+    /// Why requests were refused authentication (none expected).
+    refused: Vec<String>,
 }
 
 type Shared = Arc<Mutex<FakeMailboxes>>;
@@ -74,8 +78,15 @@ async fn handle(
         cache,
     ) {
         Ok(k) => k,
-        Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+        Err(e) => {
+            state.refused.push(e.to_string());
+            return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+        }
     };
+    let ts = RequestAuth::parse(auth.as_deref().unwrap()).unwrap().ts;
+    state
+        .accepted
+        .push((method.clone(), path_and_query.clone(), ts));
     let owned = MailboxId::from_owner_key(key.as_bytes());
     if uri.path() == "/v1/mailboxes" && method == Method::POST {
         let req: RegisterRequest = serde_json::from_slice(&body).unwrap();
@@ -319,9 +330,28 @@ async fn init_registers_a_mailbox_and_inbox_reads_deletes_and_keeps_what_fails()
     assert!(started.elapsed() >= Duration::from_millis(700));
     assert!(started.elapsed() < Duration::from_secs(15));
 
-    // With nothing to read, --wait gives up after its time.
+    // With nothing to read, --wait gives up after its time, polling every
+    // 200 ms with identical requests; each is signed under its own nonce,
+    // so those signed in the same second are all accepted, none delayed.
+    let polls_before = net.store.lock().unwrap().accepted.len();
     let started = Instant::now();
-    let report = bob.inbox(Duration::from_secs(1)).await.unwrap();
+    let report = bob.inbox(Duration::from_secs(2)).await.unwrap();
     assert!(report.messages.is_empty());
-    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let store = net.store.lock().unwrap();
+    let polls = &store.accepted[polls_before..];
+    assert!(polls.len() >= 5, "only {} polls in 2 s", polls.len());
+    assert!(
+        polls
+            .iter()
+            .all(|p| p.0 == Method::GET && p.1 == polls[0].1),
+        "{polls:?}"
+    );
+    let mut seconds: Vec<u64> = polls.iter().map(|p| p.2).collect();
+    seconds.dedup();
+    assert!(
+        seconds.len() < polls.len(),
+        "no two identical polls in the same second: {polls:?}"
+    );
+    assert!(store.refused.is_empty(), "refused: {:?}", store.refused);
 }

@@ -2,14 +2,19 @@
 //! verification, the JSON bodies, and [`MailboxClient`].
 //!
 //! Every request carries
-//! `Authorization: Bastet-Mailbox key=<hex pub>,ts=<unix secs>,sig=<hex>`
-//! where `sig` is an Ed25519 signature by `key` over
-//! `"bastet mailbox request v1\0" || METHOD || "\0" || path_and_query || "\0"
-//! || blake3(body) || ts as u64 BE` (see [`signed_bytes`]).
+//! `Authorization: Bastet-Mailbox key=<hex pub>,ts=<unix secs>,nonce=<32 hex>,sig=<hex>`
+//! where `nonce` is 16 random bytes drawn for this request and `sig` is an
+//! Ed25519 signature by `key` over
+//! `"bastet mailbox request v2\0" || METHOD || "\0" || path_and_query || "\0"
+//! || blake3(body) || ts as u64 BE || nonce` (see [`signed_bytes`]).
+//!
+//! Ed25519 is deterministic; the nonce is what makes two identical requests
+//! signed in the same second carry different signatures, so that the
+//! server's replay cache (keyed on the signature) accepts both while still
+//! refusing a captured request sent again.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeSet, HashMap};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bastet_directory::{Signature, SigningKey, VerifyingKey};
 use bastet_link::CertPin;
@@ -35,12 +40,25 @@ pub const MAX_RESPONSE_BODY: usize = 4 << 20;
 /// Path of the registration endpoint.
 pub const MAILBOXES_PATH: &str = "/v1/mailboxes";
 
-const SIGNING_CONTEXT: &[u8] = b"bastet mailbox request v1\0";
+/// Bytes of the per-request nonce (32 hex digits in the header).
+pub const NONCE_LEN: usize = 16;
+
+/// v2: v1 had no nonce, so identical requests in one second collided.
+const SIGNING_CONTEXT: &[u8] = b"bastet mailbox request v2\0";
+/// Longest `ts` value in the header: `u64::MAX` has 20 digits.
+const MAX_TS_DIGITS: usize = 20;
 
 /// The bytes a request signature covers.
-pub fn signed_bytes(method: &str, path_and_query: &str, body: &[u8], ts: u64) -> Vec<u8> {
-    let mut m =
-        Vec::with_capacity(SIGNING_CONTEXT.len() + method.len() + path_and_query.len() + 42);
+pub fn signed_bytes(
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    ts: u64,
+    nonce: &[u8; NONCE_LEN],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(
+        SIGNING_CONTEXT.len() + method.len() + path_and_query.len() + 2 + 32 + 8 + NONCE_LEN,
+    );
     m.extend_from_slice(SIGNING_CONTEXT);
     m.extend_from_slice(method.as_bytes());
     m.push(0);
@@ -48,6 +66,7 @@ pub fn signed_bytes(method: &str, path_and_query: &str, body: &[u8], ts: u64) ->
     m.push(0);
     m.extend_from_slice(blake3::hash(body).as_bytes());
     m.extend_from_slice(&ts.to_be_bytes());
+    m.extend_from_slice(nonce);
     m
 }
 
@@ -58,50 +77,60 @@ pub struct RequestAuth {
     pub key: VerifyingKey,
     /// When the request was signed, unix seconds.
     pub ts: u64,
+    /// Random bytes that make this request's signature unique.
+    pub nonce: [u8; NONCE_LEN],
     /// The signature over [`signed_bytes`].
     pub sig: Signature,
 }
 
 impl RequestAuth {
-    /// Signs a request with `key` at time `ts`.
+    /// Signs a request with `key` at time `ts` under `nonce`. Every request
+    /// needs a fresh random nonce (see [`authorization_header`]); a fixed one
+    /// is for tests.
     pub fn sign(
         key: &SigningKey,
         method: &str,
         path_and_query: &str,
         body: &[u8],
         ts: u64,
+        nonce: [u8; NONCE_LEN],
     ) -> Self {
         RequestAuth {
             key: key.verifying_key(),
             ts,
-            sig: key.sign(&signed_bytes(method, path_and_query, body, ts)),
+            nonce,
+            sig: key.sign(&signed_bytes(method, path_and_query, body, ts, &nonce)),
         }
     }
 
     /// The `Authorization` header value.
     pub fn to_header(&self) -> String {
         format!(
-            "{AUTH_SCHEME} key={},ts={},sig={}",
+            "{AUTH_SCHEME} key={},ts={},nonce={},sig={}",
             hex::encode(self.key.as_bytes()),
             self.ts,
+            hex::encode(self.nonce),
             hex::encode(self.sig.to_bytes())
         )
     }
 
     /// Parses an `Authorization` header value (the signature is not checked
-    /// here; see [`verify_request`]).
+    /// here; see [`verify_request`]). Each of `key` (64 hex digits), `ts`
+    /// (decimal digits), `nonce` (32 hex digits) and `sig` (128 hex digits)
+    /// must appear exactly once, and nothing else may.
     pub fn parse(header: &str) -> std::result::Result<Self, AuthError> {
         let params = header
             .trim()
             .strip_prefix(AUTH_SCHEME)
             .and_then(|rest| rest.strip_prefix(' '))
             .ok_or(AuthError::Malformed)?;
-        let (mut key, mut ts, mut sig) = (None, None, None);
+        let (mut key, mut ts, mut nonce, mut sig) = (None, None, None, None);
         for part in params.split(',') {
             let (name, value) = part.trim().split_once('=').ok_or(AuthError::Malformed)?;
             let slot = match name.trim() {
                 "key" => &mut key,
                 "ts" => &mut ts,
+                "nonce" => &mut nonce,
                 "sig" => &mut sig,
                 _ => return Err(AuthError::Malformed),
             };
@@ -109,24 +138,34 @@ impl RequestAuth {
                 return Err(AuthError::Malformed);
             }
         }
-        let (Some(key), Some(ts), Some(sig)) = (key, ts, sig) else {
+        let (Some(key), Some(ts), Some(nonce), Some(sig)) = (key, ts, nonce, sig) else {
             return Err(AuthError::Malformed);
         };
-        let mut key_bytes = [0u8; 32];
-        hex::decode_to_slice(key, &mut key_bytes).map_err(|_| AuthError::Malformed)?;
-        let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| AuthError::Malformed)?;
+        let key =
+            VerifyingKey::from_bytes(&hex_array::<32>(key)?).map_err(|_| AuthError::Malformed)?;
+        // Digits only: `u64::from_str` would also take a leading `+`.
+        if ts.is_empty() || ts.len() > MAX_TS_DIGITS || !ts.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(AuthError::Malformed);
+        }
         let ts = ts.parse::<u64>().map_err(|_| AuthError::Malformed)?;
-        let mut sig_bytes = [0u8; 64];
-        hex::decode_to_slice(sig, &mut sig_bytes).map_err(|_| AuthError::Malformed)?;
         Ok(RequestAuth {
             key,
             ts,
-            sig: Signature::from_bytes(&sig_bytes),
+            nonce: hex_array::<NONCE_LEN>(nonce)?,
+            sig: Signature::from_bytes(&hex_array::<64>(sig)?),
         })
     }
 }
 
-/// The `Authorization` header value for a request signed by `key` at `ts`.
+/// Decodes exactly `2 * N` hex digits.
+fn hex_array<const N: usize>(text: &str) -> std::result::Result<[u8; N], AuthError> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text, &mut out).map_err(|_| AuthError::Malformed)?;
+    Ok(out)
+}
+
+/// The `Authorization` header value for a request signed by `key` at `ts`,
+/// under a fresh random nonce.
 pub fn authorization_header(
     key: &SigningKey,
     method: &str,
@@ -134,7 +173,12 @@ pub fn authorization_header(
     body: &[u8],
     ts: u64,
 ) -> String {
-    RequestAuth::sign(key, method, path_and_query, body, ts).to_header()
+    RequestAuth::sign(key, method, path_and_query, body, ts, random_nonce()).to_header()
+}
+
+/// A fresh nonce from the thread-local CSPRNG.
+fn random_nonce() -> [u8; NONCE_LEN] {
+    rand::random()
 }
 
 /// Why a request's authentication was refused (HTTP 401, or 503 for
@@ -143,20 +187,25 @@ pub fn authorization_header(
 #[non_exhaustive]
 pub enum AuthError {
     /// No `Authorization` header.
-    #[error("missing Authorization header (expected `Bastet-Mailbox key=..,ts=..,sig=..`)")]
-    Missing,
-    /// The header is not `Bastet-Mailbox key=<64 hex>,ts=<u64>,sig=<128 hex>`.
     #[error(
-        "malformed Authorization header (expected `Bastet-Mailbox key=<hex>,ts=<unix secs>,sig=<hex>`)"
+        "missing Authorization header (expected `Bastet-Mailbox key=..,ts=..,nonce=..,sig=..`)"
+    )]
+    Missing,
+    /// The header is not
+    /// `Bastet-Mailbox key=<64 hex>,ts=<u64>,nonce=<32 hex>,sig=<128 hex>`.
+    #[error(
+        "malformed Authorization header (expected `Bastet-Mailbox key=<64 hex>,ts=<unix secs>,nonce=<32 hex>,sig=<128 hex>`)"
     )]
     Malformed,
     /// The timestamp is more than [`FRESHNESS_SECS`] from the server's clock.
     #[error("stale request: timestamp is more than 60 s from the server's clock")]
     Stale,
-    /// The same signature was seen within the freshness window.
+    /// The same signature was seen within the freshness window: the same
+    /// request (same nonce) sent again.
     #[error("replayed request: this signature was already used")]
     Replayed,
-    /// The signature does not verify for this method, path, body and time.
+    /// The signature does not verify for this method, path, body, time and
+    /// nonce.
     #[error("bad signature")]
     BadSignature,
     /// The replay cache is full of fresh signatures; try again shortly.
@@ -261,6 +310,7 @@ pub fn verify_request(
         request.path_and_query,
         request.body,
         auth.ts,
+        &auth.nonce,
     );
     auth.key
         .verify_strict(&message, &auth.sig)
@@ -375,15 +425,12 @@ pub fn delete_path(mailbox: &MailboxId, upto: u64) -> String {
     format!("{MAILBOXES_PATH}/{}/messages?upto={upto}", mailbox.to_hex())
 }
 
-/// How many recent signatures the client remembers to avoid sending the same
-/// one twice (the server would refuse the second as a replay).
-const RECENT_SIGNATURES: usize = 256;
-
 /// A client of one mailbox server's HTTPS API, pinned to its certificate.
+/// Each request is signed under a fresh random nonce, so identical requests
+/// may follow each other at any rate.
 pub struct MailboxClient {
     base: String,
     http: reqwest::Client,
-    recent: Mutex<VecDeque<[u8; 64]>>,
 }
 
 impl MailboxClient {
@@ -399,7 +446,6 @@ impl MailboxClient {
         Ok(MailboxClient {
             base,
             http: bastet_link::https_client(pin)?,
-            recent: Mutex::new(VecDeque::with_capacity(RECENT_SIGNATURES)),
         })
     }
 
@@ -477,9 +523,10 @@ impl MailboxClient {
         body: Vec<u8>,
     ) -> Result<T> {
         let url = format!("{}{path_and_query}", self.base);
-        let auth = self
-            .fresh_auth(key, method.as_str(), path_and_query, &body)
-            .await;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let auth = authorization_header(key, method.as_str(), path_and_query, &body, now);
         let mut request = self
             .http
             .request(method, &url)
@@ -517,45 +564,6 @@ impl MailboxClient {
         }
         serde_json::from_slice(&bytes).map_err(|e| Error::BadResponse(e.to_string()))
     }
-
-    /// Signs a request, waiting for the next second if this exact request was
-    /// already signed in this second (Ed25519 is deterministic, and the
-    /// server accepts each signature once).
-    async fn fresh_auth(
-        &self,
-        key: &SigningKey,
-        method: &str,
-        path_and_query: &str,
-        body: &[u8],
-    ) -> String {
-        loop {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            let auth = RequestAuth::sign(key, method, path_and_query, body, now.as_secs());
-            let sig = auth.sig.to_bytes();
-            let fresh = {
-                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-                if recent.contains(&sig) {
-                    false
-                } else {
-                    if recent.len() >= RECENT_SIGNATURES {
-                        recent.pop_front();
-                    }
-                    recent.push_back(sig);
-                    true
-                }
-            };
-            if fresh {
-                return auth.to_header();
-            }
-            let into_second = Duration::from_nanos(u64::from(now.subsec_nanos()));
-            tokio::time::sleep(
-                Duration::from_secs(1).saturating_sub(into_second) + Duration::from_millis(5),
-            )
-            .await;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -589,6 +597,11 @@ mod tests {
         )
     }
 
+    /// A header with a fixed nonce, for tests that need to compare headers.
+    fn header_with_nonce(method: &str, pq: &str, ts: u64, nonce: u8) -> String {
+        RequestAuth::sign(&key(1), method, pq, b"", ts, [nonce; NONCE_LEN]).to_header()
+    }
+
     #[test]
     fn good_signature_is_accepted_once() {
         let mut cache = ReplayCache::new(100);
@@ -604,6 +617,72 @@ mod tests {
         // A fresh timestamp is a fresh request.
         let h2 = authorization_header(&key(1), "GET", PQ, b"", 1001);
         assert!(check(&h2, "GET", PQ, b"", 1011, &mut cache).is_ok());
+    }
+
+    #[test]
+    fn identical_requests_in_one_second_with_different_nonces_are_both_accepted() {
+        let mut cache = ReplayCache::new(100);
+        let first = header_with_nonce("GET", PQ, 1000, 1);
+        let second = header_with_nonce("GET", PQ, 1000, 2);
+        assert_ne!(first, second);
+        assert!(check(&first, "GET", PQ, b"", 1000, &mut cache).is_ok());
+        assert!(check(&second, "GET", PQ, b"", 1000, &mut cache).is_ok());
+        // Random nonces: a burst of identical requests all get through.
+        for _ in 0..50 {
+            let h = authorization_header(&key(1), "GET", PQ, b"", 1000);
+            assert!(check(&h, "GET", PQ, b"", 1000, &mut cache).is_ok());
+        }
+        assert_eq!(cache.len(), 52);
+    }
+
+    #[test]
+    fn the_same_header_twice_is_refused_as_replayed() {
+        let mut cache = ReplayCache::new(100);
+        let h = header_with_nonce("DELETE", PQ, 1000, 7);
+        assert!(check(&h, "DELETE", PQ, b"", 1000, &mut cache).is_ok());
+        assert_eq!(
+            check(&h, "DELETE", PQ, b"", 1000, &mut cache),
+            Err(AuthError::Replayed)
+        );
+        // Still refused later in the window, and re-spelling the header
+        // (upper-case hex, other field order, spaces) does not make it new.
+        let auth = RequestAuth::parse(&h).unwrap();
+        let respelled = format!(
+            "{AUTH_SCHEME} sig={} , nonce={},ts={}, key={}",
+            hex::encode_upper(auth.sig.to_bytes()),
+            hex::encode_upper(auth.nonce),
+            auth.ts,
+            hex::encode_upper(auth.key.as_bytes()),
+        );
+        assert_eq!(RequestAuth::parse(&respelled), Ok(auth));
+        assert_eq!(
+            check(&respelled, "DELETE", PQ, b"", 1059, &mut cache),
+            Err(AuthError::Replayed)
+        );
+    }
+
+    #[test]
+    fn a_changed_nonce_without_re_signing_fails() {
+        let mut cache = ReplayCache::new(100);
+        let h = header_with_nonce("GET", PQ, 1000, 1);
+        let nonce_1 = format!("nonce={}", hex::encode([1u8; NONCE_LEN]));
+        let nonce_2 = format!("nonce={}", hex::encode([2u8; NONCE_LEN]));
+        assert!(h.contains(&nonce_1), "{h}");
+        let changed = h.replace(&nonce_1, &nonce_2);
+        assert_eq!(
+            check(&changed, "GET", PQ, b"", 1000, &mut cache),
+            Err(AuthError::BadSignature)
+        );
+        assert!(cache.is_empty());
+        // The signature covers the nonce: same request, other nonce, other
+        // signature.
+        let a = RequestAuth::sign(&key(1), "GET", PQ, b"", 1000, [1; NONCE_LEN]);
+        let b = RequestAuth::sign(&key(1), "GET", PQ, b"", 1000, [2; NONCE_LEN]);
+        assert_ne!(a.sig, b.sig);
+        assert_ne!(
+            signed_bytes("GET", PQ, b"", 1000, &[1; NONCE_LEN]),
+            signed_bytes("GET", PQ, b"", 1000, &[2; NONCE_LEN])
+        );
     }
 
     #[test]
@@ -651,14 +730,56 @@ mod tests {
     #[test]
     fn malformed_and_missing_headers_are_refused() {
         let mut cache = ReplayCache::new(100);
-        let good = authorization_header(&key(1), "GET", PQ, b"", 1000);
+        let good = header_with_nonce("GET", PQ, 1000, 0xab);
+        let auth = RequestAuth::parse(&good).unwrap();
+        let field = |name: &str, value: &str| format!("{name}={value}");
+        let key_f = field("key", &hex::encode(auth.key.as_bytes()));
+        let ts_f = field("ts", "1000");
+        let nonce_f = field("nonce", &hex::encode(auth.nonce));
+        let sig_f = field("sig", &hex::encode(auth.sig.to_bytes()));
+        let with = |fields: &[&str]| format!("{AUTH_SCHEME} {}", fields.join(","));
+        assert_eq!(with(&[&key_f, &ts_f, &nonce_f, &sig_f]), good);
+        let short_nonce = field("nonce", &hex::encode([0xab; NONCE_LEN - 1]));
+        let long_nonce = field("nonce", &hex::encode([0xab; NONCE_LEN + 1]));
+        let odd_nonce = format!("{nonce_f}a");
+        let bad_hex_nonce = nonce_f.replacen("ab", "xy", 1);
+        let short_key = field("key", &hex::encode(&auth.key.as_bytes()[..31]));
+        let short_sig = field("sig", &hex::encode(&auth.sig.to_bytes()[..63]));
         for bad in [
             "Bearer x".to_string(),
-            good.replace("ts=1000", "ts=-1"),
-            good.replace("key=", "kee="),
+            String::new(),
+            AUTH_SCHEME.to_string(),
+            format!("{AUTH_SCHEME} "),
+            format!("{AUTH_SCHEME}{}", &good[AUTH_SCHEME.len() + 1..]),
+            // Missing fields.
+            with(&[&key_f, &ts_f, &sig_f]),
+            with(&[&ts_f, &nonce_f, &sig_f]),
+            with(&[&key_f, &nonce_f, &sig_f]),
+            with(&[&key_f, &ts_f, &nonce_f]),
+            // Duplicate fields, even with the same value.
+            with(&[&key_f, &ts_f, &nonce_f, &nonce_f, &sig_f]),
+            with(&[&key_f, &ts_f, &ts_f, &nonce_f, &sig_f]),
             format!("{good},ts=1000"),
-            good.replace(",sig=", ",ignored=1,sig="),
+            // Unknown and empty fields.
+            with(&[&key_f, &ts_f, &nonce_f, "ignored=1", &sig_f]),
+            with(&[&key_f, &ts_f, &nonce_f, &sig_f, ""]),
+            with(&[&key_f, &ts_f, "nonce", &sig_f]),
+            good.replace("key=", "kee="),
+            // Wrong lengths and bad digits.
+            with(&[&key_f, &ts_f, &short_nonce, &sig_f]),
+            with(&[&key_f, &ts_f, &long_nonce, &sig_f]),
+            with(&[&key_f, &ts_f, &odd_nonce, &sig_f]),
+            with(&[&key_f, &ts_f, &bad_hex_nonce, &sig_f]),
+            with(&[&key_f, &ts_f, "nonce=", &sig_f]),
+            with(&[&short_key, &ts_f, &nonce_f, &sig_f]),
+            with(&[&key_f, &ts_f, &nonce_f, &short_sig]),
             good[..good.len() - 2].to_string(),
+            good.replace("ts=1000", "ts=-1"),
+            good.replace("ts=1000", "ts=+1000"),
+            good.replace("ts=1000", "ts="),
+            good.replace("ts=1000", "ts=1e3"),
+            good.replace("ts=1000", "ts=18446744073709551616"),
+            good.replace("ts=1000", "ts=000000000000000001000"),
         ] {
             assert_eq!(
                 check(&bad, "GET", PQ, b"", 1000, &mut cache),
@@ -666,6 +787,7 @@ mod tests {
                 "{bad}"
             );
         }
+        assert!(cache.is_empty());
         let missing = SignedRequest {
             method: "GET",
             path_and_query: PQ,
@@ -676,6 +798,7 @@ mod tests {
             verify_request(&missing, 1000, &mut cache),
             Err(AuthError::Missing)
         );
+        assert!(check(&good, "GET", PQ, b"", 1000, &mut cache).is_ok());
     }
 
     #[test]
@@ -699,8 +822,18 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_json_payloads_are_base64() {
-        let auth = RequestAuth::sign(&key(3), "DELETE", PQ, b"", 42);
-        assert_eq!(RequestAuth::parse(&auth.to_header()), Ok(auth));
+        let auth = RequestAuth::sign(&key(3), "DELETE", PQ, b"", 42, [9; NONCE_LEN]);
+        let header = auth.to_header();
+        assert_eq!(
+            header,
+            format!(
+                "Bastet-Mailbox key={},ts=42,nonce={},sig={}",
+                hex::encode(key(3).verifying_key().as_bytes()),
+                "09".repeat(NONCE_LEN),
+                hex::encode(auth.sig.to_bytes())
+            )
+        );
+        assert_eq!(RequestAuth::parse(&header), Ok(auth));
         let m = StoredMessage {
             seq: 7,
             received_at_ms: 9,

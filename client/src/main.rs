@@ -64,20 +64,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BASTET_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    match real_main(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bastet: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bastet_link::init_logging("warn");
+    bastet_link::exit_code("bastet: error", real_main(Cli::parse()))
 }
 
 fn real_main(cli: Cli) -> CliResult<()> {

@@ -57,22 +57,11 @@ impl NodeKeys {
 
 /// Writes a 32-byte secret as hex to a file only its owner can read.
 pub fn write_key_file(path: &Path, key: &[u8; 32]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |e: std::io::Error| Error::KeyFile {
+    let text = Zeroizing::new(format!("{}\n", hex::encode(key)));
+    bastet_link::write_private(path, text.as_bytes()).map_err(|e| Error::KeyFile {
         path: path.to_path_buf(),
         why: e.to_string(),
-    };
-    let text = Zeroizing::new(format!("{}\n", hex::encode(key)));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(err)?;
-    f.write_all(text.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)
+    })
 }
 
 /// Reads a key written by [`write_key_file`].

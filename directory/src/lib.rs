@@ -8,7 +8,7 @@ mod error;
 mod keys;
 pub mod server;
 
-pub use client::{ConsensusWatch, DirectoryClient, publish_forever};
+pub use client::{ConsensusWatch, DirectoryClient, publish_descriptor_forever, publish_forever};
 pub use config::{AuthorityRef, DirectoryConfig, load_config};
 pub use consensus::{AuthoritySignature, Consensus, SignedConsensus, VerifiedConsensus};
 pub use descriptor::{

@@ -5,7 +5,9 @@ mod frame;
 mod https;
 mod ingress;
 mod metrics;
+mod packet_log;
 mod pool;
+mod process;
 mod tls;
 
 pub use error::Error;
@@ -13,8 +15,10 @@ pub use frame::{FRAME_LEN, read_frame, write_frame};
 pub use https::{https_client, serve_https};
 pub use ingress::{Frame, IngressConfig, IngressStats, serve_packets};
 pub use metrics::serve_metrics;
+pub use packet_log::{PACKET_LOG_LIMIT, PacketLog};
 pub use pool::{Outbound, OutboundConfig, Peer, SendError};
-pub use tls::{CertPin, TlsIdentity, client_config, connect, server_config};
+pub use process::{exit_code, init_logging, shutdown_signal};
+pub use tls::{CertPin, TlsIdentity, client_config, connect, server_config, write_private};
 
 /// Result of this crate's operations.
 pub type Result<T> = std::result::Result<T, Error>;

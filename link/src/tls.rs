@@ -98,7 +98,10 @@ impl TlsIdentity {
             path: cert_path,
             source,
         })?;
-        write_private(&key_path, key_pem.as_bytes())
+        write_private(&key_path, key_pem.as_bytes()).map_err(|source| Error::File {
+            path: key_path,
+            source,
+        })
     }
 
     /// Reads what [`TlsIdentity::save`] wrote.
@@ -122,23 +125,19 @@ impl TlsIdentity {
     }
 }
 
-/// Writes a secret file readable only by its owner.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes a secret file readable only by its owner (created with mode 0600,
+/// truncated if it exists) and syncs it to disk.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let file_err = |source| Error::File {
-        path: path.to_path_buf(),
-        source,
-    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .map_err(file_err)?;
-    f.write_all(bytes).map_err(file_err)?;
-    f.sync_all().map_err(file_err)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 fn pem_block(label: &str, der: &[u8]) -> String {

@@ -294,7 +294,7 @@ fn commented(c: &MailboxConfig) -> Result<String> {
          # Most mailboxes this server registers.\n\
          max_mailboxes = {max_mailboxes}\n\
          # Replay tags remembered per Bloom filter generation (two generations are\n\
-         # kept, {fp} false-positive rate each; about 3.6 MB per million).\n\
+         # kept, {fp} false-positive rate each; about 7.5 MB per million in all).\n\
          replay_filter_capacity = {replay}\n\
          \n\
          # FOR TESTS ONLY: append every stored payload to this file (at most 64 MiB).\n\
@@ -316,7 +316,7 @@ fn commented(c: &MailboxConfig) -> Result<String> {
         operator = value(c.operator.as_str()),
         quota = c.quota_messages,
         max_mailboxes = c.max_mailboxes,
-        fp = crate::hop::REPLAY_FILTER_FP_RATE,
+        fp = bastet_sphinx::REPLAY_FILTER_FP_RATE,
         replay = c.replay_filter_capacity,
     ))
 }

@@ -20,7 +20,7 @@ pub use api::{MailboxClient, StoredMessage};
 pub use config::{ENV_PREFIX, InitInfo, InitOptions, MailboxConfig, init, read_directory_file};
 pub use error::Error;
 #[cfg(feature = "server")]
-pub use hop::{FinalHop, REPLAY_FILTER_FP_RATE, Rejected};
+pub use hop::{FinalHop, Rejected};
 #[cfg(feature = "server")]
 pub use server::{run, run_until};
 #[cfg(feature = "server")]

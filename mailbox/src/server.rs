@@ -1,14 +1,14 @@
 //! The tokio shell: listeners, the store writer, descriptor publishing.
 
 use std::future::Future;
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bastet_directory::{Descriptor, DirectoryClient, NodeKeys, Role, publish_forever, unix_now};
-use bastet_link::{Frame, IngressConfig, IngressStats, TlsIdentity};
+use bastet_directory::{
+    Descriptor, DirectoryClient, NodeKeys, Role, publish_descriptor_forever, unix_now,
+};
+use bastet_link::{Frame, IngressConfig, IngressStats, PacketLog, TlsIdentity};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -26,28 +26,20 @@ const INGRESS_QUEUE: usize = 8192;
 const MAX_BATCH: usize = 256;
 /// Signatures the API remembers to refuse replays.
 const API_REPLAY_CAPACITY: usize = 100_000;
-/// The packet log stops growing at this size.
-const PACKET_LOG_MAX_BYTES: u64 = 64 << 20;
 
 /// Runs the mailbox server until SIGTERM or SIGINT.
 pub async fn run(config: MailboxConfig) -> Result<()> {
-    run_until(config, shutdown_signal()).await
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    // The signals are watched from the first poll, once the server runs.
+    let shutdown = async {
+        match bastet_link::shutdown_signal() {
+            Ok(signal) => signal.await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    };
+    run_until(config, shutdown).await
 }
 
 fn now_ms() -> u64 {
@@ -75,7 +67,10 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
     let hop = FinalHop::new(keys.sphinx.clone(), config.replay_filter_capacity)
         .map_err(|why| Error::Config(format!("replay_filter_capacity: {why}")))?;
     let packet_log = match &config.packet_log {
-        Some(path) => Some(PacketLog::open(path.clone())?),
+        Some(path) => Some(PacketLog::open(path).map_err(|e| Error::File {
+            path: path.clone(),
+            why: format!("packet_log: {e}"),
+        })?),
         None => None,
     };
 
@@ -139,14 +134,7 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
         };
         let identity = keys.identity.clone();
         tasks.spawn(async move {
-            publish_forever(directory, move |epoch| {
-                Descriptor {
-                    epoch,
-                    ..descriptor.clone()
-                }
-                .sign(&identity)
-            })
-            .await;
+            publish_descriptor_forever(directory, descriptor, identity).await;
             Ok(())
         });
     }
@@ -267,44 +255,6 @@ fn store_batch(
         Err(e) => {
             tracing::error!(error = %e, packets = items.len(), "storing packets failed; dropped");
             metrics.dropped("store_error", items.len() as u64);
-        }
-    }
-}
-
-/// Test hook: stored payloads appended raw to a file, up to a bound.
-struct PacketLog {
-    path: PathBuf,
-    file: std::fs::File,
-    written: u64,
-}
-
-impl PacketLog {
-    fn open(path: PathBuf) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::File {
-                path: path.clone(),
-                why: format!("packet_log: {e}"),
-            })?;
-        let written = file.metadata().map_or(0, |m| m.len());
-        Ok(PacketLog {
-            path,
-            file,
-            written,
-        })
-    }
-
-    fn append(&mut self, payload: &[u8]) {
-        if self.written + payload.len() as u64 > PACKET_LOG_MAX_BYTES {
-            return;
-        }
-        match self.file.write_all(payload) {
-            Ok(()) => self.written += payload.len() as u64,
-            Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "packet_log write failed")
-            }
         }
     }
 }

@@ -14,8 +14,6 @@ use crate::{Error, MixerConfig, Result};
 pub const CONFIG_FILE: &str = "mixnode.toml";
 /// Prefix of environment overrides: `BASTET_MIXNODE__LISTEN=...`.
 pub const ENV_PREFIX: &str = "BASTET_MIXNODE";
-/// The `packet_log` file stops growing at this size.
-pub const PACKET_LOG_LIMIT: u64 = 64 << 20;
 
 /// The mixnode's configuration (`mixnode.toml`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use bastet_directory::VerifiedConsensus;
 use bastet_link::Peer;
-use bastet_sphinx::{NodeId, Packet, Prepared, Processed, ReplayTag, SphinxSecretKey};
+use bastet_sphinx::{
+    NodeId, Packet, Prepared, Processed, ReplayFilter, ReplayTag, SphinxSecretKey,
+};
 
-use crate::replay::ReplayFilter;
 use crate::{Error, Result};
 
 /// Why a packet was dropped. Each is a value of the `reason` label of

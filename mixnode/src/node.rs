@@ -7,18 +7,19 @@
 //! Every arrow is a bounded queue; what does not fit is dropped and counted.
 
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bastet_directory::{
-    ConsensusWatch, Descriptor, DirectoryClient, NodeKeys, Role, VerifiedConsensus, publish_forever,
+    ConsensusWatch, Descriptor, DirectoryClient, NodeKeys, Role, VerifiedConsensus,
+    publish_descriptor_forever,
 };
 use bastet_link::{
-    Frame, IngressConfig, IngressStats, Outbound, OutboundConfig, TlsIdentity, serve_packets,
+    Frame, IngressConfig, IngressStats, Outbound, OutboundConfig, PacketLog, TlsIdentity,
+    serve_packets,
 };
 use bastet_sphinx::NodeId;
 use prometheus_client::registry::Registry;
@@ -26,7 +27,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::config::PACKET_LOG_LIMIT;
 use crate::metrics::{Metrics, gauge_value};
 use crate::{
     DropReason, Error, Mixer, MixnodeConfig, Outcome, Result, Transmit, Unwrapped, Unwrapper, route,
@@ -79,7 +79,7 @@ impl Mixnode {
         let packet_log = config
             .packet_log
             .as_deref()
-            .map(PacketLog::open)
+            .map(open_packet_log)
             .transpose()?;
 
         let mut registry = Registry::with_prefix("bastet_mixnode");
@@ -166,15 +166,7 @@ impl Mixnode {
             });
         }
         tasks.spawn(async move {
-            // Same Sphinx key for epochs e and e+1 until keys rotate.
-            publish_forever(directory, move |epoch| {
-                Descriptor {
-                    epoch,
-                    ..descriptor.clone()
-                }
-                .sign(&identity)
-            })
-            .await;
+            publish_descriptor_forever(directory, descriptor, identity).await;
             Err(Error::TaskFailed {
                 what: "descriptor publisher",
                 why: "ended".into(),
@@ -399,48 +391,13 @@ fn forward(
     Ok(())
 }
 
-/// The `packet_log` test hook: raw packets appended to a file, up to
-/// [`PACKET_LOG_LIMIT`] bytes.
-struct PacketLog {
-    path: PathBuf,
-    file: std::fs::File,
-    written: u64,
-    failed: bool,
-}
-
-impl PacketLog {
-    fn open(path: &Path) -> Result<Self> {
-        let err = |source| Error::File {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(err)?;
-        let written = file.metadata().map_err(err)?.len();
-        tracing::warn!(path = %path.display(), "packet_log is on: every forwarded packet is written to disk (test hook)");
-        Ok(PacketLog {
-            path: path.to_path_buf(),
-            file,
-            written,
-            failed: false,
-        })
-    }
-
-    fn append(&mut self, bytes: &[u8]) {
-        let len = bytes.len() as u64;
-        if self.failed || self.written + len > PACKET_LOG_LIMIT {
-            return;
-        }
-        // A small blocking write: this is a test hook, not a production path.
-        match self.file.write_all(bytes) {
-            Ok(()) => self.written += len,
-            Err(e) => {
-                self.failed = true;
-                tracing::warn!(path = %self.path.display(), error = %e, "packet_log write failed; not logging further");
-            }
-        }
-    }
+/// Opens the `packet_log` test hook, loudly: it writes every forwarded packet
+/// to disk.
+fn open_packet_log(path: &Path) -> Result<PacketLog> {
+    let log = PacketLog::open(path).map_err(|source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    tracing::warn!(path = %path.display(), "packet_log is on: every forwarded packet is written to disk (test hook)");
+    Ok(log)
 }

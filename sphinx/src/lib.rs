@@ -2,6 +2,7 @@
 
 mod error;
 mod packet;
+mod replay;
 mod types;
 
 pub use error::Error;
@@ -9,6 +10,7 @@ pub use packet::{
     Hop, MAX_HOPS, MAX_MESSAGE_LEN, PACKET_LEN, PAYLOAD_SIZE, Packet, Prepared, Processed,
     ReplayTag, build, build_with_secret,
 };
+pub use replay::{REPLAY_FILTER_FP_RATE, ReplayFilter};
 pub use types::{MailboxId, NodeId};
 
 /// Re-exported so that every crate names Sphinx keys with the same types.

@@ -46,19 +46,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BASTET_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match real_main(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bastet-directory: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bastet_link::init_logging("info");
+    bastet_link::exit_code("bastet-directory", real_main(Cli::parse()))
 }
 
 fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use bastet_mixnode::{InitOptions, MixnodeConfig};
 use clap::{Parser, Subcommand};
-use tokio::signal::unix::{SignalKind, signal};
 
 /// A Bastet mixnode: removes one Sphinx layer from each packet, drops
 /// replays, holds each packet for the delay its sender chose and forwards it
@@ -57,20 +56,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BASTET_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match real_main(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bastet-mixnode: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bastet_link::init_logging("info");
+    bastet_link::exit_code("bastet-mixnode", real_main(Cli::parse()))
 }
 
 fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -104,14 +91,7 @@ fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             runtime.block_on(async {
                 // Installed before anything starts, so an early SIGTERM is
                 // not lost.
-                let mut term = signal(SignalKind::terminate())?;
-                let mut int = signal(SignalKind::interrupt())?;
-                let shutdown = async move {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                };
+                let shutdown = bastet_link::shutdown_signal()?;
                 bastet_mixnode::run(config, shutdown).await?;
                 Ok::<(), Box<dyn std::error::Error>>(())
             })?;

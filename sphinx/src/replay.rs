@@ -1,12 +1,14 @@
-//! The replay filter: remembers the replay tags of packets already mixed.
+//! The replay filter: remembers the replay tags of packets already processed,
+//! for the relays (mixnodes and mailbox servers) that keep one.
 
-use bastet_sphinx::ReplayTag;
 use bloomfilter::Bloom;
 
-/// False-positive rate of each of the two generations; a lookup checks both,
-/// so a fresh packet is wrongly taken for a replay with probability at most
-/// twice this, 1e-6.
-pub const GENERATION_FP_RATE: f64 = 5e-7;
+use crate::ReplayTag;
+
+/// False-positive rate of each of the two generations of a [`ReplayFilter`];
+/// a lookup checks both, so a fresh packet is wrongly taken for a replay with
+/// probability at most twice this, 1e-6.
+pub const REPLAY_FILTER_FP_RATE: f64 = 5e-7;
 
 /// Two Bloom filter generations of `capacity` tags each. Tags go into the
 /// current generation; when it holds `capacity` tags the older one is
@@ -14,7 +16,10 @@ pub const GENERATION_FP_RATE: f64 = 5e-7;
 /// `2 * capacity`) are always remembered, memory stays fixed (about 7.5 bytes
 /// per unit of capacity in all), and the false-positive rate never exceeds
 /// the one documented, however many packets arrive.
-pub(crate) struct ReplayFilter {
+///
+/// Record only the tags of packets that authenticate, so that garbage cannot
+/// push real tags out.
+pub struct ReplayFilter {
     current: Bloom<ReplayTag>,
     previous: Bloom<ReplayTag>,
     in_current: usize,
@@ -23,7 +28,7 @@ pub(crate) struct ReplayFilter {
 
 impl ReplayFilter {
     /// An empty filter remembering at least `capacity` tags.
-    pub(crate) fn new(capacity: usize) -> Result<Self, &'static str> {
+    pub fn new(capacity: usize) -> Result<Self, &'static str> {
         let capacity = capacity.max(1);
         Ok(ReplayFilter {
             current: generation(capacity)?,
@@ -34,7 +39,7 @@ impl ReplayFilter {
     }
 
     /// Records `tag`; true if it was (probably) seen before.
-    pub(crate) fn check_and_insert(&mut self, tag: &ReplayTag) -> bool {
+    pub fn check_and_insert(&mut self, tag: &ReplayTag) -> bool {
         if self.previous.check(tag) || self.current.check(tag) {
             return true;
         }
@@ -61,7 +66,7 @@ impl ReplayFilter {
 fn generation(capacity: usize) -> Result<Bloom<ReplayTag>, &'static str> {
     let mut seed = [0u8; 32];
     rand::Rng::fill_bytes(&mut rand::rng(), &mut seed);
-    Bloom::new_for_fp_rate_with_seed(capacity, GENERATION_FP_RATE, &seed)
+    Bloom::new_for_fp_rate_with_seed(capacity, REPLAY_FILTER_FP_RATE, &seed)
 }
 
 #[cfg(test)]
@@ -101,5 +106,22 @@ mod tests {
         }
         let forgotten = (0..10).filter(|i| !f.check_and_insert(&tag(*i))).count();
         assert!(forgotten >= 9, "only {forgotten} of 10 old tags forgotten");
+    }
+
+    #[test]
+    fn replay_filter_stays_bounded_and_remembers_the_last_generation() {
+        let mut filter = ReplayFilter::new(4).unwrap();
+        let tag = |i: u8| ReplayTag([i; 32]);
+        for i in 0..4 {
+            assert!(!filter.check_and_insert(&tag(i)));
+        }
+        assert!(filter.check_and_insert(&tag(0)));
+        for i in 4..8 {
+            assert!(!filter.check_and_insert(&tag(i)));
+        }
+        // The first generation rotated out of `current` but is still checked.
+        assert!(filter.previous.check(&tag(0)) && !filter.current.check(&tag(0)));
+        assert!(filter.check_and_insert(&tag(0)));
+        assert!(filter.check_and_insert(&tag(7)));
     }
 }

@@ -4,8 +4,10 @@ mod client;
 mod demo;
 mod error;
 mod layout;
+mod metrics;
 mod network;
 mod ports;
+mod probe;
 mod process;
 mod scan;
 
@@ -13,6 +15,7 @@ pub use client::{Client, Received, RouteHop, Sent};
 pub use demo::{DemoOptions, DemoReport, MessageReport, message_text, route_text, run_demo};
 pub use error::Error;
 pub use layout::{AuthorityNode, Layout, RelayNode};
+pub use metrics::metric_sum;
 pub use network::{Network, NetworkOptions};
 pub use process::{Binaries, STOP_GRACE, StopOutcome};
 pub use scan::{Hit, ScanReport, scan_for_marker};

@@ -1,0 +1,275 @@
+//! `bastet-testnet`: a whole Bastet network on loopback.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bastet_testnet::{DemoOptions, Error, Network, NetworkOptions, StopOutcome, run_demo};
+use clap::{Args, Parser, Subcommand};
+
+/// Exit status when a message was lost.
+const EXIT_LOST: u8 = 1;
+/// Exit status for bad arguments (clap uses it too).
+const EXIT_USAGE: u8 = 2;
+/// Exit status when the network could not be started or used.
+const EXIT_ERROR: u8 = 3;
+/// Exit status after Ctrl-C or SIGTERM.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs a whole Bastet network on 127.0.0.1: one directory authority, six
+/// mixnodes (two per layer) in six jurisdictions and two mailbox servers,
+/// each a child process of this one.
+///
+/// Exit status: 0 success, 1 a message was lost, 2 bad arguments,
+/// 3 the network failed (see the node logs), 130 interrupted.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Directory holding bastet-directory, bastet-mixnode, bastet-mailbox
+    /// and bastet (default: next to this executable).
+    #[arg(long, global = true, env = "BASTET_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a network, send messages from one client to another, report
+    /// each message's route and latency, stop the network.
+    Demo {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Number of messages.
+        #[arg(long, default_value_t = 3)]
+        messages: usize,
+        /// Bytes of text per message (must fit one packet).
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// Print one JSON object on stdout instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for the network to come up, and again for the
+        /// messages to arrive.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Start a network, print where each node listens, and run until Ctrl-C.
+    Up {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Print the layout as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct NetArgs {
+    /// Put keys, configs, databases and logs here (new or empty directory;
+    /// never deleted). Default: a temporary directory, deleted on exit.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the temporary directory on exit and say where it is.
+    #[arg(long)]
+    keep: bool,
+    /// Epoch length in seconds for the authority, nodes and clients.
+    #[arg(long, default_value_t = 3600)]
+    epoch_secs: u64,
+}
+
+impl NetArgs {
+    fn options(&self, bin_dir: Option<PathBuf>, ready: Duration) -> NetworkOptions {
+        NetworkOptions {
+            dir: self.dir.clone(),
+            keep: self.keep,
+            bin_dir,
+            epoch_secs: self.epoch_secs,
+            ready_timeout: ready,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BASTET_TESTNET_LOG")
+                .unwrap_or_else(|_| "bastet_testnet=info,warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bastet-testnet: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let result = runtime.block_on(async {
+        // Whichever comes first: the work, or a signal. On a signal the
+        // work's future is dropped, and with it the network, whose drop
+        // stops every child process.
+        // Biased towards the signal: Ctrl-C in a terminal also reaches the
+        // children, and their failing must not mask the interruption.
+        tokio::select! {
+            biased;
+            r = interrupted() => Err(r),
+            r = run(cli) => r,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e @ Error::InvalidOption(_)) => {
+            eprintln!("bastet-testnet: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Error::Interrupted) => {
+            eprintln!("bastet-testnet: interrupted; every node was stopped");
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
+        Err(e) => {
+            eprintln!("bastet-testnet: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Completes at the first SIGINT (Ctrl-C) or SIGTERM.
+async fn interrupted() -> Error {
+    match bastet_link::shutdown_signal() {
+        Ok(signal) => signal.await,
+        Err(e) => {
+            tracing::warn!("cannot watch for Ctrl-C and SIGTERM: {e}");
+            std::future::pending::<()>().await;
+        }
+    }
+    Error::Interrupted
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    match cli.command {
+        Command::Demo {
+            net,
+            messages,
+            size,
+            json,
+            timeout,
+        } => {
+            let timeout = Duration::from_secs(timeout);
+            let options = DemoOptions {
+                messages,
+                size,
+                timeout,
+            };
+            demo(
+                net.options(cli.bin_dir, timeout),
+                &options,
+                json,
+                net.keep || net.dir.is_some(),
+            )
+            .await
+        }
+        Command::Up { net, json } => {
+            up(net.options(cli.bin_dir, Duration::from_secs(60)), json).await
+        }
+    }
+}
+
+async fn demo(
+    net_options: NetworkOptions,
+    options: &DemoOptions,
+    json: bool,
+    kept: bool,
+) -> Result<ExitCode, Error> {
+    // Checked before anything starts, so a typo costs no network.
+    if options.messages == 0 || options.size == 0 || options.size > bastet_sphinx::MAX_MESSAGE_LEN {
+        return Err(Error::InvalidOption(format!(
+            "--messages must be at least 1 and --size between 1 and {}",
+            bastet_sphinx::MAX_MESSAGE_LEN
+        )));
+    }
+    let mut network = Network::start(net_options).await?;
+    let outcome = run_demo(&network, options).await;
+    if !outcome.as_ref().is_ok_and(|r| r.all_delivered()) {
+        eprintln!("relay counters:\n{}", network.counters().await);
+    }
+    report_stop(network.stop());
+    let mut report = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            let dir = network.keep_files();
+            eprintln!("bastet-testnet: network files kept in {}", dir.display());
+            return Err(e);
+        }
+    };
+    if kept || !report.all_delivered() {
+        report.dir = Some(network.keep_files());
+    }
+    if json {
+        match serde_json::to_string(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("bastet-testnet: cannot encode the report: {e}"),
+        }
+    } else {
+        print!("{}", report.to_human());
+    }
+    if let Some(dir) = &report.dir {
+        eprintln!(
+            "network files (configs, keys, databases, node logs) kept in {}",
+            dir.display()
+        );
+    }
+    Ok(if report.all_delivered() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_LOST)
+    })
+}
+
+async fn up(net_options: NetworkOptions, json: bool) -> Result<ExitCode, Error> {
+    let mut network = Network::start(net_options).await?;
+    let layout = network.layout();
+    if json {
+        match serde_json::to_string(layout) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("bastet-testnet: cannot encode the layout: {e}"),
+        }
+    } else {
+        println!("Bastet testnet running in {}", layout.dir.display());
+        print!("{}", layout.describe());
+        println!(
+            "directory config for clients: {}",
+            layout.directory_config.display()
+        );
+        println!(
+            "try: bastet --data-dir {d}/clients/me init --directory {c}",
+            d = layout.dir.display(),
+            c = layout.directory_config.display()
+        );
+        println!("Ctrl-C stops every node.");
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        network.check_alive()?;
+    }
+}
+
+fn report_stop(outcomes: Vec<(String, StopOutcome)>) {
+    for (name, outcome) in outcomes {
+        match outcome {
+            StopOutcome::Killed => {
+                tracing::warn!("{name} did not exit within 3 s of SIGTERM and was killed");
+            }
+            StopOutcome::AlreadyExited(status) => {
+                tracing::warn!(
+                    "{name} had already exited ({status}) before the network was stopped"
+                );
+            }
+            StopOutcome::Exited(_) => {}
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! A Bastet client driven through the `bastet` binary.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::short;
+use crate::network::parse_json;
+use crate::process::run_command;
+use crate::{Error, Result};
+
+/// How long `bastet init` and `bastet send` may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one `bastet inbox --wait` call may block.
+const INBOX_WAIT: Duration = Duration::from_secs(5);
+
+/// One hop of a route as `bastet send --json` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteHop {
+    /// Node id (hex).
+    pub node: String,
+    /// `mix1`, `mix2`, `mix3` or `mailbox`.
+    pub role: String,
+    /// The node's declared jurisdiction.
+    pub jurisdiction: String,
+}
+
+/// What `bastet send --json` reports.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Sent {
+    /// The message's id.
+    pub message_id: String,
+    /// When the client handed the packet to the first mix (Unix ms).
+    pub sent_at_ms: u64,
+    /// The route the packet takes.
+    pub route: Vec<RouteHop>,
+}
+
+/// One message as `bastet inbox --json` reports it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Received {
+    /// The message's id.
+    pub message_id: String,
+    /// The sender's identity key (hex).
+    pub from: String,
+    /// Whether the sender's signature verified.
+    pub verified: bool,
+    /// The sender's timestamp (Unix ms).
+    pub sent_at_ms: u64,
+    /// When the mailbox server stored it (Unix ms).
+    pub received_at_ms: u64,
+    /// The decrypted text.
+    pub text: String,
+}
+
+#[derive(Deserialize)]
+struct Inbox {
+    messages: Vec<Received>,
+}
+
+/// A client with its own data directory and mailbox.
+#[derive(Clone, Debug)]
+pub struct Client {
+    name: String,
+    program: PathBuf,
+    data_dir: PathBuf,
+    address: String,
+}
+
+impl Client {
+    /// `bastet init` in `data_dir` with a mailbox on the mailbox server
+    /// `mailbox_server` (node id hex), then reads back its address.
+    pub(crate) async fn init(
+        name: &str,
+        program: &Path,
+        data_dir: &Path,
+        directory_config: &Path,
+        mailbox_server: &str,
+    ) -> Result<Client> {
+        let mut client = Client {
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            address: String::new(),
+        };
+        client
+            .run(
+                &[
+                    OsStr::new("init"),
+                    OsStr::new("--directory"),
+                    directory_config.as_os_str(),
+                    OsStr::new("--mailbox-server"),
+                    OsStr::new(mailbox_server),
+                ],
+                COMMAND_TIMEOUT,
+            )
+            .await?;
+        let out = client
+            .run(&[OsStr::new("address")], COMMAND_TIMEOUT)
+            .await?;
+        client.address = out
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .ok_or_else(|| Error::UnexpectedOutput {
+                command: "bastet address".into(),
+                why: "no address printed".into(),
+                output: out.clone(),
+            })?
+            .to_string();
+        Ok(client)
+    }
+
+    /// Its name in the testnet.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Its address, as `bastet address` prints it.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// `bastet send ADDRESS TEXT --json`.
+    pub async fn send(&self, to: &str, text: &str) -> Result<Sent> {
+        let out = self
+            .run(
+                &[
+                    OsStr::new("send"),
+                    OsStr::new(to),
+                    OsStr::new(text),
+                    OsStr::new("--json"),
+                ],
+                COMMAND_TIMEOUT,
+            )
+            .await?;
+        parse_json("bastet send --json", &out)
+    }
+
+    /// `bastet inbox --json --wait SECS`: the messages that arrived (which
+    /// the client then deletes from its mailbox), waiting up to `wait` for
+    /// at least one.
+    pub async fn inbox(&self, wait: Duration) -> Result<Vec<Received>> {
+        let secs = wait.as_secs().max(1).to_string();
+        let out = self
+            .run(
+                &[
+                    OsStr::new("inbox"),
+                    OsStr::new("--json"),
+                    OsStr::new("--wait"),
+                    OsStr::new(&secs),
+                ],
+                wait + COMMAND_TIMEOUT,
+            )
+            .await?;
+        Ok(parse_json::<Inbox>("bastet inbox --json", &out)?.messages)
+    }
+
+    /// Polls the inbox until every message in `message_ids` arrived or
+    /// `timeout` passed, and returns those that arrived, by id. Messages
+    /// with other ids are logged and left out.
+    pub async fn receive(
+        &self,
+        message_ids: &[String],
+        timeout: Duration,
+    ) -> Result<HashMap<String, Received>> {
+        let deadline = Instant::now() + timeout;
+        let mut received = HashMap::new();
+        while received.len() < message_ids.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    "{} of {} messages did not reach {} within {} s",
+                    message_ids.len() - received.len(),
+                    message_ids.len(),
+                    self.name,
+                    timeout.as_secs()
+                );
+                break;
+            }
+            for m in self.inbox(left.min(INBOX_WAIT)).await? {
+                if !m.verified {
+                    tracing::warn!(id = %m.message_id, "a message arrived whose signature does not verify");
+                }
+                if message_ids.contains(&m.message_id) {
+                    tracing::info!("{} received message {}", self.name, short(&m.message_id));
+                    received.insert(m.message_id.clone(), m);
+                } else {
+                    tracing::warn!(id = %m.message_id, "{} received a message it was not waiting for", self.name);
+                }
+            }
+        }
+        Ok(received)
+    }
+
+    async fn run(&self, args: &[&OsStr], timeout: Duration) -> Result<String> {
+        let mut all = vec![OsStr::new("--data-dir"), self.data_dir.as_os_str()];
+        all.extend_from_slice(args);
+        let log = std::env::var_os("BASTET_LOG").unwrap_or_else(|| "warn".into());
+        let no_color = OsStr::new("1");
+        run_command(
+            &self.program,
+            &all,
+            &[("BASTET_LOG", &log), ("NO_COLOR", no_color)],
+            timeout,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_json_contracts_parse() {
+        let sent: Sent = parse_json(
+            "send",
+            r#"{"message_id":"ab","sent_at_ms":5,"route":[
+                {"node":"01","role":"mix1","jurisdiction":"DE"},
+                {"node":"02","role":"mailbox","jurisdiction":"CH"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(sent.route[1].role, "mailbox");
+        let inbox: Inbox = parse_json(
+            "inbox",
+            r#"{"messages":[{"message_id":"ab","from":"cd","verified":true,
+                "sent_at_ms":5,"received_at_ms":9,"text":"hi"}],"errors":0}"#,
+        )
+        .unwrap();
+        assert_eq!(inbox.messages[0].text, "hi");
+        assert!(parse_json::<Inbox>("inbox", "not json").is_err());
+    }
+}

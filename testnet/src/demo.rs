@@ -1,0 +1,224 @@
+//! The demo: two clients on a fresh network, N messages from one to the
+//! other, and a report of each message's route and latency.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::client::{RouteHop, Sent};
+use crate::layout::short;
+use crate::{Error, Network, Result};
+
+/// What to send.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// How many messages.
+    pub messages: usize,
+    /// Bytes of text per message.
+    pub size: usize,
+    /// How long to wait for them to arrive after sending.
+    pub timeout: Duration,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            messages: 3,
+            size: 200,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The outcome of one message.
+#[derive(Clone, Debug, Serialize)]
+pub struct MessageReport {
+    /// Its id.
+    pub message_id: String,
+    /// The route the sender chose, mixes then the recipient's mailbox server.
+    pub route: Vec<RouteHop>,
+    /// Whether it arrived intact and with a verified signature.
+    pub delivered: bool,
+    /// Time from sending to the mailbox server storing it, if delivered.
+    pub latency_ms: Option<u64>,
+}
+
+/// The demo's result; `--json` prints exactly this.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoReport {
+    /// Messages sent.
+    pub sent: usize,
+    /// Messages delivered.
+    pub delivered: usize,
+    /// Each message, in the order sent.
+    pub messages: Vec<MessageReport>,
+    /// Where the network's files are, if they were kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+impl DemoReport {
+    /// Whether every message arrived.
+    pub fn all_delivered(&self) -> bool {
+        self.delivered == self.sent
+    }
+
+    /// The human summary: one line per message with its route and latency,
+    /// then `delivered/sent delivered`.
+    pub fn to_human(&self) -> String {
+        let mut s = String::new();
+        for (i, m) in self.messages.iter().enumerate() {
+            let outcome = match m.latency_ms {
+                Some(ms) if m.delivered => format!("delivered in {ms} ms"),
+                _ => "NOT DELIVERED".to_string(),
+            };
+            s.push_str(&format!(
+                "message {}: {}  {outcome}\n",
+                i + 1,
+                route_text(&m.route)
+            ));
+        }
+        s.push_str(&format!("{}/{} delivered\n", self.delivered, self.sent));
+        s
+    }
+}
+
+/// `mix1 3fa2c1d0 (DE) -> mix2 ... -> mailbox 0badf00d (CH)`.
+pub fn route_text(route: &[RouteHop]) -> String {
+    route
+        .iter()
+        .map(|h| format!("{} {} ({})", h.role, short(&h.node), h.jurisdiction))
+        .collect::<Vec<_>>()
+        .join(" -> ")
+}
+
+/// The text of message `i` of `n`: a readable prefix padded with random hex
+/// to exactly `size` bytes.
+pub fn message_text(i: usize, n: usize, size: usize) -> String {
+    let mut text = format!("Bastet demo message {i}/{n} ");
+    let mut pad = vec![0u8; size.div_ceil(2)];
+    rand::fill(&mut pad[..]);
+    text.push_str(&hex::encode(pad));
+    text.truncate(size);
+    text
+}
+
+/// Runs the demo on `network`: creates `alice` (mailbox on `mailbox-a`) and
+/// `bob` (on `mailbox-b`), sends the messages from alice to bob and polls
+/// bob's inbox until all arrived or the timeout passed.
+pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoReport> {
+    if options.messages == 0 {
+        return Err(Error::InvalidOption("--messages must be at least 1".into()));
+    }
+    if options.size == 0 || options.size > bastet_sphinx::MAX_MESSAGE_LEN {
+        return Err(Error::InvalidOption(format!(
+            "--size must be between 1 and {} bytes (one packet)",
+            bastet_sphinx::MAX_MESSAGE_LEN
+        )));
+    }
+    tracing::info!("creating clients alice (on mailbox-a) and bob (on mailbox-b)");
+    let alice = network.client("alice", "mailbox-a").await?;
+    let bob = network.client("bob", "mailbox-b").await?;
+
+    let mut sent: Vec<(Sent, String)> = Vec::new();
+    for i in 1..=options.messages {
+        let text = message_text(i, options.messages, options.size);
+        let s = alice.send(bob.address(), &text).await?;
+        tracing::info!(
+            "sent message {i}/{}: {}",
+            options.messages,
+            route_text(&s.route)
+        );
+        sent.push((s, text));
+    }
+
+    let ids: Vec<String> = sent.iter().map(|(s, _)| s.message_id.clone()).collect();
+    let received = bob.receive(&ids, options.timeout).await?;
+    let messages: Vec<MessageReport> = sent
+        .iter()
+        .map(|(s, text)| {
+            let got = received
+                .get(&s.message_id)
+                .filter(|r| r.verified && &r.text == text);
+            MessageReport {
+                message_id: s.message_id.clone(),
+                route: s.route.clone(),
+                delivered: got.is_some(),
+                latency_ms: got.map(|r| r.received_at_ms.saturating_sub(s.sent_at_ms)),
+            }
+        })
+        .collect();
+    Ok(DemoReport {
+        sent: messages.len(),
+        delivered: messages.iter().filter(|m| m.delivered).count(),
+        messages,
+        dir: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(role: &str, node: &str, j: &str) -> RouteHop {
+        RouteHop {
+            node: node.into(),
+            role: role.into(),
+            jurisdiction: j.into(),
+        }
+    }
+
+    #[test]
+    fn the_summary_shows_routes_latency_and_the_tally() {
+        let route = vec![
+            hop("mix1", "3fa2c1d0aa", "DE"),
+            hop("mix2", "9a0b1c2dbb", "NL"),
+            hop("mix3", "77aa0011cc", "FR"),
+            hop("mailbox", "0badf00ddd", "CH"),
+        ];
+        let report = DemoReport {
+            sent: 2,
+            delivered: 1,
+            messages: vec![
+                MessageReport {
+                    message_id: "a".into(),
+                    route: route.clone(),
+                    delivered: true,
+                    latency_ms: Some(412),
+                },
+                MessageReport {
+                    message_id: "b".into(),
+                    route,
+                    delivered: false,
+                    latency_ms: None,
+                },
+            ],
+            dir: None,
+        };
+        let text = report.to_human();
+        assert_eq!(
+            text.lines().next().unwrap(),
+            "message 1: mix1 3fa2c1d0 (DE) -> mix2 9a0b1c2d (NL) -> mix3 77aa0011 (FR) \
+             -> mailbox 0badf00d (CH)  delivered in 412 ms"
+        );
+        assert!(text.lines().nth(1).unwrap().ends_with("NOT DELIVERED"));
+        assert_eq!(text.lines().last().unwrap(), "1/2 delivered");
+        assert!(!report.all_delivered());
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["sent"], 2);
+        assert_eq!(json["messages"][0]["route"][3]["role"], "mailbox");
+        assert_eq!(json["messages"][0]["latency_ms"], 412);
+        assert!(json.get("dir").is_none());
+    }
+
+    #[test]
+    fn message_texts_have_the_requested_size_and_differ() {
+        for size in [1, 2, 20, 200, 201, 2000] {
+            let t = message_text(1, 3, size);
+            assert_eq!(t.len(), size);
+        }
+        assert_ne!(message_text(1, 3, 200), message_text(1, 3, 200));
+        assert!(message_text(2, 3, 200).starts_with("Bastet demo message 2/3 "));
+    }
+}

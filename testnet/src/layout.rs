@@ -1,0 +1,362 @@
+//! What the testnet is made of: the fixed plan of nodes, where each one
+//! listens and keeps its files, and the small config edits the testnet makes
+//! to what `init` wrote. No processes here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bastet_directory::{DirectoryConfig, Role};
+use serde::{Deserialize, Serialize};
+
+/// One relay the testnet runs.
+pub(crate) struct Plan {
+    pub(crate) name: &'static str,
+    pub(crate) role: Role,
+    pub(crate) jurisdiction: &'static str,
+    pub(crate) operator: &'static str,
+}
+
+/// Six mixnodes (two per layer) in six jurisdictions and two mailbox
+/// servers: every route crosses at least two jurisdictions, since its layer-1
+/// and layer-2 mixes are always in different countries.
+#[rustfmt::skip]
+pub(crate) const RELAYS: [Plan; 8] = [
+    Plan { name: "mix1a", role: Role::Mix { layer: 1 }, jurisdiction: "DE", operator: "Testnet Operator A" },
+    Plan { name: "mix1b", role: Role::Mix { layer: 1 }, jurisdiction: "CH", operator: "Testnet Operator B" },
+    Plan { name: "mix2a", role: Role::Mix { layer: 2 }, jurisdiction: "IS", operator: "Testnet Operator C" },
+    Plan { name: "mix2b", role: Role::Mix { layer: 2 }, jurisdiction: "NL", operator: "Testnet Operator D" },
+    Plan { name: "mix3a", role: Role::Mix { layer: 3 }, jurisdiction: "SE", operator: "Testnet Operator E" },
+    Plan { name: "mix3b", role: Role::Mix { layer: 3 }, jurisdiction: "FR", operator: "Testnet Operator F" },
+    Plan { name: "mailbox-a", role: Role::Mailbox, jurisdiction: "CH", operator: "Testnet Operator G" },
+    Plan { name: "mailbox-b", role: Role::Mailbox, jurisdiction: "IS", operator: "Testnet Operator H" },
+];
+
+/// The directory authority of a running testnet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuthorityNode {
+    /// `https://` URL of its API.
+    pub url: String,
+    /// Its Ed25519 key (hex), pinned by every node and client.
+    pub identity_key: String,
+    /// Its TLS certificate pin (hex).
+    pub tls_pin: String,
+    /// HTTPS API address.
+    pub listen: SocketAddr,
+    /// Plain-HTTP `/health` and `/metrics` address.
+    pub metrics_listen: SocketAddr,
+    /// Data directory.
+    pub dir: PathBuf,
+    /// `authority.toml`.
+    pub config: PathBuf,
+    /// stdout and stderr of the process.
+    pub log: PathBuf,
+}
+
+/// A mixnode or mailbox server of a running testnet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RelayNode {
+    /// Its name in the testnet, e.g. `mix2a` or `mailbox-b`.
+    pub name: String,
+    /// `mix1`, `mix2`, `mix3` or `mailbox`.
+    #[serde(with = "role_text")]
+    pub role: Role,
+    /// Node id (hex).
+    pub node_id: String,
+    /// ISO 3166-1 alpha-2 jurisdiction it declares.
+    pub jurisdiction: String,
+    /// Operator name it declares.
+    pub operator: String,
+    /// Packet link (TLS) address.
+    pub listen: SocketAddr,
+    /// Mailbox HTTPS API address (mailbox servers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_listen: Option<SocketAddr>,
+    /// Plain-HTTP `/health` and `/metrics` address.
+    pub metrics_listen: SocketAddr,
+    /// Data directory (keys, config, the mailbox's RocksDB under `db/`).
+    pub dir: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+    /// stdout and stderr of the process.
+    pub log: PathBuf,
+    /// Test hook: raw bytes of every packet it forwarded or payload it stored.
+    pub packet_log: PathBuf,
+}
+
+/// Where everything in a testnet is; also written to `network.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Layout {
+    /// The network's directory.
+    pub dir: PathBuf,
+    /// `directory.toml`: the `[directory]` section nodes and clients use.
+    pub directory_config: PathBuf,
+    /// Its contents.
+    pub directory: DirectoryConfig,
+    /// The authority.
+    pub authority: AuthorityNode,
+    /// Mixnodes then mailbox servers.
+    pub relays: Vec<RelayNode>,
+}
+
+impl Layout {
+    /// The relay called `name`.
+    pub fn relay(&self, name: &str) -> Option<&RelayNode> {
+        self.relays.iter().find(|r| r.name == name)
+    }
+
+    /// The relay with node id `node_id` (hex).
+    pub fn relay_by_id(&self, node_id: &str) -> Option<&RelayNode> {
+        self.relays.iter().find(|r| r.node_id == node_id)
+    }
+
+    /// The mailbox servers, in plan order.
+    pub fn mailboxes(&self) -> impl Iterator<Item = &RelayNode> {
+        self.relays.iter().filter(|r| r.role == Role::Mailbox)
+    }
+
+    /// A human table of where each node listens.
+    pub fn describe(&self) -> String {
+        let a = &self.authority;
+        let mut s = format!(
+            "{:<10} {:<8} {:<8} {:<3} {:<24} {:<36} log\n",
+            "node", "id", "role", "", "packets", "api / metrics"
+        );
+        s.push_str(&format!(
+            "{:<10} {:<8} {:<8} {:<3} {:<24} {:<36} {}\n",
+            "authority",
+            short(&a.identity_key),
+            "dir",
+            "",
+            a.url,
+            format!("http://{}/metrics", a.metrics_listen),
+            a.log.display()
+        ));
+        for r in &self.relays {
+            s.push_str(&format!(
+                "{:<10} {:<8} {:<8} {:<3} {:<24} {:<36} {}\n",
+                r.name,
+                short(&r.node_id),
+                r.role.to_string(),
+                r.jurisdiction,
+                r.listen.to_string(),
+                format!("http://{}/metrics", r.metrics_listen),
+                r.log.display()
+            ));
+            if let Some(api) = r.api_listen {
+                s.push_str(&format!(
+                    "{:<58}{:<36}\n",
+                    "",
+                    format!("https://{api} (mailbox API)")
+                ));
+            }
+        }
+        s
+    }
+}
+
+/// The first 8 hex digits of an id, as the summaries show it.
+pub(crate) fn short(hex_id: &str) -> &str {
+    hex_id.get(..8).unwrap_or(hex_id)
+}
+
+mod role_text {
+    use bastet_directory::Role;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) fn serialize<S: Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(role)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "mailbox" => Ok(Role::Mailbox),
+            "mix1" => Ok(Role::Mix { layer: 1 }),
+            "mix2" => Ok(Role::Mix { layer: 2 }),
+            "mix3" => Ok(Role::Mix { layer: 3 }),
+            _ => Err(D::Error::custom(format!("unknown role {text:?}"))),
+        }
+    }
+}
+
+/// `text` with top-level `key` set to `value`: an existing uncommented
+/// `key = ...` line before the first table is replaced, otherwise the line
+/// (after `comment`, if any) goes just before the first table header, so
+/// comments written by `init` survive. The result is parsed back to check
+/// the key now holds `value`.
+pub(crate) fn set_top_level(
+    text: &str,
+    key: &str,
+    value: toml::Value,
+    comment: &str,
+) -> std::result::Result<String, String> {
+    let line = format!("{key} = {value}");
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let first_table = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .unwrap_or(lines.len());
+    let existing = lines[..first_table].iter().position(|l| {
+        l.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    });
+    match existing {
+        Some(i) => lines[i] = line,
+        None => {
+            // Before the comment block that introduces the first table, if any.
+            let mut at = first_table;
+            while at > 0 && lines[at - 1].trim_start().starts_with('#') {
+                at -= 1;
+            }
+            let mut insert: Vec<String> = comment.lines().map(|c| format!("# {c}")).collect();
+            insert.push(line);
+            insert.push(String::new());
+            lines.splice(at..at, insert);
+        }
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    let parsed: toml::Table = out
+        .parse()
+        .map_err(|e| format!("after setting `{key}` the file no longer parses: {e}"))?;
+    if parsed.get(key) != Some(&value) {
+        return Err(format!("could not set top-level `{key}`"));
+    }
+    Ok(out)
+}
+
+/// Rewrites the config file at `path` with [`set_top_level`].
+pub(crate) fn edit_config(
+    path: &Path,
+    key: &str,
+    value: toml::Value,
+    comment: &str,
+) -> crate::Result<()> {
+    let err = |why: String| crate::Error::Config {
+        path: path.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let edited = set_top_level(&text, key, value, comment).map_err(err)?;
+    std::fs::write(path, edited).map_err(|e| err(e.to_string()))
+}
+
+/// The text of `directory.toml`.
+pub(crate) fn directory_toml(config: &DirectoryConfig) -> std::result::Result<String, String> {
+    let body = toml::to_string(config).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "# The directory authorities of this testnet, pinned by key and TLS certificate.\n\
+         # Nodes: `init --directory` copies this into their [directory] section.\n\
+         # Clients: `bastet init --directory` reads it.\n\n{body}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE_TOML: &str = "\
+# Bastet mixnode.
+# listen: packet link address.
+data_dir = \"/tmp/x\"
+listen = \"127.0.0.1:1000\"
+# packet_log = \"/path\"   (tests only)
+
+# The authorities.
+[directory]
+epoch_secs = 3600
+";
+
+    #[test]
+    fn a_missing_key_goes_before_the_first_table_with_its_comment() {
+        let out =
+            set_top_level(NODE_TOML, "packet_log", "/d/packet.log".into(), "test hook").unwrap();
+        let t: toml::Table = out.parse().unwrap();
+        assert_eq!(t["packet_log"].as_str(), Some("/d/packet.log"));
+        assert!(t["directory"].get("packet_log").is_none());
+        assert!(
+            out.contains(
+                "# test hook\npacket_log = \"/d/packet.log\"\n\n# The authorities.\n[directory]"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("# Bastet mixnode."), "comments survive");
+        assert!(
+            out.contains("# packet_log = \"/path\""),
+            "commented lines are left alone"
+        );
+    }
+
+    #[test]
+    fn an_existing_key_is_replaced_in_place() {
+        let out = set_top_level(NODE_TOML, "listen", "127.0.0.1:2000".into(), "unused").unwrap();
+        let t: toml::Table = out.parse().unwrap();
+        assert_eq!(t["listen"].as_str(), Some("127.0.0.1:2000"));
+        assert!(!out.contains("1000"));
+        assert!(!out.contains("unused"));
+    }
+
+    #[test]
+    fn arrays_are_written_inline() {
+        let text = "data_dir = \"/a\"\nallowed_nodes = []\nmax_nodes = 1000\n";
+        let ids = toml::Value::Array(vec!["aa".into(), "bb".into()]);
+        let out = set_top_level(text, "allowed_nodes", ids.clone(), "").unwrap();
+        let t: toml::Table = out.parse().unwrap();
+        assert_eq!(t["allowed_nodes"], ids);
+        assert_eq!(t["max_nodes"].as_integer(), Some(1000));
+    }
+
+    #[test]
+    fn a_file_without_tables_gets_the_key_appended() {
+        let out = set_top_level("a = 1\n", "b", 2.into(), "").unwrap();
+        let t: toml::Table = out.parse().unwrap();
+        assert_eq!(t["b"].as_integer(), Some(2));
+    }
+
+    #[test]
+    fn the_plan_spans_layers_and_jurisdictions() {
+        let mut juris: Vec<_> = RELAYS
+            .iter()
+            .filter(|p| matches!(p.role, Role::Mix { .. }))
+            .map(|p| p.jurisdiction)
+            .collect();
+        juris.sort_unstable();
+        juris.dedup();
+        assert!(juris.len() >= 4);
+        for layer in 1..=3 {
+            assert_eq!(
+                RELAYS
+                    .iter()
+                    .filter(|p| p.role == Role::Mix { layer })
+                    .count(),
+                2
+            );
+        }
+        assert_eq!(RELAYS.iter().filter(|p| p.role == Role::Mailbox).count(), 2);
+        // Layer 1 and layer 2 never share a jurisdiction: >= 2 per route.
+        for a in RELAYS.iter().filter(|p| p.role == Role::Mix { layer: 1 }) {
+            for b in RELAYS.iter().filter(|p| p.role == Role::Mix { layer: 2 }) {
+                assert_ne!(a.jurisdiction, b.jurisdiction);
+            }
+        }
+    }
+
+    #[test]
+    fn roles_round_trip_as_text() {
+        #[derive(Serialize, Deserialize)]
+        struct R {
+            #[serde(with = "role_text")]
+            role: Role,
+        }
+        for role in [
+            Role::Mix { layer: 1 },
+            Role::Mix { layer: 3 },
+            Role::Mailbox,
+        ] {
+            let j = serde_json::to_string(&R { role }).unwrap();
+            assert_eq!(j, format!("{{\"role\":\"{role}\"}}"));
+            assert_eq!(serde_json::from_str::<R>(&j).unwrap().role, role);
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::{
     Descriptor, DirectoryConfig, Error, Result, SignedConsensus, SignedDescriptor, SigningKey,
@@ -72,12 +72,19 @@ impl DirectoryClient {
             url: a.url.clone(),
             why,
         };
-        let resp = a
-            .http
-            .get(format!("{}/v1/consensus", a.url))
-            .send()
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let url = format!("{}/v1/consensus", a.url);
+        // One quick retry absorbs a dropped keep-alive connection.
+        let resp = match a.http.get(&url).send().await {
+            Ok(r) => r,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                a.http
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| err(e.to_string()))?
+            }
+        };
         let status = resp.status();
         let body = read_bounded(resp, crate::consensus::MAX_CONSENSUS_LEN)
             .await
@@ -185,11 +192,15 @@ pub async fn publish_descriptor_forever(
     .await;
 }
 
+/// Fastest refresh a [`ConsensusWatch::nudge`] can cause.
+const MIN_NUDGED_REFRESH: Duration = Duration::from_secs(1);
+
 /// The latest verified consensus, refreshed in the background. It never goes
 /// back to an older epoch than it holds, and drops a consensus once expired.
 #[derive(Clone)]
 pub struct ConsensusWatch {
     rx: watch::Receiver<Option<Arc<VerifiedConsensus>>>,
+    nudge: Arc<Notify>,
 }
 
 impl ConsensusWatch {
@@ -197,6 +208,8 @@ impl ConsensusWatch {
     /// expires, and every 2 s while it has none.
     pub fn spawn(client: Arc<DirectoryClient>, refresh: Duration) -> Self {
         let (tx, rx) = watch::channel(None);
+        let nudge = Arc::new(Notify::new());
+        let nudged = nudge.clone();
         tokio::spawn(async move {
             loop {
                 match client.fetch_consensus().await {
@@ -230,10 +243,23 @@ impl ConsensusWatch {
                 if tx.is_closed() {
                     return;
                 }
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    // Someone met a node the held consensus lacks; look
+                    // again, but at most once a second.
+                    () = nudged.notified() => {
+                        tokio::time::sleep(MIN_NUDGED_REFRESH).await;
+                    }
+                }
             }
         });
-        ConsensusWatch { rx }
+        ConsensusWatch { rx, nudge }
+    }
+
+    /// Asks for an early refresh: the caller met a node (or needs a
+    /// consensus) that the one held does not have. Cheap; rate-limited.
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
     }
 
     /// The consensus held now, if it is still valid.

@@ -184,3 +184,55 @@ async fn client_pinning_another_authority_key_refuses_the_consensus() {
         .unwrap();
     assert_eq!(c.nodes.len(), 1);
 }
+
+#[tokio::test]
+async fn a_nudged_watch_picks_up_a_node_that_joined_after_its_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = NodeKeys::generate();
+    let second = NodeKeys::generate();
+    let listen = free_addr();
+    let info = server::init(
+        dir.path(),
+        listen,
+        None,
+        EPOCH_SECS,
+        &[first.node_id(), second.node_id()],
+    )
+    .unwrap();
+    let config: AuthorityConfig =
+        load_config(&dir.path().join("authority.toml"), "BASTET_TEST_AUTHORITY").unwrap();
+    tokio::spawn(server::run(config));
+    let directory = DirectoryConfig {
+        authorities: vec![AuthorityRef {
+            url: info.url,
+            identity_key: info.identity_key,
+            tls_pin: info.tls_pin,
+        }],
+        threshold: None,
+        epoch_secs: EPOCH_SECS,
+    };
+    let client = Arc::new(DirectoryClient::new(&directory).unwrap());
+    let publish = |keys: &NodeKeys| descriptor(keys, now_epoch()).sign(&keys.identity).unwrap();
+    for _ in 0..100 {
+        if client.publish(&publish(&first)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A refresh period far longer than the test: only a nudge can update it.
+    let mut watch =
+        bastet_directory::ConsensusWatch::spawn(client.clone(), Duration::from_secs(600));
+    assert_eq!(watch.ready().await.nodes.len(), 1);
+
+    client.publish(&publish(&second)).await.unwrap();
+    watch.nudge();
+    let mut seen = 0;
+    for _ in 0..50 {
+        seen = watch.current().map_or(0, |c| c.nodes.len());
+        if seen == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 2, "the nudge did not refresh the consensus");
+}

@@ -345,12 +345,19 @@ async fn mix(
         }
         let now = Instant::now();
         let mut held_consensus = None;
+        let mut stale = false;
         while let Some(transmit) = mixer.poll_transmit(now) {
             let c = held_consensus.get_or_insert_with(|| consensus.current());
             let sent = forward(transmit, c.as_deref(), &outbound, &metrics, &mut packet_log);
             if let Err(reason) = sent {
+                stale |= matches!(reason, DropReason::UnknownNextHop | DropReason::NoConsensus);
                 mixer.record_drop(reason);
             }
+        }
+        if stale {
+            // A node joined after our fetch, or the epoch turned: look again
+            // now rather than at the next periodic refresh.
+            consensus.nudge();
         }
         metrics.delay_queue_depth.set(gauge_value(mixer.queued()));
     }

@@ -38,8 +38,15 @@ mod tests {
         for a in &ports {
             assert!(a.ip().is_loopback());
             assert_ne!(a.port(), 0);
-            // Released: a node can bind it now.
-            TcpListener::bind(a).unwrap();
         }
+        // Released: were the listeners still held, every bind would fail.
+        // Other tests running in parallel may take one of these ports as an
+        // ephemeral port meanwhile (the race the module comment describes),
+        // so a single successful bind is the evidence, not all twenty.
+        let rebound = ports
+            .iter()
+            .filter(|a| TcpListener::bind(a).is_ok())
+            .count();
+        assert!(rebound > 0, "no port could be bound again");
     }
 }

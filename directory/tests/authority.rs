@@ -11,6 +11,7 @@ use bastet_directory::{
     AuthorityRef, Descriptor, DirectoryClient, DirectoryConfig, Error, NodeKeys, Role,
     SignedDescriptor, SigningKey, epoch_of, load_config, unix_now,
 };
+use bastet_sphinx::NodeId;
 
 const EPOCH_SECS: u64 = 3600;
 
@@ -27,11 +28,12 @@ struct Net {
     admitted: NodeKeys,
 }
 
-async fn start_authority() -> Net {
+/// An authority in this process admitting `admitted`, and the directory
+/// section that pins it.
+async fn authority_admitting(admitted: &[NodeId]) -> (tempfile::TempDir, DirectoryConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let admitted = NodeKeys::generate();
     let listen = free_addr();
-    let info = server::init(dir.path(), listen, None, EPOCH_SECS, &[admitted.node_id()]).unwrap();
+    let info = server::init(dir.path(), listen, None, EPOCH_SECS, admitted).unwrap();
     let config: AuthorityConfig =
         load_config(&dir.path().join("authority.toml"), "BASTET_TEST_AUTHORITY").unwrap();
     tokio::spawn(server::run(config));
@@ -51,6 +53,12 @@ async fn start_authority() -> Net {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (dir, directory)
+}
+
+async fn start_authority() -> Net {
+    let admitted = NodeKeys::generate();
+    let (dir, directory) = authority_admitting(&[admitted.node_id()]).await;
     Net {
         _dir: dir,
         directory,
@@ -187,38 +195,12 @@ async fn client_pinning_another_authority_key_refuses_the_consensus() {
 
 #[tokio::test]
 async fn a_nudged_watch_picks_up_a_node_that_joined_after_its_fetch() {
-    let dir = tempfile::tempdir().unwrap();
     let first = NodeKeys::generate();
     let second = NodeKeys::generate();
-    let listen = free_addr();
-    let info = server::init(
-        dir.path(),
-        listen,
-        None,
-        EPOCH_SECS,
-        &[first.node_id(), second.node_id()],
-    )
-    .unwrap();
-    let config: AuthorityConfig =
-        load_config(&dir.path().join("authority.toml"), "BASTET_TEST_AUTHORITY").unwrap();
-    tokio::spawn(server::run(config));
-    let directory = DirectoryConfig {
-        authorities: vec![AuthorityRef {
-            url: info.url,
-            identity_key: info.identity_key,
-            tls_pin: info.tls_pin,
-        }],
-        threshold: None,
-        epoch_secs: EPOCH_SECS,
-    };
+    let (_dir, directory) = authority_admitting(&[first.node_id(), second.node_id()]).await;
     let client = Arc::new(DirectoryClient::new(&directory).unwrap());
     let publish = |keys: &NodeKeys| descriptor(keys, now_epoch()).sign(&keys.identity).unwrap();
-    for _ in 0..100 {
-        if client.publish(&publish(&first)).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    client.publish(&publish(&first)).await.unwrap();
     // A refresh period far longer than the test: only a nudge can update it.
     let mut watch =
         bastet_directory::ConsensusWatch::spawn(client.clone(), Duration::from_secs(600));

@@ -33,36 +33,7 @@ fn case(hops: u8) -> serde_json::Value {
     .unwrap();
     assert_eq!(packet.as_bytes().len(), PACKET_LEN);
 
-    let mut per_hop = Vec::new();
-    let mut current = packet.clone();
-    for key in &keys {
-        let prepared = Prepared::new(current.as_bytes(), key).unwrap();
-        let tag = hex::encode(prepared.replay_tag().0);
-        match prepared.process().unwrap() {
-            Processed::Forward {
-                next_hop,
-                delay,
-                packet,
-            } => {
-                per_hop.push(serde_json::json!({
-                    "replay_tag": tag, "next_hop": next_hop.to_hex(),
-                    "delay_ns": delay.as_nanos() as u64,
-                    "packet_blake3": blake3::hash(packet.as_bytes()).to_hex().to_string(),
-                }));
-                current = packet;
-            }
-            Processed::Deliver {
-                mailbox: m,
-                message: got,
-            } => {
-                assert_eq!(m, mailbox);
-                per_hop.push(serde_json::json!({
-                    "replay_tag": tag, "mailbox": m.to_hex(),
-                    "message": String::from_utf8(got).unwrap(),
-                }));
-            }
-        }
-    }
+    let per_hop = process_all(packet.as_bytes(), &keys, &mailbox);
     serde_json::json!({
         "hops": hops,
         "node_secret_keys": keys.iter().map(|k| hex::encode(k.to_bytes())).collect::<Vec<_>>(),

@@ -139,7 +139,7 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
         });
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let pipeline = tokio::spawn(pipeline(rx, hop, store, metrics, packet_log, stop_rx));
+    let mut pipeline = tokio::spawn(pipeline(rx, hop, store, metrics, packet_log, stop_rx));
 
     tracing::info!(
         node = %keys.node_id().short(),
@@ -158,8 +158,19 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
             Ok(Err(e)) => Err(e),
             Err(e) => Err(Error::Config(format!("a server task failed: {e}"))),
         },
+        // Without the pipeline the listener would accept packets and store
+        // none: stop the whole server instead of serving a lie on /health.
+        ended = &mut pipeline => {
+            tasks.abort_all();
+            return match ended {
+                Ok(Ok(())) => Err(Error::Config("the packet pipeline ended unexpectedly".into())),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(Error::Config(format!("the packet pipeline failed: {e}"))),
+            };
+        }
     };
     tasks.abort_all();
+    // The pipeline stores everything already read off the link, then ends.
     let _ = stop_tx.send(true);
     match pipeline.await {
         Ok(Ok(())) => outcome,
@@ -192,10 +203,17 @@ async fn pipeline(
     mut packet_log: Option<PacketLog>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
+    let mut stopping = false;
     loop {
         let first = tokio::select! {
             biased;
-            _ = stop.changed() => return Ok(()),
+            // On stop, refuse new frames but store every frame already
+            // queued: a packet read off the link is never silently lost.
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                rx.close();
+                continue;
+            }
             frame = rx.recv() => match frame {
                 Some(f) => f,
                 None => return Ok(()),
@@ -256,5 +274,53 @@ fn store_batch(
             tracing::error!(error = %e, packets = items.len(), "storing packets failed; dropped");
             metrics.dropped("store_error", items.len() as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bastet_sphinx::{Hop, NodeId, SphinxPublicKey, SphinxSecretKey, build};
+
+    #[tokio::test]
+    async fn on_stop_every_frame_already_read_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            quota_messages: 1000,
+            max_mailboxes: 10,
+        };
+        let store = Arc::new(Store::open(&dir.path().join("db"), limits).unwrap());
+        let (mailbox, _) = store.register(&[4; 32]).unwrap();
+        let key = SphinxSecretKey::from([3; 32]);
+        let me = Hop {
+            node: NodeId([3; 32]),
+            sphinx_key: SphinxPublicKey::from(&key),
+            delay: Duration::ZERO,
+        };
+        let hop = FinalHop::new(key, 1000).unwrap();
+        let metrics = Metrics::register(&mut Registry::default());
+
+        // Frames queued before the stop, more than one batch of them.
+        let count = MAX_BATCH + 44;
+        let (tx, rx) = mpsc::channel::<Frame>(count);
+        for i in 0..count {
+            let packet = build(std::slice::from_ref(&me), &mailbox, &i.to_be_bytes()).unwrap();
+            let mut frame: Frame = Box::new([0; bastet_link::FRAME_LEN]);
+            frame.copy_from_slice(packet.as_bytes());
+            tx.try_send(frame).unwrap();
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        stop_tx.send(true).unwrap();
+        // The sender stays open, as the link's connections do at shutdown.
+        let _tx = tx;
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            pipeline(rx, hop, store.clone(), metrics, None, stop_rx),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let (stored, _) = store.list(&mailbox, None, 1000).unwrap();
+        assert_eq!(stored.len(), count);
     }
 }

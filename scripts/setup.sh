@@ -5,14 +5,20 @@
 # Debian/Ubuntu (apt-get); runs as root, or through sudo when available.
 set -euo pipefail
 
+# libclang itself (libclang.so, libclang-14.so.1, ...), not libclang-cpp,
+# which fresh Debian images carry without libclang.
+have_libclang_in() {
+    compgen -G "$1/libclang.so*" >/dev/null || compgen -G "$1/libclang-[0-9]*.so*" >/dev/null
+}
+
 have_libclang() {
-    if [ -n "${LIBCLANG_PATH:-}" ] && compgen -G "${LIBCLANG_PATH}/libclang*.so*" >/dev/null; then
+    if [ -n "${LIBCLANG_PATH:-}" ] && have_libclang_in "$LIBCLANG_PATH"; then
         return 0
     fi
     dpkg -s libclang-dev >/dev/null 2>&1 && return 0
-    compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null && return 0
-    compgen -G "/usr/lib/*/libclang*.so*" >/dev/null && return 0
-    compgen -G "/usr/lib64/libclang*.so*" >/dev/null && return 0
+    for d in /usr/lib/llvm-*/lib /usr/lib/*-linux-gnu /usr/lib64; do
+        [ -d "$d" ] && have_libclang_in "$d" && return 0
+    done
     return 1
 }
 

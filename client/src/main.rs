@@ -145,7 +145,7 @@ fn print_sent(sent: &SentMessage, json: bool) -> CliResult<()> {
             .map(|n| {
                 json!({
                     "node": n.node.to_hex(),
-                    "role": n.role.to_string(),
+                    "role": n.role_label(),
                     "jurisdiction": n.jurisdiction,
                 })
             })
@@ -160,7 +160,7 @@ fn print_sent(sent: &SentMessage, json: bool) -> CliResult<()> {
         let route: Vec<String> = sent
             .route
             .iter()
-            .map(|n| format!("{} {} ({})", n.role, n.node.short(), n.jurisdiction))
+            .map(|n| format!("{} {} ({})", n.role_label(), n.node.short(), n.jurisdiction))
             .collect();
         println!(
             "sent message {} via {}",

@@ -24,10 +24,20 @@ pub const MAX_HOP_DELAY: Duration = Duration::from_secs(30);
 pub struct RouteNode {
     /// The relay.
     pub node: NodeId,
-    /// Its role (`mix1`..`mix3`, `mailbox`).
-    pub role: Role,
+    /// Its mix layer this epoch, or `None` for the mailbox server.
+    pub layer: Option<u8>,
     /// Its jurisdiction.
     pub jurisdiction: String,
+}
+
+impl RouteNode {
+    /// `mix1`, `mix2`, `mix3` or `mailbox`.
+    pub fn role_label(&self) -> String {
+        match self.layer {
+            Some(l) => format!("mix{l}"),
+            None => "mailbox".into(),
+        }
+    }
 }
 
 /// A route through the network to a mailbox server.
@@ -75,7 +85,7 @@ pub fn choose_route<R: Rng + ?Sized>(
         .iter()
         .map(|d| RouteNode {
             node: d.node_id(),
-            role: d.role,
+            layer: consensus.layer_of(&d.node_id()),
             jurisdiction: d.jurisdiction.clone(),
         })
         .collect();
@@ -128,25 +138,17 @@ mod tests {
     }
 
     fn consensus(nodes: Vec<Descriptor>) -> VerifiedConsensus {
-        let mut nodes = nodes;
-        nodes.sort_by_key(Descriptor::node_id);
-        VerifiedConsensus {
-            epoch: 1,
-            valid_after: 0,
-            valid_until: u64::MAX,
-            nodes,
-            signatures: 1,
-        }
+        VerifiedConsensus::assume_verified(1, 0, u64::MAX, nodes, 1)
     }
 
     fn network() -> VerifiedConsensus {
         consensus(vec![
-            descriptor(1, Role::Mix { layer: 1 }, "DE"),
-            descriptor(2, Role::Mix { layer: 1 }, "NL"),
-            descriptor(3, Role::Mix { layer: 2 }, "CH"),
-            descriptor(4, Role::Mix { layer: 2 }, "SE"),
-            descriptor(5, Role::Mix { layer: 3 }, "IS"),
-            descriptor(6, Role::Mix { layer: 3 }, "FR"),
+            descriptor(1, Role::Mix, "DE"),
+            descriptor(2, Role::Mix, "NL"),
+            descriptor(3, Role::Mix, "CH"),
+            descriptor(4, Role::Mix, "SE"),
+            descriptor(5, Role::Mix, "IS"),
+            descriptor(6, Role::Mix, "FR"),
             descriptor(7, Role::Mailbox, "CH"),
         ])
     }
@@ -158,7 +160,7 @@ mod tests {
         let mut rng = rand::rng();
         for _ in 0..50 {
             let r = choose_route(&c, &mailbox, Duration::from_millis(50), &mut rng).unwrap();
-            let roles: Vec<String> = r.nodes.iter().map(|n| n.role.to_string()).collect();
+            let roles: Vec<String> = r.nodes.iter().map(|n| n.role_label()).collect();
             assert_eq!(roles, ["mix1", "mix2", "mix3", "mailbox"]);
             assert_eq!(r.hops.len(), 4);
             assert_eq!(r.hops[3].node, mailbox);
@@ -189,7 +191,7 @@ mod tests {
     fn missing_layers_and_unknown_mailbox_servers_are_refused() {
         let c = network();
         let mut rng = rand::rng();
-        let not_mailbox = descriptor(1, Role::Mix { layer: 1 }, "DE").node_id();
+        let not_mailbox = descriptor(1, Role::Mix, "DE").node_id();
         assert!(matches!(
             choose_route(&c, &not_mailbox, Duration::ZERO, &mut rng),
             Err(Error::MailboxServerNotInConsensus(_))
@@ -198,14 +200,15 @@ mod tests {
             choose_route(&c, &NodeId([0xee; 32]), Duration::ZERO, &mut rng),
             Err(Error::MailboxServerNotInConsensus(_))
         ));
-        let no_layer_2 = consensus(vec![
-            descriptor(1, Role::Mix { layer: 1 }, "DE"),
-            descriptor(5, Role::Mix { layer: 3 }, "IS"),
+        // Two mixes fill layers 1 and 2; layer 3 stays empty.
+        let two_mixes = consensus(vec![
+            descriptor(1, Role::Mix, "DE"),
+            descriptor(5, Role::Mix, "IS"),
             descriptor(7, Role::Mailbox, "CH"),
         ]);
         let mailbox = descriptor(7, Role::Mailbox, "CH").node_id();
-        let err = choose_route(&no_layer_2, &mailbox, Duration::ZERO, &mut rng).unwrap_err();
-        assert!(matches!(err, Error::NoMixInLayer(2)), "{err}");
+        let err = choose_route(&two_mixes, &mailbox, Duration::ZERO, &mut rng).unwrap_err();
+        assert!(matches!(err, Error::NoMixInLayer(3)), "{err}");
     }
 
     #[test]

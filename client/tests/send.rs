@@ -9,7 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bastet_client::{Address, Client, ClientConfig, ClientKeys, DataDir, Error, open_message};
+use bastet_client::{
+    Address, Client, ClientConfig, ClientKeys, DataDir, Error, RouteNode, open_message,
+};
 use bastet_link::{IngressConfig, IngressStats, TlsIdentity, serve_packets};
 use bastet_sphinx::{NodeId, Prepared, Processed};
 use tokio::sync::mpsc;
@@ -40,9 +42,10 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
         )
         .await
     });
-    publish(&directory, &relays[0], entry_addr, None, entry_pin.0).await;
-    for relay in &relays[1..3] {
-        publish(&directory, relay, "127.0.0.1:9".into(), None, [7; 32]).await;
+    // The consensus deals the three mixes into layers, so each publishes
+    // the one real listener: whichever becomes layer 1 receives the packet.
+    for relay in &relays[..3] {
+        publish(&directory, relay, entry_addr.clone(), None, entry_pin.0).await;
     }
     let api = Some("127.0.0.1:9".to_string());
     publish(&directory, &relays[3], "127.0.0.1:9".into(), api, [7; 32]).await;
@@ -71,11 +74,16 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
     };
     let text = "hello bob, this is MARKER-51d3";
     let sent = sender.send(&to, text).await.unwrap();
-    let roles: Vec<String> = sent.route.iter().map(|n| n.role.to_string()).collect();
+    let roles: Vec<String> = sent.route.iter().map(RouteNode::role_label).collect();
     assert_eq!(roles, ["mix1", "mix2", "mix3", "mailbox"]);
+    // Relays in route order: the mixes as the consensus layered them.
     let route_ids: Vec<NodeId> = sent.route.iter().map(|n| n.node).collect();
-    let relay_ids: Vec<NodeId> = relays.iter().map(|r| r.keys.node_id()).collect();
-    assert_eq!(route_ids, relay_ids);
+    let relays: Vec<_> = route_ids
+        .iter()
+        .map(|id| relays.iter().find(|r| r.keys.node_id() == *id).unwrap())
+        .collect();
+    let relay_ids = route_ids.clone();
+    assert_eq!(relays[3].keys.node_id(), mailbox_server);
 
     let frame = tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await

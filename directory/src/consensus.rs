@@ -147,11 +147,13 @@ impl SignedConsensus {
             }
             nodes.push(d);
         }
+        let layers = assign_layers(consensus.epoch, &nodes);
         Ok(VerifiedConsensus {
             epoch: consensus.epoch,
             valid_after: consensus.valid_after,
             valid_until: consensus.valid_until,
             nodes,
+            layers,
             signatures: signers.len(),
         })
     }
@@ -186,11 +188,65 @@ pub struct VerifiedConsensus {
     pub valid_until: u64,
     /// Every node, sorted by node id.
     pub nodes: Vec<Descriptor>,
+    /// The layer of each entry of `nodes` (0 for mailbox servers).
+    layers: Vec<u8>,
     /// How many pinned authorities signed it.
     pub signatures: usize,
 }
 
+/// Mix layers of every route.
+pub const MIX_LAYERS: u8 = 3;
+const LAYER_CONTEXT: &str = "bastet 2026 layer assignment v1";
+
+/// Assigns the epoch's mixnodes to layers 1..=3: sorted by a hash of the
+/// epoch and their id, then dealt out in turn, so that layers differ in size
+/// by at most one, every party computes the same assignment from the signed
+/// document alone, and a node cannot choose its layer (it would have to
+/// grind identity keys, and the order changes every epoch).
+fn assign_layers(epoch: u64, nodes: &[Descriptor]) -> Vec<u8> {
+    let mut mixes: Vec<(blake3::Hash, usize)> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.role == Role::Mix)
+        .map(|(i, d)| {
+            let mut h = blake3::Hasher::new_derive_key(LAYER_CONTEXT);
+            h.update(&epoch.to_le_bytes());
+            h.update(d.node_id().as_bytes());
+            (h.finalize(), i)
+        })
+        .collect();
+    mixes.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut layers = vec![0; nodes.len()];
+    for (rank, (_, i)) in mixes.into_iter().enumerate() {
+        // rank % 3 < 3, so the cast cannot truncate.
+        layers[i] = (rank % usize::from(MIX_LAYERS)) as u8 + 1;
+    }
+    layers
+}
+
 impl VerifiedConsensus {
+    /// A consensus over `nodes` that the caller has verified some other way
+    /// (tests, tools reading a document they checked): the layer
+    /// assignment is computed exactly as [`SignedConsensus::verify`] does.
+    pub fn assume_verified(
+        epoch: u64,
+        valid_after: u64,
+        valid_until: u64,
+        mut nodes: Vec<Descriptor>,
+        signatures: usize,
+    ) -> Self {
+        nodes.sort_by_key(Descriptor::node_id);
+        let layers = assign_layers(epoch, &nodes);
+        VerifiedConsensus {
+            epoch,
+            valid_after,
+            valid_until,
+            nodes,
+            layers,
+            signatures,
+        }
+    }
+
     /// The descriptor of `node`, if it is in this epoch.
     pub fn node(&self, node: &NodeId) -> Option<&Descriptor> {
         self.nodes
@@ -199,11 +255,22 @@ impl VerifiedConsensus {
             .map(|i| &self.nodes[i])
     }
 
-    /// The mixnodes of `layer`.
+    /// The mixnodes the consensus put in `layer` (1 to 3).
     pub fn mixes(&self, layer: u8) -> impl Iterator<Item = &Descriptor> {
         self.nodes
             .iter()
-            .filter(move |d| d.role == Role::Mix { layer })
+            .zip(&self.layers)
+            .filter(move |(_, l)| **l == layer)
+            .map(|(d, _)| d)
+    }
+
+    /// The layer of `node` in this epoch: `Some(1..=3)` for a mixnode.
+    pub fn layer_of(&self, node: &NodeId) -> Option<u8> {
+        self.nodes
+            .binary_search_by(|d| d.node_id().cmp(node))
+            .ok()
+            .map(|i| self.layers[i])
+            .filter(|l| *l > 0)
     }
 
     /// The mailbox servers.
@@ -221,7 +288,7 @@ mod tests {
         let nodes = (1..=3u8)
             .map(|i| {
                 let k = SigningKey::from_bytes(&[i; 32]);
-                let d = descriptor(&k, Role::Mix { layer: i }, "DE");
+                let d = descriptor(&k, Role::Mix, "DE");
                 (d.node_id(), d.sign(&k).unwrap())
             })
             .collect();
@@ -238,6 +305,40 @@ mod tests {
         assert_eq!(v.mixes(2).count(), 1);
         let id = v.nodes[1].node_id();
         assert_eq!(v.node(&id).map(Descriptor::node_id), Some(id));
+    }
+
+    fn mixes(n: u8) -> Vec<Descriptor> {
+        (1..=n)
+            .map(|i| descriptor(&SigningKey::from_bytes(&[i; 32]), Role::Mix, "DE"))
+            .collect()
+    }
+
+    #[test]
+    fn layers_are_balanced_deterministic_and_change_with_the_epoch() {
+        for n in [1u8, 3, 7, 10] {
+            let nodes = mixes(n);
+            let layers = assign_layers(5, &nodes);
+            assert_eq!(layers, assign_layers(5, &nodes));
+            let count = |l| layers.iter().filter(|x| **x == l).count();
+            let (max, min) = (
+                (1..=3).map(count).max().unwrap(),
+                (1..=3).map(count).min().unwrap(),
+            );
+            assert!(max - min <= 1, "n={n}: {layers:?}");
+            assert_eq!(count(0), 0);
+        }
+        let nodes = mixes(12);
+        let changed = (6..20)
+            .filter(|e| assign_layers(*e, &nodes) != assign_layers(5, &nodes))
+            .count();
+        assert!(changed > 10, "the assignment barely moves between epochs");
+        let mut with_mailbox = mixes(3);
+        with_mailbox.push(descriptor(
+            &SigningKey::from_bytes(&[9; 32]),
+            Role::Mailbox,
+            "CH",
+        ));
+        assert_eq!(assign_layers(1, &with_mailbox)[3], 0);
     }
 
     #[test]

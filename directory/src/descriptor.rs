@@ -17,11 +17,9 @@ const MAX_OPERATOR_LEN: usize = 64;
 /// What a node does in the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {
-    /// A mixnode in layer 1, 2 or 3.
-    Mix {
-        /// The layer.
-        layer: u8,
-    },
+    /// A mixnode. Its layer (1, 2 or 3) is assigned per epoch by the
+    /// consensus, not chosen by the node.
+    Mix,
     /// A mailbox server: the final hop.
     Mailbox,
 }
@@ -29,7 +27,7 @@ pub enum Role {
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Role::Mix { layer } => write!(f, "mix{layer}"),
+            Role::Mix => f.write_str("mix"),
             Role::Mailbox => f.write_str("mailbox"),
         }
     }
@@ -82,11 +80,6 @@ impl Descriptor {
                 why: why.to_string(),
             })
         };
-        if let Role::Mix { layer } = self.role
-            && !(1..=3).contains(&layer)
-        {
-            return bad("role", "mix layer must be 1, 2 or 3");
-        }
         if self.role == Role::Mailbox && self.api_addr.is_none() {
             return bad("api_addr", "a mailbox server must publish its API address");
         }
@@ -239,7 +232,7 @@ pub(crate) mod tests {
     #[test]
     fn signed_descriptor_round_trips() {
         let key = SigningKey::from_bytes(&[5; 32]);
-        let d = descriptor(&key, Role::Mix { layer: 2 }, "DE");
+        let d = descriptor(&key, Role::Mix, "DE");
         let signed = d.sign(&key).unwrap();
         let parsed = SignedDescriptor::from_bytes(&signed.to_bytes()).unwrap();
         assert_eq!(parsed.verify().unwrap(), d);
@@ -269,10 +262,7 @@ pub(crate) mod tests {
     #[test]
     fn out_of_range_fields_are_named() {
         let key = SigningKey::from_bytes(&[5; 32]);
-        for (field, d) in [
-            ("jurisdiction", descriptor(&key, Role::Mailbox, "de")),
-            ("role", descriptor(&key, Role::Mix { layer: 4 }, "DE")),
-        ] {
+        for (field, d) in [("jurisdiction", descriptor(&key, Role::Mailbox, "de"))] {
             match d.sign(&key) {
                 Err(Error::InvalidField { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("expected InvalidField({field}), got {other:?}"),

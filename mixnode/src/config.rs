@@ -32,8 +32,6 @@ pub struct MixnodeConfig {
     pub jurisdiction: String,
     /// Who runs the node.
     pub operator: String,
-    /// Mix layer, 1 to 3.
-    pub layer: u8,
     /// Packets asking for a longer delay are dropped.
     #[serde(default = "default_max_delay_ms")]
     pub max_delay_ms: u64,
@@ -91,9 +89,6 @@ impl MixnodeConfig {
                 why: why.to_string(),
             })
         };
-        if !(1..=3).contains(&self.layer) {
-            return bad("layer", "must be 1, 2 or 3");
-        }
         let j = self.jurisdiction.as_bytes();
         if j.len() != 2 || !j.iter().all(u8::is_ascii_uppercase) {
             return bad(
@@ -198,8 +193,6 @@ impl MixnodeConfig {
              # Where the node runs (ISO 3166-1 alpha-2) and who runs it; published.\n\
              jurisdiction = {jurisdiction}\n\
              operator = {operator}\n\
-             # Mix layer, 1 to 3: a layer-n mix receives from layer n-1 (or clients).\n\
-             layer = {layer}\n\
              # Packets asking to be held longer than this are dropped (delay_too_long).\n\
              max_delay_ms = {max_delay_ms}\n\
              # Most packets held at once; more are dropped (queue_full).\n\
@@ -219,7 +212,6 @@ impl MixnodeConfig {
             metrics_listen = q(&self.metrics_listen.to_string()),
             jurisdiction = q(&self.jurisdiction),
             operator = q(&self.operator),
-            layer = self.layer,
             max_delay_ms = self.max_delay_ms,
             max_delayed_packets = self.max_delayed_packets,
             ingress_queue = self.ingress_queue,
@@ -239,8 +231,6 @@ pub struct InitOptions {
     pub public_addr: Option<String>,
     /// `/health` and `/metrics` address.
     pub metrics_listen: SocketAddr,
-    /// Mix layer, 1 to 3.
-    pub layer: u8,
     /// ISO 3166-1 alpha-2 code.
     pub jurisdiction: String,
     /// Who runs the node.
@@ -277,7 +267,6 @@ pub fn init(options: &InitOptions) -> Result<InitReport> {
         metrics_listen: options.metrics_listen,
         jurisdiction: options.jurisdiction.clone(),
         operator: options.operator.clone(),
-        layer: options.layer,
         max_delay_ms: default_max_delay_ms(),
         max_delayed_packets: default_max_delayed_packets(),
         ingress_queue: default_ingress_queue(),
@@ -342,7 +331,6 @@ mod tests {
             listen: "127.0.0.1:4100".parse().unwrap(),
             public_addr: None,
             metrics_listen: "127.0.0.1:4101".parse().unwrap(),
-            layer: 2,
             jurisdiction: "DE".into(),
             operator: "Example \"Org\"".into(),
             directory_file,
@@ -357,7 +345,6 @@ mod tests {
         let text = std::fs::read_to_string(&report.config).unwrap();
         assert!(text.contains("# TEST HOOK ONLY"), "{text}");
         let config = MixnodeConfig::load(&report.config).unwrap();
-        assert_eq!(config.layer, 2);
         assert_eq!(config.operator, "Example \"Org\"");
         assert_eq!(config.max_delay_ms, 30_000);
         assert_eq!(config.replay_filter_capacity, 1_000_000);
@@ -382,8 +369,7 @@ mod tests {
     fn bad_values_are_refused_by_key_name_before_anything_is_written() {
         let tmp = tempfile::tempdir().unwrap();
         type Change = fn(&mut InitOptions);
-        let cases: [(&str, Change); 4] = [
-            ("layer", |o| o.layer = 4),
+        let cases: [(&str, Change); 3] = [
             ("jurisdiction", |o| o.jurisdiction = "de".into()),
             ("operator", |o| o.operator = String::new()),
             ("public_addr", |o| {

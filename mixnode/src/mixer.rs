@@ -574,18 +574,12 @@ mod tests {
             tls_pin: [2; 32],
             addr: "127.0.0.1:4000".into(),
             api_addr: None,
-            role: Role::Mix { layer: 2 },
+            role: Role::Mix,
             jurisdiction: "DE".into(),
             operator: "Org".into(),
         };
         let id = d.node_id();
-        let consensus = VerifiedConsensus {
-            epoch: 1,
-            valid_after: 0,
-            valid_until: u64::MAX,
-            nodes: vec![d],
-            signatures: 1,
-        };
+        let consensus = VerifiedConsensus::assume_verified(1, 0, u64::MAX, vec![d], 1);
         assert_eq!(route(None, &id), Err(DropReason::NoConsensus));
         assert_eq!(
             route(Some(&consensus), &node(9)),

@@ -97,9 +97,7 @@ impl Mixnode {
                 .clone()
                 .unwrap_or_else(|| listen_addr.to_string()),
             api_addr: None,
-            role: Role::Mix {
-                layer: config.layer,
-            },
+            role: Role::Mix,
             jurisdiction: config.jurisdiction.clone(),
             operator: config.operator.clone(),
         };
@@ -174,7 +172,6 @@ impl Mixnode {
         });
         tracing::info!(
             node = %node_id.short(),
-            layer = config.layer,
             listen = %listen_addr,
             metrics = %metrics_addr,
             "mixnode running"

@@ -33,7 +33,7 @@ fn init(dir: &Path, listen: &str, extra: &[&str]) -> Output {
         .args(["init", "--dir"])
         .arg(dir.join("mix"))
         .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0"])
-        .args(["--layer", "3", "--jurisdiction", "IS", "--operator", "Org"])
+        .args(["--jurisdiction", "IS", "--operator", "Org"])
         .arg("--directory")
         .arg(directory)
         .args(extra)
@@ -94,7 +94,10 @@ fn init_prints_one_json_object_and_refuses_to_overwrite_keys() {
         text.contains("public_addr = \"mix.example:4100\""),
         "{text}"
     );
-    assert!(text.contains("layer = 3"), "{text}");
+    assert!(
+        !text.contains("layer"),
+        "layers come from the consensus: {text}"
+    );
     assert!(text.contains("[directory]"), "{text}");
     assert!(
         text.lines().filter(|l| l.starts_with('#')).count() > 10,
@@ -128,12 +131,16 @@ fn run_names_the_bad_key_and_exits_non_zero() {
     let config = tmp.path().join("mix/mixnode.toml");
     let text = std::fs::read_to_string(&config).unwrap();
 
-    std::fs::write(&config, text.replace("layer = 3", "layer = 7")).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("jurisdiction = \"IS\"", "jurisdiction = \"Iceland\""),
+    )
+    .unwrap();
     let mut child = run(&config);
     assert!(!wait_exit(&mut child, Duration::from_secs(10)).success());
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(stderr.contains("`layer`"), "{stderr}");
+    assert!(stderr.contains("`jurisdiction`"), "{stderr}");
 
     // An address already in use.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

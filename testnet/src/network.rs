@@ -70,7 +70,7 @@ impl Drop for Processes {
     }
 }
 
-/// A running testnet: one directory authority, six mixnodes (two per layer)
+/// A running testnet: one directory authority, six mixnodes (two per layer each epoch)
 /// and two mailbox servers, each a child process on 127.0.0.1.
 ///
 /// Dropping it stops every process (SIGTERM, then SIGKILL after
@@ -368,11 +368,11 @@ async fn launch(
         let (listen, metrics_listen) = (next_port()?, next_port()?);
         let api_listen = match plan.role {
             Role::Mailbox => Some(next_port()?),
-            Role::Mix { .. } => None,
+            Role::Mix => None,
         };
         let (program, command) = match plan.role {
             Role::Mailbox => ("bastet-mailbox", "bastet-mailbox init"),
-            Role::Mix { .. } => ("bastet-mixnode", "bastet-mixnode init"),
+            Role::Mix => ("bastet-mixnode", "bastet-mixnode init"),
         };
         let (listen_s, metrics_s) = (listen.to_string(), metrics_listen.to_string());
         let mut args: Vec<&OsStr> = vec![
@@ -390,13 +390,9 @@ async fn launch(
             os("--directory"),
             directory_config.as_os_str(),
         ];
-        let layer;
         let api_s;
         match (plan.role, api_listen) {
-            (Role::Mix { layer: l }, _) => {
-                layer = l.to_string();
-                args.extend([os("--layer"), os(&layer)]);
-            }
+            (Role::Mix, _) => {}
             (Role::Mailbox, Some(api)) => {
                 api_s = api.to_string();
                 args.extend([os("--api-listen"), os(&api_s)]);
@@ -497,7 +493,7 @@ fn node_env() -> Vec<(String, String)> {
 fn spawn_relay(bins: &Binaries, r: &RelayNode) -> Result<NodeProcess> {
     let program = match r.role {
         Role::Mailbox => "bastet-mailbox",
-        Role::Mix { .. } => "bastet-mixnode",
+        Role::Mix => "bastet-mixnode",
     };
     NodeProcess::spawn(
         &r.name,

@@ -76,29 +76,30 @@ struct Route<'a> {
     mailbox: &'a str,
 }
 
-/// Every combination of a layer-1, layer-2 and layer-3 mix and a mailbox
-/// server in the layout.
+/// Every combination of a layer-1, layer-2 and layer-3 mix (as the
+/// consensus assigned them) and a mailbox server in the layout.
 fn routes<'a>(layout: &'a Layout, consensus: &'a VerifiedConsensus) -> Vec<Route<'a>> {
     let described = |r: &'a RelayNode| {
         NodeId::from_hex(&r.node_id)
             .and_then(|id| consensus.node(&id))
             .map(|d| (r, d))
     };
-    let of = |role: Role| -> Vec<(&'a RelayNode, &'a Descriptor)> {
+    let of = |role: Role, layer: Option<u8>| -> Vec<(&'a RelayNode, &'a Descriptor)> {
         layout
             .relays
             .iter()
             .filter(|r| r.role == role)
             .filter_map(described)
+            .filter(|(_, d)| consensus.layer_of(&d.node_id()) == layer)
             .collect()
     };
     let (l1, l2, l3) = (
-        of(Role::Mix { layer: 1 }),
-        of(Role::Mix { layer: 2 }),
-        of(Role::Mix { layer: 3 }),
+        of(Role::Mix, Some(1)),
+        of(Role::Mix, Some(2)),
+        of(Role::Mix, Some(3)),
     );
     let mut out = Vec::new();
-    for (mailbox, mb) in of(Role::Mailbox) {
+    for (mailbox, mb) in of(Role::Mailbox, None) {
         for (_, a) in &l1 {
             for (_, b) in &l2 {
                 for (_, c) in &l3 {

@@ -84,16 +84,11 @@ pub async fn publish(
 
 /// Three mixes (one per layer) and a mailbox server, with fresh keys.
 pub fn relays() -> Vec<Relay> {
-    [
-        Role::Mix { layer: 1 },
-        Role::Mix { layer: 2 },
-        Role::Mix { layer: 3 },
-        Role::Mailbox,
-    ]
-    .into_iter()
-    .map(|role| Relay {
-        keys: NodeKeys::generate(),
-        role,
-    })
-    .collect()
+    [Role::Mix, Role::Mix, Role::Mix, Role::Mailbox]
+        .into_iter()
+        .map(|role| Relay {
+            keys: NodeKeys::generate(),
+            role,
+        })
+        .collect()
 }

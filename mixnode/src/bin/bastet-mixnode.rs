@@ -31,9 +31,6 @@ enum Command {
         /// Plain-HTTP /health and /metrics address.
         #[arg(long)]
         metrics_listen: SocketAddr,
-        /// Mix layer: 1, 2 or 3.
-        #[arg(long)]
-        layer: u8,
         /// ISO 3166-1 alpha-2 code of where the node runs, e.g. DE.
         #[arg(long)]
         jurisdiction: String,
@@ -66,7 +63,6 @@ fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             dir,
             listen,
             metrics_listen,
-            layer,
             jurisdiction,
             operator,
             directory,
@@ -77,7 +73,6 @@ fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 listen,
                 public_addr,
                 metrics_listen,
-                layer,
                 jurisdiction,
                 operator,
                 directory_file: directory,

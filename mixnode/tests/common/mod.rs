@@ -148,7 +148,7 @@ impl Sink {
             tls_pin: pin.0,
             addr: addr.to_string(),
             api_addr: None,
-            role: Role::Mix { layer: 2 },
+            role: Role::Mix,
             jurisdiction: "CH".into(),
             operator: "Sink Org".into(),
         };
@@ -213,7 +213,6 @@ impl Mix {
             listen: "127.0.0.1:0".parse().unwrap(),
             public_addr: None,
             metrics_listen: "127.0.0.1:0".parse().unwrap(),
-            layer: 1,
             jurisdiction: "DE".into(),
             operator: "Mix Org".into(),
             directory_file,

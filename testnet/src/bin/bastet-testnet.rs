@@ -17,7 +17,7 @@ const EXIT_ERROR: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs a whole Bastet network on 127.0.0.1: one directory authority, six
-/// mixnodes (two per layer) in six jurisdictions and two mailbox servers,
+/// mixnodes (dealt two per layer each epoch) in six jurisdictions and two mailbox servers,
 /// each a child process of this one.
 ///
 /// Exit status: 0 success, 1 a message was lost, 2 bad arguments,

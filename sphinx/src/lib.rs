@@ -3,6 +3,7 @@
 mod error;
 mod packet;
 mod replay;
+mod surb;
 mod types;
 
 pub use error::Error;
@@ -11,6 +12,10 @@ pub use packet::{
     ReplayTag, build, build_with_secret,
 };
 pub use replay::{REPLAY_FILTER_FP_RATE, ReplayFilter};
+pub use surb::{
+    MAX_SURB_KEYS_LEN, ReplyDelivery, SEALED_REPLY_LEN, SURB_LEN, SealedReply, Surb, SurbId,
+    SurbKeys, open_reply,
+};
 pub use types::{MailboxId, NodeId};
 
 /// Re-exported so that every crate names Sphinx keys with the same types.

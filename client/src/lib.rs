@@ -8,6 +8,7 @@ mod datadir;
 mod error;
 mod inbox;
 mod message;
+mod poisson;
 mod route;
 
 pub use address::{ADDRESS_LEN, ADDRESS_PREFIX, ADDRESS_VERSION, Address};
@@ -20,6 +21,10 @@ pub use inbox::{InboxMessage, InboxPlan, UnreadablePayload, plan_inbox};
 pub use message::{
     MAX_TEXT_LEN, MESSAGE_OVERHEAD, MessageId, PAYLOAD_VERSION, ReceivedMessage, SealedMessage,
     check_text, open_message, seal_message,
+};
+pub use poisson::{
+    Bandwidth, FETCHED_MESSAGE_BYTES, KsTest, MAX_LAG, MAX_RATE, ScheduledSend, Scheduler,
+    SendKind, TrafficParams, TrafficStream,
 };
 pub use route::{
     MAX_HOP_DELAY, MIX_LAYERS, Route, RouteNode, choose_route, mailbox_descriptor, sample_delay,

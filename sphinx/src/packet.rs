@@ -223,7 +223,7 @@ pub enum Processed {
 
 /// Runs a `sphinx-packet` call on peer-supplied bytes, turning any panic deep
 /// in the library into a `Malformed` error: a relay must never die on input.
-fn guard<T>(f: impl FnOnce() -> sphinx_packet::Result<T>) -> Result<T> {
+pub(crate) fn guard<T>(f: impl FnOnce() -> sphinx_packet::Result<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Error::malformed(e)),

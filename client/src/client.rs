@@ -42,6 +42,11 @@ pub struct SentMessage {
     pub sent_at_ms: u64,
     /// The relays it crosses, first mix to mailbox server.
     pub route: Vec<RouteNode>,
+    /// The epoch of the consensus (and so of the Sphinx keys) it was built
+    /// with.
+    pub epoch: u64,
+    /// How many pinned authorities signed that consensus.
+    pub signatures: usize,
 }
 
 /// What [`Client::inbox`] found.
@@ -133,6 +138,8 @@ impl Client {
             message_id: sealed.message_id,
             sent_at_ms: sealed.sent_at_ms,
             route: route.nodes,
+            epoch: consensus.epoch,
+            signatures: consensus.signatures,
         })
     }
 

@@ -154,6 +154,8 @@ fn print_sent(sent: &SentMessage, json: bool) -> CliResult<()> {
             "message_id": sent.message_id.to_hex(),
             "sent_at_ms": sent.sent_at_ms,
             "route": route,
+            "epoch": sent.epoch,
+            "signatures": sent.signatures,
         });
         println!("{}", serde_json::to_string(&out)?);
     } else {

@@ -51,28 +51,43 @@ impl DirectoryClient {
         self.epoch_secs
     }
 
-    /// Fetches the current consensus from the authorities in turn and returns
-    /// the first that verifies against the pinned keys and threshold.
+    /// Fetches the current epoch's consensus from the authorities, in random
+    /// order, and returns the first that carries the threshold of pinned
+    /// signatures and is valid now. When none does, the error says what each
+    /// authority answered.
     pub async fn fetch_consensus(&self) -> Result<VerifiedConsensus> {
+        let epoch = epoch_of(unix_now(), self.epoch_secs);
+        self.fetch_epoch(epoch).await
+    }
+
+    /// Fetches the consensus of `epoch` (the current or a coming one) and
+    /// verifies it as of the later of now and the epoch's start: a coming
+    /// epoch's document can be fetched ahead and switched to on time.
+    pub async fn fetch_epoch(&self, epoch: u64) -> Result<VerifiedConsensus> {
+        let mut order: Vec<&Authority> = self.authorities.iter().collect();
+        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng());
+        let (valid_after, _) = crate::epoch_bounds(epoch, self.epoch_secs);
+        let at = unix_now().max(valid_after);
         let mut failures = Vec::new();
-        for a in &self.authorities {
-            match self.fetch_from(a).await {
+        for a in order {
+            match self.fetch_from(a, epoch, at).await {
                 Ok(c) => return Ok(c),
                 Err(e) => failures.push(e.to_string()),
             }
         }
-        Err(Error::Authority {
-            url: "all authorities".into(),
-            why: failures.join("; "),
+        Err(Error::NoConsensus {
+            epoch,
+            threshold: self.threshold,
+            details: failures.join("; "),
         })
     }
 
-    async fn fetch_from(&self, a: &Authority) -> Result<VerifiedConsensus> {
+    async fn fetch_from(&self, a: &Authority, epoch: u64, at: u64) -> Result<VerifiedConsensus> {
         let err = |why: String| Error::Authority {
             url: a.url.clone(),
             why,
         };
-        let url = format!("{}/v1/consensus", a.url);
+        let url = format!("{}/v1/consensus/{epoch}", a.url);
         // One quick retry absorbs a dropped keep-alive connection.
         let resp = match a.http.get(&url).send().await {
             Ok(r) => r,
@@ -90,9 +105,31 @@ impl DirectoryClient {
             .await
             .map_err(err)?;
         if !status.is_success() {
-            return Err(err(format!("{status}: {}", String::from_utf8_lossy(&body))));
+            return Err(err(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            )));
         }
-        SignedConsensus::from_bytes(&body)?.verify(&self.pinned, self.threshold, unix_now())
+        let verified = SignedConsensus::from_bytes(&body)
+            .and_then(|c| c.verify(&self.pinned, self.threshold, at))
+            .map_err(|e| err(e.to_string()))?;
+        if verified.epoch != epoch {
+            return Err(err(format!(
+                "asked for epoch {epoch}, got a consensus for epoch {}",
+                verified.epoch
+            )));
+        }
+        Ok(verified)
+    }
+
+    /// How many signatures a consensus needs.
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// How many authorities are pinned.
+    pub fn authority_count(&self) -> usize {
+        self.pinned.len()
     }
 
     /// Publishes a descriptor to every authority. Succeeds if at least one
@@ -133,7 +170,7 @@ impl DirectoryClient {
     }
 }
 
-async fn read_bounded(
+pub(crate) async fn read_bounded(
     mut resp: reqwest::Response,
     max: usize,
 ) -> std::result::Result<Vec<u8>, String> {
@@ -195,8 +232,12 @@ pub async fn publish_descriptor_forever(
 /// Fastest refresh a [`ConsensusWatch::nudge`] can cause.
 const MIN_NUDGED_REFRESH: Duration = Duration::from_secs(1);
 
-/// The latest verified consensus, refreshed in the background. It never goes
-/// back to an older epoch than it holds, and drops a consensus once expired.
+/// The latest verified consensus, refreshed in the background. It fetches
+/// the next epoch's document during the second half of an epoch and switches
+/// to it when it becomes valid, never goes back to an older epoch than it
+/// holds (rollback), and drops a consensus once expired: with no valid
+/// consensus, [`ConsensusWatch::current`] is `None` and callers must refuse
+/// to route.
 #[derive(Clone)]
 pub struct ConsensusWatch {
     rx: watch::Receiver<Option<Arc<VerifiedConsensus>>>,
@@ -211,34 +252,68 @@ impl ConsensusWatch {
         let nudge = Arc::new(Notify::new());
         let nudged = nudge.clone();
         tokio::spawn(async move {
+            let epoch_secs = client.epoch_secs;
+            let mut next: Option<VerifiedConsensus> = None;
+            let mut nudged_fetch = false;
             loop {
-                match client.fetch_consensus().await {
-                    Ok(fresh) => {
-                        let newer = tx
-                            .borrow()
-                            .as_ref()
-                            .is_none_or(|held: &Arc<VerifiedConsensus>| fresh.epoch >= held.epoch);
-                        if newer {
+                let now = unix_now();
+                let epoch = epoch_of(now, epoch_secs);
+                let held_epoch = tx
+                    .borrow()
+                    .as_ref()
+                    .map(|c: &Arc<VerifiedConsensus>| c.epoch);
+                // Switch to the prefetched document once its epoch began.
+                if let Some(n) = next.take_if(|n| n.epoch <= epoch)
+                    && n.epoch == epoch
+                    && held_epoch.is_none_or(|h| h < n.epoch)
+                {
+                    tracing::info!(epoch = n.epoch, "switched to the new epoch's consensus");
+                    tx.send_replace(Some(Arc::new(n)));
+                }
+                let held_epoch = tx
+                    .borrow()
+                    .as_ref()
+                    .map(|c: &Arc<VerifiedConsensus>| c.epoch);
+                if held_epoch.is_none_or(|h| h < epoch) || std::mem::take(&mut nudged_fetch) {
+                    match client.fetch_epoch(epoch).await {
+                        // Never roll back to an older epoch than held.
+                        Ok(fresh) if held_epoch.is_none_or(|h| fresh.epoch >= h) => {
                             tx.send_replace(Some(Arc::new(fresh)));
                         }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "fetching consensus failed"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "fetching consensus failed"),
+                }
+                // Ahead of the boundary, fetch the next epoch's document.
+                let (_, ends) = crate::epoch_bounds(epoch, epoch_secs);
+                if next.is_none() && ends.saturating_sub(unix_now()) * 2 <= epoch_secs {
+                    match client.fetch_epoch(epoch + 1).await {
+                        Ok(n) => next = Some(n),
+                        Err(e) => tracing::debug!(error = %e, "next epoch's consensus not ready"),
+                    }
                 }
                 let expired = tx
                     .borrow()
                     .as_ref()
                     .is_some_and(|c| unix_now() >= c.valid_until);
                 if expired {
+                    tracing::warn!(
+                        "the consensus held expired and no newer one could be fetched; \
+                         nothing can be routed until the authorities publish one"
+                    );
                     tx.send_replace(None);
                 }
-                // Refresh periodically, and right after the held consensus
-                // expires so that an epoch change costs no more than a fetch.
-                let wait = match tx.borrow().as_ref() {
-                    Some(c) => {
-                        let left = c.valid_until.saturating_sub(unix_now());
-                        refresh.min(Duration::from_secs(left) + Duration::from_millis(100))
+                // Wake at the epoch boundary so the switch costs nothing,
+                // and poll for the coming document every second before it.
+                let until_boundary = Duration::from_secs(ends.saturating_sub(unix_now()))
+                    + Duration::from_millis(50);
+                let wait = match (tx.borrow().as_ref(), &next) {
+                    (Some(_), Some(_)) => refresh.min(until_boundary),
+                    (Some(_), None) if ends.saturating_sub(unix_now()) * 2 <= epoch_secs => {
+                        Duration::from_secs(1).min(until_boundary)
                     }
-                    None => Duration::from_secs(2),
+                    (Some(_), None) => refresh.min(until_boundary),
+                    (None, _) => Duration::from_secs(2),
                 };
                 if tx.is_closed() {
                     return;
@@ -249,6 +324,7 @@ impl ConsensusWatch {
                     // again, but at most once a second.
                     () = nudged.notified() => {
                         tokio::time::sleep(MIN_NUDGED_REFRESH).await;
+                        nudged_fetch = true;
                     }
                 }
             }

@@ -96,12 +96,19 @@ impl DirectoryConfig {
                 self.authorities.len()
             )));
         }
-        if t > 1 {
-            return Err(Error::Config(format!(
-                "directory.threshold: {t} needs authorities that exchange signatures, which \
-                 this version does not do yet; set threshold = 1 (each authority's consensus \
-                 is then accepted on its own signature)"
-            )));
+        let mut keys: Vec<[u8; 32]> = self
+            .authorities
+            .iter()
+            .map(|a| a.key().map(|k| *k.as_bytes()))
+            .collect::<Result<_>>()?;
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.len() != self.authorities.len() {
+            return Err(Error::Config(
+                "directory.authorities: an identity_key is listed twice; each authority \
+                 must be pinned once, or one key would count twice towards the threshold"
+                    .into(),
+            ));
         }
         if self.epoch_secs < 10 {
             return Err(Error::Config(
@@ -171,21 +178,28 @@ mod tests {
             ),
             tls_pin: hex::encode([0; 32]),
         };
+        let key = |i: u8| {
+            hex::encode(
+                ed25519_dalek::SigningKey::from_bytes(&[i; 32])
+                    .verifying_key()
+                    .as_bytes(),
+            )
+        };
         let mut c = DirectoryConfig {
             authorities: vec![a.clone(), a.clone(), a],
             threshold: None,
             epoch_secs: 60,
         };
         assert_eq!(c.threshold(), 2);
-        // Until authorities exchange signatures, only threshold 1 can work.
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("exchange signatures")
-        );
-        c.threshold = Some(1);
+        // One key pinned twice would count twice.
+        assert!(c.validate().unwrap_err().to_string().contains("twice"));
+        c.authorities[1].identity_key = key(2);
+        c.authorities[2].identity_key = key(3);
         assert!(c.validate().is_ok());
+        c.threshold = Some(3);
+        assert!(c.validate().is_ok());
+        c.threshold = Some(0);
+        assert!(c.validate().is_err());
         c.threshold = Some(4);
         assert!(
             c.validate()

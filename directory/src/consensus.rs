@@ -1,7 +1,5 @@
 //! The consensus: every node of an epoch, signed by the authorities.
 
-use std::collections::HashSet;
-
 use bastet_sphinx::NodeId;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -85,6 +83,60 @@ impl SignedConsensus {
         });
     }
 
+    /// The first signature by `key` that verifies over this body.
+    fn valid_signature(&self, key: &VerifyingKey) -> Option<&AuthoritySignature> {
+        let message = signed_bytes(CONSENSUS_CONTEXT, &self.body);
+        self.signatures.iter().find(|s| {
+            s.authority_key == *key.as_bytes()
+                && key
+                    .verify_strict(&message, &Signature::from_bytes(&s.signature))
+                    .is_ok()
+        })
+    }
+
+    /// The distinct keys of `pinned` whose signatures on this body verify,
+    /// in the order of `pinned`. Signatures by other keys count for nothing.
+    pub fn signers(&self, pinned: &[VerifyingKey]) -> Vec<VerifyingKey> {
+        pinned
+            .iter()
+            .filter(|key| self.valid_signature(key).is_some())
+            .copied()
+            .collect()
+    }
+
+    /// Keeps one verified signature per key of `pinned`, taken from this
+    /// document or from `other` if `other` has the very same body. Returns
+    /// how many signers were added (0 when `other` is a different document).
+    pub fn merge_signatures(&mut self, other: &SignedConsensus, pinned: &[VerifyingKey]) -> usize {
+        let before = self.signers(pinned).len();
+        let same = other.body == self.body;
+        let merged: Vec<AuthoritySignature> = pinned
+            .iter()
+            .filter_map(|key| {
+                self.valid_signature(key)
+                    .or_else(|| same.then(|| other.valid_signature(key)).flatten())
+                    .cloned()
+            })
+            .collect();
+        self.signatures = merged;
+        self.signatures.len().saturating_sub(before)
+    }
+
+    /// Drops every signature that is not a verified one by a key of
+    /// `pinned` (one per key).
+    pub fn keep_valid_signatures(&mut self, pinned: &[VerifyingKey]) {
+        let none = SignedConsensus {
+            body: Vec::new(),
+            signatures: Vec::new(),
+        };
+        self.merge_signatures(&none, pinned);
+    }
+
+    /// The document, decoded without any check: for inspection only.
+    pub fn unverified(&self) -> Result<Consensus> {
+        postcard::from_bytes(&self.body).map_err(|e| Error::malformed("consensus", e))
+    }
+
     /// Accepts the consensus only if at least `threshold` distinct keys of
     /// `pinned` signed it, it is valid at `now`, and every descriptor in it
     /// verifies and is for its epoch.
@@ -94,19 +146,7 @@ impl SignedConsensus {
         threshold: usize,
         now: u64,
     ) -> Result<VerifiedConsensus> {
-        let message = signed_bytes(CONSENSUS_CONTEXT, &self.body);
-        let mut signers = HashSet::new();
-        for s in &self.signatures {
-            let Some(key) = pinned.iter().find(|k| k.as_bytes() == &s.authority_key) else {
-                continue;
-            };
-            if key
-                .verify_strict(&message, &Signature::from_bytes(&s.signature))
-                .is_ok()
-            {
-                signers.insert(s.authority_key);
-            }
-        }
+        let signers = self.signers(pinned);
         let required = threshold.max(1);
         if signers.len() < required {
             return Err(Error::NotEnoughSignatures {

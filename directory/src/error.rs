@@ -71,6 +71,21 @@ pub enum Error {
     /// A configuration file or value is wrong.
     #[error("configuration: {0}")]
     Config(String),
+    /// No authority served a consensus for the epoch that the client
+    /// accepts.
+    #[error(
+        "no consensus for epoch {epoch} signed by at least {threshold} of the pinned authorities \
+         is available (they may be unreachable or unable to agree); nothing can be sent until \
+         one is. The authorities said: {details}"
+    )]
+    NoConsensus {
+        /// The epoch asked for.
+        epoch: u64,
+        /// Signatures required.
+        threshold: usize,
+        /// Each authority's answer.
+        details: String,
+    },
     /// Talking to an authority failed.
     #[error("directory authority {url}: {why}")]
     Authority {

@@ -7,6 +7,7 @@ mod descriptor;
 mod error;
 mod keys;
 pub mod server;
+mod vote;
 
 pub use client::{ConsensusWatch, DirectoryClient, publish_descriptor_forever, publish_forever};
 pub use config::{AuthorityRef, DirectoryConfig, load_config};
@@ -16,6 +17,7 @@ pub use descriptor::{
 };
 pub use error::Error;
 pub use keys::{NodeKeys, read_key_file, write_key_file};
+pub use vote::{MAX_VOTE_LEN, SignedVote, Vote, consensus_from_votes, majority};
 
 /// Ed25519 types every crate uses for identities and signatures.
 pub use ed25519_dalek::{Signature, SigningKey, VerifyingKey};

@@ -37,6 +37,10 @@ pub struct Sent {
     pub sent_at_ms: u64,
     /// The route the packet takes.
     pub route: Vec<RouteHop>,
+    /// The consensus epoch the packet was built in.
+    pub epoch: u64,
+    /// Authority signatures on that consensus.
+    pub signatures: usize,
 }
 
 /// One message as `bastet inbox --json` reports it.
@@ -226,7 +230,7 @@ mod tests {
             "send",
             r#"{"message_id":"ab","sent_at_ms":5,"route":[
                 {"node":"01","role":"mix1","jurisdiction":"DE"},
-                {"node":"02","role":"mailbox","jurisdiction":"CH"}]}"#,
+                {"node":"02","role":"mailbox","jurisdiction":"CH"}],"epoch":7,"signatures":2}"#,
         )
         .unwrap();
         assert_eq!(sent.route[1].role, "mailbox");

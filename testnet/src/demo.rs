@@ -19,6 +19,8 @@ pub struct DemoOptions {
     pub size: usize,
     /// How long to wait for them to arrive after sending.
     pub timeout: Duration,
+    /// Pause between two sends (to spread messages over epochs).
+    pub spacing: Duration,
 }
 
 impl Default for DemoOptions {
@@ -27,6 +29,7 @@ impl Default for DemoOptions {
             messages: 3,
             size: 200,
             timeout: Duration::from_secs(60),
+            spacing: Duration::ZERO,
         }
     }
 }
@@ -42,6 +45,24 @@ pub struct MessageReport {
     pub delivered: bool,
     /// Time from sending to the mailbox server storing it, if delivered.
     pub latency_ms: Option<u64>,
+    /// The consensus epoch (and Sphinx keys) it was sent in.
+    pub epoch: u64,
+}
+
+/// The directory consensus a demo ran under.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConsensusReport {
+    /// The epoch of the last consensus used.
+    pub epoch: u64,
+    /// Authority signatures on it.
+    pub signatures: usize,
+    /// Authorities in the network.
+    pub authorities: usize,
+    /// Signatures required.
+    pub threshold: usize,
+    /// Epochs the messages were sent in, first to last (more than one: the
+    /// Sphinx keys rotated while sending).
+    pub epochs: Vec<u64>,
 }
 
 /// The demo's result; `--json` prints exactly this.
@@ -53,6 +74,8 @@ pub struct DemoReport {
     pub delivered: usize,
     /// Each message, in the order sent.
     pub messages: Vec<MessageReport>,
+    /// The consensus the messages were routed with.
+    pub consensus: ConsensusReport,
     /// Where the network's files are, if they were kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
@@ -67,8 +90,24 @@ impl DemoReport {
     /// The human summary: one line per message with its route and latency,
     /// then `delivered/sent delivered`.
     pub fn to_human(&self) -> String {
-        let mut s = String::new();
+        let c = &self.consensus;
+        let mut s = format!(
+            "consensus: epoch {}, signed by {} of {} authorities ({} required)\n",
+            self.messages.first().map_or(c.epoch, |m| m.epoch),
+            c.signatures,
+            c.authorities,
+            c.threshold
+        );
+        let mut epoch = self.messages.first().map(|m| m.epoch);
         for (i, m) in self.messages.iter().enumerate() {
+            if epoch != Some(m.epoch) {
+                s.push_str(&format!(
+                    "--- epoch {} -> {}: new consensus, every relay's Sphinx key rotated ---\n",
+                    epoch.unwrap_or_default(),
+                    m.epoch
+                ));
+                epoch = Some(m.epoch);
+            }
             let outcome = match m.latency_ms {
                 Some(ms) if m.delivered => format!("delivered in {ms} ms"),
                 _ => "NOT DELIVERED".to_string(),
@@ -123,6 +162,9 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
 
     let mut sent: Vec<(Sent, String)> = Vec::new();
     for i in 1..=options.messages {
+        if i > 1 && !options.spacing.is_zero() {
+            tokio::time::sleep(options.spacing).await;
+        }
         let text = message_text(i, options.messages, options.size);
         let s = alice.send(bob.address(), &text).await?;
         tracing::info!(
@@ -146,13 +188,25 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
                 route: s.route.clone(),
                 delivered: got.is_some(),
                 latency_ms: got.map(|r| r.received_at_ms.saturating_sub(s.sent_at_ms)),
+                epoch: s.epoch,
             }
         })
         .collect();
+    let mut epochs: Vec<u64> = sent.iter().map(|(s, _)| s.epoch).collect();
+    epochs.dedup();
+    let last = sent.last().map(|(s, _)| s);
+    let layout = network.layout();
     Ok(DemoReport {
         sent: messages.len(),
         delivered: messages.iter().filter(|m| m.delivered).count(),
         messages,
+        consensus: ConsensusReport {
+            epoch: last.map_or(0, |s| s.epoch),
+            signatures: last.map_or(0, |s| s.signatures),
+            authorities: layout.authorities.len(),
+            threshold: layout.threshold,
+            epochs,
+        },
         dir: None,
     })
 }
@@ -186,29 +240,47 @@ mod tests {
                     route: route.clone(),
                     delivered: true,
                     latency_ms: Some(412),
+                    epoch: 41,
                 },
                 MessageReport {
                     message_id: "b".into(),
                     route,
                     delivered: false,
                     latency_ms: None,
+                    epoch: 42,
                 },
             ],
+            consensus: ConsensusReport {
+                epoch: 42,
+                signatures: 2,
+                authorities: 3,
+                threshold: 2,
+                epochs: vec![41, 42],
+            },
             dir: None,
         };
         let text = report.to_human();
+        let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
-            text.lines().next().unwrap(),
+            lines[0],
+            "consensus: epoch 41, signed by 2 of 3 authorities (2 required)"
+        );
+        assert_eq!(
+            lines[1],
             "message 1: mix1 3fa2c1d0 (DE) -> mix2 9a0b1c2d (NL) -> mix3 77aa0011 (FR) \
              -> mailbox 0badf00d (CH)  delivered in 412 ms"
         );
-        assert!(text.lines().nth(1).unwrap().ends_with("NOT DELIVERED"));
+        assert!(lines[2].starts_with("--- epoch 41 -> 42"), "{text}");
+        assert!(lines[3].ends_with("NOT DELIVERED"));
         assert_eq!(text.lines().last().unwrap(), "1/2 delivered");
         assert!(!report.all_delivered());
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["sent"], 2);
         assert_eq!(json["messages"][0]["route"][3]["role"], "mailbox");
         assert_eq!(json["messages"][0]["latency_ms"], 412);
+        assert_eq!(json["consensus"]["epoch"], 42);
+        assert_eq!(json["consensus"]["signatures"], 2);
+        assert_eq!(json["consensus"]["authorities"], 3);
         assert!(json.get("dir").is_none());
     }
 

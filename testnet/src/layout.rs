@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use bastet_directory::{DirectoryConfig, Role};
+use bastet_directory::{AuthorityRef, DirectoryConfig, Role};
 use serde::{Deserialize, Serialize};
 
 /// One relay the testnet runs.
@@ -31,9 +31,11 @@ pub(crate) const RELAYS: [Plan; 8] = [
     Plan { name: "mailbox-b", role: Role::Mailbox, jurisdiction: "IS", operator: "Testnet Operator H" },
 ];
 
-/// The directory authority of a running testnet.
+/// A directory authority of a running testnet.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuthorityNode {
+    /// Its name in the testnet: `authority-1`, `authority-2`, ...
+    pub name: String,
     /// `https://` URL of its API.
     pub url: String,
     /// Its Ed25519 key (hex), pinned by every node and client.
@@ -92,13 +94,20 @@ pub struct Layout {
     pub directory_config: PathBuf,
     /// Its contents.
     pub directory: DirectoryConfig,
-    /// The authority.
-    pub authority: AuthorityNode,
+    /// The directory authorities.
+    pub authorities: Vec<AuthorityNode>,
+    /// Signatures a consensus needs.
+    pub threshold: usize,
     /// Mixnodes then mailbox servers.
     pub relays: Vec<RelayNode>,
 }
 
 impl Layout {
+    /// The authority called `name`.
+    pub fn authority(&self, name: &str) -> Option<&AuthorityNode> {
+        self.authorities.iter().find(|a| a.name == name)
+    }
+
     /// The relay called `name`.
     pub fn relay(&self, name: &str) -> Option<&RelayNode> {
         self.relays.iter().find(|r| r.name == name)
@@ -116,24 +125,25 @@ impl Layout {
 
     /// A human table of where each node listens.
     pub fn describe(&self) -> String {
-        let a = &self.authority;
         let mut s = format!(
-            "{:<10} {:<8} {:<8} {:<3} {:<24} {:<36} log\n",
+            "{:<12} {:<8} {:<8} {:<3} {:<24} {:<36} log\n",
             "node", "id", "role", "", "packets", "api / metrics"
         );
-        s.push_str(&format!(
-            "{:<10} {:<8} {:<8} {:<3} {:<24} {:<36} {}\n",
-            "authority",
-            short(&a.identity_key),
-            "dir",
-            "",
-            a.url,
-            format!("http://{}/metrics", a.metrics_listen),
-            a.log.display()
-        ));
+        for a in &self.authorities {
+            s.push_str(&format!(
+                "{:<12} {:<8} {:<8} {:<3} {:<24} {:<36} {}\n",
+                a.name,
+                short(&a.identity_key),
+                "dir",
+                "",
+                a.url,
+                format!("http://{}/metrics", a.metrics_listen),
+                a.log.display()
+            ));
+        }
         for r in &self.relays {
             s.push_str(&format!(
-                "{:<10} {:<8} {:<8} {:<3} {:<24} {:<36} {}\n",
+                "{:<12} {:<8} {:<8} {:<3} {:<24} {:<36} {}\n",
                 r.name,
                 short(&r.node_id),
                 r.role.to_string(),
@@ -240,6 +250,27 @@ pub(crate) fn edit_config(
     std::fs::write(path, edited).map_err(|e| err(e.to_string()))
 }
 
+/// Appends one `[[peers]]` table per authority in `peers` to the authority
+/// config at `path` (its other keys are all top-level, so the tables go at
+/// the end), and checks the result parses.
+pub(crate) fn add_peers(path: &Path, peers: &[&AuthorityRef]) -> crate::Result<()> {
+    let err = |why: String| crate::Error::Config {
+        path: path.to_path_buf(),
+        why,
+    };
+    let mut text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    #[derive(Serialize)]
+    struct Peers<'a> {
+        peers: &'a [&'a AuthorityRef],
+    }
+    let tables = toml::to_string(&Peers { peers }).map_err(|e| err(e.to_string()))?;
+    text.push_str("\n# The other authorities of this testnet.\n");
+    text.push_str(&tables);
+    text.parse::<toml::Table>()
+        .map_err(|e| err(e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| err(e.to_string()))
+}
+
 /// The text of `directory.toml`.
 pub(crate) fn directory_toml(config: &DirectoryConfig) -> std::result::Result<String, String> {
     let body = toml::to_string(config).map_err(|e| e.to_string())?;
@@ -316,7 +347,7 @@ epoch_secs = 3600
     fn the_plan_spans_layers_and_jurisdictions() {
         let mut juris: Vec<_> = RELAYS
             .iter()
-            .filter(|p| matches!(p.role, Role::Mix { .. }))
+            .filter(|p| p.role == Role::Mix)
             .map(|p| p.jurisdiction)
             .collect();
         juris.sort_unstable();

@@ -22,6 +22,8 @@ use crate::{Error, Result};
 const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between readiness checks.
 const POLL: Duration = Duration::from_millis(200);
+/// Most directory authorities a testnet runs.
+pub const MAX_AUTHORITIES: usize = 9;
 
 /// How to start a network.
 #[derive(Clone, Debug)]
@@ -34,8 +36,12 @@ pub struct NetworkOptions {
     pub keep: bool,
     /// Where the Bastet binaries are (`None`: see [`Binaries::locate`]).
     pub bin_dir: Option<PathBuf>,
-    /// Epoch length for the authority, nodes and clients.
+    /// Epoch length for the authorities, nodes and clients.
     pub epoch_secs: u64,
+    /// Directory authorities (at least 1).
+    pub authorities: usize,
+    /// Signatures a consensus needs (`None`: a majority).
+    pub threshold: Option<usize>,
     /// How long to wait for the authority and for a consensus listing
     /// every node.
     pub ready_timeout: Duration,
@@ -47,7 +53,9 @@ impl Default for NetworkOptions {
             dir: None,
             keep: false,
             bin_dir: None,
-            epoch_secs: 3600,
+            epoch_secs: 30,
+            authorities: 3,
+            threshold: None,
             ready_timeout: Duration::from_secs(60),
         }
     }
@@ -70,7 +78,8 @@ impl Drop for Processes {
     }
 }
 
-/// A running testnet: one directory authority, six mixnodes (two per layer each epoch)
+/// A running testnet: three directory authorities (by default), six
+/// mixnodes (dealt two per layer each epoch)
 /// and two mailbox servers, each a child process on 127.0.0.1.
 ///
 /// Dropping it stops every process (SIGTERM, then SIGKILL after
@@ -97,6 +106,19 @@ impl Network {
             return Err(Error::InvalidOption(
                 "epoch length must be at least 10 seconds".into(),
             ));
+        }
+        if !(1..=MAX_AUTHORITIES).contains(&options.authorities) {
+            return Err(Error::InvalidOption(format!(
+                "--authorities must be between 1 and {MAX_AUTHORITIES}"
+            )));
+        }
+        if let Some(k) = options.threshold
+            && !(1..=options.authorities).contains(&k)
+        {
+            return Err(Error::InvalidOption(format!(
+                "--threshold {k} must be between 1 and the number of authorities ({})",
+                options.authorities
+            )));
         }
         let bins = Binaries::locate(options.bin_dir.as_deref())?;
         let (dir, mut temp) = prepare_dir(options.dir.as_deref())?;
@@ -170,10 +192,49 @@ impl Network {
         .await
     }
 
+    /// Stops node `name` (SIGTERM, then SIGKILL after the grace period),
+    /// keeping its files, as a failure or an operator would.
+    pub fn stop_node(&mut self, name: &str) -> Result<StopOutcome> {
+        let node = self
+            .processes
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .ok_or_else(|| Error::InvalidOption(format!("no node called {name}")))?;
+        let outcome = stop_all(std::slice::from_mut(node));
+        Ok(outcome
+            .into_iter()
+            .next()
+            .map_or(StopOutcome::Killed, |(_, o)| o))
+    }
+
+    /// Starts node `name` again with its config and data directory, after
+    /// [`Network::stop_node`] (or a crash).
+    pub fn start_node(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .processes
+            .nodes
+            .iter_mut()
+            .position(|n| n.name == name)
+            .ok_or_else(|| Error::InvalidOption(format!("no node called {name}")))?;
+        if self.processes.nodes[i].exited().is_none() {
+            return Err(Error::InvalidOption(format!("{name} is still running")));
+        }
+        let fresh = if let Some(a) = self.layout.authority(name) {
+            spawn_authority(&self.bins, a)?
+        } else if let Some(r) = self.layout.relay(name) {
+            spawn_relay(&self.bins, r)?
+        } else {
+            return Err(Error::InvalidOption(format!("no node called {name}")));
+        };
+        self.processes.nodes[i] = fresh;
+        Ok(())
+    }
+
     /// The Prometheus text of node `name`'s `/metrics`.
     pub async fn metrics(&self, name: &str) -> Result<String> {
-        let addr = if name == "authority" {
-            self.layout.authority.metrics_listen
+        let addr = if let Some(a) = self.layout.authority(name) {
+            a.metrics_listen
         } else {
             self.layout
                 .relay(name)
@@ -305,7 +366,8 @@ async fn launch(
     options: &NetworkOptions,
     processes: &mut Processes,
 ) -> Result<Layout> {
-    let mut ports = free_ports(2 + 3 * RELAYS.len())?.into_iter();
+    let n_auth = options.authorities;
+    let mut ports = free_ports(2 * n_auth + 3 * RELAYS.len())?.into_iter();
     let mut next_port = move || {
         ports
             .next()
@@ -313,37 +375,71 @@ async fn launch(
     };
 
     tracing::info!("creating keys and configs in {}", dir.display());
-    let authority_dir = dir.join("authority");
-    let (listen, metrics_listen) = (next_port()?, next_port()?);
     let epoch_secs = options.epoch_secs.to_string();
-    let (listen_s, metrics_s) = (listen.to_string(), metrics_listen.to_string());
-    let out = run_command(
-        &bins.path("bastet-directory"),
-        &[
-            os("init"),
-            os("--dir"),
-            authority_dir.as_os_str(),
-            os("--listen"),
-            os(&listen_s),
-            os("--metrics-listen"),
-            os(&metrics_s),
-            os("--epoch-secs"),
-            os(&epoch_secs),
-        ],
-        &[],
-        INIT_TIMEOUT,
-    )
-    .await?;
-    let info: AuthorityInit = parse_json("bastet-directory init", &out)?;
+    let mut authorities = Vec::new();
+    for i in 1..=n_auth {
+        let name = format!("authority-{i}");
+        let authority_dir = dir.join(&name);
+        let (listen, metrics_listen) = (next_port()?, next_port()?);
+        let (listen_s, metrics_s) = (listen.to_string(), metrics_listen.to_string());
+        let out = run_command(
+            &bins.path("bastet-directory"),
+            &[
+                os("init"),
+                os("--dir"),
+                authority_dir.as_os_str(),
+                os("--listen"),
+                os(&listen_s),
+                os("--metrics-listen"),
+                os(&metrics_s),
+                os("--epoch-secs"),
+                os(&epoch_secs),
+            ],
+            &[],
+            INIT_TIMEOUT,
+        )
+        .await?;
+        let info: AuthorityInit = parse_json("bastet-directory init", &out)?;
+        authorities.push(AuthorityNode {
+            name,
+            url: info.url,
+            identity_key: info.identity_key,
+            tls_pin: info.tls_pin,
+            listen,
+            metrics_listen,
+            config: authority_dir.join("authority.toml"),
+            log: authority_dir.join("node.log"),
+            dir: authority_dir,
+        });
+    }
+    let refs: Vec<AuthorityRef> = authorities
+        .iter()
+        .map(|a| AuthorityRef {
+            url: a.url.clone(),
+            identity_key: a.identity_key.clone(),
+            tls_pin: a.tls_pin.clone(),
+        })
+        .collect();
     let directory = DirectoryConfig {
-        authorities: vec![AuthorityRef {
-            url: info.url.clone(),
-            identity_key: info.identity_key.clone(),
-            tls_pin: info.tls_pin.clone(),
-        }],
-        threshold: None,
+        authorities: refs.clone(),
+        threshold: options.threshold,
         epoch_secs: options.epoch_secs,
     };
+    let threshold = directory.threshold();
+    // Each authority lists the others as peers and uses the same threshold.
+    for a in &authorities {
+        let peers: Vec<&AuthorityRef> = refs
+            .iter()
+            .filter(|r| r.identity_key != a.identity_key)
+            .collect();
+        layout::add_peers(&a.config, &peers)?;
+        layout::edit_config(
+            &a.config,
+            "threshold",
+            toml::Value::Integer(i64::try_from(threshold).unwrap_or(i64::MAX)),
+            "",
+        )?;
+    }
     let directory_config = dir.join("directory.toml");
     let text = layout::directory_toml(&directory).map_err(|why| Error::Config {
         path: directory_config.clone(),
@@ -351,16 +447,6 @@ async fn launch(
     })?;
     std::fs::write(&directory_config, text)
         .map_err(Error::io(format!("writing {}", directory_config.display())))?;
-    let authority = AuthorityNode {
-        url: info.url,
-        identity_key: info.identity_key,
-        tls_pin: info.tls_pin,
-        listen,
-        metrics_listen,
-        config: authority_dir.join("authority.toml"),
-        log: authority_dir.join("node.log"),
-        dir: authority_dir,
-    };
 
     let mut relays = Vec::new();
     for plan in &RELAYS {
@@ -426,44 +512,41 @@ async fn launch(
         });
     }
     // Only now are the node ids known: admit exactly these nodes.
-    layout::edit_config(
-        &authority.config,
-        "allowed_nodes",
-        toml::Value::Array(relays.iter().map(|r| r.node_id.clone().into()).collect()),
-        "",
-    )?;
+    for a in &authorities {
+        layout::edit_config(
+            &a.config,
+            "allowed_nodes",
+            toml::Value::Array(relays.iter().map(|r| r.node_id.clone().into()).collect()),
+            "",
+        )?;
+    }
     let mut layout = Layout {
         dir: dir.to_path_buf(),
         directory_config,
         directory,
-        authority,
+        authorities,
+        threshold,
         relays,
     };
     write_layout(&layout)?;
 
-    tracing::info!("starting the directory authority");
-    processes.nodes.push(NodeProcess::spawn(
-        "authority",
-        &bins.path("bastet-directory"),
-        &[
-            os("run"),
-            os("--config"),
-            layout.authority.config.as_os_str(),
-        ],
-        &node_env(),
-        &layout.authority.log,
-    )?);
+    tracing::info!("starting {n_auth} directory authorities (threshold {threshold})");
+    for a in &layout.authorities {
+        processes.nodes.push(spawn_authority(bins, a)?);
+    }
     let deadline = Instant::now() + options.ready_timeout;
-    while !health_ok(layout.authority.metrics_listen).await {
-        check_exited(processes)?;
-        if Instant::now() >= deadline {
-            return Err(Error::NotReady {
-                secs: options.ready_timeout.as_secs(),
-                waiting_for: "the authority's /health".into(),
-                dir: layout.dir.clone(),
-            });
+    for a in &layout.authorities {
+        while !health_ok(a.metrics_listen).await {
+            check_exited(processes)?;
+            if Instant::now() >= deadline {
+                return Err(Error::NotReady {
+                    secs: options.ready_timeout.as_secs(),
+                    waiting_for: format!("{}'s /health", a.name),
+                    dir: layout.dir.clone(),
+                });
+            }
+            tokio::time::sleep(POLL).await;
         }
-        tokio::time::sleep(POLL).await;
     }
 
     tracing::info!("starting 6 mixnodes and 2 mailbox servers");
@@ -478,7 +561,11 @@ async fn launch(
         options.ready_timeout,
     )
     .await?;
-    tracing::info!("all 8 relays are in the consensus; probing every route");
+    tracing::info!(
+        epoch = consensus.epoch,
+        signatures = consensus.signatures,
+        "all 8 relays are in the consensus; probing every route"
+    );
     probe_every_route(&layout, &consensus, deadline, options.ready_timeout).await?;
     tracing::info!("network ready: packets cross every route");
     Ok(layout)
@@ -488,6 +575,16 @@ fn node_env() -> Vec<(String, String)> {
     let log = std::env::var("BASTET_LOG").unwrap_or_else(|_| "info".into());
     // The logs are files: no terminal colour codes in them.
     vec![("BASTET_LOG".into(), log), ("NO_COLOR".into(), "1".into())]
+}
+
+fn spawn_authority(bins: &Binaries, a: &AuthorityNode) -> Result<NodeProcess> {
+    NodeProcess::spawn(
+        &a.name,
+        &bins.path("bastet-directory"),
+        &[os("run"), os("--config"), a.config.as_os_str()],
+        &node_env(),
+        &a.log,
+    )
 }
 
 fn spawn_relay(bins: &Binaries, r: &RelayNode) -> Result<NodeProcess> {

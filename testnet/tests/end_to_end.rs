@@ -174,7 +174,7 @@ async fn no_relay_ever_holds_the_plaintext() {
     assert!(on_route.len() >= 5, "two messages crossed {on_route:?}");
 
     let mut roots = net.relay_dirs();
-    roots.push(layout.authority.dir.clone());
+    roots.extend(layout.authorities.iter().map(|a| a.dir.clone()));
     let report = ok(&net, "scan", scan_for_marker(&roots, marker.as_bytes()));
     assert!(
         report.hits.is_empty(),

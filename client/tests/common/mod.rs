@@ -35,6 +35,8 @@ pub async fn start_authority(dir: &std::path::Path) -> DirectoryConfig {
         allowed_nodes: Vec::new(),
         open_admission: true,
         max_nodes: 100,
+        peers: Vec::new(),
+        threshold: None,
     }));
     DirectoryConfig {
         authorities: vec![AuthorityRef {

@@ -43,6 +43,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show the running authority's current epoch: nodes by layer and
+    /// jurisdiction, and which authorities signed the consensus.
+    Status {
+        /// Path to authority.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +81,17 @@ fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let config: AuthorityConfig =
                 bastet_directory::load_config(&config, "BASTET_DIRECTORY")?;
             tokio::runtime::Runtime::new()?.block_on(server::run(config))?;
+            Ok(())
+        }
+        Command::Status { config, json } => {
+            let config: AuthorityConfig =
+                bastet_directory::load_config(&config, "BASTET_DIRECTORY")?;
+            let status = tokio::runtime::Runtime::new()?.block_on(server::status(&config))?;
+            if json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                print!("{status}");
+            }
             Ok(())
         }
     }

@@ -58,6 +58,8 @@ pub async fn authority(dir: &Path) -> (DirectoryConfig, Arc<DirectoryClient>) {
         allowed_nodes: Vec::new(),
         open_admission: true,
         max_nodes: 100,
+        peers: Vec::new(),
+        threshold: None,
     };
     tokio::spawn(server::run(config));
     let directory = DirectoryConfig {

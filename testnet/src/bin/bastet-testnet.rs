@@ -16,9 +16,9 @@ const EXIT_ERROR: u8 = 3;
 /// Exit status after Ctrl-C or SIGTERM.
 const EXIT_INTERRUPTED: u8 = 130;
 
-/// Runs a whole Bastet network on 127.0.0.1: one directory authority, six
-/// mixnodes (dealt two per layer each epoch) in six jurisdictions and two mailbox servers,
-/// each a child process of this one.
+/// Runs a whole Bastet network on 127.0.0.1: three directory authorities
+/// (by default), six mixnodes in six jurisdictions (dealt two per layer each
+/// epoch) and two mailbox servers, each a child process of this one.
 ///
 /// Exit status: 0 success, 1 a message was lost, 2 bad arguments,
 /// 3 the network failed (see the node logs), 130 interrupted.
@@ -53,6 +53,9 @@ enum Command {
         /// messages to arrive.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Seconds between two sends (spread messages across epochs).
+        #[arg(long, default_value_t = 0.0)]
+        spacing: f64,
     },
     /// Start a network, print where each node listens, and run until Ctrl-C.
     Up {
@@ -73,9 +76,16 @@ struct NetArgs {
     /// Keep the temporary directory on exit and say where it is.
     #[arg(long)]
     keep: bool,
-    /// Epoch length in seconds for the authority, nodes and clients.
-    #[arg(long, default_value_t = 3600)]
+    /// Epoch length in seconds for the authorities, nodes and clients
+    /// (short, so that Sphinx key rotation is seen; at least 10).
+    #[arg(long, default_value_t = 30)]
     epoch_secs: u64,
+    /// Number of directory authorities.
+    #[arg(long, default_value_t = 3)]
+    authorities: usize,
+    /// Authority signatures a consensus needs (default: a majority).
+    #[arg(long)]
+    threshold: Option<usize>,
 }
 
 impl NetArgs {
@@ -85,6 +95,8 @@ impl NetArgs {
             keep: self.keep,
             bin_dir,
             epoch_secs: self.epoch_secs,
+            authorities: self.authorities,
+            threshold: self.threshold,
             ready_timeout: ready,
         }
     }
@@ -158,12 +170,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             size,
             json,
             timeout,
+            spacing,
         } => {
             let timeout = Duration::from_secs(timeout);
+            let spacing = Duration::try_from_secs_f64(spacing).map_err(|_| {
+                Error::InvalidOption(format!("--spacing {spacing}: not a number of seconds"))
+            })?;
             let options = DemoOptions {
                 messages,
                 size,
                 timeout,
+                spacing,
             };
             demo(
                 net.options(cli.bin_dir, timeout),

@@ -6,6 +6,7 @@ mod consensus;
 mod descriptor;
 mod error;
 mod keys;
+mod rotation;
 pub mod server;
 
 pub use client::{ConsensusWatch, DirectoryClient, publish_descriptor_forever, publish_forever};
@@ -16,6 +17,10 @@ pub use descriptor::{
 };
 pub use error::Error;
 pub use keys::{NodeKeys, read_key_file, write_key_file};
+pub use rotation::{
+    EpochKey, Rotation, SPHINX_KEYS_DIR, SphinxKeyRing, default_sphinx_key_grace_secs,
+    publish_rotating_forever, rotate_forever, sphinx_key_path,
+};
 
 /// Ed25519 types every crate uses for identities and signatures.
 pub use ed25519_dalek::{Signature, SigningKey, VerifyingKey};

@@ -97,7 +97,7 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
     );
     let mut packet = frame.to_vec();
     for (i, relay) in relays.iter().enumerate() {
-        match Prepared::new(&packet, &relay.keys.sphinx)
+        match Prepared::new(&packet, &relay.sphinx)
             .unwrap()
             .process()
             .unwrap()

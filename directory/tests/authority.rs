@@ -9,7 +9,8 @@ use std::time::Duration;
 use bastet_directory::server::{self, AuthorityConfig};
 use bastet_directory::{
     AuthorityRef, Descriptor, DirectoryClient, DirectoryConfig, Error, NodeKeys, Role,
-    SignedDescriptor, SigningKey, epoch_of, load_config, unix_now,
+    SignedConsensus, SignedDescriptor, SigningKey, SphinxKeyRing, default_sphinx_key_grace_secs,
+    epoch_bounds, epoch_of, load_config, publish_rotating_forever, unix_now,
 };
 use bastet_sphinx::NodeId;
 
@@ -70,7 +71,7 @@ fn descriptor(keys: &NodeKeys, epoch: u64) -> Descriptor {
     Descriptor {
         identity_key: *keys.identity.verifying_key().as_bytes(),
         epoch,
-        sphinx_key: *keys.sphinx_public().as_bytes(),
+        sphinx_key: [7; 32],
         tls_pin: [9; 32],
         addr: "127.0.0.1:9".into(),
         api_addr: None,
@@ -217,4 +218,56 @@ async fn a_nudged_watch_picks_up_a_node_that_joined_after_its_fetch() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(seen, 2, "the nudge did not refresh the consensus");
+}
+
+#[tokio::test]
+async fn a_rotating_node_publishes_each_epochs_own_sphinx_key() {
+    let net = start_authority().await;
+    let keys_dir = tempfile::tempdir().unwrap();
+    let mut ring = SphinxKeyRing::open(
+        keys_dir.path(),
+        EPOCH_SECS,
+        default_sphinx_key_grace_secs(EPOCH_SECS),
+    )
+    .unwrap();
+    let epoch = now_epoch();
+    ring.rotate(unix_now()).unwrap();
+    let expected = [ring.public(epoch).unwrap(), ring.public(epoch + 1).unwrap()];
+    assert_ne!(expected[0], expected[1]);
+    let ring = Arc::new(std::sync::Mutex::new(ring));
+    let client = Arc::new(DirectoryClient::new(&net.directory).unwrap());
+    let publisher = tokio::spawn(publish_rotating_forever(
+        client.clone(),
+        descriptor(&net.admitted, 0),
+        net.admitted.identity.clone(),
+        ring,
+    ));
+
+    let a = &net.directory.authorities[0];
+    let http = bastet_link::https_client(a.pin().unwrap()).unwrap();
+    let pinned = [a.key().unwrap()];
+    for (e, key) in [epoch, epoch + 1].into_iter().zip(expected) {
+        let mut published = None;
+        for _ in 0..100 {
+            let r = http
+                .get(format!("{}/v1/consensus/{e}", a.url))
+                .send()
+                .await
+                .unwrap();
+            if r.status().is_success() {
+                published = Some(r.bytes().await.unwrap());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let bytes = published.expect("the epoch's consensus never appeared");
+        // Verified as of the epoch's start, when it becomes valid.
+        let consensus = SignedConsensus::from_bytes(&bytes)
+            .unwrap()
+            .verify(&pinned, 1, epoch_bounds(e, EPOCH_SECS).0)
+            .unwrap();
+        let d = consensus.node(&net.admitted.node_id()).unwrap();
+        assert_eq!(d.sphinx_public(), key, "epoch {e}");
+    }
+    publisher.abort();
 }

@@ -9,6 +9,7 @@ use bastet_directory::server::{self, AuthorityConfig};
 use bastet_directory::{
     AuthorityRef, Descriptor, DirectoryClient, DirectoryConfig, NodeKeys, Role, epoch_of, unix_now,
 };
+use bastet_sphinx::{SphinxPublicKey, SphinxSecretKey};
 
 pub const EPOCH_SECS: u64 = 3600;
 
@@ -21,6 +22,8 @@ pub fn free_port() -> std::net::SocketAddr {
 
 pub struct Relay {
     pub keys: NodeKeys,
+    /// The relay's one Sphinx key: tests run within one epoch.
+    pub sphinx: SphinxSecretKey,
     pub role: Role,
 }
 
@@ -57,7 +60,7 @@ pub async fn publish(
     let descriptor = Descriptor {
         identity_key: relay.keys.identity.verifying_key().to_bytes(),
         epoch: epoch_of(unix_now(), EPOCH_SECS),
-        sphinx_key: relay.keys.sphinx_public().to_bytes(),
+        sphinx_key: SphinxPublicKey::from(&relay.sphinx).to_bytes(),
         tls_pin: pin,
         addr,
         api_addr,
@@ -88,6 +91,7 @@ pub fn relays() -> Vec<Relay> {
         .into_iter()
         .map(|role| Relay {
             keys: NodeKeys::generate(),
+            sphinx: SphinxSecretKey::random(),
             role,
         })
         .collect()

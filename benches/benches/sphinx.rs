@@ -46,6 +46,22 @@ fn benches(c: &mut Criterion) {
             black_box(p.process())
         })
     });
+    // During a key rotation's grace period a relay tries up to three keys
+    // (current, next, previous); the worst case matches the last one.
+    let others = [
+        SphinxSecretKey::from([0x71; 32]),
+        SphinxSecretKey::from([0x72; 32]),
+    ];
+    let trial = [&others[0], &others[1], &keys[0]];
+    g.bench_function("process_one_hop_third_of_three_keys", |bench| {
+        bench.iter(|| {
+            let (i, p) =
+                Prepared::with_keys(black_box(packet.as_bytes()), &trial).expect("prepare");
+            black_box(i);
+            black_box(p.replay_tag());
+            black_box(p.process())
+        })
+    });
     g.finish();
 }
 
@@ -60,6 +76,12 @@ fn main() {
             "sphinx/process_one_hop",
             "sphinx/x25519_dh",
             2.0,
+        ),
+        (
+            "process one hop, third of three keys",
+            "sphinx/process_one_hop_third_of_three_keys",
+            "sphinx/x25519_dh",
+            4.0,
         ),
         (
             "build 3 hops",

@@ -25,7 +25,7 @@ use bastet_mailbox::api::{
 use bastet_sphinx::{MailboxId, NodeId};
 
 mod common;
-use common::{publish, relays, start_authority};
+use common::{await_consensus, publish, relays, start_authority};
 
 #[derive(Default)]
 struct FakeMailboxes {
@@ -186,6 +186,7 @@ async fn network() -> Network {
         pin.0,
     )
     .await;
+    await_consensus(&directory, &relays).await;
     Network {
         _tmp: tmp,
         root,

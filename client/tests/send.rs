@@ -17,7 +17,7 @@ use bastet_sphinx::{NodeId, Prepared, Processed};
 use tokio::sync::mpsc;
 
 mod common;
-use common::{publish, relays, start_authority};
+use common::{await_consensus, publish, relays, start_authority};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
@@ -49,6 +49,7 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
     }
     let api = Some("127.0.0.1:9".to_string());
     publish(&directory, &relays[3], "127.0.0.1:9".into(), api, [7; 32]).await;
+    await_consensus(&directory, &relays).await;
 
     // The sender's data dir, written as `init` would.
     let mailbox_server = relays[3].keys.node_id();
@@ -97,7 +98,7 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
     );
     let mut packet = frame.to_vec();
     for (i, relay) in relays.iter().enumerate() {
-        match Prepared::new(&packet, &relay.keys.sphinx)
+        match Prepared::new(&packet, &relay.sphinx)
             .unwrap()
             .process()
             .unwrap()

@@ -8,8 +8,8 @@ use ed25519_dalek::VerifyingKey;
 use tokio::sync::{Notify, watch};
 
 use crate::{
-    Descriptor, DirectoryConfig, Error, Result, SignedConsensus, SignedDescriptor, SigningKey,
-    VerifiedConsensus, epoch_of, unix_now,
+    DirectoryConfig, Error, Result, SignedConsensus, SignedDescriptor, VerifiedConsensus, epoch_of,
+    unix_now,
 };
 
 struct Authority {
@@ -208,25 +208,6 @@ pub async fn publish_forever(
         let wait = if ok { period } else { Duration::from_secs(2) };
         tokio::time::sleep(wait).await;
     }
-}
-
-/// [`publish_forever`] for a node whose descriptor changes only in its
-/// epoch: `template` (whatever its `epoch`) is signed with `identity` for each
-/// epoch published. The same Sphinx key serves epochs e and e+1 until keys
-/// rotate.
-pub async fn publish_descriptor_forever(
-    client: Arc<DirectoryClient>,
-    template: Descriptor,
-    identity: SigningKey,
-) {
-    publish_forever(client, move |epoch| {
-        Descriptor {
-            epoch,
-            ..template.clone()
-        }
-        .sign(&identity)
-    })
-    .await;
 }
 
 /// Fastest refresh a [`ConsensusWatch::nudge`] can cause.

@@ -68,6 +68,12 @@ pub enum Error {
         /// What is wrong.
         why: String,
     },
+    /// The node holds no Sphinx key for an epoch it was asked to publish.
+    #[error("no Sphinx key for epoch {epoch}")]
+    NoSphinxKey {
+        /// The epoch.
+        epoch: u64,
+    },
     /// A configuration file or value is wrong.
     #[error("configuration: {0}")]
     Config(String),

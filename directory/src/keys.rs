@@ -1,30 +1,28 @@
-//! A node's long-term identity key and its Sphinx key, on disk.
+//! A node's long-term identity key, on disk. Its Sphinx keys rotate per
+//! epoch and live in a [`crate::SphinxKeyRing`].
 
 use std::path::Path;
 
-use bastet_sphinx::{NodeId, SphinxPublicKey, SphinxSecretKey};
+use bastet_sphinx::NodeId;
 use ed25519_dalek::SigningKey;
 use zeroize::Zeroizing;
 
 use crate::{Error, Result};
 
-/// The keys a relay holds. Both secret halves zeroize on drop.
+/// A relay's long-term identity. The secret zeroizes on drop.
 pub struct NodeKeys {
     /// Long-term Ed25519 identity: signs descriptors; its hash is the node id.
     pub identity: SigningKey,
-    /// X25519 key that removes this node's Sphinx layer.
-    pub sphinx: SphinxSecretKey,
 }
 
 impl NodeKeys {
-    /// Fresh random keys.
+    /// A fresh random identity.
     pub fn generate() -> Self {
         let mut rng = rand::rng();
         let mut seed = Zeroizing::new([0u8; 32]);
         rand::Rng::fill_bytes(&mut rng, seed.as_mut());
         NodeKeys {
             identity: SigningKey::from_bytes(&seed),
-            sphinx: SphinxSecretKey::random(),
         }
     }
 
@@ -33,24 +31,16 @@ impl NodeKeys {
         NodeId::from_identity_key(self.identity.verifying_key().as_bytes())
     }
 
-    /// The public half of the Sphinx key.
-    pub fn sphinx_public(&self) -> SphinxPublicKey {
-        SphinxPublicKey::from(&self.sphinx)
-    }
-
-    /// Writes `identity.key` and `sphinx.key` (hex, mode 0600) into `dir`.
+    /// Writes `identity.key` (hex, mode 0600) into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        write_key_file(&dir.join("identity.key"), &self.identity.to_bytes())?;
-        write_key_file(&dir.join("sphinx.key"), &self.sphinx.to_bytes())
+        write_key_file(&dir.join("identity.key"), &self.identity.to_bytes())
     }
 
     /// Reads what [`NodeKeys::save`] wrote.
     pub fn load(dir: &Path) -> Result<Self> {
         let identity = read_key_file(&dir.join("identity.key"))?;
-        let sphinx = read_key_file(&dir.join("sphinx.key"))?;
         Ok(NodeKeys {
             identity: SigningKey::from_bytes(&identity),
-            sphinx: SphinxSecretKey::from(*sphinx),
         })
     }
 }
@@ -89,8 +79,7 @@ mod tests {
         keys.save(dir.path()).unwrap();
         let loaded = NodeKeys::load(dir.path()).unwrap();
         assert_eq!(keys.node_id(), loaded.node_id());
-        assert_eq!(keys.sphinx_public(), loaded.sphinx_public());
-        std::fs::write(dir.path().join("sphinx.key"), "nothex").unwrap();
+        std::fs::write(dir.path().join("identity.key"), "nothex").unwrap();
         assert!(matches!(
             NodeKeys::load(dir.path()),
             Err(Error::KeyFile { .. })

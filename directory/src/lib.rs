@@ -6,10 +6,11 @@ mod consensus;
 mod descriptor;
 mod error;
 mod keys;
+mod rotation;
 pub mod server;
 mod vote;
 
-pub use client::{ConsensusWatch, DirectoryClient, publish_descriptor_forever, publish_forever};
+pub use client::{ConsensusWatch, DirectoryClient, publish_forever};
 pub use config::{AuthorityRef, DirectoryConfig, load_config};
 pub use consensus::{AuthoritySignature, Consensus, SignedConsensus, VerifiedConsensus};
 pub use descriptor::{
@@ -17,6 +18,10 @@ pub use descriptor::{
 };
 pub use error::Error;
 pub use keys::{NodeKeys, read_key_file, write_key_file};
+pub use rotation::{
+    EpochKey, Rotation, SPHINX_KEYS_DIR, SphinxKeyRing, default_sphinx_key_grace_secs,
+    publish_rotating_forever, rotate_forever, sphinx_key_path,
+};
 pub use vote::{MAX_VOTE_LEN, SignedVote, Vote, consensus_from_votes, majority};
 
 /// Ed25519 types every crate uses for identities and signatures.

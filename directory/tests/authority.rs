@@ -9,7 +9,9 @@ use std::time::Duration;
 use bastet_directory::server::{self, AuthorityConfig};
 use bastet_directory::{
     AuthorityRef, Descriptor, DirectoryClient, DirectoryConfig, Error, NodeKeys, Role,
-    SignedDescriptor, SigningKey, epoch_of, load_config, unix_now,
+    SignedConsensus, SignedDescriptor, SigningKey, SphinxKeyRing, VerifiedConsensus,
+    default_sphinx_key_grace_secs, epoch_bounds, epoch_of, load_config, publish_rotating_forever,
+    unix_now,
 };
 use bastet_sphinx::NodeId;
 
@@ -70,7 +72,7 @@ fn descriptor(keys: &NodeKeys, epoch: u64) -> Descriptor {
     Descriptor {
         identity_key: *keys.identity.verifying_key().as_bytes(),
         epoch,
-        sphinx_key: *keys.sphinx_public().as_bytes(),
+        sphinx_key: [7; 32],
         tls_pin: [9; 32],
         addr: "127.0.0.1:9".into(),
         api_addr: None,
@@ -96,20 +98,33 @@ async fn post_raw(net: &Net, body: Vec<u8>) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// Fetches until the authority has voted and published (a lone authority
+/// votes a second after descriptors stop arriving).
+async fn await_consensus(client: &DirectoryClient) -> VerifiedConsensus {
+    let mut last = None;
+    for _ in 0..100 {
+        match client.fetch_consensus().await {
+            Ok(c) => return c,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no consensus: {last:?}");
+}
+
 #[tokio::test]
 async fn admitted_node_appears_in_a_verified_consensus() {
     let net = start_authority().await;
     let client = DirectoryClient::new(&net.directory).unwrap();
-    assert!(matches!(
-        client.fetch_consensus().await,
-        Err(Error::Authority { .. })
-    ));
+    let err = client.fetch_consensus().await.unwrap_err();
+    assert!(matches!(err, Error::NoConsensus { .. }), "{err}");
+    assert!(err.to_string().contains("no consensus for epoch"), "{err}");
 
     let signed = descriptor(&net.admitted, now_epoch())
         .sign(&net.admitted.identity)
         .unwrap();
     assert_eq!(client.publish(&signed).await.unwrap(), 1);
-    let consensus = client.fetch_consensus().await.unwrap();
+    let consensus = await_consensus(&client).await;
     assert_eq!(consensus.epoch, now_epoch());
     assert_eq!(consensus.nodes.len(), 1);
     assert_eq!(consensus.nodes[0].node_id(), net.admitted.node_id());
@@ -163,6 +178,7 @@ async fn client_pinning_another_authority_key_refuses_the_consensus() {
         .sign(&net.admitted.identity)
         .unwrap();
     client.publish(&signed).await.unwrap();
+    await_consensus(&client).await;
 
     let mut wrong = net.directory.clone();
     wrong.authorities[0].identity_key =
@@ -194,27 +210,78 @@ async fn client_pinning_another_authority_key_refuses_the_consensus() {
 }
 
 #[tokio::test]
-async fn a_nudged_watch_picks_up_a_node_that_joined_after_its_fetch() {
+async fn an_epochs_consensus_never_changes_once_voted() {
     let first = NodeKeys::generate();
     let second = NodeKeys::generate();
     let (_dir, directory) = authority_admitting(&[first.node_id(), second.node_id()]).await;
     let client = Arc::new(DirectoryClient::new(&directory).unwrap());
     let publish = |keys: &NodeKeys| descriptor(keys, now_epoch()).sign(&keys.identity).unwrap();
     client.publish(&publish(&first)).await.unwrap();
-    // A refresh period far longer than the test: only a nudge can update it.
+    let before = await_consensus(&client).await;
+    assert_eq!(before.nodes.len(), 1);
+
+    // Accepted, but too late for this epoch's vote: it counts from the
+    // next one. Every client of the epoch sees the same document.
+    client.publish(&publish(&second)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = client.fetch_consensus().await.unwrap();
+    assert_eq!(after.epoch, before.epoch);
+    assert_eq!(after.nodes.len(), 1);
+    assert_eq!(after.nodes[0].node_id(), first.node_id());
+    // The watch holds that same document.
     let mut watch =
         bastet_directory::ConsensusWatch::spawn(client.clone(), Duration::from_secs(600));
     assert_eq!(watch.ready().await.nodes.len(), 1);
+}
 
-    client.publish(&publish(&second)).await.unwrap();
-    watch.nudge();
-    let mut seen = 0;
-    for _ in 0..50 {
-        seen = watch.current().map_or(0, |c| c.nodes.len());
-        if seen == 2 {
-            break;
+#[tokio::test]
+async fn a_rotating_node_publishes_each_epochs_own_sphinx_key() {
+    let net = start_authority().await;
+    let keys_dir = tempfile::tempdir().unwrap();
+    let mut ring = SphinxKeyRing::open(
+        keys_dir.path(),
+        EPOCH_SECS,
+        default_sphinx_key_grace_secs(EPOCH_SECS),
+    )
+    .unwrap();
+    let epoch = now_epoch();
+    ring.rotate(unix_now()).unwrap();
+    let expected = [ring.public(epoch).unwrap(), ring.public(epoch + 1).unwrap()];
+    assert_ne!(expected[0], expected[1]);
+    let ring = Arc::new(std::sync::Mutex::new(ring));
+    let client = Arc::new(DirectoryClient::new(&net.directory).unwrap());
+    let publisher = tokio::spawn(publish_rotating_forever(
+        client.clone(),
+        descriptor(&net.admitted, 0),
+        net.admitted.identity.clone(),
+        ring,
+    ));
+
+    let a = &net.directory.authorities[0];
+    let http = bastet_link::https_client(a.pin().unwrap()).unwrap();
+    let pinned = [a.key().unwrap()];
+    for (e, key) in [epoch, epoch + 1].into_iter().zip(expected) {
+        let mut published = None;
+        for _ in 0..100 {
+            let r = http
+                .get(format!("{}/v1/consensus/{e}", a.url))
+                .send()
+                .await
+                .unwrap();
+            if r.status().is_success() {
+                published = Some(r.bytes().await.unwrap());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let bytes = published.expect("the epoch's consensus never appeared");
+        // Verified as of the epoch's start, when it becomes valid.
+        let consensus = SignedConsensus::from_bytes(&bytes)
+            .unwrap()
+            .verify(&pinned, 1, epoch_bounds(e, EPOCH_SECS).0)
+            .unwrap();
+        let d = consensus.node(&net.admitted.node_id()).unwrap();
+        assert_eq!(d.sphinx_public(), key, "epoch {e}");
     }
-    assert_eq!(seen, 2, "the nudge did not refresh the consensus");
+    publisher.abort();
 }

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use bastet_directory::{DirectoryConfig, NodeKeys};
+use bastet_directory::{
+    DirectoryConfig, NodeKeys, SphinxKeyRing, default_sphinx_key_grace_secs, unix_now,
+};
 use bastet_link::TlsIdentity;
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +18,8 @@ pub const ENV_PREFIX: &str = "BASTET_MAILBOX";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MailboxConfig {
-    /// Holds the keys, the TLS certificate and `db/`.
+    /// Holds `identity.key`, `sphinx-keys/<epoch>.key`, the TLS certificate
+    /// and `db/`.
     pub data_dir: PathBuf,
     /// Packet link: where the last mixnodes deliver packets.
     pub listen: SocketAddr,
@@ -40,9 +43,15 @@ pub struct MailboxConfig {
     /// Most mailboxes on this server.
     #[serde(default = "default_max_mailboxes")]
     pub max_mailboxes: u64,
-    /// Replay tags remembered per Bloom filter generation.
+    /// Replay tags remembered per Bloom filter generation, per Sphinx key.
     #[serde(default = "default_replay_filter_capacity")]
     pub replay_filter_capacity: usize,
+    /// Seconds into an epoch during which packets built for the previous
+    /// epoch's Sphinx key are still accepted; then that key is erased.
+    /// Default: a quarter epoch, clamped to 5..=300 s. At most
+    /// `directory.epoch_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sphinx_key_grace_secs: Option<u64>,
     /// Test hook: append every stored payload to this file (bounded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packet_log: Option<PathBuf>,
@@ -111,6 +120,15 @@ impl MailboxConfig {
         if self.replay_filter_capacity == 0 {
             return Err(bad("replay_filter_capacity", "must be at least 1"));
         }
+        if self
+            .sphinx_key_grace_secs
+            .is_some_and(|g| g > self.directory.epoch_secs)
+        {
+            return Err(bad(
+                "sphinx_key_grace_secs",
+                "must be at most directory.epoch_secs",
+            ));
+        }
         let distinct = [self.listen, self.api_listen, self.metrics_listen];
         if distinct
             .iter()
@@ -123,6 +141,12 @@ impl MailboxConfig {
         }
         self.directory.validate()?;
         Ok(())
+    }
+
+    /// The grace period in force: `sphinx_key_grace_secs` or its default.
+    pub fn sphinx_key_grace_secs(&self) -> u64 {
+        self.sphinx_key_grace_secs
+            .unwrap_or_else(|| default_sphinx_key_grace_secs(self.directory.epoch_secs))
     }
 
     /// The packet link address published in the directory.
@@ -220,6 +244,7 @@ pub fn init(options: InitOptions) -> Result<InitInfo> {
         quota_messages: default_quota_messages(),
         max_mailboxes: default_max_mailboxes(),
         replay_filter_capacity: default_replay_filter_capacity(),
+        sphinx_key_grace_secs: None,
         packet_log: options.packet_log,
         directory: options.directory,
     };
@@ -227,6 +252,13 @@ pub fn init(options: InitOptions) -> Result<InitInfo> {
     let keys = NodeKeys::generate();
     let tls = TlsIdentity::generate()?;
     keys.save(&dir)?;
+    // The current and the next epoch's Sphinx keys; `run` keeps rotating.
+    SphinxKeyRing::open(
+        &dir,
+        config.directory.epoch_secs,
+        config.sphinx_key_grace_secs(),
+    )?
+    .rotate(unix_now())?;
     tls.save(&dir)?;
     let path = dir.join("mailbox.toml");
     std::fs::write(&path, commented(&config)?).map_err(|e| file_err(&path, e))?;
@@ -256,6 +288,13 @@ fn commented(c: &MailboxConfig) -> Result<String> {
         Some(v) => format!("{key} = {}", value(v.as_str())),
         None => format!("# {key} = {}", value(example)),
     };
+    let grace = match c.sphinx_key_grace_secs {
+        Some(g) => format!("sphinx_key_grace_secs = {g}"),
+        None => format!(
+            "# sphinx_key_grace_secs = {}",
+            default_sphinx_key_grace_secs(c.directory.epoch_secs)
+        ),
+    };
     let packet_log = match &c.packet_log {
         Some(p) => format!("packet_log = {}", value(p.display().to_string())),
         None => "# packet_log = \"/path/to/stored-payloads.bin\"".into(),
@@ -265,8 +304,8 @@ fn commented(c: &MailboxConfig) -> Result<String> {
          # Every key can be overridden from the environment as {ENV_PREFIX}__<KEY>\n\
          # (for example {ENV_PREFIX}__QUOTA_MESSAGES=5000). Unknown keys are refused.\n\
          \n\
-         # Holds identity.key and sphinx.key (secret, mode 0600), tls-cert.pem and\n\
-         # tls-key.pem, and db/ (the RocksDB message store).\n\
+         # Holds identity.key and sphinx-keys/<epoch>.key (secret, mode 0600),\n\
+         # tls-cert.pem and tls-key.pem, and db/ (the RocksDB message store).\n\
          data_dir = {data_dir}\n\
          \n\
          # Packet link (TLS, pinned): the last mixnode of each route delivers here.\n\
@@ -294,8 +333,14 @@ fn commented(c: &MailboxConfig) -> Result<String> {
          # Most mailboxes this server registers.\n\
          max_mailboxes = {max_mailboxes}\n\
          # Replay tags remembered per Bloom filter generation (two generations are\n\
-         # kept, {fp} false-positive rate each; about 7.5 MB per million in all).\n\
+         # kept, {fp} false-positive rate each; about 7.5 MB per million in all),\n\
+         # one filter per Sphinx key held (at most three: current, next, previous).\n\
          replay_filter_capacity = {replay}\n\
+         # Sphinx keys rotate per epoch. For this many seconds into an epoch, packets\n\
+         # built for the previous epoch's key are still accepted; then that key is\n\
+         # erased from memory and disk and its packets dropped (reason=\"unknown_key\").\n\
+         # Default: a quarter epoch, at least 5 and at most 300; at most epoch_secs.\n\
+         {grace}\n\
          \n\
          # FOR TESTS ONLY: append every stored payload to this file (at most 64 MiB).\n\
          {packet_log}\n\
@@ -374,6 +419,12 @@ mod tests {
         assert_eq!(config.directory, directory());
         let keys = NodeKeys::load(&config.data_dir).unwrap();
         assert_eq!(keys.node_id().to_hex(), info.node_id);
+        assert_eq!(config.sphinx_key_grace_secs(), 15);
+        assert!(!config.data_dir.join("sphinx.key").exists());
+        let ring = SphinxKeyRing::open(&config.data_dir, 60, 15).unwrap();
+        let epochs = ring.epochs();
+        assert_eq!(epochs.len(), 2, "{epochs:?}");
+        assert_eq!(epochs[1], epochs[0] + 1);
 
         let again = init(options(tmp.path())).unwrap_err();
         assert!(again.to_string().contains("identity.key"), "{again}");
@@ -404,5 +455,10 @@ mod tests {
         std::fs::write(&info.config, zero).unwrap();
         let err = MailboxConfig::load(&info.config).unwrap_err();
         assert!(err.to_string().contains("quota_messages"), "{err}");
+
+        let long_grace = text.replace("# sphinx_key_grace_secs = 15", "sphinx_key_grace_secs = 61");
+        std::fs::write(&info.config, long_grace).unwrap();
+        let err = MailboxConfig::load(&info.config).unwrap_err();
+        assert!(err.to_string().contains("sphinx_key_grace_secs"), "{err}");
     }
 }

@@ -22,7 +22,7 @@ pub struct Outcome {
 
 /// Every reason a packet is dropped, listed so each series exists from the
 /// start.
-pub const DROP_REASONS: [&str; 8] = [
+pub const DROP_REASONS: [&str; 9] = [
     "replay",
     "malformed",
     "wrong_length",
@@ -31,6 +31,7 @@ pub const DROP_REASONS: [&str; 8] = [
     "not_final_hop",
     "overload",
     "store_error",
+    "unknown_key",
 ];
 
 /// Handles to every metric; cheap to clone.
@@ -48,6 +49,8 @@ pub struct Metrics {
     pub auth_failures: Family<Reason, Counter>,
     /// Mailboxes registered.
     pub mailboxes: Gauge,
+    /// Sphinx keys packets are processed under now.
+    pub sphinx_keys: Gauge,
 }
 
 impl Metrics {
@@ -80,6 +83,11 @@ impl Metrics {
             m.auth_failures.clone(),
         );
         registry.register("mailboxes", "Mailboxes registered", m.mailboxes.clone());
+        registry.register(
+            "sphinx_keys",
+            "Sphinx keys packets are processed under now (current, next, previous in grace)",
+            m.sphinx_keys.clone(),
+        );
         for reason in DROP_REASONS {
             m.packets_dropped
                 .get_or_create(&reason_label(reason))

@@ -1,12 +1,13 @@
 //! The tokio shell: listeners, the store writer, descriptor publishing.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bastet_directory::{
-    Descriptor, DirectoryClient, NodeKeys, Role, publish_descriptor_forever, unix_now,
+    Descriptor, DirectoryClient, EpochKey, NodeKeys, Role, SphinxKeyRing, publish_rotating_forever,
+    rotate_forever, unix_now,
 };
 use bastet_link::{Frame, IngressConfig, IngressStats, PacketLog, TlsIdentity};
 use prometheus_client::registry::Registry;
@@ -53,6 +54,15 @@ fn now_ms() -> u64 {
 pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
     let keys = NodeKeys::load(&config.data_dir)?;
+    let mut keyring = SphinxKeyRing::open(
+        &config.data_dir,
+        config.directory.epoch_secs,
+        config.sphinx_key_grace_secs(),
+    )?;
+    let now = unix_now();
+    keyring.rotate(now)?;
+    let in_force = keyring.processing_keys(now);
+    let keyring = Arc::new(Mutex::new(keyring));
     let tls = TlsIdentity::load(&config.data_dir)?;
     let directory = Arc::new(DirectoryClient::new(&config.directory)?);
     let limits = StoreLimits {
@@ -64,8 +74,9 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
         .await
         .map_err(|_| Error::CorruptStore("opening the store panicked".into()))??;
     let store = Arc::new(store);
-    let hop = FinalHop::new(keys.sphinx.clone(), config.replay_filter_capacity)
+    let hop = FinalHop::new(in_force.clone(), config.replay_filter_capacity)
         .map_err(|why| Error::Config(format!("replay_filter_capacity: {why}")))?;
+    let (keys_tx, keys_rx) = watch::channel(in_force);
     let packet_log = match &config.packet_log {
         Some(path) => Some(PacketLog::open(path).map_err(|e| Error::File {
             path: path.clone(),
@@ -89,6 +100,9 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
     metrics
         .mailboxes
         .set(i64::try_from(store.mailboxes()).unwrap_or(i64::MAX));
+    metrics
+        .sphinx_keys
+        .set(i64::try_from(hop.key_epochs().len()).unwrap_or(i64::MAX));
     let registry = Arc::new(registry);
 
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
@@ -120,11 +134,19 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
         Ok(())
     });
     tasks.spawn(count_overload(stats, metrics.clone()));
+    tasks.spawn({
+        let keyring = keyring.clone();
+        async move {
+            rotate_forever(keyring, keys_tx).await;
+            Ok(())
+        }
+    });
     {
         let descriptor = Descriptor {
             identity_key: keys.identity.verifying_key().to_bytes(),
+            // Both set per epoch by the publisher.
             epoch: 0,
-            sphinx_key: keys.sphinx_public().to_bytes(),
+            sphinx_key: [0; 32],
             tls_pin: tls.pin().0,
             addr: config.public_addr(),
             api_addr: Some(config.public_api_addr()),
@@ -134,12 +156,14 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
         };
         let identity = keys.identity.clone();
         tasks.spawn(async move {
-            publish_descriptor_forever(directory, descriptor, identity).await;
+            publish_rotating_forever(directory, descriptor, identity, keyring).await;
             Ok(())
         });
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut pipeline = tokio::spawn(pipeline(rx, hop, store, metrics, packet_log, stop_rx));
+    let mut pipeline = tokio::spawn(pipeline(
+        rx, hop, keys_rx, store, metrics, packet_log, stop_rx,
+    ));
 
     tracing::info!(
         node = %keys.node_id().short(),
@@ -194,16 +218,20 @@ async fn count_overload(stats: Arc<IngressStats>, metrics: Metrics) -> Result<()
 }
 
 /// Takes packets off the link in batches, opens them, and stores each batch
-/// with one synced write on a blocking thread.
+/// with one synced write on a blocking thread. Takes the Sphinx keys in
+/// force from `keys` whenever they change, packets or not, so that an
+/// expired key leaves memory on time.
 async fn pipeline(
     mut rx: mpsc::Receiver<Frame>,
     mut hop: FinalHop,
+    mut keys: watch::Receiver<Vec<EpochKey>>,
     store: Arc<Store>,
     metrics: Metrics,
     mut packet_log: Option<PacketLog>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let mut stopping = false;
+    let mut rotating = true;
     loop {
         let first = tokio::select! {
             biased;
@@ -212,6 +240,24 @@ async fn pipeline(
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 rx.close();
+                continue;
+            }
+            changed = keys.changed(), if rotating => {
+                match changed {
+                    Ok(()) => {
+                        let in_force = keys.borrow_and_update().clone();
+                        let epochs: Vec<u64> = in_force.iter().map(|k| k.epoch).collect();
+                        hop.set_keys(in_force).map_err(|why| {
+                            Error::Config(format!("replay_filter_capacity: {why}"))
+                        })?;
+                        tracing::info!(?epochs, "processing packets under the Sphinx keys of these epochs");
+                        metrics
+                            .sphinx_keys
+                            .set(i64::try_from(epochs.len()).unwrap_or(i64::MAX));
+                    }
+                    // Rotation stopped with the server; drain with the keys held.
+                    Err(_) => rotating = false,
+                }
                 continue;
             }
             frame = rx.recv() => match frame {
@@ -297,7 +343,12 @@ mod tests {
             sphinx_key: SphinxPublicKey::from(&key),
             delay: Duration::ZERO,
         };
-        let hop = FinalHop::new(key, 1000).unwrap();
+        let in_force = vec![EpochKey {
+            epoch: 0,
+            secret: key,
+        }];
+        let hop = FinalHop::new(in_force.clone(), 1000).unwrap();
+        let (_keys_tx, keys_rx) = watch::channel(in_force);
         let metrics = Metrics::register(&mut Registry::default());
 
         // Frames queued before the stop, more than one batch of them.
@@ -315,7 +366,7 @@ mod tests {
         let _tx = tx;
         tokio::time::timeout(
             Duration::from_secs(30),
-            pipeline(rx, hop, store.clone(), metrics, None, stop_rx),
+            pipeline(rx, hop, keys_rx, store.clone(), metrics, None, stop_rx),
         )
         .await
         .unwrap()

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bastet_directory::{DirectoryConfig, NodeKeys};
+use bastet_directory::{
+    DirectoryConfig, NodeKeys, SphinxKeyRing, default_sphinx_key_grace_secs, unix_now,
+};
 use bastet_link::TlsIdentity;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +21,8 @@ pub const ENV_PREFIX: &str = "BASTET_MIXNODE";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MixnodeConfig {
-    /// Holds `identity.key`, `sphinx.key`, `tls-cert.pem`, `tls-key.pem`.
+    /// Holds `identity.key`, `sphinx-keys/<epoch>.key`, `tls-cert.pem`,
+    /// `tls-key.pem`.
     pub data_dir: PathBuf,
     /// Where the packet link (TLS) listens.
     pub listen: SocketAddr,
@@ -44,6 +47,12 @@ pub struct MixnodeConfig {
     /// Replay tags remembered at least (Bloom filter, false positives ~1e-6).
     #[serde(default = "default_replay_filter_capacity")]
     pub replay_filter_capacity: usize,
+    /// Seconds into an epoch during which packets built for the previous
+    /// epoch's Sphinx key are still processed; then that key is erased.
+    /// Default: a quarter epoch, clamped to 5..=300 s. At most
+    /// `directory.epoch_secs`.
+    #[serde(default)]
+    pub sphinx_key_grace_secs: Option<u64>,
     /// Test hook: append every packet sent onward to this file.
     #[serde(default)]
     pub packet_log: Option<PathBuf>,
@@ -132,6 +141,15 @@ impl MixnodeConfig {
             return bad("replay_filter_capacity", "must be between 1 and 100000000");
         }
         if self
+            .sphinx_key_grace_secs
+            .is_some_and(|g| g > self.directory.epoch_secs)
+        {
+            return bad(
+                "sphinx_key_grace_secs",
+                "must be at most directory.epoch_secs",
+            );
+        }
+        if self
             .packet_log
             .as_ref()
             .is_some_and(|p| p.as_os_str().is_empty())
@@ -142,6 +160,12 @@ impl MixnodeConfig {
             key: "directory",
             why: e.to_string(),
         })
+    }
+
+    /// The grace period in force: `sphinx_key_grace_secs` or its default.
+    pub fn sphinx_key_grace_secs(&self) -> u64 {
+        self.sphinx_key_grace_secs
+            .unwrap_or_else(|| default_sphinx_key_grace_secs(self.directory.epoch_secs))
     }
 
     /// The [`crate::Mixer`]'s part of this config.
@@ -160,6 +184,13 @@ impl MixnodeConfig {
         let public_addr = match &self.public_addr {
             Some(a) => format!("public_addr = {}", q(a)),
             None => "# public_addr = \"mix.example.org:4100\"".to_string(),
+        };
+        let grace = match self.sphinx_key_grace_secs {
+            Some(g) => format!("sphinx_key_grace_secs = {g}"),
+            None => format!(
+                "# sphinx_key_grace_secs = {}",
+                default_sphinx_key_grace_secs(self.directory.epoch_secs)
+            ),
         };
         let packet_log = match &self.packet_log {
             Some(p) => format!("packet_log = {}", path(p)),
@@ -181,7 +212,8 @@ impl MixnodeConfig {
              # Any key can be overridden from the environment as BASTET_MIXNODE__<KEY>,\n\
              # e.g. BASTET_MIXNODE__LISTEN=0.0.0.0:4100. Unknown keys are refused.\n\
              \n\
-             # Holds identity.key and sphinx.key (secret: mode 0600), tls-cert.pem, tls-key.pem.\n\
+             # Holds identity.key and sphinx-keys/<epoch>.key (secret: mode 0600),\n\
+             # tls-cert.pem, tls-key.pem.\n\
              data_dir = {data_dir}\n\
              # Address the packet link (TLS 1.3, pinned certificates) listens on.\n\
              listen = {listen}\n\
@@ -201,7 +233,13 @@ impl MixnodeConfig {
              ingress_queue = {ingress_queue}\n\
              # Replay tags remembered at least: two Bloom filter generations of this many\n\
              # tags, about 7.5 bytes per unit in all; false positives at most 1e-6.\n\
+             # One filter per Sphinx key held (at most three: current, next, previous).\n\
              replay_filter_capacity = {replay_filter_capacity}\n\
+             # Sphinx keys rotate per epoch. For this many seconds into an epoch, packets\n\
+             # built for the previous epoch's key are still processed; then that key is\n\
+             # erased from memory and disk and its packets dropped (unknown_key).\n\
+             # Default: a quarter epoch, at least 5 and at most 300; at most epoch_secs.\n\
+             {grace}\n\
              # TEST HOOK ONLY: append every packet sent onward to this file (stops at 64 MiB).\n\
              {packet_log}\n\
              \n\
@@ -271,6 +309,7 @@ pub fn init(options: &InitOptions) -> Result<InitReport> {
         max_delayed_packets: default_max_delayed_packets(),
         ingress_queue: default_ingress_queue(),
         replay_filter_capacity: default_replay_filter_capacity(),
+        sphinx_key_grace_secs: None,
         packet_log: None,
         directory,
     };
@@ -285,6 +324,13 @@ pub fn init(options: &InitOptions) -> Result<InitReport> {
     config.data_dir = std::fs::canonicalize(&options.dir).map_err(file_err(&options.dir))?;
     let keys = NodeKeys::generate();
     keys.save(&config.data_dir)?;
+    // The current and the next epoch's Sphinx keys; `run` keeps rotating.
+    SphinxKeyRing::open(
+        &config.data_dir,
+        config.directory.epoch_secs,
+        config.sphinx_key_grace_secs(),
+    )?
+    .rotate(unix_now())?;
     let tls = TlsIdentity::generate()?;
     tls.save(&config.data_dir)?;
     let config_path = config.data_dir.join(CONFIG_FILE);
@@ -362,6 +408,16 @@ mod tests {
         );
         let keys = NodeKeys::load(&config.data_dir).unwrap();
         assert_eq!(keys.node_id().to_hex(), report.node_id);
+        assert_eq!(config.sphinx_key_grace_secs, None);
+        assert_eq!(config.sphinx_key_grace_secs(), 15);
+        let epoch = bastet_directory::epoch_of(unix_now(), 60);
+        let ring = SphinxKeyRing::open(&config.data_dir, 60, 15).unwrap();
+        // Unless the epoch turned during the test, exactly current and next.
+        assert!(
+            ring.epochs() == [epoch, epoch + 1] || ring.epochs() == [epoch - 1, epoch],
+            "{:?} in epoch {epoch}",
+            ring.epochs()
+        );
         assert!(matches!(init(&opts), Err(Error::KeysExist(_))));
     }
 
@@ -415,5 +471,23 @@ mod tests {
         .unwrap();
         let err = MixnodeConfig::load(&short_epoch).unwrap_err().to_string();
         assert!(err.contains("epoch_secs"), "{err}");
+
+        let grace = tmp.path().join("grace.toml");
+        std::fs::write(
+            &grace,
+            text.replace("# sphinx_key_grace_secs = 15", "sphinx_key_grace_secs = 61"),
+        )
+        .unwrap();
+        let err = MixnodeConfig::load(&grace).unwrap_err().to_string();
+        assert!(err.contains("sphinx_key_grace_secs"), "{err}");
+        std::fs::write(
+            &grace,
+            text.replace("# sphinx_key_grace_secs = 15", "sphinx_key_grace_secs = 60"),
+        )
+        .unwrap();
+        assert_eq!(
+            MixnodeConfig::load(&grace).unwrap().sphinx_key_grace_secs(),
+            60
+        );
     }
 }

@@ -19,6 +19,7 @@ pub(crate) struct Metrics {
     dropped: Family<Reason, Counter>,
     pub(crate) delay_queue_depth: Gauge,
     pub(crate) outbound_queued: Gauge,
+    pub(crate) sphinx_keys: Gauge,
 }
 
 impl Metrics {
@@ -31,6 +32,7 @@ impl Metrics {
             dropped: Family::default(),
             delay_queue_depth: Gauge::default(),
             outbound_queued: Gauge::default(),
+            sphinx_keys: Gauge::default(),
         };
         registry.register(
             "packets_received",
@@ -56,6 +58,11 @@ impl Metrics {
             "outbound_queued",
             "Packets queued to next hops, not yet written",
             m.outbound_queued.clone(),
+        );
+        registry.register(
+            "sphinx_keys",
+            "Sphinx keys packets are processed under now (current, next, previous in grace)",
+            m.sphinx_keys.clone(),
         );
         for reason in DropReason::ALL {
             m.drops(reason, 0);

@@ -3,11 +3,11 @@
 //! no tokio, so tests drive it with simulated time.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use bastet_directory::VerifiedConsensus;
+use bastet_directory::{EpochKey, VerifiedConsensus};
 use bastet_link::Peer;
 use bastet_sphinx::{
     NodeId, Packet, Prepared, Processed, ReplayFilter, ReplayTag, SphinxSecretKey,
@@ -20,10 +20,11 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DropReason {
-    /// The packet was seen before under this node's key.
+    /// The packet was seen before under the same Sphinx key.
     Replay,
-    /// The packet does not decode or authenticate under this node's key, or
-    /// names this mixnode as its final hop (a mixnode never is one).
+    /// The packet authenticates under one of this node's keys but does not
+    /// decode, or names this mixnode as its final hop (a mixnode never is
+    /// one).
     Malformed,
     /// The bytes are not one whole packet (a peer closed mid-frame).
     WrongLength,
@@ -37,11 +38,17 @@ pub enum DropReason {
     DelayTooLong,
     /// This node holds no valid consensus, so it cannot find any next hop.
     NoConsensus,
+    /// The header authenticates under none of the Sphinx keys this node
+    /// processes with now (current, next, previous in grace): the packet was
+    /// built for an erased or unknown epoch's key or for another node, or
+    /// was corrupted on the way (a Sphinx header names no key, so the cases
+    /// look the same).
+    UnknownKey,
 }
 
 impl DropReason {
     /// Every reason, for exporting all of them from the start.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Replay,
         DropReason::Malformed,
         DropReason::WrongLength,
@@ -50,6 +57,7 @@ impl DropReason {
         DropReason::Overload,
         DropReason::DelayTooLong,
         DropReason::NoConsensus,
+        DropReason::UnknownKey,
     ];
 
     /// The metric label value.
@@ -63,6 +71,7 @@ impl DropReason {
             DropReason::Overload => "overload",
             DropReason::DelayTooLong => "delay_too_long",
             DropReason::NoConsensus => "no_consensus",
+            DropReason::UnknownKey => "unknown_key",
         }
     }
 }
@@ -75,6 +84,8 @@ impl std::fmt::Display for DropReason {
 
 /// A packet with this node's layer removed, not yet checked for replay.
 pub struct Unwrapped {
+    /// The epoch of the key the packet was built for: its replay filter.
+    epoch: u64,
     tag: ReplayTag,
     next_hop: NodeId,
     delay: Duration,
@@ -100,25 +111,46 @@ impl Unwrapped {
     pub fn delay(&self) -> Duration {
         self.delay
     }
+
+    /// The epoch of the Sphinx key the packet authenticated under.
+    pub fn key_epoch(&self) -> u64 {
+        self.epoch
+    }
 }
 
-/// The CPU-heavy, stateless half of mixing: parse, one Diffie-Hellman,
-/// remove the layer. Cheap to clone; run it on as many threads as there are
-/// cores and hand the results to the one [`Mixer`].
+/// The CPU-heavy, stateless half of mixing: parse, one Diffie-Hellman per
+/// key tried, remove the layer. Cheap to clone; run it on as many threads as
+/// there are cores and hand the results to the one [`Mixer`]. Every clone
+/// sees the keys the [`Mixer`] it came from was last given.
 #[derive(Clone)]
 pub struct Unwrapper {
-    key: Arc<SphinxSecretKey>,
+    /// Swapped whole by [`Mixer::set_keys`]; a worker clones the inner `Arc`
+    /// and lets go of the lock before any Diffie-Hellman.
+    keys: Arc<RwLock<Arc<[EpochKey]>>>,
 }
 
 impl Unwrapper {
-    /// Unwraps packets addressed to the Sphinx key `key`.
-    pub fn new(key: SphinxSecretKey) -> Self {
-        Unwrapper { key: Arc::new(key) }
+    /// Unwraps packets built for any of `keys`, tried in order.
+    pub fn new(keys: Vec<EpochKey>) -> Self {
+        Unwrapper {
+            keys: Arc::new(RwLock::new(keys.into())),
+        }
+    }
+
+    fn set_keys(&self, keys: Vec<EpochKey>) {
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = keys.into();
     }
 
     /// Removes this node's layer from `frame`.
     pub fn unwrap(&self, frame: &[u8]) -> std::result::Result<Unwrapped, DropReason> {
-        let prepared = Prepared::new(frame, &self.key).map_err(sphinx_reason)?;
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let secrets: Vec<&SphinxSecretKey> = keys.iter().map(|k| &k.secret).collect();
+        let (index, prepared) = Prepared::with_keys(frame, &secrets).map_err(sphinx_reason)?;
+        let epoch = keys.get(index).ok_or(DropReason::UnknownKey)?.epoch;
         let tag = prepared.replay_tag();
         match prepared.process().map_err(sphinx_reason)? {
             Processed::Forward {
@@ -126,6 +158,7 @@ impl Unwrapper {
                 delay,
                 packet,
             } => Ok(Unwrapped {
+                epoch,
                 tag,
                 next_hop,
                 delay,
@@ -140,6 +173,7 @@ impl Unwrapper {
 fn sphinx_reason(e: bastet_sphinx::Error) -> DropReason {
     match e {
         bastet_sphinx::Error::WrongPacketLength { .. } => DropReason::WrongLength,
+        bastet_sphinx::Error::UnknownKey => DropReason::UnknownKey,
         _ => DropReason::Malformed,
     }
 }
@@ -151,8 +185,8 @@ pub struct MixerConfig {
     pub max_delay: Duration,
     /// Most packets held at once; more are dropped.
     pub max_delayed_packets: usize,
-    /// Replay tags remembered at least (see the crate docs for the Bloom
-    /// filter's size and false-positive rate).
+    /// Replay tags remembered at least, per Sphinx key (see the crate docs
+    /// for the Bloom filter's size and false-positive rate).
     pub replay_filter_capacity: usize,
 }
 
@@ -225,35 +259,65 @@ impl MixerStats {
     }
 }
 
-/// The stateful half of mixing: the replay filter and the bounded delay
-/// queue, in the style of `quinn-proto`: feed it packets with
+/// The stateful half of mixing: one replay filter per Sphinx key and the
+/// bounded delay queue, in the style of `quinn-proto`: feed it packets with
 /// [`Mixer::handle`] (or [`Mixer::handle_unwrapped`]), wake at
-/// [`Mixer::poll_timeout`], and drain [`Mixer::poll_transmit`].
+/// [`Mixer::poll_timeout`], drain [`Mixer::poll_transmit`], and hand it the
+/// keys in force with [`Mixer::set_keys`] whenever they change.
 pub struct Mixer {
     config: MixerConfig,
     unwrapper: Unwrapper,
-    replay: ReplayFilter,
+    /// One filter per key held, by epoch; dropped with its key.
+    replay: BTreeMap<u64, ReplayFilter>,
     queue: BinaryHeap<Held>,
     next_seq: u64,
     stats: MixerStats,
 }
 
 impl Mixer {
-    /// A mixer for packets to `key`, with an empty replay filter.
-    pub fn new(config: MixerConfig, key: SphinxSecretKey) -> Result<Self> {
-        let replay =
-            ReplayFilter::new(config.replay_filter_capacity).map_err(|why| Error::Config {
-                key: "replay_filter_capacity",
-                why: why.to_string(),
-            })?;
-        Ok(Mixer {
+    /// A mixer for packets built for any of `keys` (tried in order), with
+    /// an empty replay filter for each.
+    pub fn new(config: MixerConfig, keys: Vec<EpochKey>) -> Result<Self> {
+        let mut mixer = Mixer {
             queue: BinaryHeap::with_capacity(config.max_delayed_packets.min(4096)),
             config,
-            unwrapper: Unwrapper::new(key),
-            replay,
+            unwrapper: Unwrapper::new(Vec::new()),
+            replay: BTreeMap::new(),
             next_seq: 0,
             stats: MixerStats::default(),
-        })
+        };
+        mixer.set_keys(keys)?;
+        Ok(mixer)
+    }
+
+    /// Replaces the keys packets are processed under, in the order to try
+    /// them (see `SphinxKeyRing::processing_keys`). A key kept keeps its
+    /// replay filter; a new key gets an empty one; the filter of a key no
+    /// longer given is dropped with it, so its packets are then dropped as
+    /// [`DropReason::UnknownKey`]. Every [`Unwrapper`] of this mixer sees
+    /// the new keys from its next packet on.
+    pub fn set_keys(&mut self, keys: Vec<EpochKey>) -> Result<()> {
+        let mut replay = BTreeMap::new();
+        for k in &keys {
+            let filter = match self.replay.remove(&k.epoch) {
+                Some(kept) => kept,
+                None => ReplayFilter::new(self.config.replay_filter_capacity).map_err(|why| {
+                    Error::Config {
+                        key: "replay_filter_capacity",
+                        why: why.to_string(),
+                    }
+                })?,
+            };
+            replay.insert(k.epoch, filter);
+        }
+        self.replay = replay;
+        self.unwrapper.set_keys(keys);
+        Ok(())
+    }
+
+    /// The epochs whose key (and replay filter) this mixer holds.
+    pub fn key_epochs(&self) -> Vec<u64> {
+        self.replay.keys().copied().collect()
     }
 
     /// The stateless half, to run on worker threads.
@@ -292,9 +356,14 @@ impl Mixer {
         unwrapped: std::result::Result<Unwrapped, DropReason>,
     ) -> std::result::Result<Instant, DropReason> {
         let u = unwrapped?;
+        // A worker may have unwrapped it just before its key was dropped.
+        let replay = self
+            .replay
+            .get_mut(&u.epoch)
+            .ok_or(DropReason::UnknownKey)?;
         // Checked only after the layer authenticated, so garbage cannot
         // fill the filter and push real tags out early.
-        if self.replay.check_and_insert(&u.tag) {
+        if replay.check_and_insert(&u.tag) {
             return Err(DropReason::Replay);
         }
         if u.delay > self.config.max_delay {
@@ -366,18 +435,29 @@ pub fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bastet_directory::{Descriptor, Role, SigningKey};
+    use bastet_directory::{Descriptor, Role, SigningKey, SphinxKeyRing, sphinx_key_path};
     use bastet_sphinx::{Hop, MailboxId, PACKET_LEN, SphinxPublicKey, build};
 
     const MIX_KEY: [u8; 32] = [11; 32];
 
-    fn mixer(max_delayed_packets: usize) -> Mixer {
-        let config = MixerConfig {
+    fn config(max_delayed_packets: usize, replay_filter_capacity: usize) -> MixerConfig {
+        MixerConfig {
             max_delay: Duration::from_secs(5),
             max_delayed_packets,
-            replay_filter_capacity: 1000,
-        };
-        Mixer::new(config, SphinxSecretKey::from(MIX_KEY)).unwrap()
+            replay_filter_capacity,
+        }
+    }
+
+    fn mixer_with_key(max_delayed_packets: usize, key: [u8; 32]) -> Mixer {
+        let keys = vec![EpochKey {
+            epoch: 0,
+            secret: SphinxSecretKey::from(key),
+        }];
+        Mixer::new(config(max_delayed_packets, 1000), keys).unwrap()
+    }
+
+    fn mixer(max_delayed_packets: usize) -> Mixer {
+        mixer_with_key(max_delayed_packets, MIX_KEY)
     }
 
     fn node(i: u8) -> NodeId {
@@ -386,9 +466,18 @@ mod tests {
 
     /// A packet for the mix (holding it `delay`) and then node `next`.
     fn packet(delay_ms: u64, next: u8) -> Vec<u8> {
+        packet_for(
+            SphinxPublicKey::from(&SphinxSecretKey::from(MIX_KEY)),
+            delay_ms,
+            next,
+        )
+    }
+
+    /// A packet for the mix's Sphinx key `key`, then node `next`.
+    fn packet_for(key: SphinxPublicKey, delay_ms: u64, next: u8) -> Vec<u8> {
         let mix = Hop {
             node: node(1),
-            sphinx_key: SphinxPublicKey::from(&SphinxSecretKey::from(MIX_KEY)),
+            sphinx_key: key,
             delay: Duration::from_millis(delay_ms),
         };
         let after = Hop {
@@ -484,15 +573,13 @@ mod tests {
             b"to a mixnode as if it were a mailbox",
         )
         .unwrap();
-        let other_key = {
-            let mut other = mixer(10);
-            other.unwrapper = Unwrapper::new(SphinxSecretKey::from([12; 32]));
-            other.handle(t0, &packet(10, 2))
-        };
+        let other_key = mixer_with_key(10, [12; 32]).handle(t0, &packet(10, 2));
 
+        // Bytes that authenticate under no key look like a packet for a key
+        // this node does not hold.
         assert_eq!(
             m.handle(t0, &garbage),
-            Outcome::Dropped(DropReason::Malformed)
+            Outcome::Dropped(DropReason::UnknownKey)
         );
         assert_eq!(
             m.handle(t0, short),
@@ -501,14 +588,15 @@ mod tests {
         assert_eq!(m.handle(t0, &[]), Outcome::Dropped(DropReason::WrongLength));
         assert_eq!(
             m.handle(t0, &tampered),
-            Outcome::Dropped(DropReason::Malformed)
+            Outcome::Dropped(DropReason::UnknownKey)
         );
         assert_eq!(
             m.handle(t0, final_hop.as_bytes()),
             Outcome::Dropped(DropReason::Malformed)
         );
-        assert_eq!(other_key, Outcome::Dropped(DropReason::Malformed));
-        assert_eq!(m.stats().dropped(DropReason::Malformed), 3);
+        assert_eq!(other_key, Outcome::Dropped(DropReason::UnknownKey));
+        assert_eq!(m.stats().dropped(DropReason::Malformed), 1);
+        assert_eq!(m.stats().dropped(DropReason::UnknownKey), 2);
         assert_eq!(m.stats().dropped(DropReason::WrongLength), 2);
         assert_eq!(m.queued(), 0);
     }
@@ -603,8 +691,117 @@ mod tests {
                 "queue_full",
                 "overload",
                 "delay_too_long",
-                "no_consensus"
+                "no_consensus",
+                "unknown_key"
             ]
         );
+    }
+
+    const EPOCH: u64 = 60;
+    const GRACE: u64 = 15;
+
+    /// Unix time `offset` seconds into `epoch`.
+    fn at(epoch: u64, offset: u64) -> u64 {
+        epoch * EPOCH + offset
+    }
+
+    /// Rotates `ring` at unix time `now` and hands `m` the keys in force,
+    /// as the node's rotation task does.
+    fn rotate(ring: &mut SphinxKeyRing, m: &mut Mixer, now: u64) {
+        ring.rotate(now).unwrap();
+        m.set_keys(ring.processing_keys(now)).unwrap();
+    }
+
+    #[test]
+    fn the_previous_key_works_through_grace_then_its_packets_are_unknown_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut ring = SphinxKeyRing::open(tmp.path(), EPOCH, GRACE).unwrap();
+        ring.rotate(at(10, 30)).unwrap();
+        let mut m = Mixer::new(config(10, 1000), ring.processing_keys(at(10, 30))).unwrap();
+        assert_eq!(m.key_epochs(), [10, 11]);
+        let t0 = Instant::now();
+        let (old, old_again) = (
+            packet_for(ring.public(10).unwrap(), 0, 2),
+            packet_for(ring.public(10).unwrap(), 0, 2),
+        );
+        // A client that already holds the next epoch's consensus.
+        let early = packet_for(ring.public(11).unwrap(), 0, 2);
+        assert!(matches!(m.handle(t0, &early), Outcome::Delayed { .. }));
+
+        // Epoch 11 begins: 10 is the previous key, still in grace.
+        rotate(&mut ring, &mut m, at(11, 0));
+        assert_eq!(m.key_epochs(), [10, 11, 12]);
+        assert!(matches!(m.handle(t0, &old), Outcome::Delayed { .. }));
+        rotate(&mut ring, &mut m, at(11, GRACE - 1));
+        // Its replay filter survived the epoch change.
+        assert_eq!(m.handle(t0, &old), Outcome::Dropped(DropReason::Replay));
+        assert_eq!(m.handle(t0, &early), Outcome::Dropped(DropReason::Replay));
+
+        // Grace over: the key and its filter are gone, from memory and disk.
+        rotate(&mut ring, &mut m, at(11, GRACE));
+        assert_eq!(m.key_epochs(), [11, 12]);
+        assert!(!sphinx_key_path(tmp.path(), 10).exists());
+        assert_eq!(
+            m.handle(t0, &old_again),
+            Outcome::Dropped(DropReason::UnknownKey)
+        );
+        // Not a replay any more: nothing remembers it, nothing can open it.
+        assert_eq!(m.handle(t0, &old), Outcome::Dropped(DropReason::UnknownKey));
+        assert_eq!(m.stats().dropped(DropReason::UnknownKey), 2);
+        assert_eq!(m.stats().dropped(DropReason::Replay), 2);
+        assert_eq!(m.stats().delayed, 2);
+    }
+
+    #[test]
+    fn a_packet_unwrapped_just_before_its_key_was_dropped_is_unknown_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut ring = SphinxKeyRing::open(tmp.path(), EPOCH, GRACE).unwrap();
+        ring.rotate(at(11, 1)).unwrap();
+        ring.rotate(at(12, 1)).unwrap();
+        let mut m = Mixer::new(config(10, 1000), ring.processing_keys(at(12, 1))).unwrap();
+        let unwrapper = m.unwrapper();
+        let p = packet_for(ring.public(11).unwrap(), 0, 2);
+        // A worker unwraps it under the previous key...
+        let unwrapped = unwrapper.unwrap(&p);
+        assert_eq!(unwrapped.as_ref().map(Unwrapped::key_epoch).ok(), Some(11));
+        // ...the grace period ends before the mixer admits it...
+        rotate(&mut ring, &mut m, at(12, GRACE));
+        let t0 = Instant::now();
+        assert_eq!(
+            m.handle_unwrapped(t0, unwrapped),
+            Outcome::Dropped(DropReason::UnknownKey)
+        );
+        // ...and the worker's clone sees the change too.
+        assert_eq!(unwrapper.unwrap(&p).err(), Some(DropReason::UnknownKey));
+    }
+
+    #[test]
+    fn replay_filters_are_per_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut ring = SphinxKeyRing::open(tmp.path(), EPOCH, GRACE).unwrap();
+        ring.rotate(at(20, 59)).unwrap();
+        // Filters remembering as few as 4 tags (at most 8).
+        let mut m = Mixer::new(config(100, 4), ring.processing_keys(at(20, 59))).unwrap();
+        rotate(&mut ring, &mut m, at(21, 0));
+        let t0 = Instant::now();
+        let previous = packet_for(ring.public(20).unwrap(), 0, 2);
+        assert!(matches!(m.handle(t0, &previous), Outcome::Delayed { .. }));
+        // Many packets under the current key: enough to push the previous
+        // key's packet out of a filter they shared.
+        let current = ring.public(21).unwrap();
+        for _ in 0..12 {
+            assert!(matches!(
+                m.handle(t0, &packet_for(current, 0, 2)),
+                Outcome::Delayed { .. }
+            ));
+        }
+        assert_eq!(
+            m.handle(t0, &previous),
+            Outcome::Dropped(DropReason::Replay)
+        );
+        // And the same packet replayed under the same key is dropped.
+        let p = packet_for(current, 0, 2);
+        assert!(matches!(m.handle(t0, &p), Outcome::Delayed { .. }));
+        assert_eq!(m.handle(t0, &p), Outcome::Dropped(DropReason::Replay));
     }
 }

@@ -2,20 +2,22 @@
 //!
 //! ```text
 //! serve_packets ─▶ ingress queue ─▶ workers (Unwrapper, one per core)
-//!       ─▶ Mixer (replay filter, delay queue) ─▶ consensus lookup ─▶ Outbound
+//!       ─▶ Mixer (replay filter per key, delay queue) ─▶ consensus lookup ─▶ Outbound
 //! ```
 //! Every arrow is a bounded queue; what does not fit is dropped and counted.
+//! Beside it, the key rotation task rotates the [`SphinxKeyRing`] every
+//! second and hands the mixer (and through it the workers) the keys in force.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bastet_directory::{
-    ConsensusWatch, Descriptor, DirectoryClient, NodeKeys, Role, VerifiedConsensus,
-    publish_descriptor_forever,
+    ConsensusWatch, Descriptor, DirectoryClient, EpochKey, NodeKeys, Role, SphinxKeyRing,
+    VerifiedConsensus, publish_rotating_forever, rotate_forever, unix_now,
 };
 use bastet_link::{
     Frame, IngressConfig, IngressStats, Outbound, OutboundConfig, PacketLog, TlsIdentity,
@@ -24,7 +26,7 @@ use bastet_link::{
 use bastet_sphinx::NodeId;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::metrics::{Metrics, gauge_value};
@@ -69,7 +71,15 @@ impl Mixnode {
     /// (bad config, missing keys, address in use) leave nothing running.
     pub async fn start(config: MixnodeConfig) -> Result<Self> {
         config.validate()?;
-        let NodeKeys { identity, sphinx } = NodeKeys::load(&config.data_dir)?;
+        let NodeKeys { identity } = NodeKeys::load(&config.data_dir)?;
+        let mut keyring = SphinxKeyRing::open(
+            &config.data_dir,
+            config.directory.epoch_secs,
+            config.sphinx_key_grace_secs(),
+        )?;
+        let now = unix_now();
+        keyring.rotate(now)?;
+        let in_force = keyring.processing_keys(now);
         let tls = TlsIdentity::load(&config.data_dir)?;
         let directory = Arc::new(DirectoryClient::new(&config.directory)?);
         let listener = bind("listen", config.listen).await?;
@@ -84,13 +94,17 @@ impl Mixnode {
 
         let mut registry = Registry::with_prefix("bastet_mixnode");
         let metrics = Arc::new(Metrics::register(&mut registry));
-        let mixer = Mixer::new(config.mixer(), sphinx.clone())?;
+        let mixer = Mixer::new(config.mixer(), in_force.clone())?;
+        metrics.sphinx_keys.set(gauge_value(in_force.len()));
         let unwrapper = mixer.unwrapper();
+        let keyring = Arc::new(Mutex::new(keyring));
+        let (keys_tx, keys_rx) = watch::channel(in_force);
         let node_id = NodeId::from_identity_key(identity.verifying_key().as_bytes());
         let descriptor = Descriptor {
             identity_key: *identity.verifying_key().as_bytes(),
+            // Both set per epoch by the publisher.
             epoch: 0,
-            sphinx_key: *bastet_sphinx::SphinxPublicKey::from(&sphinx).as_bytes(),
+            sphinx_key: [0; 32],
             tls_pin: tls.pin().0,
             addr: config
                 .public_addr
@@ -142,8 +156,19 @@ impl Mixnode {
             workers(),
             metrics.clone(),
         ));
+        tasks.spawn({
+            let keyring = keyring.clone();
+            async move {
+                rotate_forever(keyring, keys_tx).await;
+                Err(Error::TaskFailed {
+                    what: "key rotation",
+                    why: "the mixer stopped taking keys".into(),
+                })
+            }
+        });
         tasks.spawn(mix(
             mixer,
+            keys_rx,
             unwrapped_rx,
             consensus.clone(),
             outbound,
@@ -164,7 +189,7 @@ impl Mixnode {
             });
         }
         tasks.spawn(async move {
-            publish_descriptor_forever(directory, descriptor, identity).await;
+            publish_rotating_forever(directory, descriptor, identity, keyring).await;
             Err(Error::TaskFailed {
                 what: "descriptor publisher",
                 why: "ended".into(),
@@ -309,9 +334,11 @@ async fn dispatch(
 }
 
 /// Owns the [`Mixer`]: admits unwrapped packets, sleeps until the next
-/// release, and hands released packets to their next hop.
+/// release, hands released packets to their next hop, and takes the keys in
+/// force whenever they change.
 async fn mix(
     mut mixer: Mixer,
+    mut keys: watch::Receiver<Vec<EpochKey>>,
     mut unwrapped: mpsc::Receiver<Unwrap>,
     consensus: ConsensusWatch,
     outbound: Arc<Outbound>,
@@ -339,6 +366,19 @@ async fn mix(
                 }
             }
             () = tokio::time::sleep_until(wake.into()) => {}
+            changed = keys.changed() => {
+                if changed.is_err() {
+                    return Err(Error::TaskFailed {
+                        what: "mixer",
+                        why: "key rotation stopped".into(),
+                    });
+                }
+                let in_force = keys.borrow_and_update().clone();
+                let epochs: Vec<u64> = in_force.iter().map(|k| k.epoch).collect();
+                mixer.set_keys(in_force)?;
+                tracing::info!(?epochs, "processing packets under the Sphinx keys of these epochs");
+                metrics.sphinx_keys.set(gauge_value(epochs.len()));
+            }
         }
         let now = Instant::now();
         let mut held_consensus = None;

@@ -103,9 +103,21 @@ fn init_prints_one_json_object_and_refuses_to_overwrite_keys() {
         text.lines().filter(|l| l.starts_with('#')).count() > 10,
         "{text}"
     );
-    for file in ["identity.key", "sphinx.key", "tls-cert.pem", "tls-key.pem"] {
+    for file in ["identity.key", "tls-cert.pem", "tls-key.pem"] {
         assert!(tmp.path().join("mix").join(file).exists(), "{file}");
     }
+    // Sphinx keys rotate: the current and the next epoch's, nothing else.
+    let mut epochs: Vec<u64> = std::fs::read_dir(tmp.path().join("mix/sphinx-keys"))
+        .unwrap()
+        .map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".key").unwrap().parse().unwrap()
+        })
+        .collect();
+    epochs.sort_unstable();
+    assert_eq!(epochs.len(), 2, "{epochs:?}");
+    assert_eq!(epochs[1], epochs[0] + 1, "{epochs:?}");
+    assert!(!tmp.path().join("mix/sphinx.key").exists());
 
     let key_before = std::fs::read(tmp.path().join("mix/identity.key")).unwrap();
     let again = init(tmp.path(), "127.0.0.1:4100", &[]);

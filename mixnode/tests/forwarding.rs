@@ -78,10 +78,11 @@ async fn truncated_and_garbage_frames_are_dropped_and_the_node_keeps_serving() {
     mix.wait_metric(&dropped("wrong_length"), |v| v == 1.0)
         .await;
 
-    // A whole frame of bytes that authenticate under no key.
+    // A whole frame of bytes that authenticate under no key: as far as the
+    // mix can tell, a packet for a key it does not hold.
     let garbage: Vec<u8> = (0..PACKET_LEN).map(|i| (i * 7 + 3) as u8).collect();
     mix.send_raw(&garbage).await;
-    mix.wait_metric(&dropped("malformed"), |v| v == 1.0).await;
+    mix.wait_metric(&dropped("unknown_key"), |v| v == 1.0).await;
     assert!(sink.next(Duration::from_millis(300)).await.is_none());
 
     // Still serving: a valid packet goes through.
@@ -156,6 +157,7 @@ async fn without_a_consensus_released_packets_are_dropped_and_health_is_served()
         "overload",
         "delay_too_long",
         "no_consensus",
+        "unknown_key",
     ] {
         assert!(
             metric_value(&text, &dropped(reason)).is_some(),

@@ -28,10 +28,16 @@ pub enum Error {
         /// The only length accepted.
         expected: usize,
     },
-    /// The packet did not decode or authenticate under this node's key: it is
-    /// corrupt, truncated, forged, or built for another node or key.
+    /// The packet did not decode, or failed a check after its header
+    /// authenticated (payload, version, small-order group element).
     #[error("malformed or unauthenticated packet: {0}")]
     Malformed(String),
+    /// The packet's header authenticates under none of the keys tried: it
+    /// was built for a key this relay does not hold (an erased or unknown
+    /// epoch's key, another node's), or it was corrupted on the way. The two
+    /// cannot be told apart: a Sphinx header names no key.
+    #[error("packet header authenticates under none of this node's Sphinx keys")]
+    UnknownKey,
     /// A delay does not fit the wire encoding.
     #[error("delay of {0:?} is too long to encode")]
     DelayTooLong(std::time::Duration),

@@ -118,17 +118,35 @@ pub fn build_with_secret(
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReplayTag(pub [u8; REPLAY_TAG_SIZE]);
 
-/// A received packet after the one Diffie-Hellman, before the rest of the
-/// work: the relay checks [`Prepared::replay_tag`] against its filter, then
-/// calls [`Prepared::process`].
+/// A received packet after the one Diffie-Hellman and the header MAC
+/// check, before the rest of the work: the relay checks
+/// [`Prepared::replay_tag`] against its filter, then calls
+/// [`Prepared::process`]. Only a packet whose header authenticates under one
+/// of the relay's keys becomes a `Prepared`, so a replay filter fed from here
+/// records authenticated tags only.
 pub struct Prepared {
     packet: SphinxPacket,
     secret: ExpandedSharedSecret,
 }
 
 impl Prepared {
-    /// Parses `bytes` and derives the shared secret under `key`.
+    /// Parses `bytes`, derives the shared secret under `key` and checks the
+    /// header MAC: [`Prepared::with_keys`] with one key.
     pub fn new(bytes: &[u8], key: &StaticSecret) -> Result<Self> {
+        Self::with_keys(bytes, &[key]).map(|(_, prepared)| prepared)
+    }
+
+    /// Trial processing for a relay that holds several Sphinx keys (one per
+    /// epoch, while keys rotate): parses `bytes` once and, for each key in
+    /// order, derives the shared secret and checks the header MAC. Returns
+    /// the index in `keys` of the first key the header authenticates under.
+    ///
+    /// Costs one X25519 multiplication and one header MAC per key tried, so
+    /// list the key most packets are built for first. Fails with
+    /// [`Error::UnknownKey`] if the header authenticates under none of them
+    /// (built for a key the relay does not hold, or corrupted), and with
+    /// [`Error::Malformed`] for a small-order group element.
+    pub fn with_keys(bytes: &[u8], keys: &[&StaticSecret]) -> Result<(usize, Self)> {
         if bytes.len() != PACKET_LEN {
             return Err(Error::WrongPacketLength {
                 got: bytes.len(),
@@ -136,13 +154,19 @@ impl Prepared {
             });
         }
         let packet = guard(|| SphinxPacket::from_bytes(bytes))?;
-        let secret = packet.header.compute_expanded_shared_secret(key);
-        // A small-order group element makes the Diffie-Hellman output zero
-        // whatever our key: such a packet could be forged without our key.
-        if secret.replay_tag() == non_contributory_tag() {
-            return Err(Error::Malformed("non-contributory group element".into()));
+        for (index, key) in keys.iter().enumerate() {
+            let secret = packet.header.compute_expanded_shared_secret(key);
+            // A small-order group element makes the Diffie-Hellman output
+            // zero whatever our key: such a packet could be forged without
+            // any of our keys, and is refused whichever key is tried.
+            if secret.replay_tag() == non_contributory_tag() {
+                return Err(Error::Malformed("non-contributory group element".into()));
+            }
+            if guard(|| packet.header.ensure_header_integrity(&secret)).is_ok() {
+                return Ok((index, Prepared { packet, secret }));
+            }
         }
-        Ok(Prepared { packet, secret })
+        Err(Error::UnknownKey)
     }
 
     /// The tag to check against the replay filter.
@@ -285,9 +309,10 @@ mod tests {
         let (hop, _) = node(1);
         let packet = build(&[hop], &MailboxId([1; 32]), b"x").unwrap();
         let other = StaticSecret::from([99; 32]);
+        // The header MAC is checked before any other work.
         assert!(matches!(
-            Prepared::new(packet.as_bytes(), &other).unwrap().process(),
-            Err(Error::Malformed(_))
+            Prepared::new(packet.as_bytes(), &other),
+            Err(Error::UnknownKey)
         ));
         assert!(matches!(
             Prepared::new(&packet.as_bytes()[1..], &other),
@@ -323,6 +348,59 @@ mod tests {
                 Err(Error::Malformed(m)) if m.contains("non-contributory")
             ));
         }
+    }
+
+    #[test]
+    fn trial_processing_finds_the_key_a_packet_was_built_for() {
+        let keys: Vec<StaticSecret> = (1..=3).map(|i| StaticSecret::from([i; 32])).collect();
+        let refs: Vec<&StaticSecret> = keys.iter().collect();
+        let mailbox = MailboxId([4; 32]);
+        for (i, key) in keys.iter().enumerate() {
+            let hop = Hop {
+                node: NodeId([7; 32]),
+                sphinx_key: PublicKey::from(key),
+                delay: Duration::ZERO,
+            };
+            let packet = build(&[hop], &mailbox, b"for one key").unwrap();
+            let (index, prepared) = Prepared::with_keys(packet.as_bytes(), &refs).unwrap();
+            assert_eq!(index, i);
+            // The secret kept is the matching key's: same tag, and it opens.
+            assert!(
+                prepared.replay_tag()
+                    == Prepared::new(packet.as_bytes(), key).unwrap().replay_tag()
+            );
+            match prepared.process().unwrap() {
+                Processed::Deliver { message, .. } => assert_eq!(message, b"for one key"),
+                other => panic!("expected delivery, got {other:?}"),
+            }
+            // Without its key, no other key will do.
+            let others: Vec<&StaticSecret> = refs
+                .iter()
+                .copied()
+                .filter(|k| !std::ptr::eq(*k, key))
+                .collect();
+            assert!(matches!(
+                Prepared::with_keys(packet.as_bytes(), &others),
+                Err(Error::UnknownKey)
+            ));
+        }
+        let hop = Hop {
+            node: NodeId([7; 32]),
+            sphinx_key: PublicKey::from(&keys[0]),
+            delay: Duration::ZERO,
+        };
+        let packet = build(&[hop], &mailbox, b"x").unwrap();
+        assert!(matches!(
+            Prepared::with_keys(packet.as_bytes(), &[]),
+            Err(Error::UnknownKey)
+        ));
+        // A flipped header bit fails the MAC under the right key too.
+        let mut tampered = packet.as_bytes().to_vec();
+        tampered[100] ^= 1;
+        assert!(matches!(
+            Prepared::with_keys(&tampered, &refs),
+            Err(Error::UnknownKey)
+        ));
     }
 
     #[test]

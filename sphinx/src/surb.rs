@@ -445,7 +445,7 @@ mod tests {
         // Under the wrong key it does not authenticate.
         assert!(matches!(
             open_reply(at_mailbox.as_bytes(), &keys[2]),
-            Err(Error::Malformed(_))
+            Err(Error::UnknownKey)
         ));
     }
 

@@ -144,8 +144,8 @@ async fn ctrl_c_stops_every_node() {
     let running = processes_under(&dir, Some(pid));
     assert_eq!(
         running.len(),
-        9,
-        "authority + 8 relays running: {running:?}"
+        11,
+        "3 authorities + 8 relays running: {running:?}"
     );
 
     let sent = std::process::Command::new("kill")

@@ -9,6 +9,7 @@ use bastet_directory::server::{self, AuthorityConfig};
 use bastet_directory::{
     AuthorityRef, Descriptor, DirectoryClient, DirectoryConfig, NodeKeys, Role, epoch_of, unix_now,
 };
+use bastet_sphinx::{SphinxPublicKey, SphinxSecretKey};
 
 pub const EPOCH_SECS: u64 = 3600;
 
@@ -21,6 +22,8 @@ pub fn free_port() -> std::net::SocketAddr {
 
 pub struct Relay {
     pub keys: NodeKeys,
+    /// The relay's one Sphinx key: tests run within one epoch.
+    pub sphinx: SphinxSecretKey,
     pub role: Role,
 }
 
@@ -59,7 +62,7 @@ pub async fn publish(
     let descriptor = Descriptor {
         identity_key: relay.keys.identity.verifying_key().to_bytes(),
         epoch: epoch_of(unix_now(), EPOCH_SECS),
-        sphinx_key: relay.keys.sphinx_public().to_bytes(),
+        sphinx_key: SphinxPublicKey::from(&relay.sphinx).to_bytes(),
         tls_pin: pin,
         addr,
         api_addr,
@@ -84,12 +87,29 @@ pub async fn publish(
     panic!("authority never accepted the descriptor");
 }
 
+/// Waits until the authority's consensus lists all of `relays`: a lone
+/// authority votes once descriptors stop arriving for a second.
+pub async fn await_consensus(directory: &DirectoryConfig, relays: &[Relay]) {
+    let client = DirectoryClient::new(directory).unwrap();
+    let mut last = String::new();
+    for _ in 0..200 {
+        match client.fetch_consensus().await {
+            Ok(c) if relays.iter().all(|r| c.node(&r.keys.node_id()).is_some()) => return,
+            Ok(c) => last = format!("consensus lists {} nodes", c.nodes.len()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no consensus with every relay: {last}");
+}
+
 /// Three mixes (one per layer) and a mailbox server, with fresh keys.
 pub fn relays() -> Vec<Relay> {
     [Role::Mix, Role::Mix, Role::Mix, Role::Mailbox]
         .into_iter()
         .map(|role| Relay {
             keys: NodeKeys::generate(),
+            sphinx: SphinxSecretKey::random(),
             role,
         })
         .collect()

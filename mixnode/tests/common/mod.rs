@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use bastet_directory::server::{self, AuthorityConfig};
 use bastet_directory::{
-    AuthorityRef, Descriptor, DirectoryClient, DirectoryConfig, NodeKeys, Role, epoch_of, unix_now,
+    AuthorityRef, Descriptor, DirectoryClient, DirectoryConfig, NodeKeys, Role, epoch_of,
+    publish_forever, read_key_file, sphinx_key_path, unix_now,
 };
 use bastet_link::{CertPin, Frame, IngressConfig, IngressStats, TlsIdentity, serve_packets};
 use bastet_mixnode::{InitOptions, Mixnode, MixnodeConfig};
 use bastet_sphinx::{
-    Hop, MailboxId, NodeId, PACKET_LEN, Packet, Prepared, Processed, SphinxPublicKey, build,
+    Hop, MailboxId, NodeId, PACKET_LEN, Packet, Prepared, Processed, SphinxPublicKey,
+    SphinxSecretKey, build,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -47,14 +49,22 @@ pub async fn avoid_epoch_boundary() {
 /// Starts a directory authority in this process; returns its directory
 /// config (as nodes pin it) and a client of it.
 pub async fn authority(dir: &Path) -> (DirectoryConfig, Arc<DirectoryClient>) {
+    authority_with_epochs(dir, EPOCH_SECS).await
+}
+
+/// [`authority`] with epochs of `epoch_secs`.
+pub async fn authority_with_epochs(
+    dir: &Path,
+    epoch_secs: u64,
+) -> (DirectoryConfig, Arc<DirectoryClient>) {
     let listen = free_port();
     let data_dir = dir.join("authority");
-    let info = server::init(&data_dir, listen, None, EPOCH_SECS, &[]).unwrap();
+    let info = server::init(&data_dir, listen, None, epoch_secs, &[]).unwrap();
     let config = AuthorityConfig {
         data_dir,
         listen,
         metrics_listen: None,
-        epoch_secs: EPOCH_SECS,
+        epoch_secs,
         allowed_nodes: Vec::new(),
         open_admission: true,
         max_nodes: 100,
@@ -69,7 +79,7 @@ pub async fn authority(dir: &Path) -> (DirectoryConfig, Arc<DirectoryClient>) {
             tls_pin: info.tls_pin,
         }],
         threshold: None,
-        epoch_secs: EPOCH_SECS,
+        epoch_secs,
     };
     let client = Arc::new(DirectoryClient::new(&directory).unwrap());
     (directory, client)
@@ -101,7 +111,7 @@ fn hex_of(b: &[u8; 32]) -> String {
 /// authority starts.
 pub async fn publish(client: &DirectoryClient, keys: &NodeKeys, d: &Descriptor) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let epoch = epoch_of(unix_now(), EPOCH_SECS);
+    let epoch = epoch_of(unix_now(), client.epoch_secs());
     for e in [epoch, epoch + 1] {
         let signed = Descriptor {
             epoch: e,
@@ -123,17 +133,20 @@ pub async fn publish(client: &DirectoryClient, keys: &NodeKeys, d: &Descriptor) 
 }
 
 /// A next hop the test controls: a real TLS packet listener whose frames
-/// come out of `frames`.
+/// come out of `frames`. Its one Sphinx key never rotates.
 pub struct Sink {
     pub keys: NodeKeys,
+    pub sphinx: SphinxSecretKey,
     pub id: NodeId,
     pub frames: mpsc::Receiver<Frame>,
 }
 
 impl Sink {
-    /// Starts the listener and publishes the sink as a layer-2 mix.
-    pub async fn start(client: &DirectoryClient) -> Sink {
+    /// Starts the listener and publishes the sink as a mix, for the current
+    /// and the next epoch now and in the background from then on.
+    pub async fn start(client: &Arc<DirectoryClient>) -> Sink {
         let keys = NodeKeys::generate();
+        let sphinx = SphinxSecretKey::random();
         let tls = TlsIdentity::generate().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -146,7 +159,7 @@ impl Sink {
         let d = Descriptor {
             identity_key: *keys.identity.verifying_key().as_bytes(),
             epoch: 0,
-            sphinx_key: *keys.sphinx_public().as_bytes(),
+            sphinx_key: SphinxPublicKey::from(&sphinx).to_bytes(),
             tls_pin: pin.0,
             addr: addr.to_string(),
             api_addr: None,
@@ -155,9 +168,14 @@ impl Sink {
             operator: "Sink Org".into(),
         };
         publish(client, &keys, &d).await;
+        let identity = keys.identity.clone();
+        tokio::spawn(publish_forever(client.clone(), move |epoch| {
+            Descriptor { epoch, ..d.clone() }.sign(&identity)
+        }));
         Sink {
             id: keys.node_id(),
             keys,
+            sphinx,
             frames,
         }
     }
@@ -166,7 +184,7 @@ impl Sink {
     pub fn hop(&self) -> Hop {
         Hop {
             node: self.id,
-            sphinx_key: self.keys.sphinx_public(),
+            sphinx_key: SphinxPublicKey::from(&self.sphinx),
             delay: Duration::ZERO,
         }
     }
@@ -181,7 +199,7 @@ impl Sink {
 
     /// Removes the sink's layer: the message the sender put in.
     pub fn open(&self, frame: &[u8]) -> (MailboxId, Vec<u8>) {
-        match Prepared::new(frame, &self.keys.sphinx)
+        match Prepared::new(frame, &self.sphinx)
             .unwrap()
             .process()
             .unwrap()
@@ -197,7 +215,6 @@ pub struct Mix {
     pub node: Mixnode,
     pub config: MixnodeConfig,
     pub pin: CertPin,
-    pub sphinx_key: SphinxPublicKey,
 }
 
 impl Mix {
@@ -222,21 +239,39 @@ impl Mix {
         .unwrap();
         let mut config = MixnodeConfig::load(&report.config).unwrap();
         adjust(&mut config);
-        let keys = NodeKeys::load(&config.data_dir).unwrap();
         let node = Mixnode::start(config.clone()).await.unwrap();
         Mix {
             node,
             config,
             pin: CertPin::from_hex(&report.tls_pin).unwrap(),
-            sphinx_key: keys.sphinx_public(),
         }
     }
 
-    /// The mix as the first hop, holding packets for `delay`.
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        epoch_of(unix_now(), self.config.directory.epoch_secs)
+    }
+
+    /// The mix's Sphinx public key for `epoch`, read from its data
+    /// directory (as an operator could): the key it publishes for `epoch`.
+    pub fn sphinx_key(&self, epoch: u64) -> SphinxPublicKey {
+        let path = sphinx_key_path(&self.config.data_dir, epoch);
+        let secret =
+            read_key_file(&path).unwrap_or_else(|e| panic!("no Sphinx key for epoch {epoch}: {e}"));
+        SphinxPublicKey::from(&SphinxSecretKey::from(*secret))
+    }
+
+    /// The mix as the first hop, holding packets for `delay`, under the
+    /// current epoch's key.
     pub fn hop(&self, delay: Duration) -> Hop {
+        self.hop_for_epoch(self.epoch(), delay)
+    }
+
+    /// The mix as the first hop under its key for `epoch`.
+    pub fn hop_for_epoch(&self, epoch: u64, delay: Duration) -> Hop {
         Hop {
             node: self.node.node_id(),
-            sphinx_key: self.sphinx_key,
+            sphinx_key: self.sphinx_key(epoch),
             delay,
         }
     }
@@ -299,7 +334,7 @@ pub fn stranger() -> Hop {
     let keys = NodeKeys::generate();
     Hop {
         node: keys.node_id(),
-        sphinx_key: keys.sphinx_public(),
+        sphinx_key: SphinxPublicKey::from(&SphinxSecretKey::random()),
         delay: Duration::ZERO,
     }
 }

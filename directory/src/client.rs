@@ -210,56 +210,80 @@ pub async fn publish_forever(
     }
 }
 
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// Fastest refresh a [`ConsensusWatch::nudge`] can cause.
 const MIN_NUDGED_REFRESH: Duration = Duration::from_secs(1);
 
 /// The latest verified consensus, refreshed in the background. It fetches
-/// the next epoch's document during the second half of an epoch and switches
-/// to it when it becomes valid, never goes back to an older epoch than it
-/// holds (rollback), and drops a consensus once expired: with no valid
-/// consensus, [`ConsensusWatch::current`] is `None` and callers must refuse
-/// to route.
+/// the next epoch's document during the second half of an epoch and
+/// [`ConsensusWatch::current`] switches to it the moment it becomes valid;
+/// it never goes back to an older epoch than it holds (rollback), and holds
+/// nothing once the last document expired: [`ConsensusWatch::current`] is
+/// then `None` and callers must refuse to route.
 #[derive(Clone)]
 pub struct ConsensusWatch {
-    rx: watch::Receiver<Option<Arc<VerifiedConsensus>>>,
+    rx: watch::Receiver<Held>,
     nudge: Arc<Notify>,
 }
 
+/// The documents a watch holds: the current epoch's and, ahead of the
+/// boundary, the next one's.
+#[derive(Clone, Default)]
+struct Held {
+    current: Option<Arc<VerifiedConsensus>>,
+    next: Option<Arc<VerifiedConsensus>>,
+}
+
+impl Held {
+    /// The newest document valid at `now`.
+    fn valid_at(&self, now: u64) -> Option<Arc<VerifiedConsensus>> {
+        [&self.next, &self.current]
+            .into_iter()
+            .flatten()
+            .find(|c| c.valid_after <= now && now < c.valid_until)
+            .cloned()
+    }
+
+    fn newest_epoch(&self) -> Option<u64> {
+        [&self.next, &self.current]
+            .into_iter()
+            .flatten()
+            .map(|c| c.epoch)
+            .max()
+    }
+}
+
 impl ConsensusWatch {
-    /// Starts refreshing every `refresh`, as soon as the held consensus
-    /// expires, and every 2 s while it has none.
+    /// Starts refreshing: at each epoch start, ahead of each epoch end, when
+    /// nudged (at most once a second), every `refresh`, and every 2 s while
+    /// it holds nothing valid.
     pub fn spawn(client: Arc<DirectoryClient>, refresh: Duration) -> Self {
-        let (tx, rx) = watch::channel(None);
+        let (tx, rx) = watch::channel(Held::default());
         let nudge = Arc::new(Notify::new());
         let nudged = nudge.clone();
         tokio::spawn(async move {
             let epoch_secs = client.epoch_secs;
-            let mut next: Option<VerifiedConsensus> = None;
+            let mut held = Held::default();
             let mut nudged_fetch = false;
             loop {
                 let now = unix_now();
                 let epoch = epoch_of(now, epoch_secs);
-                let held_epoch = tx
-                    .borrow()
-                    .as_ref()
-                    .map(|c: &Arc<VerifiedConsensus>| c.epoch);
-                // Switch to the prefetched document once its epoch began.
-                if let Some(n) = next.take_if(|n| n.epoch <= epoch)
-                    && n.epoch == epoch
-                    && held_epoch.is_none_or(|h| h < n.epoch)
-                {
-                    tracing::info!(epoch = n.epoch, "switched to the new epoch's consensus");
-                    tx.send_replace(Some(Arc::new(n)));
+                // The prefetched document's epoch began: it is current now.
+                if held.next.as_ref().is_some_and(|n| n.epoch <= epoch) {
+                    held.current = held.next.take();
                 }
-                let held_epoch = tx
-                    .borrow()
-                    .as_ref()
-                    .map(|c: &Arc<VerifiedConsensus>| c.epoch);
+                let held_epoch = held.current.as_ref().map(|c| c.epoch);
                 if held_epoch.is_none_or(|h| h < epoch) || std::mem::take(&mut nudged_fetch) {
                     match client.fetch_epoch(epoch).await {
                         // Never roll back to an older epoch than held.
-                        Ok(fresh) if held_epoch.is_none_or(|h| fresh.epoch >= h) => {
-                            tx.send_replace(Some(Arc::new(fresh)));
+                        Ok(fresh) if held.newest_epoch().is_none_or(|h| fresh.epoch >= h) => {
+                            held.current = Some(Arc::new(fresh));
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "fetching consensus failed"),
@@ -267,34 +291,39 @@ impl ConsensusWatch {
                 }
                 // Ahead of the boundary, fetch the next epoch's document.
                 let (_, ends) = crate::epoch_bounds(epoch, epoch_secs);
-                if next.is_none() && ends.saturating_sub(unix_now()) * 2 <= epoch_secs {
+                let second_half = ends.saturating_sub(unix_now()) * 2 <= epoch_secs;
+                if held.next.is_none() && second_half {
                     match client.fetch_epoch(epoch + 1).await {
-                        Ok(n) => next = Some(n),
+                        Ok(n) => {
+                            tracing::info!(epoch = n.epoch, "next epoch's consensus fetched");
+                            held.next = Some(Arc::new(n));
+                        }
                         Err(e) => tracing::debug!(error = %e, "next epoch's consensus not ready"),
                     }
                 }
-                let expired = tx
-                    .borrow()
+                if held
+                    .current
                     .as_ref()
-                    .is_some_and(|c| unix_now() >= c.valid_until);
-                if expired {
+                    .is_some_and(|c| unix_now() >= c.valid_until)
+                    && held.next.is_none()
+                {
                     tracing::warn!(
                         "the consensus held expired and no newer one could be fetched; \
                          nothing can be routed until the authorities publish one"
                     );
-                    tx.send_replace(None);
+                    held.current = None;
                 }
-                // Wake at the epoch boundary so the switch costs nothing,
-                // and poll for the coming document every second before it.
-                let until_boundary = Duration::from_secs(ends.saturating_sub(unix_now()))
-                    + Duration::from_millis(50);
-                let wait = match (tx.borrow().as_ref(), &next) {
-                    (Some(_), Some(_)) => refresh.min(until_boundary),
-                    (Some(_), None) if ends.saturating_sub(unix_now()) * 2 <= epoch_secs => {
-                        Duration::from_secs(1).min(until_boundary)
-                    }
-                    (Some(_), None) => refresh.min(until_boundary),
-                    (None, _) => Duration::from_secs(2),
+                tx.send_replace(held.clone());
+                // Wake just after the epoch boundary, and poll for the coming
+                // document every second before it.
+                let until_boundary =
+                    Duration::from_millis((ends * 1000).saturating_sub(unix_now_ms()) + 50);
+                let wait = if held.valid_at(unix_now()).is_none() {
+                    Duration::from_secs(2)
+                } else if held.next.is_none() && second_half {
+                    Duration::from_secs(1).min(until_boundary)
+                } else {
+                    refresh.min(until_boundary)
                 };
                 if tx.is_closed() {
                     return;
@@ -319,12 +348,10 @@ impl ConsensusWatch {
         self.nudge.notify_one();
     }
 
-    /// The consensus held now, if it is still valid.
+    /// The consensus valid now: the next epoch's from the moment it starts,
+    /// `None` when nothing valid is held.
     pub fn current(&self) -> Option<Arc<VerifiedConsensus>> {
-        self.rx
-            .borrow()
-            .clone()
-            .filter(|c| unix_now() < c.valid_until)
+        self.rx.borrow().valid_at(unix_now())
     }
 
     /// Waits until a consensus is held.

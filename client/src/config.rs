@@ -7,7 +7,7 @@ use bastet_directory::DirectoryConfig;
 use bastet_sphinx::{MailboxId, NodeId};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{Error, Result, RoutePolicy};
 
 /// Environment prefix for overrides: `BASTET_CLIENT__MIX_DELAY_MS=100`.
 pub const ENV_PREFIX: &str = "BASTET_CLIENT";
@@ -28,7 +28,31 @@ pub struct ClientConfig {
     pub mix_delay_ms: u64,
     /// The pinned directory authorities.
     pub directory: DirectoryConfig,
+    /// The route policy (`[route]`): hop classes, template, avoid list and
+    /// distinctness rules. Default: three hops in any jurisdiction with
+    /// distinct operators.
+    #[serde(default)]
+    pub route: RoutePolicy,
 }
+
+/// The commented-out `[route]` section `init` writes.
+const ROUTE_EXAMPLE: &str = "\
+# Route policy (see \"Choosing routes\" in the README). Without it, each
+# message crosses one mix per layer in any jurisdiction, all run by
+# different operators. `bastet route show` prints the policy in force and
+# the nodes that meet it; `bastet route sample` draws routes.
+#
+# [route]
+# template = [\"domestic\", \"neutral\", \"external\"]  # 3 or 4 mix hops; \"any\" = any class
+# avoid = [\"US\"]                  # never crossed (nor by the recipient's mailbox server)
+# distinct_operators = true        # no two relays of a route share an operator
+# distinct_jurisdictions = false   # no two relays of a route share a jurisdiction
+# allow_avoided_mailbox = false    # send (with a warning) to a mailbox server in `avoid`
+# [route.classes]
+# domestic = [\"DE\"]
+# neutral = [\"CH\", \"IS\"]
+# external = [\"NL\", \"SE\"]
+";
 
 fn default_mix_delay_ms() -> u64 {
     50
@@ -42,6 +66,7 @@ impl ClientConfig {
             mailbox_id: mailbox.to_hex(),
             mix_delay_ms: default_mix_delay_ms(),
             directory,
+            route: RoutePolicy::default(),
         }
     }
 
@@ -56,6 +81,7 @@ impl ClientConfig {
             )));
         }
         self.directory.validate()?;
+        self.route.validate("route.")?;
         Ok(())
     }
 
@@ -90,6 +116,16 @@ impl ClientConfig {
             directory: &self.directory,
         })
         .map_err(|e| Error::Config(format!("cannot write the [directory] section: {e}")))?;
+        #[derive(Serialize)]
+        struct Route<'a> {
+            route: &'a RoutePolicy,
+        }
+        let route = if self.route == RoutePolicy::default() {
+            ROUTE_EXAMPLE.to_string()
+        } else {
+            toml::to_string(&Route { route: &self.route })
+                .map_err(|e| Error::Config(format!("cannot write the [route] section: {e}")))?
+        };
         Ok(format!(
             "# Bastet client configuration, written by `bastet init`.\n\
              # Environment overrides: {ENV_PREFIX}__<KEY>, e.g. {ENV_PREFIX}__MIX_DELAY_MS=100.\n\
@@ -103,7 +139,8 @@ impl ClientConfig {
              mix_delay_ms = {}\n\
              \n\
              # The directory authorities this client trusts (copied from --directory).\n\
-             {directory}",
+             {directory}\n\
+             {route}",
             self.mailbox_server, self.mailbox_id, self.mix_delay_ms
         ))
     }
@@ -140,6 +177,122 @@ mod tests {
             bastet_directory::load_config(&path, "BASTET_CLIENT_TEST_ROUNDTRIP").unwrap();
         assert_eq!(loaded, config);
         assert_eq!(loaded.mix_delay(), Duration::from_millis(50));
+    }
+
+    fn seed_policy() -> RoutePolicy {
+        RoutePolicy {
+            classes: [
+                ("domestic", vec!["DE"]),
+                ("neutral", vec!["CH", "IS"]),
+                ("external", vec!["NL", "SE"]),
+            ]
+            .into_iter()
+            .map(|(n, c)| (n.to_string(), c.into_iter().map(String::from).collect()))
+            .collect(),
+            template: ["domestic", "neutral", "external"]
+                .map(String::from)
+                .to_vec(),
+            avoid: vec!["US".into()],
+            ..RoutePolicy::default()
+        }
+    }
+
+    #[test]
+    fn a_route_policy_loads_from_client_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        let text = sample().to_commented_toml().unwrap();
+        assert!(text.contains("# [route]"), "init documents the section");
+        std::fs::write(
+            &path,
+            format!(
+                "{text}\n[route]\ntemplate = [\"domestic\", \"neutral\", \"external\"]\n\
+                 avoid = [\"US\"]\n[route.classes]\ndomestic = [\"DE\"]\n\
+                 neutral = [\"CH\", \"IS\"]\nexternal = [\"NL\", \"SE\"]\n"
+            ),
+        )
+        .unwrap();
+        let loaded: ClientConfig =
+            bastet_directory::load_config(&path, "BASTET_CLIENT_TEST_ROUTE").unwrap();
+        loaded.validate().unwrap();
+        assert_eq!(loaded.route, seed_policy());
+        assert!(loaded.route.distinct_operators, "on by default");
+        assert!(!loaded.route.distinct_jurisdictions, "off by default");
+
+        // A non-default policy is written out and read back.
+        let mut c = sample();
+        c.route = seed_policy();
+        std::fs::write(&path, c.to_commented_toml().unwrap()).unwrap();
+        let loaded: ClientConfig =
+            bastet_directory::load_config(&path, "BASTET_CLIENT_TEST_ROUTE2").unwrap();
+        assert_eq!(loaded, c);
+    }
+
+    #[test]
+    fn bad_route_policies_name_the_key() {
+        type Edit = Box<dyn Fn(&mut RoutePolicy)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            (
+                "route.classes.neutral",
+                Box::new(|p| {
+                    p.classes.get_mut("neutral").unwrap().push("XX".into());
+                }),
+            ),
+            (
+                "route.classes.neutral",
+                Box::new(|p| {
+                    p.classes.get_mut("neutral").unwrap().push("ch".into());
+                }),
+            ),
+            (
+                "route.classes.domestic",
+                Box::new(|p| {
+                    p.classes.get_mut("domestic").unwrap().clear();
+                }),
+            ),
+            (
+                "route.classes.external",
+                Box::new(|p| p.avoid.push("SE".into())),
+            ),
+            ("route.avoid[1]", Box::new(|p| p.avoid.push("USA".into()))),
+            ("route.template", Box::new(|p| p.template.truncate(2))),
+            (
+                "route.template",
+                Box::new(|p| {
+                    p.template.extend(["any".to_string(), "any".to_string()]);
+                }),
+            ),
+            (
+                "route.template[2]",
+                Box::new(|p| p.template[2] = "offshore".into()),
+            ),
+            (
+                "route.classes.any",
+                Box::new(|p| {
+                    p.classes.insert("any".into(), vec!["DE".into()]);
+                }),
+            ),
+            (
+                "route.distinct_jurisdictions",
+                Box::new(|p| {
+                    p.distinct_jurisdictions = true;
+                    p.template = ["domestic", "domestic", "external"]
+                        .map(String::from)
+                        .to_vec();
+                }),
+            ),
+        ];
+        for (key, edit) in cases {
+            let mut c = sample();
+            c.route = seed_policy();
+            edit(&mut c.route);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("{key}:")), "expected {key} in: {err}");
+        }
+        let mut c = sample();
+        c.route = seed_policy();
+        c.route.template.push("any".into());
+        c.validate().unwrap();
     }
 
     #[test]

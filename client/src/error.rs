@@ -88,6 +88,47 @@ pub enum Error {
     /// is not in the consensus (or is not a mailbox server).
     #[error("mailbox server {0} is not a mailbox server in the current consensus")]
     MailboxServerNotInConsensus(String),
+    /// A hop class of the route policy has no eligible node in the
+    /// consensus: nothing is sent.
+    #[error(
+        "route policy cannot be met: hop {hop} (class \"{class}\", jurisdictions {jurisdictions}) has no eligible node: {offered}; nothing was sent"
+    )]
+    NoEligibleNode {
+        /// 1-based hop.
+        hop: usize,
+        /// The hop class.
+        class: String,
+        /// The jurisdictions it asked for.
+        jurisdictions: String,
+        /// The mix layer it is drawn from.
+        layer: u8,
+        /// What the consensus offers instead.
+        offered: String,
+    },
+    /// The distinctness rules leave no route: nothing is sent.
+    #[error(
+        "route policy cannot be met: hop {hop} (class \"{class}\") has no node that satisfies {rule}: {why}; nothing was sent"
+    )]
+    NoDistinctRoute {
+        /// 1-based hop where no compatible node is left.
+        hop: usize,
+        /// Its hop class.
+        class: String,
+        /// The rule(s) in the way.
+        rule: String,
+        /// Why.
+        why: String,
+    },
+    /// The recipient's mailbox server is in an avoided jurisdiction.
+    #[error(
+        "route policy cannot be met: the recipient's mailbox server {node} is in {jurisdiction}, which route.avoid lists (set route.allow_avoided_mailbox = true to send anyway); nothing was sent"
+    )]
+    MailboxServerAvoided {
+        /// The mailbox server's node id (hex).
+        node: String,
+        /// Its jurisdiction.
+        jurisdiction: String,
+    },
     /// A mailbox server request failed.
     #[error(transparent)]
     Mailbox(#[from] bastet_mailbox::Error),

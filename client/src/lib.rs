@@ -9,6 +9,7 @@ mod error;
 mod inbox;
 mod message;
 mod poisson;
+mod policy;
 mod route;
 
 pub use address::{ADDRESS_LEN, ADDRESS_PREFIX, ADDRESS_VERSION, Address};
@@ -25,6 +26,10 @@ pub use message::{
 pub use poisson::{
     Bandwidth, FETCHED_MESSAGE_BYTES, KsTest, MAX_LAG, MAX_RATE, ScheduledSend, Scheduler,
     SendKind, TrafficParams, TrafficStream,
+};
+pub use policy::{
+    ANY_CLASS, HopCandidates, MAX_MIX_HOPS, MIN_MIX_HOPS, RoutePolicy, choose_policy_nodes,
+    choose_policy_route, hop_layer, is_country_code, parse_classes, parse_list,
 };
 pub use route::{
     MAX_HOP_DELAY, MIX_LAYERS, Route, RouteNode, choose_route, mailbox_descriptor, sample_delay,

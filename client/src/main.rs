@@ -4,10 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bastet_client::{Address, Client, DataDir, InboxReport, SentMessage};
-use bastet_directory::DirectoryConfig;
+use bastet_client::{
+    Address, Client, DataDir, InboxReport, RoutePolicy, SentMessage, choose_policy_nodes,
+    parse_classes, parse_list,
+};
+use bastet_directory::{Descriptor, DirectoryConfig};
 use bastet_sphinx::NodeId;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 type CliResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -50,6 +53,8 @@ enum Command {
         /// Print one JSON object: message id, send time and route.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Read new messages: decrypt, verify, print, then delete them from the
     /// mailbox server.
@@ -61,6 +66,91 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         wait: u64,
     },
+    /// Show the route policy and the nodes that meet it, or draw routes.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Print the route policy in force and, for the current consensus, the
+    /// eligible nodes of each hop class.
+    Show {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Draw routes as `send` would and print them with jurisdictions and
+    /// operators.
+    Sample {
+        /// How many routes.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// End the routes at this address's mailbox server [default: your
+        /// own].
+        #[arg(long, value_name = "ADDRESS")]
+        to: Option<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+}
+
+/// Route policy overrides for one command (client.toml's `[route]` is not
+/// changed).
+#[derive(Args)]
+struct PolicyArgs {
+    /// Use the route policy in FILE (the keys of [route], at the top level)
+    /// instead of client.toml's.
+    #[arg(long, value_name = "FILE")]
+    policy_file: Option<PathBuf>,
+    /// Hop classes, replacing the policy's: name=CC+CC,... (e.g.
+    /// domestic=DE,neutral=CH+IS,external=NL); without --template the
+    /// template is these classes in order.
+    #[arg(long, value_name = "CLASSES")]
+    policy: Option<String>,
+    /// The hop classes of the route, first mix to last (3 or 4; "any" for
+    /// any jurisdiction), e.g. domestic,neutral,external.
+    #[arg(long, value_name = "CLASSES")]
+    template: Option<String>,
+    /// Jurisdictions never to cross, e.g. US,GB (replaces the policy's).
+    #[arg(long, value_name = "CODES")]
+    avoid: Option<String>,
+}
+
+impl PolicyArgs {
+    fn given(&self) -> bool {
+        self.policy_file.is_some()
+            || self.policy.is_some()
+            || self.template.is_some()
+            || self.avoid.is_some()
+    }
+
+    /// `client` with the overrides applied, if any were given.
+    fn apply(&self, client: Client) -> CliResult<Client> {
+        if !self.given() {
+            return Ok(client);
+        }
+        let base = match &self.policy_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--policy-file {}: {e}", path.display()))?;
+                RoutePolicy::from_toml(&text)
+                    .map_err(|e| format!("--policy-file {}: {e}", path.display()))?
+            }
+            None => client.config().route.clone(),
+        };
+        let classes = self.policy.as_deref().map(parse_classes).transpose()?;
+        let template = self.template.as_deref().map(|t| parse_list(t, false));
+        let avoid = self.avoid.as_deref().map(|a| parse_list(a, true));
+        Ok(client.with_route_policy(base.with_overrides(classes, template, avoid))?)
+    }
 }
 
 fn main() -> ExitCode {
@@ -99,9 +189,10 @@ fn real_main(cli: Cli) -> CliResult<()> {
             address,
             text,
             json,
+            policy,
         } => {
             let to = Address::parse(&address)?;
-            let client = Client::open(dir)?;
+            let client = policy.apply(Client::open(dir)?)?;
             let sent = runtime.block_on(client.send(&to, &text))?;
             print_sent(&sent, json)?;
         }
@@ -110,8 +201,140 @@ fn real_main(cli: Cli) -> CliResult<()> {
             let report = runtime.block_on(client.inbox(Duration::from_secs(wait)))?;
             print_inbox(&report, json)?;
         }
+        Command::Route { command } => runtime.block_on(route_command(dir, command))?,
     }
     Ok(())
+}
+
+/// `bastet route show` and `bastet route sample`.
+async fn route_command(dir: DataDir, command: RouteCommand) -> CliResult<()> {
+    let (policy_args, json) = match &command {
+        RouteCommand::Show { policy, json } | RouteCommand::Sample { policy, json, .. } => {
+            (policy, *json)
+        }
+    };
+    let client = policy_args.apply(Client::open(dir)?)?;
+    let policy = client.config().route.clone();
+    let consensus = client.consensus().await?;
+    let node_json = |d: &Descriptor, role: String| {
+        json!({
+            "node": d.node_id().to_hex(),
+            "role": role,
+            "jurisdiction": d.jurisdiction,
+            "operator": d.operator,
+        })
+    };
+    match command {
+        RouteCommand::Show { .. } => {
+            let hops = policy.candidates(&consensus);
+            if json {
+                let hops: Vec<_> = hops
+                    .iter()
+                    .map(|h| {
+                        json!({
+                            "hop": h.hop,
+                            "class": h.class,
+                            "jurisdictions": h.jurisdictions,
+                            "layer": h.layer,
+                            "eligible": h.nodes.iter().map(|d| node_json(d, format!("mix{}", h.layer))).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                let out = json!({ "policy": policy, "epoch": consensus.epoch, "hops": hops });
+                println!("{}", serde_json::to_string(&out)?);
+            } else {
+                print!("{}", describe_policy(&policy));
+                println!("consensus epoch {}:", consensus.epoch);
+                for h in &hops {
+                    let wanted = if h.jurisdictions.is_empty() {
+                        "any".to_string()
+                    } else {
+                        h.jurisdictions.join(", ")
+                    };
+                    println!(
+                        "  hop {} {} ({wanted}) from layer {}: {} eligible",
+                        h.hop,
+                        h.class,
+                        h.layer,
+                        h.nodes.len()
+                    );
+                    for d in &h.nodes {
+                        println!(
+                            "    {} {} {}",
+                            d.node_id().short(),
+                            d.jurisdiction,
+                            d.operator
+                        );
+                    }
+                }
+            }
+        }
+        RouteCommand::Sample { count, to, .. } => {
+            let server = match to {
+                Some(a) => Address::parse(&a)?.mailbox_server,
+                None => client.config().mailbox_server_id()?,
+            };
+            let mut routes = Vec::with_capacity(count);
+            for _ in 0..count {
+                routes.push(choose_policy_nodes(
+                    &consensus,
+                    &policy,
+                    &server,
+                    &mut rand::rng(),
+                )?);
+            }
+            let role = |d: &Descriptor| match consensus.layer_of(&d.node_id()) {
+                Some(l) => format!("mix{l}"),
+                None => "mailbox".to_string(),
+            };
+            if json {
+                let routes: Vec<Vec<_>> = routes
+                    .iter()
+                    .map(|r| r.iter().map(|d| node_json(d, role(d))).collect())
+                    .collect();
+                let out = json!({ "epoch": consensus.epoch, "routes": routes });
+                println!("{}", serde_json::to_string(&out)?);
+            } else {
+                for r in &routes {
+                    let hops: Vec<String> = r
+                        .iter()
+                        .map(|d| {
+                            format!(
+                                "{} {} ({}, {})",
+                                role(d),
+                                d.node_id().short(),
+                                d.jurisdiction,
+                                d.operator
+                            )
+                        })
+                        .collect();
+                    println!("{}", hops.join(" -> "));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The policy as `route show` prints it.
+fn describe_policy(policy: &RoutePolicy) -> String {
+    let mut s = format!("template: {}\n", policy.template.join(" -> "));
+    for (name, codes) in &policy.classes {
+        s.push_str(&format!("class {name}: {}\n", codes.join(", ")));
+    }
+    s.push_str(&format!(
+        "avoid: {}\n",
+        if policy.avoid.is_empty() {
+            "none".to_string()
+        } else {
+            policy.avoid.join(", ")
+        }
+    ));
+    s.push_str(&format!(
+        "distinct_operators: {}, distinct_jurisdictions: {}, allow_avoided_mailbox: {}\n",
+        policy.distinct_operators, policy.distinct_jurisdictions, policy.allow_avoided_mailbox
+    ));
+    s
 }
 
 fn data_dir(given: Option<PathBuf>) -> CliResult<PathBuf> {

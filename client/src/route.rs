@@ -7,13 +7,16 @@ use std::time::Duration;
 use bastet_directory::{Descriptor, Role, VerifiedConsensus};
 use bastet_link::CertPin;
 use bastet_sphinx::{Hop, NodeId};
-use rand::seq::IndexedRandom;
 use rand::{Rng, RngExt};
 
+use crate::policy::{RoutePolicy, choose_policy_route};
 use crate::{Error, Result};
 
-/// Mix layers every route crosses, in order.
+/// Mix layers every route crosses, in order (a fourth mix hop is drawn
+/// from layer 3 again, see [`crate::hop_layer`]).
 pub const MIX_LAYERS: [u8; 3] = [1, 2, 3];
+/// How many mix layers the consensus deals.
+pub(crate) const LAYERS: u8 = 3;
 /// Longest delay a sender asks one hop for. Mixnodes drop packets asking for
 /// more than their `max_delay_ms` (30 s by default); the exponential tail
 /// beyond this is cut off rather than risk the packet.
@@ -31,7 +34,8 @@ pub struct RouteNode {
 }
 
 impl RouteNode {
-    /// `mix1`, `mix2`, `mix3` or `mailbox`.
+    /// `mix1`, `mix2`, `mix3` or `mailbox` (the fourth mix of a 4-hop
+    /// route is in layer 3 too: `mix3`).
     pub fn role_label(&self) -> String {
         match self.layer {
             Some(l) => format!("mix{l}"),
@@ -54,21 +58,33 @@ pub struct Route {
 }
 
 /// Picks one mix uniformly at random in each layer and ends at
-/// `mailbox_server`. Each mix holds the packet for an independent
-/// Exp(`mean_delay`) delay; the mailbox server stores it at once.
+/// `mailbox_server`: [`choose_policy_route`] with
+/// [`RoutePolicy::layers_only`] (any jurisdiction, no distinctness rules).
+/// Each mix holds the packet for an independent Exp(`mean_delay`) delay;
+/// the mailbox server stores it at once.
 pub fn choose_route<R: Rng + ?Sized>(
     consensus: &VerifiedConsensus,
     mailbox_server: &NodeId,
     mean_delay: Duration,
     rng: &mut R,
 ) -> Result<Route> {
-    let last = mailbox_descriptor(consensus, mailbox_server)?;
-    let mut chosen: Vec<&Descriptor> = Vec::with_capacity(MIX_LAYERS.len() + 1);
-    for layer in MIX_LAYERS {
-        let mixes: Vec<&Descriptor> = consensus.mixes(layer).collect();
-        chosen.push(mixes.choose(rng).ok_or(Error::NoMixInLayer(layer))?);
-    }
-    chosen.push(last);
+    choose_policy_route(
+        consensus,
+        &RoutePolicy::layers_only(),
+        mailbox_server,
+        mean_delay,
+        rng,
+    )
+}
+
+/// The route over `chosen` (mixes, then the mailbox server), with an
+/// Exp(`mean_delay`) delay drawn for each mix.
+pub(crate) fn build_route<R: Rng + ?Sized>(
+    consensus: &VerifiedConsensus,
+    chosen: &[&Descriptor],
+    mean_delay: Duration,
+    rng: &mut R,
+) -> Route {
     let hops = chosen
         .iter()
         .map(|d| Hop {
@@ -89,12 +105,16 @@ pub fn choose_route<R: Rng + ?Sized>(
             jurisdiction: d.jurisdiction.clone(),
         })
         .collect();
-    Ok(Route {
+    let (entry_addr, entry_pin) = chosen.first().map_or_else(
+        || (String::new(), CertPin([0; 32])),
+        |d| (d.addr.clone(), d.pin()),
+    );
+    Route {
         hops,
         nodes,
-        entry_addr: chosen[0].addr.clone(),
-        entry_pin: chosen[0].pin(),
-    })
+        entry_addr,
+        entry_pin,
+    }
 }
 
 /// The descriptor of `node` if the consensus lists it as a mailbox server.
@@ -200,15 +220,21 @@ mod tests {
             choose_route(&c, &NodeId([0xee; 32]), Duration::ZERO, &mut rng),
             Err(Error::MailboxServerNotInConsensus(_))
         ));
-        // Two mixes fill layers 1 and 2; layer 3 stays empty.
+        // Two mixes fill two layers; one stays empty.
         let two_mixes = consensus(vec![
             descriptor(1, Role::Mix, "DE"),
             descriptor(5, Role::Mix, "IS"),
             descriptor(7, Role::Mailbox, "CH"),
         ]);
+        let empty = (1..=3u8)
+            .find(|l| two_mixes.mixes(*l).count() == 0)
+            .unwrap();
         let mailbox = descriptor(7, Role::Mailbox, "CH").node_id();
         let err = choose_route(&two_mixes, &mailbox, Duration::ZERO, &mut rng).unwrap_err();
-        assert!(matches!(err, Error::NoMixInLayer(3)), "{err}");
+        assert!(
+            matches!(err, Error::NoEligibleNode { hop, layer, .. } if layer == empty && hop == usize::from(empty)),
+            "{err}"
+        );
     }
 
     #[test]

@@ -236,30 +236,59 @@ pub struct VerifiedConsensus {
 
 /// Mix layers of every route.
 pub const MIX_LAYERS: u8 = 3;
-const LAYER_CONTEXT: &str = "bastet 2026 layer assignment v1";
+const LAYER_CONTEXT: &str = "bastet 2026 layer assignment v2";
 
-/// Assigns the epoch's mixnodes to layers 1..=3: sorted by a hash of the
-/// epoch and their id, then dealt out in turn, so that layers differ in size
-/// by at most one, every party computes the same assignment from the signed
-/// document alone, and a node cannot choose its layer (it would have to
-/// grind identity keys, and the order changes every epoch).
+/// One per-epoch sort key: BLAKE3 in derive-key mode over a tag, the epoch
+/// and a length-prefixed value, so that keys of different kinds never
+/// collide.
+fn layer_hash(tag: u8, epoch: u64, value: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(LAYER_CONTEXT);
+    h.update(&[tag]);
+    h.update(&epoch.to_le_bytes());
+    h.update(&(value.len() as u64).to_le_bytes());
+    h.update(value);
+    *h.finalize().as_bytes()
+}
+
+/// Assigns the epoch's mixnodes to layers 1..=3.
+///
+/// The mixes are sorted by jurisdiction, then by operator within a
+/// jurisdiction, then by node; the order of jurisdictions, of operators
+/// and of nodes is each a per-epoch hash, so it changes every epoch. The
+/// sorted list is then dealt out in turn, starting at a per-epoch layer.
+/// Dealing in turn keeps layers within one node of each other in size, and
+/// because a jurisdiction's mixes (and, within it, an operator's) are
+/// consecutive in the list, they land in consecutive layers: a
+/// jurisdiction with n mixes has ⌊n/3⌋ or ⌈n/3⌉ of them in every layer, so
+/// one with at least 3 mixes has a node in every layer in every epoch, and
+/// a route policy the node population can meet is met in every epoch.
+///
+/// Every party computes the same assignment from the signed document
+/// alone, and a node cannot choose its layer: its jurisdiction's and
+/// operator's positions are hashes of the epoch, and within them it would
+/// have to grind identity keys.
 fn assign_layers(epoch: u64, nodes: &[Descriptor]) -> Vec<u8> {
-    let mut mixes: Vec<(blake3::Hash, usize)> = nodes
+    type SortKey = ([u8; 32], [u8; 32], [u8; 32]);
+    let mut mixes: Vec<(SortKey, usize)> = nodes
         .iter()
         .enumerate()
         .filter(|(_, d)| d.role == Role::Mix)
         .map(|(i, d)| {
-            let mut h = blake3::Hasher::new_derive_key(LAYER_CONTEXT);
-            h.update(&epoch.to_le_bytes());
-            h.update(d.node_id().as_bytes());
-            (h.finalize(), i)
+            let key = (
+                layer_hash(b'j', epoch, d.jurisdiction.as_bytes()),
+                layer_hash(b'o', epoch, d.operator.as_bytes()),
+                layer_hash(b'n', epoch, d.node_id().as_bytes()),
+            );
+            (key, i)
         })
         .collect();
-    mixes.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    mixes.sort();
+    let layers_n = usize::from(MIX_LAYERS);
+    let offset = usize::from(layer_hash(b's', epoch, &[])[0]) % layers_n;
     let mut layers = vec![0; nodes.len()];
     for (rank, (_, i)) in mixes.into_iter().enumerate() {
-        // rank % 3 < 3, so the cast cannot truncate.
-        layers[i] = (rank % usize::from(MIX_LAYERS)) as u8 + 1;
+        // The remainder is below 3, so the cast cannot truncate.
+        layers[i] = ((rank + offset) % layers_n) as u8 + 1;
     }
     layers
 }
@@ -379,6 +408,114 @@ mod tests {
             "CH",
         ));
         assert_eq!(assign_layers(1, &with_mailbox)[3], 0);
+    }
+
+    /// Mixes in several jurisdictions and operators: `(jurisdiction,
+    /// operator)` for each.
+    fn population(spec: &[(&str, &str)]) -> Vec<Descriptor> {
+        spec.iter()
+            .enumerate()
+            .map(|(i, (j, o))| {
+                let seed = u8::try_from(i + 1).unwrap();
+                let mut d = descriptor(&SigningKey::from_bytes(&[seed; 32]), Role::Mix, j);
+                d.operator = (*o).to_string();
+                d
+            })
+            .collect()
+    }
+
+    /// How many of the mixes matching `pick` each layer holds.
+    fn per_layer(
+        nodes: &[Descriptor],
+        layers: &[u8],
+        pick: impl Fn(&Descriptor) -> bool,
+    ) -> [usize; 3] {
+        let mut out = [0; 3];
+        for (d, l) in nodes.iter().zip(layers) {
+            if pick(d) {
+                out[usize::from(*l) - 1] += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_jurisdiction_and_operator_is_spread_over_the_layers_in_every_epoch() {
+        // DE: 3 mixes by two operators, CH: 4, IS: 1, NL: 5 by one
+        // operator, US: 2; 15 mixes.
+        let spec = [
+            ("DE", "a"),
+            ("DE", "a"),
+            ("DE", "b"),
+            ("CH", "c"),
+            ("CH", "d"),
+            ("CH", "e"),
+            ("CH", "c"),
+            ("IS", "f"),
+            ("NL", "g"),
+            ("NL", "g"),
+            ("NL", "g"),
+            ("NL", "g"),
+            ("NL", "g"),
+            ("US", "h"),
+            ("US", "i"),
+        ];
+        let nodes = population(&spec);
+        for epoch in 0..300 {
+            let layers = assign_layers(epoch, &nodes);
+            let total = per_layer(&nodes, &layers, |_| true);
+            assert!(
+                total.iter().max().unwrap() - total.iter().min().unwrap() <= 1,
+                "epoch {epoch}: layer sizes {total:?}"
+            );
+            for j in ["DE", "CH", "IS", "NL", "US"] {
+                let counts = per_layer(&nodes, &layers, |d| d.jurisdiction == j);
+                let n: usize = counts.iter().sum();
+                for c in counts {
+                    assert!(
+                        c == n / 3 || c == n.div_ceil(3),
+                        "epoch {epoch}: {j}'s {n} mixes dealt {counts:?}"
+                    );
+                }
+                if n >= 3 {
+                    assert!(
+                        counts.iter().all(|c| *c > 0),
+                        "epoch {epoch}: {j} misses a layer"
+                    );
+                }
+            }
+            // An operator's mixes within one jurisdiction are spread too.
+            for (j, o) in [("NL", "g"), ("CH", "c"), ("DE", "a")] {
+                let counts = per_layer(&nodes, &layers, |d| d.jurisdiction == j && d.operator == o);
+                assert!(
+                    counts.iter().all(|c| *c <= 2)
+                        && counts.iter().filter(|c| **c > 0).count()
+                            >= counts.iter().sum::<usize>().min(3),
+                    "epoch {epoch}: operator {o} in {j} dealt {counts:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_moves_between_layers_across_epochs() {
+        let spec = [
+            ("DE", "a"),
+            ("DE", "b"),
+            ("DE", "c"),
+            ("CH", "d"),
+            ("CH", "e"),
+            ("CH", "f"),
+        ];
+        let nodes = population(&spec);
+        let mut seen = [0usize; 3];
+        for epoch in 0..60 {
+            seen[usize::from(assign_layers(epoch, &nodes)[0]) - 1] += 1;
+        }
+        assert!(
+            seen.iter().all(|n| *n >= 5),
+            "node 0's layers over 60 epochs: {seen:?}"
+        );
     }
 
     #[test]

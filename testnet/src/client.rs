@@ -133,7 +133,34 @@ impl Client {
         &self.address
     }
 
-    /// `bastet send ADDRESS TEXT --json`.
+    /// Runs `bastet --data-dir <its dir> ARGS...` and returns its stdout.
+    pub async fn bastet(&self, args: &[&str]) -> Result<String> {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        self.run(&args, COMMAND_TIMEOUT).await
+    }
+
+    /// Gives this client `policy` as the `[route]` section of its
+    /// `client.toml`, so that every later `send` follows it.
+    pub fn set_route_policy(&self, policy: &bastet_client::RoutePolicy) -> Result<()> {
+        #[derive(Serialize)]
+        struct Section<'a> {
+            route: &'a bastet_client::RoutePolicy,
+        }
+        let path = self.data_dir.join("client.toml");
+        let err = |why: String| Error::Config {
+            path: path.clone(),
+            why,
+        };
+        let section =
+            toml::to_string(&Section { route: policy }).map_err(|e| err(e.to_string()))?;
+        let mut text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+        text.push_str("\n# Route policy set by bastet-testnet.\n");
+        text.push_str(&section);
+        std::fs::write(&path, text).map_err(|e| err(e.to_string()))
+    }
+
+    /// `bastet send ADDRESS TEXT --json`. A refusal because the route
+    /// policy cannot be met is [`Error::RouteRefused`].
     pub async fn send(&self, to: &str, text: &str) -> Result<Sent> {
         let out = self
             .run(
@@ -145,7 +172,15 @@ impl Client {
                 ],
                 COMMAND_TIMEOUT,
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                Error::CommandFailed { stderr, .. }
+                    if stderr.contains("route policy cannot be met") =>
+                {
+                    Error::RouteRefused(stderr)
+                }
+                e => e,
+            })?;
         parse_json("bastet send --json", &out)
     }
 

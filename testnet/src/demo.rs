@@ -21,6 +21,8 @@ pub struct DemoOptions {
     pub timeout: Duration,
     /// Pause between two sends (to spread messages over epochs).
     pub spacing: Duration,
+    /// The sending client's route policy (`--policy`, `--policy-file`).
+    pub policy: Option<bastet_client::RoutePolicy>,
 }
 
 impl Default for DemoOptions {
@@ -30,6 +32,7 @@ impl Default for DemoOptions {
             size: 200,
             timeout: Duration::from_secs(60),
             spacing: Duration::ZERO,
+            policy: None,
         }
     }
 }
@@ -76,6 +79,9 @@ pub struct DemoReport {
     pub messages: Vec<MessageReport>,
     /// The consensus the messages were routed with.
     pub consensus: ConsensusReport,
+    /// The sender's route policy, if one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<bastet_client::RoutePolicy>,
     /// Where the network's files are, if they were kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
@@ -159,6 +165,10 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
     tracing::info!("creating clients alice (on mailbox-a) and bob (on mailbox-b)");
     let alice = network.client("alice", "mailbox-a").await?;
     let bob = network.client("bob", "mailbox-b").await?;
+    if let Some(policy) = &options.policy {
+        tracing::info!("alice routes by policy: {}", policy.template.join(" -> "));
+        alice.set_route_policy(policy)?;
+    }
 
     let mut sent: Vec<(Sent, String)> = Vec::new();
     for i in 1..=options.messages {
@@ -207,6 +217,7 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
             threshold: layout.threshold,
             epochs,
         },
+        policy: options.policy.clone(),
         dir: None,
     })
 }
@@ -257,6 +268,7 @@ mod tests {
                 threshold: 2,
                 epochs: vec![41, 42],
             },
+            policy: None,
             dir: None,
         };
         let text = report.to_human();

@@ -41,6 +41,10 @@ pub enum Error {
         /// The end of what it wrote to stderr.
         stderr: String,
     },
+    /// `bastet send` refused because the sender's route policy cannot be
+    /// met by the consensus (its message names the hop class).
+    #[error("the sender refused to send: {0}")]
+    RouteRefused(String),
     /// A command the testnet ran did not finish in time.
     #[error("`{command}` did not finish within {secs} s")]
     CommandTimedOut {

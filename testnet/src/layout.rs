@@ -10,26 +10,67 @@ use serde::{Deserialize, Serialize};
 
 /// One relay the testnet runs.
 pub(crate) struct Plan {
-    pub(crate) name: &'static str,
+    pub(crate) name: String,
     pub(crate) role: Role,
-    pub(crate) jurisdiction: &'static str,
-    pub(crate) operator: &'static str,
+    pub(crate) jurisdiction: String,
+    pub(crate) operator: String,
 }
 
 /// Six mixnodes in six jurisdictions (the consensus deals them into three
 /// layers of two each epoch) and two mailbox servers: every route's three
 /// mixes are in three different countries.
 #[rustfmt::skip]
-pub(crate) const RELAYS: [Plan; 8] = [
-    Plan { name: "mix-a", role: Role::Mix, jurisdiction: "DE", operator: "Testnet Operator A" },
-    Plan { name: "mix-b", role: Role::Mix, jurisdiction: "CH", operator: "Testnet Operator B" },
-    Plan { name: "mix-c", role: Role::Mix, jurisdiction: "IS", operator: "Testnet Operator C" },
-    Plan { name: "mix-d", role: Role::Mix, jurisdiction: "NL", operator: "Testnet Operator D" },
-    Plan { name: "mix-e", role: Role::Mix, jurisdiction: "SE", operator: "Testnet Operator E" },
-    Plan { name: "mix-f", role: Role::Mix, jurisdiction: "FR", operator: "Testnet Operator F" },
-    Plan { name: "mailbox-a", role: Role::Mailbox, jurisdiction: "CH", operator: "Testnet Operator G" },
-    Plan { name: "mailbox-b", role: Role::Mailbox, jurisdiction: "IS", operator: "Testnet Operator H" },
+const RELAYS: [(&str, Role, &str, &str); 8] = [
+    ("mix-a", Role::Mix, "DE", "Testnet Operator A"),
+    ("mix-b", Role::Mix, "CH", "Testnet Operator B"),
+    ("mix-c", Role::Mix, "IS", "Testnet Operator C"),
+    ("mix-d", Role::Mix, "NL", "Testnet Operator D"),
+    ("mix-e", Role::Mix, "SE", "Testnet Operator E"),
+    ("mix-f", Role::Mix, "FR", "Testnet Operator F"),
+    ("mailbox-a", Role::Mailbox, "CH", "Testnet Operator G"),
+    ("mailbox-b", Role::Mailbox, "IS", "Testnet Operator H"),
 ];
+
+/// Most mixnodes a testnet runs.
+pub const MAX_MIXES: usize = 60;
+
+/// The relays to run: the six of [`RELAYS`] by default; with
+/// `jurisdictions`, `per_jurisdiction` mixes in each (`mix-de-1`, ...),
+/// each with its own operator. Three per jurisdiction put one in every
+/// layer in every epoch (the consensus spreads a jurisdiction's mixes over
+/// the layers). The two mailbox servers stay in CH and IS.
+pub(crate) fn relay_plan(jurisdictions: Option<&[String]>, per_jurisdiction: usize) -> Vec<Plan> {
+    let plan = |(name, role, jurisdiction, operator): (String, Role, String, String)| Plan {
+        name,
+        role,
+        jurisdiction,
+        operator,
+    };
+    let owned =
+        |(n, r, j, o): &(&str, Role, &str, &str)| (n.to_string(), *r, j.to_string(), o.to_string());
+    let Some(jurisdictions) = jurisdictions else {
+        return RELAYS.iter().map(owned).map(plan).collect();
+    };
+    let mut out = Vec::new();
+    for j in jurisdictions {
+        for i in 1..=per_jurisdiction {
+            out.push(plan((
+                format!("mix-{}-{i}", j.to_ascii_lowercase()),
+                Role::Mix,
+                j.clone(),
+                format!("Testnet Operator {j}-{i}"),
+            )));
+        }
+    }
+    out.extend(
+        RELAYS
+            .iter()
+            .filter(|r| r.1 == Role::Mailbox)
+            .map(owned)
+            .map(plan),
+    );
+    out
+}
 
 /// A directory authority of a running testnet.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -345,18 +386,40 @@ epoch_secs = 3600
 
     #[test]
     fn the_plan_spans_layers_and_jurisdictions() {
-        let mut juris: Vec<_> = RELAYS
+        let relays = relay_plan(None, 3);
+        let mut juris: Vec<_> = relays
             .iter()
             .filter(|p| p.role == Role::Mix)
-            .map(|p| p.jurisdiction)
+            .map(|p| p.jurisdiction.as_str())
             .collect();
         juris.sort_unstable();
         juris.dedup();
         // Six mixes in six countries: whatever layers the consensus deals,
         // every route crosses three jurisdictions.
         assert_eq!(juris.len(), 6);
-        assert_eq!(RELAYS.iter().filter(|p| p.role == Role::Mix).count(), 6);
-        assert_eq!(RELAYS.iter().filter(|p| p.role == Role::Mailbox).count(), 2);
+        assert_eq!(relays.iter().filter(|p| p.role == Role::Mix).count(), 6);
+        assert_eq!(relays.iter().filter(|p| p.role == Role::Mailbox).count(), 2);
+
+        let js = ["DE".to_string(), "US".to_string()];
+        let relays = relay_plan(Some(&js), 3);
+        let names: Vec<&str> = relays.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "mix-de-1",
+                "mix-de-2",
+                "mix-de-3",
+                "mix-us-1",
+                "mix-us-2",
+                "mix-us-3",
+                "mailbox-a",
+                "mailbox-b"
+            ]
+        );
+        let mut operators: Vec<&str> = relays.iter().map(|p| p.operator.as_str()).collect();
+        operators.sort_unstable();
+        operators.dedup();
+        assert_eq!(operators.len(), 8, "every relay has its own operator");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::Client;
-use crate::layout::{self, AuthorityNode, Layout, RELAYS, RelayNode};
+use crate::layout::{self, AuthorityNode, Layout, MAX_MIXES, RelayNode, relay_plan};
 use crate::ports::free_ports;
 use crate::probe::probe_every_route;
 use crate::process::{Binaries, NodeProcess, StopOutcome, run_command, stop_all};
@@ -45,6 +45,12 @@ pub struct NetworkOptions {
     /// How long to wait for the authority and for a consensus listing
     /// every node.
     pub ready_timeout: Duration,
+    /// Run `mixes_per_jurisdiction` mixnodes in each of these
+    /// jurisdictions instead of the default six (`--jurisdictions`).
+    pub jurisdictions: Option<Vec<String>>,
+    /// Mixnodes per jurisdiction with `jurisdictions` (3 puts one in every
+    /// layer in every epoch).
+    pub mixes_per_jurisdiction: usize,
 }
 
 impl Default for NetworkOptions {
@@ -57,6 +63,8 @@ impl Default for NetworkOptions {
             authorities: 3,
             threshold: None,
             ready_timeout: Duration::from_secs(60),
+            jurisdictions: None,
+            mixes_per_jurisdiction: 3,
         }
     }
 }
@@ -119,6 +127,19 @@ impl Network {
                 "--threshold {k} must be between 1 and the number of authorities ({})",
                 options.authorities
             )));
+        }
+        if let Some(js) = &options.jurisdictions {
+            if let Some(bad) = js.iter().find(|j| !bastet_client::is_country_code(j)) {
+                return Err(Error::InvalidOption(format!(
+                    "--jurisdictions: {bad:?} is not an ISO 3166-1 alpha-2 country code"
+                )));
+            }
+            let mixes = js.len() * options.mixes_per_jurisdiction;
+            if js.is_empty() || !(1..=MAX_MIXES).contains(&mixes) {
+                return Err(Error::InvalidOption(format!(
+                    "--jurisdictions × --mixes-per-jurisdiction must make between 1 and {MAX_MIXES} mixnodes"
+                )));
+            }
         }
         let bins = Binaries::locate(options.bin_dir.as_deref())?;
         let (dir, mut temp) = prepare_dir(options.dir.as_deref())?;
@@ -367,7 +388,11 @@ async fn launch(
     processes: &mut Processes,
 ) -> Result<Layout> {
     let n_auth = options.authorities;
-    let mut ports = free_ports(2 * n_auth + 3 * RELAYS.len())?.into_iter();
+    let plan = relay_plan(
+        options.jurisdictions.as_deref(),
+        options.mixes_per_jurisdiction,
+    );
+    let mut ports = free_ports(2 * n_auth + 3 * plan.len())?.into_iter();
     let mut next_port = move || {
         ports
             .next()
@@ -449,8 +474,8 @@ async fn launch(
         .map_err(Error::io(format!("writing {}", directory_config.display())))?;
 
     let mut relays = Vec::new();
-    for plan in &RELAYS {
-        let node_dir = dir.join(plan.name);
+    for plan in &plan {
+        let node_dir = dir.join(&plan.name);
         let (listen, metrics_listen) = (next_port()?, next_port()?);
         let api_listen = match plan.role {
             Role::Mailbox => Some(next_port()?),
@@ -470,9 +495,9 @@ async fn launch(
             os("--metrics-listen"),
             os(&metrics_s),
             os("--jurisdiction"),
-            os(plan.jurisdiction),
+            os(&plan.jurisdiction),
             os("--operator"),
-            os(plan.operator),
+            os(&plan.operator),
             os("--directory"),
             directory_config.as_os_str(),
         ];
@@ -497,11 +522,11 @@ async fn launch(
              (mixnode) or payload stored (mailbox), scanned by the end-to-end tests.",
         )?;
         relays.push(RelayNode {
-            name: plan.name.to_string(),
+            name: plan.name.clone(),
             role: plan.role,
             node_id: init.node_id,
-            jurisdiction: plan.jurisdiction.to_string(),
-            operator: plan.operator.to_string(),
+            jurisdiction: plan.jurisdiction.clone(),
+            operator: plan.operator.clone(),
             listen,
             api_listen,
             metrics_listen,
@@ -549,7 +574,11 @@ async fn launch(
         }
     }
 
-    tracing::info!("starting 6 mixnodes and 2 mailbox servers");
+    let mixes = layout.relays.iter().filter(|r| r.role == Role::Mix).count();
+    tracing::info!(
+        "starting {mixes} mixnodes and {} mailbox servers",
+        layout.relays.len() - mixes
+    );
     for r in &layout.relays {
         processes.nodes.push(spawn_relay(bins, r)?);
     }
@@ -564,7 +593,8 @@ async fn launch(
     tracing::info!(
         epoch = consensus.epoch,
         signatures = consensus.signatures,
-        "all 8 relays are in the consensus; probing every route"
+        "all {} relays are in the consensus; probing every route",
+        layout.relays.len()
     );
     probe_every_route(&layout, &consensus, deadline, options.ready_timeout).await?;
     tracing::info!("network ready: packets cross every route");

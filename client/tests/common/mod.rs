@@ -73,7 +73,9 @@ pub async fn publish(
             "DE"
         }
         .into(),
-        operator: "Test".into(),
+        // Each relay its own operator, as the default route policy
+        // (distinct operators) requires.
+        operator: format!("Test operator {}", relay.keys.node_id().short()),
     }
     .sign(&relay.keys.identity)
     .unwrap();

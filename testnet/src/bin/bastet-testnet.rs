@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use bastet_client::{RoutePolicy, parse_classes, parse_list};
 use bastet_testnet::{DemoOptions, Error, Network, NetworkOptions, StopOutcome, run_demo};
 use clap::{Args, Parser, Subcommand};
 
@@ -13,6 +14,8 @@ const EXIT_LOST: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 /// Exit status when the network could not be started or used.
 const EXIT_ERROR: u8 = 3;
+/// Exit status when the sender's route policy cannot be met.
+const EXIT_REFUSED: u8 = 4;
 /// Exit status after Ctrl-C or SIGTERM.
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -21,7 +24,8 @@ const EXIT_INTERRUPTED: u8 = 130;
 /// epoch) and two mailbox servers, each a child process of this one.
 ///
 /// Exit status: 0 success, 1 a message was lost, 2 bad arguments,
-/// 3 the network failed (see the node logs), 130 interrupted.
+/// 3 the network failed (see the node logs), 4 the sender's route policy
+/// cannot be met, 130 interrupted.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -56,6 +60,8 @@ enum Command {
         /// Seconds between two sends (spread messages across epochs).
         #[arg(long, default_value_t = 0.0)]
         spacing: f64,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Start a network, print where each node listens, and run until Ctrl-C.
     Up {
@@ -86,6 +92,70 @@ struct NetArgs {
     /// Authority signatures a consensus needs (default: a majority).
     #[arg(long)]
     threshold: Option<usize>,
+    /// Run --mixes-per-jurisdiction mixnodes in each of these jurisdictions
+    /// (e.g. DE,CH,IS,NL,US) instead of the default six mixnodes in DE,
+    /// CH, IS, NL, SE and FR.
+    #[arg(long, value_name = "CODES")]
+    jurisdictions: Option<String>,
+    /// Mixnodes per jurisdiction with --jurisdictions (3 puts one in every
+    /// layer in every epoch).
+    #[arg(long, default_value_t = 3)]
+    mixes_per_jurisdiction: usize,
+}
+
+/// The sending client's route policy in the demo.
+#[derive(Args)]
+struct PolicyArgs {
+    /// Hop classes: name=CC+CC,... (e.g. domestic=DE,neutral=CH+IS,external=NL);
+    /// without --template the template is these classes in order.
+    #[arg(long, value_name = "CLASSES")]
+    policy: Option<String>,
+    /// The hop classes of each route, first mix to last (3 or 4).
+    #[arg(long, value_name = "CLASSES")]
+    template: Option<String>,
+    /// Jurisdictions the route must never cross.
+    #[arg(long, value_name = "CODES")]
+    avoid: Option<String>,
+    /// A route policy file (the keys of client.toml's [route], at the top
+    /// level); --policy, --template and --avoid override its keys.
+    #[arg(long, value_name = "FILE")]
+    policy_file: Option<PathBuf>,
+}
+
+impl PolicyArgs {
+    /// The policy, validated, or `None` when no flag was given.
+    fn policy(&self) -> Result<Option<RoutePolicy>, Error> {
+        let bad = |e: String| Error::InvalidOption(e);
+        if self.policy.is_none()
+            && self.template.is_none()
+            && self.avoid.is_none()
+            && self.policy_file.is_none()
+        {
+            return Ok(None);
+        }
+        let base = match &self.policy_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("--policy-file {}: {e}", path.display())))?;
+                RoutePolicy::from_toml(&text)
+                    .map_err(|e| bad(format!("--policy-file {}: {e}", path.display())))?
+            }
+            None => RoutePolicy::default(),
+        };
+        let classes = self
+            .policy
+            .as_deref()
+            .map(parse_classes)
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?;
+        let template = self.template.as_deref().map(|t| parse_list(t, false));
+        let avoid = self.avoid.as_deref().map(|a| parse_list(a, true));
+        let policy = base.with_overrides(classes, template, avoid);
+        policy
+            .validate("")
+            .map_err(|e| bad(format!("route policy: {e}")))?;
+        Ok(Some(policy))
+    }
 }
 
 impl NetArgs {
@@ -98,6 +168,8 @@ impl NetArgs {
             authorities: self.authorities,
             threshold: self.threshold,
             ready_timeout: ready,
+            jurisdictions: self.jurisdictions.as_deref().map(|j| parse_list(j, true)),
+            mixes_per_jurisdiction: self.mixes_per_jurisdiction,
         }
     }
 }
@@ -139,6 +211,10 @@ fn main() -> ExitCode {
             eprintln!("bastet-testnet: {e}");
             ExitCode::from(EXIT_USAGE)
         }
+        Err(e @ Error::RouteRefused(_)) => {
+            eprintln!("bastet-testnet: {e}");
+            ExitCode::from(EXIT_REFUSED)
+        }
         Err(Error::Interrupted) => {
             eprintln!("bastet-testnet: interrupted; every node was stopped");
             ExitCode::from(EXIT_INTERRUPTED)
@@ -171,6 +247,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             json,
             timeout,
             spacing,
+            policy,
         } => {
             let timeout = Duration::from_secs(timeout);
             let spacing = Duration::try_from_secs_f64(spacing).map_err(|_| {
@@ -181,6 +258,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 size,
                 timeout,
                 spacing,
+                policy: policy.policy()?,
             };
             demo(
                 net.options(cli.bin_dir, timeout),
@@ -211,6 +289,11 @@ async fn demo(
     }
     let mut network = Network::start(net_options).await?;
     let outcome = run_demo(&network, options).await;
+    if let Err(e @ Error::RouteRefused(_)) = outcome {
+        // The policy, not the network, is at fault: nothing to inspect.
+        report_stop(network.stop());
+        return Err(e);
+    }
     if !outcome.as_ref().is_ok_and(|r| r.all_delivered()) {
         eprintln!("relay counters:\n{}", network.counters().await);
     }

@@ -112,15 +112,19 @@ mod tests {
     fn replay_filter_stays_bounded_and_remembers_the_last_generation() {
         let mut filter = ReplayFilter::new(4).unwrap();
         let tag = |i: u8| ReplayTag([i; 32]);
+        // A fresh tag may be a false positive (keys are random, and a filter
+        // this small is coarse); a remembered tag is never missed.
+        let mut false_positives = 0;
         for i in 0..4 {
-            assert!(!filter.check_and_insert(&tag(i)));
+            false_positives += usize::from(filter.check_and_insert(&tag(i)));
         }
         assert!(filter.check_and_insert(&tag(0)));
         for i in 4..8 {
-            assert!(!filter.check_and_insert(&tag(i)));
+            false_positives += usize::from(filter.check_and_insert(&tag(i)));
         }
+        assert!(false_positives <= 1, "{false_positives} false positives");
         // The first generation rotated out of `current` but is still checked.
-        assert!(filter.previous.check(&tag(0)) && !filter.current.check(&tag(0)));
+        assert!(filter.previous.check(&tag(0)));
         assert!(filter.check_and_insert(&tag(0)));
         assert!(filter.check_and_insert(&tag(7)));
     }

@@ -103,6 +103,7 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
             .process()
             .unwrap()
         {
+            Processed::Reply { .. } => panic!("a forward packet came out as a reply"),
             Processed::Forward {
                 next_hop,
                 delay,

@@ -100,6 +100,8 @@ impl FinalHop {
         }
         match processed {
             Processed::Deliver { mailbox, message } => Ok((mailbox, message)),
+            // Replies (acks) are not stored yet.
+            Processed::Reply { .. } => Err(Rejected::Malformed),
             Processed::Forward { .. } => Err(Rejected::NotFinalHop),
         }
     }

@@ -165,7 +165,7 @@ impl Unwrapper {
                 packet,
             }),
             // Only a mailbox server may be a final hop.
-            Processed::Deliver { .. } => Err(DropReason::Malformed),
+            Processed::Deliver { .. } | Processed::Reply { .. } => Err(DropReason::Malformed),
         }
     }
 }

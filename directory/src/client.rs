@@ -313,6 +313,17 @@ impl ConsensusWatch {
         ConsensusWatch { rx, nudge }
     }
 
+    /// A watch that holds `consensus` for good and fetches nothing, for
+    /// tools and tests that obtained and verified a document another way.
+    pub fn fixed(consensus: Option<VerifiedConsensus>) -> Self {
+        // The sender is dropped: the receiver keeps the last value.
+        let (_, rx) = watch::channel(consensus.map(Arc::new));
+        ConsensusWatch {
+            rx,
+            nudge: Arc::new(Notify::new()),
+        }
+    }
+
     /// Asks for an early refresh: the caller met a node (or needs a
     /// consensus) that the one held does not have. Cheap; rate-limited.
     pub fn nudge(&self) {

@@ -18,7 +18,7 @@ use rand::seq::IndexedRandom;
 use crate::datadir::OutboxLock;
 use crate::inbox::{InboxMessage, UnreadablePayload, plan_inbox};
 use crate::message::{Content, MessageId, seal_content};
-use crate::outbox::{DeliveryState, Outgoing, ack_timeout};
+use crate::outbox::{DeliveryState, MAX_IN_FLIGHT, Outgoing, RoundTrip, ack_timeout};
 use crate::route::{RouteNode, choose_route, mailbox_descriptor};
 use crate::{Address, ClientConfig, ClientKeys, DataDir, Error, Result};
 
@@ -275,7 +275,8 @@ impl Client {
             ..OutboundConfig::default()
         });
         let own_server = self.config.mailbox_server_id()?;
-        let timeout = ack_timeout(self.config.mix_delay(), POLL_INTERVAL);
+        let base_timeout = ack_timeout(self.config.mix_delay(), POLL_INTERVAL);
+        let mut round_trip = RoundTrip::default();
         let mut fragments: Vec<Vec<Vec<u8>>> = Vec::with_capacity(messages.len());
         let mut recipients: Vec<Option<Address>> = Vec::with_capacity(messages.len());
         for m in &mut messages {
@@ -301,6 +302,7 @@ impl Client {
         let mut packets_sent = 0u64;
         let mut last_save = Instant::now();
         let mut handled: HashSet<u64> = HashSet::new();
+        let mut last_poll = None;
         loop {
             let now = now_ms();
             if epoch_of(now / 1000, self.config.directory.epoch_secs) != network.consensus.epoch {
@@ -310,9 +312,26 @@ impl Client {
                 }
             }
             let mut changed = false;
+            // Acks first: a resumed message's acks may have waited in the
+            // mailbox past their fragments' retry time.
+            let poll_due = last_poll.is_none_or(|t: Instant| t.elapsed() >= POLL_INTERVAL);
+            if wait && poll_due && !messages.iter().all(Outgoing::is_final) {
+                last_poll = Some(Instant::now());
+                changed |= self
+                    .take_acks(&network.api, &mut messages, &mut handled, &mut round_trip)
+                    .await;
+            }
+            let now = now_ms();
+            let timeout = round_trip.timeout(base_timeout);
+            let mut window = MAX_IN_FLIGHT
+                .saturating_sub(messages.iter().map(|m| m.in_flight(now)).sum());
             for (i, m) in messages.iter_mut().enumerate() {
                 let Some(to) = &recipients[i] else { continue };
                 for index in m.due(now) {
+                    if window == 0 {
+                        break;
+                    }
+                    window -= 1;
                     let sent = self.send_fragment(
                         &network.consensus,
                         &outbound,
@@ -336,11 +355,6 @@ impl Client {
                 }
                 changed |= m.advance(now);
             }
-            if wait && !messages.iter().all(Outgoing::is_final) {
-                changed |= self
-                    .take_acks(&network.api, &mut messages, &mut handled)
-                    .await;
-            }
             if changed || last_save.elapsed() >= SAVE_PERIOD || !wait {
                 self.save_all(&messages)?;
                 last_save = Instant::now();
@@ -348,12 +362,18 @@ impl Client {
             if !wait || messages.iter().all(Outgoing::is_final) {
                 break;
             }
+            // Wake for the next fragment due, unless the window is full:
+            // then only acks can make room.
             let next = messages
                 .iter()
                 .filter_map(Outgoing::next_due_ms)
                 .min()
                 .unwrap_or(u64::MAX);
-            let until_due = Duration::from_millis(next.saturating_sub(now_ms()));
+            let until_due = if window == 0 {
+                POLL_INTERVAL
+            } else {
+                Duration::from_millis(next.saturating_sub(now_ms()))
+            };
             tokio::time::sleep(until_due.clamp(Duration::from_millis(10), POLL_INTERVAL)).await;
         }
         // Let the packets already queued reach their first mixes.
@@ -425,6 +445,7 @@ impl Client {
         api: &MailboxClient,
         messages: &mut [Outgoing],
         handled: &mut HashSet<u64>,
+        round_trip: &mut RoundTrip,
     ) -> bool {
         let listing = match self.list_all(api).await {
             Ok(l) => l,
@@ -445,8 +466,10 @@ impl Client {
                 continue;
             }
             if let Ok(reply) = SealedReply::from_bytes(&stored.payload) {
+                let now = now_ms();
                 for m in messages.iter_mut() {
-                    if m.apply_reply(&reply).is_some() {
+                    if let Some(acked) = m.apply_reply(&reply, now) {
+                        round_trip.sample(acked.round_trip);
                         break;
                     }
                 }
@@ -515,12 +538,12 @@ impl Client {
         };
         if lock.is_some() && !plan.replies.is_empty() {
             let mut outbox = self.dir.load_outbox()?;
+            let now = now_ms();
             for reply in &plan.replies {
-                if outbox.iter_mut().any(|m| m.apply_reply(reply).is_some()) {
+                if outbox.iter_mut().any(|m| m.apply_reply(reply, now).is_some()) {
                     report.acks += 1;
                 }
             }
-            let now = now_ms();
             for m in &mut outbox {
                 m.advance(now);
             }

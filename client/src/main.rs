@@ -82,7 +82,8 @@ enum Command {
         save_dir: Option<PathBuf>,
     },
     /// Show the messages waiting in the outbox (not yet acknowledged), or
-    /// with --resume send and retransmit them until each is stored or failed.
+    /// with --resume send and retransmit them until each is stored or failed
+    /// (exit status 0 either way: each message reports its state).
     Outbox {
         /// Print one JSON object.
         #[arg(long)]
@@ -173,8 +174,9 @@ fn real_main(cli: Cli) -> CliResult<()> {
                         print_sent(s, false)?;
                     }
                 }
+                // A report of many messages: exit 0, each states its fate.
                 if let Some(why) = failure(&sent) {
-                    return Err(why.into());
+                    eprintln!("bastet: {why}");
                 }
             } else {
                 let pending = client.outbox()?;

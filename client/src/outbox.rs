@@ -24,6 +24,43 @@ pub const DEFAULT_GIVE_UP: Duration = Duration::from_secs(120);
 pub const MAX_PENDING_SURBS: usize = 4;
 /// Mix hops of a fragment's round trip: three forward, three back.
 const ROUND_TRIP_MIXES: u32 = 6;
+/// Most fragments sent and not yet acknowledged (nor overdue) at once,
+/// over all messages: a 1 MiB message is not thrown at the network in one
+/// burst that outlasts its own ack timeout and is then sent again whole.
+pub const MAX_IN_FLIGHT: usize = 128;
+
+/// Round-trip time estimate from acks (TCP's smoothed RTT, RFC 6298 gains):
+/// the ack timeout is never less than twice it, so a loaded network slows
+/// retransmission down instead of being flooded by it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoundTrip {
+    smoothed: Option<Duration>,
+}
+
+impl RoundTrip {
+    /// Takes one measured round trip.
+    pub fn sample(&mut self, rtt: Duration) {
+        self.smoothed = Some(match self.smoothed {
+            None => rtt,
+            Some(s) => s.mul_f64(0.875) + rtt.mul_f64(0.125),
+        });
+    }
+
+    /// The timeout to use: `base`, or twice the smoothed round trip if
+    /// that is longer.
+    pub fn timeout(&self, base: Duration) -> Duration {
+        self.smoothed.map_or(base, |s| base.max(s * 2))
+    }
+}
+
+/// A fragment acknowledged by a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Acked {
+    /// Its index in the message.
+    pub index: usize,
+    /// From sending the transmission acknowledged to applying its ack.
+    pub round_trip: Duration,
+}
 
 /// How long to wait for a fragment's ack before sending it again: four
 /// times the expected round trip (six mixes of mean delay `mean_hop_delay`,
@@ -77,6 +114,8 @@ pub struct PendingSurb {
     pub ack_id: String,
     /// [`SurbKeys::to_bytes`] (hex): the SURB id, then the payload key seeds.
     pub keys: String,
+    /// When this transmission went out, unix ms.
+    pub sent_at_ms: u64,
 }
 
 impl fmt::Debug for PendingSurb {
@@ -168,6 +207,17 @@ impl Outgoing {
             .collect()
     }
 
+    /// Fragments sent, not acknowledged and not yet due again at `now_ms`.
+    pub fn in_flight(&self, now_ms: u64) -> usize {
+        if self.is_final() {
+            return 0;
+        }
+        self.fragments
+            .iter()
+            .filter(|f| !f.acked && f.attempts > 0 && f.retry_at_ms > now_ms)
+            .count()
+    }
+
     /// When the next fragment falls due, unix ms, if any is unacknowledged.
     pub fn next_due_ms(&self) -> Option<u64> {
         if self.is_final() {
@@ -202,6 +252,7 @@ impl Outgoing {
         f.surbs.push(PendingSurb {
             ack_id: hex::encode(ack_id.0),
             keys: hex::encode(&*keys.to_bytes()),
+            sent_at_ms: now_ms,
         });
         if f.surbs.len() > MAX_PENDING_SURBS {
             f.surbs.remove(0);
@@ -218,10 +269,10 @@ impl Outgoing {
         }
     }
 
-    /// Applies a reply from the sender's mailbox: if it opens under the
-    /// keys of one of this message's SURBs and carries the expected ack id,
-    /// marks that fragment acknowledged and returns its index.
-    pub fn apply_reply(&mut self, reply: &SealedReply) -> Option<usize> {
+    /// Applies a reply from the sender's mailbox at `now_ms`: if it opens
+    /// under the keys of one of this message's SURBs and carries the
+    /// expected ack id, marks that fragment acknowledged and says which.
+    pub fn apply_reply(&mut self, reply: &SealedReply, now_ms: u64) -> Option<Acked> {
         let id = hex::encode(reply.surb_id().0);
         let (index, surb) = self.fragments.iter().enumerate().find_map(|(i, f)| {
             f.surbs
@@ -239,7 +290,10 @@ impl Outgoing {
         let f = self.fragments.get_mut(index)?;
         f.acked = true;
         f.surbs.clear();
-        Some(index)
+        Some(Acked {
+            index,
+            round_trip: Duration::from_millis(now_ms.saturating_sub(surb.sent_at_ms)),
+        })
     }
 
     /// Moves the state on at `now_ms`: stored once every fragment is
@@ -334,6 +388,19 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_network_lengthens_the_timeout_never_shortens_it() {
+        let mut rtt = RoundTrip::default();
+        assert_eq!(rtt.timeout(T), T);
+        rtt.sample(Duration::from_millis(400));
+        assert_eq!(rtt.timeout(T), T);
+        for _ in 0..40 {
+            rtt.sample(Duration::from_secs(4));
+        }
+        let t = rtt.timeout(T);
+        assert!(t > Duration::from_millis(7900) && t <= Duration::from_secs(8), "{t:?}");
+    }
+
+    #[test]
     fn fragments_go_sent_then_stored_as_acks_arrive() {
         let mut m = Outgoing::new("ab".into(), "to".into(), 2, 1000, DEFAULT_GIVE_UP);
         assert_eq!(m.state, DeliveryState::Queued);
@@ -351,9 +418,14 @@ mod tests {
 
         // The ack for fragment 1 arrives; fragment 0's does not.
         assert_eq!(
-            m.apply_reply(&reply(s1, &AckId([2; 16]).to_ack_body(), &server)),
-            Some(1)
+            m.apply_reply(&reply(s1, &AckId([2; 16]).to_ack_body(), &server), 1700),
+            Some(Acked {
+                index: 1,
+                round_trip: Duration::from_millis(700)
+            })
         );
+        assert_eq!(m.in_flight(2000), 1);
+        assert_eq!(m.in_flight(3000), 0);
         assert_eq!(m.due(3000), [0]);
         // Retransmitted over a fresh SURB; the late ack of the first copy
         // still counts.
@@ -362,7 +434,8 @@ mod tests {
         assert_eq!(m.retransmissions, 1);
         assert_eq!(m.fragments[0].retry_at_ms, 3000 + 3000);
         assert_eq!(
-            m.apply_reply(&reply(s0, &AckId([1; 16]).to_ack_body(), &server)),
+            m.apply_reply(&reply(s0, &AckId([1; 16]).to_ack_body(), &server), 3500)
+                .map(|a| a.index),
             Some(0)
         );
         assert!(m.advance(3500));
@@ -379,12 +452,12 @@ mod tests {
         m.record_send(0, AckId([1; 16]), &k, 0, T);
         // Opens under our keys but names another ack.
         assert_eq!(
-            m.apply_reply(&reply(s, &AckId([9; 16]).to_ack_body(), &server)),
+            m.apply_reply(&reply(s, &AckId([9; 16]).to_ack_body(), &server), 0),
             None
         );
         let (other, _, _) = surb();
         assert_eq!(
-            m.apply_reply(&reply(other, &AckId([1; 16]).to_ack_body(), &server)),
+            m.apply_reply(&reply(other, &AckId([1; 16]).to_ack_body(), &server), 0),
             None
         );
         assert!(!m.fragments[0].acked);

@@ -48,6 +48,8 @@ const PLAINTEXT_OVERHEAD: usize =
 pub const MESSAGE_OVERHEAD: usize = HEADER_LEN + PLAINTEXT_OVERHEAD + AEAD_TAG_LEN;
 /// Longest sealed payload: the envelope that is fragmented.
 pub const MAX_SEALED_LEN: usize = MESSAGE_OVERHEAD + MAX_FILE_NAME_LEN + MAX_CONTENT_LEN;
+// The longest envelope must be one the recipient can reassemble.
+const _: () = assert!(MAX_SEALED_LEN <= bastet_sphinx::MAX_ENVELOPE_LEN);
 
 /// A random 16-byte message id, chosen by the sender.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,7 +176,12 @@ pub struct ReceivedFile {
 
 impl fmt::Debug for ReceivedFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ReceivedFile({:?}, {} bytes)", self.name, self.bytes.len())
+        write!(
+            f,
+            "ReceivedFile({:?}, {} bytes)",
+            self.name,
+            self.bytes.len()
+        )
     }
 }
 
@@ -492,7 +499,8 @@ mod tests {
             name: "report 2026.pdf".into(),
             bytes: bytes.clone(),
         };
-        let sealed = seal_content(&alice, &address_of(&bob), &content, 9, &mut rand::rng()).unwrap();
+        let sealed =
+            seal_content(&alice, &address_of(&bob), &content, 9, &mut rand::rng()).unwrap();
         assert_eq!(
             sealed.payload.len(),
             MESSAGE_OVERHEAD + "report 2026.pdf".len() + bytes.len()
@@ -511,7 +519,16 @@ mod tests {
 
     #[test]
     fn file_names_must_be_plain_names() {
-        for bad in ["", ".", "..", "a/b", "../x", "a\\b", "x\ny", &"n".repeat(256)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "a\\b",
+            "x\ny",
+            &"n".repeat(256),
+        ] {
             assert!(check_file_name(bad).is_err(), "{bad:?}");
             let content = Content::File {
                 name: bad.to_string(),
@@ -585,8 +602,6 @@ mod tests {
             }
         ));
         assert!(err.to_string().contains(&MAX_TEXT_LEN.to_string()), "{err}");
-        // The whole envelope fits what a recipient reassembles.
-        assert!(MAX_SEALED_LEN <= bastet_sphinx::MAX_ENVELOPE_LEN);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bastet_directory::{Descriptor, Role, VerifiedConsensus};
-use bastet_sphinx::{Hop, MailboxId, NodeId, Packet, build};
+use bastet_sphinx::{FinalPayload, Hop, MailboxId, NodeId, Packet, build, fragment};
 use tokio::io::AsyncWriteExt;
 
 use crate::layout::{Layout, RelayNode};
@@ -126,7 +126,14 @@ fn packet(route: &Route<'_>) -> Result<Packet> {
         .collect();
     let mut nobody = [0u8; 32];
     rand::fill(&mut nobody[..]);
-    Ok(build(&hops, &MailboxId(nobody), b"bastet-testnet probe")?)
+    // A final payload as clients send it (without an ack request), so that
+    // the mailbox server reads it and only then finds the mailbox unknown.
+    let probe = fragment(b"bastet-testnet probe", &mut rand::rng())?;
+    let payload = probe
+        .first()
+        .map(|f| FinalPayload::new(None, f).to_bytes())
+        .unwrap_or_default();
+    Ok(build(&hops, &MailboxId(nobody), &payload)?)
 }
 
 /// Sends one probe per route, over one pinned TLS connection per first hop.

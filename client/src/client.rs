@@ -223,7 +223,9 @@ impl Client {
         reports
             .into_iter()
             .find(|r| r.message_id == sealed.message_id)
-            .ok_or(Error::MalformedMessage("the message left the outbox unreported"))
+            .ok_or(Error::MalformedMessage(
+                "the message left the outbox unreported",
+            ))
     }
 
     /// Drives every pending message in the outbox: with `wait`, until each
@@ -323,8 +325,8 @@ impl Client {
             }
             let now = now_ms();
             let timeout = round_trip.timeout(base_timeout);
-            let mut window = MAX_IN_FLIGHT
-                .saturating_sub(messages.iter().map(|m| m.in_flight(now)).sum());
+            let mut window =
+                MAX_IN_FLIGHT.saturating_sub(messages.iter().map(|m| m.in_flight(now)).sum());
             for (i, m) in messages.iter_mut().enumerate() {
                 let Some(to) = &recipients[i] else { continue };
                 for index in m.due(now) {
@@ -540,7 +542,10 @@ impl Client {
             let mut outbox = self.dir.load_outbox()?;
             let now = now_ms();
             for reply in &plan.replies {
-                if outbox.iter_mut().any(|m| m.apply_reply(reply, now).is_some()) {
+                if outbox
+                    .iter_mut()
+                    .any(|m| m.apply_reply(reply, now).is_some())
+                {
                     report.acks += 1;
                 }
             }

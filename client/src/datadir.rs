@@ -157,7 +157,9 @@ impl DataDir {
     /// Envelope ids of messages completed and shown, oldest first.
     pub fn load_completed(&self) -> Result<VecDeque<EnvelopeId>> {
         let path = self.root.join(COMPLETED);
-        let text = self.read_bounded(&path, MAX_SHOWN_FILE)?.unwrap_or_default();
+        let text = self
+            .read_bounded(&path, MAX_SHOWN_FILE)?
+            .unwrap_or_default();
         let text = String::from_utf8(text).map_err(|_| Error::File {
             path: path.clone(),
             why: "not text; delete the file".into(),
@@ -187,7 +189,10 @@ impl DataDir {
         while all.len() > MAX_COMPLETED_ENVELOPES {
             all.pop_front();
         }
-        let text: String = all.iter().map(|e| format!("{}\n", hex::encode(e.0))).collect();
+        let text: String = all
+            .iter()
+            .map(|e| format!("{}\n", hex::encode(e.0)))
+            .collect();
         self.write_atomic(&self.root.join(COMPLETED), text.as_bytes())
     }
 
@@ -231,7 +236,10 @@ impl DataDir {
 
     /// Reads [`DataDir::save_fragments`].
     pub fn load_fragments(&self, message_id: &str) -> Result<Vec<Vec<u8>>> {
-        let path = self.root.join(OUTBOX).join(format!("{message_id}.fragments"));
+        let path = self
+            .root
+            .join(OUTBOX)
+            .join(format!("{message_id}.fragments"));
         let bytes = self
             .read_bounded(&path, MAX_OUTBOX_FILE)?
             .ok_or_else(|| Error::File {
@@ -413,11 +421,23 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path());
         assert!(dir.load_outbox().unwrap().is_empty());
-        let m = Outgoing::new("aa".into(), "bastet1x".into(), 2, 5, std::time::Duration::from_secs(9));
+        let m = Outgoing::new(
+            "aa".into(),
+            "bastet1x".into(),
+            2,
+            5,
+            std::time::Duration::from_secs(9),
+        );
         let frags = vec![vec![1u8; 1617], vec![2u8; 3]];
         dir.save_fragments("aa", &frags).unwrap();
         dir.save_outgoing(&m).unwrap();
-        let older = Outgoing::new("bb".into(), "bastet1y".into(), 1, 1, std::time::Duration::from_secs(9));
+        let older = Outgoing::new(
+            "bb".into(),
+            "bastet1y".into(),
+            1,
+            1,
+            std::time::Duration::from_secs(9),
+        );
         dir.save_outgoing(&older).unwrap();
         let loaded = dir.load_outbox().unwrap();
         assert_eq!(loaded, vec![older, m]);

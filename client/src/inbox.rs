@@ -380,7 +380,14 @@ mod tests {
         // A copy arriving after the message was completed and deleted.
         let completed: HashSet<_> = p.completed.iter().copied().collect();
         let late = vec![stored(9, frags[0].payload.clone())];
-        let p = plan_inbox(&bob, &late, &BTreeSet::new(), &completed, true, Instant::now());
+        let p = plan_inbox(
+            &bob,
+            &late,
+            &BTreeSet::new(),
+            &completed,
+            true,
+            Instant::now(),
+        );
         assert!(p.new.is_empty());
         assert_eq!(p.duplicates, 1);
         assert_eq!(p.delete_upto, Some(9));

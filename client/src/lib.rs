@@ -25,9 +25,9 @@ pub use message::{
     check_text, open_message, seal_content, seal_message,
 };
 pub use outbox::{
-    ACK_SLACK, Acked, BACKOFF_FACTOR, DEFAULT_GIVE_UP, DeliveryState, FragmentState,
-    MAX_IN_FLIGHT, MAX_PENDING_SURBS, MAX_RETRY_INTERVAL, Outgoing, PendingSurb, RoundTrip,
-    ack_timeout, retry_interval,
+    ACK_SLACK, Acked, BACKOFF_FACTOR, DEFAULT_GIVE_UP, DeliveryState, FragmentState, MAX_IN_FLIGHT,
+    MAX_PENDING_SURBS, MAX_RETRY_INTERVAL, Outgoing, PendingSurb, RoundTrip, ack_timeout,
+    retry_interval,
 };
 pub use poisson::{
     Bandwidth, FETCHED_MESSAGE_BYTES, KsTest, MAX_LAG, MAX_RATE, ScheduledSend, Scheduler,

@@ -157,9 +157,8 @@ fn real_main(cli: Cli) -> CliResult<()> {
             save_dir,
         } => {
             let client = Client::open(dir)?;
-            let report = runtime.block_on(
-                client.inbox(Duration::from_secs(wait), save_dir.as_deref()),
-            )?;
+            let report =
+                runtime.block_on(client.inbox(Duration::from_secs(wait), save_dir.as_deref()))?;
             print_inbox(&report, json)?;
         }
         Command::Outbox { json, resume } => {
@@ -378,7 +377,11 @@ fn print_inbox(report: &InboxReport, json: bool) -> CliResult<()> {
             println!("Received: {}", format_utc_ms(m.received_at_ms));
             println!("Id:       {}", m.message.message_id.to_hex());
             if let Some(f) = &m.message.file {
-                println!("File:     {} ({} bytes)", terminal_safe(&f.name), f.bytes.len());
+                println!(
+                    "File:     {} ({} bytes)",
+                    terminal_safe(&f.name),
+                    f.bytes.len()
+                );
             }
             println!();
             if m.message.file.is_none() {

@@ -120,7 +120,11 @@ pub struct PendingSurb {
 
 impl fmt::Debug for PendingSurb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PendingSurb({}, [redacted])", self.keys.get(..8).unwrap_or(""))
+        write!(
+            f,
+            "PendingSurb({}, [redacted])",
+            self.keys.get(..8).unwrap_or("")
+        )
     }
 }
 
@@ -397,7 +401,10 @@ mod tests {
             rtt.sample(Duration::from_secs(4));
         }
         let t = rtt.timeout(T);
-        assert!(t > Duration::from_millis(7900) && t <= Duration::from_secs(8), "{t:?}");
+        assert!(
+            t > Duration::from_millis(7900) && t <= Duration::from_secs(8),
+            "{t:?}"
+        );
     }
 
     #[test]

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use bastet_directory::{EpochKey, VerifiedConsensus};
 use bastet_link::Peer;
 use bastet_sphinx::{
-    AckRequest, FinalPayload, MailboxId, Packet, Prepared, Processed, ReplayFilter,
-    SphinxSecretKey,
+    AckRequest, FinalPayload, MailboxId, Packet, Prepared, Processed, ReplayFilter, SphinxSecretKey,
 };
 
 /// A packet this hop accepted: what to store, for whom, and what to do
@@ -92,9 +91,7 @@ pub fn ack_packet(
     if consensus.layer_of(&first_hop) != Some(1) {
         return Err(AckDropped::BadFirstHop);
     }
-    let descriptor = consensus
-        .node(&first_hop)
-        .ok_or(AckDropped::BadFirstHop)?;
+    let descriptor = consensus.node(&first_hop).ok_or(AckDropped::BadFirstHop)?;
     let (packet, to) = ack
         .surb
         .clone()
@@ -209,7 +206,8 @@ impl FinalHop {
         }
         match processed {
             Processed::Deliver { mailbox, message } => {
-                let payload = FinalPayload::from_bytes(&message).map_err(|_| Rejected::Malformed)?;
+                let payload =
+                    FinalPayload::from_bytes(&message).map_err(|_| Rejected::Malformed)?;
                 Ok(Opened::Message {
                     mailbox,
                     fragment: payload.fragment_bytes().to_vec(),
@@ -439,7 +437,8 @@ mod tests {
             }
         }
         let mut sender_hop = FinalHop::new(one_key(sender_key), 1000).unwrap();
-        let Opened::Reply { mailbox, sealed } = sender_hop.open(ack_packet_bytes.as_bytes()).unwrap()
+        let Opened::Reply { mailbox, sealed } =
+            sender_hop.open(ack_packet_bytes.as_bytes()).unwrap()
         else {
             panic!("expected a reply");
         };

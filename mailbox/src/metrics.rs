@@ -107,7 +107,9 @@ impl Metrics {
             m.acks_dropped.clone(),
         );
         for reason in ACK_DROP_REASONS {
-            m.acks_dropped.get_or_create(&reason_label(reason)).inc_by(0);
+            m.acks_dropped
+                .get_or_create(&reason_label(reason))
+                .inc_by(0);
         }
         for reason in DROP_REASONS {
             m.packets_dropped

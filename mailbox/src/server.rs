@@ -430,7 +430,9 @@ mod tests {
         let count = MAX_BATCH + 44;
         let (tx, rx) = mpsc::channel::<Frame>(count);
         for i in 0..count {
-            let f = fragment(&i.to_be_bytes(), &mut rand::rng()).unwrap().remove(0);
+            let f = fragment(&i.to_be_bytes(), &mut rand::rng())
+                .unwrap()
+                .remove(0);
             let payload = FinalPayload::new(None, &f).to_bytes();
             let packet = build(std::slice::from_ref(&me), &mailbox, &payload).unwrap();
             let mut frame: Frame = Box::new([0; bastet_link::FRAME_LEN]);

@@ -472,7 +472,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let report = init(&options(tmp.path())).unwrap();
         let text = std::fs::read_to_string(&report.config).unwrap();
-        assert_eq!(MixnodeConfig::load(&report.config).unwrap().test_drop_fraction, 0.0);
+        assert_eq!(
+            MixnodeConfig::load(&report.config)
+                .unwrap()
+                .test_drop_fraction,
+            0.0
+        );
         let write = |name: &str, extra: &str| {
             let path = tmp.path().join(name);
             std::fs::write(&path, format!("{extra}\n{text}")).unwrap();
@@ -481,7 +486,10 @@ mod tests {
         let err = write("lossy.toml", "test_drop_fraction = 0.1")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("test_drop_fraction") && err.contains("test_hooks"), "{err}");
+        assert!(
+            err.contains("test_drop_fraction") && err.contains("test_hooks"),
+            "{err}"
+        );
         let on = write("on.toml", "test_hooks = true\ntest_drop_fraction = 0.1").unwrap();
         assert_eq!(on.test_drop_fraction, 0.1);
         let err = write("over.toml", "test_hooks = true\ntest_drop_fraction = 1.5")

@@ -9,9 +9,10 @@ mod types;
 
 pub use error::Error;
 pub use fragment::{
-    ACK_BODY_LEN, ACK_BODY_VERSION, AckId, AckRequest, EnvelopeId, FINAL_PAYLOAD_OVERHEAD, FINAL_PAYLOAD_VERSION,
-    FRAGMENT_CAPACITY, FRAGMENT_HEADER_LEN, FRAGMENT_VERSION, FinalPayload, Fragment,
-    MAX_ENVELOPE_LEN, MAX_FRAGMENT_LEN, Reassembler, Reassembly, ReassemblyLimits, fragment,
+    ACK_BODY_LEN, ACK_BODY_VERSION, AckId, AckRequest, EnvelopeId, FINAL_PAYLOAD_OVERHEAD,
+    FINAL_PAYLOAD_VERSION, FRAGMENT_CAPACITY, FRAGMENT_HEADER_LEN, FRAGMENT_VERSION, FinalPayload,
+    Fragment, MAX_ENVELOPE_LEN, MAX_FRAGMENT_LEN, Reassembler, Reassembly, ReassemblyLimits,
+    fragment,
 };
 pub use packet::{
     Hop, MAX_HOPS, MAX_MESSAGE_LEN, PACKET_LEN, PAYLOAD_SIZE, Packet, Prepared, Processed,

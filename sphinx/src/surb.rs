@@ -24,10 +24,12 @@ use sphinx_packet::{SURB, SURBMaterial, SurbReplyRecovery};
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
-use crate::packet::guard;
 #[cfg(doc)]
 use crate::Prepared;
-use crate::{Error, Hop, MAX_HOPS, MAX_MESSAGE_LEN, MailboxId, NodeId, PAYLOAD_SIZE, Packet, Result};
+use crate::packet::guard;
+use crate::{
+    Error, Hop, MAX_HOPS, MAX_MESSAGE_LEN, MailboxId, NodeId, PAYLOAD_SIZE, Packet, Result,
+};
 
 /// Length of every SURB: the Sphinx header (the same size for any route of
 /// 1 to [`MAX_HOPS`] hops), the first hop's address and one payload key seed.

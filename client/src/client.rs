@@ -52,8 +52,9 @@ pub struct SendOptions {
     /// Give up on a message this long after it was queued.
     pub give_up: Duration,
     /// Wait until the message is stored or failed (retransmitting). If
-    /// false, send every fragment once and return; `bastet outbox --resume`
-    /// (or the next waiting `send`) carries on.
+    /// false, send each fragment once, as far as the in-flight window
+    /// ([`crate::MAX_IN_FLIGHT`]) allows, and return; `bastet outbox
+    /// --resume` (or the next waiting `send`) carries on.
     pub wait: bool,
 }
 

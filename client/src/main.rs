@@ -63,7 +63,8 @@ enum Command {
         /// Seconds after which an unacknowledged message fails.
         #[arg(long, value_name = "SECS", default_value_t = 120)]
         give_up: u64,
-        /// Send every fragment once and return (state "sent"); the message
+        /// Send each fragment once (up to 128, the in-flight window) and
+        /// return (state "sent", or "queued" if more remain); the message
         /// stays in the outbox and `bastet outbox --resume` carries on.
         #[arg(long)]
         no_wait: bool,

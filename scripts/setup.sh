@@ -49,6 +49,6 @@ else
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-    echo "setup: cargo not found; install Rust (1.88 or newer) from https://rustup.rs" >&2
+    echo "setup: cargo not found; install Rust (1.89 or newer) from https://rustup.rs" >&2
     exit 1
 fi

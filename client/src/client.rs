@@ -1,31 +1,44 @@
 //! The thin async shell around the pure core: it fetches the consensus,
-//! talks to the mailbox API and writes one packet to the first mix.
+//! talks to the mailbox API and hands packets to the first mixes. What to
+//! send when, and what to show, is decided by `outbox` and `inbox`.
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bastet_directory::{DirectoryClient, DirectoryConfig, VerifiedConsensus};
-use bastet_link::{CertPin, write_frame};
+use bastet_directory::{DirectoryClient, DirectoryConfig, VerifiedConsensus, epoch_of};
+use bastet_link::{Outbound, OutboundConfig, Peer};
 use bastet_mailbox::{MailboxClient, StoredMessage};
-use bastet_sphinx::NodeId;
+use bastet_sphinx::{
+    AckId, AckRequest, FinalPayload, Fragment, NodeId, SEALED_REPLY_LEN, SealedReply, Surb,
+};
+use rand::Rng;
 use rand::seq::IndexedRandom;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::datadir::OutboxLock;
 use crate::inbox::{InboxMessage, UnreadablePayload, plan_inbox};
-use crate::message::check_text;
+use crate::message::{Content, MessageId, seal_content};
+use crate::outbox::{DeliveryState, MAX_IN_FLIGHT, Outgoing, RoundTrip, ack_timeout};
 use crate::policy::{RoutePolicy, choose_policy_route};
 use crate::route::{RouteNode, mailbox_descriptor};
-use crate::{Address, ClientConfig, ClientKeys, DataDir, Error, MessageId, Result, seal_message};
+use crate::{Address, ClientConfig, ClientKeys, DataDir, Error, Result};
 
-/// How often `inbox --wait` polls.
+/// How often `inbox --wait` and `send` poll the mailbox.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Most messages one `inbox` call reads (a mailbox holds at most its quota).
 const MAX_INBOX_MESSAGES: usize = 20_000;
 /// Page size for listing.
 const LIST_LIMIT: usize = bastet_mailbox::api::MAX_LIST_LIMIT;
-/// Bound on connecting to the first mix and handing it the packet.
+/// Bound on handing the last packets to the first mixes before exiting.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long to wait for the first mix to close the link after our packet.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Packets queued per first mix; a 1 MiB message is about 700.
+const OUTBOUND_QUEUE: usize = 4096;
+/// A fragment that could not be handed to a first mix is tried again after
+/// this long, without counting as a transmission.
+const UNSENT_RETRY: Duration = Duration::from_secs(1);
+/// The outbox state on disk is rewritten at most this often while sending
+/// (and whenever a message changes state).
+const SAVE_PERIOD: Duration = Duration::from_secs(1);
 
 /// A client: its keys and configuration, loaded from its data directory.
 pub struct Client {
@@ -34,20 +47,52 @@ pub struct Client {
     config: ClientConfig,
 }
 
-/// What [`Client::send`] did.
+/// How [`Client::send`] behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct SendOptions {
+    /// Give up on a message this long after it was queued.
+    pub give_up: Duration,
+    /// Wait until the message is stored or failed (retransmitting). If
+    /// false, send each fragment once, as far as the in-flight window
+    /// ([`crate::MAX_IN_FLIGHT`]) allows, and return; `bastet outbox
+    /// --resume` (or the next waiting `send`) carries on.
+    pub wait: bool,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            give_up: crate::outbox::DEFAULT_GIVE_UP,
+            wait: true,
+        }
+    }
+}
+
+/// What became of one outgoing message.
 #[derive(Clone, Debug)]
 pub struct SentMessage {
     /// The message id (the recipient sees the same).
     pub message_id: MessageId,
     /// When it was sealed, unix milliseconds.
     pub sent_at_ms: u64,
-    /// The relays it crosses, first mix to mailbox server.
+    /// The relays its first fragment crossed, first mix to mailbox server
+    /// (empty if nothing was sent in this call).
     pub route: Vec<RouteNode>,
     /// The epoch of the consensus (and so of the Sphinx keys) it was built
     /// with.
     pub epoch: u64,
     /// How many pinned authorities signed that consensus.
     pub signatures: usize,
+    /// Fragments (packets) the message was cut into.
+    pub fragments: usize,
+    /// Fragments acknowledged.
+    pub acked: usize,
+    /// Transmissions beyond the first of each fragment.
+    pub retransmissions: u32,
+    /// Where it is.
+    pub state: DeliveryState,
+    /// Why it failed.
+    pub reason: Option<String>,
 }
 
 /// What [`Client::inbox`] found.
@@ -55,13 +100,28 @@ pub struct SentMessage {
 pub struct InboxReport {
     /// Messages not shown before, in mailbox order.
     pub messages: Vec<InboxMessage>,
+    /// For each message, where its file was saved (with a save dir).
+    pub saved: Vec<Option<PathBuf>>,
     /// Payloads that could not be read; they stay on the server.
     pub unreadable: Vec<UnreadablePayload>,
+    /// Duplicate fragments dropped (retransmissions whose first copy
+    /// arrived).
+    pub duplicates: usize,
+    /// Messages still missing fragments; their fragments stay on the server.
+    pub partial: usize,
+    /// Acks for this client's own outgoing fragments applied.
+    pub acks: usize,
     /// How many payloads the server deleted.
     pub deleted: u64,
     /// Why deleting what was read failed, if it did (those messages are
     /// remembered and not shown again).
     pub delete_error: Option<String>,
+}
+
+/// The consensus in force and where this client's mailbox is.
+struct Network {
+    consensus: VerifiedConsensus,
+    api: MailboxClient,
 }
 
 impl Client {
@@ -133,54 +193,403 @@ impl Client {
         Ok(self)
     }
 
-    /// Encrypts `text` to `to`, wraps it in a Sphinx packet along a fresh
-    /// route to `to`'s mailbox server that meets the route policy, and
-    /// hands it to the first mix. When the policy cannot be met, fails
-    /// before anything is sent.
-    pub async fn send(&self, to: &Address, text: &str) -> Result<SentMessage> {
-        check_text(text)?;
-        let consensus = fetch_consensus(&self.config.directory).await?;
-        let route = choose_policy_route(
-            &consensus,
-            &self.config.route,
-            &to.mailbox_server,
-            self.config.mix_delay(),
-            &mut rand::rng(),
-        )?;
-        let sealed = seal_message(&self.keys, to, text, now_ms(), &mut rand::rng())?;
-        let packet = bastet_sphinx::build(&route.hops, &to.mailbox, &sealed.payload)?;
-        send_packet(&route.entry_addr, route.entry_pin, packet.as_bytes()).await?;
-        tracing::debug!(first_hop = %route.nodes[0].node.short(), "packet sent");
-        Ok(SentMessage {
-            message_id: sealed.message_id,
-            sent_at_ms: sealed.sent_at_ms,
-            route: route.nodes,
-            epoch: consensus.epoch,
-            signatures: consensus.signatures,
-        })
+    /// Encrypts `content` to `to`, cuts the envelope into fragments, saves
+    /// it in the outbox (state `queued`), and sends each fragment in its own
+    /// packet on its own route with an ack SURB back to this client's
+    /// mailbox. With `options.wait`, then polls for acks and retransmits
+    /// until every fragment is acknowledged (`stored`) or `give_up` passes
+    /// (`failed`); other pending messages in the outbox are driven too.
+    pub async fn send(
+        &self,
+        to: &Address,
+        content: &Content,
+        options: SendOptions,
+    ) -> Result<SentMessage> {
+        content.check()?;
+        let lock = self.lock_outbox()?;
+        let mut network = self.network().await?;
+        // Refused now, not retried until the give-up: an unknown mailbox
+        // server, or a route policy this consensus cannot meet (there or
+        // back), fails before anything is saved or sent.
+        mailbox_descriptor(&network.consensus, &to.mailbox_server)?;
+        {
+            let (policy, mean) = (&self.config.route, self.config.mix_delay());
+            let rng = &mut rand::rng();
+            choose_policy_route(&network.consensus, policy, &to.mailbox_server, mean, rng)?;
+            let own_server = self.config.mailbox_server_id()?;
+            choose_policy_route(&network.consensus, policy, &own_server, mean, rng)?;
+        }
+        let sent_at_ms = now_ms();
+        let sealed = seal_content(&self.keys, to, content, sent_at_ms, &mut rand::rng())?;
+        let fragments: Vec<Vec<u8>> = bastet_sphinx::fragment(&sealed.payload, &mut rand::rng())?
+            .iter()
+            .map(Fragment::to_bytes)
+            .collect();
+        let message_id = sealed.message_id.to_hex();
+        let outgoing = Outgoing::new(
+            message_id.clone(),
+            to.to_string(),
+            fragments.len(),
+            sent_at_ms,
+            options.give_up,
+        );
+        self.dir.save_fragments(&message_id, &fragments)?;
+        self.dir.save_outgoing(&outgoing)?;
+        let mut others = if options.wait {
+            self.dir.load_outbox()?
+        } else {
+            Vec::new()
+        };
+        others.retain(|m| m.message_id != message_id && !m.is_final());
+        let mut all = vec![outgoing];
+        all.extend(others);
+        let reports = self.drive(&lock, &mut network, all, options.wait).await?;
+        reports
+            .into_iter()
+            .find(|r| r.message_id == sealed.message_id)
+            .ok_or(Error::MalformedMessage(
+                "the message left the outbox unreported",
+            ))
     }
 
-    /// Reads the mailbox: decrypts what is new, deletes what was read, and
-    /// keeps (and reports) what could not be read. With a non-zero `wait`,
-    /// polls every [`POLL_INTERVAL`] until a new message arrives or `wait`
-    /// has passed.
-    pub async fn inbox(&self, wait: Duration) -> Result<InboxReport> {
+    /// Drives every pending message in the outbox: with `wait`, until each
+    /// is stored or failed; otherwise one round of sending what is due and
+    /// reading acks.
+    pub async fn resume(&self, wait: bool) -> Result<Vec<SentMessage>> {
+        let lock = self.lock_outbox()?;
+        let pending: Vec<Outgoing> = self
+            .dir
+            .load_outbox()?
+            .into_iter()
+            .filter(|m| !m.is_final())
+            .collect();
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut network = self.network().await?;
+        self.drive(&lock, &mut network, pending, wait).await
+    }
+
+    /// The outgoing messages saved in the outbox, as they stand.
+    pub fn outbox(&self) -> Result<Vec<Outgoing>> {
+        self.dir.load_outbox()
+    }
+
+    fn lock_outbox(&self) -> Result<OutboxLock> {
+        self.dir
+            .try_lock_outbox()?
+            .ok_or_else(|| Error::OutboxBusy(self.dir.path().to_path_buf()))
+    }
+
+    async fn network(&self) -> Result<Network> {
         let consensus = fetch_consensus(&self.config.directory).await?;
         let server = mailbox_descriptor(&consensus, &self.config.mailbox_server_id()?)?;
         let api = mailbox_client(server)?;
+        Ok(Network { consensus, api })
+    }
+
+    /// The retransmission loop over `messages` (all held under `_lock`).
+    async fn drive(
+        &self,
+        _lock: &OutboxLock,
+        network: &mut Network,
+        mut messages: Vec<Outgoing>,
+        wait: bool,
+    ) -> Result<Vec<SentMessage>> {
+        let outbound = Outbound::new(OutboundConfig {
+            queue_len: OUTBOUND_QUEUE,
+            ..OutboundConfig::default()
+        });
+        let own_server = self.config.mailbox_server_id()?;
+        let base_timeout = ack_timeout(self.config.mix_delay(), POLL_INTERVAL);
+        let mut round_trip = RoundTrip::default();
+        let mut fragments: Vec<Vec<Vec<u8>>> = Vec::with_capacity(messages.len());
+        let mut recipients: Vec<Option<Address>> = Vec::with_capacity(messages.len());
+        for m in &mut messages {
+            let frags = self.dir.load_fragments(&m.message_id);
+            let to = Address::parse(&m.to);
+            match (frags, to) {
+                (Ok(f), Ok(a)) if f.len() == m.fragments.len() => {
+                    fragments.push(f);
+                    recipients.push(Some(a));
+                }
+                (f, a) => {
+                    let why = match (f, a) {
+                        (Err(e), _) | (_, Err(e)) => e.to_string(),
+                        _ => "fragment count does not match its state".into(),
+                    };
+                    m.fail(format!("cannot resend: {why}"));
+                    fragments.push(Vec::new());
+                    recipients.push(None);
+                }
+            }
+        }
+        let mut first_routes: Vec<Vec<RouteNode>> = vec![Vec::new(); messages.len()];
+        let mut packets_sent = 0u64;
+        let mut last_save = Instant::now();
+        let mut handled: HashSet<u64> = HashSet::new();
+        let mut last_poll = None;
+        loop {
+            let now = now_ms();
+            if epoch_of(now / 1000, self.config.directory.epoch_secs) != network.consensus.epoch {
+                match fetch_consensus(&self.config.directory).await {
+                    Ok(c) => network.consensus = c,
+                    Err(e) => tracing::warn!(error = %e, "refreshing the consensus failed"),
+                }
+            }
+            let mut changed = false;
+            // Acks first: a resumed message's acks may have waited in the
+            // mailbox past their fragments' retry time.
+            let poll_due = last_poll.is_none_or(|t: Instant| t.elapsed() >= POLL_INTERVAL);
+            if wait && poll_due && !messages.iter().all(Outgoing::is_final) {
+                last_poll = Some(Instant::now());
+                changed |= self
+                    .take_acks(&network.api, &mut messages, &mut handled, &mut round_trip)
+                    .await;
+            }
+            let now = now_ms();
+            let timeout = round_trip.timeout(base_timeout);
+            let mut window =
+                MAX_IN_FLIGHT.saturating_sub(messages.iter().map(|m| m.in_flight(now)).sum());
+            for (i, m) in messages.iter_mut().enumerate() {
+                let Some(to) = &recipients[i] else { continue };
+                for index in m.due(now) {
+                    if window == 0 {
+                        break;
+                    }
+                    window -= 1;
+                    let sent = self.send_fragment(
+                        &network.consensus,
+                        &outbound,
+                        to,
+                        &own_server,
+                        &fragments[i][index],
+                    );
+                    match sent {
+                        Ok((ack_id, keys, route)) => {
+                            m.record_send(index, ack_id, &keys, now, timeout);
+                            packets_sent += 1;
+                            if first_routes[i].is_empty() {
+                                first_routes[i] = route;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a fragment could not be sent; trying again");
+                            m.record_unsent(index, now, UNSENT_RETRY);
+                        }
+                    }
+                }
+                changed |= m.advance(now);
+            }
+            if changed || last_save.elapsed() >= SAVE_PERIOD || !wait {
+                self.save_all(&messages)?;
+                last_save = Instant::now();
+            }
+            if !wait || messages.iter().all(Outgoing::is_final) {
+                break;
+            }
+            // Wake for the next fragment due, unless the window is full:
+            // then only acks can make room.
+            let next = messages
+                .iter()
+                .filter_map(Outgoing::next_due_ms)
+                .min()
+                .unwrap_or(u64::MAX);
+            let until_due = if window == 0 {
+                POLL_INTERVAL
+            } else {
+                Duration::from_millis(next.saturating_sub(now_ms()))
+            };
+            tokio::time::sleep(until_due.clamp(Duration::from_millis(10), POLL_INTERVAL)).await;
+        }
+        // Let the packets already queued reach their first mixes.
+        let drained = Instant::now();
+        while outbound.written() + outbound.lost() < packets_sent
+            && drained.elapsed() < SEND_TIMEOUT
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(messages
+            .iter()
+            .zip(first_routes)
+            .map(|(m, route)| SentMessage {
+                message_id: MessageId::from_hex(&m.message_id).unwrap_or(MessageId([0; 16])),
+                sent_at_ms: m.created_at_ms,
+                route,
+                epoch: network.consensus.epoch,
+                signatures: network.consensus.signatures,
+                fragments: m.fragments.len(),
+                acked: m.acked(),
+                retransmissions: m.retransmissions,
+                state: m.state,
+                reason: m.reason.clone(),
+            })
+            .collect())
+    }
+
+    /// Builds one fragment's packet along a fresh route, with an ack SURB
+    /// along another fresh route back to this client's mailbox, and queues
+    /// it for its first mix.
+    fn send_fragment(
+        &self,
+        consensus: &VerifiedConsensus,
+        outbound: &Outbound,
+        to: &Address,
+        own_server: &NodeId,
+        fragment: &[u8],
+    ) -> Result<(AckId, bastet_sphinx::SurbKeys, Vec<RouteNode>)> {
+        let rng = &mut rand::rng();
+        let mean = self.config.mix_delay();
+        let policy = &self.config.route;
+        let route = choose_policy_route(consensus, policy, &to.mailbox_server, mean, rng)?;
+        // The ack crosses the same kind of route back: the policy binds it too.
+        let back = choose_policy_route(consensus, policy, own_server, mean, rng)?;
+        let (surb, keys) = Surb::build(&back.hops, &self.keys.mailbox_id())?;
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let ack_id = AckId(id);
+        let payload = FinalPayload::new(
+            Some(AckRequest { id: ack_id, surb }),
+            &Fragment::from_bytes(fragment)?,
+        );
+        let packet = bastet_sphinx::build(&route.hops, &to.mailbox, &payload.to_bytes())?;
+        let peer = Peer {
+            node: route.hops[0].node,
+            addr: route.entry_addr.clone(),
+            pin: route.entry_pin,
+        };
+        outbound.send(&peer, packet).map_err(|e| Error::Send {
+            addr: route.entry_addr.clone(),
+            why: e.to_string(),
+        })?;
+        Ok((ack_id, keys, route.nodes))
+    }
+
+    /// Lists this client's mailbox, applies the acks found to `messages`,
+    /// and deletes the leading run of replies. Returns whether a message
+    /// changed state. A listing that fails is logged and retried next round.
+    async fn take_acks(
+        &self,
+        api: &MailboxClient,
+        messages: &mut [Outgoing],
+        handled: &mut HashSet<u64>,
+        round_trip: &mut RoundTrip,
+    ) -> bool {
+        let listing = match self.list_all(api).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the mailbox for acks failed");
+                return false;
+            }
+        };
+        let mut leading_replies = None;
+        let mut leading = true;
+        for stored in &listing {
+            let is_reply = stored.payload.len() == SEALED_REPLY_LEN;
+            leading &= is_reply;
+            if leading {
+                leading_replies = Some(stored.seq);
+            }
+            if !is_reply || !handled.insert(stored.seq) {
+                continue;
+            }
+            if let Ok(reply) = SealedReply::from_bytes(&stored.payload) {
+                let now = now_ms();
+                for m in messages.iter_mut() {
+                    if let Some(acked) = m.apply_reply(&reply, now) {
+                        round_trip.sample(acked.round_trip);
+                        break;
+                    }
+                }
+            }
+        }
+        let now = now_ms();
+        let mut changed = false;
+        for m in messages.iter_mut() {
+            changed |= m.advance(now);
+        }
+        if let Some(upto) = leading_replies {
+            let key = self.keys.mailbox_signing_key();
+            if let Err(e) = api.delete(key, &self.keys.mailbox_id(), upto).await {
+                tracing::warn!(error = %e, "deleting acks read failed; they are read again");
+            }
+        }
+        changed
+    }
+
+    /// Saves every message's state; final ones leave the outbox.
+    fn save_all(&self, messages: &[Outgoing]) -> Result<()> {
+        for m in messages {
+            if m.is_final() {
+                self.dir.remove_outgoing(&m.message_id)?;
+            } else {
+                self.dir.save_outgoing(m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the mailbox: reassembles and decrypts what is new, saves the
+    /// files of new messages into `save_dir` (if given), applies acks to the
+    /// outbox (unless another process holds it), deletes what was read, and
+    /// keeps (and reports) what could not be read and the fragments of
+    /// incomplete messages. With a non-zero `wait`, polls every
+    /// [`POLL_INTERVAL`] until a new message arrives or `wait` has passed.
+    pub async fn inbox(&self, wait: Duration, save_dir: Option<&Path>) -> Result<InboxReport> {
+        let network = self.network().await?;
+        let api = network.api;
         let mailbox = self.keys.mailbox_id();
         let shown = self.dir.load_shown()?;
+        let completed: HashSet<_> = self.dir.load_completed()?.into_iter().collect();
+        let lock = self.dir.try_lock_outbox()?;
         let deadline = Instant::now() + wait;
         let plan = loop {
             let listing = self.list_all(&api).await?;
-            let plan = plan_inbox(&self.keys, &listing, &shown);
+            let plan = plan_inbox(
+                &self.keys,
+                &listing,
+                &shown,
+                &completed,
+                lock.is_some(),
+                Instant::now(),
+            );
             if !plan.new.is_empty() || Instant::now() >= deadline {
                 break plan;
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         };
 
-        let mut report = InboxReport::default();
+        let mut report = InboxReport {
+            duplicates: plan.duplicates,
+            partial: plan.partial_envelopes,
+            ..InboxReport::default()
+        };
+        if lock.is_some() && !plan.replies.is_empty() {
+            let mut outbox = self.dir.load_outbox()?;
+            let now = now_ms();
+            for reply in &plan.replies {
+                if outbox
+                    .iter_mut()
+                    .any(|m| m.apply_reply(reply, now).is_some())
+                {
+                    report.acks += 1;
+                }
+            }
+            for m in &mut outbox {
+                m.advance(now);
+            }
+            self.save_all(&outbox)?;
+        }
+        // Files are saved and envelopes remembered before anything is
+        // deleted: a crash in between shows a message again, never loses it.
+        for m in &plan.new {
+            let saved = match (&m.message.file, save_dir) {
+                (Some(file), Some(dir)) => Some(save_file(dir, &file.name, &file.bytes)?),
+                _ => None,
+            };
+            report.saved.push(saved);
+        }
+        self.dir.add_completed(&plan.completed)?;
         let mut deleted = false;
         if let Some(upto) = plan.delete_upto {
             match api
@@ -230,32 +639,41 @@ fn mailbox_client(server: &bastet_directory::Descriptor) -> Result<MailboxClient
     Ok(MailboxClient::new(api_addr, server.pin())?)
 }
 
-/// Writes one packet to the first mix over pinned TLS, then waits briefly
-/// for the mix to close the link so that the packet is not lost to a reset
-/// when this process exits.
-async fn send_packet(addr: &str, pin: CertPin, packet: &[u8]) -> Result<()> {
-    let failed = |why: String| Error::Send {
-        addr: addr.to_string(),
-        why,
+/// Writes a received file into `dir` under its (checked) name, never over
+/// an existing file: `name`, then `name.1`, `name.2`, ... Returns the path.
+fn save_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    use std::io::Write;
+    crate::message::check_file_name(name)?;
+    let failed = |path: &Path, e: std::io::Error| Error::File {
+        path: path.to_path_buf(),
+        why: e.to_string(),
     };
-    let mut stream = tokio::time::timeout(SEND_TIMEOUT, async {
-        let mut stream = bastet_link::connect(addr, pin).await?;
-        let written = async {
-            write_frame(&mut stream, packet).await?;
-            stream.flush().await?;
-            stream.shutdown().await
+    std::fs::create_dir_all(dir).map_err(|e| failed(dir, e))?;
+    for n in 0..1000u32 {
+        let path = if n == 0 {
+            dir.join(name)
+        } else {
+            dir.join(format!("{name}.{n}"))
         };
-        written.await.map_err(|e| failed(e.to_string()))?;
-        Ok::<_, Error>(stream)
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                f.write_all(bytes)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| failed(&path, e))?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(failed(&path, e)),
+        }
+    }
+    Err(Error::File {
+        path: dir.join(name),
+        why: "a thousand files of that name exist already".into(),
     })
-    .await
-    .map_err(|_| failed(format!("timed out after {} s", SEND_TIMEOUT.as_secs())))??;
-    let mut sink = [0u8; 512];
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
-    Ok(())
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.
@@ -289,8 +707,10 @@ mod tests {
             keys,
         };
         let to = client.address().unwrap();
-        assert_send(&client.send(&to, "x"));
-        assert_send(&client.inbox(Duration::ZERO));
+        let text = Content::Text("x".into());
+        assert_send(&client.send(&to, &text, SendOptions::default()));
+        assert_send(&client.resume(true));
+        assert_send(&client.inbox(Duration::ZERO, None));
         assert_send(&Client::init(
             DataDir::new(tmp.path()),
             client.config.directory.clone(),
@@ -298,14 +718,17 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn sending_to_a_closed_port_is_a_clear_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        drop(listener);
-        let err = send_packet(&addr, CertPin([0; 32]), &[0; bastet_sphinx::PACKET_LEN])
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains(&addr), "{err}");
+    #[test]
+    fn received_files_never_overwrite_and_bad_names_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("in");
+        let a = save_file(&dir, "f.txt", b"one").unwrap();
+        let b = save_file(&dir, "f.txt", b"two").unwrap();
+        assert_eq!(a, dir.join("f.txt"));
+        assert_eq!(b, dir.join("f.txt.1"));
+        assert_eq!(std::fs::read(&a).unwrap(), b"one");
+        assert_eq!(std::fs::read(&b).unwrap(), b"two");
+        assert!(save_file(&dir, "../escape", b"x").is_err());
+        assert!(!tmp.path().join("escape").exists());
     }
 }

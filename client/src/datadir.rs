@@ -2,12 +2,16 @@
 //! keeps between calls. Stored in the clear for now (keys are mode 0600);
 //! the encrypted container is a later issue.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bastet_directory::{read_key_file, write_key_file};
+use bastet_sphinx::EnvelopeId;
 
 use crate::config::ENV_PREFIX;
+use crate::message::MAX_SEALED_LEN;
+use crate::outbox::Outgoing;
 use crate::{ClientConfig, ClientKeys, Error, Result};
 
 const IDENTITY_KEY: &str = "identity.key";
@@ -18,6 +22,25 @@ const CONFIG: &str = "client.toml";
 const SHOWN: &str = "inbox-shown";
 /// Bound on the shown-list file; a mailbox holds at most its quota anyway.
 const MAX_SHOWN_FILE: u64 = 1 << 20;
+/// Envelopes completed and shown, newest last (see `plan_inbox`).
+const COMPLETED: &str = "inbox-envelopes";
+/// Completed envelope ids remembered to recognise late retransmissions.
+pub const MAX_COMPLETED_ENVELOPES: usize = 4096;
+/// Outgoing messages: `<message id>.json` (state) and `.fragments` (bytes).
+const OUTBOX: &str = "outbox";
+/// Held (advisory lock) by the one process driving the outbox.
+const OUTBOX_LOCK: &str = "outbox.lock";
+/// Bound on one outgoing message's files.
+const MAX_OUTBOX_FILE: u64 = 4 * MAX_SEALED_LEN as u64;
+/// Most outgoing messages read from the outbox at once.
+const MAX_OUTBOX_MESSAGES: usize = 1000;
+
+/// Exclusive use of the outbox while held: one process at a time sends,
+/// retransmits and consumes acks. Released on drop or process exit.
+#[derive(Debug)]
+pub struct OutboxLock {
+    _file: std::fs::File,
+}
 
 /// A client data directory.
 #[derive(Clone, Debug)]
@@ -131,6 +154,207 @@ impl DataDir {
         std::fs::rename(&tmp, &path).map_err(|e| self.file_error(&path, e))
     }
 
+    /// Envelope ids of messages completed and shown, oldest first.
+    pub fn load_completed(&self) -> Result<VecDeque<EnvelopeId>> {
+        let path = self.root.join(COMPLETED);
+        let text = self
+            .read_bounded(&path, MAX_SHOWN_FILE)?
+            .unwrap_or_default();
+        let text = String::from_utf8(text).map_err(|_| Error::File {
+            path: path.clone(),
+            why: "not text; delete the file".into(),
+        })?;
+        text.split_whitespace()
+            .map(|s| {
+                let mut id = [0u8; 16];
+                hex::decode_to_slice(s, &mut id)
+                    .map(|()| EnvelopeId(id))
+                    .map_err(|_| Error::File {
+                        path: path.clone(),
+                        why: format!("{s:?} is not an envelope id; delete the file"),
+                    })
+            })
+            .collect()
+    }
+
+    /// Adds `new` to the completed envelopes, keeping the newest
+    /// [`MAX_COMPLETED_ENVELOPES`].
+    pub fn add_completed(&self, new: &[EnvelopeId]) -> Result<()> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut all = self.load_completed()?;
+        let known: HashSet<EnvelopeId> = all.iter().copied().collect();
+        all.extend(new.iter().filter(|e| !known.contains(e)));
+        while all.len() > MAX_COMPLETED_ENVELOPES {
+            all.pop_front();
+        }
+        let text: String = all
+            .iter()
+            .map(|e| format!("{}\n", hex::encode(e.0)))
+            .collect();
+        self.write_atomic(&self.root.join(COMPLETED), text.as_bytes())
+    }
+
+    /// Takes the outbox lock if no other process holds it.
+    pub fn try_lock_outbox(&self) -> Result<Option<OutboxLock>> {
+        let path = self.root.join(OUTBOX_LOCK);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| self.file_error(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(OutboxLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(self.file_error(&path, e)),
+        }
+    }
+
+    /// Saves an outgoing message's state (atomically, mode 0600: it holds
+    /// SURB keys).
+    pub fn save_outgoing(&self, m: &Outgoing) -> Result<()> {
+        let dir = self.outbox_dir()?;
+        let json = serde_json::to_vec(m).map_err(|e| Error::File {
+            path: dir.clone(),
+            why: e.to_string(),
+        })?;
+        self.write_atomic(&dir.join(format!("{}.json", m.message_id)), &json)
+    }
+
+    /// Saves an outgoing message's fragments: `len (u32 BE) || bytes` each.
+    pub fn save_fragments(&self, message_id: &str, fragments: &[Vec<u8>]) -> Result<()> {
+        let dir = self.outbox_dir()?;
+        let mut bytes = Vec::new();
+        for f in fragments {
+            bytes.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(f);
+        }
+        self.write_atomic(&dir.join(format!("{message_id}.fragments")), &bytes)
+    }
+
+    /// Reads [`DataDir::save_fragments`].
+    pub fn load_fragments(&self, message_id: &str) -> Result<Vec<Vec<u8>>> {
+        let path = self
+            .root
+            .join(OUTBOX)
+            .join(format!("{message_id}.fragments"));
+        let bytes = self
+            .read_bounded(&path, MAX_OUTBOX_FILE)?
+            .ok_or_else(|| Error::File {
+                path: path.clone(),
+                why: "missing".into(),
+            })?;
+        let mut rest = &bytes[..];
+        let mut out = Vec::new();
+        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+            let len = u32::from_be_bytes(*len) as usize;
+            if tail.len() < len {
+                break;
+            }
+            let (f, tail) = tail.split_at(len);
+            out.push(f.to_vec());
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err(Error::File {
+                path,
+                why: "truncated; the message cannot be resent".into(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every outgoing message in the outbox, oldest first.
+    pub fn load_outbox(&self) -> Result<Vec<Outgoing>> {
+        let dir = self.root.join(OUTBOX);
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.file_error(&dir, e)),
+            Ok(entries) => entries,
+        };
+        let mut out = Vec::new();
+        for entry in entries.take(2 * MAX_OUTBOX_MESSAGES) {
+            let path = entry.map_err(|e| self.file_error(&dir, e))?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Some(bytes) = self.read_bounded(&path, MAX_OUTBOX_FILE)? else {
+                continue;
+            };
+            let m: Outgoing = serde_json::from_slice(&bytes).map_err(|e| Error::File {
+                path: path.clone(),
+                why: format!("{e}; delete it and its .fragments file"),
+            })?;
+            out.push(m);
+        }
+        out.sort_by_key(|m| m.created_at_ms);
+        out.truncate(MAX_OUTBOX_MESSAGES);
+        Ok(out)
+    }
+
+    /// Removes an outgoing message's files (once stored or failed).
+    pub fn remove_outgoing(&self, message_id: &str) -> Result<()> {
+        let dir = self.root.join(OUTBOX);
+        for ext in ["json", "fragments"] {
+            let path = dir.join(format!("{message_id}.{ext}"));
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(self.file_error(&path, e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn outbox_dir(&self) -> Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.root.join(OUTBOX);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| self.file_error(&dir, e))?;
+        Ok(dir)
+    }
+
+    /// Writes `bytes` to a temporary file (mode 0600), syncs it and renames
+    /// it over `path`.
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut tmp_name = path.as_os_str().to_owned();
+        tmp_name.push(".tmp");
+        let tmp = PathBuf::from(tmp_name);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| self.file_error(&tmp, e))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| self.file_error(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| self.file_error(path, e))
+    }
+
+    /// The file's bytes, `None` if it does not exist, an error beyond `max`.
+    fn read_bounded(&self, path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.file_error(path, e)),
+            Ok(meta) if meta.len() > max => Err(Error::File {
+                path: path.to_path_buf(),
+                why: format!("larger than {max} bytes; delete it"),
+            }),
+            Ok(_) => std::fs::read(path)
+                .map(Some)
+                .map_err(|e| self.file_error(path, e)),
+        }
+    }
+
     fn ensure_initialised(&self) -> Result<()> {
         if self.config_path().exists() && self.root.join(IDENTITY_KEY).exists() {
             Ok(())
@@ -190,5 +414,75 @@ mod tests {
         assert!(dir.load_shown().unwrap().is_empty());
         std::fs::write(tmp.path().join(SHOWN), "x\n").unwrap();
         assert!(dir.load_shown().is_err());
+    }
+
+    #[test]
+    fn outgoing_messages_persist_and_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        assert!(dir.load_outbox().unwrap().is_empty());
+        let m = Outgoing::new(
+            "aa".into(),
+            "bastet1x".into(),
+            2,
+            5,
+            std::time::Duration::from_secs(9),
+        );
+        let frags = vec![vec![1u8; 1617], vec![2u8; 3]];
+        dir.save_fragments("aa", &frags).unwrap();
+        dir.save_outgoing(&m).unwrap();
+        let older = Outgoing::new(
+            "bb".into(),
+            "bastet1y".into(),
+            1,
+            1,
+            std::time::Duration::from_secs(9),
+        );
+        dir.save_outgoing(&older).unwrap();
+        let loaded = dir.load_outbox().unwrap();
+        assert_eq!(loaded, vec![older, m]);
+        assert_eq!(dir.load_fragments("aa").unwrap(), frags);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(tmp.path().join(OUTBOX).join("aa.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        dir.remove_outgoing("aa").unwrap();
+        assert!(dir.load_fragments("aa").is_err());
+        assert_eq!(dir.load_outbox().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_outbox_lock_is_exclusive_and_released_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let held = dir.try_lock_outbox().unwrap();
+        assert!(held.is_some());
+        assert!(dir.try_lock_outbox().unwrap().is_none());
+        drop(held);
+        assert!(dir.try_lock_outbox().unwrap().is_some());
+    }
+
+    #[test]
+    fn completed_envelopes_are_bounded_newest_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        assert!(dir.load_completed().unwrap().is_empty());
+        let ids: Vec<EnvelopeId> = (0..MAX_COMPLETED_ENVELOPES as u32 + 3)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                EnvelopeId(id)
+            })
+            .collect();
+        dir.add_completed(&ids[..2]).unwrap();
+        dir.add_completed(&ids[..2]).unwrap();
+        assert_eq!(dir.load_completed().unwrap().len(), 2);
+        dir.add_completed(&ids).unwrap();
+        let got = dir.load_completed().unwrap();
+        assert_eq!(got.len(), MAX_COMPLETED_ENVELOPES);
+        assert_eq!(got.back(), ids.last());
+        assert_eq!(got.front(), Some(&ids[3]));
     }
 }

@@ -50,18 +50,20 @@ pub enum Error {
     #[error("address version {0} is not supported by this version of bastet")]
     AddressVersion(u8),
 
-    /// The text does not fit one packet.
-    #[error(
-        "message is {len} bytes, but one message holds at most {max} bytes of text (the Sphinx payload limit of {payload_max} bytes minus encryption and signature overhead)"
-    )]
+    /// The text or file is longer than one message carries.
+    #[error("message is {len} bytes, but one message holds at most {max} bytes of text or file")]
     MessageTooLong {
-        /// Bytes of text given.
+        /// Bytes given.
         len: usize,
-        /// Most bytes of text.
+        /// Most bytes.
         max: usize,
-        /// The Sphinx payload limit the text must fit in, with its overhead.
-        payload_max: usize,
     },
+    /// Another process is sending from this data dir.
+    #[error("another bastet process is sending from {} (outbox.lock is held); wait for it or use `bastet outbox`", .0.display())]
+    OutboxBusy(std::path::PathBuf),
+    /// A file name that cannot travel or be saved safely.
+    #[error("file name {0:?}: {1}")]
+    BadFileName(String, &'static str),
     /// The recipient's encryption key is not usable (a low-order point).
     #[error("the recipient's encryption key in the address is invalid")]
     BadRecipientKey,

@@ -1,20 +1,34 @@
 //! What to show and what to delete after listing the mailbox. Pure: the
-//! stored payloads and what was shown before in, a plan out.
+//! stored payloads, what was shown and completed before, and `now` in; a
+//! plan out.
+//!
+//! A mailbox holds three kinds of payload: fragments of sealed envelopes
+//! (reassembled here; a message is shown only once complete), SURB replies
+//! (acks for this client's own outgoing fragments, told apart by their
+//! length, handed to the outbox), and whole sealed messages stored by
+//! mailbox servers before fragmentation (shown as before).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Instant;
 
 use bastet_mailbox::StoredMessage;
+use bastet_sphinx::{
+    EnvelopeId, Fragment, Reassembler, Reassembly, ReassemblyLimits, SEALED_REPLY_LEN, SealedReply,
+};
 
 use crate::crypto::ClientKeys;
+use crate::message::MAX_SEALED_LEN;
 use crate::{Error, ReceivedMessage, open_message};
 
 /// A message decrypted from the mailbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboxMessage {
-    /// Its position in the mailbox.
+    /// Its position in the mailbox (of its last fragment).
     pub seq: u64,
-    /// When the mailbox server stored it.
+    /// When the mailbox server stored it (its last fragment).
     pub received_at_ms: u64,
+    /// Fragments it arrived in.
+    pub fragments: u32,
     /// The message.
     pub message: ReceivedMessage,
 }
@@ -33,14 +47,27 @@ pub struct UnreadablePayload {
 pub struct InboxPlan {
     /// Messages not shown before, in mailbox order.
     pub new: Vec<InboxMessage>,
-    /// Payloads that did not decrypt (or did not parse).
+    /// Payloads that did not decrypt (or did not parse or reassemble).
     pub unreadable: Vec<UnreadablePayload>,
     /// Delete every stored payload up to and including this seq: the longest
-    /// run from the start of the listing that was read (now or before).
-    /// Nothing at or after the first unreadable payload is deleted.
+    /// run from the start of the listing that was read (now or before), or
+    /// is a fragment of a completed envelope, or a reply taken. Nothing at
+    /// or after the first unreadable payload or the first fragment of an
+    /// incomplete envelope is deleted.
     pub delete_upto: Option<u64>,
-    /// Seqs of the listing shown to the user, now or before.
+    /// Seqs of whole (unfragmented) messages shown to the user, now or
+    /// before.
     pub shown: BTreeSet<u64>,
+    /// Envelopes completed by this listing, to remember so that their
+    /// retransmitted fragments are not shown again.
+    pub completed: Vec<EnvelopeId>,
+    /// SURB replies found (acks for this client's outgoing fragments).
+    pub replies: Vec<SealedReply>,
+    /// Fragments that duplicate one already held or of an envelope already
+    /// complete.
+    pub duplicates: usize,
+    /// Envelopes still incomplete; their fragments stay on the server.
+    pub partial_envelopes: usize,
 }
 
 impl InboxPlan {
@@ -55,46 +82,131 @@ impl InboxPlan {
     }
 }
 
-/// Decrypts every payload of `listing` not already in `shown` (seqs shown
-/// by an earlier call and still on the server) and decides what to delete.
+/// Limits on reassembling one listing: an envelope as long as the longest
+/// message, and the library defaults otherwise.
+pub fn reassembly_limits() -> ReassemblyLimits {
+    let defaults = ReassemblyLimits::default();
+    ReassemblyLimits {
+        max_envelope_len: MAX_SEALED_LEN,
+        max_buffered_bytes: defaults.max_buffered_bytes.max(MAX_SEALED_LEN),
+        ..defaults
+    }
+}
+
+/// Reads `listing`: reassembles fragments (envelopes in `completed` were
+/// shown before: their fragments are duplicates), decrypts what completes
+/// and every whole message not in `shown`, collects replies, and decides
+/// what to delete. Replies count as read only if `take_replies` (the
+/// caller holds the outbox to apply them to).
 pub fn plan_inbox(
     keys: &ClientKeys,
     listing: &[StoredMessage],
     shown: &BTreeSet<u64>,
+    completed: &HashSet<EnvelopeId>,
+    take_replies: bool,
+    now: Instant,
 ) -> InboxPlan {
     let mut sorted: Vec<&StoredMessage> = listing.iter().collect();
     sorted.sort_by_key(|p| p.seq);
     sorted.dedup_by_key(|p| p.seq);
 
     let mut plan = InboxPlan::default();
-    let mut blocked = false;
+    // The listing's own limits are validated in a test; fall back to the
+    // defaults rather than fail the whole inbox.
+    let mut reassembler = Reassembler::new(reassembly_limits())
+        .or_else(|_| Reassembler::new(ReassemblyLimits::default()))
+        .ok();
+    // Per seq: whether it may be deleted. Fragments of an envelope become
+    // deletable when it completes.
+    let mut deletable: Vec<(u64, bool)> = Vec::with_capacity(sorted.len());
+    let mut envelope_of: HashMap<u64, EnvelopeId> = HashMap::new();
+    let mut done: HashSet<EnvelopeId> = HashSet::new();
+    let mut blocked_at: Option<u64> = None;
     for stored in sorted {
-        if shown.contains(&stored.seq) {
-            plan.shown.insert(stored.seq);
-        } else {
-            match open_message(keys, &stored.payload) {
-                Ok(message) => {
-                    plan.shown.insert(stored.seq);
-                    plan.new.push(InboxMessage {
-                        seq: stored.seq,
-                        received_at_ms: stored.received_at_ms,
-                        message,
-                    });
+        let seq = stored.seq;
+        if stored.payload.len() == SEALED_REPLY_LEN {
+            if let Ok(reply) = SealedReply::from_bytes(&stored.payload) {
+                plan.replies.push(reply);
+            }
+            deletable.push((seq, take_replies));
+            continue;
+        }
+        if let Ok(fragment) = Fragment::from_bytes(&stored.payload) {
+            let envelope = fragment.envelope();
+            envelope_of.insert(seq, envelope);
+            if completed.contains(&envelope) || done.contains(&envelope) {
+                plan.duplicates += 1;
+                deletable.push((seq, true));
+                continue;
+            }
+            let count = fragment.count();
+            let outcome = match &mut reassembler {
+                Some(r) => r.insert(fragment, now).map_err(Error::Sphinx),
+                None => Err(Error::MalformedMessage("no reassembly possible")),
+            };
+            match outcome {
+                Ok(Reassembly::Complete { envelope, bytes }) => {
+                    done.insert(envelope);
+                    plan.completed.push(envelope);
+                    deletable.push((seq, true));
+                    match open_message(keys, &bytes) {
+                        Ok(message) => plan.new.push(InboxMessage {
+                            seq,
+                            received_at_ms: stored.received_at_ms,
+                            fragments: count,
+                            message,
+                        }),
+                        Err(error) => {
+                            blocked_at.get_or_insert(seq);
+                            plan.unreadable.push(UnreadablePayload { seq, error });
+                        }
+                    }
+                }
+                Ok(Reassembly::Incomplete { .. }) => deletable.push((seq, false)),
+                Ok(Reassembly::Duplicate { .. }) => {
+                    plan.duplicates += 1;
+                    deletable.push((seq, false));
                 }
                 Err(error) => {
-                    blocked = true;
-                    plan.unreadable.push(UnreadablePayload {
-                        seq: stored.seq,
-                        error,
-                    });
-                    continue;
+                    blocked_at.get_or_insert(seq);
+                    plan.unreadable.push(UnreadablePayload { seq, error });
+                    deletable.push((seq, false));
                 }
             }
+            continue;
         }
-        if !blocked {
-            plan.delete_upto = Some(stored.seq);
+        if shown.contains(&seq) {
+            plan.shown.insert(seq);
+            deletable.push((seq, true));
+            continue;
+        }
+        match open_message(keys, &stored.payload) {
+            Ok(message) => {
+                plan.shown.insert(seq);
+                plan.new.push(InboxMessage {
+                    seq,
+                    received_at_ms: stored.received_at_ms,
+                    fragments: 1,
+                    message,
+                });
+                deletable.push((seq, true));
+            }
+            Err(error) => {
+                blocked_at.get_or_insert(seq);
+                plan.unreadable.push(UnreadablePayload { seq, error });
+                deletable.push((seq, false));
+            }
         }
     }
+    for (seq, ok) in deletable {
+        // Fragments of an envelope completed later in the listing.
+        let ok = ok || envelope_of.get(&seq).is_some_and(|e| done.contains(e));
+        if !ok || blocked_at.is_some_and(|b| seq >= b) {
+            break;
+        }
+        plan.delete_upto = Some(seq);
+    }
+    plan.partial_envelopes = reassembler.map_or(0, |r| r.partial_envelopes());
     plan
 }
 
@@ -115,6 +227,11 @@ mod tests {
             mailbox: bob.mailbox_id(),
         };
         (alice, bob, to)
+    }
+
+    /// Plans with nothing completed before and replies taken.
+    fn plan_of(keys: &ClientKeys, listing: &[StoredMessage], shown: &BTreeSet<u64>) -> InboxPlan {
+        plan_inbox(keys, listing, shown, &HashSet::new(), true, Instant::now())
     }
 
     fn stored(seq: u64, payload: Vec<u8>) -> StoredMessage {
@@ -143,7 +260,7 @@ mod tests {
             good(&alice, &to, 1),
             good(&alice, &to, 2),
         ];
-        let plan = plan_inbox(&bob, &listing, &BTreeSet::new());
+        let plan = plan_of(&bob, &listing, &BTreeSet::new());
         let texts: Vec<&str> = plan.new.iter().map(|m| m.message.text.as_str()).collect();
         assert_eq!(texts, ["message 1", "message 2", "message 3"]);
         assert!(plan.new.iter().all(|m| m.message.verified));
@@ -162,7 +279,7 @@ mod tests {
             stored(2, vec![1; 100]),
             good(&alice, &to, 3),
         ];
-        let plan = plan_inbox(&bob, &listing, &BTreeSet::new());
+        let plan = plan_of(&bob, &listing, &BTreeSet::new());
         assert_eq!(plan.new.len(), 2);
         assert_eq!(plan.unreadable.len(), 1);
         assert_eq!(plan.unreadable[0].seq, 2);
@@ -172,7 +289,7 @@ mod tests {
         assert_eq!(remembered, BTreeSet::from([3]));
 
         // Next poll: seq 1 is gone, 2 still fails, 3 is not shown again.
-        let again = plan_inbox(&bob, &listing[1..], &remembered);
+        let again = plan_of(&bob, &listing[1..], &remembered);
         assert!(again.new.is_empty());
         assert_eq!(again.unreadable.len(), 1);
         assert_eq!(again.delete_upto, None);
@@ -189,7 +306,7 @@ mod tests {
             mailbox: alice.mailbox_id(),
         };
         let listing = vec![good(&bob, &to_alice, 7)];
-        let plan = plan_inbox(&bob, &listing, &BTreeSet::new());
+        let plan = plan_of(&bob, &listing, &BTreeSet::new());
         assert!(plan.new.is_empty());
         assert_eq!(plan.delete_upto, None);
     }
@@ -198,10 +315,107 @@ mod tests {
     fn shown_messages_are_deleted_once_nothing_blocks_them() {
         let (alice, bob, to) = setup();
         let listing = vec![good(&alice, &to, 4), good(&alice, &to, 5)];
-        let plan = plan_inbox(&bob, &listing, &BTreeSet::from([4]));
+        let plan = plan_of(&bob, &listing, &BTreeSet::from([4]));
         assert_eq!(plan.new.len(), 1);
         assert_eq!(plan.new[0].seq, 5);
         assert_eq!(plan.delete_upto, Some(5));
         assert!(plan.still_stored_shown(true).is_empty());
+    }
+
+    /// A message of `len` bytes cut into fragments, stored from `first_seq`
+    /// on in the given order of fragment indexes.
+    fn fragmented(
+        alice: &ClientKeys,
+        to: &Address,
+        len: usize,
+        first_seq: u64,
+    ) -> (Vec<StoredMessage>, Vec<u8>) {
+        let mut text = vec![b'a'; len];
+        rand::fill(&mut text[..]);
+        let text = hex::encode(&text)[..len].to_string();
+        let sealed = seal_message(alice, to, &text, 1, &mut rand::rng()).unwrap();
+        let stored_fragments = bastet_sphinx::fragment(&sealed.payload, &mut rand::rng())
+            .unwrap()
+            .iter()
+            .zip(first_seq..)
+            .map(|(f, seq)| stored(seq, f.to_bytes()))
+            .collect();
+        (stored_fragments, text.into_bytes())
+    }
+
+    #[test]
+    fn a_fragmented_message_is_shown_once_complete_and_only_then_deleted() {
+        let (alice, bob, to) = setup();
+        let (mut frags, text) = fragmented(&alice, &to, 10_000, 1);
+        assert_eq!(frags.len(), 7);
+        let last = frags.pop().unwrap();
+        // Six of seven: nothing shown, nothing deleted.
+        let p = plan_of(&bob, &frags, &BTreeSet::new());
+        assert!(p.new.is_empty() && p.unreadable.is_empty());
+        assert_eq!(p.delete_upto, None);
+        assert_eq!(p.partial_envelopes, 1);
+        // All seven, in any order: shown once, all deleted.
+        frags.insert(2, last);
+        frags.reverse();
+        let p = plan_of(&bob, &frags, &BTreeSet::new());
+        assert_eq!(p.new.len(), 1);
+        assert_eq!(p.new[0].message.text.as_bytes(), &text[..]);
+        assert_eq!(p.new[0].fragments, 7);
+        assert_eq!(p.delete_upto, Some(7));
+        assert_eq!(p.completed.len(), 1);
+    }
+
+    #[test]
+    fn retransmitted_fragments_are_not_shown_twice() {
+        let (alice, bob, to) = setup();
+        let (frags, _) = fragmented(&alice, &to, 4000, 1);
+        assert_eq!(frags.len(), 3);
+        // Fragment 1 arrived twice (its first ack was lost).
+        let mut listing = frags.clone();
+        listing.push(stored(4, frags[1].payload.clone()));
+        let p = plan_of(&bob, &listing, &BTreeSet::new());
+        assert_eq!(p.new.len(), 1);
+        assert_eq!(p.duplicates, 1);
+        assert_eq!(p.delete_upto, Some(4));
+        // A copy arriving after the message was completed and deleted.
+        let completed: HashSet<_> = p.completed.iter().copied().collect();
+        let late = vec![stored(9, frags[0].payload.clone())];
+        let p = plan_inbox(
+            &bob,
+            &late,
+            &BTreeSet::new(),
+            &completed,
+            true,
+            Instant::now(),
+        );
+        assert!(p.new.is_empty());
+        assert_eq!(p.duplicates, 1);
+        assert_eq!(p.delete_upto, Some(9));
+    }
+
+    #[test]
+    fn an_incomplete_envelope_holds_back_deletion_but_not_later_messages() {
+        let (alice, bob, to) = setup();
+        let (a, _) = fragmented(&alice, &to, 4000, 1);
+        let (b, _) = fragmented(&alice, &to, 4000, 10);
+        // Envelope a misses its last fragment; b is complete after it.
+        let listing: Vec<_> = a[..2].iter().chain(&b).cloned().collect();
+        let p = plan_of(&bob, &listing, &BTreeSet::new());
+        assert_eq!(p.new.len(), 1);
+        assert_eq!(p.delete_upto, None);
+        // Replies are deletable only when taken.
+        let reply = stored(0, vec![0; SEALED_REPLY_LEN]);
+        let p = plan_of(&bob, std::slice::from_ref(&reply), &BTreeSet::new());
+        assert_eq!((p.replies.len(), p.delete_upto), (1, Some(0)));
+        let p = plan_inbox(
+            &bob,
+            &[reply],
+            &BTreeSet::new(),
+            &HashSet::new(),
+            false,
+            Instant::now(),
+        );
+        assert_eq!((p.replies.len(), p.delete_upto), (1, None));
+        assert!(p.new.is_empty());
     }
 }

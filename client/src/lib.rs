@@ -8,20 +8,27 @@ mod datadir;
 mod error;
 mod inbox;
 mod message;
+mod outbox;
 mod poisson;
 mod policy;
 mod route;
 
 pub use address::{ADDRESS_LEN, ADDRESS_PREFIX, ADDRESS_VERSION, Address};
-pub use client::{Client, InboxReport, POLL_INTERVAL, SentMessage, now_ms};
+pub use client::{Client, InboxReport, POLL_INTERVAL, SendOptions, SentMessage, now_ms};
 pub use config::{ClientConfig, ENV_PREFIX, MAX_MIX_DELAY_MS};
 pub use crypto::ClientKeys;
-pub use datadir::DataDir;
+pub use datadir::{DataDir, MAX_COMPLETED_ENVELOPES, OutboxLock};
 pub use error::Error;
-pub use inbox::{InboxMessage, InboxPlan, UnreadablePayload, plan_inbox};
+pub use inbox::{InboxMessage, InboxPlan, UnreadablePayload, plan_inbox, reassembly_limits};
 pub use message::{
-    MAX_TEXT_LEN, MESSAGE_OVERHEAD, MessageId, PAYLOAD_VERSION, ReceivedMessage, SealedMessage,
-    check_text, open_message, seal_message,
+    Content, MAX_CONTENT_LEN, MAX_FILE_NAME_LEN, MAX_SEALED_LEN, MAX_TEXT_LEN, MESSAGE_OVERHEAD,
+    MessageId, PAYLOAD_VERSION, ReceivedFile, ReceivedMessage, SealedMessage, check_file_name,
+    check_text, open_message, seal_content, seal_message,
+};
+pub use outbox::{
+    ACK_SLACK, Acked, BACKOFF_FACTOR, DEFAULT_GIVE_UP, DeliveryState, FragmentState, MAX_IN_FLIGHT,
+    MAX_PENDING_SURBS, MAX_RETRY_INTERVAL, Outgoing, PendingSurb, RoundTrip, ack_timeout,
+    retry_interval,
 };
 pub use poisson::{
     Bandwidth, FETCHED_MESSAGE_BYTES, KsTest, MAX_LAG, MAX_RATE, ScheduledSend, Scheduler,

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bastet_client::{
-    Address, Client, DataDir, InboxReport, RoutePolicy, SentMessage, choose_policy_nodes,
-    parse_classes, parse_list,
+    Address, Client, Content, DataDir, DeliveryState, InboxReport, RoutePolicy, SendOptions,
+    SentMessage, choose_policy_nodes, parse_classes, parse_list,
 };
 use bastet_directory::{Descriptor, DirectoryConfig};
 use bastet_sphinx::NodeId;
@@ -44,20 +44,36 @@ enum Command {
     },
     /// Print this client's address.
     Address,
-    /// Send a text message to an address.
+    /// Send a text message or a file (up to 1 MiB) to an address, and wait
+    /// until the recipient's mailbox server acknowledged every fragment
+    /// (state "stored"), retransmitting what is not acknowledged, or until
+    /// --give-up passes (state "failed", exit status 1).
     Send {
         /// The recipient's address (bastet1...).
         address: String,
-        /// The message text.
-        text: String,
-        /// Print one JSON object: message id, send time and route.
+        /// The message text (or give --file).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        text: Option<String>,
+        /// Send this file (its name without directories travels with it).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// Print one JSON object: message id, send time, route, fragments,
+        /// retransmissions and state.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         policy: PolicyArgs,
+        /// Seconds after which an unacknowledged message fails.
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        give_up: u64,
+        /// Send each fragment once (up to 128, the in-flight window) and
+        /// return (state "sent", or "queued" if more remain); the message
+        /// stays in the outbox and `bastet outbox --resume` carries on.
+        #[arg(long)]
+        no_wait: bool,
     },
-    /// Read new messages: decrypt, verify, print, then delete them from the
-    /// mailbox server.
+    /// Read new messages: reassemble, decrypt, verify, print, then delete
+    /// them from the mailbox server.
     Inbox {
         /// Print one JSON object with the messages.
         #[arg(long)]
@@ -65,6 +81,20 @@ enum Command {
         /// Poll for up to SECS seconds until at least one new message arrives.
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         wait: u64,
+        /// Write received files into DIR (never over an existing file).
+        #[arg(long, value_name = "DIR")]
+        save_dir: Option<PathBuf>,
+    },
+    /// Show the messages waiting in the outbox (not yet acknowledged), or
+    /// with --resume send and retransmit them until each is stored or failed
+    /// (exit status 0 either way: each message reports its state).
+    Outbox {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Drive every pending message to "stored" or "failed".
+        #[arg(long)]
+        resume: bool,
     },
     /// Show the route policy and the nodes that meet it, or draw routes.
     Route {
@@ -188,20 +218,89 @@ fn real_main(cli: Cli) -> CliResult<()> {
         Command::Send {
             address,
             text,
+            file,
             json,
+            give_up,
+            no_wait,
             policy,
         } => {
             let to = Address::parse(&address)?;
+            let content = match (text, file) {
+                (_, Some(path)) => read_file_content(&path)?,
+                (Some(text), None) => Content::Text(text),
+                (None, None) => return Err("give a text or --file PATH".into()),
+            };
             let client = policy.apply(Client::open(dir)?)?;
-            let sent = runtime.block_on(client.send(&to, &text))?;
+            let options = SendOptions {
+                give_up: Duration::from_secs(give_up),
+                wait: !no_wait,
+            };
+            let sent = runtime.block_on(client.send(&to, &content, options))?;
             print_sent(&sent, json)?;
+            if let Some(why) = failure(std::slice::from_ref(&sent)) {
+                return Err(why.into());
+            }
         }
-        Command::Inbox { json, wait } => {
+        Command::Inbox {
+            json,
+            wait,
+            save_dir,
+        } => {
             let client = Client::open(dir)?;
-            let report = runtime.block_on(client.inbox(Duration::from_secs(wait)))?;
+            let report =
+                runtime.block_on(client.inbox(Duration::from_secs(wait), save_dir.as_deref()))?;
             print_inbox(&report, json)?;
         }
         Command::Route { command } => runtime.block_on(route_command(dir, command))?,
+        Command::Outbox { json, resume } => {
+            let client = Client::open(dir)?;
+            if resume {
+                let sent = runtime.block_on(client.resume(true))?;
+                if json {
+                    let all: Vec<_> = sent.iter().map(sent_json).collect();
+                    println!("{}", serde_json::to_string(&json!({ "messages": all }))?);
+                } else {
+                    for s in &sent {
+                        print_sent(s, false)?;
+                    }
+                }
+                // A report of many messages: exit 0, each states its fate.
+                if let Some(why) = failure(&sent) {
+                    eprintln!("bastet: {why}");
+                }
+            } else {
+                let pending = client.outbox()?;
+                if json {
+                    let all: Vec<_> = pending
+                        .iter()
+                        .map(|m| {
+                            json!({
+                                "message_id": m.message_id,
+                                "to": m.to,
+                                "state": m.state.as_str(),
+                                "fragments": m.fragments.len(),
+                                "acked": m.acked(),
+                                "retransmissions": m.retransmissions,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string(&json!({ "messages": all }))?);
+                } else if pending.is_empty() {
+                    println!("The outbox is empty.");
+                } else {
+                    for m in &pending {
+                        println!(
+                            "{} {}: {}/{} fragments acknowledged, {} retransmissions",
+                            m.message_id,
+                            m.state.as_str(),
+                            m.acked(),
+                            m.fragments.len(),
+                            m.retransmissions
+                        );
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -360,27 +459,73 @@ fn read_directory_file(path: &Path) -> CliResult<DirectoryConfig> {
     Ok(config)
 }
 
+/// The contents of `--file PATH`, named by its last component.
+fn read_file_content(path: &Path) -> CliResult<Content> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("--file {}: no usable file name", path.display()))?
+        .to_string();
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("--file {}: {e}", path.display()))?
+        .len();
+    if len > bastet_client::MAX_CONTENT_LEN as u64 {
+        return Err(format!(
+            "--file {}: {len} bytes, but a message holds at most {} bytes",
+            path.display(),
+            bastet_client::MAX_CONTENT_LEN
+        )
+        .into());
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("--file {}: {e}", path.display()))?;
+    Ok(Content::File { name, bytes })
+}
+
+/// Why the command fails, if any message failed.
+fn failure(sent: &[SentMessage]) -> Option<String> {
+    let failed: Vec<String> = sent
+        .iter()
+        .filter(|s| s.state == DeliveryState::Failed)
+        .map(|s| {
+            format!(
+                "message {} failed: {}",
+                s.message_id.to_hex(),
+                s.reason.as_deref().unwrap_or("unknown reason")
+            )
+        })
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("; "))
+}
+
+fn sent_json(sent: &SentMessage) -> serde_json::Value {
+    let route: Vec<_> = sent
+        .route
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.node.to_hex(),
+                "role": n.role_label(),
+                "jurisdiction": n.jurisdiction,
+            })
+        })
+        .collect();
+    json!({
+        "message_id": sent.message_id.to_hex(),
+        "sent_at_ms": sent.sent_at_ms,
+        "route": route,
+        "epoch": sent.epoch,
+        "signatures": sent.signatures,
+        "fragments": sent.fragments,
+        "acked": sent.acked,
+        "retransmissions": sent.retransmissions,
+        "state": sent.state.as_str(),
+        "reason": sent.reason,
+    })
+}
+
 fn print_sent(sent: &SentMessage, json: bool) -> CliResult<()> {
     if json {
-        let route: Vec<_> = sent
-            .route
-            .iter()
-            .map(|n| {
-                json!({
-                    "node": n.node.to_hex(),
-                    "role": n.role_label(),
-                    "jurisdiction": n.jurisdiction,
-                })
-            })
-            .collect();
-        let out = json!({
-            "message_id": sent.message_id.to_hex(),
-            "sent_at_ms": sent.sent_at_ms,
-            "route": route,
-            "epoch": sent.epoch,
-            "signatures": sent.signatures,
-        });
-        println!("{}", serde_json::to_string(&out)?);
+        println!("{}", serde_json::to_string(&sent_json(sent))?);
     } else {
         let route: Vec<String> = sent
             .route
@@ -388,9 +533,17 @@ fn print_sent(sent: &SentMessage, json: bool) -> CliResult<()> {
             .map(|n| format!("{} {} ({})", n.role_label(), n.node.short(), n.jurisdiction))
             .collect();
         println!(
-            "sent message {} via {}",
+            "message {} {}: {}/{} fragments acknowledged, {} retransmissions; first fragment via {}{}",
             sent.message_id.to_hex(),
-            route.join(" -> ")
+            sent.state.as_str(),
+            sent.acked,
+            sent.fragments,
+            sent.retransmissions,
+            route.join(" -> "),
+            sent.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
         );
     }
     Ok(())
@@ -401,20 +554,36 @@ fn print_inbox(report: &InboxReport, json: bool) -> CliResult<()> {
         let messages: Vec<_> = report
             .messages
             .iter()
-            .map(|m| {
+            .zip(&report.saved)
+            .map(|(m, saved)| {
+                let file = m.message.file.as_ref().map(|f| {
+                    json!({
+                        "name": f.name,
+                        "size": f.bytes.len(),
+                        "blake3": blake3::hash(&f.bytes).to_hex().to_string(),
+                        "saved_to": saved.as_ref().map(|p| p.display().to_string()),
+                    })
+                });
                 json!({
                     "message_id": m.message.message_id.to_hex(),
                     "from": hex::encode(m.message.from),
                     "verified": m.message.verified,
                     "sent_at_ms": m.message.sent_at_ms,
                     "received_at_ms": m.received_at_ms,
+                    "fragments": m.fragments,
                     "text": m.message.text,
+                    "file": file,
                 })
             })
             .collect();
         println!(
             "{}",
-            serde_json::to_string(&json!({ "messages": messages }))?
+            serde_json::to_string(&json!({
+                "messages": messages,
+                "duplicates": report.duplicates,
+                "partial": report.partial,
+                "acks": report.acks,
+            }))?
         );
     } else if report.messages.is_empty() {
         println!("No new messages.");
@@ -429,9 +598,18 @@ fn print_inbox(report: &InboxReport, json: bool) -> CliResult<()> {
             println!("Sent:     {}", format_utc_ms(m.message.sent_at_ms));
             println!("Received: {}", format_utc_ms(m.received_at_ms));
             println!("Id:       {}", m.message.message_id.to_hex());
+            if let Some(f) = &m.message.file {
+                println!(
+                    "File:     {} ({} bytes)",
+                    terminal_safe(&f.name),
+                    f.bytes.len()
+                );
+            }
             println!();
-            println!("{}", terminal_safe(&m.message.text));
-            println!();
+            if m.message.file.is_none() {
+                println!("{}", terminal_safe(&m.message.text));
+                println!();
+            }
         }
     }
     if !report.unreadable.is_empty() {
@@ -442,6 +620,22 @@ fn print_inbox(report: &InboxReport, json: bool) -> CliResult<()> {
         for u in &report.unreadable {
             eprintln!("  seq {}: {}", u.seq, u.error);
         }
+    }
+    for (m, saved) in report.messages.iter().zip(&report.saved) {
+        if let Some(path) = saved {
+            eprintln!(
+                "bastet: saved {} from message {} to {}",
+                terminal_safe(m.message.file.as_ref().map_or("", |f| f.name.as_str())),
+                m.message.message_id.to_hex(),
+                path.display()
+            );
+        }
+    }
+    if report.partial > 0 {
+        eprintln!(
+            "bastet: {} message(s) still missing fragments; they stay on the server",
+            report.partial
+        );
     }
     if let Some(e) = &report.delete_error {
         eprintln!(

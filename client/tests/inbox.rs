@@ -257,7 +257,7 @@ async fn init_registers_a_mailbox_and_inbox_reads_deletes_and_keeps_what_fails()
         store.deliver(bob_address.mailbox, seal("three"));
     }
 
-    let report = bob.inbox(Duration::ZERO).await.unwrap();
+    let report = bob.inbox(Duration::ZERO, None).await.unwrap();
     let texts: Vec<&str> = report
         .messages
         .iter()
@@ -286,7 +286,7 @@ async fn init_registers_a_mailbox_and_inbox_reads_deletes_and_keeps_what_fails()
     );
 
     // Polling again shows nothing twice and still keeps the unreadable one.
-    let report = bob.inbox(Duration::ZERO).await.unwrap();
+    let report = bob.inbox(Duration::ZERO, None).await.unwrap();
     assert!(report.messages.is_empty());
     assert_eq!(report.unreadable.len(), 1);
     assert_eq!(left(&net.store), [2, 3]);
@@ -299,7 +299,7 @@ async fn init_registers_a_mailbox_and_inbox_reads_deletes_and_keeps_what_fails()
         .get_mut(&bob_address.mailbox)
         .unwrap()
         .remove(&2);
-    let report = bob.inbox(Duration::ZERO).await.unwrap();
+    let report = bob.inbox(Duration::ZERO, None).await.unwrap();
     assert!(report.messages.is_empty() && report.unreadable.is_empty());
     assert_eq!(report.deleted, 1);
     assert!(left(&net.store).is_empty());
@@ -311,7 +311,7 @@ async fn init_registers_a_mailbox_and_inbox_reads_deletes_and_keeps_what_fails()
             store.deliver(bob_address.mailbox, seal(&format!("bulk {i}")));
         }
     }
-    let report = bob.inbox(Duration::ZERO).await.unwrap();
+    let report = bob.inbox(Duration::ZERO, None).await.unwrap();
     assert_eq!(report.messages.len(), 650);
     assert_eq!(report.messages[649].message.text, "bulk 649");
     assert_eq!(report.deleted, 650);
@@ -325,7 +325,7 @@ async fn init_registers_a_mailbox_and_inbox_reads_deletes_and_keeps_what_fails()
         store.lock().unwrap().deliver(mailbox, late);
     });
     let started = Instant::now();
-    let report = bob.inbox(Duration::from_secs(20)).await.unwrap();
+    let report = bob.inbox(Duration::from_secs(20), None).await.unwrap();
     assert_eq!(report.messages.len(), 1);
     assert_eq!(report.messages[0].message.text, "late");
     assert!(started.elapsed() >= Duration::from_millis(700));
@@ -336,7 +336,7 @@ async fn init_registers_a_mailbox_and_inbox_reads_deletes_and_keeps_what_fails()
     // so those signed in the same second are all accepted, none delayed.
     let polls_before = net.store.lock().unwrap().accepted.len();
     let started = Instant::now();
-    let report = bob.inbox(Duration::from_secs(2)).await.unwrap();
+    let report = bob.inbox(Duration::from_secs(2), None).await.unwrap();
     assert!(report.messages.is_empty());
     assert!(started.elapsed() >= Duration::from_secs(2));
     let store = net.store.lock().unwrap();

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bastet_client::{
-    Address, Client, ClientConfig, ClientKeys, DataDir, Error, RouteNode, open_message,
+    Address, Client, ClientConfig, ClientKeys, Content, DataDir, DeliveryState, Error, RouteNode,
+    SendOptions, open_message,
 };
 use bastet_link::{IngressConfig, IngressStats, TlsIdentity, serve_packets};
-use bastet_sphinx::{NodeId, Prepared, Processed};
+use bastet_sphinx::{FinalPayload, Fragment, NodeId, Prepared, Processed};
 use tokio::sync::mpsc;
 
 mod common;
@@ -74,7 +75,22 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
         mailbox: bob.mailbox_id(),
     };
     let text = "hello bob, this is MARKER-51d3";
-    let sent = sender.send(&to, text).await.unwrap();
+    // Sent once, not waited for: the sender's mailbox API is not running.
+    let once = SendOptions {
+        wait: false,
+        ..SendOptions::default()
+    };
+    let sent = sender
+        .send(&to, &Content::Text(text.into()), once)
+        .await
+        .unwrap();
+    assert_eq!(sent.fragments, 1);
+    assert_eq!(sent.state, DeliveryState::Sent);
+    // Saved until acknowledged, so a crash does not lose it.
+    let pending = sender.outbox().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].message_id, sent.message_id.to_hex());
+    assert_eq!(pending[0].fragments[0].attempts, 1);
     let roles: Vec<String> = sent.route.iter().map(RouteNode::role_label).collect();
     assert_eq!(roles, ["mix1", "mix2", "mix3", "mailbox"]);
     // Relays in route order: the mixes as the consensus layered them.
@@ -103,6 +119,7 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
             .process()
             .unwrap()
         {
+            Processed::Reply { .. } => panic!("a forward packet came out as a reply"),
             Processed::Forward {
                 next_hop,
                 delay,
@@ -115,6 +132,15 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
             Processed::Deliver { mailbox, message } => {
                 assert_eq!(i, 3, "delivered early");
                 assert_eq!(mailbox, bob.mailbox_id());
+                // The final payload: an ack request back to alice's
+                // mailbox, and the one fragment of the sealed envelope.
+                let payload = FinalPayload::from_bytes(&message).unwrap();
+                let ack = payload.ack().expect("every fragment asks for an ack");
+                let back = relays.iter().map(|r| r.keys.node_id()).collect::<Vec<_>>();
+                assert!(back[..3].contains(&ack.surb.first_hop()));
+                let fragment = Fragment::from_bytes(payload.fragment_bytes()).unwrap();
+                assert_eq!(fragment.count(), 1);
+                let message = fragment.chunk().to_vec();
                 let got = open_message(&bob, &message).unwrap();
                 assert_eq!(got.text, text);
                 assert!(got.verified);
@@ -133,13 +159,20 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
         mailbox_server: NodeId([0xee; 32]),
         ..to
     };
-    let err = sender.send(&elsewhere, "x").await.unwrap_err();
+    let err = sender
+        .send(&elsewhere, &Content::Text("x".into()), once)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, Error::MailboxServerNotInConsensus(_)),
         "{err}"
     );
     let err = sender
-        .send(&to, &"x".repeat(bastet_client::MAX_TEXT_LEN + 1))
+        .send(
+            &to,
+            &Content::Text("x".repeat(bastet_client::MAX_TEXT_LEN + 1)),
+            once,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::MessageTooLong { .. }), "{err}");

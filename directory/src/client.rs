@@ -342,6 +342,20 @@ impl ConsensusWatch {
         ConsensusWatch { rx, nudge }
     }
 
+    /// A watch that holds `consensus` for good and fetches nothing, for
+    /// tools and tests that obtained and verified a document another way.
+    pub fn fixed(consensus: Option<VerifiedConsensus>) -> Self {
+        // The sender is dropped: the receiver keeps the last value.
+        let (_, rx) = watch::channel(Held {
+            current: consensus.map(Arc::new),
+            next: None,
+        });
+        ConsensusWatch {
+            rx,
+            nudge: Arc::new(Notify::new()),
+        }
+    }
+
     /// Asks for an early refresh: the caller met a node (or needs a
     /// consensus) that the one held does not have. Cheap; rate-limited.
     pub fn nudge(&self) {

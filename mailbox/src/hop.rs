@@ -1,10 +1,114 @@
-//! The final hop, sans IO: removes the last Sphinx layer and refuses
-//! replays and packets that are not for a mailbox.
+//! The final hop, sans IO: removes the last Sphinx layer, refuses replays
+//! and packets that are not for a mailbox, reads the sender's final payload
+//! (the fragment to store, the ack request to honour once it is stored),
+//! and turns an ack request into the packet to send back.
 
 use std::collections::BTreeMap;
 
-use bastet_directory::EpochKey;
-use bastet_sphinx::{MailboxId, Prepared, Processed, ReplayFilter, SphinxSecretKey};
+use bastet_directory::{EpochKey, VerifiedConsensus};
+use bastet_link::Peer;
+use bastet_sphinx::{
+    AckRequest, FinalPayload, MailboxId, Packet, Prepared, Processed, ReplayFilter, SphinxSecretKey,
+};
+
+/// A packet this hop accepted: what to store, for whom, and what to do
+/// once it is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// A forward packet: store the fragment for `mailbox`'s owner, then
+    /// send the ack if the sender asked for one.
+    Message {
+        /// The recipient's mailbox.
+        mailbox: MailboxId,
+        /// The fragment bytes, still end-to-end encrypted.
+        fragment: Vec<u8>,
+        /// The sender's ack request.
+        ack: Option<AckRequest>,
+    },
+    /// A SURB reply (an ack) for `mailbox`'s owner, who created the SURB:
+    /// stored like a message, as [`bastet_sphinx::SealedReply::to_bytes`]
+    /// (longer than any fragment, so the owner tells the two apart).
+    Reply {
+        /// The SURB creator's mailbox.
+        mailbox: MailboxId,
+        /// The sealed reply.
+        sealed: Vec<u8>,
+    },
+}
+
+impl Opened {
+    /// The mailbox to store into.
+    pub fn mailbox(&self) -> MailboxId {
+        match self {
+            Opened::Message { mailbox, .. } | Opened::Reply { mailbox, .. } => *mailbox,
+        }
+    }
+
+    /// The bytes to store.
+    pub fn stored_bytes(&self) -> &[u8] {
+        match self {
+            Opened::Message { fragment, .. } => fragment,
+            Opened::Reply { sealed, .. } => sealed,
+        }
+    }
+}
+
+/// Why an ack was not sent. The fragment is stored all the same; the
+/// sender retransmits it and the recipient drops the duplicate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckDropped {
+    /// No valid consensus to check the SURB's first hop against.
+    NoConsensus,
+    /// The SURB's first hop is not a layer-1 mix of the current consensus:
+    /// a mailbox server never sends into the network anywhere else.
+    BadFirstHop,
+    /// The SURB did not seal the ack.
+    BadSurb,
+    /// The queue to the first hop is full.
+    QueueFull,
+}
+
+impl AckDropped {
+    /// Label for the `acks_dropped` metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AckDropped::NoConsensus => "no_consensus",
+            AckDropped::BadFirstHop => "bad_first_hop",
+            AckDropped::BadSurb => "bad_surb",
+            AckDropped::QueueFull => "queue_full",
+        }
+    }
+}
+
+/// The ack packet for a stored fragment and the layer-1 mix to send it to.
+/// Checks the SURB's first hop against `consensus` before any work.
+pub fn ack_packet(
+    ack: &AckRequest,
+    consensus: Option<&VerifiedConsensus>,
+) -> Result<(Peer, Packet), AckDropped> {
+    let consensus = consensus.ok_or(AckDropped::NoConsensus)?;
+    let first_hop = ack.surb.first_hop();
+    if consensus.layer_of(&first_hop) != Some(1) {
+        return Err(AckDropped::BadFirstHop);
+    }
+    let descriptor = consensus.node(&first_hop).ok_or(AckDropped::BadFirstHop)?;
+    let (packet, to) = ack
+        .surb
+        .clone()
+        .use_surb(&ack.id.to_ack_body())
+        .map_err(|_| AckDropped::BadSurb)?;
+    if to != first_hop {
+        return Err(AckDropped::BadSurb);
+    }
+    Ok((
+        Peer {
+            node: first_hop,
+            addr: descriptor.addr.clone(),
+            pin: descriptor.pin(),
+        },
+        packet,
+    ))
+}
 
 /// Why a packet was dropped before reaching the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,8 +185,10 @@ impl FinalHop {
         self.replay.keys().copied().collect()
     }
 
-    /// Opens one received packet: the mailbox and the payload to store.
-    pub fn open(&mut self, bytes: &[u8]) -> Result<(MailboxId, Vec<u8>), Rejected> {
+    /// Opens one received packet: what to store, for whom, and the ack
+    /// request if any. A forward packet whose message is not a
+    /// [`FinalPayload`] is `Malformed`.
+    pub fn open(&mut self, bytes: &[u8]) -> Result<Opened, Rejected> {
         let secrets: Vec<&SphinxSecretKey> = self.keys.iter().map(|k| &k.secret).collect();
         let (index, prepared) = Prepared::with_keys(bytes, &secrets).map_err(classify)?;
         let epoch = self
@@ -99,7 +205,19 @@ impl FinalHop {
             return Err(Rejected::Replay);
         }
         match processed {
-            Processed::Deliver { mailbox, message } => Ok((mailbox, message)),
+            Processed::Deliver { mailbox, message } => {
+                let payload =
+                    FinalPayload::from_bytes(&message).map_err(|_| Rejected::Malformed)?;
+                Ok(Opened::Message {
+                    mailbox,
+                    fragment: payload.fragment_bytes().to_vec(),
+                    ack: payload.ack().cloned(),
+                })
+            }
+            Processed::Reply { mailbox, reply } => Ok(Opened::Reply {
+                mailbox,
+                sealed: reply.to_bytes(),
+            }),
             Processed::Forward { .. } => Err(Rejected::NotFinalHop),
         }
     }
@@ -118,10 +236,28 @@ fn classify(e: bastet_sphinx::Error) -> Rejected {
 mod tests {
     use std::time::Duration;
 
-    use bastet_directory::{SphinxKeyRing, sphinx_key_path};
-    use bastet_sphinx::{Hop, NodeId, SphinxPublicKey, build};
+    use bastet_directory::{Descriptor, Role, SphinxKeyRing, sphinx_key_path};
+    use bastet_sphinx::{
+        AckId, Fragment, Hop, NodeId, SEALED_REPLY_LEN, SealedReply, SphinxPublicKey, Surb, build,
+        fragment,
+    };
 
     use super::*;
+
+    /// One fragment's final payload, without an ack request.
+    fn final_payload(text: &[u8]) -> (Fragment, Vec<u8>) {
+        let f = fragment(text, &mut rand::rng()).unwrap().remove(0);
+        let bytes = FinalPayload::new(None, &f).to_bytes();
+        (f, bytes)
+    }
+
+    fn stored(mailbox: MailboxId, f: &Fragment) -> Opened {
+        Opened::Message {
+            mailbox,
+            fragment: f.to_bytes(),
+            ack: None,
+        }
+    }
 
     fn hop(i: u8) -> (Hop, SphinxSecretKey) {
         let key = SphinxSecretKey::from([i; 32]);
@@ -146,14 +282,16 @@ mod tests {
         let (other, _) = hop(2);
         let mailbox = MailboxId([5; 32]);
         let mut final_hop = FinalHop::new(one_key(key), 1000).unwrap();
-        let packet = build(std::slice::from_ref(&me), &mailbox, b"hi").unwrap();
-        assert_eq!(
-            final_hop.open(packet.as_bytes()),
-            Ok((mailbox, b"hi".to_vec()))
-        );
+        let (f, hi) = final_payload(b"hi");
+        let packet = build(std::slice::from_ref(&me), &mailbox, &hi).unwrap();
+        assert_eq!(final_hop.open(packet.as_bytes()), Ok(stored(mailbox, &f)));
         assert_eq!(final_hop.open(packet.as_bytes()), Err(Rejected::Replay));
 
-        let onward = build(&[me, other.clone()], &mailbox, b"hi").unwrap();
+        // A message that is not a final payload is malformed.
+        let raw = build(std::slice::from_ref(&me), &mailbox, b"hi").unwrap();
+        assert_eq!(final_hop.open(raw.as_bytes()), Err(Rejected::Malformed));
+
+        let onward = build(&[me, other.clone()], &mailbox, &hi).unwrap();
         assert_eq!(
             final_hop.open(onward.as_bytes()),
             Err(Rejected::NotFinalHop)
@@ -192,21 +330,22 @@ mod tests {
                 sphinx_key: ring.public(epoch).unwrap(),
                 delay: Duration::ZERO,
             };
-            build(&[me], &mailbox, message).unwrap()
+            let (f, payload) = final_payload(message);
+            (build(&[me], &mailbox, &payload).unwrap(), f)
         };
-        let old = for_epoch(&ring, 5, b"old");
-        let late = for_epoch(&ring, 5, b"late");
+        let (old, old_fragment) = for_epoch(&ring, 5, b"old");
+        let (late, _) = for_epoch(&ring, 5, b"late");
 
         // Epoch 6, in grace: the previous key still delivers, once.
         rotate(&mut ring, &mut final_hop, 6 * EPOCH);
         assert_eq!(final_hop.key_epochs(), [5, 6, 7]);
         assert_eq!(
             final_hop.open(old.as_bytes()),
-            Ok((mailbox, b"old".to_vec()))
+            Ok(stored(mailbox, &old_fragment))
         );
         rotate(&mut ring, &mut final_hop, 6 * EPOCH + GRACE - 1);
         assert_eq!(final_hop.open(old.as_bytes()), Err(Rejected::Replay));
-        let current = for_epoch(&ring, 6, b"current");
+        let (current, _) = for_epoch(&ring, 6, b"current");
         assert!(final_hop.open(current.as_bytes()).is_ok());
 
         // Grace over: key, file and replay filter are gone.
@@ -217,5 +356,137 @@ mod tests {
         assert_eq!(final_hop.open(old.as_bytes()), Err(Rejected::UnknownKey));
         // The current key's filter was kept through it all.
         assert_eq!(final_hop.open(current.as_bytes()), Err(Rejected::Replay));
+    }
+
+    fn mix(i: u8) -> (Descriptor, SphinxSecretKey) {
+        let key = SphinxSecretKey::from([i; 32]);
+        let d = Descriptor {
+            identity_key: [i; 32],
+            epoch: 1,
+            sphinx_key: SphinxPublicKey::from(&key).to_bytes(),
+            tls_pin: [i; 32],
+            addr: format!("127.0.0.1:{}", 7000 + u16::from(i)),
+            api_addr: None,
+            role: Role::Mix,
+            jurisdiction: "DE".into(),
+            operator: "Org".into(),
+        };
+        (d, key)
+    }
+
+    fn hop_of(d: &Descriptor, delay_ms: u64) -> Hop {
+        Hop {
+            node: d.node_id(),
+            sphinx_key: d.sphinx_public(),
+            delay: Duration::from_millis(delay_ms),
+        }
+    }
+
+    #[test]
+    fn an_ack_goes_to_the_layer_one_mix_and_reaches_the_sender_as_a_reply() {
+        let (mixes, keys): (Vec<_>, Vec<_>) = (11..=13).map(mix).unzip();
+        let consensus = VerifiedConsensus::assume_verified(1, 0, u64::MAX, mixes.clone(), 1);
+        // The consensus deals the three mixes out to the three layers.
+        let by_layer: Vec<usize> = (1..=3)
+            .map(|l| {
+                (0..3)
+                    .find(|&i| consensus.layer_of(&mixes[i].node_id()) == Some(l))
+                    .unwrap()
+            })
+            .collect();
+        let (sender_server, sender_key) = hop(40);
+        let sender_mailbox = MailboxId([41; 32]);
+        let mut reply_route: Vec<Hop> = by_layer.iter().map(|&i| hop_of(&mixes[i], 5)).collect();
+        reply_route.push(sender_server);
+        let (surb, surb_keys) = Surb::build(&reply_route, &sender_mailbox).unwrap();
+        let ack = AckRequest {
+            id: AckId([42; 16]),
+            surb,
+        };
+
+        // The recipient's server opens the fragment with its ack request.
+        let (me, key) = hop(1);
+        let recipient = MailboxId([5; 32]);
+        let f = fragment(b"acked", &mut rand::rng()).unwrap().remove(0);
+        let payload = FinalPayload::new(Some(ack.clone()), &f).to_bytes();
+        let packet = build(&[me], &recipient, &payload).unwrap();
+        let mut final_hop = FinalHop::new(one_key(key), 1000).unwrap();
+        let opened = final_hop.open(packet.as_bytes()).unwrap();
+        assert_eq!(
+            opened,
+            Opened::Message {
+                mailbox: recipient,
+                fragment: f.to_bytes(),
+                ack: Some(ack.clone()),
+            }
+        );
+
+        // The ack goes to the layer-1 mix, crosses the layers and ends in
+        // the sender's mailbox as a reply only the sender reads.
+        let (peer, mut ack_packet_bytes) = ack_packet(&ack, Some(&consensus)).unwrap();
+        assert_eq!(peer.node, mixes[by_layer[0]].node_id());
+        assert_eq!(peer.addr, mixes[by_layer[0]].addr);
+        for &i in &by_layer {
+            match Prepared::new(ack_packet_bytes.as_bytes(), &keys[i])
+                .unwrap()
+                .process()
+                .unwrap()
+            {
+                Processed::Forward { packet, .. } => ack_packet_bytes = packet,
+                other => panic!("mix {i}: {other:?}"),
+            }
+        }
+        let mut sender_hop = FinalHop::new(one_key(sender_key), 1000).unwrap();
+        let Opened::Reply { mailbox, sealed } =
+            sender_hop.open(ack_packet_bytes.as_bytes()).unwrap()
+        else {
+            panic!("expected a reply");
+        };
+        assert_eq!(mailbox, sender_mailbox);
+        assert_eq!(sealed.len(), SEALED_REPLY_LEN);
+        let body = surb_keys
+            .open(&SealedReply::from_bytes(&sealed).unwrap())
+            .unwrap();
+        assert_eq!(AckId::from_ack_body(&body).unwrap(), ack.id);
+        // Replayed, the reply is dropped like any packet.
+        assert_eq!(
+            sender_hop.open(ack_packet_bytes.as_bytes()),
+            Err(Rejected::Replay)
+        );
+    }
+
+    #[test]
+    fn an_ack_whose_first_hop_is_not_a_layer_one_mix_is_not_sent() {
+        let (mixes, _): (Vec<_>, Vec<_>) = (11..=13).map(mix).unzip();
+        let consensus = VerifiedConsensus::assume_verified(1, 0, u64::MAX, mixes.clone(), 1);
+        let (server, _) = hop(40);
+        let surb_from = |first: Hop| {
+            let route = vec![first, server.clone()];
+            AckRequest {
+                id: AckId([1; 16]),
+                surb: Surb::build(&route, &MailboxId([2; 32])).unwrap().0,
+            }
+        };
+        for d in &mixes {
+            let ack = surb_from(hop_of(d, 0));
+            let layer = consensus.layer_of(&d.node_id()).unwrap();
+            let got = ack_packet(&ack, Some(&consensus)).map(|(peer, _)| peer.node);
+            if layer == 1 {
+                assert_eq!(got, Ok(d.node_id()));
+            } else {
+                assert_eq!(got, Err(AckDropped::BadFirstHop), "layer {layer}");
+            }
+            assert_eq!(
+                ack_packet(&ack, None).map(|(p, _)| p.node),
+                Err(AckDropped::NoConsensus)
+            );
+        }
+        // A node the consensus does not list at all (here: straight to a
+        // mailbox server), the classic reflection attempt.
+        let stranger = surb_from(hop(77).0);
+        assert_eq!(
+            ack_packet(&stranger, Some(&consensus)).map(|(p, _)| p.node),
+            Err(AckDropped::BadFirstHop)
+        );
     }
 }

@@ -20,7 +20,7 @@ pub use api::{MailboxClient, StoredMessage};
 pub use config::{ENV_PREFIX, InitInfo, InitOptions, MailboxConfig, init, read_directory_file};
 pub use error::Error;
 #[cfg(feature = "server")]
-pub use hop::{FinalHop, Rejected};
+pub use hop::{AckDropped, FinalHop, Opened, Rejected, ack_packet};
 #[cfg(feature = "server")]
 pub use server::{run, run_until};
 #[cfg(feature = "server")]

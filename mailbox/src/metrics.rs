@@ -51,7 +51,15 @@ pub struct Metrics {
     pub mailboxes: Gauge,
     /// Sphinx keys packets are processed under now.
     pub sphinx_keys: Gauge,
+    /// Acks sent back into the mixnet for stored fragments.
+    pub acks_sent: Counter,
+    /// Acks not sent, by reason.
+    pub acks_dropped: Family<Reason, Counter>,
 }
+
+/// Every reason an ack is not sent, listed so each series exists from the
+/// start.
+pub const ACK_DROP_REASONS: [&str; 4] = ["no_consensus", "bad_first_hop", "bad_surb", "queue_full"];
 
 impl Metrics {
     /// Fresh metrics registered in `registry`.
@@ -88,6 +96,21 @@ impl Metrics {
             "Sphinx keys packets are processed under now (current, next, previous in grace)",
             m.sphinx_keys.clone(),
         );
+        registry.register(
+            "acks_sent",
+            "Acks sent back through the sender's SURB once a fragment was stored",
+            m.acks_sent.clone(),
+        );
+        registry.register(
+            "acks_dropped",
+            "Acks not sent (the fragment is stored all the same), by reason",
+            m.acks_dropped.clone(),
+        );
+        for reason in ACK_DROP_REASONS {
+            m.acks_dropped
+                .get_or_create(&reason_label(reason))
+                .inc_by(0);
+        }
         for reason in DROP_REASONS {
             m.packets_dropped
                 .get_or_create(&reason_label(reason))
@@ -101,6 +124,11 @@ impl Metrics {
         self.packets_dropped
             .get_or_create(&reason_label(reason))
             .inc_by(n);
+    }
+
+    /// Counts one ack not sent.
+    pub fn ack_dropped(&self, reason: &str) {
+        self.acks_dropped.get_or_create(&reason_label(reason)).inc();
     }
 
     /// Counts one API request that ended with `outcome`.

@@ -6,15 +6,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bastet_directory::{
-    Descriptor, DirectoryClient, EpochKey, NodeKeys, Role, SphinxKeyRing, publish_rotating_forever,
-    rotate_forever, unix_now,
+    ConsensusWatch, Descriptor, DirectoryClient, EpochKey, NodeKeys, Role, SphinxKeyRing,
+    publish_rotating_forever, rotate_forever, unix_now,
 };
-use bastet_link::{Frame, IngressConfig, IngressStats, PacketLog, TlsIdentity};
+use bastet_link::{
+    Frame, IngressConfig, IngressStats, Outbound, OutboundConfig, PacketLog, TlsIdentity,
+};
+use bastet_sphinx::AckRequest;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::hop::FinalHop;
+use crate::hop::{AckDropped, FinalHop, Opened, ack_packet};
 use crate::http::{Api, router};
 use crate::metrics::Metrics;
 use crate::store::{Delivery, Store, StoreLimits};
@@ -142,6 +145,7 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
         }
     });
     {
+        let directory = directory.clone();
         let descriptor = Descriptor {
             identity_key: keys.identity.verifying_key().to_bytes(),
             // Both set per epoch by the publisher.
@@ -160,9 +164,16 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
             Ok(())
         });
     }
+    // Acks go to layer-1 mixes of the current consensus; refreshed often
+    // enough that an epoch change costs seconds of `no_consensus` at most.
+    let refresh = Duration::from_secs((config.directory.epoch_secs / 12).clamp(2, 10));
+    let acks = Acks {
+        consensus: ConsensusWatch::spawn(directory.clone(), refresh),
+        outbound: Arc::new(Outbound::new(OutboundConfig::default())),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut pipeline = tokio::spawn(pipeline(
-        rx, hop, keys_rx, store, metrics, packet_log, stop_rx,
+        rx, hop, keys_rx, store, metrics, packet_log, acks, stop_rx,
     ));
 
     tracing::info!(
@@ -217,10 +228,51 @@ async fn count_overload(stats: Arc<IngressStats>, metrics: Metrics) -> Result<()
     }
 }
 
-/// Takes packets off the link in batches, opens them, and stores each batch
-/// with one synced write on a blocking thread. Takes the Sphinx keys in
-/// force from `keys` whenever they change, packets or not, so that an
-/// expired key leaves memory on time.
+/// Where acks go: the consensus names the layer-1 mixes, the pool (one
+/// bounded queue per mix) carries the packets.
+struct Acks {
+    consensus: ConsensusWatch,
+    outbound: Arc<Outbound>,
+}
+
+impl Acks {
+    /// Sends one ack per stored fragment that asked for one; an ack that
+    /// cannot go is counted and dropped (the sender retransmits).
+    fn send(&self, requests: &[AckRequest], metrics: &Metrics) {
+        if requests.is_empty() {
+            return;
+        }
+        let consensus = self.consensus.current();
+        let mut stale = false;
+        for ack in requests {
+            let sent = ack_packet(ack, consensus.as_deref()).and_then(|(peer, packet)| {
+                self.outbound
+                    .send(&peer, packet)
+                    .map_err(|_| AckDropped::QueueFull)
+            });
+            match sent {
+                Ok(()) => {
+                    metrics.acks_sent.inc();
+                }
+                Err(why) => {
+                    stale |= matches!(why, AckDropped::NoConsensus | AckDropped::BadFirstHop);
+                    tracing::debug!(reason = why.reason(), "ack dropped");
+                    metrics.ack_dropped(why.reason());
+                }
+            }
+        }
+        if stale {
+            self.consensus.nudge();
+        }
+    }
+}
+
+/// Takes packets off the link in batches, opens them, stores each batch
+/// with one synced write on a blocking thread, and only then sends the acks
+/// of what was stored. Takes the Sphinx keys in force from `keys` whenever
+/// they change, packets or not, so that an expired key leaves memory on
+/// time.
+#[allow(clippy::too_many_arguments)]
 async fn pipeline(
     mut rx: mpsc::Receiver<Frame>,
     mut hop: FinalHop,
@@ -228,6 +280,7 @@ async fn pipeline(
     store: Arc<Store>,
     metrics: Metrics,
     mut packet_log: Option<PacketLog>,
+    acks: Acks,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let mut stopping = false;
@@ -272,43 +325,62 @@ async fn pipeline(
                 Err(_) => break,
             }
         }
-        let (store, metrics) = (store.clone(), metrics.clone());
+        let (store, batch_metrics) = (store.clone(), metrics.clone());
         let done = tokio::task::spawn_blocking(move || {
-            store_batch(&mut hop, &store, &metrics, packet_log.as_mut(), &frames);
-            (hop, packet_log)
+            let stored = store_batch(
+                &mut hop,
+                &store,
+                &batch_metrics,
+                packet_log.as_mut(),
+                &frames,
+            );
+            (hop, packet_log, stored)
         })
         .await;
-        (hop, packet_log) =
+        let ack_requests;
+        (hop, packet_log, ack_requests) =
             done.map_err(|e| Error::Config(format!("storing packets failed: {e}")))?;
+        // The batch is durable now: only what was stored is acknowledged.
+        acks.send(&ack_requests, &metrics);
     }
 }
 
+/// Opens and stores one batch; returns the ack requests of the fragments
+/// it stored.
 fn store_batch(
     hop: &mut FinalHop,
     store: &Store,
     metrics: &Metrics,
     mut packet_log: Option<&mut PacketLog>,
     frames: &[Frame],
-) {
-    let mut items = Vec::with_capacity(frames.len());
+) -> Vec<AckRequest> {
+    let mut opened = Vec::with_capacity(frames.len());
     for frame in frames {
         metrics.packets_received.inc();
         match hop.open(&frame[..]) {
-            Ok(item) => items.push(item),
+            Ok(item) => opened.push(item),
             Err(why) => metrics.dropped(why.reason(), 1),
         }
     }
-    if items.is_empty() {
-        return;
+    if opened.is_empty() {
+        return Vec::new();
     }
+    let items: Vec<_> = opened
+        .iter()
+        .map(|o| (o.mailbox(), o.stored_bytes().to_vec()))
+        .collect();
+    let mut acks = Vec::new();
     match store.deliver(&items, now_ms()) {
         Ok(outcomes) => {
-            for (outcome, (_, payload)) in outcomes.iter().zip(&items) {
+            for (outcome, item) in outcomes.iter().zip(opened) {
                 match outcome {
                     Delivery::Stored { .. } => {
                         metrics.messages_stored.inc();
                         if let Some(log) = packet_log.as_deref_mut() {
-                            log.append(payload);
+                            log.append(item.stored_bytes());
+                        }
+                        if let Opened::Message { ack: Some(ack), .. } = item {
+                            acks.push(ack);
                         }
                     }
                     Delivery::UnknownMailbox => metrics.dropped("unknown_mailbox", 1),
@@ -321,12 +393,15 @@ fn store_batch(
             metrics.dropped("store_error", items.len() as u64);
         }
     }
+    acks
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bastet_sphinx::{Hop, NodeId, SphinxPublicKey, SphinxSecretKey, build};
+    use bastet_sphinx::{
+        FinalPayload, Hop, NodeId, SphinxPublicKey, SphinxSecretKey, build, fragment,
+    };
 
     #[tokio::test]
     async fn on_stop_every_frame_already_read_is_stored() {
@@ -355,7 +430,11 @@ mod tests {
         let count = MAX_BATCH + 44;
         let (tx, rx) = mpsc::channel::<Frame>(count);
         for i in 0..count {
-            let packet = build(std::slice::from_ref(&me), &mailbox, &i.to_be_bytes()).unwrap();
+            let f = fragment(&i.to_be_bytes(), &mut rand::rng())
+                .unwrap()
+                .remove(0);
+            let payload = FinalPayload::new(None, &f).to_bytes();
+            let packet = build(std::slice::from_ref(&me), &mailbox, &payload).unwrap();
             let mut frame: Frame = Box::new([0; bastet_link::FRAME_LEN]);
             frame.copy_from_slice(packet.as_bytes());
             tx.try_send(frame).unwrap();
@@ -366,7 +445,19 @@ mod tests {
         let _tx = tx;
         tokio::time::timeout(
             Duration::from_secs(30),
-            pipeline(rx, hop, keys_rx, store.clone(), metrics, None, stop_rx),
+            pipeline(
+                rx,
+                hop,
+                keys_rx,
+                store.clone(),
+                metrics,
+                None,
+                Acks {
+                    consensus: ConsensusWatch::fixed(None),
+                    outbound: Arc::new(Outbound::new(OutboundConfig::default())),
+                },
+                stop_rx,
+            ),
         )
         .await
         .unwrap()

@@ -13,7 +13,7 @@ use bastet_directory::{DirectoryClient, DirectoryConfig, SigningKey, unix_now};
 use bastet_link::{CertPin, connect, write_frame};
 use bastet_mailbox::api::{authorization_header, list_path};
 use bastet_mailbox::{Error, MailboxClient};
-use bastet_sphinx::{Hop, MailboxId, NodeId, SphinxPublicKey, build};
+use bastet_sphinx::{FinalPayload, Hop, MailboxId, NodeId, SphinxPublicKey, build, fragment};
 use tokio::io::AsyncWriteExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bastet-mailbox");
@@ -184,18 +184,22 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     }
 }
 
+/// Sends `text` as a one-fragment envelope without an ack request, and
+/// returns the fragment bytes the server is to store.
 async fn send_packet(
     addr: SocketAddr,
     pin: CertPin,
     route: &[Hop],
     mailbox: &MailboxId,
-    message: &[u8],
-) {
-    let packet = build(route, mailbox, message).unwrap();
+    text: &[u8],
+) -> Vec<u8> {
+    let f = fragment(text, &mut rand::rng()).unwrap().remove(0);
+    let packet = build(route, mailbox, &FinalPayload::new(None, &f).to_bytes()).unwrap();
     let mut tls = connect(&addr.to_string(), pin).await.unwrap();
     write_frame(&mut tls, packet.as_bytes()).await.unwrap();
     tls.flush().await.unwrap();
     tls.shutdown().await.unwrap();
+    f.to_bytes()
 }
 
 /// A signed GET of `mailbox`'s messages with a header the test controls.
@@ -259,13 +263,12 @@ async fn mailbox_server_stores_durably_and_serves_only_its_owner() {
     );
 
     // One-hop packet over the TLS link, then poll until it is stored.
-    let message = b"opaque end-to-end ciphertext 0123456789".to_vec();
-    send_packet(
+    let message = send_packet(
         node.listen,
         node.pin,
         std::slice::from_ref(&me),
         &mailbox,
-        &message,
+        b"opaque end-to-end ciphertext 0123456789",
     )
     .await;
     let stored = eventually("the message to be stored", &node, || async {

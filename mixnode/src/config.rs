@@ -18,7 +18,7 @@ pub const CONFIG_FILE: &str = "mixnode.toml";
 pub const ENV_PREFIX: &str = "BASTET_MIXNODE";
 
 /// The mixnode's configuration (`mixnode.toml`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MixnodeConfig {
     /// Holds `identity.key`, `sphinx-keys/<epoch>.key`, `tls-cert.pem`,
@@ -56,6 +56,15 @@ pub struct MixnodeConfig {
     /// Test hook: append every packet sent onward to this file.
     #[serde(default)]
     pub packet_log: Option<PathBuf>,
+    /// Must be `true` for any `test_*` fault-injection key to take effect:
+    /// a guard against a test setting reaching a real node.
+    #[serde(default)]
+    pub test_hooks: bool,
+    /// Test hook (needs `test_hooks = true`): drop this fraction (0 to 1)
+    /// of received packets at random before processing them, counted as
+    /// `packets_dropped{reason="injected_loss"}`.
+    #[serde(default)]
+    pub test_drop_fraction: f64,
     /// The directory authorities.
     pub directory: DirectoryConfig,
 }
@@ -156,6 +165,15 @@ impl MixnodeConfig {
         {
             return bad("packet_log", "must be a file path (or left out)");
         }
+        if !(0.0..=1.0).contains(&self.test_drop_fraction) {
+            return bad("test_drop_fraction", "must be between 0 and 1");
+        }
+        if self.test_drop_fraction > 0.0 && !self.test_hooks {
+            return bad(
+                "test_drop_fraction",
+                "is a fault-injection test hook: it needs `test_hooks = true`",
+            );
+        }
         self.directory.validate().map_err(|e| Error::Config {
             key: "directory",
             why: e.to_string(),
@@ -242,6 +260,10 @@ impl MixnodeConfig {
              {grace}\n\
              # TEST HOOK ONLY: append every packet sent onward to this file (stops at 64 MiB).\n\
              {packet_log}\n\
+             # TEST HOOKS ONLY (fault injection): test_drop_fraction drops that fraction of\n\
+             # received packets at random; it is refused unless test_hooks = true.\n\
+             # test_hooks = false\n\
+             # test_drop_fraction = 0.0\n\
              \n\
              # Directory authorities this node publishes to and trusts for the consensus.\n\
              {directory}",
@@ -311,6 +333,8 @@ pub fn init(options: &InitOptions) -> Result<InitReport> {
         replay_filter_capacity: default_replay_filter_capacity(),
         sphinx_key_grace_secs: None,
         packet_log: None,
+        test_hooks: false,
+        test_drop_fraction: 0.0,
         directory,
     };
     config.validate()?;
@@ -441,6 +465,37 @@ mod tests {
             }
             assert!(!opts.dir.join("identity.key").exists());
         }
+    }
+
+    #[test]
+    fn fault_injection_needs_the_test_hooks_switch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let report = init(&options(tmp.path())).unwrap();
+        let text = std::fs::read_to_string(&report.config).unwrap();
+        assert_eq!(
+            MixnodeConfig::load(&report.config)
+                .unwrap()
+                .test_drop_fraction,
+            0.0
+        );
+        let write = |name: &str, extra: &str| {
+            let path = tmp.path().join(name);
+            std::fs::write(&path, format!("{extra}\n{text}")).unwrap();
+            MixnodeConfig::load(&path)
+        };
+        let err = write("lossy.toml", "test_drop_fraction = 0.1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("test_drop_fraction") && err.contains("test_hooks"),
+            "{err}"
+        );
+        let on = write("on.toml", "test_hooks = true\ntest_drop_fraction = 0.1").unwrap();
+        assert_eq!(on.test_drop_fraction, 0.1);
+        let err = write("over.toml", "test_hooks = true\ntest_drop_fraction = 1.5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test_drop_fraction"), "{err}");
     }
 
     #[test]

@@ -44,11 +44,13 @@ pub enum DropReason {
     /// was corrupted on the way (a Sphinx header names no key, so the cases
     /// look the same).
     UnknownKey,
+    /// Dropped on purpose by the `test_drop_fraction` fault-injection hook.
+    InjectedLoss,
 }
 
 impl DropReason {
     /// Every reason, for exporting all of them from the start.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Replay,
         DropReason::Malformed,
         DropReason::WrongLength,
@@ -58,6 +60,7 @@ impl DropReason {
         DropReason::DelayTooLong,
         DropReason::NoConsensus,
         DropReason::UnknownKey,
+        DropReason::InjectedLoss,
     ];
 
     /// The metric label value.
@@ -72,6 +75,7 @@ impl DropReason {
             DropReason::DelayTooLong => "delay_too_long",
             DropReason::NoConsensus => "no_consensus",
             DropReason::UnknownKey => "unknown_key",
+            DropReason::InjectedLoss => "injected_loss",
         }
     }
 }
@@ -165,7 +169,7 @@ impl Unwrapper {
                 packet,
             }),
             // Only a mailbox server may be a final hop.
-            Processed::Deliver { .. } => Err(DropReason::Malformed),
+            Processed::Deliver { .. } | Processed::Reply { .. } => Err(DropReason::Malformed),
         }
     }
 }
@@ -692,7 +696,8 @@ mod tests {
                 "overload",
                 "delay_too_long",
                 "no_consensus",
-                "unknown_key"
+                "unknown_key",
+                "injected_loss"
             ]
         );
     }

@@ -149,12 +149,20 @@ impl Mixnode {
             outbound.clone(),
             metrics.clone(),
         ));
+        if config.test_drop_fraction > 0.0 {
+            tracing::warn!(
+                fraction = config.test_drop_fraction,
+                "TEST HOOK test_drop_fraction is on: received packets are dropped at random \
+                 (injected_loss). Never run a real node like this."
+            );
+        }
         tasks.spawn(dispatch(
             frames_rx,
             unwrapper,
             unwrapped_tx,
             workers(),
             metrics.clone(),
+            config.test_drop_fraction,
         ));
         tasks.spawn({
             let keyring = keyring.clone();
@@ -298,12 +306,14 @@ async fn copy_link_stats(
 /// Hands frames to at most `workers` blocking threads at a time, so that
 /// Sphinx work never runs on the I/O threads. When every worker is busy the
 /// ingress queue fills and the listener sheds load (counted as overload).
+/// With the `test_drop_fraction` hook, first drops that fraction of frames.
 async fn dispatch(
     mut frames: mpsc::Receiver<Frame>,
     unwrapper: Unwrapper,
     out: mpsc::Sender<Unwrap>,
     workers: usize,
     metrics: Arc<Metrics>,
+    drop_fraction: f64,
 ) -> Result<()> {
     let slots = Arc::new(Semaphore::new(workers.max(1)));
     let stopped = |why: &str| Error::TaskFailed {
@@ -321,6 +331,11 @@ async fn dispatch(
             return Err(stopped("ingress queue closed"));
         }
         metrics.received.inc_by(batch.len() as u64);
+        if drop_fraction > 0.0 {
+            let before = batch.len();
+            batch.retain(|_| rand::random::<f64>() >= drop_fraction);
+            metrics.drops(DropReason::InjectedLoss, (before - batch.len()) as u64);
+        }
         let (unwrapper, out) = (unwrapper.clone(), out.clone());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;

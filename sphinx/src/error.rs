@@ -49,9 +49,6 @@ pub enum Error {
         /// The only length accepted.
         expected: usize,
     },
-    /// A packet handed to the reply path is not a SURB reply ending here.
-    #[error("not a SURB reply for this last hop")]
-    NotAReply,
     /// The reply was sealed under another SURB than these keys belong to.
     #[error("reply keys are for another SURB")]
     WrongReplyKeys,

@@ -55,6 +55,37 @@ impl fmt::Debug for AckId {
     }
 }
 
+/// Version byte of an ack body.
+pub const ACK_BODY_VERSION: u8 = 1;
+/// Length of an ack body: version and ack id.
+pub const ACK_BODY_LEN: usize = 1 + 16;
+
+impl AckId {
+    /// What the last hop sends through the ack SURB once the fragment is
+    /// stored: `version (1) || ack id (16)`.
+    pub fn to_ack_body(&self) -> [u8; ACK_BODY_LEN] {
+        let mut out = [0u8; ACK_BODY_LEN];
+        out[0] = ACK_BODY_VERSION;
+        out[1..].copy_from_slice(&self.0);
+        out
+    }
+
+    /// Parses [`AckId::to_ack_body`] out of an opened reply.
+    pub fn from_ack_body(bytes: &[u8]) -> Result<Self> {
+        match bytes {
+            [ACK_BODY_VERSION, id @ ..] if id.len() == 16 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(id);
+                Ok(AckId(a))
+            }
+            _ => Err(Error::MalformedEncoding {
+                what: "ack body",
+                reason: "not version 1 and a 16-byte id",
+            }),
+        }
+    }
+}
+
 /// One piece of an envelope.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Fragment {
@@ -679,6 +710,21 @@ mod tests {
             Fragment::from_bytes(back.fragment_bytes()).unwrap(),
             fragments[0]
         );
+    }
+
+    #[test]
+    fn ack_bodies_round_trip_and_anything_else_is_refused() {
+        let id = AckId([9; 16]);
+        let body = id.to_ack_body();
+        assert_eq!(body.len(), ACK_BODY_LEN);
+        assert_eq!(AckId::from_ack_body(&body).unwrap(), id);
+        assert!(AckId::from_ack_body(&body[..16]).is_err());
+        let mut longer = body.to_vec();
+        longer.push(0);
+        assert!(AckId::from_ack_body(&longer).is_err());
+        let mut other_version = body;
+        other_version[0] = 2;
+        assert!(AckId::from_ack_body(&other_version).is_err());
     }
 
     #[test]

@@ -9,9 +9,10 @@ mod types;
 
 pub use error::Error;
 pub use fragment::{
-    AckId, AckRequest, EnvelopeId, FINAL_PAYLOAD_OVERHEAD, FINAL_PAYLOAD_VERSION,
-    FRAGMENT_CAPACITY, FRAGMENT_HEADER_LEN, FRAGMENT_VERSION, FinalPayload, Fragment,
-    MAX_ENVELOPE_LEN, MAX_FRAGMENT_LEN, Reassembler, Reassembly, ReassemblyLimits, fragment,
+    ACK_BODY_LEN, ACK_BODY_VERSION, AckId, AckRequest, EnvelopeId, FINAL_PAYLOAD_OVERHEAD,
+    FINAL_PAYLOAD_VERSION, FRAGMENT_CAPACITY, FRAGMENT_HEADER_LEN, FRAGMENT_VERSION, FinalPayload,
+    Fragment, MAX_ENVELOPE_LEN, MAX_FRAGMENT_LEN, Reassembler, Reassembly, ReassemblyLimits,
+    fragment,
 };
 pub use packet::{
     Hop, MAX_HOPS, MAX_MESSAGE_LEN, PACKET_LEN, PAYLOAD_SIZE, Packet, Prepared, Processed,
@@ -19,8 +20,7 @@ pub use packet::{
 };
 pub use replay::{REPLAY_FILTER_FP_RATE, ReplayFilter};
 pub use surb::{
-    MAX_SURB_KEYS_LEN, ReplyDelivery, SEALED_REPLY_LEN, SURB_LEN, SealedReply, Surb, SurbId,
-    SurbKeys, open_reply,
+    MAX_SURB_KEYS_LEN, SEALED_REPLY_LEN, SURB_LEN, SealedReply, Surb, SurbId, SurbKeys,
 };
 pub use types::{MailboxId, NodeId};
 

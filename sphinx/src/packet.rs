@@ -4,7 +4,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use sphinx_packet::constants::REPLAY_TAG_SIZE;
+use sphinx_packet::constants::{IDENTIFIER_LENGTH, REPLAY_TAG_SIZE};
 use sphinx_packet::header::SphinxHeader;
 use sphinx_packet::header::delays::Delay;
 use sphinx_packet::header::shared_secret::ExpandedSharedSecret;
@@ -14,6 +14,7 @@ use sphinx_packet::version::CURRENT_VERSION;
 use sphinx_packet::{ProcessedPacketData, SphinxPacket, SphinxPacketBuilder};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use crate::surb::{SealedReply, SurbId};
 use crate::{Error, MailboxId, NodeId, Result};
 
 /// Bytes of Sphinx payload in every packet (including Sphinx's own overhead).
@@ -174,7 +175,11 @@ impl Prepared {
         ReplayTag(*self.secret.replay_tag())
     }
 
-    /// Removes this node's layer.
+    /// Removes this node's layer. At the last hop, a forward packet (SURB
+    /// id all zero) gives [`Processed::Deliver`] with its unpadded message;
+    /// a SURB reply gives [`Processed::Reply`] with the still-sealed payload,
+    /// which only the SURB's creator can unpad. Either way it costs the one
+    /// Diffie-Hellman already done in [`Prepared::with_keys`].
     pub fn process(self) -> Result<Processed> {
         let Prepared { packet, secret } = self;
         let processed = guard(move || packet.process_with_expanded_secret(&secret))?;
@@ -194,6 +199,14 @@ impl Prepared {
                 next_hop: NodeId(next_hop_address.to_bytes()),
                 delay: delay.to_duration(),
                 packet: Packet::from_bytes(&next_hop_packet.to_bytes())?,
+            }),
+            ProcessedPacketData::FinalHop {
+                destination,
+                identifier,
+                payload,
+            } if identifier != [0; IDENTIFIER_LENGTH] => Ok(Processed::Reply {
+                mailbox: MailboxId(destination.as_bytes()),
+                reply: SealedReply::new(SurbId(identifier), payload.into_bytes().into()),
             }),
             ProcessedPacketData::FinalHop {
                 destination,
@@ -243,6 +256,14 @@ pub enum Processed {
         /// The (still end-to-end encrypted) message.
         message: Vec<u8>,
     },
+    /// This relay is the last hop of a SURB reply: store `reply` in
+    /// `mailbox` for the SURB's creator, who alone can open it.
+    Reply {
+        /// The mailbox of the SURB's creator.
+        mailbox: MailboxId,
+        /// The sealed reply, named by its SURB id.
+        reply: SealedReply,
+    },
 }
 
 /// Runs a `sphinx-packet` call on peer-supplied bytes, turning any panic deep
@@ -290,6 +311,7 @@ mod tests {
                     assert_eq!(delay, hops[i].delay);
                     packet = next;
                 }
+                Processed::Reply { .. } => panic!("a forward packet came out as a reply"),
                 Processed::Deliver {
                     mailbox: m,
                     message,

@@ -87,45 +87,56 @@ mod tests {
         assert!(!f.check_and_insert(&tag(2)));
     }
 
+    // Filters are sized in the hundreds below: the bloomfilter crate derives
+    // its bit positions by double hashing, and in a filter of a few hundred
+    // bits an unlucky second hash cycles through few positions, so tiny
+    // filters show false positives far above the configured rate (real
+    // filters hold millions of bits). Fresh tags may still be false
+    // positives now and then; remembered tags are never missed.
+
     #[test]
     fn the_last_capacity_tags_survive_rotation_and_older_ones_are_forgotten() {
-        let mut f = ReplayFilter::new(10).unwrap();
-        for i in 0..10 {
-            assert!(!f.check_and_insert(&tag(i)));
+        let n: u32 = 500;
+        let mut f = ReplayFilter::new(n as usize).unwrap();
+        let mut false_positives = 0;
+        for i in 0..n {
+            false_positives += usize::from(f.check_and_insert(&tag(i)));
         }
-        // Rotates: tags 0..10 move to the previous generation, still known.
-        for i in 10..20 {
-            assert!(!f.check_and_insert(&tag(i)));
+        // Rotates: tags 0..n move to the previous generation, still known.
+        for i in n..2 * n {
+            false_positives += usize::from(f.check_and_insert(&tag(i)));
         }
-        for i in 0..20 {
+        assert!(false_positives <= 2, "{false_positives} false positives");
+        for i in 0..2 * n {
             assert!(f.check_and_insert(&tag(i)), "tag {i} forgotten too early");
         }
-        // Another rotation drops 0..10.
-        for i in 20..31 {
-            assert!(!f.check_and_insert(&tag(i)));
+        // Another rotation drops 0..n.
+        for i in 2 * n..3 * n + 1 {
+            let _ = f.check_and_insert(&tag(i));
         }
-        let forgotten = (0..10).filter(|i| !f.check_and_insert(&tag(*i))).count();
-        assert!(forgotten >= 9, "only {forgotten} of 10 old tags forgotten");
+        let forgotten = (0..n).filter(|i| !f.check_and_insert(&tag(*i))).count();
+        assert!(
+            forgotten >= 495,
+            "only {forgotten} of {n} old tags forgotten"
+        );
     }
 
     #[test]
     fn replay_filter_stays_bounded_and_remembers_the_last_generation() {
-        let mut filter = ReplayFilter::new(4).unwrap();
-        let tag = |i: u8| ReplayTag([i; 32]);
-        // A fresh tag may be a false positive (keys are random, and a filter
-        // this small is coarse); a remembered tag is never missed.
+        let mut filter = ReplayFilter::new(200).unwrap();
         let mut false_positives = 0;
-        for i in 0..4 {
+        for i in 0..200 {
             false_positives += usize::from(filter.check_and_insert(&tag(i)));
         }
         assert!(filter.check_and_insert(&tag(0)));
-        for i in 4..8 {
+        for i in 200..400 {
             false_positives += usize::from(filter.check_and_insert(&tag(i)));
         }
-        assert!(false_positives <= 1, "{false_positives} false positives");
+        assert!(false_positives <= 2, "{false_positives} false positives");
         // The first generation rotated out of `current` but is still checked.
         assert!(filter.previous.check(&tag(0)));
         assert!(filter.check_and_insert(&tag(0)));
-        assert!(filter.check_and_insert(&tag(7)));
+        assert!(filter.check_and_insert(&tag(399)));
+        assert!(filter.in_current <= filter.capacity);
     }
 }

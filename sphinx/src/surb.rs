@@ -7,7 +7,9 @@
 //! the payload any mix sees and, with a colluding mix, link the reply to its
 //! route. The price is that the last hop cannot unpad the payload either: a
 //! mailbox server stores the still-sealed payload ([`SealedReply`]) and only
-//! the creator, holding the [`SurbKeys`], reads it.
+//! the creator, holding the [`SurbKeys`], reads it. The last hop takes a
+//! reply off the wire with [`Prepared::process`], which returns
+//! [`Processed::Reply`](crate::Processed::Reply) for it.
 
 use std::fmt;
 
@@ -17,15 +19,16 @@ use sphinx_packet::header::HEADER_SIZE;
 use sphinx_packet::header::delays::Delay;
 use sphinx_packet::payload::Payload;
 use sphinx_packet::route::{Destination, DestinationAddressBytes, Node, NodeAddressBytes};
-use sphinx_packet::version::{CURRENT_VERSION, SINGLE_SEED_SURB_VERSION};
-use sphinx_packet::{ProcessedPacketData, SURB, SURBMaterial, SphinxPacket, SurbReplyRecovery};
+use sphinx_packet::version::SINGLE_SEED_SURB_VERSION;
+use sphinx_packet::{SURB, SURBMaterial, SurbReplyRecovery};
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
+#[cfg(doc)]
+use crate::Prepared;
 use crate::packet::guard;
 use crate::{
-    Error, Hop, MAX_HOPS, MAX_MESSAGE_LEN, MailboxId, NodeId, PAYLOAD_SIZE, Packet, Prepared,
-    ReplayTag, Result,
+    Error, Hop, MAX_HOPS, MAX_MESSAGE_LEN, MailboxId, NodeId, PAYLOAD_SIZE, Packet, Result,
 };
 
 /// Length of every SURB: the Sphinx header (the same size for any route of
@@ -223,6 +226,10 @@ impl fmt::Debug for SealedReply {
 }
 
 impl SealedReply {
+    pub(crate) fn new(surb_id: SurbId, payload: Box<[u8]>) -> Self {
+        SealedReply { surb_id, payload }
+    }
+
     /// The SURB the reply was sent with.
     pub fn surb_id(&self) -> SurbId {
         self.surb_id
@@ -256,57 +263,6 @@ impl SealedReply {
     }
 }
 
-/// A SURB reply taken off the wire by its last hop.
-pub struct ReplyDelivery {
-    /// The mailbox to store the reply in.
-    pub mailbox: MailboxId,
-    /// To check against the last hop's replay filter.
-    pub replay_tag: ReplayTag,
-    /// What to store.
-    pub reply: SealedReply,
-}
-
-impl fmt::Debug for ReplyDelivery {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ReplyDelivery({:?})", self.reply)
-    }
-}
-
-/// The last hop's path for SURB replies. [`Prepared::process`] refuses a
-/// reply at the last hop (its payload is sealed, not padded plaintext);
-/// this removes the last layer and returns the sealed payload instead.
-/// Refuses anything but a reply ending at this hop with [`Error::NotAReply`].
-///
-/// This checks the packet through [`Prepared::new`] (length, small-order
-/// group element) and then processes it again, so it costs one X25519
-/// multiplication more than a forward packet's last hop.
-pub fn open_reply(bytes: &[u8], key: &StaticSecret) -> Result<ReplyDelivery> {
-    let replay_tag = Prepared::new(bytes, key)?.replay_tag();
-    let packet = guard(|| SphinxPacket::from_bytes(bytes))?;
-    let processed = guard(move || packet.process(key))?;
-    if processed.version != CURRENT_VERSION {
-        return Err(Error::Malformed(format!(
-            "unsupported packet version {}",
-            processed.version.value()
-        )));
-    }
-    match processed.data {
-        ProcessedPacketData::FinalHop {
-            destination,
-            identifier,
-            payload,
-        } if identifier != [0; IDENTIFIER_LENGTH] => Ok(ReplyDelivery {
-            mailbox: MailboxId(destination.as_bytes()),
-            replay_tag,
-            reply: SealedReply {
-                surb_id: SurbId(identifier),
-                payload: payload.into_bytes().into(),
-            },
-        }),
-        _ => Err(Error::NotAReply),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -314,7 +270,7 @@ mod tests {
     use x25519_dalek::PublicKey;
 
     use super::*;
-    use crate::{PACKET_LEN, Processed, build};
+    use crate::{PACKET_LEN, Prepared, Processed, ReplayTag, build};
 
     fn node(i: u8) -> (Hop, StaticSecret) {
         let sk = StaticSecret::from([i; 32]);
@@ -354,10 +310,20 @@ mod tests {
                     assert_eq!(delay, hops[i].delay);
                     packet = next;
                 }
-                Processed::Deliver { .. } => panic!("delivered at mix {i}"),
+                other => panic!("at mix {i}: {other:?}"),
             }
         }
         packet
+    }
+
+    /// The last hop's view of a packet: the reply it carries, or an error.
+    fn reply_at(bytes: &[u8], key: &StaticSecret) -> Result<(MailboxId, ReplayTag, SealedReply)> {
+        let prepared = Prepared::new(bytes, key)?;
+        let tag = prepared.replay_tag();
+        match prepared.process()? {
+            Processed::Reply { mailbox, reply } => Ok((mailbox, tag, reply)),
+            other => Err(Error::Malformed(format!("not a reply: {other:?}"))),
+        }
     }
 
     #[test]
@@ -377,10 +343,10 @@ mod tests {
         assert_eq!(packet.as_bytes().len(), PACKET_LEN);
 
         let at_mailbox = through_mixes(packet, &hops, &keys);
-        let delivery = open_reply(at_mailbox.as_bytes(), &keys[3]).unwrap();
-        assert_eq!(delivery.mailbox, reply_to);
-        assert_eq!(delivery.reply.surb_id(), creator_keys.id());
-        let stored = delivery.reply.to_bytes();
+        let (mailbox, _, delivered) = reply_at(at_mailbox.as_bytes(), &keys[3]).unwrap();
+        assert_eq!(mailbox, reply_to);
+        assert_eq!(delivered.surb_id(), creator_keys.id());
+        let stored = delivered.to_bytes();
         assert_eq!(stored.len(), SEALED_REPLY_LEN);
         assert!(!stored.windows(message.len()).any(|w| w == message));
 
@@ -401,8 +367,8 @@ mod tests {
             let message = vec![n; MAX_MESSAGE_LEN];
             let (packet, _) = surb.use_surb(&message).unwrap();
             let last = through_mixes(packet, &hops, &keys);
-            let delivery = open_reply(last.as_bytes(), &keys[usize::from(n) - 1]).unwrap();
-            assert_eq!(creator_keys.open(&delivery.reply).unwrap(), message);
+            let (_, _, reply) = reply_at(last.as_bytes(), &keys[usize::from(n) - 1]).unwrap();
+            assert_eq!(creator_keys.open(&reply).unwrap(), message);
         }
         for bad in [0, MAX_HOPS + 1] {
             let hops = vec![node(1).0; bad];
@@ -414,37 +380,49 @@ mod tests {
     }
 
     #[test]
-    fn forward_last_hop_refuses_a_reply_and_reply_path_refuses_other_packets() {
+    fn the_last_hop_tells_replies_from_forward_packets() {
         let (hops, keys) = route(4);
         let reply_to = MailboxId([2; 32]);
-        let (surb, _) = Surb::build(&hops, &reply_to).unwrap();
+        let (surb, creator_keys) = Surb::build(&hops, &reply_to).unwrap();
         let (packet, _) = surb.use_surb(b"reply").unwrap();
         let at_mailbox = through_mixes(packet, &hops, &keys);
-        // The forward path cannot unpad a sealed reply: it must not
-        // "deliver" garbage.
-        assert!(matches!(
-            Prepared::new(at_mailbox.as_bytes(), &keys[3])
-                .unwrap()
-                .process(),
-            Err(Error::Malformed(_))
-        ));
-        // A forward packet at its last hop, and a reply at a mix, are not
-        // replies ending here.
+        // The last hop cannot unpad a sealed reply: it gets the sealed
+        // payload, not garbage "delivered" as a message.
+        match Prepared::new(at_mailbox.as_bytes(), &keys[3])
+            .unwrap()
+            .process()
+            .unwrap()
+        {
+            Processed::Reply { mailbox, reply } => {
+                assert_eq!(mailbox, reply_to);
+                assert_eq!(creator_keys.open(&reply).unwrap(), b"reply");
+            }
+            other => panic!("expected a reply, got {other:?}"),
+        }
+        // A forward packet at its last hop is a delivery, not a reply.
         let forward = build(&hops, &reply_to, b"forward").unwrap();
         let forward_last = through_mixes(forward, &hops, &keys);
-        assert!(matches!(
-            open_reply(forward_last.as_bytes(), &keys[3]),
-            Err(Error::NotAReply)
-        ));
+        match Prepared::new(forward_last.as_bytes(), &keys[3])
+            .unwrap()
+            .process()
+            .unwrap()
+        {
+            Processed::Deliver { message, .. } => assert_eq!(message, b"forward"),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+        // A reply at its first mix is forwarded like any packet.
         let (surb, _) = Surb::build(&hops, &reply_to).unwrap();
         let (packet, _) = surb.use_surb(b"reply").unwrap();
         assert!(matches!(
-            open_reply(packet.as_bytes(), &keys[0]),
-            Err(Error::NotAReply)
+            Prepared::new(packet.as_bytes(), &keys[0])
+                .unwrap()
+                .process()
+                .unwrap(),
+            Processed::Forward { .. }
         ));
         // Under the wrong key it does not authenticate.
         assert!(matches!(
-            open_reply(at_mailbox.as_bytes(), &keys[2]),
+            Prepared::new(at_mailbox.as_bytes(), &keys[2]),
             Err(Error::UnknownKey)
         ));
     }
@@ -459,9 +437,9 @@ mod tests {
         // Same header, so a relay's replay filter stops a SURB used twice.
         assert!(tag(&packet) == tag(&again));
         let last = through_mixes(packet, &hops, &keys);
-        let delivery = open_reply(last.as_bytes(), &keys[3]).unwrap();
+        let (_, replay_tag, _) = reply_at(last.as_bytes(), &keys[3]).unwrap();
         assert!(
-            delivery.replay_tag
+            replay_tag
                 == Prepared::new(last.as_bytes(), &keys[3])
                     .unwrap()
                     .replay_tag()
@@ -481,7 +459,7 @@ mod tests {
             Surb::build_with_secret(&hops, &reply_to, id, &StaticSecret::from([9; 32])).unwrap();
         let (packet, _) = surb.use_surb(b"secret reply").unwrap();
         let last = through_mixes(packet, &hops, &keys);
-        let reply = open_reply(last.as_bytes(), &keys[3]).unwrap().reply;
+        let (_, _, reply) = reply_at(last.as_bytes(), &keys[3]).unwrap();
         assert!(matches!(
             other_keys.open(&reply),
             Err(Error::WrongReplyKeys)
@@ -571,7 +549,7 @@ mod tests {
                     let (packet, _) = surb.use_surb(&message).unwrap();
                     prop_assert_eq!(packet.as_bytes().len(), PACKET_LEN);
                     let key = StaticSecret::from([3; 32]);
-                    prop_assert!(open_reply(packet.as_bytes(), &key).is_err());
+                    prop_assert!(reply_at(packet.as_bytes(), &key).is_err());
                 }
             }
 

@@ -64,6 +64,7 @@ fn process_all(packet: &[u8], keys: &[SphinxSecretKey], mailbox: &MailboxId) -> 
                 }));
                 current = packet.as_bytes().to_vec();
             }
+            Processed::Reply { .. } => panic!("a forward vector came out as a reply"),
             Processed::Deliver {
                 mailbox: m,
                 message,

@@ -14,6 +14,9 @@ use crate::{Error, Result};
 
 /// How long `bastet init` and `bastet send` may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// `bastet outbox --resume` runs until the client's give-up (120 s by
+/// default) at most; this is added to the caller's timeout.
+pub const GIVE_UP_MARGIN: Duration = Duration::from_secs(130);
 /// How long one `bastet inbox --wait` call may block.
 const INBOX_WAIT: Duration = Duration::from_secs(5);
 
@@ -28,7 +31,8 @@ pub struct RouteHop {
     pub jurisdiction: String,
 }
 
-/// What `bastet send --json` reports.
+/// What `bastet send --json` reports (and `bastet outbox --resume --json`
+/// for each message).
 #[derive(Clone, Debug, Deserialize)]
 pub struct Sent {
     /// The message's id.
@@ -41,6 +45,31 @@ pub struct Sent {
     pub epoch: u64,
     /// Authority signatures on that consensus.
     pub signatures: usize,
+    /// Fragments (packets) the message was cut into.
+    pub fragments: usize,
+    /// Transmissions beyond the first of each fragment.
+    pub retransmissions: u32,
+    /// `queued`, `sent`, `stored` or `failed`.
+    pub state: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Resumed {
+    messages: Vec<Sent>,
+}
+
+/// A file as `bastet inbox --json` reports it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ReceivedFileInfo {
+    /// The name the sender gave it.
+    pub name: String,
+    /// Its length.
+    pub size: usize,
+    /// Where `--save-dir` put it.
+    pub saved_to: Option<PathBuf>,
 }
 
 /// One message as `bastet inbox --json` reports it.
@@ -56,8 +85,22 @@ pub struct Received {
     pub sent_at_ms: u64,
     /// When the mailbox server stored it (Unix ms).
     pub received_at_ms: u64,
-    /// The decrypted text.
+    /// The decrypted text (empty for a file).
     pub text: String,
+    /// Fragments it arrived in.
+    pub fragments: u32,
+    /// The file it carries, if any.
+    #[serde(default)]
+    pub file: Option<ReceivedFileInfo>,
+}
+
+/// What a message carries, for [`Client::send_content`].
+#[derive(Clone, Copy, Debug)]
+pub enum Payload<'a> {
+    /// Text, given on the command line.
+    Text(&'a str),
+    /// A file, given with `--file`.
+    File(&'a Path),
 }
 
 #[derive(Deserialize)]
@@ -128,6 +171,11 @@ impl Client {
         &self.data_dir
     }
 
+    /// Where its inbox saves received files.
+    pub fn save_dir(&self) -> PathBuf {
+        self.data_dir.join("received")
+    }
+
     /// Its address, as `bastet address` prints it.
     pub fn address(&self) -> &str {
         &self.address
@@ -159,29 +207,56 @@ impl Client {
         std::fs::write(&path, text).map_err(|e| err(e.to_string()))
     }
 
-    /// `bastet send ADDRESS TEXT --json`. A refusal because the route
-    /// policy cannot be met is [`Error::RouteRefused`].
+    /// `bastet send ADDRESS TEXT --json`: returns once the message is
+    /// stored (every fragment acknowledged); fails if it failed. A refusal
+    /// because the route policy cannot be met is [`Error::RouteRefused`].
     pub async fn send(&self, to: &str, text: &str) -> Result<Sent> {
+        self.send_content(to, Payload::Text(text), true).await
+    }
+
+    /// `bastet send ADDRESS (TEXT | --file PATH) --json [--no-wait]`.
+    pub async fn send_content(&self, to: &str, payload: Payload<'_>, wait: bool) -> Result<Sent> {
+        let mut args = vec![OsStr::new("send"), OsStr::new(to)];
+        match payload {
+            Payload::Text(text) => args.push(OsStr::new(text)),
+            Payload::File(path) => args.extend([OsStr::new("--file"), path.as_os_str()]),
+        }
+        args.push(OsStr::new("--json"));
+        if !wait {
+            args.push(OsStr::new("--no-wait"));
+        }
+        // A waiting send runs until every fragment is acknowledged or the
+        // client's give-up (120 s by default) passes.
+        let timeout = if wait {
+            GIVE_UP_MARGIN
+        } else {
+            COMMAND_TIMEOUT
+        };
+        let out = self.run(&args, timeout).await.map_err(|e| match e {
+            Error::CommandFailed { stderr, .. }
+                if stderr.contains("route policy cannot be met") =>
+            {
+                Error::RouteRefused(stderr)
+            }
+            e => e,
+        })?;
+        parse_json("bastet send --json", &out)
+    }
+
+    /// `bastet outbox --resume --json`: drives every pending message until
+    /// it is stored or failed (at most `timeout`).
+    pub async fn resume(&self, timeout: Duration) -> Result<Vec<Sent>> {
         let out = self
             .run(
                 &[
-                    OsStr::new("send"),
-                    OsStr::new(to),
-                    OsStr::new(text),
+                    OsStr::new("outbox"),
+                    OsStr::new("--resume"),
                     OsStr::new("--json"),
                 ],
-                COMMAND_TIMEOUT,
+                timeout,
             )
-            .await
-            .map_err(|e| match e {
-                Error::CommandFailed { stderr, .. }
-                    if stderr.contains("route policy cannot be met") =>
-                {
-                    Error::RouteRefused(stderr)
-                }
-                e => e,
-            })?;
-        parse_json("bastet send --json", &out)
+            .await?;
+        Ok(parse_json::<Resumed>("bastet outbox --resume --json", &out)?.messages)
     }
 
     /// `bastet inbox --json --wait SECS`: the messages that arrived (which
@@ -189,6 +264,7 @@ impl Client {
     /// at least one.
     pub async fn inbox(&self, wait: Duration) -> Result<Vec<Received>> {
         let secs = wait.as_secs().max(1).to_string();
+        let save_dir = self.save_dir();
         let out = self
             .run(
                 &[
@@ -196,6 +272,8 @@ impl Client {
                     OsStr::new("--json"),
                     OsStr::new("--wait"),
                     OsStr::new(&secs),
+                    OsStr::new("--save-dir"),
+                    save_dir.as_os_str(),
                 ],
                 wait + COMMAND_TIMEOUT,
             )
@@ -211,10 +289,24 @@ impl Client {
         message_ids: &[String],
         timeout: Duration,
     ) -> Result<HashMap<String, Received>> {
+        Ok(self.receive_counted(message_ids, timeout).await?.0)
+    }
+
+    /// [`Client::receive`], also counting how often each id was shown: a
+    /// message shown more than once was not deduplicated.
+    pub async fn receive_counted(
+        &self,
+        message_ids: &[String],
+        timeout: Duration,
+    ) -> Result<(HashMap<String, Received>, HashMap<String, usize>)> {
         let deadline = Instant::now() + timeout;
         let mut received = HashMap::new();
-        while received.len() < message_ids.len() {
+        let mut shown: HashMap<String, usize> = HashMap::new();
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
+            if received.len() >= message_ids.len() {
+                break;
+            }
             if left.is_zero() {
                 tracing::warn!(
                     "{} of {} messages did not reach {} within {} s",
@@ -231,13 +323,14 @@ impl Client {
                 }
                 if message_ids.contains(&m.message_id) {
                     tracing::info!("{} received message {}", self.name, short(&m.message_id));
+                    *shown.entry(m.message_id.clone()).or_default() += 1;
                     received.insert(m.message_id.clone(), m);
                 } else {
                     tracing::warn!(id = %m.message_id, "{} received a message it was not waiting for", self.name);
                 }
             }
         }
-        Ok(received)
+        Ok((received, shown))
     }
 
     async fn run(&self, args: &[&OsStr], timeout: Duration) -> Result<String> {
@@ -265,14 +358,17 @@ mod tests {
             "send",
             r#"{"message_id":"ab","sent_at_ms":5,"route":[
                 {"node":"01","role":"mix1","jurisdiction":"DE"},
-                {"node":"02","role":"mailbox","jurisdiction":"CH"}],"epoch":7,"signatures":2}"#,
+                {"node":"02","role":"mailbox","jurisdiction":"CH"}],"epoch":7,"signatures":2,
+                "fragments":3,"acked":3,"retransmissions":1,"state":"stored","reason":null}"#,
         )
         .unwrap();
         assert_eq!(sent.route[1].role, "mailbox");
+        assert_eq!((sent.fragments, sent.retransmissions), (3, 1));
+        assert_eq!(sent.state, "stored");
         let inbox: Inbox = parse_json(
             "inbox",
             r#"{"messages":[{"message_id":"ab","from":"cd","verified":true,
-                "sent_at_ms":5,"received_at_ms":9,"text":"hi"}],"errors":0}"#,
+                "sent_at_ms":5,"received_at_ms":9,"fragments":1,"text":"hi","file":null}],"errors":0}"#,
         )
         .unwrap();
         assert_eq!(inbox.messages[0].text, "hi");

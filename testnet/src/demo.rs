@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::client::{RouteHop, Sent};
+use crate::client::{Payload, RouteHop, Sent};
 use crate::layout::short;
 use crate::{Error, Network, Result};
 
@@ -24,6 +24,13 @@ pub struct DemoOptions {
     /// The sending client's route policy (`--policy`, `--policy-file`).
     pub policy: Option<bastet_client::RoutePolicy>,
 }
+
+/// Messages up to this many bytes are sent as text on the command line;
+/// longer ones as a file (`bastet send --file`), saved by the recipient's
+/// `inbox --save-dir` and compared byte for byte.
+pub const INLINE_TEXT_LIMIT: usize = 1800;
+/// Largest `--size`: what one message carries.
+pub const MAX_SIZE: usize = 1 << 20;
 
 impl Default for DemoOptions {
     fn default() -> Self {
@@ -50,6 +57,15 @@ pub struct MessageReport {
     pub latency_ms: Option<u64>,
     /// The consensus epoch (and Sphinx keys) it was sent in.
     pub epoch: u64,
+    /// Fragments (packets) it was cut into.
+    pub fragments: usize,
+    /// Fragments sent again because their ack did not come back in time.
+    pub retransmissions: u32,
+    /// The sender's final state for it: `stored` (every fragment
+    /// acknowledged by the recipient's mailbox server) or `failed`.
+    pub state: String,
+    /// How many times the recipient's inbox showed it (1: exactly once).
+    pub shown: usize,
 }
 
 /// The directory consensus a demo ran under.
@@ -73,8 +89,12 @@ pub struct ConsensusReport {
 pub struct DemoReport {
     /// Messages sent.
     pub sent: usize,
-    /// Messages delivered.
+    /// Messages delivered intact.
     pub delivered: usize,
+    /// Retransmissions over all messages.
+    pub retransmissions: u32,
+    /// Whether every delivered message was shown exactly once.
+    pub exactly_once: bool,
     /// Each message, in the order sent.
     pub messages: Vec<MessageReport>,
     /// The consensus the messages were routed with.
@@ -88,9 +108,9 @@ pub struct DemoReport {
 }
 
 impl DemoReport {
-    /// Whether every message arrived.
+    /// Whether every message arrived intact, exactly once.
     pub fn all_delivered(&self) -> bool {
-        self.delivered == self.sent
+        self.delivered == self.sent && self.exactly_once
     }
 
     /// The human summary: one line per message with its route and latency,
@@ -115,8 +135,11 @@ impl DemoReport {
                 epoch = Some(m.epoch);
             }
             let outcome = match m.latency_ms {
-                Some(ms) if m.delivered => format!("delivered in {ms} ms"),
-                _ => "NOT DELIVERED".to_string(),
+                Some(ms) if m.delivered => format!(
+                    "delivered in {ms} ms ({} fragments, {} retransmissions)",
+                    m.fragments, m.retransmissions
+                ),
+                _ => format!("NOT DELIVERED (sender: {})", m.state),
             };
             s.push_str(&format!(
                 "message {}: {}  {outcome}\n",
@@ -124,7 +147,17 @@ impl DemoReport {
                 route_text(&m.route)
             ));
         }
-        s.push_str(&format!("{}/{} delivered\n", self.delivered, self.sent));
+        s.push_str(&format!(
+            "{}/{} delivered{}, {} retransmissions\n",
+            self.delivered,
+            self.sent,
+            if self.exactly_once {
+                ""
+            } else {
+                " (SOME MORE THAN ONCE)"
+            },
+            self.retransmissions
+        ));
         s
     }
 }
@@ -149,17 +182,37 @@ pub fn message_text(i: usize, n: usize, size: usize) -> String {
     text
 }
 
+/// The bytes of message `i` as a file: a readable header, then random
+/// bytes, exactly `size` of them.
+pub fn message_file(i: usize, n: usize, size: usize) -> Vec<u8> {
+    let mut bytes = format!("Bastet demo file {i}/{n}\n").into_bytes();
+    let header = bytes.len().min(size);
+    bytes.truncate(header);
+    let mut rest = vec![0u8; size - header];
+    rand::fill(&mut rest[..]);
+    bytes.extend_from_slice(&rest);
+    bytes
+}
+
+/// What was sent and how to check it.
+enum Expected {
+    Text(String),
+    File(Vec<u8>),
+}
+
 /// Runs the demo on `network`: creates `alice` (mailbox on `mailbox-a`) and
-/// `bob` (on `mailbox-b`), sends the messages from alice to bob and polls
-/// bob's inbox until all arrived or the timeout passed.
+/// `bob` (on `mailbox-b`), sends the messages from alice to bob (each
+/// fragment once, then `bastet outbox --resume` retransmits until every
+/// fragment is acknowledged), and polls bob's inbox until all arrived or
+/// the timeout passed. A message is delivered if it arrived intact (text
+/// equal, file byte-identical) with a verified signature.
 pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoReport> {
     if options.messages == 0 {
         return Err(Error::InvalidOption("--messages must be at least 1".into()));
     }
-    if options.size == 0 || options.size > bastet_sphinx::MAX_MESSAGE_LEN {
+    if options.size == 0 || options.size > MAX_SIZE {
         return Err(Error::InvalidOption(format!(
-            "--size must be between 1 and {} bytes (one packet)",
-            bastet_sphinx::MAX_MESSAGE_LEN
+            "--size must be between 1 and {MAX_SIZE} bytes"
         )));
     }
     tracing::info!("creating clients alice (on mailbox-a) and bob (on mailbox-b)");
@@ -169,36 +222,71 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
         tracing::info!("alice routes by policy: {}", policy.template.join(" -> "));
         alice.set_route_policy(policy)?;
     }
+    let outgoing = alice.data_dir().join("outgoing");
+    std::fs::create_dir_all(&outgoing)
+        .map_err(Error::io(format!("creating {}", outgoing.display())))?;
 
-    let mut sent: Vec<(Sent, String)> = Vec::new();
+    let mut sent: Vec<(Sent, Expected)> = Vec::new();
     for i in 1..=options.messages {
         if i > 1 && !options.spacing.is_zero() {
             tokio::time::sleep(options.spacing).await;
         }
-        let text = message_text(i, options.messages, options.size);
-        let s = alice.send(bob.address(), &text).await?;
+        let (s, expected) = if options.size <= INLINE_TEXT_LIMIT {
+            let text = message_text(i, options.messages, options.size);
+            let s = alice
+                .send_content(bob.address(), Payload::Text(&text), false)
+                .await?;
+            (s, Expected::Text(text))
+        } else {
+            let bytes = message_file(i, options.messages, options.size);
+            let path = outgoing.join(format!("message-{i}.bin"));
+            std::fs::write(&path, &bytes)
+                .map_err(Error::io(format!("writing {}", path.display())))?;
+            let s = alice
+                .send_content(bob.address(), Payload::File(&path), false)
+                .await?;
+            (s, Expected::File(bytes))
+        };
         tracing::info!(
-            "sent message {i}/{}: {}",
+            "sent message {i}/{} ({} fragments): {}",
             options.messages,
+            s.fragments,
             route_text(&s.route)
         );
-        sent.push((s, text));
+        sent.push((s, expected));
     }
-
+    tracing::info!("retransmitting until every fragment is acknowledged");
+    let resumed = alice
+        .resume(options.timeout + crate::client::GIVE_UP_MARGIN)
+        .await?;
     let ids: Vec<String> = sent.iter().map(|(s, _)| s.message_id.clone()).collect();
-    let received = bob.receive(&ids, options.timeout).await?;
+    let (received, shown) = bob.receive_counted(&ids, options.timeout).await?;
     let messages: Vec<MessageReport> = sent
         .iter()
-        .map(|(s, text)| {
-            let got = received
-                .get(&s.message_id)
-                .filter(|r| r.verified && &r.text == text);
+        .map(|(s, expected)| {
+            let got = received.get(&s.message_id).filter(|r| {
+                r.verified
+                    && match expected {
+                        Expected::Text(t) => &r.text == t,
+                        Expected::File(bytes) => r
+                            .file
+                            .as_ref()
+                            .and_then(|f| f.saved_to.as_ref())
+                            .and_then(|p| std::fs::read(p).ok())
+                            .is_some_and(|b| &b == bytes),
+                    }
+            });
+            let after = resumed.iter().find(|r| r.message_id == s.message_id);
             MessageReport {
                 message_id: s.message_id.clone(),
                 route: s.route.clone(),
                 delivered: got.is_some(),
                 latency_ms: got.map(|r| r.received_at_ms.saturating_sub(s.sent_at_ms)),
                 epoch: s.epoch,
+                fragments: s.fragments,
+                retransmissions: after.map_or(s.retransmissions, |r| r.retransmissions),
+                state: after.map_or(s.state.clone(), |r| r.state.clone()),
+                shown: shown.get(&s.message_id).copied().unwrap_or(0),
             }
         })
         .collect();
@@ -209,6 +297,8 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
     Ok(DemoReport {
         sent: messages.len(),
         delivered: messages.iter().filter(|m| m.delivered).count(),
+        retransmissions: messages.iter().map(|m| m.retransmissions).sum(),
+        exactly_once: messages.iter().all(|m| m.shown <= 1),
         messages,
         consensus: ConsensusReport {
             epoch: last.map_or(0, |s| s.epoch),
@@ -245,6 +335,8 @@ mod tests {
         let report = DemoReport {
             sent: 2,
             delivered: 1,
+            retransmissions: 4,
+            exactly_once: true,
             messages: vec![
                 MessageReport {
                     message_id: "a".into(),
@@ -252,6 +344,10 @@ mod tests {
                     delivered: true,
                     latency_ms: Some(412),
                     epoch: 41,
+                    fragments: 2,
+                    retransmissions: 1,
+                    state: "stored".into(),
+                    shown: 1,
                 },
                 MessageReport {
                     message_id: "b".into(),
@@ -259,6 +355,10 @@ mod tests {
                     delivered: false,
                     latency_ms: None,
                     epoch: 42,
+                    fragments: 1,
+                    retransmissions: 3,
+                    state: "failed".into(),
+                    shown: 0,
                 },
             ],
             consensus: ConsensusReport {
@@ -280,17 +380,26 @@ mod tests {
         assert_eq!(
             lines[1],
             "message 1: mix1 3fa2c1d0 (DE) -> mix2 9a0b1c2d (NL) -> mix3 77aa0011 (FR) \
-             -> mailbox 0badf00d (CH)  delivered in 412 ms"
+             -> mailbox 0badf00d (CH)  delivered in 412 ms (2 fragments, 1 retransmissions)"
         );
         assert!(lines[2].starts_with("--- epoch 41 -> 42"), "{text}");
-        assert!(lines[3].ends_with("NOT DELIVERED"));
-        assert_eq!(text.lines().last().unwrap(), "1/2 delivered");
+        assert!(
+            lines[3].ends_with("NOT DELIVERED (sender: failed)"),
+            "{text}"
+        );
+        assert_eq!(
+            text.lines().last().unwrap(),
+            "1/2 delivered, 4 retransmissions"
+        );
         assert!(!report.all_delivered());
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["sent"], 2);
         assert_eq!(json["messages"][0]["route"][3]["role"], "mailbox");
         assert_eq!(json["messages"][0]["latency_ms"], 412);
         assert_eq!(json["consensus"]["epoch"], 42);
+        assert_eq!(json["retransmissions"], 4);
+        assert_eq!(json["messages"][0]["fragments"], 2);
+        assert_eq!(json["messages"][1]["state"], "failed");
         assert_eq!(json["consensus"]["signatures"], 2);
         assert_eq!(json["consensus"]["authorities"], 3);
         assert!(json.get("dir").is_none());
@@ -304,5 +413,9 @@ mod tests {
         }
         assert_ne!(message_text(1, 3, 200), message_text(1, 3, 200));
         assert!(message_text(2, 3, 200).starts_with("Bastet demo message 2/3 "));
+        for size in [1, 5, 100_000] {
+            assert_eq!(message_file(1, 2, size).len(), size);
+        }
+        assert_ne!(message_file(1, 2, 100), message_file(1, 2, 100));
     }
 }

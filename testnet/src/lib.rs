@@ -11,8 +11,11 @@ mod probe;
 mod process;
 mod scan;
 
-pub use client::{Client, Received, RouteHop, Sent};
-pub use demo::{DemoOptions, DemoReport, MessageReport, message_text, route_text, run_demo};
+pub use client::{Client, GIVE_UP_MARGIN, Payload, Received, ReceivedFileInfo, RouteHop, Sent};
+pub use demo::{
+    DemoOptions, DemoReport, INLINE_TEXT_LIMIT, MAX_SIZE, MessageReport, message_file,
+    message_text, route_text, run_demo,
+};
 pub use error::Error;
 pub use layout::{AuthorityNode, Layout, RelayNode};
 pub use metrics::metric_sum;

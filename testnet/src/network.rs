@@ -51,6 +51,12 @@ pub struct NetworkOptions {
     /// Mixnodes per jurisdiction with `jurisdictions` (3 puts one in every
     /// layer in every epoch).
     pub mixes_per_jurisdiction: usize,
+    /// Fault injection: the fraction of received packets that every other
+    /// mixnode (`mix-a`, `mix-c`, `mix-e`: half of them) drops, through
+    /// its `test_drop_fraction` hook. Layers are dealt per epoch, so no
+    /// fixed choice puts one lossy mix in each layer; with half of them
+    /// lossy, a route crosses 1.5 lossy mixes on average.
+    pub loss: f64,
 }
 
 impl Default for NetworkOptions {
@@ -65,6 +71,7 @@ impl Default for NetworkOptions {
             ready_timeout: Duration::from_secs(60),
             jurisdictions: None,
             mixes_per_jurisdiction: 3,
+            loss: 0.0,
         }
     }
 }
@@ -127,6 +134,11 @@ impl Network {
                 "--threshold {k} must be between 1 and the number of authorities ({})",
                 options.authorities
             )));
+        }
+        if !(0.0..1.0).contains(&options.loss) {
+            return Err(Error::InvalidOption(
+                "--loss must be at least 0 and less than 1".into(),
+            ));
         }
         if let Some(js) = &options.jurisdictions {
             if let Some(bad) = js.iter().find(|j| !bastet_client::is_country_code(j)) {
@@ -474,6 +486,7 @@ async fn launch(
         .map_err(Error::io(format!("writing {}", directory_config.display())))?;
 
     let mut relays = Vec::new();
+    let mut mixes_seen = 0usize;
     for plan in &plan {
         let node_dir = dir.join(&plan.name);
         let (listen, metrics_listen) = (next_port()?, next_port()?);
@@ -521,6 +534,12 @@ async fn launch(
             "Test hook set by bastet-testnet: raw bytes of every packet sent on\n\
              (mixnode) or payload stored (mailbox), scanned by the end-to-end tests.",
         )?;
+        if plan.role == Role::Mix {
+            mixes_seen += 1;
+            if options.loss > 0.0 && mixes_seen % 2 == 1 {
+                set_loss(&config, options.loss)?;
+            }
+        }
         relays.push(RelayNode {
             name: plan.name.clone(),
             role: plan.role,
@@ -599,6 +618,17 @@ async fn launch(
     probe_every_route(&layout, &consensus, deadline, options.ready_timeout).await?;
     tracing::info!("network ready: packets cross every route");
     Ok(layout)
+}
+
+/// Turns on the mixnode's packet-dropping test hook.
+fn set_loss(config: &Path, loss: f64) -> Result<()> {
+    layout::edit_config(
+        config,
+        "test_hooks",
+        true.into(),
+        "Test hooks set by bastet-testnet --loss: fault injection.",
+    )?;
+    layout::edit_config(config, "test_drop_fraction", loss.into(), "")
 }
 
 fn node_env() -> Vec<(String, String)> {

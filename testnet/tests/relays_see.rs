@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use bastet_client::{RoutePolicy, choose_policy_route, parse_classes};
 use bastet_directory::{Descriptor, EpochKey, Role, VerifiedConsensus};
-use bastet_mailbox::FinalHop;
+use bastet_mailbox::{FinalHop, Opened};
 use bastet_mixnode::{Mixer, MixerConfig, Outcome};
-use bastet_sphinx::{MailboxId, NodeId, SphinxPublicKey, SphinxSecretKey};
+use bastet_sphinx::{FinalPayload, MailboxId, NodeId, SphinxPublicKey, SphinxSecretKey};
 
 const EPOCH: u64 = 42;
 
@@ -138,7 +138,12 @@ fn no_relay_learns_both_the_sender_and_the_recipients_mailbox() {
         )
         .unwrap();
         let body = format!("message {round}");
-        let packet = bastet_sphinx::build(&route.hops, &mailbox, body.as_bytes()).unwrap();
+        // What a client puts in a packet: one fragment, no ack requested.
+        let fragment = bastet_sphinx::fragment(body.as_bytes(), &mut rand::rng())
+            .unwrap()
+            .remove(0);
+        let final_payload = FinalPayload::new(None, &fragment).to_bytes();
+        let packet = bastet_sphinx::build(&route.hops, &mailbox, &final_payload).unwrap();
         // The sender connects to the first hop of the route it chose.
         let mut at = route.hops[0].node;
         let mut prev = Peer::Sender(sender.to_string());
@@ -160,12 +165,19 @@ fn no_relay_learns_both_the_sender_and_the_recipients_mailbox() {
                     bytes = out.packet.as_bytes().to_vec();
                 }
                 Relay::MailboxServer(hop) => {
-                    let (to, payload) = hop.open(&bytes).unwrap();
+                    let Opened::Message {
+                        mailbox: to,
+                        fragment: payload,
+                        ack: None,
+                    } = hop.open(&bytes).unwrap()
+                    else {
+                        panic!("not the forward message sent");
+                    };
                     seen.entry(at)
                         .or_default()
                         .push((prev.clone(), Peer::Mailbox(to)));
                     assert_eq!((at, to), (server, mailbox), "delivered elsewhere");
-                    assert_eq!(payload, body.as_bytes());
+                    assert_eq!(payload, fragment.to_bytes());
                     delivered += 1;
                     break;
                 }

@@ -47,9 +47,16 @@ enum Command {
         /// Number of messages.
         #[arg(long, default_value_t = 3)]
         messages: usize,
-        /// Bytes of text per message (must fit one packet).
+        /// Bytes per message, up to 1 MiB. Up to 1800 bytes a message is
+        /// text; longer, a file of random bytes (`bastet send --file`) that
+        /// the recipient saves and the demo compares byte for byte.
         #[arg(long, default_value_t = 200)]
         size: usize,
+        /// Fault injection: every other mixnode (half of them) drops this
+        /// fraction of the packets it receives; lost fragments and acks are
+        /// retransmitted.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
         /// Print one JSON object on stdout instead of the summary.
         #[arg(long)]
         json: bool,
@@ -170,6 +177,7 @@ impl NetArgs {
             ready_timeout: ready,
             jurisdictions: self.jurisdictions.as_deref().map(|j| parse_list(j, true)),
             mixes_per_jurisdiction: self.mixes_per_jurisdiction,
+            loss: 0.0,
         }
     }
 }
@@ -244,6 +252,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             net,
             messages,
             size,
+            loss,
             json,
             timeout,
             spacing,
@@ -260,13 +269,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 spacing,
                 policy: policy.policy()?,
             };
-            demo(
-                net.options(cli.bin_dir, timeout),
-                &options,
-                json,
-                net.keep || net.dir.is_some(),
-            )
-            .await
+            let network = NetworkOptions {
+                loss,
+                ..net.options(cli.bin_dir, timeout)
+            };
+            demo(network, &options, json, net.keep || net.dir.is_some()).await
         }
         Command::Up { net, json } => {
             up(net.options(cli.bin_dir, Duration::from_secs(60)), json).await
@@ -281,10 +288,10 @@ async fn demo(
     kept: bool,
 ) -> Result<ExitCode, Error> {
     // Checked before anything starts, so a typo costs no network.
-    if options.messages == 0 || options.size == 0 || options.size > bastet_sphinx::MAX_MESSAGE_LEN {
+    if options.messages == 0 || options.size == 0 || options.size > bastet_testnet::MAX_SIZE {
         return Err(Error::InvalidOption(format!(
             "--messages must be at least 1 and --size between 1 and {}",
-            bastet_sphinx::MAX_MESSAGE_LEN
+            bastet_testnet::MAX_SIZE
         )));
     }
     let mut network = Network::start(net_options).await?;

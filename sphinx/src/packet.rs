@@ -79,19 +79,34 @@ pub fn build_with_secret(
     message: &[u8],
     initial_secret: &StaticSecret,
 ) -> Result<Packet> {
-    if route.is_empty() || route.len() > MAX_HOPS {
-        return Err(Error::BadRouteLength {
-            got: route.len(),
-            max: MAX_HOPS,
-        });
-    }
     if message.len() > MAX_MESSAGE_LEN {
         return Err(Error::MessageTooLong {
             len: message.len(),
             max: MAX_MESSAGE_LEN,
         });
     }
-    let nodes: Vec<Node> = route
+    let (nodes, delays) = sphinx_route(route)?;
+    let destination = Destination::new(DestinationAddressBytes::from_bytes(mailbox.0), [0; 16]);
+    let packet = SphinxPacketBuilder::new()
+        .with_payload_size(PAYLOAD_SIZE)
+        .with_initial_secret(initial_secret)
+        .build_packet(message, &nodes, &destination, &delays)
+        .map_err(Error::malformed)?;
+    let bytes = packet.to_bytes();
+    debug_assert_eq!(bytes.len(), PACKET_LEN);
+    Packet::from_bytes(&bytes)
+}
+
+/// `route` as sphinx-packet's nodes and delays, after checking its length
+/// (1 to [`MAX_HOPS`]) and that every delay fits its encoding.
+pub(crate) fn sphinx_route(route: &[Hop]) -> Result<(Vec<Node>, Vec<Delay>)> {
+    if route.is_empty() || route.len() > MAX_HOPS {
+        return Err(Error::BadRouteLength {
+            got: route.len(),
+            max: MAX_HOPS,
+        });
+    }
+    let nodes = route
         .iter()
         .map(|h| Node::new(NodeAddressBytes::from_bytes(h.node.0), h.sphinx_key))
         .collect();
@@ -103,15 +118,7 @@ pub fn build_with_secret(
                 .map_err(|_| Error::DelayTooLong(h.delay))
         })
         .collect::<Result<Vec<_>>>()?;
-    let destination = Destination::new(DestinationAddressBytes::from_bytes(mailbox.0), [0; 16]);
-    let packet = SphinxPacketBuilder::new()
-        .with_payload_size(PAYLOAD_SIZE)
-        .with_initial_secret(initial_secret)
-        .build_packet(message, &nodes, &destination, &delays)
-        .map_err(Error::malformed)?;
-    let bytes = packet.to_bytes();
-    debug_assert_eq!(bytes.len(), PACKET_LEN);
-    Packet::from_bytes(&bytes)
+    Ok((nodes, delays))
 }
 
 /// A packet's replay tag: the same packet replayed to the same key has the

@@ -16,9 +16,8 @@ use std::fmt;
 use rand::Rng;
 use sphinx_packet::constants::{IDENTIFIER_LENGTH, NODE_ADDRESS_LENGTH, PAYLOAD_KEY_SEED_SIZE};
 use sphinx_packet::header::HEADER_SIZE;
-use sphinx_packet::header::delays::Delay;
 use sphinx_packet::payload::Payload;
-use sphinx_packet::route::{Destination, DestinationAddressBytes, Node, NodeAddressBytes};
+use sphinx_packet::route::{Destination, DestinationAddressBytes};
 use sphinx_packet::version::SINGLE_SEED_SURB_VERSION;
 use sphinx_packet::{SURB, SURBMaterial, SurbReplyRecovery};
 use x25519_dalek::StaticSecret;
@@ -26,7 +25,7 @@ use zeroize::Zeroizing;
 
 #[cfg(doc)]
 use crate::Prepared;
-use crate::packet::guard;
+use crate::packet::{guard, sphinx_route};
 use crate::{
     Error, Hop, MAX_HOPS, MAX_MESSAGE_LEN, MailboxId, NodeId, PAYLOAD_SIZE, Packet, Result,
 };
@@ -91,27 +90,10 @@ impl Surb {
         id: SurbId,
         initial_secret: &StaticSecret,
     ) -> Result<(Surb, SurbKeys)> {
-        if route.is_empty() || route.len() > MAX_HOPS {
-            return Err(Error::BadRouteLength {
-                got: route.len(),
-                max: MAX_HOPS,
-            });
-        }
+        let (nodes, delays) = sphinx_route(route)?;
         if id.0 == [0; IDENTIFIER_LENGTH] {
             return Err(Error::Malformed("a SURB id must not be all zero".into()));
         }
-        let nodes: Vec<Node> = route
-            .iter()
-            .map(|h| Node::new(NodeAddressBytes::from_bytes(h.node.0), h.sphinx_key))
-            .collect();
-        let delays = route
-            .iter()
-            .map(|h| {
-                u64::try_from(h.delay.as_nanos())
-                    .map(Delay::new_from_nanos)
-                    .map_err(|_| Error::DelayTooLong(h.delay))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let destination = Destination::new(DestinationAddressBytes::from_bytes(reply_to.0), id.0);
         let material = SURBMaterial::new(nodes, delays, destination, SINGLE_SEED_SURB_VERSION);
         let secret = initial_secret.clone();

@@ -110,6 +110,22 @@ async fn demo_prints_one_json_report_and_leaves_no_process_behind() {
     );
 }
 
+/// Sends SIGINT to a process when dropped during a panic (never after a
+/// test that passed: by then the pid may belong to someone else).
+struct InterruptOnDrop(u32);
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_stops_every_node() {
     let parent = tempfile::tempdir().unwrap();
@@ -141,6 +157,9 @@ async fn ctrl_c_stops_every_node() {
         );
     }
     let pid = child.id().unwrap();
+    // Should an assertion below fail before the Ctrl-C, still interrupt
+    // the testnet so that its nodes do not outlive the test.
+    let _interrupt_on_failure = InterruptOnDrop(pid);
     let running = processes_under(&dir, Some(pid));
     assert_eq!(
         running.len(),

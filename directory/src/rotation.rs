@@ -88,6 +88,21 @@ pub struct SphinxKeyRing {
 }
 
 impl SphinxKeyRing {
+    /// [`SphinxKeyRing::open`], then [`SphinxKeyRing::rotate`] to `now`:
+    /// what a starting node does. Returns the ring and the keys to process
+    /// with now.
+    pub fn open_rotated(
+        data_dir: &Path,
+        epoch_secs: u64,
+        grace_secs: u64,
+        now: u64,
+    ) -> Result<(Self, Vec<EpochKey>)> {
+        let mut ring = Self::open(data_dir, epoch_secs, grace_secs)?;
+        ring.rotate(now)?;
+        let in_force = ring.processing_keys(now);
+        Ok((ring, in_force))
+    }
+
     /// Opens the keys under `data_dir` (creating `sphinx-keys/` if needed),
     /// for epochs of `epoch_secs` and a grace period of `grace_secs`
     /// (at most `epoch_secs`). Erases a `sphinx.key` left from before keys

@@ -57,14 +57,12 @@ fn now_ms() -> u64 {
 pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
     let keys = NodeKeys::load(&config.data_dir)?;
-    let mut keyring = SphinxKeyRing::open(
+    let (keyring, in_force) = SphinxKeyRing::open_rotated(
         &config.data_dir,
         config.directory.epoch_secs,
         config.sphinx_key_grace_secs(),
+        unix_now(),
     )?;
-    let now = unix_now();
-    keyring.rotate(now)?;
-    let in_force = keyring.processing_keys(now);
     let keyring = Arc::new(Mutex::new(keyring));
     let tls = TlsIdentity::load(&config.data_dir)?;
     let directory = Arc::new(DirectoryClient::new(&config.directory)?);

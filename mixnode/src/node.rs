@@ -72,14 +72,12 @@ impl Mixnode {
     pub async fn start(config: MixnodeConfig) -> Result<Self> {
         config.validate()?;
         let NodeKeys { identity } = NodeKeys::load(&config.data_dir)?;
-        let mut keyring = SphinxKeyRing::open(
+        let (keyring, in_force) = SphinxKeyRing::open_rotated(
             &config.data_dir,
             config.directory.epoch_secs,
             config.sphinx_key_grace_secs(),
+            unix_now(),
         )?;
-        let now = unix_now();
-        keyring.rotate(now)?;
-        let in_force = keyring.processing_keys(now);
         let tls = TlsIdentity::load(&config.data_dir)?;
         let directory = Arc::new(DirectoryClient::new(&config.directory)?);
         let listener = bind("listen", config.listen).await?;

@@ -7,18 +7,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bastet_directory::{DirectoryClient, DirectoryConfig, VerifiedConsensus, epoch_of};
-use bastet_link::{Outbound, OutboundConfig, Peer};
+use bastet_link::{Outbound, OutboundConfig};
 use bastet_mailbox::{MailboxClient, StoredMessage};
-use bastet_sphinx::{
-    AckId, AckRequest, FinalPayload, Fragment, NodeId, SEALED_REPLY_LEN, SealedReply, Surb,
-};
-use rand::Rng;
+use bastet_sphinx::{AckId, Fragment, NodeId, SEALED_REPLY_LEN, SealedReply};
 use rand::seq::IndexedRandom;
 
 use crate::datadir::OutboxLock;
 use crate::inbox::{InboxMessage, UnreadablePayload, plan_inbox};
 use crate::message::{Content, MessageId, seal_content};
 use crate::outbox::{DeliveryState, MAX_IN_FLIGHT, Outgoing, RoundTrip, ack_timeout};
+use crate::packets::{RouteChoice, fragment_packet};
 use crate::policy::{RoutePolicy, choose_policy_route};
 use crate::route::{RouteNode, mailbox_descriptor};
 use crate::{Address, ClientConfig, ClientKeys, DataDir, Error, Result};
@@ -173,6 +171,11 @@ impl Client {
             mailbox_server: self.config.mailbox_server_id()?,
             mailbox: self.keys.mailbox_id(),
         })
+    }
+
+    /// Its keys and configuration, for the daemon to own.
+    pub(crate) fn into_parts(self) -> (ClientKeys, ClientConfig) {
+        (self.keys, self.config)
     }
 
     /// The configuration in force.
@@ -438,31 +441,22 @@ impl Client {
         own_server: &NodeId,
         fragment: &[u8],
     ) -> Result<(AckId, bastet_sphinx::SurbKeys, Vec<RouteNode>)> {
-        let rng = &mut rand::rng();
-        let mean = self.config.mix_delay();
-        let policy = &self.config.route;
-        let route = choose_policy_route(consensus, policy, &to.mailbox_server, mean, rng)?;
-        // The ack crosses the same kind of route back: the policy binds it too.
-        let back = choose_policy_route(consensus, policy, own_server, mean, rng)?;
-        let (surb, keys) = Surb::build(&back.hops, &self.keys.mailbox_id())?;
-        let mut id = [0u8; 16];
-        rng.fill_bytes(&mut id);
-        let ack_id = AckId(id);
-        let payload = FinalPayload::new(
-            Some(AckRequest { id: ack_id, surb }),
-            &Fragment::from_bytes(fragment)?,
-        );
-        let packet = bastet_sphinx::build(&route.hops, &to.mailbox, &payload.to_bytes())?;
-        let peer = Peer {
-            node: route.hops[0].node,
-            addr: route.entry_addr.clone(),
-            pin: route.entry_pin,
+        let params = self.config.traffic_params();
+        let choice = RouteChoice {
+            consensus,
+            policy: &self.config.route,
+            params: &params,
         };
-        outbound.send(&peer, packet).map_err(|e| Error::Send {
-            addr: route.entry_addr.clone(),
-            why: e.to_string(),
-        })?;
-        Ok((ack_id, keys, route.nodes))
+        let rng = &mut rand::rng();
+        let (built, ack_id, keys) =
+            fragment_packet(&choice, &self.keys, to, own_server, fragment, rng)?;
+        outbound
+            .send(&built.peer, built.packet)
+            .map_err(|e| Error::Send {
+                addr: built.peer.addr.clone(),
+                why: e.to_string(),
+            })?;
+        Ok((ack_id, keys, built.nodes))
     }
 
     /// Lists this client's mailbox, applies the acks found to `messages`,

@@ -1,5 +1,5 @@
 //! `client.toml`: which authorities to trust, where this client's mailbox
-//! is, and how long mixes hold its packets.
+//! is, its route policy and its traffic (Loopix) parameters.
 
 use std::time::Duration;
 
@@ -7,25 +7,131 @@ use bastet_directory::DirectoryConfig;
 use bastet_sphinx::{MailboxId, NodeId};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, RoutePolicy};
+use crate::{Error, Result, RoutePolicy, TrafficParams};
 
-/// Environment prefix for overrides: `BASTET_CLIENT__MIX_DELAY_MS=100`.
+/// Environment prefix for overrides: `BASTET_CLIENT__TRAFFIC__PRESET=paranoid`.
 pub const ENV_PREFIX: &str = "BASTET_CLIENT";
-/// Largest allowed `mix_delay_ms`.
-pub const MAX_MIX_DELAY_MS: u64 = 10_000;
+/// Shortest allowed `traffic.poll_interval_ms`.
+pub const MIN_POLL_INTERVAL_MS: u64 = 50;
+/// Longest allowed `traffic.poll_interval_ms`.
+pub const MAX_POLL_INTERVAL_MS: u64 = 60_000;
+
+/// The named traffic presets, in the order `bastet status` lists them.
+pub const TRAFFIC_PRESETS: [&str; 3] = ["interactive", "balanced", "paranoid"];
+
+/// The `[traffic]` section: a named preset, and any of its values
+/// overridden one by one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficConfig {
+    /// `interactive`, `balanced` (default) or `paranoid`.
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// λ_P, packets per second (overrides the preset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_rate: Option<f64>,
+    /// λ_L, packets per second; 0 turns loop cover off (overrides the preset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_rate: Option<f64>,
+    /// Mean per-mix delay, ms (overrides the preset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_hop_delay_ms: Option<u64>,
+    /// Longest per-mix delay, ms (overrides the preset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hop_delay_ms: Option<u64>,
+    /// How often the daemon lists the mailbox (acks, loops, messages), ms.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+fn default_preset() -> String {
+    "balanced".into()
+}
+
+fn default_poll_interval_ms() -> u64 {
+    1000
+}
+
+impl Default for TrafficConfig {
+    fn default() -> Self {
+        TrafficConfig {
+            preset: default_preset(),
+            payload_rate: None,
+            loop_rate: None,
+            mean_hop_delay_ms: None,
+            max_hop_delay_ms: None,
+            poll_interval_ms: default_poll_interval_ms(),
+        }
+    }
+}
+
+impl TrafficConfig {
+    /// The preset named `name` with nothing overridden.
+    pub fn preset(name: &str) -> Result<Self> {
+        let config = TrafficConfig {
+            preset: name.to_string(),
+            ..TrafficConfig::default()
+        };
+        config.params()?;
+        Ok(config)
+    }
+
+    /// The parameters in force: the preset, then each override; validated.
+    pub fn params(&self) -> Result<TrafficParams> {
+        let mut p = TrafficParams::named(&self.preset).ok_or_else(|| {
+            Error::Config(format!(
+                "traffic.preset: {:?} is not one of {}",
+                self.preset,
+                TRAFFIC_PRESETS.join(", ")
+            ))
+        })?;
+        if let Some(r) = self.payload_rate {
+            p.payload_rate = r;
+        }
+        if let Some(r) = self.loop_rate {
+            p.loop_rate = r;
+        }
+        if let Some(ms) = self.mean_hop_delay_ms {
+            p.mean_hop_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.max_hop_delay_ms {
+            p.max_hop_delay = Duration::from_millis(ms);
+        }
+        p.validate().map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("traffic.{m}")),
+            other => other,
+        })?;
+        Ok(p)
+    }
+
+    /// How often the daemon polls the mailbox.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.params()?;
+        if !(MIN_POLL_INTERVAL_MS..=MAX_POLL_INTERVAL_MS).contains(&self.poll_interval_ms) {
+            return Err(Error::Config(format!(
+                "traffic.poll_interval_ms: {} must be {MIN_POLL_INTERVAL_MS} to {MAX_POLL_INTERVAL_MS}",
+                self.poll_interval_ms
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// The client's configuration file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// Node id (hex) of the mailbox server that holds this client's mailbox.
     pub mailbox_server: String,
     /// This client's mailbox id (hex), derived from `mailbox.key`.
     pub mailbox_id: String,
-    /// Mean per-hop mixing delay in milliseconds: each mix holds a packet
-    /// for an Exp(mean) delay.
-    #[serde(default = "default_mix_delay_ms")]
-    pub mix_delay_ms: u64,
+    /// Traffic parameters (`[traffic]`): preset and overrides.
+    #[serde(default)]
+    pub traffic: TrafficConfig,
     /// The pinned directory authorities.
     pub directory: DirectoryConfig,
     /// The route policy (`[route]`): hop classes, template, avoid list and
@@ -54,17 +160,13 @@ const ROUTE_EXAMPLE: &str = "\
 # external = [\"NL\", \"SE\"]
 ";
 
-fn default_mix_delay_ms() -> u64 {
-    50
-}
-
 impl ClientConfig {
     /// A config for a freshly registered mailbox, with defaults elsewhere.
     pub fn new(directory: DirectoryConfig, mailbox_server: NodeId, mailbox: MailboxId) -> Self {
         ClientConfig {
             mailbox_server: mailbox_server.to_hex(),
             mailbox_id: mailbox.to_hex(),
-            mix_delay_ms: default_mix_delay_ms(),
+            traffic: TrafficConfig::default(),
             directory,
             route: RoutePolicy::default(),
         }
@@ -74,12 +176,7 @@ impl ClientConfig {
     pub fn validate(&self) -> Result<()> {
         self.mailbox_server_id()?;
         self.mailbox()?;
-        if self.mix_delay_ms > MAX_MIX_DELAY_MS {
-            return Err(Error::Config(format!(
-                "mix_delay_ms: {} is more than the maximum of {MAX_MIX_DELAY_MS}",
-                self.mix_delay_ms
-            )));
-        }
+        self.traffic.validate()?;
         self.directory.validate()?;
         self.route.validate("route.")?;
         Ok(())
@@ -101,9 +198,54 @@ impl ClientConfig {
             .ok_or_else(|| Error::Config("mailbox_id: not a mailbox id (64 hex digits)".into()))
     }
 
+    /// The traffic parameters in force (validated at load).
+    pub fn traffic_params(&self) -> TrafficParams {
+        self.traffic.params().unwrap_or_default()
+    }
+
     /// The mean per-hop delay.
     pub fn mix_delay(&self) -> Duration {
-        Duration::from_millis(self.mix_delay_ms)
+        self.traffic_params().mean_hop_delay
+    }
+
+    /// The `[traffic]` section with a comment on every key; overrides that
+    /// are not set are shown commented out with the preset's value.
+    fn traffic_toml(&self) -> Result<String> {
+        let t = &self.traffic;
+        let p = self.traffic.params()?;
+        let line = |set: bool, key: &str, value: String| {
+            let hash = if set { "" } else { "# " };
+            format!("{hash}{key} = {value}\n")
+        };
+        let mut out = String::from(
+            "# Traffic (Loopix). Presets: interactive (4+1 packets/s, 20 ms per mix),\n\
+             # balanced (2+1 packets/s, 50 ms), paranoid (1+0.5 packets/s, 500 ms);\n\
+             # see \"Traffic\" in the client README. `bastet status` shows the\n\
+             # values in force, the idle bandwidth and the expected latency.\n\
+             [traffic]\n",
+        );
+        out += &format!("preset = {:?}\n", t.preset);
+        out += "# λ_P: payload packets/s (a real packet when one is queued, drop cover otherwise)\n";
+        out += &line(t.payload_rate.is_some(), "payload_rate", format!("{:?}", p.payload_rate));
+        out += "# λ_L: loop-cover packets/s, back to this client's own mailbox (0: off)\n";
+        out += &line(t.loop_rate.is_some(), "loop_rate", format!("{:?}", p.loop_rate));
+        out += "# Mean and longest time each mix holds a packet (exponential), ms\n";
+        out += &line(
+            t.mean_hop_delay_ms.is_some(),
+            "mean_hop_delay_ms",
+            p.mean_hop_delay.as_millis().to_string(),
+        );
+        out += &line(
+            t.max_hop_delay_ms.is_some(),
+            "max_hop_delay_ms",
+            p.max_hop_delay.as_millis().to_string(),
+        );
+        out += &format!(
+            "# How often the daemon lists the mailbox, ms ({MIN_POLL_INTERVAL_MS} to {MAX_POLL_INTERVAL_MS})\n\
+             poll_interval_ms = {}\n",
+            t.poll_interval_ms
+        );
+        Ok(out)
     }
 
     /// The file `init` writes: this config with a comment on every key.
@@ -126,22 +268,22 @@ impl ClientConfig {
             toml::to_string(&Route { route: &self.route })
                 .map_err(|e| Error::Config(format!("cannot write the [route] section: {e}")))?
         };
+        let traffic = self.traffic_toml()?;
         Ok(format!(
             "# Bastet client configuration, written by `bastet init`.\n\
-             # Environment overrides: {ENV_PREFIX}__<KEY>, e.g. {ENV_PREFIX}__MIX_DELAY_MS=100.\n\
+             # Environment overrides: {ENV_PREFIX}__<KEY>, e.g. {ENV_PREFIX}__TRAFFIC__PRESET=paranoid.\n\
              \n\
              # Node id (hex) of the mailbox server that holds this client's mailbox.\n\
              mailbox_server = \"{}\"\n\
              # This client's mailbox id (hex), derived from mailbox.key.\n\
              mailbox_id = \"{}\"\n\
-             # Mean per-hop mixing delay in milliseconds (each mix holds a packet\n\
-             # for an exponentially distributed time with this mean; at most {MAX_MIX_DELAY_MS}).\n\
-             mix_delay_ms = {}\n\
              \n\
+             {traffic}\n\
              # The directory authorities this client trusts (copied from --directory).\n\
              {directory}\n\
              {route}",
-            self.mailbox_server, self.mailbox_id, self.mix_delay_ms
+            self.mailbox_server, self.mailbox_id
+
         ))
     }
 }
@@ -177,6 +319,7 @@ mod tests {
             bastet_directory::load_config(&path, "BASTET_CLIENT_TEST_ROUNDTRIP").unwrap();
         assert_eq!(loaded, config);
         assert_eq!(loaded.mix_delay(), Duration::from_millis(50));
+        assert_eq!(loaded.traffic_params(), TrafficParams::balanced());
     }
 
     fn seed_policy() -> RoutePolicy {
@@ -307,13 +450,17 @@ mod tests {
         assert!(err.to_string().contains("mix_delay"), "{err}");
 
         let mut c = sample();
-        c.mix_delay_ms = MAX_MIX_DELAY_MS + 1;
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("mix_delay_ms")
-        );
+        c.traffic.preset = "fast".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("traffic.preset"), "{err}");
+        let mut c = sample();
+        c.traffic.payload_rate = Some(0.0);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("traffic.payload_rate"), "{err}");
+        let mut c = sample();
+        c.traffic.poll_interval_ms = 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("traffic.poll_interval_ms"), "{err}");
         let mut c = sample();
         c.mailbox_server = "zz".into();
         assert!(

@@ -28,12 +28,21 @@ const COMPLETED: &str = "inbox-envelopes";
 pub const MAX_COMPLETED_ENVELOPES: usize = 4096;
 /// Outgoing messages: `<message id>.json` (state) and `.fragments` (bytes).
 const OUTBOX: &str = "outbox";
+/// Received messages the daemon holds for `bastet inbox`: `<ms>-<id>.json`.
+const INBOX: &str = "inbox";
+/// Bound on one received message's file (a 1 MiB file, base64, and JSON).
+const MAX_INBOX_FILE: u64 = 2 << 20;
+/// Most received messages held at once; past this the daemon stops taking
+/// new ones off the server until `bastet inbox` makes room.
+pub const MAX_HELD_MESSAGES: usize = 10_000;
+/// Per-node loop reliability, as the daemon last saved it.
+const SCORES: &str = "node-scores.json";
 /// Held (advisory lock) by the one process driving the outbox.
 const OUTBOX_LOCK: &str = "outbox.lock";
 /// Bound on one outgoing message's files.
 const MAX_OUTBOX_FILE: u64 = 4 * MAX_SEALED_LEN as u64;
 /// Most outgoing messages read from the outbox at once.
-const MAX_OUTBOX_MESSAGES: usize = 1000;
+pub(crate) const MAX_OUTBOX_MESSAGES: usize = 1000;
 
 /// Exclusive use of the outbox while held: one process at a time sends,
 /// retransmits and consumes acks. Released on drop or process exit.
@@ -294,6 +303,83 @@ impl DataDir {
         Ok(out)
     }
 
+    /// Saves a received message for `bastet inbox` (atomically, mode 0600)
+    /// under a name that sorts by arrival.
+    pub fn save_received(&self, m: &crate::daemon::api::WireReceived) -> Result<()> {
+        let dir = self.sub_dir(INBOX)?;
+        let json = serde_json::to_vec(m).map_err(|e| Error::File {
+            path: dir.clone(),
+            why: e.to_string(),
+        })?;
+        let name = format!("{:016}-{}.json", m.received_at_ms, m.message_id);
+        self.write_atomic(&dir.join(name), &json)
+    }
+
+    /// The received messages held, oldest first, as (file name, message).
+    pub fn load_received(&self) -> Result<Vec<(String, crate::daemon::api::WireReceived)>> {
+        let dir = self.root.join(INBOX);
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.file_error(&dir, e)),
+            Ok(entries) => entries,
+        };
+        let mut names = Vec::new();
+        for entry in entries.take(2 * MAX_HELD_MESSAGES) {
+            let name = entry.map_err(|e| self.file_error(&dir, e))?.file_name();
+            if let Some(name) = name.to_str().filter(|n| n.ends_with(".json")) {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let path = dir.join(&name);
+            let Some(bytes) = self.read_bounded(&path, MAX_INBOX_FILE)? else {
+                continue;
+            };
+            let m = serde_json::from_slice(&bytes).map_err(|e| Error::File {
+                path: path.clone(),
+                why: format!("{e}: not a received message"),
+            })?;
+            out.push((name, m));
+        }
+        Ok(out)
+    }
+
+    /// Forgets a received message once shown.
+    pub fn remove_received(&self, name: &str) -> Result<()> {
+        if name.contains('/') || !name.ends_with(".json") {
+            return Err(Error::Config(format!("{name:?} is not a held message")));
+        }
+        let path = self.root.join(INBOX).join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.file_error(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Saves the node scores (JSON).
+    pub fn save_scores(&self, json: &[u8]) -> Result<()> {
+        self.write_atomic(&self.root.join(SCORES), json)
+    }
+
+    /// The node scores saved last, if any (bounded).
+    pub fn load_scores(&self) -> Result<Option<(PathBuf, Vec<u8>)>> {
+        let path = self.root.join(SCORES);
+        Ok(self.read_bounded(&path, 4 << 20)?.map(|b| (path, b)))
+    }
+
+    fn sub_dir(&self, name: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.root.join(name);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| self.file_error(&dir, e))?;
+        Ok(dir)
+    }
+
     /// Removes an outgoing message's files (once stored or failed).
     pub fn remove_outgoing(&self, message_id: &str) -> Result<()> {
         let dir = self.root.join(OUTBOX);
@@ -310,14 +396,7 @@ impl DataDir {
     }
 
     fn outbox_dir(&self) -> Result<PathBuf> {
-        use std::os::unix::fs::DirBuilderExt;
-        let dir = self.root.join(OUTBOX);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| self.file_error(&dir, e))?;
-        Ok(dir)
+        self.sub_dir(OUTBOX)
     }
 
     /// Writes `bytes` to a temporary file (mode 0600), syncs it and renames

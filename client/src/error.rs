@@ -61,6 +61,15 @@ pub enum Error {
     /// Another process is sending from this data dir.
     #[error("another bastet process is sending from {} (outbox.lock is held); wait for it or use `bastet outbox`", .0.display())]
     OutboxBusy(std::path::PathBuf),
+    /// No daemon listens on the data directory's socket.
+    #[error("no bastet daemon is running for {}: start one with `bastet --data-dir {} daemon` (it keeps running; stop it with Ctrl-C or SIGTERM)", .0.display(), .0.display())]
+    NoDaemon(PathBuf),
+    /// A daemon (or a direct send) already owns the data directory.
+    #[error("a bastet daemon (or `send --direct` / `outbox --resume`) is already running for {}: talk to it with `bastet send`, `bastet inbox`, `bastet status`", .0.display())]
+    DaemonRunning(PathBuf),
+    /// The daemon failed a request or could not be talked to.
+    #[error("daemon: {0}")]
+    Daemon(String),
     /// A file name that cannot travel or be saved safely.
     #[error("file name {0:?}: {1}")]
     BadFileName(String, &'static str),

@@ -4,18 +4,22 @@ mod address;
 mod client;
 mod config;
 mod crypto;
+pub mod daemon;
 mod datadir;
 mod error;
 mod inbox;
 mod message;
 mod outbox;
+mod packets;
 mod poisson;
 mod policy;
 mod route;
 
 pub use address::{ADDRESS_LEN, ADDRESS_PREFIX, ADDRESS_VERSION, Address};
 pub use client::{Client, InboxReport, POLL_INTERVAL, SendOptions, SentMessage, now_ms};
-pub use config::{ClientConfig, ENV_PREFIX, MAX_MIX_DELAY_MS};
+pub use config::{
+    ClientConfig, ENV_PREFIX, MAX_POLL_INTERVAL_MS, MIN_POLL_INTERVAL_MS, TRAFFIC_PRESETS, TrafficConfig,
+};
 pub use crypto::ClientKeys;
 pub use datadir::{DataDir, MAX_COMPLETED_ENVELOPES, OutboxLock};
 pub use error::Error;

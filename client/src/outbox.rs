@@ -163,6 +163,10 @@ pub struct Outgoing {
     pub retransmissions: u32,
     /// Each fragment's progress, by index.
     pub fragments: Vec<FragmentState>,
+    /// The route policy given for this message, if not the configured one:
+    /// kept so that a resumed message never falls back to a laxer policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<crate::RoutePolicy>,
 }
 
 impl Outgoing {
@@ -184,6 +188,7 @@ impl Outgoing {
             reason: None,
             retransmissions: 0,
             fragments: vec![FragmentState::default(); fragments],
+            route: None,
         }
     }
 

@@ -117,6 +117,16 @@ impl TrafficParams {
         }
     }
 
+    /// The preset called `name` (see [`crate::TRAFFIC_PRESETS`]).
+    pub fn named(name: &str) -> Option<Self> {
+        match name {
+            "interactive" => Some(Self::interactive()),
+            "balanced" => Some(Self::balanced()),
+            "paranoid" => Some(Self::paranoid()),
+            _ => None,
+        }
+    }
+
     /// Checks each field, naming the one out of range.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::Config(what));

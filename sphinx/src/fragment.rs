@@ -148,6 +148,13 @@ impl Fragment {
         &self.chunk
     }
 
+    /// The same fragment under another envelope id (a client tags its loop
+    /// cover this way).
+    pub fn with_envelope(mut self, envelope: EnvelopeId) -> Self {
+        self.envelope = envelope;
+        self
+    }
+
     /// `version || envelope id || index || count || total length || chunk`,
     /// integers big-endian.
     pub fn to_bytes(&self) -> Vec<u8> {

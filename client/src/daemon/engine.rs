@@ -1,0 +1,896 @@
+//! The daemon's traffic engine: one task that owns the outbox, the Loopix
+//! schedule, the mailbox listing and the received messages. Network calls
+//! (listing, deleting, fetching the consensus) run in spawned tasks that
+//! report back as [`Event`]s, so a slow server never delays a tick.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bastet_directory::{DirectoryConfig, VerifiedConsensus, epoch_of};
+use bastet_link::{Outbound, OutboundConfig};
+use bastet_mailbox::{MailboxClient, StoredMessage};
+use bastet_sphinx::{EnvelopeId, Fragment, NodeId, PACKET_LEN, SEALED_REPLY_LEN, SealedReply};
+use tokio::sync::{mpsc, oneshot};
+
+use super::api::{
+    Counters, MAX_INBOX_PAGE_BYTES, MessageReport, Request, Response, StatusReport, WireHop,
+    WireReceived,
+};
+use crate::datadir::MAX_HELD_MESSAGES;
+use crate::inbox::plan_inbox;
+use crate::message::seal_content;
+use crate::outbox::{MAX_IN_FLIGHT, Outgoing, RoundTrip, ack_timeout};
+use crate::packets::{RouteChoice, drop_packet, fragment_packet, is_loop_envelope, loop_packet};
+use crate::policy::choose_policy_route;
+use crate::poisson::{Scheduler, SendKind};
+use crate::route::mailbox_descriptor;
+use crate::{
+    Address, ClientConfig, ClientKeys, Content, DataDir, Error, Result, RouteNode,
+    RoutePolicy, TrafficParams, now_ms,
+};
+
+/// A request from a socket connection and where to answer it.
+pub(crate) type Call = (Request, oneshot::Sender<Response>);
+
+/// Results of the spawned network calls.
+pub(crate) enum Event {
+    /// New payloads listed from this client's mailbox.
+    Listed(Result<Vec<StoredMessage>>),
+    /// A delete up to the seq finished.
+    Deleted(u64, Result<u64>),
+    /// A freshly fetched consensus.
+    Consensus(Result<VerifiedConsensus>),
+}
+
+/// Packets queued per first mix on the link pool.
+const OUTBOUND_QUEUE: usize = 1024;
+/// A fragment that could not be built or queued is tried again after this.
+const UNSENT_RETRY: Duration = Duration::from_secs(1);
+/// The outbox on disk is rewritten at most this often while sending.
+const SAVE_PERIOD: Duration = Duration::from_secs(1);
+/// Housekeeping (give-ups, loop expiry, refilling the queue) runs at least
+/// this often.
+pub(crate) const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Final messages remembered for `bastet send` to read their fate.
+const MAX_FINISHED: usize = 1000;
+/// Loops awaited at once; more are sent but not scored.
+const MAX_PENDING_LOOPS: usize = 4096;
+/// Payloads held from the mailbox listing at once.
+const MAX_CACHED: usize = 20_000;
+/// Estimated bytes of one empty mailbox poll (signed request, TLS records,
+/// JSON answer), for the idle bandwidth estimate.
+const BYTES_PER_POLL: f64 = 900.0;
+
+/// An outgoing message being driven.
+struct Live {
+    out: Outgoing,
+    fragments: Vec<Vec<u8>>,
+    to: Address,
+    first_route: Vec<RouteNode>,
+    epoch: u64,
+    signatures: usize,
+}
+
+impl Live {
+    fn report(&self) -> MessageReport {
+        MessageReport {
+            message_id: self.out.message_id.clone(),
+            to: self.out.to.clone(),
+            sent_at_ms: self.out.created_at_ms,
+            route: self.first_route.iter().map(WireHop::from).collect(),
+            epoch: self.epoch,
+            signatures: self.signatures,
+            fragments: self.out.fragments.len(),
+            acked: self.out.acked(),
+            retransmissions: self.out.retransmissions,
+            state: self.out.state,
+            reason: self.out.reason.clone(),
+        }
+    }
+}
+
+struct PendingLoop {
+    route: Vec<NodeId>,
+    sent: Instant,
+}
+
+/// The engine's state; see the module docs.
+pub(crate) struct Engine {
+    dir: DataDir,
+    keys: Arc<ClientKeys>,
+    config: ClientConfig,
+    params: TrafficParams,
+    own_server: NodeId,
+    address: String,
+    consensus: VerifiedConsensus,
+    api: Arc<MailboxClient>,
+    outbound: Outbound,
+    scheduler: Scheduler<(String, usize)>,
+    live: Vec<Live>,
+    finished: VecDeque<MessageReport>,
+    queued: HashSet<(String, usize)>,
+    round_trip: RoundTrip,
+    loops: HashMap<EnvelopeId, PendingLoop>,
+    loop_timeout: Duration,
+    counters: Counters,
+    cache: BTreeMap<u64, StoredMessage>,
+    high_seq: Option<u64>,
+    loop_seqs: HashSet<u64>,
+    shown: BTreeSet<u64>,
+    completed: HashSet<EnvelopeId>,
+    partial: usize,
+    held: usize,
+    deleting: bool,
+    retry_delete: bool,
+    polling: bool,
+    refreshing: bool,
+    started: Instant,
+    last_save: Instant,
+    dirty: bool,
+    events: mpsc::Sender<Event>,
+}
+
+impl Engine {
+    /// Loads the client in `dir` (holding its outbox lock), fetches the
+    /// consensus and resumes every pending message in the outbox.
+    pub(crate) async fn start(
+        dir: DataDir,
+        keys: ClientKeys,
+        config: ClientConfig,
+        address: String,
+        events: mpsc::Sender<Event>,
+    ) -> Result<Engine> {
+        let params = config.traffic.params()?;
+        let consensus = fetch_consensus(&config.directory).await?;
+        let own_server = config.mailbox_server_id()?;
+        let server = mailbox_descriptor(&consensus, &own_server)?;
+        let api = server
+            .api_addr
+            .as_deref()
+            .ok_or_else(|| Error::MailboxServerNotInConsensus(own_server.to_hex()))?;
+        let api = Arc::new(MailboxClient::new(api, server.pin())?);
+        let scheduler = Scheduler::new(
+            params.clone(),
+            MAX_IN_FLIGHT,
+            Instant::now(),
+            &mut rand::rng(),
+        )?;
+        let mix_hops = config.route.template.len().max(3) as u32;
+        let loop_timeout = params.max_hop_delay * mix_hops
+            + 2 * config.traffic.poll_interval()
+            + Duration::from_secs(3);
+        let held = dir.load_received()?.len();
+        let mut engine = Engine {
+            shown: dir.load_shown()?,
+            completed: dir.load_completed()?.into_iter().collect(),
+            dir,
+            keys: Arc::new(keys),
+            config,
+            params,
+            own_server,
+            address,
+            consensus,
+            api,
+            outbound: Outbound::new(OutboundConfig {
+                queue_len: OUTBOUND_QUEUE,
+                ..OutboundConfig::default()
+            }),
+            scheduler,
+            live: Vec::new(),
+            finished: VecDeque::new(),
+            queued: HashSet::new(),
+            round_trip: RoundTrip::default(),
+            loops: HashMap::new(),
+            loop_timeout,
+            counters: Counters::default(),
+            cache: BTreeMap::new(),
+            high_seq: None,
+            loop_seqs: HashSet::new(),
+            partial: 0,
+            held,
+            deleting: false,
+            retry_delete: false,
+            polling: false,
+            refreshing: false,
+            started: Instant::now(),
+            last_save: Instant::now(),
+            dirty: false,
+            events,
+        };
+        for out in engine.dir.load_outbox()? {
+            if !out.is_final() {
+                engine.resume(out);
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Messages resumed from the outbox (not final).
+    pub(crate) fn pending(&self) -> usize {
+        self.live.len()
+    }
+
+    fn resume(&mut self, mut out: Outgoing) {
+        let fragments = self.dir.load_fragments(&out.message_id);
+        let to = Address::parse(&out.to);
+        let (fragments, to) = match (fragments, to) {
+            (Ok(f), Ok(a)) if f.len() == out.fragments.len() => (f, a),
+            (f, a) => {
+                let why = match (f, a) {
+                    (Err(e), _) | (_, Err(e)) => e.to_string(),
+                    _ => "fragment count does not match its state".into(),
+                };
+                out.fail(format!("cannot resend: {why}"));
+                self.finish(&out, Vec::new());
+                return;
+            }
+        };
+        self.live.push(Live {
+            out,
+            fragments,
+            to,
+            first_route: Vec::new(),
+            epoch: 0,
+            signatures: 0,
+        });
+    }
+
+    /// Records a final message: off the disk outbox, into the memory of
+    /// finished ones.
+    fn finish(&mut self, out: &Outgoing, route: Vec<RouteNode>) {
+        if let Err(e) = self.dir.remove_outgoing(&out.message_id) {
+            tracing::error!(error = %e, "removing a finished message from the outbox failed");
+        }
+        let live = Live {
+            out: out.clone(),
+            fragments: Vec::new(),
+            to: Address::parse(&out.to).unwrap_or(Address {
+                identity_key: [0; 32],
+                encryption_key: [0; 32],
+                mailbox_server: NodeId([0; 32]),
+                mailbox: bastet_sphinx::MailboxId([0; 32]),
+            }),
+            first_route: route,
+            epoch: self.consensus.epoch,
+            signatures: self.consensus.signatures,
+        };
+        self.finished.push_back(live.report());
+        while self.finished.len() > MAX_FINISHED {
+            self.finished.pop_front();
+        }
+    }
+
+    /// Runs until `shutdown` resolves, the request channel closes or a
+    /// `shutdown` request comes; then saves the outbox and lets queued
+    /// packets reach their first hops (for at most a few seconds).
+    pub(crate) async fn run(
+        mut self,
+        mut calls: mpsc::Receiver<Call>,
+        mut events: mpsc::Receiver<Event>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        let mut poll = tokio::time::interval(self.config.traffic.poll_interval());
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            let next_tick = self
+                .scheduler
+                .poll_timeout()
+                .map_or(Instant::now() + HOUSEKEEPING, |t| {
+                    t.min(Instant::now() + HOUSEKEEPING)
+                });
+            tokio::select! {
+                () = tokio::time::sleep_until(next_tick.into()) => {}
+                _ = poll.tick() => self.start_poll(),
+                Some(event) = events.recv() => self.handle_event(event),
+                call = calls.recv() => match call {
+                    Some((Request::Shutdown, reply)) => {
+                        let _ = reply.send(Response::Done);
+                        break;
+                    }
+                    Some((request, reply)) => {
+                        let response = self.handle(request);
+                        let _ = reply.send(response);
+                    }
+                    None => break,
+                },
+                () = &mut shutdown => break,
+            }
+            self.serve_ticks();
+            self.housekeeping();
+        }
+        tracing::info!("daemon stopping: saving the outbox");
+        self.save();
+        let written = self.outbound.written() + self.outbound.lost();
+        let sent = self.counters.real + self.counters.drop + self.counters.loops_sent;
+        let drained = Instant::now();
+        while self.outbound.written() + self.outbound.lost() < sent.max(written)
+            && self.outbound.queued() > 0
+            && drained.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Sends what the schedule says is due now.
+    fn serve_ticks(&mut self) {
+        let rng = &mut rand::rng();
+        while let Some(tick) = self.scheduler.poll(Instant::now(), rng) {
+            match tick.kind {
+                SendKind::Real((id, index)) => {
+                    self.queued.remove(&(id.clone(), index));
+                    if !self.send_real(&id, index) {
+                        self.send_drop();
+                    }
+                }
+                SendKind::Drop => self.send_drop(),
+                SendKind::Loop => self.send_loop(),
+            }
+        }
+        self.counters.missed = self.scheduler.missed();
+    }
+
+    /// Sends fragment `index` of message `id`; false if nothing went out
+    /// (acked meanwhile, final, or no route), so the tick sends cover.
+    fn send_real(&mut self, id: &str, index: usize) -> bool {
+        let Some(pos) = self.live.iter().position(|l| l.out.message_id == id) else {
+            return false;
+        };
+        let now = now_ms();
+        let timeout = self.round_trip.timeout(ack_timeout(
+            self.params.mean_capped_hop_delay(),
+            self.config.traffic.poll_interval(),
+        ));
+        let live = &self.live[pos];
+        if live.out.is_final() || live.out.fragments.get(index).is_none_or(|f| f.acked) {
+            return false;
+        }
+        let policy = live.out.route.as_ref().unwrap_or(&self.config.route);
+        let choice = RouteChoice {
+            consensus: &self.consensus,
+            policy,
+            params: &self.params,
+        };
+        let built = fragment_packet(
+            &choice,
+            &self.keys,
+            &live.to,
+            &self.own_server,
+            &live.fragments[index],
+            &mut rand::rng(),
+        );
+        let live = &mut self.live[pos];
+        match built {
+            Ok((built, ack_id, keys)) => {
+                if let Err(e) = self.outbound.send(&built.peer, built.packet) {
+                    tracing::warn!(error = %e, "a fragment could not be queued for its first mix");
+                    live.out.record_unsent(index, now, UNSENT_RETRY);
+                    return false;
+                }
+                live.out.record_send(index, ack_id, &keys, now, timeout);
+                if live.first_route.is_empty() {
+                    live.first_route = built.nodes;
+                    live.epoch = self.consensus.epoch;
+                    live.signatures = self.consensus.signatures;
+                }
+                self.counters.real += 1;
+                self.dirty = true;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a fragment could not be built; trying again");
+                live.out.record_unsent(index, now, UNSENT_RETRY);
+                false
+            }
+        }
+    }
+
+    fn choice(&self) -> RouteChoice<'_> {
+        RouteChoice {
+            consensus: &self.consensus,
+            policy: &self.config.route,
+            params: &self.params,
+        }
+    }
+
+    fn send_drop(&mut self) {
+        match drop_packet(&self.choice(), &self.own_server, &mut rand::rng()) {
+            Ok(built) => match self.outbound.send(&built.peer, built.packet) {
+                Ok(()) => self.counters.drop += 1,
+                Err(e) => {
+                    tracing::debug!(error = %e, "drop cover not queued");
+                    self.counters.skipped += 1;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no route for drop cover; tick skipped");
+                self.counters.skipped += 1;
+            }
+        }
+    }
+
+    fn send_loop(&mut self) {
+        match loop_packet(&self.choice(), &self.keys, &self.own_server, &mut rand::rng()) {
+            Ok((built, envelope)) => {
+                let route: Vec<NodeId> = built.nodes.iter().map(|n| n.node).collect();
+                match self.outbound.send(&built.peer, built.packet) {
+                    Ok(()) => {
+                        self.counters.loops_sent += 1;
+                        if self.loops.len() < MAX_PENDING_LOOPS {
+                            let sent = Instant::now();
+                            self.loops.insert(envelope, PendingLoop { route, sent });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "loop cover not queued");
+                        self.counters.skipped += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no route for loop cover; tick skipped");
+                self.counters.skipped += 1;
+            }
+        }
+    }
+
+    /// Give-ups, lost loops, the real-packet queue, saving, the consensus.
+    fn housekeeping(&mut self) {
+        let now = now_ms();
+        let mut done = Vec::new();
+        for (i, live) in self.live.iter_mut().enumerate() {
+            if live.out.advance(now) {
+                self.dirty = true;
+            }
+            if live.out.is_final() {
+                done.push(i);
+            }
+        }
+        for i in done.into_iter().rev() {
+            let live = self.live.remove(i);
+            self.queued.retain(|(id, _)| *id != live.out.message_id);
+            self.finish(&live.out, live.first_route);
+        }
+        let timeout = self.loop_timeout;
+        let lost: Vec<EnvelopeId> = self
+            .loops
+            .iter()
+            .filter(|(_, p)| p.sent.elapsed() > timeout)
+            .map(|(e, _)| *e)
+            .collect();
+        for envelope in lost {
+            if self.loops.remove(&envelope).is_some() {
+                self.counters.loops_lost += 1;
+            }
+        }
+        self.refill();
+        if self.dirty && self.last_save.elapsed() >= SAVE_PERIOD {
+            self.save();
+        }
+        let epoch = epoch_of(now / 1000, self.config.directory.epoch_secs);
+        if epoch != self.consensus.epoch && !self.refreshing {
+            self.refreshing = true;
+            let directory = self.config.directory.clone();
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                let result = fetch_consensus(&directory).await;
+                if result.is_err() {
+                    // Do not hammer the authorities; the next try follows.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                let _ = events.send(Event::Consensus(result)).await;
+            });
+        }
+    }
+
+    /// Queues due fragments for payload ticks, round robin over messages,
+    /// while fewer than [`MAX_IN_FLIGHT`] are in flight or queued.
+    fn refill(&mut self) {
+        let now = now_ms();
+        let in_flight: usize = self.live.iter().map(|l| l.out.in_flight(now)).sum();
+        let mut room = MAX_IN_FLIGHT.saturating_sub(in_flight + self.scheduler.queued());
+        if room == 0 {
+            return;
+        }
+        let mut due: Vec<VecDeque<(String, usize)>> = self
+            .live
+            .iter()
+            .map(|l| {
+                l.out
+                    .due(now)
+                    .into_iter()
+                    .map(|i| (l.out.message_id.clone(), i))
+                    .filter(|k| !self.queued.contains(k))
+                    .collect()
+            })
+            .collect();
+        while room > 0 {
+            let mut any = false;
+            for d in &mut due {
+                if room == 0 {
+                    break;
+                }
+                if let Some(key) = d.pop_front() {
+                    if self.scheduler.enqueue(key.clone()).is_err() {
+                        return;
+                    }
+                    self.queued.insert(key);
+                    room -= 1;
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    /// Writes every live message's state.
+    fn save(&mut self) {
+        for live in &self.live {
+            if let Err(e) = self.dir.save_outgoing(&live.out) {
+                tracing::error!(error = %e, "saving the outbox failed");
+            }
+        }
+        self.dirty = false;
+        self.last_save = Instant::now();
+    }
+
+    fn start_poll(&mut self) {
+        if self.polling || self.cache.len() >= MAX_CACHED {
+            return;
+        }
+        self.polling = true;
+        let (api, keys, events) = (self.api.clone(), self.keys.clone(), self.events.clone());
+        let after = self.high_seq;
+        tokio::spawn(async move {
+            let result = list_after(&api, &keys, after).await;
+            let _ = events.send(Event::Listed(result)).await;
+        });
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Listed(result) => {
+                self.polling = false;
+                self.counters.polls += 1;
+                match result {
+                    Ok(new) => self.take_listing(new),
+                    Err(e) => {
+                        self.counters.poll_errors += 1;
+                        tracing::warn!(error = %e, "listing the mailbox failed; trying again");
+                    }
+                }
+            }
+            Event::Deleted(upto, result) => {
+                self.deleting = false;
+                match result {
+                    Ok(_) => {
+                        self.cache.retain(|&seq, _| seq > upto);
+                        self.loop_seqs.retain(|&seq| seq > upto);
+                        self.shown.retain(|&seq| seq > upto);
+                        if let Err(e) = self.dir.save_shown(&self.shown) {
+                            tracing::error!(error = %e, "saving the inbox state failed");
+                        }
+                    }
+                    Err(e) => {
+                        self.retry_delete = true;
+                        tracing::warn!(error = %e, "deleting read payloads failed; trying again");
+                    }
+                }
+            }
+            Event::Consensus(result) => {
+                self.refreshing = false;
+                match result {
+                    Ok(c) if c.epoch >= self.consensus.epoch => self.consensus = c,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "refreshing the consensus failed"),
+                }
+            }
+        }
+    }
+
+    /// Takes new payloads: acks to the outbox, loops to the scores, and
+    /// messages, once complete, to the local inbox; then deletes what was
+    /// taken from the server.
+    fn take_listing(&mut self, new: Vec<StoredMessage>) {
+        if new.is_empty() && !self.retry_delete {
+            return;
+        }
+        self.retry_delete = false;
+        let now = now_ms();
+        for stored in new {
+            self.high_seq = Some(self.high_seq.map_or(stored.seq, |h| h.max(stored.seq)));
+            self.counters.bytes_down += stored.payload.len() as u64;
+            if stored.payload.len() == SEALED_REPLY_LEN {
+                if let Ok(reply) = SealedReply::from_bytes(&stored.payload) {
+                    for live in &mut self.live {
+                        if let Some(acked) = live.out.apply_reply(&reply, now) {
+                            self.round_trip.sample(acked.round_trip);
+                            self.counters.acks += 1;
+                            self.dirty = true;
+                            break;
+                        }
+                    }
+                }
+            } else if let Ok(f) = Fragment::from_bytes(&stored.payload)
+                && is_loop_envelope(&self.keys, &f.envelope())
+            {
+                self.loop_seqs.insert(stored.seq);
+                if self.loops.remove(&f.envelope()).is_some() {
+                    self.counters.loops_returned += 1;
+                }
+            }
+            self.cache.insert(stored.seq, stored);
+        }
+        if self.held >= MAX_HELD_MESSAGES {
+            tracing::warn!(
+                held = self.held,
+                "the local inbox is full; run `bastet inbox` to take messages"
+            );
+            return;
+        }
+        let listing: Vec<StoredMessage> = self
+            .cache
+            .values()
+            .filter(|s| !self.loop_seqs.contains(&s.seq))
+            .cloned()
+            .collect();
+        let plan = plan_inbox(
+            &self.keys,
+            &listing,
+            &self.shown,
+            &self.completed,
+            true,
+            Instant::now(),
+        );
+        self.partial = plan.partial_envelopes;
+        for u in &plan.unreadable {
+            tracing::warn!(seq = u.seq, error = %u.error, "a payload could not be read; it stays on the server");
+        }
+        // Saved before anything is deleted: a crash in between keeps the
+        // message twice at worst, never loses it.
+        for m in &plan.new {
+            let wire = WireReceived::new(&m.message, m.received_at_ms, m.fragments);
+            if let Err(e) = self.dir.save_received(&wire) {
+                tracing::error!(error = %e, "saving a received message failed; it stays on the server");
+                return;
+            }
+            self.held += 1;
+            self.counters.received += 1;
+        }
+        if let Err(e) = self.dir.add_completed(&plan.completed) {
+            tracing::error!(error = %e, "saving the inbox state failed");
+            return;
+        }
+        self.completed.extend(plan.completed.iter().copied());
+        self.shown = plan.shown.clone();
+        if let Err(e) = self.dir.save_shown(&self.shown) {
+            tracing::error!(error = %e, "saving the inbox state failed");
+            return;
+        }
+        // Loops are always taken: delete up to the first payload that must
+        // stay (unreadable, or a fragment of an incomplete envelope).
+        let blocked = listing
+            .iter()
+            .map(|s| s.seq)
+            .find(|&seq| plan.delete_upto.is_none_or(|u| seq > u));
+        let upto = self
+            .cache
+            .keys()
+            .copied()
+            .filter(|&seq| blocked.is_none_or(|b| seq < b))
+            .max();
+        if let Some(upto) = upto
+            && !self.deleting
+        {
+            self.deleting = true;
+            let (api, keys, events) = (self.api.clone(), self.keys.clone(), self.events.clone());
+            tokio::spawn(async move {
+                let result = api
+                    .delete(keys.mailbox_signing_key(), &keys.mailbox_id(), upto)
+                    .await
+                    .map_err(Error::from);
+                let _ = events.send(Event::Deleted(upto, result)).await;
+            });
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Response {
+        let result = match request {
+            Request::Status => Ok(Response::Status(Box::new(self.status()))),
+            Request::Send {
+                to,
+                text,
+                file,
+                give_up_secs,
+                route,
+            } => self.queue_message(&to, text, file, give_up_secs, route),
+            Request::Message { id } => self
+                .live
+                .iter()
+                .map(Live::report)
+                .chain(self.finished.iter().rev().cloned())
+                .find(|r| r.message_id == id)
+                .map(Response::Message)
+                .ok_or_else(|| Error::Daemon(format!("no message {id} in the outbox"))),
+            Request::Outbox => Ok(Response::Outbox {
+                messages: self.live.iter().map(Live::report).collect(),
+            }),
+            Request::Inbox => self.inbox_page(),
+            Request::InboxDone { ids } => self.inbox_done(&ids),
+            Request::Shutdown => Ok(Response::Done),
+        };
+        result.unwrap_or_else(|e| Response::Error {
+            error: e.to_string(),
+        })
+    }
+
+    fn queue_message(
+        &mut self,
+        to: &str,
+        text: Option<String>,
+        file: Option<super::api::WireFile>,
+        give_up_secs: u64,
+        route: Option<RoutePolicy>,
+    ) -> Result<Response> {
+        let to = Address::parse(to)?;
+        let content = match (text, file) {
+            (Some(text), None) => Content::Text(text),
+            (None, Some(f)) => {
+                use data_encoding::BASE64;
+                let bytes = BASE64
+                    .decode(f.base64.as_bytes())
+                    .map_err(|_| Error::Daemon("the file is not valid base64".into()))?;
+                Content::File {
+                    name: f.name,
+                    bytes,
+                }
+            }
+            _ => return Err(Error::Daemon("give either a text or a file".into())),
+        };
+        content.check()?;
+        if let Some(p) = &route {
+            p.validate("route policy: ")?;
+        }
+        if give_up_secs == 0 {
+            return Err(Error::Daemon("give_up_secs must be at least 1".into()));
+        }
+        // Refused now rather than retried until the give-up: an unknown
+        // mailbox server, or a policy this consensus cannot meet.
+        mailbox_descriptor(&self.consensus, &to.mailbox_server)?;
+        {
+            let policy = route.as_ref().unwrap_or(&self.config.route);
+            let (mean, rng) = (self.params.mean_hop_delay, &mut rand::rng());
+            choose_policy_route(&self.consensus, policy, &to.mailbox_server, mean, rng)?;
+            choose_policy_route(&self.consensus, policy, &self.own_server, mean, rng)?;
+        }
+        if self.live.len() >= crate::datadir::MAX_OUTBOX_MESSAGES {
+            return Err(Error::Daemon(format!(
+                "the outbox holds {} messages already; wait for some to be stored",
+                self.live.len()
+            )));
+        }
+        let sent_at_ms = now_ms();
+        let sealed = seal_content(&self.keys, &to, &content, sent_at_ms, &mut rand::rng())?;
+        let fragments: Vec<Vec<u8>> = bastet_sphinx::fragment(&sealed.payload, &mut rand::rng())?
+            .iter()
+            .map(Fragment::to_bytes)
+            .collect();
+        let message_id = sealed.message_id.to_hex();
+        let mut out = Outgoing::new(
+            message_id.clone(),
+            to.to_string(),
+            fragments.len(),
+            sent_at_ms,
+            Duration::from_secs(give_up_secs),
+        );
+        out.route = route;
+        // On disk before the answer: a crash after "queued" loses nothing.
+        self.dir.save_fragments(&message_id, &fragments)?;
+        self.dir.save_outgoing(&out)?;
+        let live = Live {
+            out,
+            fragments,
+            to,
+            first_route: Vec::new(),
+            epoch: 0,
+            signatures: 0,
+        };
+        let report = live.report();
+        self.live.push(live);
+        self.refill();
+        Ok(Response::Message(report))
+    }
+
+    fn inbox_page(&self) -> Result<Response> {
+        let held = self.dir.load_received()?;
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
+        for (_, m) in held {
+            let len = m.text.len() + m.file.as_ref().map_or(0, |f| f.base64.len());
+            if !messages.is_empty() && bytes + len > MAX_INBOX_PAGE_BYTES {
+                more = true;
+                break;
+            }
+            bytes += len;
+            messages.push(m);
+        }
+        Ok(Response::Inbox {
+            messages,
+            more,
+            partial: self.partial,
+        })
+    }
+
+    fn inbox_done(&mut self, ids: &[String]) -> Result<Response> {
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        for (name, m) in self.dir.load_received()? {
+            if wanted.contains(m.message_id.as_str()) {
+                self.dir.remove_received(&name)?;
+                self.held = self.held.saturating_sub(1);
+            }
+        }
+        Ok(Response::Done)
+    }
+
+    fn status(&self) -> StatusReport {
+        let p = &self.params;
+        let poll = self.config.traffic.poll_interval();
+        let idle = p.idle_bandwidth(poll, BYTES_PER_POLL);
+        let mix_hops = self.config.route.template.len().max(3) as u32;
+        let uptime = self.started.elapsed();
+        let payload_sent = self.counters.real + self.counters.drop;
+        StatusReport {
+            pid: std::process::id(),
+            uptime_secs: uptime.as_secs(),
+            address: self.address.clone(),
+            preset: self.config.traffic.preset.clone(),
+            payload_rate: p.payload_rate,
+            loop_rate: p.loop_rate,
+            mean_hop_delay_ms: p.mean_hop_delay.as_millis() as u64,
+            max_hop_delay_ms: p.max_hop_delay.as_millis() as u64,
+            poll_interval_ms: self.config.traffic.poll_interval_ms,
+            packet_len: PACKET_LEN,
+            idle_up_bytes_per_sec: idle.up,
+            idle_down_bytes_per_sec: idle.down,
+            expected_latency_ms: p.expected_latency(1, mix_hops, poll).as_millis() as u64,
+            measured_payload_rate: payload_sent as f64 / uptime.as_secs_f64().max(1e-3),
+            epoch: self.consensus.epoch,
+            queued_packets: self.scheduler.queued(),
+            pending_messages: self.live.len(),
+            inbox_messages: self.held,
+            counters: self.counters.clone(),
+            scores: Vec::new(),
+        }
+    }
+}
+
+async fn fetch_consensus(directory: &DirectoryConfig) -> Result<VerifiedConsensus> {
+    Ok(bastet_directory::DirectoryClient::new(directory)?
+        .fetch_consensus()
+        .await?)
+}
+
+/// Every payload after `after`, page by page, up to [`MAX_CACHED`].
+async fn list_after(
+    api: &MailboxClient,
+    keys: &ClientKeys,
+    mut after: Option<u64>,
+) -> Result<Vec<StoredMessage>> {
+    let limit = bastet_mailbox::api::MAX_LIST_LIMIT;
+    let mut all = Vec::new();
+    loop {
+        let (page, next) = api
+            .list_page(keys.mailbox_signing_key(), &keys.mailbox_id(), after, limit)
+            .await?;
+        all.extend(page);
+        match next {
+            Some(n) if all.len() < MAX_CACHED && after.is_none_or(|a| n > a) => after = Some(n),
+            _ => return Ok(all),
+        }
+    }
+}

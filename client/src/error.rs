@@ -140,6 +140,15 @@ pub enum Error {
         /// Its jurisdiction.
         jurisdiction: String,
     },
+    /// Saved reliability scores are of a format version this client does
+    /// not know.
+    #[error(
+        "reliability scores format version {0} is not supported by this version of bastet (remove the file to start afresh)"
+    )]
+    ScoresVersion(u32),
+    /// Saved reliability scores cannot be read; the message says where.
+    #[error("reliability scores are corrupt: {0} (remove the file to start afresh)")]
+    CorruptScores(String),
     /// A mailbox server request failed.
     #[error(transparent)]
     Mailbox(#[from] bastet_mailbox::Error),

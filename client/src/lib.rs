@@ -13,6 +13,7 @@ mod outbox;
 mod packets;
 mod poisson;
 mod policy;
+mod reliability;
 mod route;
 
 pub use address::{ADDRESS_LEN, ADDRESS_PREFIX, ADDRESS_VERSION, Address};
@@ -40,7 +41,12 @@ pub use poisson::{
 };
 pub use policy::{
     ANY_CLASS, HopCandidates, MAX_MIX_HOPS, MIN_MIX_HOPS, RoutePolicy, choose_policy_nodes,
-    choose_policy_route, hop_layer, is_country_code, parse_classes, parse_list,
+    choose_policy_nodes_weighted, choose_policy_route, choose_policy_route_weighted, hop_layer,
+    is_country_code, parse_classes, parse_list,
+};
+pub use reliability::{
+    HALF_LIFE_MS, MAX_SCORED_NODES, MAX_SCORES_JSON, NodeScore, NodeScores, PRIOR_DELIVERED,
+    PRIOR_LOST, SCORES_VERSION, WEIGHT_FLOOR,
 };
 pub use route::{
     MAX_HOP_DELAY, MIX_LAYERS, Route, RouteNode, choose_route, mailbox_descriptor, sample_delay,

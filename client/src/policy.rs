@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use bastet_directory::{Descriptor, Role, VerifiedConsensus};
 use bastet_sphinx::{MAX_HOPS, NodeId};
-use rand::seq::IndexedRandom;
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
+use crate::reliability::WEIGHT_FLOOR;
 use crate::route::{Route, build_route, mailbox_descriptor};
 use crate::{Error, Result};
 
@@ -468,7 +468,26 @@ pub fn choose_policy_route<R: Rng + ?Sized>(
     mean_delay: Duration,
     rng: &mut R,
 ) -> Result<Route> {
-    let chosen = choose_policy_nodes(consensus, policy, mailbox_server, rng)?;
+    choose_policy_route_weighted(consensus, policy, mailbox_server, mean_delay, &|_| 1.0, rng)
+}
+
+/// [`choose_policy_route`] with each mix weighted by `weight` (for
+/// instance [`crate::NodeScores::weigher`]): among the same valid
+/// combinations, a route is drawn with probability proportional to the
+/// product of its mixes' weights, so where the rules do not bind each hop
+/// is drawn among its candidates in proportion to their weights. Weights
+/// are clamped to [[`WEIGHT_FLOOR`], 1] (not a number counts as 1): they
+/// change probabilities only, by at most 20 to 1, and never which nodes
+/// are eligible or whether a route is refused.
+pub fn choose_policy_route_weighted<R: Rng + ?Sized>(
+    consensus: &VerifiedConsensus,
+    policy: &RoutePolicy,
+    mailbox_server: &NodeId,
+    mean_delay: Duration,
+    weight: &dyn Fn(&NodeId) -> f64,
+    rng: &mut R,
+) -> Result<Route> {
+    let chosen = choose_policy_nodes_weighted(consensus, policy, mailbox_server, weight, rng)?;
     Ok(build_route(consensus, &chosen, mean_delay, rng))
 }
 
@@ -478,6 +497,18 @@ pub fn choose_policy_nodes<'c, R: Rng + ?Sized>(
     consensus: &'c VerifiedConsensus,
     policy: &RoutePolicy,
     mailbox_server: &NodeId,
+    rng: &mut R,
+) -> Result<Vec<&'c Descriptor>> {
+    choose_policy_nodes_weighted(consensus, policy, mailbox_server, &|_| 1.0, rng)
+}
+
+/// The relays of a route drawn as [`choose_policy_route_weighted`] does,
+/// mixes first, mailbox server last.
+pub fn choose_policy_nodes_weighted<'c, R: Rng + ?Sized>(
+    consensus: &'c VerifiedConsensus,
+    policy: &RoutePolicy,
+    mailbox_server: &NodeId,
+    weight: &dyn Fn(&NodeId) -> f64,
     rng: &mut R,
 ) -> Result<Vec<&'c Descriptor>> {
     let mailbox = mailbox_descriptor(consensus, mailbox_server)?;
@@ -520,25 +551,34 @@ pub fn choose_policy_nodes<'c, R: Rng + ?Sized>(
             });
         }
     }
+    let weights: Vec<HopWeights> = hops
+        .iter()
+        .map(|h| HopWeights::new(h.nodes.iter().map(|d| clamp_weight(weight(&d.node_id())))))
+        .collect();
+    // Independent picks per hop, redrawn until the rules hold: each valid
+    // combination comes out with probability proportional to the product of
+    // its weights (uniformly when every weight is equal).
     for _ in 0..REJECTION_TRIES {
-        let mut route: Vec<&Descriptor> = Vec::with_capacity(hops.len() + 1);
-        for h in &hops {
-            if let Some(d) = h.nodes.choose(rng) {
-                route.push(d);
-            }
-        }
+        let mut route: Vec<&Descriptor> = hops
+            .iter()
+            .zip(&weights)
+            .map(|(h, w)| h.nodes[w.pick(rng)])
+            .collect();
         if compatible(policy, &route) {
             route.push(mailbox);
             return Ok(route);
         }
     }
-    // The rules bind hard: sample uniformly among every valid combination.
+    // The rules bind hard: sample among every valid combination, with the
+    // same probabilities.
     let mut search = Search {
         policy,
         hops: &hops,
+        weights: &weights,
         mailbox,
         picked: Vec::with_capacity(hops.len()),
-        seen: 0,
+        picked_weight: 1.0,
+        total: 0.0,
         chosen: None,
         steps: 0,
         deepest: 0,
@@ -601,14 +641,58 @@ fn no_eligible(
     }
 }
 
-/// Depth-first enumeration of every valid route, keeping one uniformly at
-/// random (reservoir sampling).
+/// A weight as route selection uses it: within [[`WEIGHT_FLOOR`], 1], so
+/// no eligible node is ever left out (not a number is taken as 1).
+fn clamp_weight(w: f64) -> f64 {
+    if w.is_nan() {
+        1.0
+    } else {
+        w.clamp(WEIGHT_FLOOR, 1.0)
+    }
+}
+
+/// One hop's candidate weights, in candidate order, and their running sums.
+struct HopWeights {
+    each: Vec<f64>,
+    cumulative: Vec<f64>,
+}
+
+impl HopWeights {
+    fn new(weights: impl Iterator<Item = f64>) -> Self {
+        let each: Vec<f64> = weights.collect();
+        let cumulative = each
+            .iter()
+            .scan(0.0, |sum, w| {
+                *sum += w;
+                Some(*sum)
+            })
+            .collect();
+        HopWeights { each, cumulative }
+    }
+
+    /// A candidate's index, drawn in proportion to its weight. There is at
+    /// least one candidate.
+    fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> usize {
+        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        let u = rng.random::<f64>() * total;
+        self.cumulative
+            .partition_point(|c| *c <= u)
+            .min(self.cumulative.len().saturating_sub(1))
+    }
+}
+
+/// Depth-first enumeration of every valid route, keeping one at random with
+/// probability proportional to the product of its weights (weighted
+/// reservoir sampling: the k-th route found replaces the kept one with
+/// probability its weight over the total so far).
 struct Search<'a, 'c> {
     policy: &'a RoutePolicy,
     hops: &'a [HopCandidates<'c>],
+    weights: &'a [HopWeights],
     mailbox: &'c Descriptor,
     picked: Vec<&'c Descriptor>,
-    seen: u64,
+    picked_weight: f64,
+    total: f64,
     chosen: Option<Vec<&'c Descriptor>>,
     steps: usize,
     deepest: usize,
@@ -618,15 +702,16 @@ impl<'c> Search<'_, 'c> {
     fn run<R: Rng + ?Sized>(&mut self, rng: &mut R) {
         let depth = self.picked.len();
         if depth == self.hops.len() {
-            self.seen += 1;
-            if rng.random_range(0..self.seen) == 0 {
+            self.total += self.picked_weight;
+            if rng.random::<f64>() * self.total < self.picked_weight {
                 self.chosen = Some(self.picked.clone());
             }
             return;
         }
         self.deepest = self.deepest.max(depth);
         let hops = self.hops;
-        for d in &hops[depth].nodes {
+        let weights = self.weights;
+        for (d, w) in hops[depth].nodes.iter().zip(&weights[depth].each) {
             if self.steps >= SEARCH_BUDGET {
                 return;
             }
@@ -639,9 +724,12 @@ impl<'c> Search<'_, 'c> {
             {
                 continue;
             }
+            let outer = self.picked_weight;
             self.picked.push(d);
+            self.picked_weight = outer * w;
             self.run(rng);
             self.picked.pop();
+            self.picked_weight = outer;
         }
     }
 }
@@ -922,6 +1010,213 @@ mod tests {
             }
         }
 
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn weighted_routes_meet_the_policy_and_are_refused_exactly_when_uniform_ones_are(
+            c in population(),
+            p in policy(),
+            pick in any::<prop::sample::Index>(),
+            weights in prop::collection::vec(prop_oneof![Just(0.0), Just(f64::NAN), 0.0..2.0f64], 32),
+            seed in any::<u64>(),
+        ) {
+            prop_assume!(p.validate("").is_ok());
+            let mailboxes: Vec<&Descriptor> = c.mailboxes().collect();
+            let mailbox = *pick.get(&mailboxes);
+            let weight = |id: &NodeId| weights[usize::from(id.0[0]) % weights.len()];
+            let mut rng = StdRng::seed_from_u64(seed);
+            let uniform = choose_policy_nodes(&c, &p, &mailbox.node_id(), &mut rng);
+            let weighted = choose_policy_route_weighted(&c, &p, &mailbox.node_id(), Duration::ZERO, &weight, &mut rng);
+            match (uniform, weighted) {
+                (Ok(_), Ok(first)) => {
+                    let mut routes = vec![first];
+                    for _ in 0..20 {
+                        routes.push(choose_policy_route_weighted(&c, &p, &mailbox.node_id(), Duration::ZERO, &weight, &mut rng).unwrap());
+                    }
+                    for r in routes {
+                        let ids: Vec<NodeId> = r.hops.iter().map(|h| h.node).collect();
+                        prop_assert_eq!(p.check(&c, &ids), Ok(()));
+                        prop_assert_eq!(*ids.last().unwrap(), mailbox.node_id());
+                    }
+                }
+                (Err(u), Err(w)) => prop_assert_eq!(u.to_string(), w.to_string()),
+                (u, w) => prop_assert!(false, "uniform {:?} but weighted {:?}", u.map(|_| ()), w.map(|_| ())),
+            }
+        }
+    }
+
+    /// A route's share when routes are drawn in proportion to the product
+    /// of their mixes' weights, per valid route.
+    fn weighted_shares(valid: &[Vec<NodeId>], weight: &dyn Fn(&NodeId) -> f64) -> Vec<f64> {
+        let products: Vec<f64> = valid
+            .iter()
+            .map(|r| r[..r.len() - 1].iter().map(weight).product())
+            .collect();
+        let total: f64 = products.iter().sum();
+        products.iter().map(|p| p / total).collect()
+    }
+
+    /// Checks `draw` against the shares of [`weighted_shares`] over `n`
+    /// draws: every count within five standard deviations (plus one).
+    fn assert_drawn_in_proportion(
+        valid: &[Vec<NodeId>],
+        weight: &dyn Fn(&NodeId) -> f64,
+        n: usize,
+        mut draw: impl FnMut() -> Vec<NodeId>,
+    ) {
+        let shares = weighted_shares(valid, weight);
+        let mut counts = vec![0usize; valid.len()];
+        for _ in 0..n {
+            let r = draw();
+            let i = valid.iter().position(|v| *v == r).expect("a valid route");
+            counts[i] += 1;
+        }
+        for (i, share) in shares.iter().enumerate() {
+            let mean = n as f64 * share;
+            let sd = (n as f64 * share * (1.0 - share)).sqrt();
+            let got = counts[i] as f64;
+            assert!(
+                (got - mean).abs() <= 5.0 * sd + 1.0,
+                "route {i}: drawn {got} times, expected {mean:.0} ± {sd:.1} ({counts:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_at_the_floor_is_drawn_much_less_often_but_still_drawn() {
+        // Four mixes per layer, each its own operator: no rule binds.
+        let mixes: Vec<(usize, usize)> = (0..12).map(|i| (i % 6, 0)).collect();
+        let mut c = consensus(7, &mixes, &[(1, 0)]);
+        for (i, d) in c.nodes.iter_mut().enumerate() {
+            d.operator = format!("unique{i}");
+        }
+        let c = VerifiedConsensus::assume_verified(7, 0, u64::MAX, c.nodes.clone(), 1);
+        let mailbox = c.mailboxes().next().unwrap().node_id();
+        let layer1: Vec<NodeId> = c.mixes(1).map(|d| d.node_id()).collect();
+        assert_eq!(layer1.len(), 4);
+        let poor = layer1[0];
+        let weight = |id: &NodeId| if *id == poor { WEIGHT_FLOOR } else { 1.0 };
+        let mut rng = StdRng::seed_from_u64(3);
+        let draws = 6_000;
+        let mut first: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for _ in 0..draws {
+            let r = choose_policy_nodes_weighted(
+                &c,
+                &RoutePolicy::default(),
+                &mailbox,
+                &weight,
+                &mut rng,
+            )
+            .unwrap();
+            *first.entry(r[0].node_id()).or_default() += 1;
+        }
+        // Expected share 0.05 / 3.05 ≈ 1.6 % (≈ 98 draws), uniform 25 %.
+        let got = first.get(&poor).copied().unwrap_or(0);
+        assert!(got > 30 && got < 200, "floor node drawn {got} of {draws}");
+        for other in &layer1[1..] {
+            let n = first[other];
+            assert!((1_800..2_150).contains(&n), "{n} {first:?}");
+        }
+    }
+
+    #[test]
+    fn weights_never_exclude_a_lone_candidate() {
+        // Six mixes, each in its own jurisdiction; hop 1's class admits
+        // only the jurisdiction of one layer-1 mix.
+        let mixes: Vec<(usize, usize)> = (0..6).map(|i| (i, i)).collect();
+        let c = consensus(3, &mixes, &[(2, 9)]);
+        let mailbox = c.mailboxes().next().unwrap().node_id();
+        let lone = c.mixes(1).next().unwrap();
+        let mut p = RoutePolicy {
+            classes: [("lone".to_string(), vec![lone.jurisdiction.clone()])].into(),
+            template: strings(&["lone", "any", "any"]),
+            ..RoutePolicy::default()
+        };
+        p.validate("").unwrap();
+        let lone = lone.node_id();
+        for w in [WEIGHT_FLOOR, 0.0, -1.0, f64::NAN, f64::NEG_INFINITY] {
+            let weight = |_: &NodeId| w;
+            for _ in 0..50 {
+                let r = choose_policy_route_weighted(
+                    &c,
+                    &p,
+                    &mailbox,
+                    Duration::ZERO,
+                    &weight,
+                    &mut rand::rng(),
+                )
+                .unwrap();
+                assert_eq!(r.hops[0].node, lone, "weight {w}");
+            }
+        }
+        // And a refusal stays a refusal, with the same words.
+        let elsewhere = c.mixes(2).next().unwrap().jurisdiction.clone();
+        p.classes.insert("lone".into(), vec![elsewhere]);
+        let uniform = choose_policy_nodes(&c, &p, &mailbox, &mut rand::rng()).unwrap_err();
+        let weighted =
+            choose_policy_nodes_weighted(&c, &p, &mailbox, &|_| 1.0, &mut rand::rng()).unwrap_err();
+        assert_eq!(uniform.to_string(), weighted.to_string());
+    }
+
+    #[test]
+    fn binding_rules_and_weights_draw_routes_in_proportion_to_weight_products() {
+        // Few operators, so distinct_operators binds; weights vary per node.
+        let mixes = [
+            (0, 0),
+            (1, 1),
+            (2, 0),
+            (3, 1),
+            (4, 2),
+            (5, 0),
+            (0, 1),
+            (1, 2),
+            (2, 3),
+        ];
+        let c = consensus(5, &mixes, &[(3, 3)]);
+        let mailbox = c.mailboxes().next().unwrap();
+        let p = RoutePolicy::default();
+        let valid = every_valid_route(&c, &p, mailbox);
+        assert!(valid.len() > 3, "{valid:?}");
+        let weight = |id: &NodeId| [1.0, 0.5, WEIGHT_FLOOR, 0.2][usize::from(id.0[0]) % 4];
+        let mut rng = StdRng::seed_from_u64(9);
+        // The rejection sampler, through the public function.
+        assert_drawn_in_proportion(&valid, &weight, 6_000, || {
+            choose_policy_nodes_weighted(&c, &p, &mailbox.node_id(), &weight, &mut rng)
+                .unwrap()
+                .iter()
+                .map(|d| d.node_id())
+                .collect()
+        });
+        // The exhaustive search, driven directly.
+        let mut hops = p.candidates(&c);
+        for h in &mut hops {
+            h.nodes.retain(|d| conflict(&p, d, mailbox).is_none());
+        }
+        let weights: Vec<HopWeights> = hops
+            .iter()
+            .map(|h| HopWeights::new(h.nodes.iter().map(|d| clamp_weight(weight(&d.node_id())))))
+            .collect();
+        assert_drawn_in_proportion(&valid, &weight, 6_000, || {
+            let mut search = Search {
+                policy: &p,
+                hops: &hops,
+                weights: &weights,
+                mailbox,
+                picked: Vec::new(),
+                picked_weight: 1.0,
+                total: 0.0,
+                chosen: None,
+                steps: 0,
+                deepest: 0,
+            };
+            search.run(&mut rng);
+            let mut ids: Vec<NodeId> = search.chosen.unwrap().iter().map(|d| d.node_id()).collect();
+            ids.push(mailbox.node_id());
+            ids
+        });
     }
 
     proptest! {

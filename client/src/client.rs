@@ -446,6 +446,7 @@ impl Client {
             consensus,
             policy: &self.config.route,
             params: &params,
+            weight: None,
         };
         let rng = &mut rand::rng();
         let (built, ack_id, keys) =
@@ -578,7 +579,7 @@ impl Client {
         // deleted: a crash in between shows a message again, never loses it.
         for m in &plan.new {
             let saved = match (&m.message.file, save_dir) {
-                (Some(file), Some(dir)) => Some(save_file(dir, &file.name, &file.bytes)?),
+                (Some(file), Some(dir)) => Some(save_received_file(dir, &file.name, &file.bytes)?),
                 _ => None,
             };
             report.saved.push(saved);
@@ -635,7 +636,7 @@ fn mailbox_client(server: &bastet_directory::Descriptor) -> Result<MailboxClient
 
 /// Writes a received file into `dir` under its (checked) name, never over
 /// an existing file: `name`, then `name.1`, `name.2`, ... Returns the path.
-fn save_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+pub fn save_received_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     use std::io::Write;
     crate::message::check_file_name(name)?;
     let failed = |path: &Path, e: std::io::Error| Error::File {

@@ -17,7 +17,9 @@ mod reliability;
 mod route;
 
 pub use address::{ADDRESS_LEN, ADDRESS_PREFIX, ADDRESS_VERSION, Address};
-pub use client::{Client, InboxReport, POLL_INTERVAL, SendOptions, SentMessage, now_ms};
+pub use client::{
+    Client, InboxReport, POLL_INTERVAL, SendOptions, SentMessage, now_ms, save_received_file,
+};
 pub use config::{
     ClientConfig, ENV_PREFIX, MAX_POLL_INTERVAL_MS, MIN_POLL_INTERVAL_MS, TRAFFIC_PRESETS, TrafficConfig,
 };

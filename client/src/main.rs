@@ -4,9 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use bastet_client::daemon::{
+    self,
+    api::{MessageReport, Request, Response, StatusReport, WireFile},
+};
 use bastet_client::{
     Address, Client, Content, DataDir, DeliveryState, InboxReport, RoutePolicy, SendOptions,
-    SentMessage, choose_policy_nodes, parse_classes, parse_list,
+    choose_policy_nodes, parse_classes, parse_list, save_received_file,
 };
 use bastet_directory::{Descriptor, DirectoryConfig};
 use bastet_sphinx::NodeId;
@@ -44,10 +48,22 @@ enum Command {
     },
     /// Print this client's address.
     Address,
-    /// Send a text message or a file (up to 1 MiB) to an address, and wait
-    /// until the recipient's mailbox server acknowledged every fragment
-    /// (state "stored"), retransmitting what is not acknowledged, or until
-    /// --give-up passes (state "failed", exit status 1).
+    /// Run the client: send at a constant Poisson rate with cover traffic,
+    /// retransmit, poll the mailbox, and serve `send`, `inbox`, `outbox`
+    /// and `status` on DATA_DIR/daemon.sock. Runs until SIGTERM or Ctrl-C;
+    /// queued messages are kept and resumed at the next start.
+    Daemon,
+    /// Show the daemon's traffic parameters, idle bandwidth, expected
+    /// latency, counters and per-node reliability.
+    Status {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a text message or a file (up to 1 MiB) to an address through the
+    /// daemon, and wait until the recipient's mailbox server acknowledged
+    /// every fragment (state "stored"), or until --give-up passes (state
+    /// "failed", exit status 1).
     Send {
         /// The recipient's address (bastet1...).
         address: String,
@@ -66,14 +82,20 @@ enum Command {
         /// Seconds after which an unacknowledged message fails.
         #[arg(long, value_name = "SECS", default_value_t = 120)]
         give_up: u64,
-        /// Send each fragment once (up to 128, the in-flight window) and
-        /// return (state "sent", or "queued" if more remain); the message
-        /// stays in the outbox and `bastet outbox --resume` carries on.
+        /// Return once the message is queued (the daemon carries on; see
+        /// `bastet outbox`). With --direct: send each fragment once (up to
+        /// 128) and return; `bastet outbox --resume` carries on.
         #[arg(long)]
         no_wait: bool,
+        /// Send now from this process, without a daemon and without cover
+        /// traffic: a watcher of your link sees when you send. For tests
+        /// and recovery.
+        #[arg(long)]
+        direct: bool,
     },
-    /// Read new messages: reassemble, decrypt, verify, print, then delete
-    /// them from the mailbox server.
+    /// Read new messages (from the daemon if one runs, else from the
+    /// mailbox server directly): reassembled, decrypted, verified; printed,
+    /// then forgotten.
     Inbox {
         /// Print one JSON object with the messages.
         #[arg(long)]
@@ -85,9 +107,10 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         save_dir: Option<PathBuf>,
     },
-    /// Show the messages waiting in the outbox (not yet acknowledged), or
-    /// with --resume send and retransmit them until each is stored or failed
-    /// (exit status 0 either way: each message reports its state).
+    /// Show the messages waiting in the outbox (not yet acknowledged), or,
+    /// without a daemon, with --resume send and retransmit them from this
+    /// process until each is stored or failed (exit status 0 either way:
+    /// each message reports its state).
     Outbox {
         /// Print one JSON object.
         #[arg(long)]
@@ -223,6 +246,7 @@ fn real_main(cli: Cli) -> CliResult<()> {
             give_up,
             no_wait,
             policy,
+            direct,
         } => {
             let to = Address::parse(&address)?;
             let content = match (text, file) {
@@ -230,14 +254,26 @@ fn real_main(cli: Cli) -> CliResult<()> {
                 (Some(text), None) => Content::Text(text),
                 (None, None) => return Err("give a text or --file PATH".into()),
             };
-            let client = policy.apply(Client::open(dir)?)?;
-            let options = SendOptions {
-                give_up: Duration::from_secs(give_up),
-                wait: !no_wait,
+            let client = policy.apply(Client::open(dir.clone())?)?;
+            let report = if direct {
+                let options = SendOptions {
+                    give_up: Duration::from_secs(give_up),
+                    wait: !no_wait,
+                };
+                MessageReport::from(&runtime.block_on(client.send(&to, &content, options))?)
+            } else {
+                let route = policy.given().then(|| client.config().route.clone());
+                runtime.block_on(send_via_daemon(
+                    dir.path(),
+                    &to,
+                    content,
+                    give_up,
+                    route,
+                    !no_wait,
+                ))?
             };
-            let sent = runtime.block_on(client.send(&to, &content, options))?;
-            print_sent(&sent, json)?;
-            if let Some(why) = failure(std::slice::from_ref(&sent)) {
+            print_sent(&report, json)?;
+            if let Some(why) = failure(std::slice::from_ref(&report)) {
                 return Err(why.into());
             }
         }
@@ -246,59 +282,77 @@ fn real_main(cli: Cli) -> CliResult<()> {
             wait,
             save_dir,
         } => {
-            let client = Client::open(dir)?;
-            let report =
-                runtime.block_on(client.inbox(Duration::from_secs(wait), save_dir.as_deref()))?;
-            print_inbox(&report, json)?;
+            let wait = Duration::from_secs(wait);
+            match runtime.block_on(inbox_via_daemon(dir.path(), wait, save_dir.as_deref())) {
+                Err(bastet_client::Error::NoDaemon(_)) => {
+                    let client = Client::open(dir)?;
+                    let report = runtime.block_on(client.inbox(wait, save_dir.as_deref()))?;
+                    print_inbox(&report, json)?;
+                }
+                Err(e) => return Err(e.into()),
+                Ok(report) => print_inbox(&report, json)?,
+            }
+        }
+        Command::Daemon => {
+            let client = Client::open(dir.clone())?;
+            let params = client.config().traffic.params()?;
+            drop(client);
+            let multi = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            multi.block_on(daemon::run(dir, |socket, pending| {
+                eprintln!(
+                    "bastet daemon: listening on {} ({} pending message(s) resumed); λ_P {}/s, λ_L {}/s, mean {} ms per mix",
+                    socket.display(),
+                    pending,
+                    params.payload_rate,
+                    params.loop_rate,
+                    params.mean_hop_delay.as_millis()
+                );
+            }))?;
+            eprintln!("bastet daemon: stopped; the outbox is saved");
+        }
+        Command::Status { json } => {
+            let report = match runtime.block_on(daemon::api::call(dir.path(), &Request::Status))? {
+                Response::Status(r) => r,
+                other => return Err(unexpected(other).into()),
+            };
+            print_status(&report, json)?;
         }
         Command::Route { command } => runtime.block_on(route_command(dir, command))?,
         Command::Outbox { json, resume } => {
+            let from_daemon = runtime.block_on(daemon::api::call(dir.path(), &Request::Outbox));
+            match from_daemon {
+                Err(bastet_client::Error::NoDaemon(_)) => {}
+                Err(e) => return Err(e.into()),
+                Ok(_) if resume => {
+                    return Err(bastet_client::Error::DaemonRunning(dir.path().to_path_buf()).into());
+                }
+                Ok(Response::Outbox { messages }) => {
+                    print_reports(&messages, json)?;
+                    return Ok(());
+                }
+                Ok(other) => return Err(unexpected(other).into()),
+            }
             let client = Client::open(dir)?;
             if resume {
-                let sent = runtime.block_on(client.resume(true))?;
-                if json {
-                    let all: Vec<_> = sent.iter().map(sent_json).collect();
-                    println!("{}", serde_json::to_string(&json!({ "messages": all }))?);
-                } else {
-                    for s in &sent {
-                        print_sent(s, false)?;
-                    }
-                }
+                let sent: Vec<MessageReport> = runtime
+                    .block_on(client.resume(true))?
+                    .iter()
+                    .map(MessageReport::from)
+                    .collect();
+                print_reports(&sent, json)?;
                 // A report of many messages: exit 0, each states its fate.
                 if let Some(why) = failure(&sent) {
                     eprintln!("bastet: {why}");
                 }
             } else {
-                let pending = client.outbox()?;
-                if json {
-                    let all: Vec<_> = pending
-                        .iter()
-                        .map(|m| {
-                            json!({
-                                "message_id": m.message_id,
-                                "to": m.to,
-                                "state": m.state.as_str(),
-                                "fragments": m.fragments.len(),
-                                "acked": m.acked(),
-                                "retransmissions": m.retransmissions,
-                            })
-                        })
-                        .collect();
-                    println!("{}", serde_json::to_string(&json!({ "messages": all }))?);
-                } else if pending.is_empty() {
-                    println!("The outbox is empty.");
-                } else {
-                    for m in &pending {
-                        println!(
-                            "{} {}: {}/{} fragments acknowledged, {} retransmissions",
-                            m.message_id,
-                            m.state.as_str(),
-                            m.acked(),
-                            m.fragments.len(),
-                            m.retransmissions
-                        );
-                    }
-                }
+                let pending: Vec<MessageReport> = client
+                    .outbox()?
+                    .iter()
+                    .map(MessageReport::from)
+                    .collect();
+                print_reports(&pending, json)?;
             }
         }
     }
@@ -482,14 +536,14 @@ fn read_file_content(path: &Path) -> CliResult<Content> {
 }
 
 /// Why the command fails, if any message failed.
-fn failure(sent: &[SentMessage]) -> Option<String> {
+fn failure(sent: &[MessageReport]) -> Option<String> {
     let failed: Vec<String> = sent
         .iter()
         .filter(|s| s.state == DeliveryState::Failed)
         .map(|s| {
             format!(
                 "message {} failed: {}",
-                s.message_id.to_hex(),
+                s.message_id,
                 s.reason.as_deref().unwrap_or("unknown reason")
             )
         })
@@ -497,54 +551,195 @@ fn failure(sent: &[SentMessage]) -> Option<String> {
     (!failed.is_empty()).then(|| failed.join("; "))
 }
 
-fn sent_json(sent: &SentMessage) -> serde_json::Value {
-    let route: Vec<_> = sent
-        .route
-        .iter()
-        .map(|n| {
-            json!({
-                "node": n.node.to_hex(),
-                "role": n.role_label(),
-                "jurisdiction": n.jurisdiction,
-            })
-        })
-        .collect();
-    json!({
-        "message_id": sent.message_id.to_hex(),
-        "sent_at_ms": sent.sent_at_ms,
-        "route": route,
-        "epoch": sent.epoch,
-        "signatures": sent.signatures,
-        "fragments": sent.fragments,
-        "acked": sent.acked,
-        "retransmissions": sent.retransmissions,
-        "state": sent.state.as_str(),
-        "reason": sent.reason,
-    })
-}
-
-fn print_sent(sent: &SentMessage, json: bool) -> CliResult<()> {
+fn print_sent(sent: &MessageReport, json: bool) -> CliResult<()> {
     if json {
-        println!("{}", serde_json::to_string(&sent_json(sent))?);
+        println!("{}", serde_json::to_string(sent)?);
     } else {
         let route: Vec<String> = sent
             .route
             .iter()
-            .map(|n| format!("{} {} ({})", n.role_label(), n.node.short(), n.jurisdiction))
+            .map(|n| format!("{} {} ({})", n.role, n.node.get(..8).unwrap_or(""), n.jurisdiction))
             .collect();
+        let route = if route.is_empty() {
+            String::new()
+        } else {
+            format!("; first fragment via {}", route.join(" -> "))
+        };
         println!(
-            "message {} {}: {}/{} fragments acknowledged, {} retransmissions; first fragment via {}{}",
-            sent.message_id.to_hex(),
+            "message {} {}: {}/{} fragments acknowledged, {} retransmissions{route}{}",
+            sent.message_id,
             sent.state.as_str(),
             sent.acked,
             sent.fragments,
             sent.retransmissions,
-            route.join(" -> "),
             sent.reason
                 .as_deref()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default()
         );
+    }
+    Ok(())
+}
+
+fn print_reports(reports: &[MessageReport], json: bool) -> CliResult<()> {
+    if json {
+        println!("{}", serde_json::to_string(&json!({ "messages": reports }))?);
+    } else if reports.is_empty() {
+        println!("The outbox is empty.");
+    } else {
+        for r in reports {
+            print_sent(r, false)?;
+        }
+    }
+    Ok(())
+}
+
+fn unexpected(response: Response) -> String {
+    match response {
+        Response::Error { error } => format!("daemon: {error}"),
+        other => format!("daemon: unexpected answer {other:?}"),
+    }
+}
+
+/// Queues a message with the daemon and, with `wait`, follows it until it
+/// is stored or failed.
+async fn send_via_daemon(
+    dir: &Path,
+    to: &Address,
+    content: Content,
+    give_up: u64,
+    route: Option<RoutePolicy>,
+    wait: bool,
+) -> CliResult<MessageReport> {
+    let (text, file) = match content {
+        Content::Text(t) => (Some(t), None),
+        Content::File { name, bytes } => (
+            None,
+            Some(WireFile {
+                name,
+                base64: data_encoding::BASE64.encode(&bytes),
+            }),
+        ),
+    };
+    let request = Request::Send {
+        to: to.to_string(),
+        text,
+        file,
+        give_up_secs: give_up,
+        route,
+    };
+    let mut report = match daemon::api::call(dir, &request).await? {
+        Response::Message(r) => r,
+        other => return Err(unexpected(other).into()),
+    };
+    // The daemon fails the message at its give-up; the margin only guards
+    // against a daemon that stopped answering.
+    let deadline = std::time::Instant::now() + Duration::from_secs(give_up.saturating_add(30));
+    let id = report.message_id.clone();
+    while wait && !matches!(report.state, DeliveryState::Stored | DeliveryState::Failed) {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the daemon did not report message {id} final in time").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        report = match daemon::api::call(dir, &Request::Message { id: id.clone() }).await? {
+            Response::Message(r) => r,
+            other => return Err(unexpected(other).into()),
+        };
+    }
+    Ok(report)
+}
+
+/// Takes the messages the daemon holds (waiting up to `wait` for one),
+/// saves files into `save_dir`, and tells the daemon to forget them.
+async fn inbox_via_daemon(
+    dir: &Path,
+    wait: Duration,
+    save_dir: Option<&Path>,
+) -> bastet_client::Result<InboxReport> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut report = InboxReport::default();
+    loop {
+        let (messages, more, partial) = match daemon::api::call(dir, &Request::Inbox).await? {
+            Response::Inbox {
+                messages,
+                more,
+                partial,
+            } => (messages, more, partial),
+            other => return Err(bastet_client::Error::Daemon(unexpected(other))),
+        };
+        report.partial = partial;
+        let mut ids = Vec::with_capacity(messages.len());
+        for m in &messages {
+            let message = m.to_inbox_message()?;
+            // Saved before the daemon forgets it.
+            let saved = match (&message.message.file, save_dir) {
+                (Some(f), Some(dir)) => Some(save_received_file(dir, &f.name, &f.bytes)?),
+                _ => None,
+            };
+            report.saved.push(saved);
+            report.messages.push(message);
+            ids.push(m.message_id.clone());
+        }
+        if !ids.is_empty() {
+            daemon::api::call(dir, &Request::InboxDone { ids }).await?;
+        }
+        if more {
+            continue;
+        }
+        if !report.messages.is_empty() || std::time::Instant::now() >= deadline {
+            return Ok(report);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_status(s: &StatusReport, json: bool) -> CliResult<()> {
+    if json {
+        println!("{}", serde_json::to_string(s)?);
+        return Ok(());
+    }
+    let kb = |b: f64| b / 1000.0;
+    println!("daemon pid {}, up {} s; address {}", s.pid, s.uptime_secs, s.address);
+    println!("traffic preset: {}", s.preset);
+    println!(
+        "  payload stream λ_P {}/s (measured {:.2}/s), loop cover λ_L {}/s",
+        s.payload_rate, s.measured_payload_rate, s.loop_rate
+    );
+    println!(
+        "  per-mix delay Exp(mean {} ms), at most {} ms; mailbox polled every {} ms",
+        s.mean_hop_delay_ms, s.max_hop_delay_ms, s.poll_interval_ms
+    );
+    println!(
+        "  idle bandwidth: {:.1} kB/s up, {:.1} kB/s down ({:.0} MB/day up); every packet {} bytes",
+        kb(s.idle_up_bytes_per_sec),
+        kb(s.idle_down_bytes_per_sec),
+        s.idle_up_bytes_per_sec * 86_400.0 / 1e6,
+        s.packet_len
+    );
+    println!(
+        "  expected latency of a one-packet message: {} ms (payload slot, mixing, recipient's polling)",
+        s.expected_latency_ms
+    );
+    let c = &s.counters;
+    println!(
+        "sent: {} real, {} drop cover, {} loops ({} back, {} lost); {} ticks skipped, {} missed",
+        c.real, c.drop, c.loops_sent, c.loops_returned, c.loops_lost, c.skipped, c.missed
+    );
+    println!(
+        "outbox: {} message(s) pending, {} packet(s) queued; inbox: {} message(s) waiting; consensus epoch {}",
+        s.pending_messages, s.queued_packets, s.inbox_messages, s.epoch
+    );
+    if !s.scores.is_empty() {
+        println!("node reliability (from loops), least reliable first:");
+        for n in s.scores.iter().take(10) {
+            println!(
+                "  {} delivery {:.0}% over {:.1} loops, weight {:.2}",
+                n.node.get(..8).unwrap_or(""),
+                n.delivery * 100.0,
+                n.samples,
+                n.weight
+            );
+        }
     }
     Ok(())
 }

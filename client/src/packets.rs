@@ -12,7 +12,7 @@ use bastet_sphinx::{
 use rand::CryptoRng;
 use rand::seq::IndexedRandom;
 
-use crate::policy::{RoutePolicy, choose_policy_route};
+use crate::policy::{RoutePolicy, choose_policy_route_weighted};
 use crate::{Address, ClientKeys, Error, Result, Route, RouteNode, TrafficParams};
 
 /// Where drop cover goes: the reserved mailbox id every mailbox server
@@ -38,17 +38,22 @@ pub struct RouteChoice<'a> {
     pub policy: &'a RoutePolicy,
     /// Per-hop delay distribution.
     pub params: &'a TrafficParams,
+    /// Relative preference for each node (reliability), or uniform.
+    pub weight: Option<&'a dyn Fn(&NodeId) -> f64>,
 }
 
 impl RouteChoice<'_> {
-    /// A route to `server` under the policy, each mix's delay drawn from
+    /// A route to `server` under the policy (nodes drawn in proportion to
+    /// their weight among those it allows), each mix's delay drawn from
     /// Exp(μ) and cut at the parameters' cap.
     pub fn route<R: CryptoRng + ?Sized>(&self, server: &NodeId, rng: &mut R) -> Result<Route> {
-        let mut route = choose_policy_route(
+        let uniform = |_: &NodeId| 1.0;
+        let mut route = choose_policy_route_weighted(
             self.consensus,
             self.policy,
             server,
             self.params.mean_hop_delay,
+            self.weight.unwrap_or(&uniform),
             rng,
         )?;
         for (hop, node) in route.hops.iter_mut().zip(&route.nodes) {

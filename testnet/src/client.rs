@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::short;
 use crate::network::parse_json;
-use crate::process::run_command;
+use crate::process::{NodeProcess, StopOutcome, run_command, stop_all};
 use crate::{Error, Result};
 
 /// How long `bastet init` and `bastet send` may take.
@@ -108,13 +108,56 @@ struct Inbox {
     messages: Vec<Received>,
 }
 
-/// A client with its own data directory and mailbox.
+/// A client with its own data directory and mailbox. Until
+/// [`Client::start_daemon`] it sends with `bastet send --direct` (no cover
+/// traffic); after, every command goes through its daemon.
 #[derive(Clone, Debug)]
 pub struct Client {
     name: String,
     program: PathBuf,
     data_dir: PathBuf,
     address: String,
+    via_daemon: bool,
+}
+
+/// How long a daemon may take to answer `bastet status` after starting.
+const DAEMON_START: Duration = Duration::from_secs(30);
+
+/// A running `bastet daemon`. Stopped (SIGTERM) when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    process: Option<NodeProcess>,
+}
+
+impl Daemon {
+    /// SIGTERM, then SIGKILL after the grace period; how it ended.
+    pub fn stop(&mut self) -> Option<StopOutcome> {
+        let mut p = self.process.take()?;
+        stop_all(std::slice::from_mut(&mut p))
+            .pop()
+            .map(|(_, o)| o)
+    }
+
+    /// SIGKILL at once, as a crash or power loss would.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// The end of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process
+            .as_ref()
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl Client {
@@ -132,6 +175,7 @@ impl Client {
             program: program.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             address: String::new(),
+            via_daemon: false,
         };
         client
             .run(
@@ -207,6 +251,76 @@ impl Client {
         std::fs::write(&path, text).map_err(|e| err(e.to_string()))
     }
 
+    /// Sets the `[traffic]` section of its `client.toml` (before its daemon
+    /// starts).
+    pub fn set_traffic(&self, traffic: &bastet_client::TrafficConfig) -> Result<()> {
+        let path = self.data_dir.join("client.toml");
+        let err = |why: String| Error::Config {
+            path: path.clone(),
+            why,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let section = toml::Table::try_from(traffic).map_err(|e| err(e.to_string()))?;
+        doc.insert("traffic".into(), toml::Value::Table(section));
+        let text = toml::to_string(&doc).map_err(|e| err(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| err(e.to_string()))
+    }
+
+    /// Starts `bastet daemon` (log: `daemon.log` in its data dir) and waits
+    /// until it answers `bastet status`; from now on commands go through it.
+    pub async fn start_daemon(&mut self) -> Result<Daemon> {
+        let log = self.data_dir.join("daemon.log");
+        let level = std::env::var("BASTET_LOG").unwrap_or_else(|_| "info".into());
+        let mut process = NodeProcess::spawn(
+            &format!("{}-daemon", self.name),
+            &self.program,
+            &[
+                OsStr::new("--data-dir"),
+                self.data_dir.as_os_str(),
+                OsStr::new("daemon"),
+            ],
+            &[
+                ("BASTET_LOG".into(), level),
+                ("NO_COLOR".into(), "1".into()),
+            ],
+            &log,
+        )?;
+        let deadline = Instant::now() + DAEMON_START;
+        loop {
+            if let Some(status) = process.exited() {
+                return Err(process.exited_error(status));
+            }
+            if self.status().await.is_ok() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let mut d = Daemon {
+                    process: Some(process),
+                };
+                d.stop();
+                return Err(Error::UnexpectedOutput {
+                    command: "bastet status".into(),
+                    why: format!("the daemon did not answer within {DAEMON_START:?}"),
+                    output: d.log_tail(20),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.via_daemon = true;
+        Ok(Daemon {
+            process: Some(process),
+        })
+    }
+
+    /// `bastet status --json`, as JSON.
+    pub async fn status(&self) -> Result<serde_json::Value> {
+        let out = self
+            .run(&[OsStr::new("status"), OsStr::new("--json")], COMMAND_TIMEOUT)
+            .await?;
+        parse_json("bastet status --json", &out)
+    }
+
     /// `bastet send ADDRESS TEXT --json`: returns once the message is
     /// stored (every fragment acknowledged); fails if it failed. A refusal
     /// because the route policy cannot be met is [`Error::RouteRefused`].
@@ -225,6 +339,9 @@ impl Client {
         if !wait {
             args.push(OsStr::new("--no-wait"));
         }
+        if !self.via_daemon {
+            args.push(OsStr::new("--direct"));
+        }
         // A waiting send runs until every fragment is acknowledged or the
         // client's give-up (120 s by default) passes.
         let timeout = if wait {
@@ -232,15 +349,22 @@ impl Client {
         } else {
             COMMAND_TIMEOUT
         };
-        let out = self.run(&args, timeout).await.map_err(|e| match e {
-            Error::CommandFailed { stderr, .. }
+        match self.run(&args, timeout).await {
+            Ok(out) => parse_json("bastet send --json", &out),
+            Err(Error::CommandFailed { stderr, .. })
                 if stderr.contains("route policy cannot be met") =>
             {
-                Error::RouteRefused(stderr)
+                Err(Error::RouteRefused(stderr))
             }
-            e => e,
-        })?;
-        parse_json("bastet send --json", &out)
+            // A message that failed (give-up) is reported, not an error.
+            Err(Error::CommandFailed { stdout, .. })
+                if parse_json::<Sent>("bastet send --json", &stdout)
+                    .is_ok_and(|s| s.state == "failed") =>
+            {
+                parse_json("bastet send --json", &stdout)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `bastet outbox --resume --json`: drives every pending message until

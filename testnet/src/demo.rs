@@ -23,6 +23,8 @@ pub struct DemoOptions {
     pub spacing: Duration,
     /// The sending client's route policy (`--policy`, `--policy-file`).
     pub policy: Option<bastet_client::RoutePolicy>,
+    /// Both clients' traffic parameters (`--preset`, `--payload-rate`).
+    pub traffic: bastet_client::TrafficConfig,
 }
 
 /// Messages up to this many bytes are sent as text on the command line;
@@ -40,6 +42,7 @@ impl Default for DemoOptions {
             timeout: Duration::from_secs(60),
             spacing: Duration::ZERO,
             policy: None,
+            traffic: bastet_client::TrafficConfig::default(),
         }
     }
 }
@@ -201,11 +204,13 @@ enum Expected {
 }
 
 /// Runs the demo on `network`: creates `alice` (mailbox on `mailbox-a`) and
-/// `bob` (on `mailbox-b`), sends the messages from alice to bob (each
-/// fragment once, then `bastet outbox --resume` retransmits until every
-/// fragment is acknowledged), and polls bob's inbox until all arrived or
-/// the timeout passed. A message is delivered if it arrived intact (text
-/// equal, file byte-identical) with a verified signature.
+/// `bob` (on `mailbox-b`), starts a `bastet daemon` for each (Poisson
+/// sending with drop and loop cover, at `options.traffic`), queues the
+/// messages with alice's daemon (each `bastet send` waits until every
+/// fragment is acknowledged or the message fails), and polls bob's inbox
+/// until all arrived or the timeout passed. A message is delivered if it
+/// arrived intact (text equal, file byte-identical) with a verified
+/// signature. Both daemons are stopped at the end.
 pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoReport> {
     if options.messages == 0 {
         return Err(Error::InvalidOption("--messages must be at least 1".into()));
@@ -215,50 +220,67 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
             "--size must be between 1 and {MAX_SIZE} bytes"
         )));
     }
+    options
+        .traffic
+        .params()
+        .map_err(|e| Error::InvalidOption(e.to_string()))?;
     tracing::info!("creating clients alice (on mailbox-a) and bob (on mailbox-b)");
-    let alice = network.client("alice", "mailbox-a").await?;
-    let bob = network.client("bob", "mailbox-b").await?;
+    let mut alice = network.client("alice", "mailbox-a").await?;
+    let mut bob = network.client("bob", "mailbox-b").await?;
     if let Some(policy) = &options.policy {
         tracing::info!("alice routes by policy: {}", policy.template.join(" -> "));
         alice.set_route_policy(policy)?;
     }
+    alice.set_traffic(&options.traffic)?;
+    bob.set_traffic(&options.traffic)?;
+    tracing::info!("starting both clients' daemons (preset {})", options.traffic.preset);
+    let _alice_daemon = alice.start_daemon().await?;
+    let _bob_daemon = bob.start_daemon().await?;
     let outgoing = alice.data_dir().join("outgoing");
     std::fs::create_dir_all(&outgoing)
         .map_err(Error::io(format!("creating {}", outgoing.display())))?;
 
-    let mut sent: Vec<(Sent, Expected)> = Vec::new();
+    let mut pending = Vec::new();
     for i in 1..=options.messages {
         if i > 1 && !options.spacing.is_zero() {
             tokio::time::sleep(options.spacing).await;
         }
-        let (s, expected) = if options.size <= INLINE_TEXT_LIMIT {
+        let (alice, to) = (alice.clone(), bob.address().to_string());
+        if options.size <= INLINE_TEXT_LIMIT {
             let text = message_text(i, options.messages, options.size);
-            let s = alice
-                .send_content(bob.address(), Payload::Text(&text), false)
-                .await?;
-            (s, Expected::Text(text))
+            let expected = Expected::Text(text.clone());
+            let task = tokio::spawn(async move {
+                alice.send_content(&to, Payload::Text(&text), true).await
+            });
+            pending.push((task, expected));
         } else {
             let bytes = message_file(i, options.messages, options.size);
             let path = outgoing.join(format!("message-{i}.bin"));
             std::fs::write(&path, &bytes)
                 .map_err(Error::io(format!("writing {}", path.display())))?;
-            let s = alice
-                .send_content(bob.address(), Payload::File(&path), false)
-                .await?;
-            (s, Expected::File(bytes))
-        };
+            let task = tokio::spawn(async move {
+                alice.send_content(&to, Payload::File(&path), true).await
+            });
+            pending.push((task, Expected::File(bytes)));
+        }
+        tracing::info!("queued message {i}/{}", options.messages);
+    }
+    let mut sent: Vec<(Sent, Expected)> = Vec::with_capacity(pending.len());
+    for (i, (task, expected)) in pending.into_iter().enumerate() {
+        let s = task
+            .await
+            .map_err(|e| Error::InvalidOption(format!("a send task failed: {e}")))??;
         tracing::info!(
-            "sent message {i}/{} ({} fragments): {}",
+            "message {}/{} {} ({} fragments, {} retransmissions): {}",
+            i + 1,
             options.messages,
+            s.state,
             s.fragments,
+            s.retransmissions,
             route_text(&s.route)
         );
         sent.push((s, expected));
     }
-    tracing::info!("retransmitting until every fragment is acknowledged");
-    let resumed = alice
-        .resume(options.timeout + crate::client::GIVE_UP_MARGIN)
-        .await?;
     let ids: Vec<String> = sent.iter().map(|(s, _)| s.message_id.clone()).collect();
     let (received, shown) = bob.receive_counted(&ids, options.timeout).await?;
     let messages: Vec<MessageReport> = sent
@@ -276,7 +298,6 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
                             .is_some_and(|b| &b == bytes),
                     }
             });
-            let after = resumed.iter().find(|r| r.message_id == s.message_id);
             MessageReport {
                 message_id: s.message_id.clone(),
                 route: s.route.clone(),
@@ -284,8 +305,8 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
                 latency_ms: got.map(|r| r.received_at_ms.saturating_sub(s.sent_at_ms)),
                 epoch: s.epoch,
                 fragments: s.fragments,
-                retransmissions: after.map_or(s.retransmissions, |r| r.retransmissions),
-                state: after.map_or(s.state.clone(), |r| r.state.clone()),
+                retransmissions: s.retransmissions,
+                state: s.state.clone(),
                 shown: shown.get(&s.message_id).copied().unwrap_or(0),
             }
         })

@@ -40,6 +40,9 @@ pub enum Error {
         status: String,
         /// The end of what it wrote to stderr.
         stderr: String,
+        /// What it wrote to stdout (at most 64 KiB), e.g. the JSON report
+        /// of a message that failed.
+        stdout: String,
     },
     /// `bastet send` refused because the sender's route policy cannot be
     /// met by the consensus (its message names the hop class).

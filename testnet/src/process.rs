@@ -130,6 +130,8 @@ pub(crate) async fn run_command(
             command,
             status: output.status.to_string(),
             stderr: tail(String::from_utf8_lossy(&output.stderr).trim(), 20),
+            stdout: String::from_utf8_lossy(&output.stdout[..output.stdout.len().min(64 << 10)])
+                .into_owned(),
         });
     }
     String::from_utf8(output.stdout).map_err(|e| Error::UnexpectedOutput {
@@ -222,6 +224,12 @@ impl NodeProcess {
         std::fs::read(&self.log)
             .map(|b| tail(&String::from_utf8_lossy(&b), lines))
             .unwrap_or_default()
+    }
+
+    /// SIGKILL now, and reap.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        self.done = self.child.wait().ok();
     }
 
     fn terminate(&mut self) {

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::{DeliveryState, Error, ReceivedMessage, Result, RouteNode, RoutePolicy};
+use crate::{
+    DeliveryState, Error, InboxMessage, MessageId, Outgoing, ReceivedFile, ReceivedMessage, Result,
+    RouteNode, RoutePolicy, SentMessage,
+};
 
 /// The socket's file name in the data directory.
 pub const SOCKET_NAME: &str = "daemon.sock";
@@ -122,6 +125,42 @@ pub struct MessageReport {
     pub reason: Option<String>,
 }
 
+impl From<&SentMessage> for MessageReport {
+    fn from(s: &SentMessage) -> Self {
+        MessageReport {
+            message_id: s.message_id.to_hex(),
+            to: String::new(),
+            sent_at_ms: s.sent_at_ms,
+            route: s.route.iter().map(WireHop::from).collect(),
+            epoch: s.epoch,
+            signatures: s.signatures,
+            fragments: s.fragments,
+            acked: s.acked,
+            retransmissions: s.retransmissions,
+            state: s.state,
+            reason: s.reason.clone(),
+        }
+    }
+}
+
+impl From<&Outgoing> for MessageReport {
+    fn from(m: &Outgoing) -> Self {
+        MessageReport {
+            message_id: m.message_id.clone(),
+            to: m.to.clone(),
+            sent_at_ms: m.created_at_ms,
+            route: Vec::new(),
+            epoch: 0,
+            signatures: 0,
+            fragments: m.fragments.len(),
+            acked: m.acked(),
+            retransmissions: m.retransmissions,
+            state: m.state,
+            reason: m.reason.clone(),
+        }
+    }
+}
+
 /// A received message, complete, decrypted and checked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,18 +202,41 @@ impl WireReceived {
         }
     }
 
-    /// The file's bytes.
-    pub fn file_bytes(&self) -> Result<Option<(String, Vec<u8>)>> {
+    /// Back to the form the inbox shows (the seq is not kept: 0).
+    pub fn to_inbox_message(&self) -> Result<InboxMessage> {
         use data_encoding::BASE64;
-        self.file
+        let bad = Error::MalformedMessage;
+        let file = self
+            .file
             .as_ref()
             .map(|f| {
                 BASE64
                     .decode(f.base64.as_bytes())
-                    .map(|b| (f.name.clone(), b))
-                    .map_err(|_| Error::MalformedMessage("a received file is not base64"))
+                    .map(|bytes| ReceivedFile {
+                        name: f.name.clone(),
+                        bytes,
+                    })
+                    .map_err(|_| bad("a held file is not base64"))
             })
-            .transpose()
+            .transpose()?;
+        let from = hex::decode(&self.from)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or(bad("a held message's sender is not a key"))?;
+        Ok(InboxMessage {
+            seq: 0,
+            received_at_ms: self.received_at_ms,
+            fragments: self.fragments,
+            message: ReceivedMessage {
+                message_id: MessageId::from_hex(&self.message_id)
+                    .ok_or(bad("a held message's id is not hex"))?,
+                sent_at_ms: self.sent_at_ms,
+                from,
+                verified: self.verified,
+                text: self.text.clone(),
+                file,
+            },
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::api::{
     Counters, MAX_INBOX_PAGE_BYTES, MessageReport, Request, Response, StatusReport, WireHop,
-    WireReceived,
+    WireReceived, WireScore,
 };
 use crate::datadir::MAX_HELD_MESSAGES;
 use crate::inbox::plan_inbox;
@@ -26,7 +26,7 @@ use crate::policy::choose_policy_route;
 use crate::poisson::{Scheduler, SendKind};
 use crate::route::mailbox_descriptor;
 use crate::{
-    Address, ClientConfig, ClientKeys, Content, DataDir, Error, Result, RouteNode,
+    Address, ClientConfig, ClientKeys, Content, DataDir, Error, NodeScores, Result, RouteNode,
     RoutePolicy, TrafficParams, now_ms,
 };
 
@@ -113,6 +113,8 @@ pub(crate) struct Engine {
     round_trip: RoundTrip,
     loops: HashMap<EnvelopeId, PendingLoop>,
     loop_timeout: Duration,
+    scores: NodeScores,
+    scores_dirty: bool,
     counters: Counters,
     cache: BTreeMap<u64, StoredMessage>,
     high_seq: Option<u64>,
@@ -161,6 +163,16 @@ impl Engine {
             + 2 * config.traffic.poll_interval()
             + Duration::from_secs(3);
         let held = dir.load_received()?.len();
+        let scores = match dir.load_scores()? {
+            None => NodeScores::new(),
+            Some((path, bytes)) => String::from_utf8(bytes)
+                .map_err(|_| Error::CorruptScores("not UTF-8".into()))
+                .and_then(|text| NodeScores::from_json(&text))
+                .map_err(|e| Error::File {
+                    path,
+                    why: format!("{e}; delete it to start measuring afresh"),
+                })?,
+        };
         let mut engine = Engine {
             shown: dir.load_shown()?,
             completed: dir.load_completed()?.into_iter().collect(),
@@ -183,6 +195,8 @@ impl Engine {
             round_trip: RoundTrip::default(),
             loops: HashMap::new(),
             loop_timeout,
+            scores,
+            scores_dirty: false,
             counters: Counters::default(),
             cache: BTreeMap::new(),
             high_seq: None,
@@ -348,10 +362,12 @@ impl Engine {
             return false;
         }
         let policy = live.out.route.as_ref().unwrap_or(&self.config.route);
+        let weigher = self.scores.weigher(now);
         let choice = RouteChoice {
             consensus: &self.consensus,
             policy,
             params: &self.params,
+            weight: Some(&weigher),
         };
         let built = fragment_packet(
             &choice,
@@ -361,6 +377,7 @@ impl Engine {
             &live.fragments[index],
             &mut rand::rng(),
         );
+        drop(weigher);
         let live = &mut self.live[pos];
         match built {
             Ok((built, ack_id, keys)) => {
@@ -387,16 +404,17 @@ impl Engine {
         }
     }
 
-    fn choice(&self) -> RouteChoice<'_> {
-        RouteChoice {
+    fn send_drop(&mut self) {
+        let weigher = self.scores.weigher(now_ms());
+        let choice = RouteChoice {
             consensus: &self.consensus,
             policy: &self.config.route,
             params: &self.params,
-        }
-    }
-
-    fn send_drop(&mut self) {
-        match drop_packet(&self.choice(), &self.own_server, &mut rand::rng()) {
+            weight: Some(&weigher),
+        };
+        let built = drop_packet(&choice, &self.own_server, &mut rand::rng());
+        drop(weigher);
+        match built {
             Ok(built) => match self.outbound.send(&built.peer, built.packet) {
                 Ok(()) => self.counters.drop += 1,
                 Err(e) => {
@@ -412,7 +430,16 @@ impl Engine {
     }
 
     fn send_loop(&mut self) {
-        match loop_packet(&self.choice(), &self.keys, &self.own_server, &mut rand::rng()) {
+        let weigher = self.scores.weigher(now_ms());
+        let choice = RouteChoice {
+            consensus: &self.consensus,
+            policy: &self.config.route,
+            params: &self.params,
+            weight: Some(&weigher),
+        };
+        let built = loop_packet(&choice, &self.keys, &self.own_server, &mut rand::rng());
+        drop(weigher);
+        match built {
             Ok((built, envelope)) => {
                 let route: Vec<NodeId> = built.nodes.iter().map(|n| n.node).collect();
                 match self.outbound.send(&built.peer, built.packet) {
@@ -461,12 +488,14 @@ impl Engine {
             .map(|(e, _)| *e)
             .collect();
         for envelope in lost {
-            if self.loops.remove(&envelope).is_some() {
+            if let Some(p) = self.loops.remove(&envelope) {
                 self.counters.loops_lost += 1;
+                self.scores.record(&p.route, false, now);
+                self.scores_dirty = true;
             }
         }
         self.refill();
-        if self.dirty && self.last_save.elapsed() >= SAVE_PERIOD {
+        if (self.dirty || self.scores_dirty) && self.last_save.elapsed() >= SAVE_PERIOD {
             self.save();
         }
         let epoch = epoch_of(now / 1000, self.config.directory.epoch_secs);
@@ -534,7 +563,13 @@ impl Engine {
                 tracing::error!(error = %e, "saving the outbox failed");
             }
         }
+        if self.scores_dirty
+            && let Err(e) = self.dir.save_scores(self.scores.to_json().as_bytes())
+        {
+            tracing::error!(error = %e, "saving the node scores failed");
+        }
         self.dirty = false;
+        self.scores_dirty = false;
         self.last_save = Instant::now();
     }
 
@@ -619,8 +654,10 @@ impl Engine {
                 && is_loop_envelope(&self.keys, &f.envelope())
             {
                 self.loop_seqs.insert(stored.seq);
-                if self.loops.remove(&f.envelope()).is_some() {
+                if let Some(p) = self.loops.remove(&f.envelope()) {
                     self.counters.loops_returned += 1;
+                    self.scores.record(&p.route, true, now);
+                    self.scores_dirty = true;
                 }
             }
             self.cache.insert(stored.seq, stored);
@@ -864,7 +901,17 @@ impl Engine {
             pending_messages: self.live.len(),
             inbox_messages: self.held,
             counters: self.counters.clone(),
-            scores: Vec::new(),
+            scores: self
+                .scores
+                .scores(now_ms())
+                .into_iter()
+                .map(|(node, s)| WireScore {
+                    node: node.to_hex(),
+                    delivery: s.delivery_rate,
+                    weight: s.weight,
+                    samples: s.samples(),
+                })
+                .collect(),
         }
     }
 }

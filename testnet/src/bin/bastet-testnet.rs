@@ -69,6 +69,14 @@ enum Command {
         spacing: f64,
         #[command(flatten)]
         policy: PolicyArgs,
+        /// Both clients' traffic preset: interactive, balanced or paranoid
+        /// (see `bastet status`).
+        #[arg(long, default_value = "balanced")]
+        preset: String,
+        /// Override the preset's payload rate λ_P (packets/s, at most 100):
+        /// large --size or many --messages finish sooner.
+        #[arg(long, value_name = "PER_SEC")]
+        payload_rate: Option<f64>,
     },
     /// Start a network, print where each node listens, and run until Ctrl-C.
     Up {
@@ -257,6 +265,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             timeout,
             spacing,
             policy,
+            preset,
+            payload_rate,
         } => {
             let timeout = Duration::from_secs(timeout);
             let spacing = Duration::try_from_secs_f64(spacing).map_err(|_| {
@@ -268,6 +278,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 timeout,
                 spacing,
                 policy: policy.policy()?,
+                traffic: bastet_client::TrafficConfig {
+                    preset,
+                    payload_rate,
+                    ..bastet_client::TrafficConfig::default()
+                },
             };
             let network = NetworkOptions {
                 loss,
@@ -294,6 +309,12 @@ async fn demo(
             bastet_testnet::MAX_SIZE
         )));
     }
+    options.traffic.params().map_err(|e| {
+        Error::InvalidOption(format!(
+            "--preset/--payload-rate: {}",
+            e.to_string().trim_start_matches("configuration: traffic.")
+        ))
+    })?;
     let mut network = Network::start(net_options).await?;
     let outcome = run_demo(&network, options).await;
     if let Err(e @ Error::RouteRefused(_)) = outcome {

@@ -12,7 +12,9 @@ mod vote;
 
 pub use client::{ConsensusWatch, DirectoryClient, publish_forever};
 pub use config::{AuthorityRef, DirectoryConfig, load_config};
-pub use consensus::{AuthoritySignature, Consensus, SignedConsensus, VerifiedConsensus};
+pub use consensus::{
+    AuthoritySignature, Consensus, MIX_LAYERS, SignedConsensus, VerifiedConsensus,
+};
 pub use descriptor::{
     Descriptor, MAX_DESCRIPTOR_LEN, Role, SignedDescriptor, epoch_bounds, epoch_of, unix_now,
 };

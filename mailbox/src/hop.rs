@@ -1,7 +1,8 @@
 //! The final hop, sans IO: removes the last Sphinx layer, refuses replays
-//! and packets that are not for a mailbox, reads the sender's final payload
-//! (the fragment to store, the ack request to honour once it is stored),
-//! and turns an ack request into the packet to send back.
+//! and packets that are not for a mailbox, discards cover addressed to
+//! [`MailboxId::DROP`], reads the sender's final payload (the fragment to
+//! store, the ack request to honour once it is stored), and turns an ack
+//! request into the packet to send back.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,7 @@ use bastet_sphinx::{
 };
 
 /// A packet this hop accepted: what to store, for whom, and what to do
-/// once it is stored.
+/// once it is stored; or cover, which is not stored at all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Opened {
     /// A forward packet: store the fragment for `mailbox`'s owner, then
@@ -34,21 +35,22 @@ pub enum Opened {
         /// The sealed reply.
         sealed: Vec<u8>,
     },
+    /// Cover traffic: a packet addressed to [`MailboxId::DROP`] (client
+    /// drop cover, mixnode cover). It authenticated and was not a replay;
+    /// its payload is discarded unread, never stored and never acked.
+    Cover,
 }
 
 impl Opened {
-    /// The mailbox to store into.
-    pub fn mailbox(&self) -> MailboxId {
+    /// The mailbox to store into and the bytes to store there; `None` for
+    /// [`Opened::Cover`], which is not stored.
+    pub fn to_store(&self) -> Option<(MailboxId, &[u8])> {
         match self {
-            Opened::Message { mailbox, .. } | Opened::Reply { mailbox, .. } => *mailbox,
-        }
-    }
-
-    /// The bytes to store.
-    pub fn stored_bytes(&self) -> &[u8] {
-        match self {
-            Opened::Message { fragment, .. } => fragment,
-            Opened::Reply { sealed, .. } => sealed,
+            Opened::Message {
+                mailbox, fragment, ..
+            } => Some((*mailbox, fragment)),
+            Opened::Reply { mailbox, sealed } => Some((*mailbox, sealed)),
+            Opened::Cover => None,
         }
     }
 }
@@ -187,7 +189,10 @@ impl FinalHop {
 
     /// Opens one received packet: what to store, for whom, and the ack
     /// request if any. A forward packet whose message is not a
-    /// [`FinalPayload`] is `Malformed`.
+    /// [`FinalPayload`] is `Malformed`. A packet addressed to
+    /// [`MailboxId::DROP`] is [`Opened::Cover`] once it has authenticated and
+    /// passed the replay filter (a replayed cover packet is a `Replay`); its
+    /// payload is never parsed.
     pub fn open(&mut self, bytes: &[u8]) -> Result<Opened, Rejected> {
         let secrets: Vec<&SphinxSecretKey> = self.keys.iter().map(|k| &k.secret).collect();
         let (index, prepared) = Prepared::with_keys(bytes, &secrets).map_err(classify)?;
@@ -205,6 +210,11 @@ impl FinalHop {
             return Err(Rejected::Replay);
         }
         match processed {
+            Processed::Deliver { mailbox, .. } | Processed::Reply { mailbox, .. }
+                if mailbox.is_drop() =>
+            {
+                Ok(Opened::Cover)
+            }
             Processed::Deliver { mailbox, message } => {
                 let payload =
                     FinalPayload::from_bytes(&message).map_err(|_| Rejected::Malformed)?;
@@ -309,6 +319,30 @@ mod tests {
             final_hop.open(for_another.as_bytes()),
             Err(Rejected::UnknownKey)
         );
+    }
+
+    #[test]
+    fn drop_cover_is_opened_as_cover_unparsed_and_its_replay_is_a_replay() {
+        use rand::RngExt;
+        let (me, key) = hop(1);
+        let mut final_hop = FinalHop::new(one_key(key), 1000).unwrap();
+        // Random bytes, as drop cover carries: no final payload in them.
+        let mut random = vec![0u8; bastet_sphinx::MAX_MESSAGE_LEN];
+        rand::rng().fill(&mut random[..]);
+        assert!(FinalPayload::from_bytes(&random).is_err());
+        let cover = build(std::slice::from_ref(&me), &MailboxId::DROP, &random).unwrap();
+        let opened = final_hop.open(cover.as_bytes());
+        assert_eq!(opened, Ok(Opened::Cover));
+        assert_eq!(opened.unwrap().to_store(), None);
+        assert_eq!(final_hop.open(cover.as_bytes()), Err(Rejected::Replay));
+        // A well-formed final payload addressed to DROP is cover all the same.
+        let (_, hi) = final_payload(b"hi");
+        let cover = build(std::slice::from_ref(&me), &MailboxId::DROP, &hi).unwrap();
+        assert_eq!(final_hop.open(cover.as_bytes()), Ok(Opened::Cover));
+        // So is a SURB reply someone addressed to DROP.
+        let (surb, _) = Surb::build(std::slice::from_ref(&me), &MailboxId::DROP).unwrap();
+        let (reply, _) = surb.use_surb(&AckId([1; 16]).to_ack_body()).unwrap();
+        assert_eq!(final_hop.open(reply.as_bytes()), Ok(Opened::Cover));
     }
 
     #[test]

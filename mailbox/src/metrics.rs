@@ -41,6 +41,8 @@ pub struct Metrics {
     pub packets_received: Counter,
     /// Payloads durably stored.
     pub messages_stored: Counter,
+    /// Cover packets (addressed to the drop mailbox) discarded unstored.
+    pub cover_received: Counter,
     /// Packets dropped, by reason.
     pub packets_dropped: Family<Reason, Counter>,
     /// API requests, by outcome.
@@ -74,6 +76,11 @@ impl Metrics {
             "messages_stored",
             "Payloads durably stored in a mailbox",
             m.messages_stored.clone(),
+        );
+        registry.register(
+            "cover_received",
+            "Cover packets (addressed to the drop mailbox) authenticated, replay-checked and discarded",
+            m.cover_received.clone(),
         );
         registry.register(
             "packets_dropped",

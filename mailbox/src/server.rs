@@ -344,7 +344,7 @@ async fn pipeline(
 }
 
 /// Opens and stores one batch; returns the ack requests of the fragments
-/// it stored.
+/// it stored. Cover is counted and discarded here, before the store.
 fn store_batch(
     hop: &mut FinalHop,
     store: &Store,
@@ -353,29 +353,34 @@ fn store_batch(
     frames: &[Frame],
 ) -> Vec<AckRequest> {
     let mut opened = Vec::with_capacity(frames.len());
+    let mut items = Vec::with_capacity(frames.len());
     for frame in frames {
         metrics.packets_received.inc();
         match hop.open(&frame[..]) {
-            Ok(item) => opened.push(item),
+            Ok(item) => match item.to_store().map(|(m, bytes)| (m, bytes.to_vec())) {
+                Some(to_store) => {
+                    items.push(to_store);
+                    opened.push(item);
+                }
+                None => {
+                    metrics.cover_received.inc();
+                }
+            },
             Err(why) => metrics.dropped(why.reason(), 1),
         }
     }
-    if opened.is_empty() {
+    if items.is_empty() {
         return Vec::new();
     }
-    let items: Vec<_> = opened
-        .iter()
-        .map(|o| (o.mailbox(), o.stored_bytes().to_vec()))
-        .collect();
     let mut acks = Vec::new();
     match store.deliver(&items, now_ms()) {
         Ok(outcomes) => {
-            for (outcome, item) in outcomes.iter().zip(opened) {
+            for ((outcome, (_, bytes)), item) in outcomes.iter().zip(&items).zip(opened) {
                 match outcome {
                     Delivery::Stored { .. } => {
                         metrics.messages_stored.inc();
                         if let Some(log) = packet_log.as_deref_mut() {
-                            log.append(item.stored_bytes());
+                            log.append(bytes);
                         }
                         if let Opened::Message { ack: Some(ack), .. } = item {
                             acks.push(ack);
@@ -398,8 +403,76 @@ fn store_batch(
 mod tests {
     use super::*;
     use bastet_sphinx::{
-        FinalPayload, Hop, NodeId, SphinxPublicKey, SphinxSecretKey, build, fragment,
+        AckId, FinalPayload, Hop, MAX_MESSAGE_LEN, MailboxId, NodeId, Packet, SphinxPublicKey,
+        SphinxSecretKey, Surb, build, fragment,
     };
+
+    use crate::metrics::{DROP_REASONS, Reason};
+
+    fn frame_of(packet: &Packet) -> Frame {
+        let mut frame: Frame = Box::new([0; bastet_link::FRAME_LEN]);
+        frame.copy_from_slice(packet.as_bytes());
+        frame
+    }
+
+    #[test]
+    fn cover_is_counted_and_neither_stored_nor_acked_and_its_replay_is_a_replay() {
+        use rand::RngExt;
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            quota_messages: 1000,
+            max_mailboxes: 10,
+        };
+        let store = Store::open(&dir.path().join("db"), limits).unwrap();
+        let (mailbox, _) = store.register(&[4; 32]).unwrap();
+        let key = SphinxSecretKey::from([3; 32]);
+        let me = Hop {
+            node: NodeId([3; 32]),
+            sphinx_key: SphinxPublicKey::from(&key),
+            delay: Duration::ZERO,
+        };
+        let mut hop = FinalHop::new(
+            vec![EpochKey {
+                epoch: 0,
+                secret: key,
+            }],
+            1000,
+        )
+        .unwrap();
+        let metrics = Metrics::register(&mut Registry::default());
+
+        // Drop cover as clients and mixnodes send it: random bytes.
+        let mut random = vec![0u8; MAX_MESSAGE_LEN];
+        rand::rng().fill(&mut random[..]);
+        let cover = build(std::slice::from_ref(&me), &MailboxId::DROP, &random).unwrap();
+        // Addressed to DROP, even a final payload asking for an ack is cover.
+        let (surb, _) = Surb::build(std::slice::from_ref(&me), &mailbox).unwrap();
+        let ack = AckRequest {
+            id: AckId([9; 16]),
+            surb,
+        };
+        let f = fragment(b"for nobody", &mut rand::rng()).unwrap().remove(0);
+        let payload = FinalPayload::new(Some(ack), &f).to_bytes();
+        let asking = build(std::slice::from_ref(&me), &MailboxId::DROP, &payload).unwrap();
+        let frames = [frame_of(&cover), frame_of(&asking), frame_of(&cover)];
+
+        let acks = store_batch(&mut hop, &store, &metrics, None, &frames);
+        assert!(acks.is_empty(), "cover was acked");
+        assert_eq!(metrics.packets_received.get(), 3);
+        assert_eq!(metrics.cover_received.get(), 2);
+        assert_eq!(metrics.messages_stored.get(), 0);
+        for reason in DROP_REASONS {
+            let dropped = metrics
+                .packets_dropped
+                .get_or_create(&Reason {
+                    reason: reason.to_string(),
+                })
+                .get();
+            // The replayed cover packet, and nothing else.
+            assert_eq!(dropped, u64::from(reason == "replay"), "{reason}");
+        }
+        assert!(store.list(&mailbox, None, 10).unwrap().0.is_empty());
+    }
 
     #[tokio::test]
     async fn on_stop_every_frame_already_read_is_stored() {

@@ -53,6 +53,16 @@ pub struct MixnodeConfig {
     /// `directory.epoch_secs`.
     #[serde(default)]
     pub sphinx_key_grace_secs: Option<u64>,
+    /// λ_M: this node's own cover packets per second, sent as a Poisson
+    /// process along the rest of a route to a mailbox server, which drops
+    /// them. 0 turns cover off; at most 100.
+    #[serde(default = "default_cover_rate")]
+    pub cover_rate: f64,
+    /// Mean per-hop delay, in milliseconds, that cover packets ask each
+    /// later mix for: set it to the `mix_delay_ms` clients use (default 50),
+    /// so that cover is held like their packets.
+    #[serde(default = "default_cover_mix_delay_ms")]
+    pub cover_mix_delay_ms: u64,
     /// Test hook: append every packet sent onward to this file.
     #[serde(default)]
     pub packet_log: Option<PathBuf>,
@@ -84,6 +94,19 @@ fn default_ingress_queue() -> usize {
 fn default_replay_filter_capacity() -> usize {
     1_000_000
 }
+
+fn default_cover_rate() -> f64 {
+    1.0
+}
+
+fn default_cover_mix_delay_ms() -> u64 {
+    50
+}
+
+/// Largest `cover_rate`, packets per second.
+const MAX_COVER_RATE: f64 = 100.0;
+/// Largest `cover_mix_delay_ms`: the clients' own limit on `mix_delay_ms`.
+const MAX_COVER_MIX_DELAY_MS: u64 = 10_000;
 
 /// Largest `replay_filter_capacity` accepted: about 750 MB of filter.
 const MAX_REPLAY_FILTER_CAPACITY: usize = 100_000_000;
@@ -158,6 +181,15 @@ impl MixnodeConfig {
                 "must be at most directory.epoch_secs",
             );
         }
+        if !(0.0..=MAX_COVER_RATE).contains(&self.cover_rate) {
+            return bad(
+                "cover_rate",
+                "must be between 0 (off) and 100 packets per second",
+            );
+        }
+        if self.cover_mix_delay_ms > MAX_COVER_MIX_DELAY_MS {
+            return bad("cover_mix_delay_ms", "must be at most 10000");
+        }
         if self
             .packet_log
             .as_ref()
@@ -193,6 +225,11 @@ impl MixnodeConfig {
             max_delayed_packets: self.max_delayed_packets,
             replay_filter_capacity: self.replay_filter_capacity,
         }
+    }
+
+    /// The mean per-hop delay cover packets ask for.
+    pub fn cover_mix_delay(&self) -> Duration {
+        Duration::from_millis(self.cover_mix_delay_ms)
     }
 
     /// The file as `init` writes it: every key with a comment.
@@ -258,7 +295,17 @@ impl MixnodeConfig {
              # erased from memory and disk and its packets dropped (unknown_key).\n\
              # Default: a quarter epoch, at least 5 and at most 300; at most epoch_secs.\n\
              {grace}\n\
-             # TEST HOOK ONLY: append every packet sent onward to this file (stops at 64 MiB).\n\
+             # Cover traffic (Loopix lambda_M): this node sends its own cover packets as a\n\
+             # Poisson process of cover_rate packets per second (0 = off, at most 100).\n\
+             # Each takes the path a client's packet takes from here on (a random mix for\n\
+             # each mix hop still to come, then a random mailbox server, which discards it)\n\
+             # on the same links as forwarded packets, so that they look alike. Each mix on\n\
+             # it holds it for an exponential delay of mean cover_mix_delay_ms: keep that\n\
+             # equal to the mix_delay_ms clients use (default 50).\n\
+             cover_rate = {cover_rate:?}\n\
+             cover_mix_delay_ms = {cover_mix_delay_ms}\n\
+             # TEST HOOK ONLY: append every packet forwarded to this file (stops at 64 MiB);\n\
+             # the node's own cover packets are not logged.\n\
              {packet_log}\n\
              # TEST HOOKS ONLY (fault injection): test_drop_fraction drops that fraction of\n\
              # received packets at random; it is refused unless test_hooks = true.\n\
@@ -276,6 +323,8 @@ impl MixnodeConfig {
             max_delayed_packets = self.max_delayed_packets,
             ingress_queue = self.ingress_queue,
             replay_filter_capacity = self.replay_filter_capacity,
+            cover_rate = self.cover_rate,
+            cover_mix_delay_ms = self.cover_mix_delay_ms,
         ))
     }
 }
@@ -332,6 +381,8 @@ pub fn init(options: &InitOptions) -> Result<InitReport> {
         ingress_queue: default_ingress_queue(),
         replay_filter_capacity: default_replay_filter_capacity(),
         sphinx_key_grace_secs: None,
+        cover_rate: default_cover_rate(),
+        cover_mix_delay_ms: default_cover_mix_delay_ms(),
         packet_log: None,
         test_hooks: false,
         test_drop_fraction: 0.0,
@@ -418,6 +469,8 @@ mod tests {
         assert_eq!(config.operator, "Example \"Org\"");
         assert_eq!(config.max_delay_ms, 30_000);
         assert_eq!(config.replay_filter_capacity, 1_000_000);
+        assert_eq!(config.cover_rate, 1.0);
+        assert_eq!(config.cover_mix_delay(), Duration::from_millis(50));
         assert_eq!(config.public_addr, None);
         assert_eq!(config.directory.epoch_secs, 60);
         assert_eq!(
@@ -526,6 +579,24 @@ mod tests {
         .unwrap();
         let err = MixnodeConfig::load(&short_epoch).unwrap_err().to_string();
         assert!(err.contains("epoch_secs"), "{err}");
+
+        let cover = tmp.path().join("cover.toml");
+        for (from, to, key) in [
+            ("cover_rate = 1.0", "cover_rate = 100.5", "cover_rate"),
+            ("cover_rate = 1.0", "cover_rate = -1.0", "cover_rate"),
+            (
+                "cover_mix_delay_ms = 50",
+                "cover_mix_delay_ms = 10001",
+                "cover_mix_delay_ms",
+            ),
+        ] {
+            assert!(text.contains(from), "{text}");
+            std::fs::write(&cover, text.replace(from, to)).unwrap();
+            let err = MixnodeConfig::load(&cover).unwrap_err().to_string();
+            assert!(err.contains(key), "{to}: {err}");
+        }
+        std::fs::write(&cover, text.replace("cover_rate = 1.0", "cover_rate = 0")).unwrap();
+        assert_eq!(MixnodeConfig::load(&cover).unwrap().cover_rate, 0.0);
 
         let grace = tmp.path().join("grace.toml");
         std::fs::write(

@@ -1,12 +1,14 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+mod cover;
 mod error;
 mod metrics;
 mod mixer;
 mod node;
 
 pub use config::{CONFIG_FILE, ENV_PREFIX, InitOptions, InitReport, MixnodeConfig, init};
+pub use cover::{CoverPacket, CoverSkipped, MAX_COVER_HOP_DELAY, cover_gap, cover_packet};
 pub use error::Error;
 pub use mixer::{
     DropReason, Mixer, MixerConfig, MixerStats, Outcome, Transmit, Unwrapped, Unwrapper, route,

@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::DropReason;
+use crate::{CoverSkipped, DropReason};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
@@ -20,6 +20,8 @@ pub(crate) struct Metrics {
     pub(crate) delay_queue_depth: Gauge,
     pub(crate) outbound_queued: Gauge,
     pub(crate) sphinx_keys: Gauge,
+    pub(crate) cover_sent: Counter,
+    cover_skipped: Family<Reason, Counter>,
 }
 
 impl Metrics {
@@ -33,6 +35,8 @@ impl Metrics {
             delay_queue_depth: Gauge::default(),
             outbound_queued: Gauge::default(),
             sphinx_keys: Gauge::default(),
+            cover_sent: Counter::default(),
+            cover_skipped: Family::default(),
         };
         registry.register(
             "packets_received",
@@ -64,10 +68,31 @@ impl Metrics {
             "Sphinx keys packets are processed under now (current, next, previous in grace)",
             m.sphinx_keys.clone(),
         );
+        registry.register(
+            "cover_sent",
+            "This node's own cover packets handed to the link (not counted as forwarded)",
+            m.cover_sent.clone(),
+        );
+        registry.register(
+            "cover_skipped",
+            "Cover ticks that sent nothing, by reason",
+            m.cover_skipped.clone(),
+        );
         for reason in DropReason::ALL {
             m.drops(reason, 0);
         }
+        for reason in CoverSkipped::ALL {
+            m.cover_skips(reason, 0);
+        }
         m
+    }
+
+    pub(crate) fn cover_skips(&self, reason: CoverSkipped, n: u64) {
+        self.cover_skipped
+            .get_or_create(&Reason {
+                reason: reason.as_str(),
+            })
+            .inc_by(n);
     }
 
     pub(crate) fn drops(&self, reason: DropReason, n: u64) {

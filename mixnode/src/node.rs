@@ -6,7 +6,9 @@
 //! ```
 //! Every arrow is a bounded queue; what does not fit is dropped and counted.
 //! Beside it, the key rotation task rotates the [`SphinxKeyRing`] every
-//! second and hands the mixer (and through it the workers) the keys in force.
+//! second and hands the mixer (and through it the workers) the keys in force,
+//! and the cover task sends the node's own cover packets (λ_M) into the same
+//! `Outbound` at Poisson-distributed times.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,7 +33,8 @@ use tokio::task::JoinSet;
 
 use crate::metrics::{Metrics, gauge_value};
 use crate::{
-    DropReason, Error, Mixer, MixnodeConfig, Outcome, Result, Transmit, Unwrapped, Unwrapper, route,
+    CoverSkipped, DropReason, Error, Mixer, MixnodeConfig, Outcome, Result, Transmit, Unwrapped,
+    Unwrapper, cover_gap, cover_packet, route,
 };
 
 /// Frames one worker takes from the ingress queue at a time.
@@ -172,6 +175,16 @@ impl Mixnode {
                 })
             }
         });
+        if config.cover_rate > 0.0 {
+            tasks.spawn(cover(
+                config.cover_rate,
+                config.cover_mix_delay(),
+                node_id,
+                consensus.clone(),
+                outbound.clone(),
+                metrics.clone(),
+            ));
+        }
         tasks.spawn(mix(
             mixer,
             keys_rx,
@@ -412,6 +425,59 @@ async fn mix(
         metrics.delay_queue_depth.set(gauge_value(mixer.queued()));
     }
 }
+
+/// Sends this node's cover packets at Poisson-distributed times, `rate` a
+/// second on average, each along the rest of a route after this node (see
+/// [`cover_packet`]) on the link packets are forwarded on. A tick that
+/// cannot send (no consensus, not listed yet, no next hop, queue full) is
+/// counted and skipped; the task never fails, and ends when the node stops.
+async fn cover(
+    rate: f64,
+    mean_delay: Duration,
+    me: NodeId,
+    consensus: ConsensusWatch,
+    outbound: Arc<Outbound>,
+    metrics: Arc<Metrics>,
+) -> Result<()> {
+    // Ticks are scheduled from the previous tick, not from when its work
+    // ended, so the rate does not sag; after a stall (a suspended process)
+    // the schedule restarts from now instead of sending a burst.
+    let mut next = tokio::time::Instant::now();
+    loop {
+        // Started only with a positive rate. The cap bends the distribution
+        // only for rates far below one packet a minute.
+        let gap = cover_gap(rate, &mut rand::rng())
+            .unwrap_or(LONGEST_COVER_GAP)
+            .min(LONGEST_COVER_GAP);
+        let now = tokio::time::Instant::now();
+        if next + STALL < now {
+            next = now;
+        }
+        next += gap;
+        tokio::time::sleep_until(next).await;
+        let held = consensus.current();
+        let sent =
+            cover_packet(held.as_deref(), &me, mean_delay, &mut rand::rng()).and_then(|cover| {
+                outbound
+                    .send(&cover.first_hop, cover.packet)
+                    .map_err(|_| CoverSkipped::QueueFull)
+            });
+        match sent {
+            Ok(()) => {
+                metrics.cover_sent.inc();
+            }
+            Err(reason) => {
+                tracing::debug!(%reason, "cover packet skipped");
+                metrics.cover_skips(reason, 1);
+            }
+        }
+    }
+}
+
+/// How far the cover schedule may fall behind before it restarts from now.
+const STALL: Duration = Duration::from_secs(1);
+/// Longest wait between two cover packets.
+const LONGEST_COVER_GAP: Duration = Duration::from_secs(3600);
 
 fn admit(mixer: &mut Mixer, metrics: &Metrics, now: Instant, unwrapped: Unwrap) {
     if let Outcome::Dropped(reason) = mixer.handle_unwrapped(now, unwrapped) {

@@ -42,10 +42,15 @@ fn init(dir: &Path, listen: &str, extra: &[&str]) -> Output {
 }
 
 fn run(config: &Path) -> Child {
+    run_with_env(config, &[])
+}
+
+fn run_with_env(config: &Path, env: &[(&str, &str)]) -> Child {
     Command::new(BIN)
         .args(["run", "--config"])
         .arg(config)
         .env("BASTET_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -153,6 +158,14 @@ fn run_names_the_bad_key_and_exits_non_zero() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("`jurisdiction`"), "{stderr}");
+
+    // Overridden from the environment, and out of range there.
+    std::fs::write(&config, &text).unwrap();
+    let mut child = run_with_env(&config, &[("BASTET_MIXNODE__COVER_RATE", "500")]);
+    assert!(!wait_exit(&mut child, Duration::from_secs(10)).success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("`cover_rate`"), "{stderr}");
 
     // An address already in use.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -334,6 +334,34 @@ mod tests {
     }
 
     #[test]
+    fn drop_cover_with_a_full_random_payload_reaches_the_last_hop_as_drop() {
+        use rand::RngExt;
+        let (hops, keys): (Vec<_>, Vec<_>) = (1..=2).map(node).unzip();
+        let mut random = vec![0u8; MAX_MESSAGE_LEN];
+        rand::rng().fill(&mut random[..]);
+        let packet = build(&hops, &MailboxId::DROP, &random).unwrap();
+        assert_eq!(packet.as_bytes().len(), PACKET_LEN);
+        let Processed::Forward { packet, .. } = Prepared::new(packet.as_bytes(), &keys[0])
+            .unwrap()
+            .process()
+            .unwrap()
+        else {
+            panic!("the first hop is not the last");
+        };
+        match Prepared::new(packet.as_bytes(), &keys[1])
+            .unwrap()
+            .process()
+            .unwrap()
+        {
+            Processed::Deliver { mailbox, message } => {
+                assert!(mailbox.is_drop());
+                assert_eq!(message, random);
+            }
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn wrong_key_and_wrong_length_are_errors() {
         let (hop, _) = node(1);
         let packet = build(&[hop], &MailboxId([1; 32]), b"x").unwrap();

@@ -49,6 +49,21 @@ impl fmt::Display for NodeId {
 pub struct MailboxId(pub [u8; 32]);
 
 impl MailboxId {
+    /// The drop destination: "cover, discard at the final hop". A mailbox
+    /// server authenticates and replay-checks a packet addressed here like
+    /// any other, then throws it away unread and unstored. Client drop cover
+    /// and mixnode cover end here, so on every link they look like messages.
+    ///
+    /// All zero bytes: real ids are BLAKE3 `derive_key` outputs
+    /// ([`MailboxId::from_owner_key`]), so one equals this only with
+    /// probability 2^-256; no owner key to register it is known.
+    pub const DROP: MailboxId = MailboxId([0; 32]);
+
+    /// Whether this is [`MailboxId::DROP`].
+    pub fn is_drop(&self) -> bool {
+        *self == MailboxId::DROP
+    }
+
     /// The mailbox id owned by the holder of the Ed25519 mailbox key `key`.
     pub fn from_owner_key(key: &[u8; 32]) -> Self {
         MailboxId(blake3::derive_key("bastet 2026 mailbox id v1", key))
@@ -96,6 +111,14 @@ mod tests {
         assert_eq!(NodeId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(NodeId::from_hex("zz"), None);
         assert_eq!(NodeId::from_hex(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn only_the_all_zero_id_is_the_drop_destination() {
+        assert!(MailboxId::DROP.is_drop());
+        assert_eq!(MailboxId::DROP.as_bytes(), &[0; 32]);
+        assert!(!MailboxId::from_owner_key(&[0; 32]).is_drop());
+        assert!(!MailboxId([7; 32]).is_drop());
     }
 
     #[test]

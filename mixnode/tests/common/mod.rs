@@ -145,6 +145,12 @@ impl Sink {
     /// Starts the listener and publishes the sink as a mix, for the current
     /// and the next epoch now and in the background from then on.
     pub async fn start(client: &Arc<DirectoryClient>) -> Sink {
+        Sink::start_as(client, Role::Mix).await
+    }
+
+    /// [`Sink::start`], published in `role` (a mailbox server publishes an
+    /// API address nobody serves).
+    pub async fn start_as(client: &Arc<DirectoryClient>, role: Role) -> Sink {
         let keys = NodeKeys::generate();
         let sphinx = SphinxSecretKey::random();
         let tls = TlsIdentity::generate().unwrap();
@@ -162,8 +168,8 @@ impl Sink {
             sphinx_key: SphinxPublicKey::from(&sphinx).to_bytes(),
             tls_pin: pin.0,
             addr: addr.to_string(),
-            api_addr: None,
-            role: Role::Mix,
+            api_addr: (role == Role::Mailbox).then(|| free_port().to_string()),
+            role,
             jurisdiction: "CH".into(),
             operator: "Sink Org".into(),
         };

@@ -17,7 +17,7 @@ use crate::{Address, ClientKeys, Error, Result, Route, RouteNode, TrafficParams}
 
 /// Where drop cover goes: the reserved mailbox id every mailbox server
 /// discards after authenticating the packet.
-pub const DROP_MAILBOX: MailboxId = MailboxId([0; 32]);
+pub const DROP_MAILBOX: MailboxId = MailboxId::DROP;
 
 /// A packet ready for its first hop.
 pub struct Built {

@@ -225,10 +225,19 @@ impl ClientConfig {
              [traffic]\n",
         );
         out += &format!("preset = {:?}\n", t.preset);
-        out += "# λ_P: payload packets/s (a real packet when one is queued, drop cover otherwise)\n";
-        out += &line(t.payload_rate.is_some(), "payload_rate", format!("{:?}", p.payload_rate));
+        out +=
+            "# λ_P: payload packets/s (a real packet when one is queued, drop cover otherwise)\n";
+        out += &line(
+            t.payload_rate.is_some(),
+            "payload_rate",
+            format!("{:?}", p.payload_rate),
+        );
         out += "# λ_L: loop-cover packets/s, back to this client's own mailbox (0: off)\n";
-        out += &line(t.loop_rate.is_some(), "loop_rate", format!("{:?}", p.loop_rate));
+        out += &line(
+            t.loop_rate.is_some(),
+            "loop_rate",
+            format!("{:?}", p.loop_rate),
+        );
         out += "# Mean and longest time each mix holds a packet (exponential), ms\n";
         out += &line(
             t.mean_hop_delay_ms.is_some(),
@@ -283,7 +292,6 @@ impl ClientConfig {
              {directory}\n\
              {route}",
             self.mailbox_server, self.mailbox_id
-
         ))
     }
 }

@@ -326,7 +326,9 @@ fn real_main(cli: Cli) -> CliResult<()> {
                 Err(bastet_client::Error::NoDaemon(_)) => {}
                 Err(e) => return Err(e.into()),
                 Ok(_) if resume => {
-                    return Err(bastet_client::Error::DaemonRunning(dir.path().to_path_buf()).into());
+                    return Err(
+                        bastet_client::Error::DaemonRunning(dir.path().to_path_buf()).into(),
+                    );
                 }
                 Ok(Response::Outbox { messages }) => {
                     print_reports(&messages, json)?;
@@ -347,11 +349,8 @@ fn real_main(cli: Cli) -> CliResult<()> {
                     eprintln!("bastet: {why}");
                 }
             } else {
-                let pending: Vec<MessageReport> = client
-                    .outbox()?
-                    .iter()
-                    .map(MessageReport::from)
-                    .collect();
+                let pending: Vec<MessageReport> =
+                    client.outbox()?.iter().map(MessageReport::from).collect();
                 print_reports(&pending, json)?;
             }
         }
@@ -558,7 +557,14 @@ fn print_sent(sent: &MessageReport, json: bool) -> CliResult<()> {
         let route: Vec<String> = sent
             .route
             .iter()
-            .map(|n| format!("{} {} ({})", n.role, n.node.get(..8).unwrap_or(""), n.jurisdiction))
+            .map(|n| {
+                format!(
+                    "{} {} ({})",
+                    n.role,
+                    n.node.get(..8).unwrap_or(""),
+                    n.jurisdiction
+                )
+            })
             .collect();
         let route = if route.is_empty() {
             String::new()
@@ -583,7 +589,10 @@ fn print_sent(sent: &MessageReport, json: bool) -> CliResult<()> {
 
 fn print_reports(reports: &[MessageReport], json: bool) -> CliResult<()> {
     if json {
-        println!("{}", serde_json::to_string(&json!({ "messages": reports }))?);
+        println!(
+            "{}",
+            serde_json::to_string(&json!({ "messages": reports }))?
+        );
     } else if reports.is_empty() {
         println!("The outbox is empty.");
     } else {
@@ -640,8 +649,11 @@ async fn send_via_daemon(
         if std::time::Instant::now() > deadline {
             return Err(format!("the daemon did not report message {id} final in time").into());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        report = match daemon::api::call(dir, &Request::Message { id: id.clone() }).await? {
+        let request = Request::Message {
+            id: id.clone(),
+            wait_ms: daemon::api::MAX_WAIT_MS,
+        };
+        report = match daemon::api::call(dir, &request).await? {
             Response::Message(r) => r,
             other => return Err(unexpected(other).into()),
         };
@@ -699,7 +711,10 @@ fn print_status(s: &StatusReport, json: bool) -> CliResult<()> {
         return Ok(());
     }
     let kb = |b: f64| b / 1000.0;
-    println!("daemon pid {}, up {} s; address {}", s.pid, s.uptime_secs, s.address);
+    println!(
+        "daemon pid {}, up {} s; address {}",
+        s.pid, s.uptime_secs, s.address
+    );
     println!("traffic preset: {}", s.preset);
     println!(
         "  payload stream λ_P {}/s (measured {:.2}/s), loop cover λ_L {}/s",
@@ -722,8 +737,15 @@ fn print_status(s: &StatusReport, json: bool) -> CliResult<()> {
     );
     let c = &s.counters;
     println!(
-        "sent: {} real, {} drop cover, {} loops ({} back, {} lost); {} ticks skipped, {} missed",
-        c.real, c.drop, c.loops_sent, c.loops_returned, c.loops_lost, c.skipped, c.missed
+        "sent: {} real, {} drop cover, {} loops ({} back, {} lost); {} ticks skipped, {} missed; {:.2} ms per packet built",
+        c.real,
+        c.drop,
+        c.loops_sent,
+        c.loops_returned,
+        c.loops_lost,
+        c.skipped,
+        c.missed,
+        c.tick_work_us as f64 / 1000.0 / c.ticks.max(1) as f64
     );
     println!(
         "outbox: {} message(s) pending, {} packet(s) queued; inbox: {} message(s) waiting; consensus epoch {}",

@@ -95,6 +95,11 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
+    /// Stored or failed: nothing more will happen to it.
+    pub fn is_final(&self) -> bool {
+        matches!(self, DeliveryState::Stored | DeliveryState::Failed)
+    }
+
     /// Lower-case name, as in JSON.
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -176,6 +176,7 @@ pub fn loop_packet<R: CryptoRng + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::Rng;
 
     #[test]
     fn loop_envelopes_are_recognised_only_by_their_owner() {

@@ -133,9 +133,7 @@ impl Daemon {
     /// SIGTERM, then SIGKILL after the grace period; how it ended.
     pub fn stop(&mut self) -> Option<StopOutcome> {
         let mut p = self.process.take()?;
-        stop_all(std::slice::from_mut(&mut p))
-            .pop()
-            .map(|(_, o)| o)
+        stop_all(std::slice::from_mut(&mut p)).pop().map(|(_, o)| o)
     }
 
     /// SIGKILL at once, as a crash or power loss would.
@@ -298,11 +296,15 @@ impl Client {
                 let mut d = Daemon {
                     process: Some(process),
                 };
+                let tail = d.log_tail(20);
                 d.stop();
                 return Err(Error::UnexpectedOutput {
                     command: "bastet status".into(),
-                    why: format!("the daemon did not answer within {DAEMON_START:?}"),
-                    output: d.log_tail(20),
+                    why: format!(
+                        "the daemon did not answer within {DAEMON_START:?}; its log ({}) ends",
+                        log.display()
+                    ),
+                    output: tail,
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -316,7 +318,10 @@ impl Client {
     /// `bastet status --json`, as JSON.
     pub async fn status(&self) -> Result<serde_json::Value> {
         let out = self
-            .run(&[OsStr::new("status"), OsStr::new("--json")], COMMAND_TIMEOUT)
+            .run(
+                &[OsStr::new("status"), OsStr::new("--json")],
+                COMMAND_TIMEOUT,
+            )
             .await?;
         parse_json("bastet status --json", &out)
     }

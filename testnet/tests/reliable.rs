@@ -1,5 +1,6 @@
 //! Reliable delivery over real processes on 127.0.0.1, with packet loss
-//! injected on half of the mixnodes: every fragment is acknowledged by the
+//! injected on half of the mixnodes: every client is a `bastet daemon`
+//! sending at its Poisson rate, every fragment is acknowledged by the
 //! recipient's mailbox server through the sender's SURB, lost fragments and
 //! lost acks are retransmitted, and the recipient shows each message once.
 //! Start the binaries as `end_to_end.rs` says.
@@ -9,15 +10,17 @@
 
 use std::time::Duration;
 
+use bastet_client::TrafficConfig;
 use bastet_testnet::{
     DemoOptions, Network, NetworkOptions, Payload, message_file, metric_sum, run_demo,
 };
 
 const LOSS: f64 = 0.1;
+const MESSAGES: usize = 50;
 const LOSSY_MIXES: [&str; 3] = ["mix-a", "mix-c", "mix-e"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_and_a_large_file_arrive_intact_exactly_once_despite_loss() {
+async fn fifty_messages_and_a_large_file_arrive_intact_exactly_once_despite_loss() {
     // Lossy probes take a few rounds to get through whole; a longer epoch
     // keeps the Sphinx keys they were built with valid meanwhile.
     let net = match Network::start(NetworkOptions {
@@ -31,22 +34,34 @@ async fn messages_and_a_large_file_arrive_intact_exactly_once_despite_loss() {
         Err(e) => panic!("the testnet did not start: {e}"),
     };
 
-    // Ten messages of 100 kB (64 fragments each) from alice to bob, each
+    // Fifty messages of 100 kB (64 fragments each) from alice to bob, each
     // checked byte for byte against what was sent and shown exactly once;
     // at the same time a 1 MiB file (661 fragments) from carol to dave,
-    // sent and waited for.
+    // sent and waited for. Every client runs a daemon at the highest
+    // payload rate (100 packets/s) so that 3,900 fragments and their
+    // retransmissions take about a minute.
+    let traffic = TrafficConfig {
+        payload_rate: Some(100.0),
+        poll_interval_ms: 200,
+        ..TrafficConfig::preset("interactive").unwrap()
+    };
     let options = DemoOptions {
-        messages: 10,
+        messages: MESSAGES,
         size: 100_000,
-        timeout: Duration::from_secs(90),
+        timeout: Duration::from_secs(150),
         spacing: Duration::ZERO,
         policy: None,
+        traffic: traffic.clone(),
     };
-    let ten = run_demo(&net, &options);
+    let fifty = run_demo(&net, &options);
     let bytes = message_file(1, 1, 1 << 20);
     let large = async {
-        let carol = net.client("carol", "mailbox-a").await?;
-        let dave = net.client("dave", "mailbox-b").await?;
+        let mut carol = net.client("carol", "mailbox-a").await?;
+        let mut dave = net.client("dave", "mailbox-b").await?;
+        carol.set_traffic(&traffic)?;
+        dave.set_traffic(&traffic)?;
+        let _carol_daemon = carol.start_daemon().await?;
+        let _dave_daemon = dave.start_daemon().await?;
         let path = carol.data_dir().join("one-mebibyte.bin");
         std::fs::write(&path, &bytes).unwrap();
         let sent = carol
@@ -60,12 +75,12 @@ async fn messages_and_a_large_file_arrive_intact_exactly_once_despite_loss() {
             .await?;
         Ok::<_, bastet_testnet::Error>((sent, got))
     };
-    let (report, large) = tokio::join!(ten, large);
+    let (report, large) = tokio::join!(fifty, large);
 
     let report = report.unwrap_or_else(|e| panic!("demo: {e}\n{}", net.log_tails(25)));
     let text = report.to_human();
     eprintln!("{text}");
-    assert_eq!(report.sent, 10);
+    assert_eq!(report.sent, MESSAGES);
     assert!(
         report.all_delivered(),
         "{text}\n{}\n{}",
@@ -117,7 +132,8 @@ async fn messages_and_a_large_file_arrive_intact_exactly_once_despite_loss() {
         "",
     );
     assert!(
-        acks >= 640.0 + 661.0,
-        "mailbox-b sent {acks} acks for 1301 fragments"
+        acks >= 64.0 * MESSAGES as f64 + 661.0,
+        "mailbox-b sent {acks} acks for {} fragments",
+        64 * MESSAGES + 661
     );
 }

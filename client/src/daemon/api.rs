@@ -24,8 +24,11 @@ pub const MAX_RESPONSE_LEN: usize = 16 << 20;
 /// Content bytes returned by one `inbox` request at most (one message of
 /// any size is always returned whole).
 pub const MAX_INBOX_PAGE_BYTES: usize = 4 << 20;
-/// How long a request may take before the CLI gives up on the daemon.
+/// How long a request may take before the CLI gives up on the daemon
+/// (beyond a `wait_ms` it asked for).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest `wait_ms` the daemon honours.
+pub const MAX_WAIT_MS: u64 = 20_000;
 
 /// A file in a request or in a received message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +66,10 @@ pub enum Request {
     Message {
         /// Its id (hex).
         id: String,
+        /// Answer only once it is stored or failed, or after this many
+        /// milliseconds (at most [`MAX_WAIT_MS`]), whichever comes first.
+        #[serde(default)]
+        wait_ms: u64,
     },
     /// Every message in the outbox.
     Outbox,
@@ -267,6 +274,10 @@ pub struct Counters {
     pub poll_errors: u64,
     /// Payload bytes fetched from the mailbox.
     pub bytes_down: u64,
+    /// Ticks served (packets built and queued, or skipped).
+    pub ticks: u64,
+    /// Microseconds spent building and queueing them.
+    pub tick_work_us: u64,
 }
 
 /// One node's loop-measured reliability.
@@ -395,12 +406,19 @@ pub async fn call(data_dir: &Path, request: &Request) -> Result<Response> {
         let line = read_line(&mut BufReader::new(read), MAX_RESPONSE_LEN)
             .await
             .map_err(|e| daemon_error(&e))?
-            .ok_or_else(|| Error::Daemon("the daemon closed the connection without answering".into()))?;
+            .ok_or_else(|| {
+                Error::Daemon("the daemon closed the connection without answering".into())
+            })?;
         serde_json::from_slice(&line).map_err(|e| daemon_error(&e))
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    let limit = REQUEST_TIMEOUT
+        + match request {
+            Request::Message { wait_ms, .. } => Duration::from_millis((*wait_ms).min(MAX_WAIT_MS)),
+            _ => Duration::ZERO,
+        };
+    tokio::time::timeout(limit, exchange)
         .await
-        .map_err(|_| Error::Daemon(format!("no answer within {REQUEST_TIMEOUT:?}")))?
+        .map_err(|_| Error::Daemon(format!("no answer within {limit:?}")))?
 }
 
 fn daemon_error(e: &dyn std::fmt::Display) -> Error {
@@ -460,10 +478,15 @@ mod tests {
         assert!(matches!(r, Request::Status));
         assert!(serde_json::from_str::<Request>(r#"{"op":"status","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
-        let r: Request = serde_json::from_str(
-            r#"{"op":"send","to":"bastet1x","text":"hi","give_up_secs":5}"#,
-        )
-        .unwrap();
-        assert!(matches!(r, Request::Send { give_up_secs: 5, .. }));
+        let r: Request =
+            serde_json::from_str(r#"{"op":"send","to":"bastet1x","text":"hi","give_up_secs":5}"#)
+                .unwrap();
+        assert!(matches!(
+            r,
+            Request::Send {
+                give_up_secs: 5,
+                ..
+            }
+        ));
     }
 }

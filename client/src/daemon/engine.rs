@@ -17,13 +17,14 @@ use super::api::{
     Counters, MAX_INBOX_PAGE_BYTES, MessageReport, Request, Response, StatusReport, WireHop,
     WireReceived, WireScore,
 };
+use super::saver::Saver;
 use crate::datadir::MAX_HELD_MESSAGES;
 use crate::inbox::plan_inbox;
 use crate::message::seal_content;
 use crate::outbox::{MAX_IN_FLIGHT, Outgoing, RoundTrip, ack_timeout};
 use crate::packets::{RouteChoice, drop_packet, fragment_packet, is_loop_envelope, loop_packet};
-use crate::policy::choose_policy_route;
 use crate::poisson::{Scheduler, SendKind};
+use crate::policy::choose_policy_route;
 use crate::route::mailbox_descriptor;
 use crate::{
     Address, ClientConfig, ClientKeys, Content, DataDir, Error, NodeScores, Result, RouteNode,
@@ -52,6 +53,13 @@ const SAVE_PERIOD: Duration = Duration::from_secs(1);
 /// Housekeeping (give-ups, loop expiry, refilling the queue) runs at least
 /// this often.
 pub(crate) const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Longest stretch spent sending due packets before looking at requests
+/// and acks again.
+const MAX_TICK_WORK: Duration = Duration::from_millis(50);
+/// Most fragments in flight or queued, however fast the payload stream.
+const MAX_WINDOW: usize = 2048;
+/// `message` requests waiting at once (one per waiting `bastet send`).
+const MAX_WAITERS: usize = 1024;
 /// Final messages remembered for `bastet send` to read their fate.
 const MAX_FINISHED: usize = 1000;
 /// Loops awaited at once; more are sent but not scored.
@@ -130,6 +138,9 @@ pub(crate) struct Engine {
     started: Instant,
     last_save: Instant,
     dirty: bool,
+    last_housekeeping: Instant,
+    waiters: Vec<(String, Instant, oneshot::Sender<Response>)>,
+    saver: Saver,
     events: mpsc::Sender<Event>,
 }
 
@@ -173,6 +184,7 @@ impl Engine {
                     why: format!("{e}; delete it to start measuring afresh"),
                 })?,
         };
+        let dir_for_saver = dir.clone();
         let mut engine = Engine {
             shown: dir.load_shown()?,
             completed: dir.load_completed()?.into_iter().collect(),
@@ -210,6 +222,9 @@ impl Engine {
             started: Instant::now(),
             last_save: Instant::now(),
             dirty: false,
+            last_housekeeping: Instant::now(),
+            waiters: Vec::new(),
+            saver: Saver::start(dir_for_saver),
             events,
         };
         for out in engine.dir.load_outbox()? {
@@ -253,9 +268,7 @@ impl Engine {
     /// Records a final message: off the disk outbox, into the memory of
     /// finished ones.
     fn finish(&mut self, out: &Outgoing, route: Vec<RouteNode>) {
-        if let Err(e) = self.dir.remove_outgoing(&out.message_id) {
-            tracing::error!(error = %e, "removing a finished message from the outbox failed");
-        }
+        self.saver.remove(&out.message_id);
         let live = Live {
             out: out.clone(),
             fragments: Vec::new(),
@@ -303,19 +316,33 @@ impl Engine {
                         let _ = reply.send(Response::Done);
                         break;
                     }
-                    Some((request, reply)) => {
-                        let response = self.handle(request);
-                        let _ = reply.send(response);
-                    }
+                    Some((request, reply)) => self.handle(request, reply),
                     None => break,
                 },
                 () = &mut shutdown => break,
             }
+            // Answer every request already waiting, then send what is due.
+            let mut stop = false;
+            while let Ok((request, reply)) = calls.try_recv() {
+                if matches!(request, Request::Shutdown) {
+                    let _ = reply.send(Response::Done);
+                    stop = true;
+                    break;
+                }
+                self.handle(request, reply);
+            }
+            if stop {
+                break;
+            }
             self.serve_ticks();
-            self.housekeeping();
+            if self.last_housekeeping.elapsed() >= HOUSEKEEPING {
+                self.last_housekeeping = Instant::now();
+                self.housekeeping();
+            }
         }
         tracing::info!("daemon stopping: saving the outbox");
         self.save();
+        self.saver.finish();
         let written = self.outbound.written() + self.outbound.lost();
         let sent = self.counters.real + self.counters.drop + self.counters.loops_sent;
         let drained = Instant::now();
@@ -328,10 +355,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Sends what the schedule says is due now.
+    /// Sends what the schedule says is due now, for at most
+    /// [`MAX_TICK_WORK`] at a time: a starved engine answers requests and
+    /// reads acks between bursts, and serves late ticks (up to 2 s) next.
     fn serve_ticks(&mut self) {
         let rng = &mut rand::rng();
-        while let Some(tick) = self.scheduler.poll(Instant::now(), rng) {
+        let start = Instant::now();
+        while start.elapsed() < MAX_TICK_WORK
+            && let Some(tick) = self.scheduler.poll(Instant::now(), rng)
+        {
+            let t = Instant::now();
             match tick.kind {
                 SendKind::Real((id, index)) => {
                     self.queued.remove(&(id.clone(), index));
@@ -342,6 +375,8 @@ impl Engine {
                 SendKind::Drop => self.send_drop(),
                 SendKind::Loop => self.send_loop(),
             }
+            self.counters.ticks += 1;
+            self.counters.tick_work_us += t.elapsed().as_micros() as u64;
         }
         self.counters.missed = self.scheduler.missed();
     }
@@ -353,10 +388,7 @@ impl Engine {
             return false;
         };
         let now = now_ms();
-        let timeout = self.round_trip.timeout(ack_timeout(
-            self.params.mean_capped_hop_delay(),
-            self.config.traffic.poll_interval(),
-        ));
+        let timeout = self.ack_timeout();
         let live = &self.live[pos];
         if live.out.is_final() || live.out.fragments.get(index).is_none_or(|f| f.acked) {
             return false;
@@ -465,6 +497,7 @@ impl Engine {
 
     /// Give-ups, lost loops, the real-packet queue, saving, the consensus.
     fn housekeeping(&mut self) {
+        self.answer_waiters();
         let now = now_ms();
         let mut done = Vec::new();
         for (i, live) in self.live.iter_mut().enumerate() {
@@ -514,12 +547,31 @@ impl Engine {
         }
     }
 
+    /// Fragments in flight (sent, not acked, not yet due again) or queued
+    /// at most: enough to keep the payload stream busy for two ack timeouts
+    /// (the rate, not the window, limits sending), at least
+    /// [`MAX_IN_FLIGHT`], at most [`MAX_WINDOW`].
+    fn window(&self) -> usize {
+        let timeout = self.ack_timeout().as_secs_f64();
+        let busy = (2.0 * self.params.payload_rate * timeout).ceil() as usize;
+        busy.clamp(MAX_IN_FLIGHT, MAX_WINDOW)
+    }
+
+    fn ack_timeout(&self) -> Duration {
+        self.round_trip.timeout(ack_timeout(
+            self.params.mean_capped_hop_delay(),
+            self.config.traffic.poll_interval(),
+        ))
+    }
+
     /// Queues due fragments for payload ticks, round robin over messages,
-    /// while fewer than [`MAX_IN_FLIGHT`] are in flight or queued.
+    /// while fewer than [`Engine::window`] are in flight or queued.
     fn refill(&mut self) {
         let now = now_ms();
         let in_flight: usize = self.live.iter().map(|l| l.out.in_flight(now)).sum();
-        let mut room = MAX_IN_FLIGHT.saturating_sub(in_flight + self.scheduler.queued());
+        let mut room = self
+            .window()
+            .saturating_sub(in_flight + self.scheduler.queued());
         if room == 0 {
             return;
         }
@@ -559,14 +611,10 @@ impl Engine {
     /// Writes every live message's state.
     fn save(&mut self) {
         for live in &self.live {
-            if let Err(e) = self.dir.save_outgoing(&live.out) {
-                tracing::error!(error = %e, "saving the outbox failed");
-            }
+            self.saver.outgoing(&live.out);
         }
-        if self.scores_dirty
-            && let Err(e) = self.dir.save_scores(self.scores.to_json().as_bytes())
-        {
-            tracing::error!(error = %e, "saving the node scores failed");
+        if self.scores_dirty {
+            self.saver.scores(self.scores.to_json().into_bytes());
         }
         self.dirty = false;
         self.scores_dirty = false;
@@ -735,7 +783,56 @@ impl Engine {
         }
     }
 
-    fn handle(&mut self, request: Request) -> Response {
+    /// The report of message `id`, if the daemon knows it.
+    fn report(&self, id: &str) -> Option<MessageReport> {
+        self.live
+            .iter()
+            .find(|l| l.out.message_id == id)
+            .map(Live::report)
+            .or_else(|| {
+                self.finished
+                    .iter()
+                    .rev()
+                    .find(|r| r.message_id == id)
+                    .cloned()
+            })
+    }
+
+    /// Answers the `message` requests waiting for a message that is now
+    /// final, or whose wait is over.
+    fn answer_waiters(&mut self) {
+        let now = Instant::now();
+        let waiters = std::mem::take(&mut self.waiters);
+        for (id, deadline, reply) in waiters {
+            match self.report(&id) {
+                Some(r) if r.state.is_final() || now >= deadline => {
+                    let _ = reply.send(Response::Message(r));
+                }
+                Some(_) => self.waiters.push((id, deadline, reply)),
+                None => {
+                    let _ = reply.send(Response::Error {
+                        error: format!("no message {id} in the outbox"),
+                    });
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request, reply: oneshot::Sender<Response>) {
+        if let Request::Message { id, wait_ms } = &request
+            && *wait_ms > 0
+            && self.report(id).is_some_and(|r| !r.state.is_final())
+            && self.waiters.len() < MAX_WAITERS
+        {
+            let wait = Duration::from_millis((*wait_ms).min(super::api::MAX_WAIT_MS));
+            self.waiters
+                .push((id.clone(), Instant::now() + wait, reply));
+            return;
+        }
+        let _ = reply.send(self.answer(request));
+    }
+
+    fn answer(&mut self, request: Request) -> Response {
         let result = match request {
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
             Request::Send {
@@ -745,12 +842,8 @@ impl Engine {
                 give_up_secs,
                 route,
             } => self.queue_message(&to, text, file, give_up_secs, route),
-            Request::Message { id } => self
-                .live
-                .iter()
-                .map(Live::report)
-                .chain(self.finished.iter().rev().cloned())
-                .find(|r| r.message_id == id)
+            Request::Message { id, .. } => self
+                .report(&id)
                 .map(Response::Message)
                 .ok_or_else(|| Error::Daemon(format!("no message {id} in the outbox"))),
             Request::Outbox => Ok(Response::Outbox {

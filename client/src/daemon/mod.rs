@@ -5,6 +5,7 @@
 
 pub mod api;
 mod engine;
+mod saver;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

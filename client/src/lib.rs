@@ -10,7 +10,7 @@ mod error;
 mod inbox;
 mod message;
 mod outbox;
-mod packets;
+pub mod packets;
 mod poisson;
 mod policy;
 mod reliability;

@@ -313,15 +313,16 @@ fn real_main(cli: Cli) -> CliResult<()> {
             eprintln!("bastet daemon: stopped; the outbox is saved");
         }
         Command::Status { json } => {
-            let report = match runtime.block_on(daemon::api::call(dir.path(), &Request::Status))? {
-                Response::Status(r) => r,
-                other => return Err(unexpected(other).into()),
-            };
+            let report =
+                match runtime.block_on(daemon::api::call(dir.path(), &Request::Status {}))? {
+                    Response::Status(r) => r,
+                    other => return Err(unexpected(other).into()),
+                };
             print_status(&report, json)?;
         }
         Command::Route { command } => runtime.block_on(route_command(dir, command))?,
         Command::Outbox { json, resume } => {
-            let from_daemon = runtime.block_on(daemon::api::call(dir.path(), &Request::Outbox));
+            let from_daemon = runtime.block_on(daemon::api::call(dir.path(), &Request::Outbox {}));
             match from_daemon {
                 Err(bastet_client::Error::NoDaemon(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -671,7 +672,7 @@ async fn inbox_via_daemon(
     let deadline = std::time::Instant::now() + wait;
     let mut report = InboxReport::default();
     loop {
-        let (messages, more, partial) = match daemon::api::call(dir, &Request::Inbox).await? {
+        let (messages, more, partial) = match daemon::api::call(dir, &Request::Inbox {}).await? {
             Response::Inbox {
                 messages,
                 more,

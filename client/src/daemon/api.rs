@@ -45,7 +45,7 @@ pub struct WireFile {
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Parameters, counters, bandwidth and latency.
-    Status,
+    Status {},
     /// Seal, fragment and queue a message; answered once it is saved.
     Send {
         /// The recipient's address.
@@ -72,16 +72,16 @@ pub enum Request {
         wait_ms: u64,
     },
     /// Every message in the outbox.
-    Outbox,
+    Outbox {},
     /// Received messages not yet taken, oldest first.
-    Inbox,
+    Inbox {},
     /// The CLI has shown (and saved) these messages: forget them.
     InboxDone {
         /// Their ids (hex).
         ids: Vec<String>,
     },
     /// Save everything and exit, as on SIGTERM.
-    Shutdown,
+    Shutdown {},
 }
 
 /// One relay of a route, for display.
@@ -427,7 +427,7 @@ fn daemon_error(e: &dyn std::fmt::Display) -> Error {
 
 /// Reads one `\n`-terminated line of at most `max` bytes (without the
 /// newline); `None` at a clean end of stream before any byte.
-pub(crate) async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+pub async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> std::io::Result<Option<Vec<u8>>> {
@@ -475,7 +475,7 @@ mod tests {
     #[test]
     fn requests_parse_strictly() {
         let r: Request = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
-        assert!(matches!(r, Request::Status));
+        assert!(matches!(r, Request::Status {}));
         assert!(serde_json::from_str::<Request>(r#"{"op":"status","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
         let r: Request =

@@ -312,7 +312,7 @@ impl Engine {
                 _ = poll.tick() => self.start_poll(),
                 Some(event) = events.recv() => self.handle_event(event),
                 call = calls.recv() => match call {
-                    Some((Request::Shutdown, reply)) => {
+                    Some((Request::Shutdown {}, reply)) => {
                         let _ = reply.send(Response::Done);
                         break;
                     }
@@ -324,7 +324,7 @@ impl Engine {
             // Answer every request already waiting, then send what is due.
             let mut stop = false;
             while let Ok((request, reply)) = calls.try_recv() {
-                if matches!(request, Request::Shutdown) {
+                if matches!(request, Request::Shutdown {}) {
                     let _ = reply.send(Response::Done);
                     stop = true;
                     break;
@@ -834,7 +834,7 @@ impl Engine {
 
     fn answer(&mut self, request: Request) -> Response {
         let result = match request {
-            Request::Status => Ok(Response::Status(Box::new(self.status()))),
+            Request::Status {} => Ok(Response::Status(Box::new(self.status()))),
             Request::Send {
                 to,
                 text,
@@ -846,12 +846,12 @@ impl Engine {
                 .report(&id)
                 .map(Response::Message)
                 .ok_or_else(|| Error::Daemon(format!("no message {id} in the outbox"))),
-            Request::Outbox => Ok(Response::Outbox {
+            Request::Outbox {} => Ok(Response::Outbox {
                 messages: self.live.iter().map(Live::report).collect(),
             }),
-            Request::Inbox => self.inbox_page(),
+            Request::Inbox {} => self.inbox_page(),
             Request::InboxDone { ids } => self.inbox_done(&ids),
-            Request::Shutdown => Ok(Response::Done),
+            Request::Shutdown {} => Ok(Response::Done),
         };
         result.unwrap_or_else(|e| Response::Error {
             error: e.to_string(),

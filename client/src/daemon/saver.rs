@@ -79,10 +79,10 @@ impl Saver {
     }
 
     fn send(&self, job: Job) {
-        if let Some(tx) = &self.tx {
-            if self.thread.is_none() || tx.send(job).is_err() {
-                tracing::error!("the state writer is gone; state is not being saved");
-            }
+        if let Some(tx) = &self.tx
+            && (self.thread.is_none() || tx.send(job).is_err())
+        {
+            tracing::error!("the state writer is gone; state is not being saved");
         }
     }
 

@@ -447,6 +447,43 @@ mod tests {
     }
 
     #[test]
+    fn traffic_presets_and_overrides_load_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        for name in TRAFFIC_PRESETS {
+            let mut c = sample();
+            c.traffic = TrafficConfig::preset(name).unwrap();
+            assert_eq!(c.traffic_params(), TrafficParams::named(name).unwrap());
+            std::fs::write(&path, c.to_commented_toml().unwrap()).unwrap();
+            let loaded: ClientConfig =
+                bastet_directory::load_config(&path, "BASTET_CLIENT_TEST_PRESETS").unwrap();
+            assert_eq!(loaded, c);
+        }
+        let mut c = sample();
+        c.traffic = TrafficConfig {
+            payload_rate: Some(7.5),
+            loop_rate: Some(0.0),
+            mean_hop_delay_ms: Some(30),
+            max_hop_delay_ms: Some(600),
+            poll_interval_ms: 250,
+            ..TrafficConfig::preset("paranoid").unwrap()
+        };
+        c.validate().unwrap();
+        let p = c.traffic_params();
+        assert_eq!((p.payload_rate, p.loop_rate), (7.5, 0.0));
+        assert_eq!(p.mean_hop_delay, Duration::from_millis(30));
+        assert_eq!(p.max_hop_delay, Duration::from_millis(600));
+        std::fs::write(&path, c.to_commented_toml().unwrap()).unwrap();
+        let loaded: ClientConfig =
+            bastet_directory::load_config(&path, "BASTET_CLIENT_TEST_OVERRIDES").unwrap();
+        assert_eq!(loaded, c);
+        // A mean above the cap is refused, naming the key.
+        c.traffic.mean_hop_delay_ms = Some(700);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("traffic.mean_hop_delay"), "{err}");
+    }
+
+    #[test]
     fn unknown_and_bad_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("client.toml");

@@ -473,6 +473,34 @@ mod tests {
     }
 
     #[test]
+    fn a_held_message_converts_back_whole() {
+        use crate::{MessageId, ReceivedFile, ReceivedMessage};
+        let m = ReceivedMessage {
+            message_id: MessageId([7; 16]),
+            sent_at_ms: 5,
+            from: [3; 32],
+            verified: true,
+            text: String::new(),
+            file: Some(ReceivedFile {
+                name: "a.bin".into(),
+                bytes: vec![0, 1, 2, 255],
+            }),
+        };
+        let wire = WireReceived::new(&m, 9, 2);
+        let json = serde_json::to_string(&wire).unwrap();
+        let back: WireReceived = serde_json::from_str(&json).unwrap();
+        let shown = back.to_inbox_message().unwrap();
+        assert_eq!(shown.message, m);
+        assert_eq!((shown.received_at_ms, shown.fragments), (9, 2));
+        let mut bad = back.clone();
+        bad.from = "zz".into();
+        assert!(bad.to_inbox_message().is_err());
+        let mut bad = back;
+        bad.file.as_mut().unwrap().base64 = "***".into();
+        assert!(bad.to_inbox_message().is_err());
+    }
+
+    #[test]
     fn requests_parse_strictly() {
         let r: Request = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
         assert!(matches!(r, Request::Status {}));

@@ -152,10 +152,10 @@ impl Engine {
         keys: ClientKeys,
         config: ClientConfig,
         address: String,
+        consensus: VerifiedConsensus,
         events: mpsc::Sender<Event>,
     ) -> Result<Engine> {
         let params = config.traffic.params()?;
-        let consensus = fetch_consensus(&config.directory).await?;
         let own_server = config.mailbox_server_id()?;
         let server = mailbox_descriptor(&consensus, &own_server)?;
         let api = server
@@ -1009,7 +1009,7 @@ impl Engine {
     }
 }
 
-async fn fetch_consensus(directory: &DirectoryConfig) -> Result<VerifiedConsensus> {
+pub(crate) async fn fetch_consensus(directory: &DirectoryConfig) -> Result<VerifiedConsensus> {
     Ok(bastet_directory::DirectoryClient::new(directory)?
         .fetch_consensus()
         .await?)

@@ -20,6 +20,8 @@ use crate::{Client, DataDir, Error, Result};
 
 /// Requests waiting for the engine at once; more connections wait.
 const CALL_QUEUE: usize = 64;
+/// Pause between attempts to fetch a first consensus.
+const CONSENSUS_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 32;
 
@@ -32,8 +34,25 @@ pub async fn run(dir: DataDir, ready: impl FnOnce(&Path, usize)) -> Result<()> {
         .ok_or_else(|| Error::DaemonRunning(dir.path().to_path_buf()))?;
     let address = client.address()?.to_string();
     let (keys, config) = client.into_parts();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    // Without a consensus nothing can be sent: wait for one (the
+    // authorities may be restarting), saying so, until stopped.
+    let consensus = loop {
+        match engine::fetch_consensus(&config.directory).await {
+            Ok(c) => break c,
+            Err(e @ (Error::Directory(_) | Error::Link(_))) => {
+                tracing::warn!(error = %e, "no consensus yet; trying again in {CONSENSUS_RETRY:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(CONSENSUS_RETRY) => {}
+                    () = &mut shutdown => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let (events_tx, events_rx) = mpsc::channel(64);
-    let engine = Engine::start(dir.clone(), keys, config, address, events_tx).await?;
+    let engine = Engine::start(dir.clone(), keys, config, address, consensus, events_tx).await?;
 
     // Holding the lock, any socket file left is stale (a crashed daemon).
     let path = socket_path(dir.path());
@@ -74,7 +93,7 @@ pub async fn run(dir: DataDir, ready: impl FnOnce(&Path, usize)) -> Result<()> {
         }
     });
     ready(&path, engine.pending());
-    let result = engine.run(calls_rx, events_rx, shutdown_signal()).await;
+    let result = engine.run(calls_rx, events_rx, shutdown).await;
     acceptor.abort();
     let _ = std::fs::remove_file(&path);
     drop(lock);

@@ -21,7 +21,8 @@ pub use client::{
     Client, InboxReport, POLL_INTERVAL, SendOptions, SentMessage, now_ms, save_received_file,
 };
 pub use config::{
-    ClientConfig, ENV_PREFIX, MAX_POLL_INTERVAL_MS, MIN_POLL_INTERVAL_MS, TRAFFIC_PRESETS, TrafficConfig,
+    ClientConfig, ENV_PREFIX, MAX_POLL_INTERVAL_MS, MIN_POLL_INTERVAL_MS, TRAFFIC_PRESETS,
+    TrafficConfig,
 };
 pub use crypto::ClientKeys;
 pub use datadir::{DataDir, MAX_COMPLETED_ENVELOPES, OutboxLock};

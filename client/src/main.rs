@@ -326,7 +326,9 @@ fn real_main(cli: Cli) -> CliResult<()> {
                 Err(bastet_client::Error::NoDaemon(_)) => {}
                 Err(e) => return Err(e.into()),
                 Ok(_) if resume => {
-                    return Err(bastet_client::Error::DaemonRunning(dir.path().to_path_buf()).into());
+                    return Err(
+                        bastet_client::Error::DaemonRunning(dir.path().to_path_buf()).into(),
+                    );
                 }
                 Ok(Response::Outbox { messages }) => {
                     print_reports(&messages, json)?;
@@ -347,11 +349,8 @@ fn real_main(cli: Cli) -> CliResult<()> {
                     eprintln!("bastet: {why}");
                 }
             } else {
-                let pending: Vec<MessageReport> = client
-                    .outbox()?
-                    .iter()
-                    .map(MessageReport::from)
-                    .collect();
+                let pending: Vec<MessageReport> =
+                    client.outbox()?.iter().map(MessageReport::from).collect();
                 print_reports(&pending, json)?;
             }
         }
@@ -558,7 +557,14 @@ fn print_sent(sent: &MessageReport, json: bool) -> CliResult<()> {
         let route: Vec<String> = sent
             .route
             .iter()
-            .map(|n| format!("{} {} ({})", n.role, n.node.get(..8).unwrap_or(""), n.jurisdiction))
+            .map(|n| {
+                format!(
+                    "{} {} ({})",
+                    n.role,
+                    n.node.get(..8).unwrap_or(""),
+                    n.jurisdiction
+                )
+            })
             .collect();
         let route = if route.is_empty() {
             String::new()
@@ -583,7 +589,10 @@ fn print_sent(sent: &MessageReport, json: bool) -> CliResult<()> {
 
 fn print_reports(reports: &[MessageReport], json: bool) -> CliResult<()> {
     if json {
-        println!("{}", serde_json::to_string(&json!({ "messages": reports }))?);
+        println!(
+            "{}",
+            serde_json::to_string(&json!({ "messages": reports }))?
+        );
     } else if reports.is_empty() {
         println!("The outbox is empty.");
     } else {
@@ -699,7 +708,10 @@ fn print_status(s: &StatusReport, json: bool) -> CliResult<()> {
         return Ok(());
     }
     let kb = |b: f64| b / 1000.0;
-    println!("daemon pid {}, up {} s; address {}", s.pid, s.uptime_secs, s.address);
+    println!(
+        "daemon pid {}, up {} s; address {}",
+        s.pid, s.uptime_secs, s.address
+    );
     println!("traffic preset: {}", s.preset);
     println!(
         "  payload stream λ_P {}/s (measured {:.2}/s), loop cover λ_L {}/s",

@@ -233,7 +233,10 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
     }
     alice.set_traffic(&options.traffic)?;
     bob.set_traffic(&options.traffic)?;
-    tracing::info!("starting both clients' daemons (preset {})", options.traffic.preset);
+    tracing::info!(
+        "starting both clients' daemons (preset {})",
+        options.traffic.preset
+    );
     let _alice_daemon = alice.start_daemon().await?;
     let _bob_daemon = bob.start_daemon().await?;
     let outgoing = alice.data_dir().join("outgoing");
@@ -249,18 +252,20 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
         if options.size <= INLINE_TEXT_LIMIT {
             let text = message_text(i, options.messages, options.size);
             let expected = Expected::Text(text.clone());
-            let task = tokio::spawn(async move {
-                alice.send_content(&to, Payload::Text(&text), true).await
-            });
+            let task =
+                tokio::spawn(
+                    async move { alice.send_content(&to, Payload::Text(&text), true).await },
+                );
             pending.push((task, expected));
         } else {
             let bytes = message_file(i, options.messages, options.size);
             let path = outgoing.join(format!("message-{i}.bin"));
             std::fs::write(&path, &bytes)
                 .map_err(Error::io(format!("writing {}", path.display())))?;
-            let task = tokio::spawn(async move {
-                alice.send_content(&to, Payload::File(&path), true).await
-            });
+            let task =
+                tokio::spawn(
+                    async move { alice.send_content(&to, Payload::File(&path), true).await },
+                );
             pending.push((task, Expected::File(bytes)));
         }
         tracing::info!("queued message {i}/{}", options.messages);

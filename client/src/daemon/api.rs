@@ -395,7 +395,9 @@ pub async fn call(data_dir: &Path, request: &Request) -> Result<Response> {
         let line = read_line(&mut BufReader::new(read), MAX_RESPONSE_LEN)
             .await
             .map_err(|e| daemon_error(&e))?
-            .ok_or_else(|| Error::Daemon("the daemon closed the connection without answering".into()))?;
+            .ok_or_else(|| {
+                Error::Daemon("the daemon closed the connection without answering".into())
+            })?;
         serde_json::from_slice(&line).map_err(|e| daemon_error(&e))
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
@@ -460,10 +462,15 @@ mod tests {
         assert!(matches!(r, Request::Status));
         assert!(serde_json::from_str::<Request>(r#"{"op":"status","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
-        let r: Request = serde_json::from_str(
-            r#"{"op":"send","to":"bastet1x","text":"hi","give_up_secs":5}"#,
-        )
-        .unwrap();
-        assert!(matches!(r, Request::Send { give_up_secs: 5, .. }));
+        let r: Request =
+            serde_json::from_str(r#"{"op":"send","to":"bastet1x","text":"hi","give_up_secs":5}"#)
+                .unwrap();
+        assert!(matches!(
+            r,
+            Request::Send {
+                give_up_secs: 5,
+                ..
+            }
+        ));
     }
 }

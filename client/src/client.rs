@@ -717,13 +717,13 @@ mod tests {
     fn received_files_never_overwrite_and_bad_names_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("in");
-        let a = save_file(&dir, "f.txt", b"one").unwrap();
-        let b = save_file(&dir, "f.txt", b"two").unwrap();
+        let a = save_received_file(&dir, "f.txt", b"one").unwrap();
+        let b = save_received_file(&dir, "f.txt", b"two").unwrap();
         assert_eq!(a, dir.join("f.txt"));
         assert_eq!(b, dir.join("f.txt.1"));
         assert_eq!(std::fs::read(&a).unwrap(), b"one");
         assert_eq!(std::fs::read(&b).unwrap(), b"two");
-        assert!(save_file(&dir, "../escape", b"x").is_err());
+        assert!(save_received_file(&dir, "../escape", b"x").is_err());
         assert!(!tmp.path().join("escape").exists());
     }
 }

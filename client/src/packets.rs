@@ -188,7 +188,7 @@ mod tests {
             assert!(!is_loop_envelope(&b, &id));
         }
         let mut random = [0u8; 16];
-        rng.fill_bytes(&mut random);
+        rand::Rng::fill_bytes(rng, &mut random);
         assert!(!is_loop_envelope(&a, &EnvelopeId(random)));
     }
 }

@@ -41,6 +41,7 @@ async fn messages_and_a_large_file_arrive_intact_exactly_once_despite_loss() {
         timeout: Duration::from_secs(90),
         spacing: Duration::ZERO,
         policy: None,
+        ..DemoOptions::default()
     };
     let ten = run_demo(&net, &options);
     let bytes = message_file(1, 1, 1 << 20);

@@ -22,8 +22,8 @@ use crate::inbox::plan_inbox;
 use crate::message::seal_content;
 use crate::outbox::{MAX_IN_FLIGHT, Outgoing, RoundTrip, ack_timeout};
 use crate::packets::{RouteChoice, drop_packet, fragment_packet, is_loop_envelope, loop_packet};
-use crate::policy::choose_policy_route;
 use crate::poisson::{Scheduler, SendKind};
+use crate::policy::choose_policy_route;
 use crate::route::mailbox_descriptor;
 use crate::{
     Address, ClientConfig, ClientKeys, Content, DataDir, Error, NodeScores, Result, RouteNode,
@@ -144,6 +144,7 @@ impl Engine {
         events: mpsc::Sender<Event>,
     ) -> Result<Engine> {
         let params = config.traffic.params()?;
+        let source_ip = config.source_ip()?;
         let consensus = fetch_consensus(&config.directory).await?;
         let own_server = config.mailbox_server_id()?;
         let server = mailbox_descriptor(&consensus, &own_server)?;
@@ -186,6 +187,7 @@ impl Engine {
             api,
             outbound: Outbound::new(OutboundConfig {
                 queue_len: OUTBOUND_QUEUE,
+                bind_addr: source_ip,
                 ..OutboundConfig::default()
             }),
             scheduler,

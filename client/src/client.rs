@@ -301,6 +301,7 @@ impl Client {
     ) -> Result<Vec<SentMessage>> {
         let outbound = Outbound::new(OutboundConfig {
             queue_len: OUTBOUND_QUEUE,
+            bind_addr: self.config.source_ip()?,
             ..OutboundConfig::default()
         });
         let own_server = self.config.mailbox_server_id()?;

@@ -1,6 +1,7 @@
 //! `client.toml`: which authorities to trust, where this client's mailbox
 //! is, its route policy and its traffic (Loopix) parameters.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bastet_directory::DirectoryConfig;
@@ -139,6 +140,11 @@ pub struct ClientConfig {
     /// distinct operators.
     #[serde(default)]
     pub route: RoutePolicy,
+    /// Bind outgoing packet connections to this local address (an IP
+    /// address): for multi-homed hosts; the testnet uses it to tell
+    /// clients apart on loopback. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_addr: Option<String>,
 }
 
 /// The commented-out `[route]` section `init` writes.
@@ -169,6 +175,7 @@ impl ClientConfig {
             traffic: TrafficConfig::default(),
             directory,
             route: RoutePolicy::default(),
+            source_addr: None,
         }
     }
 
@@ -179,7 +186,22 @@ impl ClientConfig {
         self.traffic.validate()?;
         self.directory.validate()?;
         self.route.validate("route.")?;
+        self.source_ip()?;
         Ok(())
+    }
+
+    /// The parsed `source_addr`.
+    pub fn source_ip(&self) -> Result<Option<IpAddr>> {
+        self.source_addr
+            .as_deref()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    Error::Config(format!(
+                        "source_addr: {a:?} is not an IP address (such as 192.0.2.7 or 2001:db8::7)"
+                    ))
+                })
+            })
+            .transpose()
     }
 
     /// The parsed `mailbox_server`.
@@ -278,6 +300,10 @@ impl ClientConfig {
                 .map_err(|e| Error::Config(format!("cannot write the [route] section: {e}")))?
         };
         let traffic = self.traffic_toml()?;
+        let source_addr = match &self.source_addr {
+            Some(a) => format!("source_addr = {}", toml::Value::String(a.clone())),
+            None => "# source_addr = \"192.0.2.7\"".to_string(),
+        };
         Ok(format!(
             "# Bastet client configuration, written by `bastet init`.\n\
              # Environment overrides: {ENV_PREFIX}__<KEY>, e.g. {ENV_PREFIX}__TRAFFIC__PRESET=paranoid.\n\
@@ -286,6 +312,9 @@ impl ClientConfig {
              mailbox_server = \"{}\"\n\
              # This client's mailbox id (hex), derived from mailbox.key.\n\
              mailbox_id = \"{}\"\n\
+             # Bind outgoing packet connections to this local address (multi-homed hosts;\n\
+             # the testnet uses it to tell clients apart on loopback). Default: any.\n\
+             {source_addr}\n\
              \n\
              {traffic}\n\
              # The directory authorities this client trusts (copied from --directory).\n\
@@ -517,5 +546,35 @@ mod tests {
         let mut c = sample();
         c.mailbox_id = "00".into();
         assert!(c.validate().unwrap_err().to_string().contains("mailbox_id"));
+    }
+
+    #[test]
+    fn source_addr_is_optional_and_must_be_an_ip_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        let text = sample().to_commented_toml().unwrap();
+        assert!(
+            text.contains("# source_addr = "),
+            "init documents it: {text}"
+        );
+        assert_eq!(sample().source_ip().unwrap(), None);
+
+        std::fs::write(&path, format!("source_addr = \"127.0.0.2\"\n{text}")).unwrap();
+        let loaded: ClientConfig =
+            bastet_directory::load_config(&path, "BASTET_CLIENT_TEST_SOURCE").unwrap();
+        loaded.validate().unwrap();
+        assert_eq!(loaded.source_ip().unwrap(), Some([127, 0, 0, 2].into()));
+        // Written back by init when set.
+        std::fs::write(&path, loaded.to_commented_toml().unwrap()).unwrap();
+        let again: ClientConfig =
+            bastet_directory::load_config(&path, "BASTET_CLIENT_TEST_SOURCE2").unwrap();
+        assert_eq!(again, loaded);
+
+        for bad in ["127.0.0.2:4000", "localhost", ""] {
+            let mut c = sample();
+            c.source_addr = Some(bad.into());
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("source_addr"), "{bad}: {err}");
+        }
     }
 }

@@ -176,7 +176,6 @@ pub fn loop_packet<R: CryptoRng + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::Rng;
 
     #[test]
     fn loop_envelopes_are_recognised_only_by_their_owner() {
@@ -189,7 +188,7 @@ mod tests {
             assert!(!is_loop_envelope(&b, &id));
         }
         let mut random = [0u8; 16];
-        rng.fill_bytes(&mut random);
+        rand::Rng::fill_bytes(rng, &mut random);
         assert!(!is_loop_envelope(&a, &EnvelopeId(random)));
     }
 }

@@ -418,6 +418,12 @@ impl KsTest {
     pub fn rejects(&self) -> bool {
         self.d > self.critical
     }
+
+    /// The asymptotic critical value at significance `alpha` (0 < α < 1):
+    /// √(−ln(α/2) / 2) / √n, e.g. 1.949 / √n at α = 0.001.
+    pub fn critical_at(&self, alpha: f64) -> f64 {
+        (-(alpha / 2.0).ln() / 2.0).sqrt() / (self.n as f64).sqrt()
+    }
 }
 
 #[cfg(test)]
@@ -647,6 +653,9 @@ mod tests {
         assert!(KsTest::exponential(&[1.0], f64::NAN).is_none());
         let ks = KsTest::exponential(&[1.0; 100], 1.0).unwrap();
         assert!((ks.critical - 0.1628).abs() < 1e-12);
+        // The closed form agrees with the tabulated coefficients.
+        assert!((ks.critical_at(0.01) - 0.1628).abs() < 1e-3);
+        assert!((ks.critical_at(0.001) - 0.1949).abs() < 1e-3);
     }
 
     #[test]

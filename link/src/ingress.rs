@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use tokio::io::AsyncReadExt;
 
-use crate::{FRAME_LEN, Result, TlsIdentity, server_config};
+use crate::{FRAME_LEN, IngressLog, Result, TlsIdentity, server_config};
 
 /// Limits on what peers may hold open.
 #[derive(Clone, Debug)]
@@ -25,6 +25,8 @@ pub struct IngressConfig {
     /// A frame must be complete this long after its first byte arrived
     /// (slow senders hold a slot for at most this long per frame).
     pub frame_timeout: Duration,
+    /// Test hook: record every frame received (time, peer address, length).
+    pub log: Option<Arc<IngressLog>>,
 }
 
 impl Default for IngressConfig {
@@ -34,6 +36,7 @@ impl Default for IngressConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             frame_timeout: Duration::from_secs(10),
+            log: None,
         }
     }
 }
@@ -95,7 +98,7 @@ pub async fn serve_packets(
 
 async fn connection(
     tcp: tokio::net::TcpStream,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     acceptor: TlsAcceptor,
     config: &IngressConfig,
     tx: &mpsc::Sender<Frame>,
@@ -119,6 +122,9 @@ async fn connection(
             .map_err(|_| "frame not completed in time".to_string())?
             .map_err(|e| format!("partial frame: {e}"))?;
         stats.frames.fetch_add(1, Ordering::Relaxed);
+        if let Some(log) = &config.log {
+            log.record(peer.ip(), FRAME_LEN);
+        }
         match tx.try_send(frame) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -166,5 +172,45 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(frame[FRAME_LEN - 1], 2);
+    }
+
+    #[tokio::test]
+    async fn the_ingress_log_records_each_frame_with_its_peer_address() {
+        let identity = TlsIdentity::generate().unwrap();
+        let pin = identity.pin();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, mut rx) = mpsc::channel(4);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ingress.log");
+        let log = Arc::new(IngressLog::open(&path).unwrap());
+        let config = IngressConfig {
+            log: Some(log.clone()),
+            ..IngressConfig::default()
+        };
+        tokio::spawn(async move {
+            serve_packets(listener, &identity, config, tx, Arc::default()).await
+        });
+
+        let from = "127.0.0.2".parse().unwrap();
+        let mut link = crate::connect_from(Some(from), &addr, pin).await.unwrap();
+        for b in [1u8, 2] {
+            link.write_all(&[b; FRAME_LEN]).await.unwrap();
+        }
+        link.flush().await.unwrap();
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        log.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let want = format!(" 127.0.0.2 {FRAME_LEN}");
+        assert_eq!(
+            text.lines().filter(|l| l.ends_with(&want)).count(),
+            2,
+            "{text}"
+        );
     }
 }

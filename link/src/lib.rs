@@ -4,6 +4,7 @@ mod error;
 mod frame;
 mod https;
 mod ingress;
+mod ingress_log;
 mod metrics;
 mod packet_log;
 mod pool;
@@ -14,11 +15,14 @@ pub use error::Error;
 pub use frame::{FRAME_LEN, read_frame, write_frame};
 pub use https::{https_client, serve_https};
 pub use ingress::{Frame, IngressConfig, IngressStats, serve_packets};
+pub use ingress_log::{INGRESS_LOG_LIMIT, IngressLog};
 pub use metrics::serve_metrics;
 pub use packet_log::{PACKET_LOG_LIMIT, PacketLog};
 pub use pool::{Outbound, OutboundConfig, Peer, SendError};
 pub use process::{exit_code, init_logging, shutdown_signal};
-pub use tls::{CertPin, TlsIdentity, client_config, connect, server_config, write_private};
+pub use tls::{
+    CertPin, TlsIdentity, client_config, connect, connect_from, server_config, write_private,
+};
 
 /// Result of this crate's operations.
 pub type Result<T> = std::result::Result<T, Error>;

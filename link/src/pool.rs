@@ -2,6 +2,7 @@
 //! by a bounded queue.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use bastet_sphinx::{NodeId, Packet};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::{CertPin, connect, write_frame};
+use crate::{CertPin, connect_from, write_frame};
 
 /// Where a next hop listens and which certificate it must present.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +45,9 @@ pub struct OutboundConfig {
     pub connect_timeout: Duration,
     /// Writing and flushing one batch that takes longer fails the connection.
     pub write_timeout: Duration,
+    /// Connect from this local address (any port) instead of the one the
+    /// system picks: on a host with several addresses, the one next hops see.
+    pub bind_addr: Option<IpAddr>,
 }
 
 impl Default for OutboundConfig {
@@ -57,6 +61,7 @@ impl Default for OutboundConfig {
             give_up_after: 6,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            bind_addr: None,
         }
     }
 }
@@ -177,8 +182,11 @@ async fn writer(
                 Ok(None) | Err(_) => return close(rx, &stats),
             }
         }
-        let connected =
-            tokio::time::timeout(config.connect_timeout, connect(&peer.addr, peer.pin)).await;
+        let connected = tokio::time::timeout(
+            config.connect_timeout,
+            connect_from(config.bind_addr, &peer.addr, peer.pin),
+        )
+        .await;
         let mut stream = match connected {
             Ok(Ok(s)) => s,
             failed => {
@@ -337,5 +345,26 @@ mod tests {
         assert_eq!(pool.lost(), 1);
         assert_eq!(pool.queued(), 0);
         assert_eq!(pool.written(), 2);
+    }
+
+    #[tokio::test]
+    async fn connections_leave_from_the_bind_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let from: IpAddr = "127.0.0.2".parse().unwrap();
+        let pool = Outbound::new(OutboundConfig {
+            bind_addr: Some(from),
+            ..OutboundConfig::default()
+        });
+        let peer = Peer {
+            node: bastet_sphinx::NodeId([1; 32]),
+            addr: listener.local_addr().unwrap().to_string(),
+            pin: CertPin([0; 32]),
+        };
+        pool.send(&peer, packet(1)).unwrap();
+        let (_tcp, seen) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.ip(), from);
     }
 }

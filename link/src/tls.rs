@@ -1,6 +1,7 @@
 //! Self-signed identities, pins, and the rustls configurations that use them.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 use subtle::ConstantTimeEq;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -182,16 +183,56 @@ pub fn client_config(pin: CertPin) -> Result<ClientConfig> {
 
 /// Opens a TLS connection to `addr` and checks the peer presents `pin`.
 pub async fn connect(addr: &str, pin: CertPin) -> Result<TlsStream<TcpStream>> {
+    connect_from(None, addr, pin).await
+}
+
+/// [`connect`], from the local address `bind` (any port) when given: on a
+/// host with several addresses, the one peers see.
+pub async fn connect_from(
+    bind: Option<IpAddr>,
+    addr: &str,
+    pin: CertPin,
+) -> Result<TlsStream<TcpStream>> {
     let connect_err = |source| Error::Connect {
         addr: addr.to_string(),
         source,
     };
-    let tcp = TcpStream::connect(addr).await.map_err(connect_err)?;
+    let tcp = match bind {
+        None => TcpStream::connect(addr).await.map_err(connect_err)?,
+        Some(local) => tcp_from(local, addr).await.map_err(connect_err)?,
+    };
     tcp.set_nodelay(true).map_err(connect_err)?;
     let connector = TlsConnector::from(Arc::new(client_config(pin)?));
     let name =
         ServerName::try_from(CERT_NAME).map_err(|_| rustls::Error::General("name".into()))?;
     connector.connect(name, tcp).await.map_err(connect_err)
+}
+
+/// A TCP connection from `local` to the first address `addr` resolves to
+/// in the same family.
+async fn tcp_from(local: IpAddr, addr: &str) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for remote in tokio::net::lookup_host(addr).await? {
+        if remote.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = if local.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(local, 0))?;
+        match socket.connect(remote).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{addr} has no address in the family of the bind address {local}"),
+        )
+    }))
 }
 
 /// Accepts exactly one certificate: the pinned one. Handshake signatures are

@@ -75,6 +75,11 @@ pub struct MixnodeConfig {
     /// `packets_dropped{reason="injected_loss"}`.
     #[serde(default)]
     pub test_drop_fraction: f64,
+    /// Test hook (needs `test_hooks = true`): append one line per frame
+    /// received to this file, `<unix micros> <peer ip> <frame length>`, so
+    /// that a test can see the timing and size of one sender's packets.
+    #[serde(default)]
+    pub test_ingress_log: Option<PathBuf>,
     /// The directory authorities.
     pub directory: DirectoryConfig,
 }
@@ -206,6 +211,18 @@ impl MixnodeConfig {
                 "is a fault-injection test hook: it needs `test_hooks = true`",
             );
         }
+        match &self.test_ingress_log {
+            Some(p) if p.as_os_str().is_empty() => {
+                return bad("test_ingress_log", "must be a file path (or left out)");
+            }
+            Some(_) if !self.test_hooks => {
+                return bad(
+                    "test_ingress_log",
+                    "is a test hook that records who sent what when: it needs `test_hooks = true`",
+                );
+            }
+            _ => {}
+        }
         self.directory.validate().map_err(|e| Error::Config {
             key: "directory",
             why: e.to_string(),
@@ -307,10 +324,14 @@ impl MixnodeConfig {
              # TEST HOOK ONLY: append every packet forwarded to this file (stops at 64 MiB);\n\
              # the node's own cover packets are not logged.\n\
              {packet_log}\n\
-             # TEST HOOKS ONLY (fault injection): test_drop_fraction drops that fraction of\n\
-             # received packets at random; it is refused unless test_hooks = true.\n\
+             # TEST HOOKS ONLY, refused unless test_hooks = true. test_drop_fraction (fault\n\
+             # injection) drops that fraction of received packets at random;\n\
+             # test_ingress_log appends a line per packet received to a file,\n\
+             # \"<unix micros> <peer ip> <frame length>\" (who sent what when: never on a\n\
+             # real node; stops at 64 MiB).\n\
              # test_hooks = false\n\
              # test_drop_fraction = 0.0\n\
+             # test_ingress_log = \"/tmp/bastet-mix-ingress.log\"\n\
              \n\
              # Directory authorities this node publishes to and trusts for the consensus.\n\
              {directory}",
@@ -386,6 +407,7 @@ pub fn init(options: &InitOptions) -> Result<InitReport> {
         packet_log: None,
         test_hooks: false,
         test_drop_fraction: 0.0,
+        test_ingress_log: None,
         directory,
     };
     config.validate()?;
@@ -543,6 +565,19 @@ mod tests {
             err.contains("test_drop_fraction") && err.contains("test_hooks"),
             "{err}"
         );
+        let err = write("log.toml", "test_ingress_log = \"/tmp/x.log\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("test_ingress_log") && err.contains("test_hooks"),
+            "{err}"
+        );
+        let log = write(
+            "log-on.toml",
+            "test_hooks = true\ntest_ingress_log = \"/tmp/x.log\"",
+        )
+        .unwrap();
+        assert_eq!(log.test_ingress_log, Some(PathBuf::from("/tmp/x.log")));
         let on = write("on.toml", "test_hooks = true\ntest_drop_fraction = 0.1").unwrap();
         assert_eq!(on.test_drop_fraction, 0.1);
         let err = write("over.toml", "test_hooks = true\ntest_drop_fraction = 1.5")

@@ -22,8 +22,8 @@ use bastet_directory::{
     VerifiedConsensus, publish_rotating_forever, rotate_forever, unix_now,
 };
 use bastet_link::{
-    Frame, IngressConfig, IngressStats, Outbound, OutboundConfig, PacketLog, TlsIdentity,
-    serve_packets,
+    Frame, IngressConfig, IngressLog, IngressStats, Outbound, OutboundConfig, PacketLog,
+    TlsIdentity, serve_packets,
 };
 use bastet_sphinx::NodeId;
 use prometheus_client::registry::Registry;
@@ -53,6 +53,7 @@ pub struct Mixnode {
     metrics_addr: SocketAddr,
     consensus: ConsensusWatch,
     tasks: JoinSet<Result<()>>,
+    ingress_log: Option<Arc<IngressLog>>,
 }
 
 /// Runs a mixnode with `config` until `shutdown` completes (then stops it
@@ -92,6 +93,11 @@ impl Mixnode {
             .as_deref()
             .map(open_packet_log)
             .transpose()?;
+        let ingress_log = config
+            .test_ingress_log
+            .as_deref()
+            .map(open_ingress_log)
+            .transpose()?;
 
         let mut registry = Registry::with_prefix("bastet_mixnode");
         let metrics = Arc::new(Metrics::register(&mut registry));
@@ -130,14 +136,15 @@ impl Mixnode {
         let ingress_stats = Arc::new(IngressStats::default());
         {
             let stats = ingress_stats.clone();
+            let ingress = IngressConfig {
+                log: ingress_log.clone(),
+                ..IngressConfig::default()
+            };
             tasks.spawn(async move {
-                let why =
-                    match serve_packets(listener, &tls, IngressConfig::default(), frames_tx, stats)
-                        .await
-                    {
-                        Ok(()) => "listener closed".to_string(),
-                        Err(e) => e.to_string(),
-                    };
+                let why = match serve_packets(listener, &tls, ingress, frames_tx, stats).await {
+                    Ok(()) => "listener closed".to_string(),
+                    Err(e) => e.to_string(),
+                };
                 Err(Error::TaskFailed {
                     what: "packet listener",
                     why,
@@ -149,6 +156,7 @@ impl Mixnode {
             ingress_stats,
             outbound.clone(),
             metrics.clone(),
+            ingress_log.clone(),
         ));
         if config.test_drop_fraction > 0.0 {
             tracing::warn!(
@@ -226,6 +234,7 @@ impl Mixnode {
             metrics_addr,
             consensus,
             tasks,
+            ingress_log,
         })
     }
 
@@ -269,6 +278,9 @@ impl Mixnode {
     /// senders' end-to-end retransmission recovers them.
     pub async fn stop(mut self) {
         self.tasks.shutdown().await;
+        if let Some(log) = &self.ingress_log {
+            log.flush();
+        }
     }
 }
 
@@ -289,11 +301,13 @@ fn workers() -> usize {
 
 /// Copies the link's counters into the metrics: packets shed at ingress
 /// (which never reach [`dispatch`], where the others are counted as
-/// received), broken frames, and the outbound backlog.
+/// received), broken frames, and the outbound backlog; flushes the
+/// `test_ingress_log`, so that its file is never more than a period behind.
 async fn copy_link_stats(
     stats: Arc<IngressStats>,
     outbound: Arc<Outbound>,
     metrics: Arc<Metrics>,
+    ingress_log: Option<Arc<IngressLog>>,
 ) -> Result<()> {
     let mut seen = [0u64; 2];
     let mut tick = tokio::time::interval(STATS_PERIOD);
@@ -311,6 +325,9 @@ async fn copy_link_stats(
         metrics.drops(DropReason::WrongLength, delta(1));
         seen = now;
         metrics.outbound_queued.set(gauge_value(outbound.queued()));
+        if let Some(log) = &ingress_log {
+            log.flush();
+        }
     }
 }
 
@@ -523,4 +540,19 @@ fn open_packet_log(path: &Path) -> Result<PacketLog> {
     })?;
     tracing::warn!(path = %path.display(), "packet_log is on: every forwarded packet is written to disk (test hook)");
     Ok(log)
+}
+
+/// Opens the `test_ingress_log` test hook, loudly: it records who sent
+/// every packet and when.
+fn open_ingress_log(path: &Path) -> Result<Arc<IngressLog>> {
+    let log = IngressLog::open(path).map_err(|source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    tracing::warn!(
+        path = %path.display(),
+        "TEST HOOK test_ingress_log is on: the time, sender address and length of every \
+         packet received are written to disk. Never run a real node like this."
+    );
+    Ok(Arc::new(log))
 }

@@ -265,6 +265,22 @@ impl Client {
         std::fs::write(&path, text).map_err(|e| err(e.to_string()))
     }
 
+    /// Sets `source_addr` in its `client.toml`: its packet connections to
+    /// first mixes leave from `ip` (any address in 127.0.0.0/8 works on
+    /// loopback), so that a mixnode's ingress log can tell it apart.
+    pub fn set_source_addr(&self, ip: std::net::IpAddr) -> Result<()> {
+        let path = self.data_dir.join("client.toml");
+        let err = |why: String| Error::Config {
+            path: path.clone(),
+            why,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        doc.insert("source_addr".into(), toml::Value::String(ip.to_string()));
+        let text = toml::to_string(&doc).map_err(|e| err(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| err(e.to_string()))
+    }
+
     /// Starts `bastet daemon` (log: `daemon.log` in its data dir) and waits
     /// until it answers `bastet status`; from now on commands go through it.
     pub async fn start_daemon(&mut self) -> Result<Daemon> {

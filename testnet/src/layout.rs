@@ -124,6 +124,10 @@ pub struct RelayNode {
     pub log: PathBuf,
     /// Test hook: raw bytes of every packet it forwarded or payload it stored.
     pub packet_log: PathBuf,
+    /// Test hook (mixnodes, with [`crate::NetworkOptions::ingress_log`]): a
+    /// line per packet received, `<unix micros> <peer ip> <frame length>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_log: Option<PathBuf>,
 }
 
 /// Where everything in a testnet is; also written to `network.json`.

@@ -57,6 +57,12 @@ pub struct NetworkOptions {
     /// fixed choice puts one lossy mix in each layer; with half of them
     /// lossy, a route crosses 1.5 lossy mixes on average.
     pub loss: f64,
+    /// Turn on every mixnode's `test_ingress_log` hook (`ingress.log` in its
+    /// directory; see [`RelayNode::ingress_log`]): the time, peer address and
+    /// length of every packet it receives, to measure a client's traffic as
+    /// the first mix sees it (tell clients apart with
+    /// [`Client::set_source_addr`]).
+    pub ingress_log: bool,
 }
 
 impl Default for NetworkOptions {
@@ -72,6 +78,7 @@ impl Default for NetworkOptions {
             jurisdictions: None,
             mixes_per_jurisdiction: 3,
             loss: 0.0,
+            ingress_log: false,
         }
     }
 }
@@ -534,10 +541,16 @@ async fn launch(
             "Test hook set by bastet-testnet: raw bytes of every packet sent on\n\
              (mixnode) or payload stored (mailbox), scanned by the end-to-end tests.",
         )?;
+        let mut ingress_log = None;
         if plan.role == Role::Mix {
             mixes_seen += 1;
             if options.loss > 0.0 && mixes_seen % 2 == 1 {
                 set_loss(&config, options.loss)?;
+            }
+            if options.ingress_log {
+                let path = node_dir.join("ingress.log");
+                set_ingress_log(&config, &path)?;
+                ingress_log = Some(path);
             }
         }
         relays.push(RelayNode {
@@ -553,6 +566,7 @@ async fn launch(
             dir: node_dir,
             config,
             packet_log,
+            ingress_log,
         });
     }
     // Only now are the node ids known: admit exactly these nodes.
@@ -618,6 +632,22 @@ async fn launch(
     probe_every_route(&layout, &consensus, deadline, options.ready_timeout).await?;
     tracing::info!("network ready: packets cross every route");
     Ok(layout)
+}
+
+/// Turns on the mixnode's ingress log test hook.
+fn set_ingress_log(config: &Path, path: &Path) -> Result<()> {
+    layout::edit_config(
+        config,
+        "test_hooks",
+        true.into(),
+        "Test hooks set by bastet-testnet.",
+    )?;
+    layout::edit_config(
+        config,
+        "test_ingress_log",
+        path.to_string_lossy().into_owned().into(),
+        "",
+    )
 }
 
 /// Turns on the mixnode's packet-dropping test hook.
@@ -886,6 +916,7 @@ mod tests {
             config: config.clone(),
             log: d.path().join("node.log"),
             packet_log: d.path().join("packet.log"),
+            ingress_log: None,
         };
         rebind(&mut relay).unwrap();
         let t: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();

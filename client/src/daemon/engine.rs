@@ -1,16 +1,21 @@
 //! The daemon's traffic engine: one task that owns the outbox, the Loopix
 //! schedule, the mailbox listing and the received messages. Network calls
 //! (listing, deleting, fetching the consensus) run in spawned tasks that
-//! report back as [`Event`]s, so a slow server never delays a tick.
+//! report back as [`Event`]s, so a slow server never delays a tick. Packets
+//! are built up to [`LOOKAHEAD`] before their tick and released at the tick
+//! by a separate pacer task, so that building them, or the engine being
+//! briefly busy (saving the outbox, taking a message), does not move them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bastet_directory::{DirectoryConfig, VerifiedConsensus, epoch_of};
-use bastet_link::{Outbound, OutboundConfig};
+use bastet_link::{Outbound, OutboundConfig, Peer, SendError};
 use bastet_mailbox::{MailboxClient, StoredMessage};
-use bastet_sphinx::{EnvelopeId, Fragment, NodeId, PACKET_LEN, SEALED_REPLY_LEN, SealedReply};
+use bastet_sphinx::{
+    EnvelopeId, Fragment, NodeId, PACKET_LEN, Packet, SEALED_REPLY_LEN, SealedReply,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::api::{
@@ -46,6 +51,15 @@ pub(crate) enum Event {
 
 /// Packets queued per first mix on the link pool.
 const OUTBOUND_QUEUE: usize = 1024;
+/// Packets are built this long before their tick and released at the tick
+/// by the pacer task: building one (Sphinx, route choice) takes
+/// milliseconds of CPU, more on a loaded host, and done at the tick it
+/// would delay that packet and every tick due meanwhile, which stretches
+/// the short gaps of the Poisson process where an observer can see it.
+const LOOKAHEAD: Duration = Duration::from_millis(250);
+/// Packets built and waiting for their tick: more than `LOOKAHEAD` holds
+/// at the highest rates allowed.
+const PACER_QUEUE: usize = 256;
 /// A fragment that could not be built or queued is tried again after this.
 const UNSENT_RETRY: Duration = Duration::from_secs(1);
 /// The outbox on disk is rewritten at most this often while sending.
@@ -113,7 +127,9 @@ pub(crate) struct Engine {
     address: String,
     consensus: VerifiedConsensus,
     api: Arc<MailboxClient>,
-    outbound: Outbound,
+    outbound: Arc<Outbound>,
+    pacer: mpsc::Sender<Paced>,
+    pacer_task: tokio::task::JoinHandle<()>,
     scheduler: Scheduler<(String, usize)>,
     live: Vec<Live>,
     finished: VecDeque<MessageReport>,
@@ -156,6 +172,7 @@ impl Engine {
         events: mpsc::Sender<Event>,
     ) -> Result<Engine> {
         let params = config.traffic.params()?;
+        let source_ip = config.source_ip()?;
         let own_server = config.mailbox_server_id()?;
         let server = mailbox_descriptor(&consensus, &own_server)?;
         let api = server
@@ -185,6 +202,13 @@ impl Engine {
                 })?,
         };
         let dir_for_saver = dir.clone();
+        let outbound = Arc::new(Outbound::new(OutboundConfig {
+            queue_len: OUTBOUND_QUEUE,
+            bind_addr: source_ip,
+            ..OutboundConfig::default()
+        }));
+        let (pacer, paced) = mpsc::channel(PACER_QUEUE);
+        let pacer_task = tokio::spawn(pace(paced, outbound.clone()));
         let mut engine = Engine {
             shown: dir.load_shown()?,
             completed: dir.load_completed()?.into_iter().collect(),
@@ -196,10 +220,9 @@ impl Engine {
             address,
             consensus,
             api,
-            outbound: Outbound::new(OutboundConfig {
-                queue_len: OUTBOUND_QUEUE,
-                ..OutboundConfig::default()
-            }),
+            outbound,
+            pacer,
+            pacer_task,
             scheduler,
             live: Vec::new(),
             finished: VecDeque::new(),
@@ -301,12 +324,14 @@ impl Engine {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
-            let next_tick = self
-                .scheduler
-                .poll_timeout()
-                .map_or(Instant::now() + HOUSEKEEPING, |t| {
-                    t.min(Instant::now() + HOUSEKEEPING)
-                });
+            let next_tick =
+                self.scheduler
+                    .poll_timeout()
+                    .map_or(Instant::now() + HOUSEKEEPING, |t| {
+                        t.checked_sub(LOOKAHEAD)
+                            .unwrap_or(t)
+                            .min(Instant::now() + HOUSEKEEPING)
+                    });
             tokio::select! {
                 () = tokio::time::sleep_until(next_tick.into()) => {}
                 _ = poll.tick() => self.start_poll(),
@@ -342,6 +367,9 @@ impl Engine {
         }
         tracing::info!("daemon stopping: saving the outbox");
         self.save();
+        // The pacer releases what it holds (at most LOOKAHEAD ahead), then ends.
+        drop(self.pacer);
+        let _ = tokio::time::timeout(LOOKAHEAD + Duration::from_secs(1), self.pacer_task).await;
         self.saver.finish();
         let written = self.outbound.written() + self.outbound.lost();
         let sent = self.counters.real + self.counters.drop + self.counters.loops_sent;
@@ -355,25 +383,27 @@ impl Engine {
         Ok(())
     }
 
-    /// Sends what the schedule says is due now, for at most
-    /// [`MAX_TICK_WORK`] at a time: a starved engine answers requests and
-    /// reads acks between bursts, and serves late ticks (up to 2 s) next.
+    /// Builds the packets of the ticks due within [`LOOKAHEAD`] and hands
+    /// them to the pacer, which sends each at its tick; for at most
+    /// [`MAX_TICK_WORK`] at a time, so that a starved engine still answers
+    /// requests and reads acks between bursts.
     fn serve_ticks(&mut self) {
         let rng = &mut rand::rng();
         let start = Instant::now();
         while start.elapsed() < MAX_TICK_WORK
-            && let Some(tick) = self.scheduler.poll(Instant::now(), rng)
+            && let Some(tick) = self.scheduler.poll(Instant::now() + LOOKAHEAD, rng)
         {
+            let at = tick.at;
             let t = Instant::now();
             match tick.kind {
                 SendKind::Real((id, index)) => {
                     self.queued.remove(&(id.clone(), index));
-                    if !self.send_real(&id, index) {
-                        self.send_drop();
+                    if !self.send_real(at, &id, index) {
+                        self.send_drop(at);
                     }
                 }
-                SendKind::Drop => self.send_drop(),
-                SendKind::Loop => self.send_loop(),
+                SendKind::Drop => self.send_drop(at),
+                SendKind::Loop => self.send_loop(at),
             }
             self.counters.ticks += 1;
             self.counters.tick_work_us += t.elapsed().as_micros() as u64;
@@ -383,7 +413,7 @@ impl Engine {
 
     /// Sends fragment `index` of message `id`; false if nothing went out
     /// (acked meanwhile, final, or no route), so the tick sends cover.
-    fn send_real(&mut self, id: &str, index: usize) -> bool {
+    fn send_real(&mut self, at: Instant, id: &str, index: usize) -> bool {
         let Some(pos) = self.live.iter().position(|l| l.out.message_id == id) else {
             return false;
         };
@@ -413,7 +443,7 @@ impl Engine {
         let live = &mut self.live[pos];
         match built {
             Ok((built, ack_id, keys)) => {
-                if let Err(e) = self.outbound.send(&built.peer, built.packet) {
+                if let Err(e) = transmit(&self.pacer, at, built.peer, built.packet) {
                     tracing::warn!(error = %e, "a fragment could not be queued for its first mix");
                     live.out.record_unsent(index, now, UNSENT_RETRY);
                     return false;
@@ -436,7 +466,7 @@ impl Engine {
         }
     }
 
-    fn send_drop(&mut self) {
+    fn send_drop(&mut self, at: Instant) {
         let weigher = self.scores.weigher(now_ms());
         let choice = RouteChoice {
             consensus: &self.consensus,
@@ -447,7 +477,7 @@ impl Engine {
         let built = drop_packet(&choice, &self.own_server, &mut rand::rng());
         drop(weigher);
         match built {
-            Ok(built) => match self.outbound.send(&built.peer, built.packet) {
+            Ok(built) => match transmit(&self.pacer, at, built.peer, built.packet) {
                 Ok(()) => self.counters.drop += 1,
                 Err(e) => {
                     tracing::debug!(error = %e, "drop cover not queued");
@@ -461,7 +491,7 @@ impl Engine {
         }
     }
 
-    fn send_loop(&mut self) {
+    fn send_loop(&mut self, at: Instant) {
         let weigher = self.scores.weigher(now_ms());
         let choice = RouteChoice {
             consensus: &self.consensus,
@@ -474,7 +504,7 @@ impl Engine {
         match built {
             Ok((built, envelope)) => {
                 let route: Vec<NodeId> = built.nodes.iter().map(|n| n.node).collect();
-                match self.outbound.send(&built.peer, built.packet) {
+                match transmit(&self.pacer, at, built.peer, built.packet) {
                     Ok(()) => {
                         self.counters.loops_sent += 1;
                         if self.loops.len() < MAX_PENDING_LOOPS {
@@ -1005,6 +1035,39 @@ impl Engine {
                     samples: s.samples(),
                 })
                 .collect(),
+        }
+    }
+}
+
+/// A packet built ahead of its tick.
+struct Paced {
+    at: Instant,
+    peer: Peer,
+    packet: Packet,
+}
+
+/// Hands `packet` to the pacer, to go to `peer` at `at`.
+fn transmit(
+    pacer: &mpsc::Sender<Paced>,
+    at: Instant,
+    peer: Peer,
+    packet: Packet,
+) -> std::result::Result<(), SendError> {
+    pacer
+        .try_send(Paced { at, peer, packet })
+        .map_err(|_| SendError::QueueFull)
+}
+
+/// Releases each packet to the link at its tick, in order (the engine
+/// hands them over earliest first). A packet whose tick has passed goes at
+/// once. Ends when the engine drops its sender and the queue is empty.
+async fn pace(mut paced: mpsc::Receiver<Paced>, outbound: Arc<Outbound>) {
+    while let Some(p) = paced.recv().await {
+        tokio::time::sleep_until(p.at.into()).await;
+        if let Err(e) = outbound.send(&p.peer, p.packet) {
+            // Lost like a packet on a failing link: a real fragment is
+            // retransmitted after its ack timeout.
+            tracing::warn!(error = %e, "a packet could not be queued for its first mix");
         }
     }
 }

@@ -186,6 +186,7 @@ impl NetArgs {
             jurisdictions: self.jurisdictions.as_deref().map(|j| parse_list(j, true)),
             mixes_per_jurisdiction: self.mixes_per_jurisdiction,
             loss: 0.0,
+            ingress_log: false,
         }
     }
 }

@@ -11,7 +11,9 @@ mod probe;
 mod process;
 mod scan;
 
-pub use client::{Client, GIVE_UP_MARGIN, Payload, Received, ReceivedFileInfo, RouteHop, Sent};
+pub use client::{
+    Client, Daemon, GIVE_UP_MARGIN, Payload, Received, ReceivedFileInfo, RouteHop, Sent,
+};
 pub use demo::{
     DemoOptions, DemoReport, INLINE_TEXT_LIMIT, MAX_SIZE, MessageReport, message_file,
     message_text, route_text, run_demo,

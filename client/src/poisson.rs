@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bastet_sphinx::{MAX_MESSAGE_LEN, PACKET_LEN};
-use rand::{Rng, RngExt};
+use rand::Rng;
 
 use crate::{Error, Result};
 
@@ -164,10 +164,7 @@ impl TrafficParams {
     /// One hop's delay: Exp(μ) with mean [`TrafficParams::mean_hop_delay`],
     /// cut to [`TrafficParams::max_hop_delay`].
     pub fn sample_hop_delay<R: Rng + ?Sized>(&self, rng: &mut R) -> Duration {
-        let secs = exp_secs(1.0 / self.mean_hop_delay.as_secs_f64(), rng);
-        Duration::try_from_secs_f64(secs)
-            .unwrap_or(self.max_hop_delay)
-            .min(self.max_hop_delay)
+        bastet_sphinx::exp_delay(self.mean_hop_delay, self.max_hop_delay, rng)
     }
 
     /// Mean of one capped hop delay: for mean m and cap c,
@@ -213,13 +210,6 @@ impl TrafficParams {
         let polling = poll_interval.as_secs_f64() / 2.0;
         Duration::try_from_secs_f64(slots + mixing + polling).unwrap_or(Duration::MAX)
     }
-}
-
-/// One draw from Exp(`rate`), in seconds, by inverse transform.
-fn exp_secs<R: Rng + ?Sized>(rate: f64, rng: &mut R) -> f64 {
-    // 1 - U lies in (0, 1], so the logarithm is finite.
-    let u: f64 = 1.0 - rng.random::<f64>();
-    -u.ln() / rate
 }
 
 /// Which Poisson process a send belongs to.
@@ -365,8 +355,8 @@ fn next_tick<R: Rng + ?Sized>(from: Instant, rate: f64, rng: &mut R) -> Option<I
     if rate <= 0.0 {
         return None;
     }
-    let gap = Duration::try_from_secs_f64(exp_secs(rate, rng)).ok()?;
-    from.checked_add(gap)
+    let mean = Duration::try_from_secs_f64(1.0 / rate).ok()?;
+    from.checked_add(bastet_sphinx::exp_delay(mean, Duration::MAX, rng))
 }
 
 /// A one-sample Kolmogorov–Smirnov test of samples against Exp(`rate`), to
@@ -428,8 +418,8 @@ impl KsTest {
 
 #[cfg(test)]
 mod tests {
-    use rand::SeedableRng;
     use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
 
     use super::*;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bastet_directory::{Descriptor, Role, VerifiedConsensus};
 use bastet_link::CertPin;
 use bastet_sphinx::{Hop, NodeId};
-use rand::{Rng, RngExt};
+use rand::Rng;
 
 use crate::policy::{RoutePolicy, choose_policy_route};
 use crate::{Error, Result};
@@ -131,12 +131,7 @@ pub fn mailbox_descriptor<'c>(
 /// One draw from Exp(`mean`) (inverse transform: `-ln(U) * mean`), capped at
 /// [`MAX_HOP_DELAY`].
 pub fn sample_delay<R: Rng + ?Sized>(mean: Duration, rng: &mut R) -> Duration {
-    // 1 - U lies in (0, 1], so the logarithm is finite.
-    let u: f64 = 1.0 - rng.random::<f64>();
-    let secs = -u.ln() * mean.as_secs_f64();
-    Duration::try_from_secs_f64(secs)
-        .unwrap_or(MAX_HOP_DELAY)
-        .min(MAX_HOP_DELAY)
+    bastet_sphinx::exp_delay(mean, MAX_HOP_DELAY, rng)
 }
 
 #[cfg(test)]

@@ -109,7 +109,7 @@ pub fn cover_packet<R: Rng + ?Sized>(
             delay: if d.role == Role::Mailbox {
                 Duration::ZERO
             } else {
-                exponential(mean_delay.as_secs_f64(), rng).min(MAX_COVER_HOP_DELAY)
+                bastet_sphinx::exp_delay(mean_delay, MAX_COVER_HOP_DELAY, rng)
             },
         })
         .collect();
@@ -132,7 +132,11 @@ pub fn cover_packet<R: Rng + ?Sized>(
 /// packets per second: an Exp(1/`rate`) gap. `None` when `rate` is 0 (or
 /// not a positive number): cover is off.
 pub fn cover_gap<R: Rng + ?Sized>(rate: f64, rng: &mut R) -> Option<Duration> {
-    (rate > 0.0 && rate.is_finite()).then(|| exponential(1.0 / rate, rng))
+    if !(rate > 0.0 && rate.is_finite()) {
+        return None;
+    }
+    let mean = Duration::try_from_secs_f64(1.0 / rate).ok()?;
+    Some(bastet_sphinx::exp_delay(mean, Duration::MAX, rng))
 }
 
 fn pick<'a, R: Rng + ?Sized>(from: &[&'a Descriptor], rng: &mut R) -> Option<&'a Descriptor> {
@@ -140,13 +144,6 @@ fn pick<'a, R: Rng + ?Sized>(from: &[&'a Descriptor], rng: &mut R) -> Option<&'a
         return None;
     }
     from.get(rng.random_range(0..from.len())).copied()
-}
-
-/// One draw from Exp(`mean_secs`) (inverse transform: `-ln(U) * mean`).
-fn exponential<R: Rng + ?Sized>(mean_secs: f64, rng: &mut R) -> Duration {
-    // 1 - U lies in (0, 1], so the logarithm is finite.
-    let u: f64 = 1.0 - rng.random::<f64>();
-    Duration::try_from_secs_f64(-u.ln() * mean_secs).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod delay;
 mod error;
 mod fragment;
 mod packet;
@@ -7,6 +8,7 @@ mod replay;
 mod surb;
 mod types;
 
+pub use delay::exp_delay;
 pub use error::Error;
 pub use fragment::{
     ACK_BODY_LEN, ACK_BODY_VERSION, AckId, AckRequest, EnvelopeId, FINAL_PAYLOAD_OVERHEAD,

@@ -27,7 +27,9 @@ use crate::datadir::MAX_HELD_MESSAGES;
 use crate::inbox::plan_inbox;
 use crate::message::seal_content;
 use crate::outbox::{MAX_IN_FLIGHT, Outgoing, RoundTrip, ack_timeout};
-use crate::packets::{RouteChoice, drop_packet, fragment_packet, is_loop_envelope, loop_packet};
+use crate::packets::{
+    Built, RouteChoice, drop_packet, fragment_packet, is_loop_envelope, loop_packet,
+};
 use crate::poisson::{Scheduler, SendKind};
 use crate::policy::choose_policy_route;
 use crate::route::mailbox_descriptor;
@@ -424,22 +426,17 @@ impl Engine {
             return false;
         }
         let policy = live.out.route.as_ref().unwrap_or(&self.config.route);
-        let weigher = self.scores.weigher(now);
-        let choice = RouteChoice {
-            consensus: &self.consensus,
-            policy,
-            params: &self.params,
-            weight: Some(&weigher),
-        };
-        let built = fragment_packet(
-            &choice,
-            &self.keys,
-            &live.to,
-            &self.own_server,
-            &live.fragments[index],
-            &mut rand::rng(),
-        );
-        drop(weigher);
+        let built = self.with_choice(policy, |choice| {
+            let fragment = &live.fragments[index];
+            fragment_packet(
+                choice,
+                &self.keys,
+                &live.to,
+                &self.own_server,
+                fragment,
+                &mut rand::rng(),
+            )
+        });
         let live = &mut self.live[pos];
         match built {
             Ok((built, ack_id, keys)) => {
@@ -466,61 +463,67 @@ impl Engine {
         }
     }
 
-    fn send_drop(&mut self, at: Instant) {
+    /// Runs `f` with the route choice for `policy`: this consensus, the
+    /// delays in force and the nodes weighted by their loop scores.
+    fn with_choice<T>(&self, policy: &RoutePolicy, f: impl FnOnce(&RouteChoice<'_>) -> T) -> T {
         let weigher = self.scores.weigher(now_ms());
-        let choice = RouteChoice {
+        f(&RouteChoice {
             consensus: &self.consensus,
-            policy: &self.config.route,
+            policy,
             params: &self.params,
             weight: Some(&weigher),
-        };
-        let built = drop_packet(&choice, &self.own_server, &mut rand::rng());
-        drop(weigher);
+        })
+    }
+
+    /// Hands a cover packet (drop or loop) to the pacer; its route if queued.
+    fn send_cover(
+        &mut self,
+        at: Instant,
+        kind: &str,
+        built: Result<Built>,
+    ) -> Option<Vec<RouteNode>> {
         match built {
             Ok(built) => match transmit(&self.pacer, at, built.peer, built.packet) {
-                Ok(()) => self.counters.drop += 1,
+                Ok(()) => Some(built.nodes),
                 Err(e) => {
-                    tracing::debug!(error = %e, "drop cover not queued");
+                    tracing::debug!(error = %e, "{kind} cover not queued");
                     self.counters.skipped += 1;
+                    None
                 }
             },
             Err(e) => {
-                tracing::warn!(error = %e, "no route for drop cover; tick skipped");
+                tracing::warn!(error = %e, "no route for {kind} cover; tick skipped");
                 self.counters.skipped += 1;
+                None
             }
         }
     }
 
+    fn send_drop(&mut self, at: Instant) {
+        let policy = &self.config.route;
+        let built = self.with_choice(policy, |c| {
+            drop_packet(c, &self.own_server, &mut rand::rng())
+        });
+        if self.send_cover(at, "drop", built).is_some() {
+            self.counters.drop += 1;
+        }
+    }
+
     fn send_loop(&mut self, at: Instant) {
-        let weigher = self.scores.weigher(now_ms());
-        let choice = RouteChoice {
-            consensus: &self.consensus,
-            policy: &self.config.route,
-            params: &self.params,
-            weight: Some(&weigher),
+        let policy = &self.config.route;
+        let built = self.with_choice(policy, |c| {
+            loop_packet(c, &self.keys, &self.own_server, &mut rand::rng())
+        });
+        let (built, envelope) = match built {
+            Ok((b, e)) => (Ok(b), Some(e)),
+            Err(e) => (Err(e), None),
         };
-        let built = loop_packet(&choice, &self.keys, &self.own_server, &mut rand::rng());
-        drop(weigher);
-        match built {
-            Ok((built, envelope)) => {
-                let route: Vec<NodeId> = built.nodes.iter().map(|n| n.node).collect();
-                match transmit(&self.pacer, at, built.peer, built.packet) {
-                    Ok(()) => {
-                        self.counters.loops_sent += 1;
-                        if self.loops.len() < MAX_PENDING_LOOPS {
-                            let sent = Instant::now();
-                            self.loops.insert(envelope, PendingLoop { route, sent });
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "loop cover not queued");
-                        self.counters.skipped += 1;
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no route for loop cover; tick skipped");
-                self.counters.skipped += 1;
+        if let (Some(nodes), Some(envelope)) = (self.send_cover(at, "loop", built), envelope) {
+            self.counters.loops_sent += 1;
+            if self.loops.len() < MAX_PENDING_LOOPS {
+                let route = nodes.iter().map(|n| n.node).collect();
+                let sent = Instant::now();
+                self.loops.insert(envelope, PendingLoop { route, sent });
             }
         }
     }

@@ -684,6 +684,10 @@ impl Engine {
                 self.deleting = false;
                 match result {
                     Ok(_) => {
+                        // What arrived while this delete ran is planned
+                        // (and deleted) at the next listing even if that
+                        // brings nothing new.
+                        self.retry_delete = self.cache.keys().any(|&seq| seq > upto);
                         self.cache.retain(|&seq, _| seq > upto);
                         self.loop_seqs.retain(|&seq| seq > upto);
                         self.shown.retain(|&seq| seq > upto);

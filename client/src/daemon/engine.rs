@@ -6,7 +6,7 @@
 //! by a separate pacer task, so that building them, or the engine being
 //! briefly busy (saving the outbox, taking a message), does not move them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,9 +142,11 @@ pub(crate) struct Engine {
     scores: NodeScores,
     scores_dirty: bool,
     counters: Counters,
-    cache: BTreeMap<u64, StoredMessage>,
+    /// Fragments and messages listed and not yet deleted, by seq.
+    cache: Vec<StoredMessage>,
     high_seq: Option<u64>,
-    loop_seqs: HashSet<u64>,
+    /// Seqs of acks and loops listed and not yet deleted: taken on arrival.
+    taken: BTreeSet<u64>,
     shown: BTreeSet<u64>,
     completed: HashSet<EnvelopeId>,
     partial: usize,
@@ -235,9 +237,9 @@ impl Engine {
             scores,
             scores_dirty: false,
             counters: Counters::default(),
-            cache: BTreeMap::new(),
+            cache: Vec::new(),
             high_seq: None,
-            loop_seqs: HashSet::new(),
+            taken: BTreeSet::new(),
             partial: 0,
             held,
             deleting: false,
@@ -655,7 +657,7 @@ impl Engine {
     }
 
     fn start_poll(&mut self) {
-        if self.polling || self.cache.len() >= MAX_CACHED {
+        if self.polling || self.cache.len() + self.taken.len() >= MAX_CACHED {
             return;
         }
         self.polling = true;
@@ -687,9 +689,9 @@ impl Engine {
                         // What arrived while this delete ran is planned
                         // (and deleted) at the next listing even if that
                         // brings nothing new.
-                        self.retry_delete = self.cache.keys().any(|&seq| seq > upto);
-                        self.cache.retain(|&seq, _| seq > upto);
-                        self.loop_seqs.retain(|&seq| seq > upto);
+                        self.cache.retain(|m| m.seq > upto);
+                        self.taken.retain(|&seq| seq > upto);
+                        self.retry_delete = !self.cache.is_empty() || !self.taken.is_empty();
                         self.shown.retain(|&seq| seq > upto);
                         if let Err(e) = self.dir.save_shown(&self.shown) {
                             tracing::error!(error = %e, "saving the inbox state failed");
@@ -725,6 +727,7 @@ impl Engine {
             self.high_seq = Some(self.high_seq.map_or(stored.seq, |h| h.max(stored.seq)));
             self.counters.bytes_down += stored.payload.len() as u64;
             if stored.payload.len() == SEALED_REPLY_LEN {
+                self.taken.insert(stored.seq);
                 if let Ok(reply) = SealedReply::from_bytes(&stored.payload) {
                     for live in &mut self.live {
                         if let Some(acked) = live.out.apply_reply(&reply, now) {
@@ -738,14 +741,20 @@ impl Engine {
             } else if let Ok(f) = Fragment::from_bytes(&stored.payload)
                 && is_loop_envelope(&self.keys, &f.envelope())
             {
-                self.loop_seqs.insert(stored.seq);
+                self.taken.insert(stored.seq);
                 if let Some(p) = self.loops.remove(&f.envelope()) {
                     self.counters.loops_returned += 1;
                     self.scores.record(&p.route, true, now);
                     self.scores_dirty = true;
                 }
+            } else {
+                self.cache.push(stored);
             }
-            self.cache.insert(stored.seq, stored);
+        }
+        // Listings come in seq order; keep it so whatever the server does.
+        if !self.cache.is_sorted_by_key(|m| m.seq) {
+            self.cache.sort_by_key(|m| m.seq);
+            self.cache.dedup_by_key(|m| m.seq);
         }
         if self.held >= MAX_HELD_MESSAGES {
             tracing::warn!(
@@ -754,15 +763,9 @@ impl Engine {
             );
             return;
         }
-        let listing: Vec<StoredMessage> = self
-            .cache
-            .values()
-            .filter(|s| !self.loop_seqs.contains(&s.seq))
-            .cloned()
-            .collect();
         let plan = plan_inbox(
             &self.keys,
-            &listing,
+            &self.cache,
             &self.shown,
             &self.completed,
             true,
@@ -793,16 +796,19 @@ impl Engine {
             tracing::error!(error = %e, "saving the inbox state failed");
             return;
         }
-        // Loops are always taken: delete up to the first payload that must
-        // stay (unreadable, or a fragment of an incomplete envelope).
-        let blocked = listing
+        // Acks and loops are always taken: delete up to the first payload
+        // that must stay (unreadable, or a fragment of an incomplete
+        // envelope).
+        let blocked = self
+            .cache
             .iter()
             .map(|s| s.seq)
             .find(|&seq| plan.delete_upto.is_none_or(|u| seq > u));
         let upto = self
             .cache
-            .keys()
-            .copied()
+            .iter()
+            .map(|m| m.seq)
+            .chain(self.taken.iter().copied())
             .filter(|&seq| blocked.is_none_or(|b| seq < b))
             .max();
         if let Some(upto) = upto

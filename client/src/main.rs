@@ -313,6 +313,8 @@ fn real_main(cli: Cli) -> CliResult<()> {
             eprintln!("bastet daemon: stopped; the outbox is saved");
         }
         Command::Status { json } => {
+            // An uninitialised data dir says so, rather than "no daemon".
+            Client::open(dir.clone())?;
             let report =
                 match runtime.block_on(daemon::api::call(dir.path(), &Request::Status {}))? {
                     Response::Status(r) => r,

@@ -37,8 +37,14 @@ pub enum Opened {
     },
     /// Cover traffic: a packet addressed to [`MailboxId::DROP`] (client
     /// drop cover, mixnode cover). It authenticated and was not a replay;
-    /// its payload is discarded unread, never stored and never acked.
-    Cover,
+    /// it is never stored. Its payload is read only for an ack request:
+    /// a mixnode's cover loop is a [`FinalPayload`] whose ack SURB leads
+    /// back to the mixnode, and is acked like a stored fragment; client
+    /// drop cover (random bytes) parses as none and is not acked.
+    Cover {
+        /// The ack request of a mixnode's cover loop, to send as it is.
+        ack: Option<AckRequest>,
+    },
 }
 
 impl Opened {
@@ -50,7 +56,7 @@ impl Opened {
                 mailbox, fragment, ..
             } => Some((*mailbox, fragment)),
             Opened::Reply { mailbox, sealed } => Some((*mailbox, sealed)),
-            Opened::Cover => None,
+            Opened::Cover { .. } => None,
         }
     }
 }
@@ -191,8 +197,10 @@ impl FinalHop {
     /// request if any. A forward packet whose message is not a
     /// [`FinalPayload`] is `Malformed`. A packet addressed to
     /// [`MailboxId::DROP`] is [`Opened::Cover`] once it has authenticated and
-    /// passed the replay filter (a replayed cover packet is a `Replay`); its
-    /// payload is never parsed.
+    /// passed the replay filter (a replayed cover packet is a `Replay`),
+    /// with the ack request of its payload if that parses as a
+    /// [`FinalPayload`] asking for one (a mixnode's cover loop); otherwise
+    /// (client drop cover, a SURB reply to DROP) without.
     pub fn open(&mut self, bytes: &[u8]) -> Result<Opened, Rejected> {
         let secrets: Vec<&SphinxSecretKey> = self.keys.iter().map(|k| &k.secret).collect();
         let (index, prepared) = Prepared::with_keys(bytes, &secrets).map_err(classify)?;
@@ -210,10 +218,13 @@ impl FinalHop {
             return Err(Rejected::Replay);
         }
         match processed {
-            Processed::Deliver { mailbox, .. } | Processed::Reply { mailbox, .. }
-                if mailbox.is_drop() =>
-            {
-                Ok(Opened::Cover)
+            Processed::Deliver { mailbox, message } if mailbox.is_drop() => Ok(Opened::Cover {
+                ack: FinalPayload::from_bytes(&message)
+                    .ok()
+                    .and_then(|payload| payload.ack().cloned()),
+            }),
+            Processed::Reply { mailbox, .. } if mailbox.is_drop() => {
+                Ok(Opened::Cover { ack: None })
             }
             Processed::Deliver { mailbox, message } => {
                 let payload =
@@ -332,17 +343,37 @@ mod tests {
         assert!(FinalPayload::from_bytes(&random).is_err());
         let cover = build(std::slice::from_ref(&me), &MailboxId::DROP, &random).unwrap();
         let opened = final_hop.open(cover.as_bytes());
-        assert_eq!(opened, Ok(Opened::Cover));
+        assert_eq!(opened, Ok(Opened::Cover { ack: None }));
         assert_eq!(opened.unwrap().to_store(), None);
         assert_eq!(final_hop.open(cover.as_bytes()), Err(Rejected::Replay));
         // A well-formed final payload addressed to DROP is cover all the same.
         let (_, hi) = final_payload(b"hi");
         let cover = build(std::slice::from_ref(&me), &MailboxId::DROP, &hi).unwrap();
-        assert_eq!(final_hop.open(cover.as_bytes()), Ok(Opened::Cover));
-        // So is a SURB reply someone addressed to DROP.
+        assert_eq!(
+            final_hop.open(cover.as_bytes()),
+            Ok(Opened::Cover { ack: None })
+        );
+        // With an ack request (a mixnode's cover loop), the request comes
+        // out to be honoured, and still nothing is stored.
+        let (surb, _) = Surb::build(std::slice::from_ref(&me), &MailboxId([3; 32])).unwrap();
+        let ack = AckRequest {
+            id: AckId([2; 16]),
+            surb,
+        };
+        let f = fragment(b"loop", &mut rand::rng()).unwrap().remove(0);
+        let asking = FinalPayload::new(Some(ack.clone()), &f).to_bytes();
+        let cover = build(std::slice::from_ref(&me), &MailboxId::DROP, &asking).unwrap();
+        let opened = final_hop.open(cover.as_bytes()).unwrap();
+        assert_eq!(opened, Opened::Cover { ack: Some(ack) });
+        assert_eq!(opened.to_store(), None);
+        assert_eq!(final_hop.open(cover.as_bytes()), Err(Rejected::Replay));
+        // A SURB reply someone addressed to DROP is cover without an ack.
         let (surb, _) = Surb::build(std::slice::from_ref(&me), &MailboxId::DROP).unwrap();
         let (reply, _) = surb.use_surb(&AckId([1; 16]).to_ack_body()).unwrap();
-        assert_eq!(final_hop.open(reply.as_bytes()), Ok(Opened::Cover));
+        assert_eq!(
+            final_hop.open(reply.as_bytes()),
+            Ok(Opened::Cover { ack: None })
+        );
     }
 
     #[test]

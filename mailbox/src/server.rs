@@ -344,7 +344,10 @@ async fn pipeline(
 }
 
 /// Opens and stores one batch; returns the ack requests of the fragments
-/// it stored. Cover is counted and discarded here, before the store.
+/// it stored and of the cover in it that asked for one (mixnode cover
+/// loops). Cover is counted and discarded here, before the store; its acks
+/// need no durability, but leave with the batch's others, so that their
+/// timing is a stored fragment's.
 fn store_batch(
     hop: &mut FinalHop,
     store: &Store,
@@ -354,25 +357,26 @@ fn store_batch(
 ) -> Vec<AckRequest> {
     let mut opened = Vec::with_capacity(frames.len());
     let mut items = Vec::with_capacity(frames.len());
+    let mut acks = Vec::new();
     for frame in frames {
         metrics.packets_received.inc();
         match hop.open(&frame[..]) {
-            Ok(item) => match item.to_store().map(|(m, bytes)| (m, bytes.to_vec())) {
-                Some(to_store) => {
+            Ok(Opened::Cover { ack }) => {
+                metrics.cover_received.inc();
+                acks.extend(ack);
+            }
+            Ok(item) => {
+                if let Some(to_store) = item.to_store().map(|(m, bytes)| (m, bytes.to_vec())) {
                     items.push(to_store);
                     opened.push(item);
                 }
-                None => {
-                    metrics.cover_received.inc();
-                }
-            },
+            }
             Err(why) => metrics.dropped(why.reason(), 1),
         }
     }
     if items.is_empty() {
-        return Vec::new();
+        return acks;
     }
-    let mut acks = Vec::new();
     match store.deliver(&items, now_ms()) {
         Ok(outcomes) => {
             for ((outcome, (_, bytes)), item) in outcomes.iter().zip(&items).zip(opened) {
@@ -416,7 +420,7 @@ mod tests {
     }
 
     #[test]
-    fn cover_is_counted_and_neither_stored_nor_acked_and_its_replay_is_a_replay() {
+    fn cover_is_counted_and_not_stored_only_loops_are_acked_and_a_replay_is_a_replay() {
         use rand::RngExt;
         let dir = tempfile::tempdir().unwrap();
         let limits = StoreLimits {
@@ -441,24 +445,31 @@ mod tests {
         .unwrap();
         let metrics = Metrics::register(&mut Registry::default());
 
-        // Drop cover as clients and mixnodes send it: random bytes.
+        // Drop cover as clients send it: random bytes.
         let mut random = vec![0u8; MAX_MESSAGE_LEN];
         rand::rng().fill(&mut random[..]);
         let cover = build(std::slice::from_ref(&me), &MailboxId::DROP, &random).unwrap();
-        // Addressed to DROP, even a final payload asking for an ack is cover.
+        // A final payload asking for an ack, addressed to DROP, as a
+        // mixnode's cover loop is: cover, but acked.
         let (surb, _) = Surb::build(std::slice::from_ref(&me), &mailbox).unwrap();
         let ack = AckRequest {
             id: AckId([9; 16]),
             surb,
         };
         let f = fragment(b"for nobody", &mut rand::rng()).unwrap().remove(0);
-        let payload = FinalPayload::new(Some(ack), &f).to_bytes();
+        let payload = FinalPayload::new(Some(ack.clone()), &f).to_bytes();
         let asking = build(std::slice::from_ref(&me), &MailboxId::DROP, &payload).unwrap();
-        let frames = [frame_of(&cover), frame_of(&asking), frame_of(&cover)];
+        let frames = [
+            frame_of(&cover),
+            frame_of(&asking),
+            frame_of(&cover),
+            frame_of(&asking),
+        ];
 
         let acks = store_batch(&mut hop, &store, &metrics, None, &frames);
-        assert!(acks.is_empty(), "cover was acked");
-        assert_eq!(metrics.packets_received.get(), 3);
+        // The loop's ack, once: not the drop cover's, not the replay's.
+        assert_eq!(acks, [ack]);
+        assert_eq!(metrics.packets_received.get(), 4);
         assert_eq!(metrics.cover_received.get(), 2);
         assert_eq!(metrics.messages_stored.get(), 0);
         for reason in DROP_REASONS {
@@ -468,8 +479,8 @@ mod tests {
                     reason: reason.to_string(),
                 })
                 .get();
-            // The replayed cover packet, and nothing else.
-            assert_eq!(dropped, u64::from(reason == "replay"), "{reason}");
+            // The two replayed cover packets, and nothing else.
+            assert_eq!(dropped, 2 * u64::from(reason == "replay"), "{reason}");
         }
         assert!(store.list(&mailbox, None, 10).unwrap().0.is_empty());
     }

@@ -8,7 +8,10 @@ mod mixer;
 mod node;
 
 pub use config::{CONFIG_FILE, ENV_PREFIX, InitOptions, InitReport, MixnodeConfig, init};
-pub use cover::{CoverPacket, CoverSkipped, MAX_COVER_HOP_DELAY, cover_gap, cover_packet};
+pub use cover::{
+    CoverPacket, CoverSkipped, LOOP_SLACK, LoopReply, LoopTracker, MAX_COVER_HOP_DELAY,
+    MAX_PENDING_LOOPS, PendingLoop, cover_gap, cover_packet, loop_id,
+};
 pub use error::Error;
 pub use mixer::{
     DropReason, Mixer, MixerConfig, MixerStats, Outcome, Transmit, Unwrapped, Unwrapper, route,

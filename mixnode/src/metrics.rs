@@ -22,6 +22,9 @@ pub(crate) struct Metrics {
     pub(crate) sphinx_keys: Gauge,
     pub(crate) cover_sent: Counter,
     cover_skipped: Family<Reason, Counter>,
+    pub(crate) cover_loops_returned: Counter,
+    pub(crate) cover_loops_lost: Counter,
+    pub(crate) cover_loops_pending: Gauge,
 }
 
 impl Metrics {
@@ -37,6 +40,9 @@ impl Metrics {
             sphinx_keys: Gauge::default(),
             cover_sent: Counter::default(),
             cover_skipped: Family::default(),
+            cover_loops_returned: Counter::default(),
+            cover_loops_lost: Counter::default(),
+            cover_loops_pending: Gauge::default(),
         };
         registry.register(
             "packets_received",
@@ -77,6 +83,21 @@ impl Metrics {
             "cover_skipped",
             "Cover ticks that sent nothing, by reason",
             m.cover_skipped.clone(),
+        );
+        registry.register(
+            "cover_loops_returned",
+            "Own cover loops back through their SURB with the right ack id, in time",
+            m.cover_loops_returned.clone(),
+        );
+        registry.register(
+            "cover_loops_lost",
+            "Own cover loops not back by their deadline (or given up with the tracker full)",
+            m.cover_loops_lost.clone(),
+        );
+        registry.register(
+            "cover_loops_pending",
+            "Own cover loops out and waited for now",
+            m.cover_loops_pending.clone(),
         );
         for reason in DropReason::ALL {
             m.drops(reason, 0);

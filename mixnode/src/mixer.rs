@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use bastet_directory::{EpochKey, VerifiedConsensus};
 use bastet_link::Peer;
 use bastet_sphinx::{
-    NodeId, Packet, Prepared, Processed, ReplayFilter, ReplayTag, SphinxSecretKey,
+    MailboxId, NodeId, Packet, Prepared, Processed, ReplayFilter, ReplayTag, SealedReply,
+    SphinxSecretKey,
 };
 
 use crate::{Error, Result};
@@ -23,8 +24,8 @@ pub enum DropReason {
     /// The packet was seen before under the same Sphinx key.
     Replay,
     /// The packet authenticates under one of this node's keys but does not
-    /// decode, or names this mixnode as its final hop (a mixnode never is
-    /// one).
+    /// decode, or names this mixnode as its final hop (a mixnode is one
+    /// only for its own cover loops' replies).
     Malformed,
     /// The bytes are not one whole packet (a peer closed mid-frame).
     WrongLength,
@@ -91,29 +92,49 @@ pub struct Unwrapped {
     /// The epoch of the key the packet was built for: its replay filter.
     epoch: u64,
     tag: ReplayTag,
-    next_hop: NodeId,
-    delay: Duration,
-    packet: Packet,
+    kind: Kind,
+}
+
+enum Kind {
+    /// To be held and sent on.
+    Forward {
+        next_hop: NodeId,
+        delay: Duration,
+        packet: Packet,
+    },
+    /// A SURB reply this node is the last hop of: one of its own cover
+    /// loops coming back, if addressed to its loop id.
+    Reply {
+        mailbox: MailboxId,
+        reply: SealedReply,
+    },
 }
 
 impl std::fmt::Debug for Unwrapped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Unwrapped")
-            .field("next_hop", &self.next_hop)
-            .field("delay", &self.delay)
+            .field("next_hop", &self.next_hop())
+            .field("delay", &self.delay())
             .finish_non_exhaustive()
     }
 }
 
 impl Unwrapped {
-    /// Where the packet goes next.
-    pub fn next_hop(&self) -> NodeId {
-        self.next_hop
+    /// Where the packet goes next; `None` for a SURB reply that ends here.
+    pub fn next_hop(&self) -> Option<NodeId> {
+        match &self.kind {
+            Kind::Forward { next_hop, .. } => Some(*next_hop),
+            Kind::Reply { .. } => None,
+        }
     }
 
-    /// How long the sender asked this node to hold it.
-    pub fn delay(&self) -> Duration {
-        self.delay
+    /// How long the sender asked this node to hold it; `None` for a SURB
+    /// reply that ends here.
+    pub fn delay(&self) -> Option<Duration> {
+        match &self.kind {
+            Kind::Forward { delay, .. } => Some(*delay),
+            Kind::Reply { .. } => None,
+        }
     }
 
     /// The epoch of the Sphinx key the packet authenticated under.
@@ -156,21 +177,21 @@ impl Unwrapper {
         let (index, prepared) = Prepared::with_keys(frame, &secrets).map_err(sphinx_reason)?;
         let epoch = keys.get(index).ok_or(DropReason::UnknownKey)?.epoch;
         let tag = prepared.replay_tag();
-        match prepared.process().map_err(sphinx_reason)? {
+        let kind = match prepared.process().map_err(sphinx_reason)? {
             Processed::Forward {
                 next_hop,
                 delay,
                 packet,
-            } => Ok(Unwrapped {
-                epoch,
-                tag,
+            } => Kind::Forward {
                 next_hop,
                 delay,
                 packet,
-            }),
-            // Only a mailbox server may be a final hop.
-            Processed::Deliver { .. } | Processed::Reply { .. } => Err(DropReason::Malformed),
-        }
+            },
+            // A mixnode is the last hop only of its own loops' SURBs.
+            Processed::Reply { mailbox, reply } => Kind::Reply { mailbox, reply },
+            Processed::Deliver { .. } => return Err(DropReason::Malformed),
+        };
+        Ok(Unwrapped { epoch, tag, kind })
     }
 }
 
@@ -195,15 +216,33 @@ pub struct MixerConfig {
 }
 
 /// What the [`Mixer`] did with a packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Held until `release_at`, then returned by [`Mixer::poll_transmit`].
     Delayed {
         /// When it will be released.
         release_at: Instant,
     },
+    /// A SURB reply that ends at this node, authenticated and not a
+    /// replay: for the cover [`LoopTracker`](crate::LoopTracker), which
+    /// takes only this node's own loops. Anything else the caller drops as
+    /// [`DropReason::Malformed`] (and reports with [`Mixer::record_drop`]).
+    Reply {
+        /// The destination the SURB's creator put in it.
+        mailbox: MailboxId,
+        /// The reply, sealed for the SURB's creator.
+        reply: SealedReply,
+    },
     /// Dropped, for `reason`.
     Dropped(DropReason),
+}
+
+enum Admitted {
+    Delayed(Instant),
+    Reply {
+        mailbox: MailboxId,
+        reply: SealedReply,
+    },
 }
 
 /// A packet whose delay has passed: send it to `next_hop`.
@@ -343,10 +382,11 @@ impl Mixer {
         unwrapped: std::result::Result<Unwrapped, DropReason>,
     ) -> Outcome {
         match self.admit(now, unwrapped) {
-            Ok(release_at) => {
+            Ok(Admitted::Delayed(release_at)) => {
                 self.stats.delayed += 1;
                 Outcome::Delayed { release_at }
             }
+            Ok(Admitted::Reply { mailbox, reply }) => Outcome::Reply { mailbox, reply },
             Err(reason) => {
                 self.record_drop(reason);
                 Outcome::Dropped(reason)
@@ -358,7 +398,7 @@ impl Mixer {
         &mut self,
         now: Instant,
         unwrapped: std::result::Result<Unwrapped, DropReason>,
-    ) -> std::result::Result<Instant, DropReason> {
+    ) -> std::result::Result<Admitted, DropReason> {
         let u = unwrapped?;
         // A worker may have unwrapped it just before its key was dropped.
         let replay = self
@@ -370,21 +410,29 @@ impl Mixer {
         if replay.check_and_insert(&u.tag) {
             return Err(DropReason::Replay);
         }
-        if u.delay > self.config.max_delay {
+        let (next_hop, delay, packet) = match u.kind {
+            Kind::Forward {
+                next_hop,
+                delay,
+                packet,
+            } => (next_hop, delay, packet),
+            Kind::Reply { mailbox, reply } => return Ok(Admitted::Reply { mailbox, reply }),
+        };
+        if delay > self.config.max_delay {
             return Err(DropReason::DelayTooLong);
         }
         if self.queue.len() >= self.config.max_delayed_packets {
             return Err(DropReason::QueueFull);
         }
-        let release_at = now + u.delay;
+        let release_at = now + delay;
         self.queue.push(Held {
             release_at,
             seq: self.next_seq,
-            next_hop: u.next_hop,
-            packet: u.packet,
+            next_hop,
+            packet,
         });
         self.next_seq += 1;
-        Ok(release_at)
+        Ok(Admitted::Delayed(release_at))
     }
 
     /// Counts a drop decided after release (no consensus, unknown next hop,
@@ -603,6 +651,32 @@ mod tests {
         assert_eq!(m.stats().dropped(DropReason::UnknownKey), 2);
         assert_eq!(m.stats().dropped(DropReason::WrongLength), 2);
         assert_eq!(m.queued(), 0);
+    }
+
+    #[test]
+    fn a_surb_reply_ending_here_is_handed_out_once_and_its_replay_dropped() {
+        let mut m = mixer(10);
+        let t0 = Instant::now();
+        let me = Hop {
+            node: node(1),
+            sphinx_key: SphinxPublicKey::from(&SphinxSecretKey::from(MIX_KEY)),
+            delay: Duration::ZERO,
+        };
+        let to = MailboxId([6; 32]);
+        let (surb, keys) = bastet_sphinx::Surb::build(&[me], &to).unwrap();
+        let (packet, first) = surb.use_surb(b"ack").unwrap();
+        assert_eq!(first, node(1));
+        let Outcome::Reply { mailbox, reply } = m.handle(t0, packet.as_bytes()) else {
+            panic!("not handed out as a reply");
+        };
+        assert_eq!(mailbox, to);
+        assert_eq!(keys.open(&reply).unwrap(), b"ack");
+        assert_eq!(
+            m.handle(t0, packet.as_bytes()),
+            Outcome::Dropped(DropReason::Replay)
+        );
+        assert_eq!(m.queued(), 0);
+        assert_eq!(m.stats().delayed, 0);
     }
 
     #[test]

@@ -7,14 +7,17 @@
 //! Every arrow is a bounded queue; what does not fit is dropped and counted.
 //! Beside it, the key rotation task rotates the [`SphinxKeyRing`] every
 //! second and hands the mixer (and through it the workers) the keys in force,
-//! and the cover task sends the node's own cover packets (λ_M) into the same
-//! `Outbound` at Poisson-distributed times.
+//! and the cover task sends the node's own cover loops (λ_M) into the same
+//! `Outbound` at Poisson-distributed times. The cover task and the mixer
+//! share the [`LoopTracker`]: the one records loops sent and counts those
+//! past their deadline as lost, the other hands it the SURB replies that
+//! end at this node.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bastet_directory::{
@@ -33,8 +36,8 @@ use tokio::task::JoinSet;
 
 use crate::metrics::{Metrics, gauge_value};
 use crate::{
-    CoverSkipped, DropReason, Error, Mixer, MixnodeConfig, Outcome, Result, Transmit, Unwrapped,
-    Unwrapper, cover_gap, cover_packet, route,
+    CoverSkipped, DropReason, Error, LoopReply, LoopTracker, Mixer, MixnodeConfig, Outcome, Result,
+    Transmit, Unwrapped, Unwrapper, cover_gap, cover_packet, route,
 };
 
 /// Frames one worker takes from the ingress queue at a time.
@@ -129,6 +132,7 @@ impl Mixnode {
         // `no_consensus` drops at most.
         let refresh = Duration::from_secs((config.directory.epoch_secs / 12).clamp(2, 10));
         let consensus = ConsensusWatch::spawn(directory.clone(), refresh);
+        let loops = Arc::new(Mutex::new(LoopTracker::new(&node_id)));
 
         let mut tasks = JoinSet::new();
         let (frames_tx, frames_rx) = mpsc::channel::<Frame>(config.ingress_queue);
@@ -191,10 +195,12 @@ impl Mixnode {
                 consensus.clone(),
                 outbound.clone(),
                 metrics.clone(),
+                loops.clone(),
             ));
         }
         tasks.spawn(mix(
             mixer,
+            loops,
             keys_rx,
             unwrapped_rx,
             consensus.clone(),
@@ -379,8 +385,10 @@ async fn dispatch(
 /// Owns the [`Mixer`]: admits unwrapped packets, sleeps until the next
 /// release, hands released packets to their next hop, and takes the keys in
 /// force whenever they change.
+#[allow(clippy::too_many_arguments)]
 async fn mix(
     mut mixer: Mixer,
+    loops: Arc<Mutex<LoopTracker>>,
     mut keys: watch::Receiver<Vec<EpochKey>>,
     mut unwrapped: mpsc::Receiver<Unwrap>,
     consensus: ConsensusWatch,
@@ -402,10 +410,10 @@ async fn mix(
                     });
                 };
                 let now = Instant::now();
-                admit(&mut mixer, &metrics, now, first);
+                admit(&mut mixer, &loops, &metrics, now, first);
                 // Take what else is waiting; the queue bounds this loop.
                 while let Ok(next) = unwrapped.try_recv() {
-                    admit(&mut mixer, &metrics, now, next);
+                    admit(&mut mixer, &loops, &metrics, now, next);
                 }
             }
             () = tokio::time::sleep_until(wake.into()) => {}
@@ -443,11 +451,13 @@ async fn mix(
     }
 }
 
-/// Sends this node's cover packets at Poisson-distributed times, `rate` a
-/// second on average, each along the rest of a route after this node (see
-/// [`cover_packet`]) on the link packets are forwarded on. A tick that
+/// Sends this node's cover loops at Poisson-distributed times, `rate` a
+/// second on average, each along the rest of a route after this node and
+/// back through the layers before it (see [`cover_packet`]) on the link
+/// packets are forwarded on, and records each in `loops`. A tick that
 /// cannot send (no consensus, not listed yet, no next hop, queue full) is
 /// counted and skipped; the task never fails, and ends when the node stops.
+/// Every tick, sent or not, counts the loops past their deadline as lost.
 async fn cover(
     rate: f64,
     mean_delay: Duration,
@@ -455,6 +465,7 @@ async fn cover(
     consensus: ConsensusWatch,
     outbound: Arc<Outbound>,
     metrics: Arc<Metrics>,
+    loops: Arc<Mutex<LoopTracker>>,
 ) -> Result<()> {
     // Ticks are scheduled from the previous tick, not from when its work
     // ended, so the rate does not sag; after a stall (a suspended process)
@@ -477,8 +488,19 @@ async fn cover(
             cover_packet(held.as_deref(), &me, mean_delay, &mut rand::rng()).and_then(|cover| {
                 outbound
                     .send(&cover.first_hop, cover.packet)
-                    .map_err(|_| CoverSkipped::QueueFull)
+                    .map_err(|_| CoverSkipped::QueueFull)?;
+                Ok(cover.pending)
             });
+        let now = Instant::now();
+        let mut tracker = loops.lock().unwrap_or_else(PoisonError::into_inner);
+        metrics.cover_loops_lost.inc_by(tracker.expire(now));
+        let sent = sent.map(|pending| {
+            metrics.cover_loops_lost.inc_by(tracker.sent(now, pending));
+        });
+        metrics
+            .cover_loops_pending
+            .set(gauge_value(tracker.pending()));
+        drop(tracker);
         match sent {
             Ok(()) => {
                 metrics.cover_sent.inc();
@@ -496,11 +518,35 @@ const STALL: Duration = Duration::from_secs(1);
 /// Longest wait between two cover packets.
 const LONGEST_COVER_GAP: Duration = Duration::from_secs(3600);
 
-fn admit(mixer: &mut Mixer, metrics: &Metrics, now: Instant, unwrapped: Unwrap) {
-    if let Outcome::Dropped(reason) = mixer.handle_unwrapped(now, unwrapped) {
-        tracing::debug!(%reason, "packet dropped");
-        metrics.drops(reason, 1);
-    }
+fn admit(
+    mixer: &mut Mixer,
+    loops: &Mutex<LoopTracker>,
+    metrics: &Metrics,
+    now: Instant,
+    unwrapped: Unwrap,
+) {
+    let reason = match mixer.handle_unwrapped(now, unwrapped) {
+        Outcome::Delayed { .. } => return,
+        Outcome::Dropped(reason) => reason,
+        Outcome::Reply { mailbox, reply } => {
+            let mut loops = loops.lock().unwrap_or_else(PoisonError::into_inner);
+            let returned = loops.returned(&mailbox, &reply);
+            metrics
+                .cover_loops_pending
+                .set(gauge_value(loops.pending()));
+            drop(loops);
+            if returned == LoopReply::Returned {
+                metrics.cover_loops_returned.inc();
+                return;
+            }
+            // Someone else's SURB ending here, or a loop already counted
+            // lost: a mixnode is the last hop of nothing else.
+            mixer.record_drop(DropReason::Malformed);
+            DropReason::Malformed
+        }
+    };
+    tracing::debug!(%reason, "packet dropped");
+    metrics.drops(reason, 1);
 }
 
 fn forward(

@@ -261,10 +261,16 @@ impl Mix {
     /// The mix's Sphinx public key for `epoch`, read from its data
     /// directory (as an operator could): the key it publishes for `epoch`.
     pub fn sphinx_key(&self, epoch: u64) -> SphinxPublicKey {
+        SphinxPublicKey::from(&self.sphinx_secret(epoch))
+    }
+
+    /// The mix's Sphinx secret key for `epoch`, read from its data
+    /// directory: to see what the mix sees of a packet.
+    pub fn sphinx_secret(&self, epoch: u64) -> SphinxSecretKey {
         let path = sphinx_key_path(&self.config.data_dir, epoch);
         let secret =
             read_key_file(&path).unwrap_or_else(|e| panic!("no Sphinx key for epoch {epoch}: {e}"));
-        SphinxPublicKey::from(&SphinxSecretKey::from(*secret))
+        SphinxSecretKey::from(*secret)
     }
 
     /// The mix as the first hop, holding packets for `delay`, under the

@@ -53,13 +53,14 @@ pub struct MixnodeConfig {
     /// `directory.epoch_secs`.
     #[serde(default)]
     pub sphinx_key_grace_secs: Option<u64>,
-    /// λ_M: this node's own cover packets per second, sent as a Poisson
+    /// λ_M: this node's own cover loops per second, sent as a Poisson
     /// process along the rest of a route to a mailbox server, which drops
-    /// them. 0 turns cover off; at most 100.
+    /// them and sends their ack back through the earlier layers to this
+    /// node. 0 turns cover off; at most 100.
     #[serde(default = "default_cover_rate")]
     pub cover_rate: f64,
-    /// Mean per-hop delay, in milliseconds, that cover packets ask each
-    /// later mix for: set it to the `mix_delay_ms` clients use (default 50),
+    /// Mean per-hop delay, in milliseconds, that cover loops ask each
+    /// other mix on the way for: set it to the `mix_delay_ms` clients use (default 50),
     /// so that cover is held like their packets.
     #[serde(default = "default_cover_mix_delay_ms")]
     pub cover_mix_delay_ms: u64,
@@ -316,9 +317,11 @@ impl MixnodeConfig {
              # Poisson process of cover_rate packets per second (0 = off, at most 100).\n\
              # Each takes the path a client's packet takes from here on (a random mix for\n\
              # each mix hop still to come, then a random mailbox server, which discards it)\n\
-             # on the same links as forwarded packets, so that they look alike. Each mix on\n\
-             # it holds it for an exponential delay of mean cover_mix_delay_ms: keep that\n\
-             # equal to the mix_delay_ms clients use (default 50).\n\
+             # on the same links as forwarded packets, so that they look alike, and loops\n\
+             # back as the server's ack through a random mix of each earlier layer\n\
+             # (cover_loops_returned / cover_loops_lost). Each mix on the way holds it for\n\
+             # an exponential delay of mean cover_mix_delay_ms: keep that equal to the\n\
+             # mix_delay_ms clients use (default 50).\n\
              cover_rate = {cover_rate:?}\n\
              cover_mix_delay_ms = {cover_mix_delay_ms}\n\
              # TEST HOOK ONLY: append every packet forwarded to this file (stops at 64 MiB);\n\

@@ -67,7 +67,8 @@ pub enum CoverSkipped {
     NoConsensus,
     /// The consensus gives this node no mix layer (not listed yet).
     NotListed,
-    /// A later layer has no mix, or there is no mailbox server.
+    /// Another layer (later, for the way out, or earlier, for the way
+    /// back) has no mix, or there is no mailbox server.
     NoNextHop,
     /// The packet could not be built (a descriptor's key or the route
     /// Sphinx refused).

@@ -126,6 +126,33 @@ async fn messages_cross_three_mix_layers_to_the_recipients_mailbox() {
         "",
     );
     assert!(stored >= 4.0, "mailbox-b counted {stored} messages stored");
+
+    // Meanwhile the mixnodes' own cover (1/s each by default) went out to
+    // mailbox servers and came back to them as acks.
+    let mixes: Vec<String> = layout
+        .relays
+        .iter()
+        .filter(|r| r.role.to_string() == "mix")
+        .map(|r| r.name.clone())
+        .collect();
+    assert!(!mixes.is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut returned = 0.0;
+        for name in &mixes {
+            let text = ok(&net, "metrics", net.metrics(name).await);
+            returned += metric_sum(&text, "bastet_mixnode_cover_loops_returned", "");
+        }
+        if returned > 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no mixnode cover loop came back\n{}",
+            net.counters().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert_clean_stop(&mut net);
 }
 

@@ -100,8 +100,10 @@ fn init_prints_one_json_object_and_refuses_to_overwrite_keys() {
         "{text}"
     );
     assert!(
-        !text.contains("layer"),
-        "layers come from the consensus: {text}"
+        !text
+            .lines()
+            .any(|l| !l.trim_start().starts_with('#') && l.contains("layer")),
+        "layers come from the consensus, not a key: {text}"
     );
     assert!(text.contains("[directory]"), "{text}");
     assert!(

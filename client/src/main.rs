@@ -79,7 +79,8 @@ enum Command {
         json: bool,
         #[command(flatten)]
         policy: PolicyArgs,
-        /// Seconds after which an unacknowledged message fails.
+        /// Seconds after which an unacknowledged message fails, counted from
+        /// the first transmission of its last fragment (not from queuing).
         #[arg(long, value_name = "SECS", default_value_t = 120)]
         give_up: u64,
         /// Return once the message is queued (the daemon carries on; see

@@ -157,8 +157,15 @@ pub struct Outgoing {
     pub to: String,
     /// When it was sealed, unix ms.
     pub created_at_ms: u64,
-    /// When to give up, unix ms.
+    /// When to give up, unix ms: the give-up time after queuing, moved on
+    /// to the give-up time after each fragment's first transmission, so a
+    /// large message waiting for payload ticks is not given up on before
+    /// it was even sent.
     pub give_up_at_ms: u64,
+    /// The give-up time asked for, ms (0 in files written before it was
+    /// kept: then `give_up_at_ms − created_at_ms`).
+    #[serde(default)]
+    pub give_up_ms: u64,
     /// Where it is.
     pub state: DeliveryState,
     /// Why it failed.
@@ -189,11 +196,21 @@ impl Outgoing {
             to,
             created_at_ms: now_ms,
             give_up_at_ms: now_ms.saturating_add(give_up_ms),
+            give_up_ms,
             state: DeliveryState::Queued,
             reason: None,
             retransmissions: 0,
             fragments: vec![FragmentState::default(); fragments],
             route: None,
+        }
+    }
+
+    /// The give-up time asked for, ms.
+    fn give_up_duration_ms(&self) -> u64 {
+        if self.give_up_ms > 0 {
+            self.give_up_ms
+        } else {
+            self.give_up_at_ms.saturating_sub(self.created_at_ms)
         }
     }
 
@@ -261,6 +278,13 @@ impl Outgoing {
         if f.attempts > 1 {
             self.retransmissions = self.retransmissions.saturating_add(1);
         }
+        if f.attempts == 1 {
+            let give_up = self.give_up_duration_ms();
+            self.give_up_at_ms = self.give_up_at_ms.max(now_ms.saturating_add(give_up));
+        }
+        let Some(f) = self.fragments.get_mut(index) else {
+            return;
+        };
         let wait = retry_interval(timeout, f.attempts);
         f.retry_at_ms = now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
         f.surbs.push(PendingSurb {
@@ -325,9 +349,9 @@ impl Outgoing {
         } else if now_ms >= self.give_up_at_ms {
             self.state = DeliveryState::Failed;
             self.reason = Some(format!(
-                "no ack for {} of {total} fragments within {} s",
+                "no ack for {} of {total} fragments within {} s of sending",
                 total - acked,
-                self.give_up_at_ms.saturating_sub(self.created_at_ms) / 1000
+                self.give_up_duration_ms() / 1000
             ));
             for f in &mut self.fragments {
                 f.surbs.clear();
@@ -494,9 +518,27 @@ mod tests {
         assert_eq!(m.state, DeliveryState::Failed);
         assert_eq!(
             m.reason.as_deref(),
-            Some("no ack for 2 of 3 fragments within 10 s")
+            Some("no ack for 2 of 3 fragments within 10 s of sending")
         );
         assert!(m.due(20_000).is_empty());
+    }
+
+    #[test]
+    fn the_give_up_counts_from_each_fragments_first_transmission() {
+        // A large message whose last fragment first leaves at 30 s (it
+        // waited for payload ticks) is not failed at 10 s.
+        let mut m = Outgoing::new("ab".into(), "to".into(), 2, 0, Duration::from_secs(10));
+        let (_, k, _) = surb();
+        m.record_send(0, AckId([0; 16]), &k, 0, T);
+        assert!(!m.advance(9_000));
+        m.record_send(1, AckId([1; 16]), &k, 30_000, T);
+        assert!(m.advance(30_000), "sent");
+        assert_eq!(m.state, DeliveryState::Sent);
+        // A retransmission does not move it.
+        m.record_send(1, AckId([2; 16]), &k, 35_000, T);
+        assert!(!m.advance(39_999));
+        assert!(m.advance(40_000));
+        assert_eq!(m.state, DeliveryState::Failed);
     }
 
     #[test]

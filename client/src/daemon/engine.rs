@@ -97,19 +97,24 @@ struct Live {
 }
 
 impl Live {
+    /// A message not sent yet.
+    fn new(out: Outgoing, fragments: Vec<Vec<u8>>, to: Address) -> Self {
+        Live {
+            out,
+            fragments,
+            to,
+            first_route: Vec::new(),
+            epoch: 0,
+            signatures: 0,
+        }
+    }
+
     fn report(&self) -> MessageReport {
         MessageReport {
-            message_id: self.out.message_id.clone(),
-            to: self.out.to.clone(),
-            sent_at_ms: self.out.created_at_ms,
             route: self.first_route.iter().map(WireHop::from).collect(),
             epoch: self.epoch,
             signatures: self.signatures,
-            fragments: self.out.fragments.len(),
-            acked: self.out.acked(),
-            retransmissions: self.out.retransmissions,
-            state: self.out.state,
-            reason: self.out.reason.clone(),
+            ..MessageReport::from(&self.out)
         }
     }
 }
@@ -278,38 +283,17 @@ impl Engine {
                     _ => "fragment count does not match its state".into(),
                 };
                 out.fail(format!("cannot resend: {why}"));
-                self.finish(&out, Vec::new());
+                self.saver.remove(&out.message_id);
+                self.remember(MessageReport::from(&out));
                 return;
             }
         };
-        self.live.push(Live {
-            out,
-            fragments,
-            to,
-            first_route: Vec::new(),
-            epoch: 0,
-            signatures: 0,
-        });
+        self.live.push(Live::new(out, fragments, to));
     }
 
-    /// Records a final message: off the disk outbox, into the memory of
-    /// finished ones.
-    fn finish(&mut self, out: &Outgoing, route: Vec<RouteNode>) {
-        self.saver.remove(&out.message_id);
-        let live = Live {
-            out: out.clone(),
-            fragments: Vec::new(),
-            to: Address::parse(&out.to).unwrap_or(Address {
-                identity_key: [0; 32],
-                encryption_key: [0; 32],
-                mailbox_server: NodeId([0; 32]),
-                mailbox: bastet_sphinx::MailboxId([0; 32]),
-            }),
-            first_route: route,
-            epoch: self.consensus.epoch,
-            signatures: self.consensus.signatures,
-        };
-        self.finished.push_back(live.report());
+    /// Keeps a final message's report for `bastet send` to read.
+    fn remember(&mut self, report: MessageReport) {
+        self.finished.push_back(report);
         while self.finished.len() > MAX_FINISHED {
             self.finished.pop_front();
         }
@@ -546,7 +530,8 @@ impl Engine {
         for i in done.into_iter().rev() {
             let live = self.live.remove(i);
             self.queued.retain(|(id, _)| *id != live.out.message_id);
-            self.finish(&live.out, live.first_route);
+            self.saver.remove(&live.out.message_id);
+            self.remember(live.report());
         }
         let timeout = self.loop_timeout;
         let lost: Vec<EnvelopeId> = self
@@ -964,14 +949,7 @@ impl Engine {
         // On disk before the answer: a crash after "queued" loses nothing.
         self.dir.save_fragments(&message_id, &fragments)?;
         self.dir.save_outgoing(&out)?;
-        let live = Live {
-            out,
-            fragments,
-            to,
-            first_route: Vec::new(),
-            epoch: 0,
-            signatures: 0,
-        };
+        let live = Live::new(out, fragments, to);
         let report = live.report();
         self.live.push(live);
         self.refill();

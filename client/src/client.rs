@@ -14,7 +14,8 @@ use rand::seq::IndexedRandom;
 
 use crate::datadir::OutboxLock;
 use crate::inbox::{InboxMessage, UnreadablePayload, plan_inbox};
-use crate::message::{Content, MessageId, seal_content};
+use crate::message::{Content, MessageId};
+use crate::contacts::Contacts;
 use crate::outbox::{DeliveryState, MAX_IN_FLIGHT, Outgoing, RoundTrip, ack_timeout};
 use crate::packets::{RouteChoice, fragment_packet};
 use crate::policy::{RoutePolicy, choose_policy_route};
@@ -196,7 +197,7 @@ impl Client {
         Ok(self)
     }
 
-    /// Encrypts `content` to `to`, cuts the envelope into fragments, saves
+    /// Encrypts `content` to the contact named `contact`, cuts the envelope into fragments, saves
     /// it in the outbox (state `queued`), and sends each fragment in its own
     /// packet on its own route with an ack SURB back to this client's
     /// mailbox. With `options.wait`, then polls for acks and retransmits
@@ -204,12 +205,14 @@ impl Client {
     /// (`failed`); other pending messages in the outbox are driven too.
     pub async fn send(
         &self,
-        to: &Address,
+        contact: &str,
         content: &Content,
         options: SendOptions,
     ) -> Result<SentMessage> {
         content.check()?;
         let lock = self.lock_outbox()?;
+        let mut contacts = Contacts::load(&self.dir, &self.keys)?;
+        let to = &contacts.address_of(contact)?;
         let mut network = self.network().await?;
         // Refused now, not retried until the give-up: an unknown mailbox
         // server, or a route policy this consensus cannot meet (there or
@@ -223,7 +226,8 @@ impl Client {
             choose_policy_route(&network.consensus, policy, &own_server, mean, rng)?;
         }
         let sent_at_ms = now_ms();
-        let sealed = seal_content(&self.keys, to, content, sent_at_ms, &mut rand::rng())?;
+        let sealed =
+            contacts.seal_message(&self.keys, contact, content, sent_at_ms, &mut rand::rng())?;
         let fragments: Vec<Vec<u8>> = bastet_sphinx::fragment(&sealed.payload, &mut rand::rng())?
             .iter()
             .map(Fragment::to_bytes)
@@ -537,30 +541,37 @@ impl Client {
         let mailbox = self.keys.mailbox_id();
         let shown = self.dir.load_shown()?;
         let completed: HashSet<_> = self.dir.load_completed()?.into_iter().collect();
-        let lock = self.dir.try_lock_outbox()?;
+        // Opening a message moves the ratchet: only the lock holder may.
+        let lock = self.lock_outbox()?;
+        let mut contacts = Contacts::load(&self.dir, &self.keys)?;
+        let (mut retried, retried_files) = contacts.retry_pending(&self.keys)?;
         let deadline = Instant::now() + wait;
-        let plan = loop {
+        let mut plan = loop {
             let listing = self.list_all(&api).await?;
+            let keys = &self.keys;
+            let mut open = |bytes: &[u8]| Ok(contacts.receive(keys, bytes));
             let plan = plan_inbox(
-                &self.keys,
+                &mut open,
                 &listing,
                 &shown,
                 &completed,
-                lock.is_some(),
+                true,
                 Instant::now(),
             );
-            if !plan.new.is_empty() || Instant::now() >= deadline {
+            if !plan.new.is_empty() || !retried.is_empty() || Instant::now() >= deadline {
                 break plan;
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         };
+        retried.append(&mut plan.new);
+        plan.new = retried;
 
         let mut report = InboxReport {
             duplicates: plan.duplicates,
             partial: plan.partial_envelopes,
             ..InboxReport::default()
         };
-        if lock.is_some() && !plan.replies.is_empty() {
+        if !plan.replies.is_empty() {
             let mut outbox = self.dir.load_outbox()?;
             let now = now_ms();
             for reply in &plan.replies {
@@ -586,6 +597,13 @@ impl Client {
             report.saved.push(saved);
         }
         self.dir.add_completed(&plan.completed)?;
+        // The ratchet moves on disk only now: a crash before this opens the
+        // same messages again.
+        contacts.save()?;
+        for f in &retried_files {
+            contacts.drop_pending(f)?;
+        }
+        drop(lock);
         let mut deleted = false;
         if let Some(upto) = plan.delete_upto {
             match api

@@ -2,31 +2,79 @@
 //! performs. No other module of this crate imports a cryptography crate.
 
 use bastet_sphinx::MailboxId;
-use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand::CryptoRng;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::{Error, Result};
 
 /// Bytes of an Ed25519 or X25519 public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
 /// Bytes of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
+/// Bytes of an ML-KEM-768 encapsulation key.
+pub const KEM_PUBLIC_LEN: usize = 1184;
+/// Bytes of an ML-KEM-768 ciphertext.
+pub const KEM_CIPHERTEXT_LEN: usize = 1088;
 /// Bytes the AEAD adds to a plaintext.
 pub const AEAD_TAG_LEN: usize = 16;
 
-const E2E_KEY_CONTEXT: &str = "bastet 2026 e2e payload v1";
 
-/// A client's three long-term secrets. Each zeroizes on drop.
+/// A client's long-term secrets. Each zeroizes on drop.
+///
+/// One client is one device for now: the identity key and the device keys
+/// live together (identities with several devices are a later issue).
 pub struct ClientKeys {
-    /// Ed25519 identity: signs messages; recipients see its public half.
+    /// Ed25519 identity: signs contact cards; recipients see its public half.
     identity: SigningKey,
-    /// X25519 key that messages to this client are encrypted to.
+    /// X25519 key the sealed envelope (the outermost end-to-end layer) is
+    /// sealed to: the recipient device's mailbox key.
     encryption: StaticSecret,
     /// Ed25519 key that owns (and authenticates polling of) the mailbox.
     mailbox: SigningKey,
+    /// Ed25519 device key: signs the content layer of every message.
+    device: SigningKey,
+    /// X25519 half of the content layer's hybrid KEM.
+    content: StaticSecret,
+    /// ML-KEM-768 half of the content layer's hybrid KEM (from `kem_secret`).
+    kem: ml_kem::ml_kem_768::DecapsulationKey,
+    /// The 32-byte secret the ML-KEM seed is expanded from.
+    kem_secret: Zeroizing<[u8; 32]>,
+}
+
+/// The device half of a client's secrets, as saved.
+pub struct DeviceSecrets {
+    /// Ed25519 device signing key.
+    pub device: Zeroizing<[u8; 32]>,
+    /// X25519 content-layer key.
+    pub content: Zeroizing<[u8; 32]>,
+    /// Secret the ML-KEM-768 seed is derived from.
+    pub kem: Zeroizing<[u8; 32]>,
+}
+
+impl DeviceSecrets {
+    /// Fresh random device secrets.
+    pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        DeviceSecrets {
+            device: random_secret(rng),
+            content: random_secret(rng),
+            kem: random_secret(rng),
+        }
+    }
+}
+
+const KEM_SEED_CONTEXT: &str = "bastet 2026 ml-kem-768 seed v1";
+
+/// The ML-KEM-768 key pair of a 32-byte secret: the FIPS 203 64-byte seed
+/// (d || z) is BLAKE3's derive-key output stream over the secret.
+fn kem_from_secret(secret: &[u8; 32]) -> ml_kem::ml_kem_768::DecapsulationKey {
+    let mut seed = ml_kem::Seed::default();
+    let mut hasher = blake3::Hasher::new_derive_key(KEM_SEED_CONTEXT);
+    hasher.update(secret);
+    hasher.finalize_xof().fill(seed.as_mut_slice());
+    let key = ml_kem::ml_kem_768::DecapsulationKey::from_seed(seed.clone());
+    zeroize::Zeroize::zeroize(seed.as_mut_slice());
+    key
 }
 
 impl ClientKeys {
@@ -35,16 +83,79 @@ impl ClientKeys {
         let identity = random_secret(rng);
         let encryption = random_secret(rng);
         let mailbox = random_secret(rng);
-        Self::from_secrets(&identity, &encryption, &mailbox)
+        Self::from_secrets(
+            &identity,
+            &encryption,
+            &mailbox,
+            &DeviceSecrets::generate(rng),
+        )
     }
 
     /// Keys from their 32-byte secrets, as stored in the data directory.
-    pub fn from_secrets(identity: &[u8; 32], encryption: &[u8; 32], mailbox: &[u8; 32]) -> Self {
+    pub fn from_secrets(
+        identity: &[u8; 32],
+        encryption: &[u8; 32],
+        mailbox: &[u8; 32],
+        device: &DeviceSecrets,
+    ) -> Self {
         ClientKeys {
             identity: SigningKey::from_bytes(identity),
             encryption: StaticSecret::from(*encryption),
             mailbox: SigningKey::from_bytes(mailbox),
+            device: SigningKey::from_bytes(&device.device),
+            content: StaticSecret::from(*device.content),
+            kem: kem_from_secret(&device.kem),
+            kem_secret: device.kem.clone(),
         }
+    }
+
+    /// The device secrets, for saving.
+    pub fn device_secrets(&self) -> DeviceSecrets {
+        DeviceSecrets {
+            device: Zeroizing::new(self.device.to_bytes()),
+            content: Zeroizing::new(self.content.to_bytes()),
+            kem: self.kem_secret.clone(),
+        }
+    }
+
+    /// Public Ed25519 device key: verifies the content layer.
+    pub fn device_public(&self) -> [u8; PUBLIC_KEY_LEN] {
+        self.device.verifying_key().to_bytes()
+    }
+
+    /// Public X25519 content-layer key.
+    pub fn content_public(&self) -> [u8; PUBLIC_KEY_LEN] {
+        PublicKey::from(&self.content).to_bytes()
+    }
+
+    /// Public ML-KEM-768 encapsulation key.
+    pub fn kem_public(&self) -> [u8; KEM_PUBLIC_LEN] {
+        use ml_kem::KeyExport;
+        let mut out = [0u8; KEM_PUBLIC_LEN];
+        out.copy_from_slice(self.kem.encapsulation_key().to_bytes().as_slice());
+        out
+    }
+
+    pub(crate) fn sign_device(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.device.sign(message).to_bytes()
+    }
+
+    pub(crate) fn content_secret(&self) -> &StaticSecret {
+        &self.content
+    }
+
+    pub(crate) fn kem_secret(&self) -> &ml_kem::ml_kem_768::DecapsulationKey {
+        &self.kem
+    }
+
+    pub(crate) fn envelope_secret(&self) -> &StaticSecret {
+        &self.encryption
+    }
+
+    /// A 32-byte key for this device's local state (ratchet pickles), kept
+    /// apart from every key that goes on the wire.
+    pub(crate) fn storage_key(&self, context: &str) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(context, self.device.as_bytes()))
     }
 
     /// The identity secret, for saving.
@@ -94,7 +205,7 @@ pub(crate) fn random_bytes<const N: usize, R: CryptoRng + ?Sized>(rng: &mut R) -
     out
 }
 
-fn random_secret<R: CryptoRng + ?Sized>(rng: &mut R) -> Zeroizing<[u8; 32]> {
+pub(crate) fn random_secret<R: CryptoRng + ?Sized>(rng: &mut R) -> Zeroizing<[u8; 32]> {
     let mut secret = Zeroizing::new([0u8; 32]);
     rng.fill_bytes(secret.as_mut());
     secret
@@ -121,110 +232,9 @@ pub(crate) fn checksum(bytes: &[u8]) -> [u8; 4] {
     out
 }
 
-/// Encrypts `plaintext` to the X25519 key `recipient` under a fresh
-/// ephemeral key, authenticating `aad` too. Returns the ephemeral public key
-/// and the ciphertext (plaintext length + [`AEAD_TAG_LEN`]).
-///
-/// The AEAD key is derived from a fresh ephemeral secret and used exactly
-/// once, so the fixed zero nonce is safe.
-pub(crate) fn seal<R: CryptoRng + ?Sized>(
-    recipient: &[u8; PUBLIC_KEY_LEN],
-    aad: &[u8],
-    plaintext: &[u8],
-    rng: &mut R,
-) -> Result<([u8; PUBLIC_KEY_LEN], Vec<u8>)> {
-    let ephemeral = StaticSecret::from(*random_secret(rng));
-    let ephemeral_public = PublicKey::from(&ephemeral).to_bytes();
-    let shared = ephemeral.diffie_hellman(&PublicKey::from(*recipient));
-    if !shared.was_contributory() {
-        return Err(Error::BadRecipientKey);
-    }
-    let key = payload_key(shared.as_bytes(), &ephemeral_public, recipient);
-    let mut buffer = Vec::with_capacity(plaintext.len() + AEAD_TAG_LEN);
-    buffer.extend_from_slice(plaintext);
-    cipher(&key)
-        .encrypt_in_place(&Nonce::default(), aad, &mut buffer)
-        .map_err(|_| Error::MalformedMessage("plaintext too long for the AEAD"))?;
-    Ok((ephemeral_public, buffer))
-}
-
-/// Reverses [`seal`] with this client's encryption key. Any failure is
-/// [`Error::Undecryptable`]: nothing unauthenticated comes out.
-pub(crate) fn open(
-    keys: &ClientKeys,
-    ephemeral_public: &[u8; PUBLIC_KEY_LEN],
-    aad: &[u8],
-    ciphertext: &[u8],
-) -> Result<Zeroizing<Vec<u8>>> {
-    let shared = keys
-        .encryption
-        .diffie_hellman(&PublicKey::from(*ephemeral_public));
-    if !shared.was_contributory() {
-        return Err(Error::Undecryptable);
-    }
-    let key = payload_key(
-        shared.as_bytes(),
-        ephemeral_public,
-        &keys.encryption_public(),
-    );
-    let mut buffer = Zeroizing::new(ciphertext.to_vec());
-    cipher(&key)
-        .decrypt_in_place(&Nonce::default(), aad, &mut *buffer)
-        .map_err(|_| Error::Undecryptable)?;
-    Ok(buffer)
-}
-
-fn payload_key(
-    shared: &[u8; 32],
-    ephemeral_public: &[u8; PUBLIC_KEY_LEN],
-    recipient: &[u8; PUBLIC_KEY_LEN],
-) -> Zeroizing<[u8; 32]> {
-    let mut input = Zeroizing::new([0u8; 96]);
-    input[..32].copy_from_slice(shared);
-    input[32..64].copy_from_slice(ephemeral_public);
-    input[64..].copy_from_slice(recipient);
-    Zeroizing::new(blake3::derive_key(E2E_KEY_CONTEXT, input.as_ref()))
-}
-
-fn cipher(key: &[u8; 32]) -> ChaCha20Poly1305 {
-    ChaCha20Poly1305::new(&(*key).into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn seal_opens_only_for_the_recipient_and_with_the_same_aad() {
-        let mut rng = rand::rng();
-        let alice = ClientKeys::generate(&mut rng);
-        let bob = ClientKeys::generate(&mut rng);
-        let (e, ct) = seal(&bob.encryption_public(), b"v", b"hello", &mut rng).unwrap();
-        assert_eq!(ct.len(), 5 + AEAD_TAG_LEN);
-        assert_eq!(&open(&bob, &e, b"v", &ct).unwrap()[..], b"hello");
-        assert!(matches!(
-            open(&alice, &e, b"v", &ct),
-            Err(Error::Undecryptable)
-        ));
-        assert!(matches!(
-            open(&bob, &e, b"w", &ct),
-            Err(Error::Undecryptable)
-        ));
-    }
-
-    #[test]
-    fn low_order_keys_are_refused() {
-        let mut rng = rand::rng();
-        let bob = ClientKeys::generate(&mut rng);
-        assert!(matches!(
-            seal(&[0; 32], b"", b"x", &mut rng),
-            Err(Error::BadRecipientKey)
-        ));
-        assert!(matches!(
-            open(&bob, &[0; 32], b"", &[0; 32]),
-            Err(Error::Undecryptable)
-        ));
-    }
 
     #[test]
     fn keys_survive_their_secrets() {
@@ -233,7 +243,11 @@ mod tests {
             &keys.identity_secret(),
             &keys.encryption_secret(),
             &keys.mailbox_secret(),
+            &keys.device_secrets(),
         );
+        assert_eq!(keys.device_public(), again.device_public());
+        assert_eq!(keys.content_public(), again.content_public());
+        assert_eq!(keys.kem_public(), again.kem_public());
         assert_eq!(keys.identity_public(), again.identity_public());
         assert_eq!(keys.encryption_public(), again.encryption_public());
         assert_eq!(keys.mailbox_id(), again.mailbox_id());

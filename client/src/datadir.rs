@@ -12,11 +12,15 @@ use bastet_sphinx::EnvelopeId;
 use crate::config::ENV_PREFIX;
 use crate::message::MAX_SEALED_LEN;
 use crate::outbox::Outgoing;
+use crate::crypto::DeviceSecrets;
 use crate::{ClientConfig, ClientKeys, Error, Result};
 
 const IDENTITY_KEY: &str = "identity.key";
 const ENCRYPTION_KEY: &str = "encryption.key";
 const MAILBOX_KEY: &str = "mailbox.key";
+const DEVICE_KEY: &str = "device.key";
+const CONTENT_KEY: &str = "content.key";
+const KEM_KEY: &str = "kem.key";
 const CONFIG: &str = "client.toml";
 /// Seqs already shown that are still on the server (see `InboxPlan`).
 const SHOWN: &str = "inbox-shown";
@@ -90,21 +94,46 @@ impl DataDir {
             .map_err(|e| self.file_error(&self.root, e))
     }
 
-    /// Writes the three key files (hex, mode 0600).
+    /// Writes the key files (hex, mode 0600).
     pub fn save_keys(&self, keys: &ClientKeys) -> Result<()> {
         write_key_file(&self.root.join(IDENTITY_KEY), &keys.identity_secret())?;
         write_key_file(&self.root.join(ENCRYPTION_KEY), &keys.encryption_secret())?;
         write_key_file(&self.root.join(MAILBOX_KEY), &keys.mailbox_secret())?;
+        self.save_device_secrets(&keys.device_secrets())
+    }
+
+    fn save_device_secrets(&self, device: &DeviceSecrets) -> Result<()> {
+        write_key_file(&self.root.join(DEVICE_KEY), &device.device)?;
+        write_key_file(&self.root.join(CONTENT_KEY), &device.content)?;
+        write_key_file(&self.root.join(KEM_KEY), &device.kem)?;
         Ok(())
     }
 
-    /// Reads the keys [`DataDir::save_keys`] wrote.
+    /// Reads the keys [`DataDir::save_keys`] wrote. A data dir made before
+    /// device keys existed gets fresh ones (saved before they are used).
     pub fn load_keys(&self) -> Result<ClientKeys> {
         self.ensure_initialised()?;
         let identity = read_key_file(&self.root.join(IDENTITY_KEY))?;
         let encryption = read_key_file(&self.root.join(ENCRYPTION_KEY))?;
         let mailbox = read_key_file(&self.root.join(MAILBOX_KEY))?;
-        Ok(ClientKeys::from_secrets(&identity, &encryption, &mailbox))
+        let device = if self.root.join(DEVICE_KEY).exists() {
+            DeviceSecrets {
+                device: read_key_file(&self.root.join(DEVICE_KEY))?,
+                content: read_key_file(&self.root.join(CONTENT_KEY))?,
+                kem: read_key_file(&self.root.join(KEM_KEY))?,
+            }
+        } else {
+            let fresh = DeviceSecrets::generate(&mut rand::rng());
+            self.save_device_secrets(&fresh)?;
+            tracing::info!("created device keys for a data dir made by an older bastet");
+            fresh
+        };
+        Ok(ClientKeys::from_secrets(
+            &identity,
+            &encryption,
+            &mailbox,
+            &device,
+        ))
     }
 
     /// Writes `client.toml`, with comments.
@@ -401,7 +430,7 @@ impl DataDir {
 
     /// Writes `bytes` to a temporary file (mode 0600), syncs it and renames
     /// it over `path`.
-    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut tmp_name = path.as_os_str().to_owned();
         tmp_name.push(".tmp");
@@ -420,7 +449,7 @@ impl DataDir {
     }
 
     /// The file's bytes, `None` if it does not exist, an error beyond `max`.
-    fn read_bounded(&self, path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn read_bounded(&self, path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
         match std::fs::metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.file_error(path, e)),
@@ -442,7 +471,7 @@ impl DataDir {
         }
     }
 
-    fn file_error(&self, path: &Path, e: std::io::Error) -> Error {
+    pub(crate) fn file_error(&self, path: &Path, e: std::io::Error) -> Error {
         Error::File {
             path: path.to_path_buf(),
             why: e.to_string(),

@@ -89,6 +89,43 @@ pub enum Error {
     #[error("message format version {0} is not supported by this version of bastet")]
     MessageVersion(u8),
 
+    /// One end-to-end layer of a message failed: it was altered, or not
+    /// made for this device. The message names the layer.
+    #[error("{layer} layer: {why}")]
+    Layer {
+        /// "sealed envelope", "ratchet", "pre-shared-key" or "content".
+        layer: &'static str,
+        /// What failed.
+        why: String,
+    },
+    /// The pre-shared-key layer did not open under the contact's key.
+    #[error(
+        "pre-shared-key layer: pre-shared key mismatch with {0} (compare `bastet contact show {0}` on both sides, or both set the same passphrase with `bastet contact psk {0} --passphrase`), or the message was altered"
+    )]
+    PskMismatch(String),
+    /// The ratchet refused a message it had already decrypted.
+    #[error("ratchet layer: this message was received before (a replay or a duplicate); rejected")]
+    Replayed,
+    /// A message from a device that is not a contact.
+    #[error(
+        "message from a device that is not one of your contacts (ratchet identity {0}): it is kept; import their card with `bastet contact import FILE --name NAME` to read it"
+    )]
+    UnknownSender(String),
+    /// The content layer was signed by a key other than the contact's.
+    #[error("content layer: signed by a key that is not {0}'s; rejected")]
+    NotTheContact(String),
+    /// A contact operation cannot be done; the message says why.
+    #[error("contact: {0}")]
+    Contact(String),
+    /// A contact card does not parse or verify.
+    #[error("contact card: {0}")]
+    Card(String),
+    /// No contact has that name.
+    #[error(
+        "no contact named {0:?}: `bastet contact list` shows your contacts; `bastet contact import FILE --name NAME` adds one"
+    )]
+    NoSuchContact(String),
+
     /// The consensus has no mix node in a layer, so no route can be built.
     #[error("no mix node in layer {0} of the consensus: cannot build a route, try again later")]
     NoMixInLayer(u8),

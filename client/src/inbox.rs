@@ -16,9 +16,8 @@ use bastet_sphinx::{
     EnvelopeId, Fragment, Reassembler, Reassembly, ReassemblyLimits, SEALED_REPLY_LEN, SealedReply,
 };
 
-use crate::crypto::ClientKeys;
 use crate::message::MAX_SEALED_LEN;
-use crate::{Error, ReceivedMessage, open_message};
+use crate::{Error, ReceivedMessage, Result};
 
 /// A message decrypted from the mailbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,13 +92,13 @@ pub fn reassembly_limits() -> ReassemblyLimits {
     }
 }
 
-/// Reads `listing`: reassembles fragments (envelopes in `completed` were
+/// Reads `listing` with `open` (which decrypts a payload): reassembles fragments (envelopes in `completed` were
 /// shown before: their fragments are duplicates), decrypts what completes
 /// and every whole message not in `shown`, collects replies, and decides
 /// what to delete. Replies count as read only if `take_replies` (the
 /// caller holds the outbox to apply them to).
 pub fn plan_inbox(
-    keys: &ClientKeys,
+    open: &mut dyn FnMut(&[u8]) -> Result<ReceivedMessage>,
     listing: &[StoredMessage],
     shown: &BTreeSet<u64>,
     completed: &HashSet<EnvelopeId>,
@@ -149,7 +148,7 @@ pub fn plan_inbox(
                     done.insert(envelope);
                     plan.completed.push(envelope);
                     deletable.push((seq, true));
-                    match open_message(keys, &bytes) {
+                    match open(&bytes) {
                         Ok(message) => plan.new.push(InboxMessage {
                             seq,
                             received_at_ms: stored.received_at_ms,
@@ -180,7 +179,7 @@ pub fn plan_inbox(
             deletable.push((seq, true));
             continue;
         }
-        match open_message(keys, &stored.payload) {
+        match open(&stored.payload) {
             Ok(message) => {
                 plan.shown.insert(seq);
                 plan.new.push(InboxMessage {

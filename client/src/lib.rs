@@ -1,13 +1,16 @@
 #![doc = include_str!("../README.md")]
 
 mod address;
+mod card;
 mod client;
 mod config;
+mod contacts;
 mod crypto;
 pub mod daemon;
 mod datadir;
 mod error;
 mod inbox;
+pub mod layers;
 mod message;
 mod outbox;
 pub mod packets;
@@ -20,18 +23,26 @@ pub use address::{ADDRESS_LEN, ADDRESS_PREFIX, ADDRESS_VERSION, Address};
 pub use client::{
     Client, InboxReport, POLL_INTERVAL, SendOptions, SentMessage, now_ms, save_received_file,
 };
+pub use card::{
+    CARD_PREFIX, CARD_VERSION, Card, MAX_CARD_LEN, MAX_CARD_TEXT_LEN, qr_png, qr_terminal,
+    safety_number,
+};
 pub use config::{
     ClientConfig, ENV_PREFIX, MAX_POLL_INTERVAL_MS, MIN_POLL_INTERVAL_MS, TRAFFIC_PRESETS,
     TrafficConfig,
 };
-pub use crypto::ClientKeys;
+pub use contacts::{
+    ContactInfo, ContactRequest, ContactResponse, Contacts, MAX_CONTACTS, MAX_NAME_LEN, MAX_PENDING, MAX_SESSIONS, Opened, PskSource,
+    check_name,
+};
+pub use crypto::{ClientKeys, DeviceSecrets};
 pub use datadir::{DataDir, MAX_COMPLETED_ENVELOPES, OutboxLock};
 pub use error::Error;
 pub use inbox::{InboxMessage, InboxPlan, UnreadablePayload, plan_inbox, reassembly_limits};
 pub use message::{
     Content, MAX_CONTENT_LEN, MAX_FILE_NAME_LEN, MAX_SEALED_LEN, MAX_TEXT_LEN, MESSAGE_OVERHEAD,
-    MessageId, PAYLOAD_VERSION, ReceivedFile, ReceivedMessage, SealedMessage, check_file_name,
-    check_text, open_message, seal_content, seal_message,
+    MessageId, RATCHET_OVERHEAD, ReceivedFile, ReceivedMessage, SealedMessage, check_file_name,
+    check_text,
 };
 pub use outbox::{
     ACK_SLACK, Acked, BACKOFF_FACTOR, DEFAULT_GIVE_UP, DeliveryState, FragmentState, MAX_IN_FLIGHT,

@@ -48,7 +48,7 @@ pub enum Request {
     Status {},
     /// Seal, fragment and queue a message; answered once it is saved.
     Send {
-        /// The recipient's address.
+        /// The recipient: a contact's name.
         to: String,
         /// The text, or
         #[serde(default)]
@@ -82,6 +82,11 @@ pub enum Request {
     },
     /// Save everything and exit, as on SIGTERM.
     Shutdown {},
+    /// A contact-book operation (the daemon owns the ratchet state).
+    Contact {
+        /// What to do.
+        request: crate::ContactRequest,
+    },
 }
 
 /// One relay of a route, for display.
@@ -174,10 +179,16 @@ impl From<&Outgoing> for MessageReport {
 pub struct WireReceived {
     /// The sender's message id (hex).
     pub message_id: String,
-    /// The sender's identity key (hex), as the message claims it.
+    /// The sender's identity key (hex; zeros if unknown).
     pub from: String,
-    /// Whether the sender's signature verified.
+    /// The contact it is from, if known.
+    #[serde(default)]
+    pub contact: Option<String>,
+    /// Whether every layer opened and the signature is the contact's.
     pub verified: bool,
+    /// Why it was rejected, if it was (then it has no content).
+    #[serde(default)]
+    pub rejected: Option<String>,
     /// The sender's timestamp (unix ms).
     pub sent_at_ms: u64,
     /// When the mailbox server stored its last fragment (unix ms).
@@ -197,7 +208,9 @@ impl WireReceived {
         WireReceived {
             message_id: m.message_id.to_hex(),
             from: hex::encode(m.from),
+            contact: m.contact.clone(),
             verified: m.verified,
+            rejected: m.rejected.clone(),
             sent_at_ms: m.sent_at_ms,
             received_at_ms,
             fragments,
@@ -239,9 +252,11 @@ impl WireReceived {
                     .ok_or(bad("a held message's id is not hex"))?,
                 sent_at_ms: self.sent_at_ms,
                 from,
+                contact: self.contact.clone(),
                 verified: self.verified,
                 text: self.text.clone(),
                 file,
+                rejected: self.rejected.clone(),
             },
         })
     }
@@ -363,6 +378,8 @@ pub enum Response {
     },
     /// To `inbox_done` and `shutdown`.
     Done,
+    /// To `contact`.
+    Contact(crate::ContactResponse),
     /// The request failed.
     Error {
         /// Why.

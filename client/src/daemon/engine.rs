@@ -25,7 +25,7 @@ use super::api::{
 use super::saver::Saver;
 use crate::datadir::MAX_HELD_MESSAGES;
 use crate::inbox::plan_inbox;
-use crate::message::seal_content;
+use crate::contacts::Contacts;
 use crate::outbox::{MAX_IN_FLIGHT, Outgoing, RoundTrip, ack_timeout};
 use crate::packets::{
     Built, RouteChoice, drop_packet, fragment_packet, is_loop_envelope, loop_packet,
@@ -128,6 +128,9 @@ struct PendingLoop {
 pub(crate) struct Engine {
     dir: DataDir,
     keys: Arc<ClientKeys>,
+    /// The contact book and ratchet sessions (only the daemon changes them
+    /// while it runs).
+    contacts: Contacts,
     config: ClientConfig,
     params: TrafficParams,
     own_server: NodeId,
@@ -218,7 +221,9 @@ impl Engine {
         }));
         let (pacer, paced) = mpsc::channel(PACER_QUEUE);
         let pacer_task = tokio::spawn(pace(paced, outbound.clone()));
+        let contacts = Contacts::load(&dir, &keys)?;
         let mut engine = Engine {
+            contacts,
             shown: dir.load_shown()?,
             completed: dir.load_completed()?.into_iter().collect(),
             dir,
@@ -748,8 +753,11 @@ impl Engine {
             );
             return;
         }
+        let keys = &self.keys;
+        let contacts = &mut self.contacts;
+        let mut open = |bytes: &[u8]| Ok(contacts.receive(keys, bytes));
         let plan = plan_inbox(
-            &self.keys,
+            &mut open,
             &self.cache,
             &self.shown,
             &self.completed,
@@ -773,6 +781,12 @@ impl Engine {
         }
         if let Err(e) = self.dir.add_completed(&plan.completed) {
             tracing::error!(error = %e, "saving the inbox state failed");
+            return;
+        }
+        // The ratchet moves on disk only once the messages are: a crash
+        // before this opens them again.
+        if let Err(e) = self.contacts.save() {
+            tracing::error!(error = %e, "saving the ratchet state failed; nothing is deleted");
             return;
         }
         self.completed.extend(plan.completed.iter().copied());
@@ -880,6 +894,7 @@ impl Engine {
             Request::Inbox {} => self.inbox_page(),
             Request::InboxDone { ids } => self.inbox_done(&ids),
             Request::Shutdown {} => Ok(Response::Done),
+            Request::Contact { request } => self.contact(request),
         };
         result.unwrap_or_else(|e| Response::Error {
             error: e.to_string(),
@@ -894,7 +909,8 @@ impl Engine {
         give_up_secs: u64,
         route: Option<RoutePolicy>,
     ) -> Result<Response> {
-        let to = Address::parse(to)?;
+        let contact = to;
+        let to = self.contacts.address_of(contact)?;
         let content = match (text, file) {
             (Some(text), None) => Content::Text(text),
             (None, Some(f)) => {
@@ -932,7 +948,13 @@ impl Engine {
             )));
         }
         let sent_at_ms = now_ms();
-        let sealed = seal_content(&self.keys, &to, &content, sent_at_ms, &mut rand::rng())?;
+        let sealed = self.contacts.seal_message(
+            &self.keys,
+            contact,
+            &content,
+            sent_at_ms,
+            &mut rand::rng(),
+        )?;
         let fragments: Vec<Vec<u8>> = bastet_sphinx::fragment(&sealed.payload, &mut rand::rng())?
             .iter()
             .map(Fragment::to_bytes)
@@ -954,6 +976,47 @@ impl Engine {
         self.live.push(live);
         self.refill();
         Ok(Response::Message(report))
+    }
+
+    fn contact(&mut self, request: crate::ContactRequest) -> Result<Response> {
+        let import = matches!(request, crate::ContactRequest::Import { .. });
+        let response =
+            self.contacts
+                .handle(&self.keys, self.own_server, request, now_ms())?;
+        if import {
+            self.retry_pending();
+        }
+        Ok(Response::Contact(response))
+    }
+
+    /// Opens the messages kept from devices that were not contacts, now
+    /// that one more is, and holds those that open for `bastet inbox`.
+    pub(crate) fn retry_pending(&mut self) {
+        let (messages, files) = match self.contacts.retry_pending(&self.keys) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the kept messages failed");
+                return;
+            }
+        };
+        for m in &messages {
+            let wire = WireReceived::new(&m.message, m.received_at_ms, m.fragments);
+            if let Err(e) = self.dir.save_received(&wire) {
+                tracing::error!(error = %e, "saving a received message failed; it stays kept");
+                return;
+            }
+            self.held += 1;
+            self.counters.received += 1;
+        }
+        if let Err(e) = self.contacts.save() {
+            tracing::error!(error = %e, "saving the ratchet state failed");
+            return;
+        }
+        for f in &files {
+            if let Err(e) = self.contacts.drop_pending(f) {
+                tracing::error!(error = %e, "forgetting a kept message failed");
+            }
+        }
     }
 
     fn inbox_page(&self) -> Result<Response> {

@@ -1,0 +1,380 @@
+//! Contact cards: everything another person needs to write to this device,
+//! exchanged offline (a file, or a QR code), with a fresh pre-shared
+//! secret. A card is a secret: whoever holds both people's cards can strip
+//! the pre-shared-key layer.
+//!
+//! Binary form (version 1), all fixed length but the nickname:
+//! `"BSTC" || version (1) || card id (16) || created_at_ms (u64 BE) ||
+//! identity key (32) || device key (32) || content X25519 key (32) ||
+//! ML-KEM-768 key (1184) || mailbox (envelope) X25519 key (32) || ratchet
+//! identity key (32) || ratchet one-time key (32) || mailbox server node id
+//! (32) || mailbox id (32) || pre-shared secret (32) || reply flag (1) ||
+//! replied-to card id (16, zero without the flag) || nickname length (1) ||
+//! nickname (UTF-8, at most 64) || Ed25519 signature by the identity key
+//! (64) || Ed25519 signature by the device key (64)`. The identity signs
+//! everything before its signature; the device signs everything before its
+//! own, the identity's signature included.
+//!
+//! Text form: `BASTET-CARD:` and the binary form in RFC 4648 base32 (upper
+//! case, no padding: QR codes hold it in their compact alphanumeric mode).
+
+use std::fmt;
+
+use bastet_sphinx::{MailboxId, NodeId};
+use data_encoding::BASE32_NOPAD;
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, ClientKeys, KEM_PUBLIC_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN};
+use crate::layers::content::Recipient;
+use crate::layers::psk::PSK_LEN;
+use crate::{Address, Error, Result};
+
+/// Every card's text form starts with this.
+pub const CARD_PREFIX: &str = "BASTET-CARD:";
+const MAGIC: &[u8; 4] = b"BSTC";
+/// The card format this client writes and reads.
+pub const CARD_VERSION: u8 = 1;
+/// Bytes of a card id.
+pub const CARD_ID_LEN: usize = 16;
+/// Longest nickname a card carries, in bytes.
+pub const MAX_NICKNAME_LEN: usize = 64;
+const FIXED_LEN: usize = 4
+    + 1
+    + CARD_ID_LEN
+    + 8
+    + 3 * PUBLIC_KEY_LEN
+    + KEM_PUBLIC_LEN
+    + 3 * PUBLIC_KEY_LEN
+    + 2 * 32
+    + PSK_LEN
+    + 1
+    + CARD_ID_LEN
+    + 1
+    + 2 * SIGNATURE_LEN;
+/// Longest binary card.
+pub const MAX_CARD_LEN: usize = FIXED_LEN + MAX_NICKNAME_LEN;
+/// Longest text card (whitespace aside).
+pub const MAX_CARD_TEXT_LEN: usize = CARD_PREFIX.len() + (MAX_CARD_LEN * 8).div_ceil(5);
+
+/// A contact card, signatures checked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Card {
+    /// Random id; a reply card names the card it answers by it.
+    pub card_id: [u8; CARD_ID_LEN],
+    /// When it was made (its maker's clock, unix ms).
+    pub created_at_ms: u64,
+    /// Ed25519 identity key.
+    pub identity: [u8; PUBLIC_KEY_LEN],
+    /// Ed25519 device key (signs the content layer).
+    pub device: [u8; PUBLIC_KEY_LEN],
+    /// X25519 content-layer key.
+    pub content: [u8; PUBLIC_KEY_LEN],
+    /// ML-KEM-768 content-layer key.
+    pub kem: Box<[u8; KEM_PUBLIC_LEN]>,
+    /// X25519 key the sealed envelope is sealed to.
+    pub envelope: [u8; PUBLIC_KEY_LEN],
+    /// The device's ratchet (Olm Curve25519) identity key.
+    pub ratchet_identity: [u8; PUBLIC_KEY_LEN],
+    /// A ratchet one-time key made for this card.
+    pub one_time_key: [u8; PUBLIC_KEY_LEN],
+    /// The mailbox server holding the device's mailbox.
+    pub mailbox_server: NodeId,
+    /// The device's mailbox.
+    pub mailbox: MailboxId,
+    /// This card's half of the pre-shared key.
+    pub secret: Zeroizing<[u8; PSK_LEN]>,
+    /// The card this one answers, if it is a reply.
+    pub reply_to: Option<[u8; CARD_ID_LEN]>,
+    /// The name its maker suggests for themself.
+    pub nickname: String,
+}
+
+impl fmt::Debug for Card {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Card")
+            .field("card_id", &hex::encode(self.card_id))
+            .field("identity", &hex::encode(self.identity))
+            .field("nickname", &self.nickname)
+            .field("reply_to", &self.reply_to.map(hex::encode))
+            .finish_non_exhaustive()
+    }
+}
+
+fn card_error(why: impl Into<String>) -> Error {
+    Error::Card(why.into())
+}
+
+impl Card {
+    /// The keys a sender encrypts the content layer to.
+    pub fn recipient(&self) -> Recipient {
+        Recipient {
+            identity: self.identity,
+            device: self.device,
+            content: self.content,
+            kem: self.kem.clone(),
+        }
+    }
+
+    /// Where messages to this card's device go (the routing part).
+    pub fn address(&self) -> Address {
+        Address {
+            identity_key: self.identity,
+            encryption_key: self.envelope,
+            mailbox_server: self.mailbox_server,
+            mailbox: self.mailbox,
+        }
+    }
+
+    /// The signed binary form. `keys` must be the keys the card names.
+    pub fn to_bytes(&self, keys: &ClientKeys) -> Result<Vec<u8>> {
+        if keys.identity_public() != self.identity || keys.device_public() != self.device {
+            return Err(card_error("the card's keys are not this client's"));
+        }
+        if self.nickname.len() > MAX_NICKNAME_LEN {
+            return Err(card_error(format!(
+                "the nickname is longer than {MAX_NICKNAME_LEN} bytes"
+            )));
+        }
+        let mut out = Vec::with_capacity(FIXED_LEN + self.nickname.len());
+        out.extend_from_slice(MAGIC);
+        out.push(CARD_VERSION);
+        out.extend_from_slice(&self.card_id);
+        out.extend_from_slice(&self.created_at_ms.to_be_bytes());
+        out.extend_from_slice(&self.identity);
+        out.extend_from_slice(&self.device);
+        out.extend_from_slice(&self.content);
+        out.extend_from_slice(self.kem.as_slice());
+        out.extend_from_slice(&self.envelope);
+        out.extend_from_slice(&self.ratchet_identity);
+        out.extend_from_slice(&self.one_time_key);
+        out.extend_from_slice(self.mailbox_server.as_bytes());
+        out.extend_from_slice(self.mailbox.as_bytes());
+        out.extend_from_slice(self.secret.as_ref());
+        out.push(u8::from(self.reply_to.is_some()));
+        out.extend_from_slice(&self.reply_to.unwrap_or([0; CARD_ID_LEN]));
+        out.push(self.nickname.len() as u8);
+        out.extend_from_slice(self.nickname.as_bytes());
+        let identity_signature = keys.sign(&signed(&out));
+        out.extend_from_slice(&identity_signature);
+        let device_signature = keys.sign_device(&signed(&out));
+        out.extend_from_slice(&device_signature);
+        Ok(out)
+    }
+
+    /// The text form.
+    pub fn to_text(&self, keys: &ClientKeys) -> Result<String> {
+        Ok(format!(
+            "{CARD_PREFIX}{}",
+            BASE32_NOPAD.encode(&self.to_bytes(keys)?)
+        ))
+    }
+
+    /// Parses and verifies the binary form: exact lengths, known version,
+    /// both signatures (strict Ed25519).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Card> {
+        if bytes.len() < FIXED_LEN || bytes.len() > MAX_CARD_LEN {
+            return Err(card_error(format!(
+                "{} bytes, but a card has {FIXED_LEN} to {MAX_CARD_LEN}: was it copied whole?",
+                bytes.len()
+            )));
+        }
+        let mut r = Reader(bytes);
+        if r.take::<4>()? != *MAGIC {
+            return Err(card_error("not a Bastet contact card"));
+        }
+        let [version] = r.take::<1>()?;
+        if version != CARD_VERSION {
+            return Err(card_error(format!(
+                "format version {version} is not supported by this version of bastet"
+            )));
+        }
+        let card_id = r.take()?;
+        let created_at_ms = u64::from_be_bytes(r.take()?);
+        let identity = r.take()?;
+        let device = r.take()?;
+        let content = r.take()?;
+        let kem = Box::new(r.take::<KEM_PUBLIC_LEN>()?);
+        let envelope = r.take()?;
+        let ratchet_identity = r.take()?;
+        let one_time_key = r.take()?;
+        let mailbox_server = NodeId(r.take()?);
+        let mailbox = MailboxId(r.take()?);
+        let secret = Zeroizing::new(r.take::<PSK_LEN>()?);
+        let [flag] = r.take::<1>()?;
+        let replied = r.take::<CARD_ID_LEN>()?;
+        let reply_to = match flag {
+            0 if replied == [0; CARD_ID_LEN] => None,
+            1 => Some(replied),
+            _ => return Err(card_error("malformed reply field")),
+        };
+        let [nick_len] = r.take::<1>()?;
+        let nick_len = usize::from(nick_len);
+        if nick_len > MAX_NICKNAME_LEN || r.0.len() != nick_len + 2 * SIGNATURE_LEN {
+            return Err(card_error("the nickname length does not match the card"));
+        }
+        let nickname = std::str::from_utf8(&r.0[..nick_len])
+            .map_err(|_| card_error("the nickname is not UTF-8"))?
+            .to_string();
+        let identity_signed = &bytes[..bytes.len() - 2 * SIGNATURE_LEN];
+        let device_signed = &bytes[..bytes.len() - SIGNATURE_LEN];
+        let mut sig = [0u8; SIGNATURE_LEN];
+        sig.copy_from_slice(&bytes[bytes.len() - 2 * SIGNATURE_LEN..bytes.len() - SIGNATURE_LEN]);
+        if !crypto::verify(&identity, &signed(identity_signed), &sig) {
+            return Err(card_error(
+                "the identity signature does not verify: the card was altered",
+            ));
+        }
+        sig.copy_from_slice(&bytes[bytes.len() - SIGNATURE_LEN..]);
+        if !crypto::verify(&device, &signed(device_signed), &sig) {
+            return Err(card_error(
+                "the device signature does not verify: the card was altered",
+            ));
+        }
+        if ml_kem_key_invalid(&kem) {
+            return Err(card_error("the ML-KEM-768 key is invalid"));
+        }
+        Ok(Card {
+            card_id,
+            created_at_ms,
+            identity,
+            device,
+            content,
+            kem,
+            envelope,
+            ratchet_identity,
+            one_time_key,
+            mailbox_server,
+            mailbox,
+            secret,
+            reply_to,
+            nickname,
+        })
+    }
+
+    /// Parses the text form; whitespace anywhere (a wrapped line) is
+    /// ignored, and lower case is accepted.
+    pub fn parse(text: &str) -> Result<Card> {
+        if text.len() > 2 * MAX_CARD_TEXT_LEN {
+            return Err(card_error("far longer than any card"));
+        }
+        let compact = normalize(text);
+        let body = compact
+            .strip_prefix(CARD_PREFIX)
+            .ok_or_else(|| card_error(format!("a card starts with {CARD_PREFIX}")))?;
+        let bytes = BASE32_NOPAD
+            .decode(body.as_bytes())
+            .map_err(|e| card_error(format!("not base32 ({e}): was it copied whole?")))?;
+        Card::from_bytes(&bytes)
+    }
+}
+
+/// The canonical text of a card given as `text` (whitespace removed, upper
+/// case), for keeping.
+pub fn normalize(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
+fn ml_kem_key_invalid(kem: &[u8; KEM_PUBLIC_LEN]) -> bool {
+    use ml_kem::TryKeyInit;
+    ml_kem::ml_kem_768::EncapsulationKey::new_from_slice(kem).is_err()
+}
+
+const SIGNATURE_CONTEXT: &[u8] = b"bastet 2026 contact card v1";
+
+fn signed(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SIGNATURE_CONTEXT.len() + bytes.len());
+    out.extend_from_slice(SIGNATURE_CONTEXT);
+    out.extend_from_slice(bytes);
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or_else(|| card_error("shorter than its fields"))?;
+        self.0 = rest;
+        Ok(*head)
+    }
+}
+
+/// The safety number of two identities: 60 digits in 12 groups, the same
+/// whichever side computes it. Two people who read the same number to each
+/// other (in person, or over a channel they trust) hold each other's real
+/// identity keys.
+pub fn safety_number(a: &[u8; PUBLIC_KEY_LEN], b: &[u8; PUBLIC_KEY_LEN]) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut hasher = blake3::Hasher::new_derive_key("bastet 2026 safety number v1");
+    hasher.update(lo);
+    hasher.update(hi);
+    let mut bytes = [0u8; 60];
+    hasher.finalize_xof().fill(&mut bytes);
+    bytes
+        .chunks(5)
+        .map(|c| {
+            let v = c.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+            format!("{:05}", v % 100_000)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The card text as a QR code for a terminal: two rows of modules per line
+/// of text, dark on light. A card needs a QR code of about 130 modules a
+/// side: a terminal at least 140 columns wide.
+pub fn qr_terminal(text: &str) -> Result<String> {
+    let code = qr_code(text)?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
+}
+
+/// The card text as a QR code in a PNG image (8 pixels per module, 4
+/// modules of quiet zone).
+pub fn qr_png(text: &str) -> Result<Vec<u8>> {
+    const SCALE: usize = 8;
+    const QUIET: usize = 4;
+    let code = qr_code(text)?;
+    let width = code.width();
+    let colors = code.to_colors();
+    let side = (width + 2 * QUIET) * SCALE;
+    let mut pixels = vec![255u8; side * side];
+    for (i, color) in colors.iter().enumerate() {
+        if *color == qrcode::Color::Dark {
+            let (x, y) = (i % width + QUIET, i / width + QUIET);
+            for dy in 0..SCALE {
+                let row = (y * SCALE + dy) * side;
+                pixels[row + x * SCALE..row + (x + 1) * SCALE].fill(0);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let side32 = u32::try_from(side).map_err(|_| card_error("QR code too large"))?;
+    let mut encoder = png::Encoder::new(&mut out, side32, side32);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder
+        .write_header()
+        .map_err(|e| card_error(format!("PNG: {e}")))?;
+    writer
+        .write_image_data(&pixels)
+        .map_err(|e| card_error(format!("PNG: {e}")))?;
+    writer
+        .finish()
+        .map_err(|e| card_error(format!("PNG: {e}")))?;
+    Ok(out)
+}
+
+fn qr_code(text: &str) -> Result<qrcode::QrCode> {
+    qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::L)
+        .map_err(|e| card_error(format!("too long for a QR code: {e}")))
+}

@@ -1,0 +1,322 @@
+//! Layer 1, content: the plaintext, signed by the sender's device key and
+//! encrypted to the recipient device with a hybrid KEM.
+//!
+//! Wire: `version (1) || ephemeral X25519 public key (32) || ML-KEM-768
+//! ciphertext (1088) || ChaCha20-Poly1305(plaintext)`, with the version
+//! byte as associated data. The AEAD key is HKDF-SHA256 with salt
+//! `"bastet 2026 content hybrid kem v1"` over `X25519 shared secret ||
+//! ML-KEM shared secret`, info `ephemeral public key || ML-KEM ciphertext
+//! || recipient X25519 key || recipient ML-KEM key` (both ciphertexts and
+//! both recipient keys bound, as in X-Wing); it is used once, so the nonce
+//! is zero.
+//!
+//! Plaintext: `message id (16) || sent_at_ms (u64 BE) || sender identity
+//! key (32) || sender device key (32) || kind (1: 0 text, 1 file) || name
+//! length (u8) || name || content length (u32 BE) || content || Ed25519
+//! signature (64)`, signed by the sender's device key over `"bastet 2026
+//! content v1" || recipient identity key || recipient device key ||`
+//! everything before the signature: the recipient is bound into the
+//! signature, so a message cannot be re-addressed.
+
+use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce};
+use hkdf::Hkdf;
+use ml_kem::{Decapsulate, Encapsulate, TryKeyInit};
+use rand::CryptoRng;
+use sha2::Sha256;
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::crypto::{
+    self, AEAD_TAG_LEN, ClientKeys, KEM_CIPHERTEXT_LEN, KEM_PUBLIC_LEN, PUBLIC_KEY_LEN,
+    SIGNATURE_LEN,
+};
+use crate::message::{Content, MAX_CONTENT_LEN, MessageId, check_file_name};
+use crate::{Error, Result};
+
+/// The content-layer format this client writes and reads.
+pub const CONTENT_VERSION: u8 = 1;
+const HEADER_LEN: usize = 1 + PUBLIC_KEY_LEN + KEM_CIPHERTEXT_LEN;
+const SIGNATURE_CONTEXT: &[u8] = b"bastet 2026 content v1";
+const KDF_SALT: &[u8] = b"bastet 2026 content hybrid kem v1";
+const KIND_TEXT: u8 = 0;
+const KIND_FILE: u8 = 1;
+const ID_LEN: usize = 16;
+/// Plaintext bytes besides the name and content.
+const PLAINTEXT_OVERHEAD: usize = ID_LEN + 8 + 2 * PUBLIC_KEY_LEN + 1 + 1 + 4 + SIGNATURE_LEN;
+/// Bytes the content layer adds to the name and content.
+pub const OVERHEAD: usize = HEADER_LEN + PLAINTEXT_OVERHEAD + AEAD_TAG_LEN;
+/// Longest content-layer ciphertext.
+pub const MAX_LEN: usize = OVERHEAD + crate::message::MAX_FILE_NAME_LEN + MAX_CONTENT_LEN;
+
+const LAYER: &str = "content";
+
+fn layer_error(why: impl Into<String>) -> Error {
+    Error::Layer {
+        layer: LAYER,
+        why: why.into(),
+    }
+}
+
+/// The recipient device's public keys, from its contact card.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recipient {
+    /// Ed25519 identity key.
+    pub identity: [u8; PUBLIC_KEY_LEN],
+    /// Ed25519 device key.
+    pub device: [u8; PUBLIC_KEY_LEN],
+    /// X25519 content key.
+    pub content: [u8; PUBLIC_KEY_LEN],
+    /// ML-KEM-768 encapsulation key.
+    pub kem: Box<[u8; KEM_PUBLIC_LEN]>,
+}
+
+/// A content layer that decrypted for this device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The sender's message id.
+    pub message_id: MessageId,
+    /// The sender's clock, unix milliseconds.
+    pub sent_at_ms: u64,
+    /// The identity key the sender claims.
+    pub sender_identity: [u8; PUBLIC_KEY_LEN],
+    /// The device key that signed.
+    pub sender_device: [u8; PUBLIC_KEY_LEN],
+    /// Text or file.
+    pub content: Content,
+    /// Whether the signature by `sender_device` over the message and this
+    /// device's keys verifies (strict Ed25519).
+    pub signature_ok: bool,
+}
+
+/// Signs `content` with `sender`'s device key for `recipient` and encrypts
+/// it to the recipient device.
+pub fn seal<R: CryptoRng + ?Sized>(
+    sender: &ClientKeys,
+    recipient: &Recipient,
+    message_id: MessageId,
+    content: &Content,
+    sent_at_ms: u64,
+    rng: &mut R,
+) -> Result<Vec<u8>> {
+    seal_signed_for(
+        sender,
+        recipient,
+        (&recipient.identity, &recipient.device),
+        message_id,
+        content,
+        sent_at_ms,
+        rng,
+    )
+}
+
+/// [`seal`] with the identity and device bound into the signature given
+/// separately, so tests can forge a message signed for someone else.
+pub(crate) fn seal_signed_for<R: CryptoRng + ?Sized>(
+    sender: &ClientKeys,
+    recipient: &Recipient,
+    signed_for: (&[u8; PUBLIC_KEY_LEN], &[u8; PUBLIC_KEY_LEN]),
+    message_id: MessageId,
+    content: &Content,
+    sent_at_ms: u64,
+    rng: &mut R,
+) -> Result<Vec<u8>> {
+    content.check()?;
+    let (kind, name, body) = kind_name_body(content);
+    let mut plaintext = Zeroizing::new(Vec::with_capacity(
+        PLAINTEXT_OVERHEAD + name.len() + body.len(),
+    ));
+    plaintext.extend_from_slice(&message_id.0);
+    plaintext.extend_from_slice(&sent_at_ms.to_be_bytes());
+    plaintext.extend_from_slice(&sender.identity_public());
+    plaintext.extend_from_slice(&sender.device_public());
+    plaintext.push(kind);
+    // Checked above: a name is at most 255 bytes, a body at most 1 MiB.
+    plaintext.push(name.len() as u8);
+    plaintext.extend_from_slice(name.as_bytes());
+    plaintext.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    plaintext.extend_from_slice(body);
+    let signature = sender.sign_device(&signed_bytes(signed_for.0, signed_for.1, &plaintext));
+    plaintext.extend_from_slice(&signature);
+
+    let ephemeral = StaticSecret::from(*crypto::random_secret(rng));
+    let ephemeral_public = PublicKey::from(&ephemeral).to_bytes();
+    let shared = ephemeral.diffie_hellman(&PublicKey::from(recipient.content));
+    if !shared.was_contributory() {
+        return Err(Error::Contact(
+            "the contact's content key is invalid (a low-order point)".into(),
+        ));
+    }
+    let ek = ml_kem::ml_kem_768::EncapsulationKey::new_from_slice(recipient.kem.as_slice())
+        .map_err(|_| Error::Contact("the contact's ML-KEM-768 key is invalid".into()))?;
+    let (kem_ct, kem_shared) = ek.encapsulate_with_rng(rng);
+    let key = derive_key(
+        shared.as_bytes(),
+        kem_shared.as_slice(),
+        &ephemeral_public,
+        kem_ct.as_slice(),
+        &recipient.content,
+        recipient.kem.as_slice(),
+    );
+    let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + AEAD_TAG_LEN);
+    out.push(CONTENT_VERSION);
+    out.extend_from_slice(&ephemeral_public);
+    out.extend_from_slice(kem_ct.as_slice());
+    let mut body = plaintext.to_vec();
+    ChaCha20Poly1305::new(&(*key).into())
+        .encrypt_in_place(&Nonce::default(), &[CONTENT_VERSION], &mut body)
+        .map_err(|_| layer_error("plaintext too long for the AEAD"))?;
+    out.extend_from_slice(&body);
+    zeroize::Zeroize::zeroize(&mut body);
+    Ok(out)
+}
+
+/// Decrypts a content layer addressed to `keys`' device and checks its
+/// signature (the result says whether it verified; the caller decides).
+pub fn open(keys: &ClientKeys, bytes: &[u8]) -> Result<Opened> {
+    if bytes.len() > MAX_LEN {
+        return Err(layer_error("longer than any message"));
+    }
+    let (&version, rest) = bytes
+        .split_first()
+        .ok_or_else(|| layer_error("empty"))?;
+    if version != CONTENT_VERSION {
+        return Err(layer_error(format!(
+            "format version {version} is not supported by this version of bastet"
+        )));
+    }
+    if rest.len() < HEADER_LEN - 1 + AEAD_TAG_LEN {
+        return Err(layer_error("shorter than its header"));
+    }
+    let (ephemeral_public, rest) = rest.split_at(PUBLIC_KEY_LEN);
+    let (kem_ct, ciphertext) = rest.split_at(KEM_CIPHERTEXT_LEN);
+    let mut eph = [0u8; PUBLIC_KEY_LEN];
+    eph.copy_from_slice(ephemeral_public);
+    let shared = keys
+        .content_secret()
+        .diffie_hellman(&PublicKey::from(eph));
+    if !shared.was_contributory() {
+        return Err(layer_error("does not decrypt for this device"));
+    }
+    let kem_shared = keys
+        .kem_secret()
+        .decapsulate_slice(kem_ct)
+        .map_err(|_| layer_error("malformed ML-KEM ciphertext"))?;
+    let key = derive_key(
+        shared.as_bytes(),
+        kem_shared.as_slice(),
+        &eph,
+        kem_ct,
+        &keys.content_public(),
+        &keys.kem_public(),
+    );
+    let mut plaintext = Zeroizing::new(ciphertext.to_vec());
+    ChaCha20Poly1305::new(&(*key).into())
+        .decrypt_in_place(&Nonce::default(), &[version], &mut *plaintext)
+        .map_err(|_| layer_error("does not decrypt for this device (altered, or not addressed to it)"))?;
+    parse(keys, &plaintext)
+}
+
+fn parse(keys: &ClientKeys, plaintext: &[u8]) -> Result<Opened> {
+    let short = || layer_error("plaintext shorter than its fields");
+    if plaintext.len() < PLAINTEXT_OVERHEAD {
+        return Err(short());
+    }
+    let (signed, signature) = plaintext.split_at(plaintext.len() - SIGNATURE_LEN);
+    let (message_id, rest) = take::<ID_LEN>(signed).ok_or_else(short)?;
+    let (sent_at, rest) = take::<8>(rest).ok_or_else(short)?;
+    let (sender_identity, rest) = take::<PUBLIC_KEY_LEN>(rest).ok_or_else(short)?;
+    let (sender_device, rest) = take::<PUBLIC_KEY_LEN>(rest).ok_or_else(short)?;
+    let (&kind, rest) = rest.split_first().ok_or_else(short)?;
+    let (&name_len, rest) = rest.split_first().ok_or_else(short)?;
+    let name_len = usize::from(name_len);
+    if rest.len() < name_len {
+        return Err(short());
+    }
+    let (name, rest) = rest.split_at(name_len);
+    let (body_len, body) = take::<4>(rest).ok_or_else(short)?;
+    let body_len = u32::from_be_bytes(body_len) as usize;
+    if body_len > MAX_CONTENT_LEN || body.len() != body_len {
+        return Err(layer_error("content length does not match the plaintext"));
+    }
+    let name = utf8(name)?;
+    let content = match kind {
+        KIND_TEXT if name.is_empty() => Content::Text(utf8(body)?),
+        KIND_FILE => {
+            check_file_name(&name)?;
+            Content::File {
+                name,
+                bytes: body.to_vec(),
+            }
+        }
+        _ => return Err(layer_error("unknown content kind")),
+    };
+    let mut sig = [0u8; SIGNATURE_LEN];
+    sig.copy_from_slice(signature);
+    let signature_ok = crypto::verify(
+        &sender_device,
+        &signed_bytes(&keys.identity_public(), &keys.device_public(), signed),
+        &sig,
+    );
+    Ok(Opened {
+        message_id: MessageId(message_id),
+        sent_at_ms: u64::from_be_bytes(sent_at),
+        sender_identity,
+        sender_device,
+        content,
+        signature_ok,
+    })
+}
+
+fn kind_name_body(content: &Content) -> (u8, &str, &[u8]) {
+    match content {
+        Content::Text(t) => (KIND_TEXT, "", t.as_bytes()),
+        Content::File { name, bytes } => (KIND_FILE, name, bytes),
+    }
+}
+
+fn signed_bytes(
+    recipient_identity: &[u8; PUBLIC_KEY_LEN],
+    recipient_device: &[u8; PUBLIC_KEY_LEN],
+    fields: &[u8],
+) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(SIGNATURE_CONTEXT.len() + 2 * PUBLIC_KEY_LEN + fields.len());
+    out.extend_from_slice(SIGNATURE_CONTEXT);
+    out.extend_from_slice(recipient_identity);
+    out.extend_from_slice(recipient_device);
+    out.extend_from_slice(fields);
+    out
+}
+
+fn derive_key(
+    x25519_shared: &[u8],
+    kem_shared: &[u8],
+    ephemeral_public: &[u8],
+    kem_ct: &[u8],
+    recipient_content: &[u8],
+    recipient_kem: &[u8],
+) -> Zeroizing<[u8; 32]> {
+    let mut ikm = Zeroizing::new(Vec::with_capacity(64));
+    ikm.extend_from_slice(x25519_shared);
+    ikm.extend_from_slice(kem_shared);
+    let mut info = Vec::with_capacity(PUBLIC_KEY_LEN * 2 + KEM_CIPHERTEXT_LEN + KEM_PUBLIC_LEN);
+    info.extend_from_slice(ephemeral_public);
+    info.extend_from_slice(kem_ct);
+    info.extend_from_slice(recipient_content);
+    info.extend_from_slice(recipient_kem);
+    let mut key = Zeroizing::new([0u8; 32]);
+    // 32 bytes is far below HKDF-SHA256's 8160-byte limit.
+    let _ = Hkdf::<Sha256>::new(Some(KDF_SALT), &ikm).expand(&info, key.as_mut());
+    key
+}
+
+fn utf8(bytes: &[u8]) -> Result<String> {
+    std::str::from_utf8(bytes)
+        .map(str::to_string)
+        .map_err(|_| layer_error("text is not UTF-8"))
+}
+
+fn take<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
+    let (head, rest) = bytes.split_first_chunk::<N>()?;
+    Some((*head, rest))
+}

@@ -9,8 +9,9 @@ use bastet_client::daemon::{
     api::{MessageReport, Request, Response, StatusReport, WireFile},
 };
 use bastet_client::{
-    Address, Client, Content, DataDir, DeliveryState, InboxReport, RoutePolicy, SendOptions,
-    choose_policy_nodes, parse_classes, parse_list, save_received_file,
+    Client, ContactInfo, ContactRequest, ContactResponse, Contacts, Content, DataDir,
+    DeliveryState, InboxReport, RoutePolicy, SendOptions, choose_policy_nodes, parse_classes,
+    parse_list, save_received_file,
 };
 use bastet_directory::{Descriptor, DirectoryConfig};
 use bastet_sphinx::NodeId;
@@ -34,8 +35,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create keys, register a mailbox and write client.toml; prints the
-    /// address to give to people who should be able to write to you.
+    /// Create keys, register a mailbox and write client.toml. Then make a
+    /// contact card (`bastet contact export`) for each person who should
+    /// be able to write to you.
     Init {
         /// TOML file with the directory authorities to trust (a
         /// DirectoryConfig: epoch_secs and [[authorities]]).
@@ -46,8 +48,18 @@ enum Command {
         #[arg(long, value_name = "HEX")]
         mailbox_server: Option<String>,
     },
-    /// Print this client's address.
+    /// Print where this client's mailbox is (its keys, mailbox server and
+    /// mailbox id, in one line). Not enough to write to you: people need
+    /// your contact card.
     Address,
+    /// Exchange contact cards (offline: a file or a QR code) and manage
+    /// contacts. Two people each import the other's card; the second card
+    /// must answer the first (`export --for NAME`), which completes the
+    /// pre-shared key on both sides.
+    Contact {
+        #[command(subcommand)]
+        command: ContactCommand,
+    },
     /// Run the client: send at a constant Poisson rate with cover traffic,
     /// retransmit, poll the mailbox, and serve `send`, `inbox`, `outbox`
     /// and `status` on DATA_DIR/daemon.sock. Runs until SIGTERM or Ctrl-C;
@@ -60,13 +72,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Send a text message or a file (up to 1 MiB) to an address through the
+    /// Send a text message or a file (up to 1 MiB) to a contact through the
     /// daemon, and wait until the recipient's mailbox server acknowledged
     /// every fragment (state "stored"), or until --give-up passes (state
     /// "failed", exit status 1).
     Send {
-        /// The recipient's address (bastet1...).
-        address: String,
+        /// The contact's name (see `bastet contact list`).
+        contact: String,
         /// The message text (or give --file).
         #[arg(required_unless_present = "file", conflicts_with = "file")]
         text: Option<String>,
@@ -144,15 +156,79 @@ enum RouteCommand {
         /// How many routes.
         #[arg(long, default_value_t = 5)]
         count: usize,
-        /// End the routes at this address's mailbox server [default: your
+        /// End the routes at this contact's mailbox server [default: your
         /// own].
-        #[arg(long, value_name = "ADDRESS")]
+        #[arg(long, value_name = "CONTACT")]
         to: Option<String>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         policy: PolicyArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContactCommand {
+    /// Make your contact card: your keys, your mailbox, a fresh ratchet
+    /// one-time key and a fresh half of the pre-shared key. Keep it secret
+    /// and hand it over offline (a file on a USB stick, or the QR code).
+    Export {
+        /// Answer the card of this contact (imported before): completes the
+        /// contact on your side; they complete it by importing this card.
+        #[arg(long = "for", value_name = "NAME")]
+        for_contact: Option<String>,
+        /// Write the card to FILE (mode 0600) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Also print the card as a QR code (needs a terminal about 140
+        /// columns wide).
+        #[arg(long)]
+        qr: bool,
+        /// Also write the QR code as a PNG image.
+        #[arg(long, value_name = "FILE")]
+        qr_png: Option<PathBuf>,
+        /// The name you suggest for yourself on the card.
+        #[arg(long, default_value = "")]
+        nickname: String,
+    },
+    /// Import someone's card (from FILE, or - for standard input) under NAME.
+    Import {
+        /// The card file.
+        file: PathBuf,
+        /// The name to call them by.
+        #[arg(long)]
+        name: String,
+    },
+    /// List your contacts.
+    List {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one contact, with the safety number to compare with them.
+    Show {
+        /// The contact.
+        name: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the pre-shared key with one derived (Argon2id) from a
+    /// passphrase you both type; you must both do it. The passphrase is
+    /// read from the terminal, or from standard input if it is not one, or
+    /// from BASTET_PSK_PASSPHRASE.
+    Psk {
+        /// The contact.
+        name: String,
+        /// Derive the key from a passphrase.
+        #[arg(long, required = true)]
+        passphrase: bool,
+    },
+    /// Remove a contact: its sessions and pre-shared key are gone.
+    Remove {
+        /// The contact.
+        name: String,
     },
 }
 
@@ -232,15 +308,15 @@ fn real_main(cli: Cli) -> CliResult<()> {
                 .transpose()?;
             let client = runtime.block_on(Client::init(dir.clone(), directory, mailbox_server))?;
             eprintln!(
-                "bastet: client created in {}; mailbox on server {}. Your address:",
+                "bastet: client created in {}; mailbox on server {}. Next: `bastet contact export --out FILE` makes a contact card to give someone.",
                 dir.path().display(),
                 client.config().mailbox_server
             );
-            println!("{}", client.address()?);
         }
+        Command::Contact { command } => runtime.block_on(contact_command(&dir, command))?,
         Command::Address => println!("{}", Client::open(dir)?.address()?),
         Command::Send {
-            address,
+            contact,
             text,
             file,
             json,
@@ -249,7 +325,6 @@ fn real_main(cli: Cli) -> CliResult<()> {
             policy,
             direct,
         } => {
-            let to = Address::parse(&address)?;
             let content = match (text, file) {
                 (_, Some(path)) => read_file_content(&path)?,
                 (Some(text), None) => Content::Text(text),
@@ -261,12 +336,15 @@ fn real_main(cli: Cli) -> CliResult<()> {
                     give_up: Duration::from_secs(give_up),
                     wait: !no_wait,
                 };
-                MessageReport::from(&runtime.block_on(client.send(&to, &content, options))?)
+                let sent = runtime.block_on(client.send(&contact, &content, options))?;
+                let mut report = MessageReport::from(&sent);
+                report.to = contact.clone();
+                report
             } else {
                 let route = policy.given().then(|| client.config().route.clone());
                 runtime.block_on(send_via_daemon(
                     dir.path(),
-                    &to,
+                    &contact,
                     content,
                     give_up,
                     route,
@@ -369,7 +447,8 @@ async fn route_command(dir: DataDir, command: RouteCommand) -> CliResult<()> {
             (policy, *json)
         }
     };
-    let client = policy_args.apply(Client::open(dir)?)?;
+    let dir_path = &dir.path().to_path_buf();
+    let client = policy_args.apply(Client::open(dir.clone())?)?;
     let policy = client.config().route.clone();
     let consensus = client.consensus().await?;
     let node_json = |d: &Descriptor, role: String| {
@@ -427,7 +506,11 @@ async fn route_command(dir: DataDir, command: RouteCommand) -> CliResult<()> {
         }
         RouteCommand::Sample { count, to, .. } => {
             let server = match to {
-                Some(a) => Address::parse(&a)?.mailbox_server,
+                Some(name) => {
+                    let info = contact_info(dir_path, &name).await?;
+                    bastet_sphinx::NodeId::from_hex(&info.mailbox_server)
+                        .ok_or("the contact's mailbox server is not a node id")?
+                }
                 None => client.config().mailbox_server_id()?,
             };
             let mut routes = Vec::with_capacity(count);
@@ -470,6 +553,232 @@ async fn route_command(dir: DataDir, command: RouteCommand) -> CliResult<()> {
         }
     }
     Ok(())
+}
+
+/// Carries out a contact-book request: through the daemon if one runs (it
+/// owns the ratchet state), else here, holding the data dir's lock.
+async fn contact_request(dir: &Path, request: ContactRequest) -> CliResult<ContactResponse> {
+    match daemon::api::call(dir, &Request::Contact { request: request.clone() }).await {
+        Ok(Response::Contact(r)) => Ok(r),
+        Ok(other) => Err(unexpected(other).into()),
+        Err(bastet_client::Error::NoDaemon(_)) => {
+            let data_dir = DataDir::new(dir);
+            let client = Client::open(data_dir.clone())?;
+            let _lock = data_dir
+                .try_lock_outbox()?
+                .ok_or_else(|| bastet_client::Error::OutboxBusy(dir.to_path_buf()))?;
+            let keys = data_dir.load_keys()?;
+            let mut book = Contacts::load(&data_dir, &keys)?;
+            let server = client.config().mailbox_server_id()?;
+            Ok(book.handle(&keys, server, request, bastet_client::now_ms())?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn contact_info(dir: &Path, name: &str) -> CliResult<ContactInfo> {
+    match contact_request(dir, ContactRequest::Show { name: name.to_string() }).await? {
+        ContactResponse::Info { contact } => Ok(contact),
+        other => Err(format!("unexpected answer {other:?}").into()),
+    }
+}
+
+/// `bastet contact ...`.
+async fn contact_command(dir: &DataDir, command: ContactCommand) -> CliResult<()> {
+    // An uninitialised data dir says so first.
+    Client::open(dir.clone())?;
+    let path = dir.path();
+    match command {
+        ContactCommand::Export {
+            for_contact,
+            out,
+            qr,
+            qr_png,
+            nickname,
+        } => {
+            let request = ContactRequest::Export {
+                for_contact: for_contact.clone(),
+                nickname,
+            };
+            let text = match contact_request(path, request).await? {
+                ContactResponse::Card { text } => text,
+                other => return Err(format!("unexpected answer {other:?}").into()),
+            };
+            match &out {
+                Some(file) => {
+                    bastet_link::write_private(file, format!("{text}\n").as_bytes())
+                        .map_err(|e| format!("--out {}: {e}", file.display()))?;
+                    eprintln!(
+                        "bastet: card written to {} (it holds half of a pre-shared key: hand it over offline, then delete it)",
+                        file.display()
+                    );
+                }
+                None => println!("{text}"),
+            }
+            if let Some(png) = &qr_png {
+                bastet_link::write_private(png, &bastet_client::qr_png(&text)?)
+                    .map_err(|e| format!("--qr-png {}: {e}", png.display()))?;
+                eprintln!("bastet: QR code written to {}", png.display());
+            }
+            if qr {
+                // On standard error when the card itself goes to standard
+                // output, so that `> FILE` keeps a clean card.
+                let code = bastet_client::qr_terminal(&text)?;
+                if out.is_some() {
+                    println!("{code}");
+                } else {
+                    eprintln!("{code}");
+                }
+            }
+            match for_contact {
+                Some(name) => eprintln!(
+                    "bastet: {name} is complete on your side; once they import this card you can write to each other"
+                ),
+                None => eprintln!(
+                    "bastet: once they import it, they answer with `bastet contact export --for YOUR-NAME`; import that with `bastet contact import FILE --name THEIR-NAME`"
+                ),
+            }
+        }
+        ContactCommand::Import { file, name } => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(std::io::stdin(), 64 * 1024),
+                    &mut s,
+                )?;
+                s
+            } else {
+                let meta = std::fs::metadata(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                if meta.len() > 64 * 1024 {
+                    return Err(format!("{}: too large to be a contact card", file.display()).into());
+                }
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?
+            };
+            let request = ContactRequest::Import {
+                card: text,
+                name: name.clone(),
+            };
+            let info = match contact_request(path, request).await? {
+                ContactResponse::Info { contact } => contact,
+                other => return Err(format!("unexpected answer {other:?}").into()),
+            };
+            print_contact(&info);
+            if info.complete {
+                eprintln!(
+                    "bastet: {name} is complete: you can write to each other. Compare the safety number with them."
+                );
+            } else {
+                eprintln!(
+                    "bastet: now answer with your card: `bastet contact export --for {name} --out FILE`, and give them FILE"
+                );
+            }
+        }
+        ContactCommand::List { json } => {
+            let contacts = match contact_request(path, ContactRequest::List {}).await? {
+                ContactResponse::List { contacts } => contacts,
+                other => return Err(format!("unexpected answer {other:?}").into()),
+            };
+            if json {
+                println!("{}", serde_json::to_string(&json!({ "contacts": contacts }))?);
+            } else if contacts.is_empty() {
+                println!("No contacts yet: `bastet contact export` and `bastet contact import` add some.");
+            } else {
+                for c in &contacts {
+                    println!(
+                        "{:<20} {}{}",
+                        c.name,
+                        if c.complete { "complete" } else { "awaiting your card (export --for)" },
+                        if c.psk_source == "passphrase" { ", passphrase key" } else { "" }
+                    );
+                }
+            }
+        }
+        ContactCommand::Show { name, json } => {
+            let info = contact_info(path, &name).await?;
+            if json {
+                println!("{}", serde_json::to_string(&info)?);
+            } else {
+                print_contact(&info);
+            }
+        }
+        ContactCommand::Psk { name, passphrase: _ } => {
+            let info = contact_info(path, &name).await?;
+            let keys = dir.load_keys()?;
+            let theirs = hex::decode(&info.identity)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or("the contact's identity key is not hex")?;
+            let phrase = read_passphrase()?;
+            let params = bastet_client::layers::psk::Argon2Params::default();
+            eprintln!("bastet: deriving the key (Argon2id, {} MiB)...", params.memory_kib / 1024);
+            let psk = bastet_client::layers::psk::psk_from_passphrase(
+                &phrase,
+                &keys.identity_public(),
+                &theirs,
+                params,
+            )?;
+            let request = ContactRequest::SetPsk {
+                name: name.clone(),
+                psk: hex::encode(psk.as_ref()),
+                argon2: params,
+            };
+            contact_request(path, request).await?;
+            eprintln!(
+                "bastet: {name}'s pre-shared key now comes from the passphrase; they must set the same one, or messages fail with \"pre-shared key mismatch\""
+            );
+        }
+        ContactCommand::Remove { name } => {
+            contact_request(path, ContactRequest::Remove { name: name.clone() }).await?;
+            eprintln!("bastet: removed {name}");
+        }
+    }
+    Ok(())
+}
+
+fn print_contact(c: &ContactInfo) {
+    println!("Name:          {}", c.name);
+    if !c.nickname.is_empty() {
+        println!("Calls self:    {}", terminal_safe(&c.nickname));
+    }
+    println!("Identity:      {}", c.identity);
+    println!("Safety number: {}", c.safety_number);
+    println!(
+        "State:         {}",
+        if c.complete {
+            "complete"
+        } else {
+            "awaiting your card (bastet contact export --for NAME)"
+        }
+    );
+    if c.complete {
+        println!("Pre-shared key from: {}", c.psk_source);
+    }
+    println!("Mailbox server: {}", c.mailbox_server);
+    println!("Ratchet sessions: {}", c.sessions);
+}
+
+/// The passphrase: BASTET_PSK_PASSPHRASE, else typed twice at the terminal
+/// (not echoed), else a line of standard input.
+fn read_passphrase() -> CliResult<String> {
+    if let Ok(p) = std::env::var("BASTET_PSK_PASSPHRASE") {
+        return Ok(p);
+    }
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let read = |prompt: &str| -> CliResult<String> {
+        if tty {
+            return Ok(rpassword::prompt_password(prompt)?);
+        }
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    };
+    let first = read("Passphrase (shared with the contact): ")?;
+    if tty && read("Again: ")? != first {
+        return Err("the two passphrases differ".into());
+    }
+    Ok(first)
 }
 
 /// The policy as `route show` prints it.
@@ -618,7 +927,7 @@ fn unexpected(response: Response) -> String {
 /// is stored or failed.
 async fn send_via_daemon(
     dir: &Path,
-    to: &Address,
+    to: &str,
     content: Content,
     give_up: u64,
     route: Option<RoutePolicy>,
@@ -788,7 +1097,9 @@ fn print_inbox(report: &InboxReport, json: bool) -> CliResult<()> {
                 json!({
                     "message_id": m.message.message_id.to_hex(),
                     "from": hex::encode(m.message.from),
+                    "contact": m.message.contact,
                     "verified": m.message.verified,
+                    "rejected": m.message.rejected,
                     "sent_at_ms": m.message.sent_at_ms,
                     "received_at_ms": m.received_at_ms,
                     "fragments": m.fragments,
@@ -810,12 +1121,23 @@ fn print_inbox(report: &InboxReport, json: bool) -> CliResult<()> {
         println!("No new messages.");
     } else {
         for m in &report.messages {
+            if let Some(why) = &m.message.rejected {
+                println!("REJECTED: {}", terminal_safe(why));
+                println!("Received: {}", format_utc_ms(m.received_at_ms));
+                println!();
+                continue;
+            }
+            let who = m
+                .message
+                .contact
+                .clone()
+                .unwrap_or_else(|| format!("unknown ({})", hex::encode(m.message.from)));
             let status = if m.message.verified {
-                "signature verified"
+                "every layer verified"
             } else {
                 "NOT VERIFIED: the sender is unproven"
             };
-            println!("From:     {} ({status})", hex::encode(m.message.from));
+            println!("From:     {} ({status})", terminal_safe(&who));
             println!("Sent:     {}", format_utc_ms(m.message.sent_at_ms));
             println!("Received: {}", format_utc_ms(m.received_at_ms));
             println!("Id:       {}", m.message.message_id.to_hex());

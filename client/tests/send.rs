@@ -10,15 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bastet_client::{
-    Address, Client, ClientConfig, ClientKeys, Content, DataDir, DeliveryState, Error, RouteNode,
-    SendOptions, open_message,
+    Client, ClientConfig, ClientKeys, Contacts, Content, DataDir, DeliveryState, Error, Opened,
+    RouteNode, SendOptions,
 };
 use bastet_link::{IngressConfig, IngressStats, TlsIdentity, serve_packets};
 use bastet_sphinx::{FinalPayload, Fragment, NodeId, Prepared, Processed};
 use tokio::sync::mpsc;
 
 mod common;
-use common::{await_consensus, publish, relays, start_authority};
+use common::{await_consensus, befriend, publish, relays, start_authority};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
@@ -65,15 +65,27 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
             alice.mailbox_id(),
         ))
         .unwrap();
-    let sender = Client::open(sender_dir).unwrap();
+    let sender = Client::open(sender_dir.clone()).unwrap();
 
+    // Bob's device (keys and contact book only), and carol's, whose
+    // mailbox server is not in the consensus; both exchanged cards with
+    // alice.
     let bob = ClientKeys::generate(&mut rand::rng());
-    let to = Address {
-        identity_key: bob.identity_public(),
-        encryption_key: bob.encryption_public(),
-        mailbox_server,
-        mailbox: bob.mailbox_id(),
-    };
+    let bob_dir = DataDir::new(tmp.path().join("bob"));
+    bob_dir.create().unwrap();
+    bob_dir.save_keys(&bob).unwrap();
+    befriend(
+        (&sender_dir, &alice, mailbox_server, "alice"),
+        (&bob_dir, &bob, mailbox_server, "bob"),
+    );
+    let carol = ClientKeys::generate(&mut rand::rng());
+    let carol_dir = DataDir::new(tmp.path().join("carol"));
+    carol_dir.create().unwrap();
+    carol_dir.save_keys(&carol).unwrap();
+    befriend(
+        (&sender_dir, &alice, mailbox_server, "alice"),
+        (&carol_dir, &carol, NodeId([0xee; 32]), "carol"),
+    );
     let text = "hello bob, this is MARKER-51d3";
     // Sent once, not waited for: the sender's mailbox API is not running.
     let once = SendOptions {
@@ -81,7 +93,7 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
         ..SendOptions::default()
     };
     let sent = sender
-        .send(&to, &Content::Text(text.into()), once)
+        .send("bob", &Content::Text(text.into()), once)
         .await
         .unwrap();
     assert_eq!(sent.fragments, 1);
@@ -141,13 +153,22 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
                 let fragment = Fragment::from_bytes(payload.fragment_bytes()).unwrap();
                 assert_eq!(fragment.count(), 1);
                 let message = fragment.chunk().to_vec();
-                let got = open_message(&bob, &message).unwrap();
+                assert!(
+                    !message.windows(b"MARKER-51d3".len()).any(|w| w == b"MARKER-51d3"),
+                    "plaintext at the mailbox server"
+                );
+                let mut book = Contacts::load(&bob_dir, &bob).unwrap();
+                let Opened::Message(got) = book.open_message(&bob, &message).unwrap() else {
+                    panic!("alice is bob's contact");
+                };
                 assert_eq!(got.text, text);
                 assert!(got.verified);
+                assert_eq!(got.contact.as_deref(), Some("alice"));
                 assert_eq!(got.from, alice.identity_public());
                 assert_eq!(got.message_id, sent.message_id);
                 assert_eq!(got.sent_at_ms, sent.sent_at_ms);
-                assert!(open_message(&alice, &message).is_err());
+                let mut carols = Contacts::load(&carol_dir, &carol).unwrap();
+                assert!(carols.open_message(&carol, &message).is_err());
                 break;
             }
         }
@@ -155,12 +176,8 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
 
     // A recipient on a mailbox server the consensus does not list, and a
     // text that does not fit, are refused before anything is sent.
-    let elsewhere = Address {
-        mailbox_server: NodeId([0xee; 32]),
-        ..to
-    };
     let err = sender
-        .send(&elsewhere, &Content::Text("x".into()), once)
+        .send("carol", &Content::Text("x".into()), once)
         .await
         .unwrap_err();
     assert!(
@@ -169,12 +186,17 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
     );
     let err = sender
         .send(
-            &to,
+            "bob",
             &Content::Text("x".repeat(bastet_client::MAX_TEXT_LEN + 1)),
             once,
         )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::MessageTooLong { .. }), "{err}");
+    let err = sender
+        .send("dave", &Content::Text("x".into()), once)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NoSuchContact(_)), "{err}");
     assert!(rx.try_recv().is_err(), "a refused send reached the mix");
 }

@@ -79,8 +79,14 @@ pub struct Received {
     pub message_id: String,
     /// The sender's identity key (hex).
     pub from: String,
-    /// Whether the sender's signature verified.
+    /// The contact it is from, if the sender is one.
+    #[serde(default)]
+    pub contact: Option<String>,
+    /// Whether every layer opened and the signature is the contact's.
     pub verified: bool,
+    /// Why it was rejected, if it was (then it has no content).
+    #[serde(default)]
+    pub rejected: Option<String>,
     /// The sender's timestamp (Unix ms).
     pub sent_at_ms: u64,
     /// When the mailbox server stored it (Unix ms).
@@ -223,6 +229,42 @@ impl Client {
         &self.address
     }
 
+    /// Exchanges contact cards with `other` through files, as two people
+    /// would offline: this client exports a card, `other` imports it under
+    /// this client's name and answers with its own card (`export --for`),
+    /// which this client imports under `other`'s name. Both can then write
+    /// to each other by name.
+    pub async fn befriend(&self, other: &Client) -> Result<()> {
+        let card = self.data_dir.join(format!("card-for-{}.txt", other.name));
+        let card_s = card.to_string_lossy().to_string();
+        self.bastet(&["contact", "export", "--out", &card_s, "--nickname", &self.name])
+            .await?;
+        other
+            .bastet(&["contact", "import", &card_s, "--name", &self.name])
+            .await?;
+        let reply = other.data_dir.join(format!("card-for-{}.txt", self.name));
+        let reply_s = reply.to_string_lossy().to_string();
+        other
+            .bastet(&[
+                "contact",
+                "export",
+                "--for",
+                &self.name,
+                "--out",
+                &reply_s,
+                "--nickname",
+                &other.name,
+            ])
+            .await?;
+        self.bastet(&["contact", "import", &reply_s, "--name", &other.name])
+            .await?;
+        // A card holds half of a pre-shared key: gone once used.
+        for f in [&card, &reply] {
+            let _ = std::fs::remove_file(f);
+        }
+        Ok(())
+    }
+
     /// Runs `bastet --data-dir <its dir> ARGS...` and returns its stdout.
     pub async fn bastet(&self, args: &[&str]) -> Result<String> {
         let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
@@ -342,14 +384,14 @@ impl Client {
         parse_json("bastet status --json", &out)
     }
 
-    /// `bastet send ADDRESS TEXT --json`: returns once the message is
+    /// `bastet send CONTACT TEXT --json`: returns once the message is
     /// stored (every fragment acknowledged); fails if it failed. A refusal
     /// because the route policy cannot be met is [`Error::RouteRefused`].
     pub async fn send(&self, to: &str, text: &str) -> Result<Sent> {
         self.send_content(to, Payload::Text(text), true).await
     }
 
-    /// `bastet send ADDRESS (TEXT | --file PATH) --json [--no-wait]`.
+    /// `bastet send CONTACT (TEXT | --file PATH) --json [--no-wait]`.
     pub async fn send_content(&self, to: &str, payload: Payload<'_>, wait: bool) -> Result<Sent> {
         let mut args = vec![OsStr::new("send"), OsStr::new(to)];
         match payload {

@@ -227,6 +227,8 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
     tracing::info!("creating clients alice (on mailbox-a) and bob (on mailbox-b)");
     let mut alice = network.client("alice", "mailbox-a").await?;
     let mut bob = network.client("bob", "mailbox-b").await?;
+    tracing::info!("alice and bob exchange contact cards (files, as they would offline)");
+    alice.befriend(&bob).await?;
     if let Some(policy) = &options.policy {
         tracing::info!("alice routes by policy: {}", policy.template.join(" -> "));
         alice.set_route_policy(policy)?;
@@ -248,7 +250,7 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
         if i > 1 && !options.spacing.is_zero() {
             tokio::time::sleep(options.spacing).await;
         }
-        let (alice, to) = (alice.clone(), bob.address().to_string());
+        let (alice, to) = (alice.clone(), bob.name().to_string());
         if options.size <= INLINE_TEXT_LIMIT {
             let text = message_text(i, options.messages, options.size);
             let expected = Expected::Text(text.clone());
@@ -293,6 +295,7 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
         .map(|(s, expected)| {
             let got = received.get(&s.message_id).filter(|r| {
                 r.verified
+                    && r.contact.as_deref() == Some(alice.name())
                     && match expected {
                         Expected::Text(t) => &r.text == t,
                         Expected::File(bytes) => r

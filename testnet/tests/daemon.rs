@@ -25,6 +25,7 @@ async fn a_killed_or_stopped_daemon_loses_nothing_queued() {
     };
     let mut alice = net.client("alice", "mailbox-a").await.unwrap();
     let mut bob = net.client("bob", "mailbox-b").await.unwrap();
+    alice.befriend(&bob).await.unwrap();
     let traffic = TrafficConfig {
         payload_rate: Some(20.0),
         poll_interval_ms: 200,
@@ -55,11 +56,11 @@ async fn a_killed_or_stopped_daemon_loses_nothing_queued() {
     let path = alice.data_dir().join("three-hundred-kB.bin");
     std::fs::write(&path, &bytes).unwrap();
     let file = alice
-        .send_content(bob.address(), Payload::File(&path), false)
+        .send_content(bob.name(), Payload::File(&path), false)
         .await
         .unwrap();
     let text = alice
-        .send_content(bob.address(), Payload::Text("queued before a crash"), false)
+        .send_content(bob.name(), Payload::Text("queued before a crash"), false)
         .await
         .unwrap();
     assert_eq!(file.state, "queued");
@@ -68,7 +69,7 @@ async fn a_killed_or_stopped_daemon_loses_nothing_queued() {
 
     // Without a daemon, sending says so and how to start one.
     match alice
-        .send_content(bob.address(), Payload::Text("x"), false)
+        .send_content(bob.name(), Payload::Text("x"), false)
         .await
     {
         Err(Error::CommandFailed { stderr, .. }) => {
@@ -109,7 +110,7 @@ async fn a_killed_or_stopped_daemon_loses_nothing_queued() {
 
     // SIGTERM: the daemon saves and exits 0; the next one carries on.
     let later = alice
-        .send_content(bob.address(), Payload::File(&path), false)
+        .send_content(bob.name(), Payload::File(&path), false)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -43,7 +43,7 @@ async fn send_and_receive(
         }
         let text = format!("{label} message {i}");
         let s = alice
-            .send(bob.address(), &text)
+            .send(bob.name(), &text)
             .await
             .unwrap_or_else(|e| panic!("{label}: send {i}: {e}\n{}", net.log_tails(20)));
         sent.push(s);
@@ -75,7 +75,7 @@ async fn send_until_ok(alice: &Client, bob: &Client, within: Duration) -> Result
     let mut last = String::from("no attempt");
     while Instant::now() < deadline {
         match alice
-            .send_content(bob.address(), Payload::Text("after recovery"), false)
+            .send_content(bob.name(), Payload::Text("after recovery"), false)
             .await
         {
             Ok(s) => return Ok(s),
@@ -99,6 +99,8 @@ async fn three_authorities_rotate_keys_survive_one_loss_and_recover_from_two() {
     let alice = net.client("alice", "mailbox-a").await.unwrap();
     let bob = net.client("bob", "mailbox-b").await.unwrap();
     let carol = net.client("carol", "mailbox-a").await.unwrap();
+    alice.befriend(&bob).await.unwrap();
+    carol.befriend(&bob).await.unwrap();
 
     // 1. Messages across at least two epoch changes.
     let first_epoch = epoch_now();
@@ -140,7 +142,7 @@ async fn three_authorities_rotate_keys_survive_one_loss_and_recover_from_two() {
         // Not waiting for acks: what matters is whether the client still
         // sends, not whether this message makes it through the outage.
         match alice
-            .send_content(bob.address(), Payload::Text("during the outage"), false)
+            .send_content(bob.name(), Payload::Text("during the outage"), false)
             .await
         {
             Err(e) => break e.to_string(),

@@ -24,6 +24,52 @@ async fn start() -> Network {
     }
 }
 
+/// Checks what a mailbox server stores for one mailbox: `expected`
+/// messages (fragmented envelopes) and no 16-byte string shared by two
+/// different messages' stored payloads, so no stable header, session id or
+/// counter shows through the sealed envelope. Acks (SURB replies) are left
+/// out: they are the mailbox server's own format.
+fn assert_opaque_envelopes(
+    server: &str,
+    stored: &[bastet_mailbox::StoredMessage],
+    expected: usize,
+) {
+    use bastet_sphinx::{Fragment, SEALED_REPLY_LEN};
+    let fragments: Vec<Vec<u8>> = stored
+        .iter()
+        .filter(|m| m.payload.len() != SEALED_REPLY_LEN)
+        .map(|m| m.payload.clone())
+        .collect();
+    let envelopes: HashSet<_> = fragments
+        .iter()
+        .map(|f| Fragment::from_bytes(f).unwrap().envelope())
+        .collect();
+    assert_eq!(
+        envelopes.len(),
+        expected,
+        "{server} stores {} fragments of {} envelopes",
+        fragments.len(),
+        envelopes.len()
+    );
+    let mut seen: HashMap<[u8; 16], usize> = HashMap::new();
+    for (i, f) in fragments.iter().enumerate() {
+        let envelope = Fragment::from_bytes(f).unwrap().envelope();
+        for w in f.windows(16) {
+            let w: [u8; 16] = w.try_into().unwrap();
+            if let Some(&j) = seen.get(&w) {
+                let other = Fragment::from_bytes(&fragments[j]).unwrap().envelope();
+                assert_eq!(
+                    other,
+                    envelope,
+                    "{server}: two different messages' stored payloads share the 16 bytes {}",
+                    hex::encode(w)
+                );
+            }
+            seen.insert(w, i);
+        }
+    }
+}
+
 /// Unwraps, or fails with the error and the end of every node's log.
 fn ok<T>(net: &Network, what: &str, r: bastet_testnet::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", net.log_tails(25)))
@@ -32,6 +78,7 @@ fn ok<T>(net: &Network, what: &str, r: bastet_testnet::Result<T>) -> T {
 async fn clients(net: &Network) -> (Client, Client) {
     let alice = ok(net, "alice init", net.client("alice", "mailbox-a").await);
     let bob = ok(net, "bob init", net.client("bob", "mailbox-b").await);
+    ok(net, "cards", alice.befriend(&bob).await);
     (alice, bob)
 }
 
@@ -44,7 +91,7 @@ async fn exchange(
 ) -> Vec<(Sent, Received)> {
     let mut sent = Vec::new();
     for t in texts {
-        sent.push(ok(net, "send", from.send(to.address(), t).await));
+        sent.push(ok(net, "send", from.send(to.name(), t).await));
     }
     let ids: Vec<String> = sent.iter().map(|s| s.message_id.clone()).collect();
     let mut got = ok(net, "inbox", to.receive(&ids, DELIVERY_TIMEOUT).await);
@@ -93,6 +140,7 @@ async fn messages_cross_three_mix_layers_to_the_recipients_mailbox() {
     for ((sent, got), text) in delivered.iter().zip(&texts) {
         assert_eq!(&got.text, text, "the text arrives unchanged");
         assert!(got.verified, "the sender's signature verifies");
+        assert_eq!(got.contact.as_deref(), Some("alice"), "shown as the contact");
         assert!(got.received_at_ms >= sent.sent_at_ms);
         let roles: Vec<&str> = sent.route.iter().map(|h| h.role.as_str()).collect();
         assert_eq!(roles, ["mix1", "mix2", "mix3", "mailbox"]);
@@ -181,8 +229,49 @@ async fn no_relay_ever_holds_the_plaintext() {
             "the marker travelled in the message"
         );
     }
+    // More messages both ways that nobody reads: they stay in the mailbox
+    // servers' RocksDB for the checks below.
+    let mut unread = Vec::new();
+    for i in 0..3 {
+        let text = format!("{marker} unread {i} to bob");
+        unread.push(ok(&net, "send", alice.send(bob.name(), &text).await));
+    }
+    for i in 0..2 {
+        let text = format!("{marker} unread {i} to alice");
+        unread.push(ok(&net, "send", bob.send(alice.name(), &text).await));
+    }
+    assert!(unread.iter().all(|s| s.state == "stored"), "{unread:?}");
+    let identity_of = |json: String| -> Vec<u8> {
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        hex::decode(v["identity"].as_str().unwrap()).unwrap()
+    };
+    let bob_identity = identity_of(ok(
+        &net,
+        "contact show",
+        alice.bastet(&["contact", "show", "bob", "--json"]).await,
+    ));
+    let alice_identity = identity_of(ok(
+        &net,
+        "contact show",
+        bob.bastet(&["contact", "show", "alice", "--json"]).await,
+    ));
+    let mailbox_of = |c: &Client| bastet_client::Address::parse(c.address()).unwrap().mailbox;
+    let stored_for = [
+        ("mailbox-b", mailbox_of(&bob), 3),
+        ("mailbox-a", mailbox_of(&alice), 2),
+    ];
     // Stopped nodes have flushed their logs and databases.
     assert_clean_stop(&mut net);
+    for (server, mailbox, expected) in stored_for {
+        let dir = net.layout().relay(server).unwrap().dir.join("db");
+        let limits = bastet_mailbox::StoreLimits {
+            quota_messages: 1 << 20,
+            max_mailboxes: 1 << 20,
+        };
+        let store = bastet_mailbox::Store::open(&dir, limits).unwrap();
+        let (stored, _) = store.list(&mailbox, None, 10_000).unwrap();
+        assert_opaque_envelopes(server, &stored, expected);
+    }
 
     let layout = net.layout().clone();
     let mut on_route = HashSet::new();
@@ -208,6 +297,14 @@ async fn no_relay_ever_holds_the_plaintext() {
         "plaintext marker found in relay files: {:?}",
         report.hits
     );
+    for (who, key) in [("alice", &alice_identity), ("bob", &bob_identity)] {
+        let found = ok(&net, "scan", scan_for_marker(&roots, key));
+        assert!(
+            found.hits.is_empty(),
+            "{who}'s identity key found in relay files: {:?}",
+            found.hits
+        );
+    }
     // The scan covered what matters: every relay's log and packet log, and
     // the mailbox servers' RocksDB files (write-ahead log and tables).
     for relay in &layout.relays {

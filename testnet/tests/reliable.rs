@@ -58,6 +58,7 @@ async fn fifty_messages_and_a_large_file_arrive_intact_exactly_once_despite_loss
     let large = async {
         let mut carol = net.client("carol", "mailbox-a").await?;
         let mut dave = net.client("dave", "mailbox-b").await?;
+        carol.befriend(&dave).await?;
         carol.set_traffic(&traffic)?;
         dave.set_traffic(&traffic)?;
         let _carol_daemon = carol.start_daemon().await?;
@@ -65,7 +66,7 @@ async fn fifty_messages_and_a_large_file_arrive_intact_exactly_once_despite_loss
         let path = carol.data_dir().join("one-mebibyte.bin");
         std::fs::write(&path, &bytes).unwrap();
         let sent = carol
-            .send_content(dave.address(), Payload::File(&path), true)
+            .send_content(dave.name(), Payload::File(&path), true)
             .await?;
         let got = dave
             .receive(

@@ -94,7 +94,6 @@ async fn a_sender_with_a_policy_routes_by_it_and_refuses_one_that_cannot_be_met(
     let alice_dir = layout.dir.join("clients").join("alice");
     let alice = bastet(&net, &alice_dir);
     let bob = bastet(&net, &layout.dir.join("clients").join("bob"));
-    let bob_addr = bob.run(&["address"]).await;
     let sample: Value = serde_json::from_str(
         &alice
             .run(&[
@@ -103,7 +102,7 @@ async fn a_sender_with_a_policy_routes_by_it_and_refuses_one_that_cannot_be_met(
                 "--count",
                 "40",
                 "--to",
-                bob_addr.trim(),
+                "bob",
                 "--json",
             ])
             .await,
@@ -134,10 +133,12 @@ async fn a_sender_with_a_policy_routes_by_it_and_refuses_one_that_cannot_be_met(
     // A policy no node meets: `bastet send` refuses before sending and
     // names the hop class and what it asked for.
     let carol = net.client("carol", "mailbox-a").await.unwrap();
+    let dave = net.client("dave", "mailbox-b").await.unwrap();
+    carol.befriend(&dave).await.unwrap();
     carol
         .set_route_policy(&policy("domestic=DE,offshore=US,external=NL"))
         .unwrap();
-    let sent = carol.send(bob_addr.trim(), "never sent").await;
+    let sent = carol.send(dave.name(), "never sent").await;
     match sent {
         Err(Error::RouteRefused(why)) => {
             assert!(why.contains("class \"offshore\""), "{why}");

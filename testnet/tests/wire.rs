@@ -165,6 +165,7 @@ async fn real_messages_do_not_change_a_clients_timing_on_the_wire() {
     };
     let mut alice = ok(&net, "alice init", net.client("alice", "mailbox-a").await);
     let mut bob = ok(&net, "bob init", net.client("bob", "mailbox-b").await);
+    ok(&net, "cards", alice.befriend(&bob).await);
     ok(&net, "source_addr", alice.set_source_addr(ALICE));
     let traffic = TrafficConfig {
         payload_rate: Some(PAYLOAD_RATE),
@@ -193,7 +194,7 @@ async fn real_messages_do_not_change_a_clients_timing_on_the_wire() {
         &net,
         "queue the file",
         alice
-            .send_content(bob.address(), Payload::File(&path), false)
+            .send_content(bob.name(), Payload::File(&path), false)
             .await,
     );
     assert!(sent.fragments > 400, "{} fragments", sent.fragments);

@@ -9,7 +9,7 @@ use bastet_directory::server::{self, AuthorityConfig};
 use bastet_directory::{
     AuthorityRef, Descriptor, DirectoryClient, DirectoryConfig, NodeKeys, Role, epoch_of, unix_now,
 };
-use bastet_sphinx::{SphinxPublicKey, SphinxSecretKey};
+use bastet_sphinx::{NodeId, SphinxPublicKey, SphinxSecretKey};
 
 pub const EPOCH_SECS: u64 = 3600;
 
@@ -115,4 +115,31 @@ pub fn relays() -> Vec<Relay> {
             role,
         })
         .collect()
+}
+
+/// Two people exchange contact cards, as `bastet contact export` and
+/// `import` would (the second card answers the first): afterwards `a` knows
+/// `b` as `b_name` and `b` knows `a` as `a_name`.
+pub fn befriend(
+    a: (&bastet_client::DataDir, &bastet_client::ClientKeys, NodeId, &str),
+    b: (&bastet_client::DataDir, &bastet_client::ClientKeys, NodeId, &str),
+) {
+    use bastet_client::Contacts;
+    let (a_dir, a_keys, a_server, a_name) = a;
+    let (b_dir, b_keys, b_server, b_name) = b;
+    let mut a_book = Contacts::load(a_dir, a_keys).unwrap();
+    let mut b_book = Contacts::load(b_dir, b_keys).unwrap();
+    let card = a_book
+        .export_card(a_keys, a_server, a_name, None, 1)
+        .unwrap()
+        .to_text(a_keys)
+        .unwrap();
+    b_book.import_card(b_keys, &card, a_name, 1).unwrap();
+    let reply = b_book
+        .export_card(b_keys, b_server, b_name, Some(a_name), 2)
+        .unwrap()
+        .to_text(b_keys)
+        .unwrap();
+    let info = a_book.import_card(a_keys, &reply, b_name, 2).unwrap();
+    assert!(info.complete);
 }

@@ -244,6 +244,34 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// Decodes a ratchet (Olm) message, refusing any encoding but the one
+/// vodozemac writes. Olm authenticates what it decodes, not the bytes: its
+/// MAC is over a re-encoding, and X25519 keys that differ only in their
+/// top bit compare equal. Without this check a pre-key message with a key's
+/// top bit flipped, or any message with an unknown protobuf field added,
+/// would decrypt as if unaltered.
+fn parse_ratchet_message(message_type: u8, bytes: &[u8]) -> Result<OlmMessage> {
+    let malformed = |why: String| Error::Layer {
+        layer: "ratchet",
+        why: format!("malformed message: {why}"),
+    };
+    let message = OlmMessage::from_parts(usize::from(message_type), bytes)
+        .map_err(|e| malformed(e.to_string()))?;
+    if let OlmMessage::PreKey(m) = &message {
+        let k = m.session_keys();
+        if [k.identity_key, k.base_key, k.one_time_key]
+            .iter()
+            .any(|key| key.as_bytes()[31] & 0x80 != 0)
+        {
+            return Err(malformed("a key is not in canonical form".into()));
+        }
+    }
+    if message.to_parts().1 != bytes {
+        return Err(malformed("not in canonical form".into()));
+    }
+    Ok(message)
+}
+
 fn hex32(s: &str, what: &str) -> Result<Zeroizing<[u8; 32]>> {
     let mut out = Zeroizing::new([0u8; 32]);
     hex::decode_to_slice(s, out.as_mut())
@@ -791,11 +819,7 @@ impl Contacts {
     /// safely stored (a crash before that decrypts it again).
     pub fn open_message(&mut self, keys: &ClientKeys, payload: &[u8]) -> Result<Opened> {
         let inner = envelope::open(keys, payload)?;
-        let message = OlmMessage::from_parts(usize::from(inner.message_type), &inner.message)
-            .map_err(|e| Error::Layer {
-                layer: "ratchet",
-                why: format!("malformed message: {e}"),
-            })?;
+        let message = parse_ratchet_message(inner.message_type, &inner.message)?;
         let known = self
             .contacts
             .values()

@@ -72,7 +72,7 @@ fn kem_from_secret(secret: &[u8; 32]) -> ml_kem::ml_kem_768::DecapsulationKey {
     let mut hasher = blake3::Hasher::new_derive_key(KEM_SEED_CONTEXT);
     hasher.update(secret);
     hasher.finalize_xof().fill(seed.as_mut_slice());
-    let key = ml_kem::ml_kem_768::DecapsulationKey::from_seed(seed.clone());
+    let key = ml_kem::ml_kem_768::DecapsulationKey::from_seed(seed);
     zeroize::Zeroize::zeroize(seed.as_mut_slice());
     key
 }

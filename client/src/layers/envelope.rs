@@ -4,8 +4,9 @@
 //!
 //! Wire: `ephemeral X25519 public key (32, its unused top bit random) ||
 //! ChaCha20-Poly1305(inner)`. The AEAD key is BLAKE3 `derive_key("bastet
-//! 2026 sealed envelope v1", shared secret || ephemeral key (top bit clear)
-//! || recipient key)`, used once, so the nonce is zero.
+//! 2026 sealed envelope v1", shared secret || ephemeral key as on the wire
+//! (its top bit included, so that flipping it is detected) || recipient
+//! key)`, used once, so the nonce is zero.
 //!
 //! Inner: `version (1) || sender's ratchet identity key (32) || ratchet
 //! message type (1: 0 pre-key, 1 normal) || ratchet message`.
@@ -54,7 +55,12 @@ pub fn seal<R: CryptoRng + ?Sized>(
             "the contact's mailbox key is invalid (a low-order point)".into(),
         ));
     }
-    let key = envelope_key(shared.as_bytes(), &ephemeral_public, recipient);
+    // X25519 ignores the top bit of a public key (RFC 7748 §5): draw it at
+    // random so that it is not always zero on the wire, and bind it into
+    // the key so that it cannot be flipped unnoticed.
+    let mut wire_key = ephemeral_public;
+    wire_key[31] |= crypto::random_bytes::<1, R>(rng)[0] & 0x80;
+    let key = envelope_key(shared.as_bytes(), &wire_key, recipient);
     let mut body = Vec::with_capacity(INNER_HEADER + inner.message.len() + AEAD_TAG_LEN);
     body.push(ENVELOPE_VERSION);
     body.extend_from_slice(&inner.sender_ratchet_key);
@@ -66,10 +72,6 @@ pub fn seal<R: CryptoRng + ?Sized>(
             layer: LAYER,
             why: "too long for the AEAD".into(),
         })?;
-    // X25519 ignores the top bit of a public key (RFC 7748 §5): draw it at
-    // random so that it is not always zero on the wire.
-    let mut wire_key = ephemeral_public;
-    wire_key[31] |= crypto::random_bytes::<1, R>(rng)[0] & 0x80;
     let mut out = Vec::with_capacity(PUBLIC_KEY_LEN + body.len());
     out.extend_from_slice(&wire_key);
     out.extend_from_slice(&body);
@@ -85,9 +87,10 @@ pub fn open(keys: &ClientKeys, bytes: &[u8]) -> Result<Inner> {
     if bytes.len() < OVERHEAD {
         return Err(error("shorter than its header"));
     }
-    let (wire_key, ciphertext) = bytes.split_at(PUBLIC_KEY_LEN);
-    let mut ephemeral_public = [0u8; PUBLIC_KEY_LEN];
-    ephemeral_public.copy_from_slice(wire_key);
+    let (wire, ciphertext) = bytes.split_at(PUBLIC_KEY_LEN);
+    let mut wire_key = [0u8; PUBLIC_KEY_LEN];
+    wire_key.copy_from_slice(wire);
+    let mut ephemeral_public = wire_key;
     ephemeral_public[31] &= 0x7f;
     let shared = keys
         .envelope_secret()
@@ -95,11 +98,7 @@ pub fn open(keys: &ClientKeys, bytes: &[u8]) -> Result<Inner> {
     if !shared.was_contributory() {
         return Err(error("does not open with this device's mailbox key"));
     }
-    let key = envelope_key(
-        shared.as_bytes(),
-        &ephemeral_public,
-        &keys.encryption_public(),
-    );
+    let key = envelope_key(shared.as_bytes(), &wire_key, &keys.encryption_public());
     let mut body = Zeroizing::new(ciphertext.to_vec());
     ChaCha20Poly1305::new(&(*key).into())
         .decrypt_in_place(&Nonce::default(), &[], &mut *body)
@@ -131,12 +130,12 @@ pub fn open(keys: &ClientKeys, bytes: &[u8]) -> Result<Inner> {
 
 fn envelope_key(
     shared: &[u8; 32],
-    ephemeral_public: &[u8; PUBLIC_KEY_LEN],
+    wire_key: &[u8; PUBLIC_KEY_LEN],
     recipient: &[u8; PUBLIC_KEY_LEN],
 ) -> Zeroizing<[u8; 32]> {
     let mut input = Zeroizing::new([0u8; 96]);
     input[..32].copy_from_slice(shared);
-    input[32..64].copy_from_slice(ephemeral_public);
+    input[32..64].copy_from_slice(wire_key);
     input[64..].copy_from_slice(recipient);
     Zeroizing::new(blake3::derive_key(CONTEXT, input.as_ref()))
 }

@@ -7,7 +7,6 @@ use rand::CryptoRng;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-
 /// Bytes of an Ed25519 or X25519 public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
 /// Bytes of an Ed25519 signature.
@@ -18,7 +17,6 @@ pub const KEM_PUBLIC_LEN: usize = 1184;
 pub const KEM_CIPHERTEXT_LEN: usize = 1088;
 /// Bytes the AEAD adds to a plaintext.
 pub const AEAD_TAG_LEN: usize = 16;
-
 
 /// A client's long-term secrets. Each zeroizes on drop.
 ///

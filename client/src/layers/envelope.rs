@@ -139,3 +139,119 @@ fn envelope_key(
     input[64..].copy_from_slice(recipient);
     Zeroizing::new(blake3::derive_key(CONTEXT, input.as_ref()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> ClientKeys {
+        ClientKeys::generate(&mut rand::rng())
+    }
+
+    fn inner(message_type: u8, message: &[u8]) -> Inner {
+        Inner {
+            sender_ratchet_key: [0x11; PUBLIC_KEY_LEN],
+            message_type,
+            message: message.to_vec(),
+        }
+    }
+
+    fn is_envelope_error(r: &Result<Inner>) -> bool {
+        matches!(
+            r,
+            Err(Error::Layer {
+                layer: "sealed envelope",
+                ..
+            })
+        )
+    }
+
+    #[test]
+    fn round_trip() {
+        let bob = keys();
+        for (t, m) in [(0, &b"pre-key"[..]), (1, b"normal"), (1, b"")] {
+            let sealed = seal(&bob.encryption_public(), &inner(t, m), &mut rand::rng()).unwrap();
+            assert_eq!(sealed.len(), OVERHEAD + m.len());
+            assert_eq!(open(&bob, &sealed).unwrap(), inner(t, m));
+        }
+    }
+
+    #[test]
+    fn any_altered_bit_is_detected() {
+        let bob = keys();
+        let sealed = seal(
+            &bob.encryption_public(),
+            &inner(1, &[0x33; 200]),
+            &mut rand::rng(),
+        )
+        .unwrap();
+        for i in 0..sealed.len() {
+            for bit in 0..8 {
+                let mut bad = sealed.clone();
+                bad[i] ^= 1 << bit;
+                let r = open(&bob, &bad);
+                assert!(is_envelope_error(&r), "byte {i} bit {bit}: {r:?}");
+            }
+        }
+        for len in [0, 1, OVERHEAD - 1, OVERHEAD, sealed.len() - 1] {
+            assert!(
+                is_envelope_error(&open(&bob, &sealed[..len])),
+                "cut to {len}"
+            );
+        }
+        let mut longer = sealed.clone();
+        longer.push(0);
+        assert!(is_envelope_error(&open(&bob, &longer)));
+        assert_eq!(open(&bob, &sealed).unwrap(), inner(1, &[0x33; 200]));
+    }
+
+    #[test]
+    fn the_top_bit_of_the_ephemeral_key_is_random() {
+        let bob = keys();
+        let tops: std::collections::BTreeSet<u8> = (0..64)
+            .map(|_| {
+                seal(&bob.encryption_public(), &inner(1, b"x"), &mut rand::rng()).unwrap()[31]
+                    & 0x80
+            })
+            .collect();
+        assert_eq!(tops.len(), 2, "both values of the top bit appear");
+    }
+
+    #[test]
+    fn an_envelope_for_someone_else_does_not_open() {
+        let (bob, carol) = (keys(), keys());
+        let sealed = seal(
+            &bob.encryption_public(),
+            &inner(0, b"for bob"),
+            &mut rand::rng(),
+        )
+        .unwrap();
+        assert!(is_envelope_error(&open(&carol, &sealed)));
+        // A low-order ephemeral key.
+        let mut bad = sealed.clone();
+        bad[..PUBLIC_KEY_LEN].fill(0);
+        assert!(is_envelope_error(&open(&bob, &bad)));
+        // Sealing to a low-order key is refused.
+        assert!(matches!(
+            seal(&[0; PUBLIC_KEY_LEN], &inner(0, b"x"), &mut rand::rng()),
+            Err(Error::Contact(_))
+        ));
+    }
+
+    #[test]
+    fn an_unknown_message_type_is_refused() {
+        let bob = keys();
+        let sealed = seal(&bob.encryption_public(), &inner(2, b"x"), &mut rand::rng()).unwrap();
+        let r = open(&bob, &sealed);
+        assert!(is_envelope_error(&r), "{r:?}");
+    }
+
+    #[test]
+    fn key_derivation_is_pinned() {
+        let key = envelope_key(&[1; 32], &[2; PUBLIC_KEY_LEN], &[3; PUBLIC_KEY_LEN]);
+        assert_eq!(
+            hex::encode(*key),
+            "1bb4b66a6bca744379a061a9e5874059bd84afb76441662d18da50917fcdbd7c"
+        );
+    }
+}

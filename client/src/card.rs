@@ -378,3 +378,235 @@ fn qr_code(text: &str) -> Result<qrcode::QrCode> {
     qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::L)
         .map_err(|e| card_error(format!("too long for a QR code: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> ClientKeys {
+        ClientKeys::generate(&mut rand::rng())
+    }
+
+    fn card(keys: &ClientKeys, nickname: &str, reply_to: Option<[u8; CARD_ID_LEN]>) -> Card {
+        Card {
+            card_id: [0x01; CARD_ID_LEN],
+            created_at_ms: 1_700_000_000_000,
+            identity: keys.identity_public(),
+            device: keys.device_public(),
+            content: keys.content_public(),
+            kem: Box::new(keys.kem_public()),
+            envelope: keys.encryption_public(),
+            ratchet_identity: [0x02; PUBLIC_KEY_LEN],
+            one_time_key: [0x03; PUBLIC_KEY_LEN],
+            mailbox_server: NodeId([0x04; 32]),
+            mailbox: keys.mailbox_id(),
+            secret: Zeroizing::new([0x05; PSK_LEN]),
+            reply_to,
+            nickname: nickname.to_string(),
+        }
+    }
+
+    fn is_card_error<T: std::fmt::Debug>(r: &Result<T>) -> bool {
+        matches!(r, Err(Error::Card(_)))
+    }
+
+    #[test]
+    fn text_and_bytes_round_trip() {
+        let k = keys();
+        for c in [
+            card(&k, "alice", None),
+            card(&k, "", Some([9; CARD_ID_LEN])),
+            card(&k, &"é".repeat(32), None),
+        ] {
+            let bytes = c.to_bytes(&k).unwrap();
+            assert_eq!(bytes.len(), FIXED_LEN + c.nickname.len());
+            assert_eq!(Card::from_bytes(&bytes).unwrap(), c);
+            let text = c.to_text(&k).unwrap();
+            assert!(text.starts_with(CARD_PREFIX));
+            assert!(text.len() <= MAX_CARD_TEXT_LEN);
+            assert_eq!(Card::parse(&text).unwrap(), c);
+            assert_eq!(normalize(&text), text);
+            assert_eq!(c.recipient().kem, c.kem);
+            assert_eq!(c.address().encryption_key, k.encryption_public());
+        }
+        assert_eq!(MAX_CARD_LEN, FIXED_LEN + MAX_NICKNAME_LEN);
+    }
+
+    #[test]
+    fn any_altered_byte_is_refused() {
+        let k = keys();
+        let bytes = card(&k, "bob", None).to_bytes(&k).unwrap();
+        for i in 0..bytes.len() {
+            for mask in [0x01u8, 0x80] {
+                let mut bad = bytes.clone();
+                bad[i] ^= mask;
+                assert!(
+                    is_card_error(&Card::from_bytes(&bad)),
+                    "byte {i} ^ {mask:#x}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_or_extended_cards_are_refused() {
+        let k = keys();
+        let c = card(&k, "bob", None);
+        let bytes = c.to_bytes(&k).unwrap();
+        for len in 0..bytes.len() {
+            assert!(
+                is_card_error(&Card::from_bytes(&bytes[..len])),
+                "cut to {len}"
+            );
+        }
+        for extra in [&[0u8][..], &[0; 64], &[0xff; 200]] {
+            let mut longer = bytes.clone();
+            longer.extend_from_slice(extra);
+            assert!(is_card_error(&Card::from_bytes(&longer)));
+        }
+        let text = c.to_text(&k).unwrap();
+        for cut in [
+            0,
+            CARD_PREFIX.len(),
+            CARD_PREFIX.len() + 1,
+            text.len() / 2,
+            text.len() - 1,
+        ] {
+            assert!(
+                is_card_error(&Card::parse(&text[..cut])),
+                "text cut to {cut}"
+            );
+        }
+        assert!(is_card_error(&Card::parse(&format!("{text}A"))));
+        assert!(is_card_error(&Card::parse(&format!("{text}AAAAAAAA"))));
+        assert!(is_card_error(&Card::parse(
+            &text.replace(CARD_PREFIX, "BASTET-CART:")
+        )));
+        assert!(is_card_error(&Card::parse(&format!("{text}1"))));
+        assert!(is_card_error(&Card::parse(
+            &"A".repeat(3 * MAX_CARD_TEXT_LEN)
+        )));
+    }
+
+    #[test]
+    fn lower_case_and_wrapped_text_is_accepted() {
+        let k = keys();
+        let c = card(&k, "carol", None);
+        let text = c.to_text(&k).unwrap();
+        assert_eq!(Card::parse(&text.to_lowercase()).unwrap(), c);
+        let wrapped: String = text
+            .as_bytes()
+            .chunks(60)
+            .map(|l| format!("  {}\r\n", std::str::from_utf8(l).unwrap()))
+            .collect();
+        assert_eq!(Card::parse(&wrapped).unwrap(), c);
+        assert_eq!(normalize(&wrapped), text);
+        assert_eq!(
+            Card::parse(&format!("\n\t{}\n", text.to_lowercase())).unwrap(),
+            c
+        );
+    }
+
+    #[test]
+    fn a_card_needs_the_keys_it_names_and_a_short_nickname() {
+        let (k, other) = (keys(), keys());
+        assert!(is_card_error(&card(&k, "x", None).to_bytes(&other)));
+        assert!(is_card_error(
+            &card(&k, &"x".repeat(MAX_NICKNAME_LEN + 1), None).to_bytes(&k)
+        ));
+        assert!(
+            card(&k, &"x".repeat(MAX_NICKNAME_LEN), None)
+                .to_bytes(&k)
+                .is_ok()
+        );
+    }
+
+    /// Sets the byte at `at` and signs again with `k`, so that only the
+    /// field checks can refuse it.
+    fn resigned(k: &ClientKeys, mut bytes: Vec<u8>, at: usize, value: u8) -> Vec<u8> {
+        bytes[at] = value;
+        let end = bytes.len() - 2 * SIGNATURE_LEN;
+        bytes.truncate(end);
+        let sig = k.sign(&signed(&bytes));
+        bytes.extend_from_slice(&sig);
+        let sig = k.sign_device(&signed(&bytes));
+        bytes.extend_from_slice(&sig);
+        bytes
+    }
+
+    #[test]
+    fn well_signed_malformed_fields_are_refused() {
+        let k = keys();
+        let bytes = card(&k, "dave", None).to_bytes(&k).unwrap();
+        assert!(Card::from_bytes(&resigned(&k, bytes.clone(), 0, b'B')).is_ok());
+        // Magic, version, reply flag, zero reply id, nickname length, UTF-8.
+        let flag = FIXED_LEN - 2 * SIGNATURE_LEN - 1 - CARD_ID_LEN - 1;
+        let nick_len = FIXED_LEN - 2 * SIGNATURE_LEN - 1;
+        for (at, value, why) in [
+            (0, b'X', "not a Bastet"),
+            (4, 2, "version 2"),
+            (flag, 2, "reply field"),
+            (flag + 1, 1, "reply field"),
+            (nick_len, 5, "nickname length"),
+            (nick_len + 1, 0xff, "UTF-8"),
+        ] {
+            let r = Card::from_bytes(&resigned(&k, bytes.clone(), at, value));
+            match r {
+                Err(Error::Card(e)) => assert!(e.contains(why), "{at}: {e}"),
+                other => panic!("{at}: {other:?}"),
+            }
+        }
+        // An invalid ML-KEM key (coefficients out of range), well signed.
+        let kem_at = 4 + 1 + CARD_ID_LEN + 8 + 3 * PUBLIC_KEY_LEN;
+        let mut bad = bytes.clone();
+        bad[kem_at..kem_at + 3].fill(0xff);
+        let bad = resigned(&k, bad, kem_at, 0xff);
+        match Card::from_bytes(&bad) {
+            Err(Error::Card(e)) => assert!(e.contains("ML-KEM"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn safety_numbers_are_symmetric_and_well_formed() {
+        let (a, b) = ([1u8; PUBLIC_KEY_LEN], [2u8; PUBLIC_KEY_LEN]);
+        let n = safety_number(&a, &b);
+        assert_eq!(n, safety_number(&b, &a));
+        let groups: Vec<&str> = n.split(' ').collect();
+        assert_eq!(groups.len(), 12);
+        assert!(
+            groups
+                .iter()
+                .all(|g| g.len() == 5 && g.bytes().all(|c| c.is_ascii_digit()))
+        );
+        assert_ne!(n, safety_number(&a, &[3u8; PUBLIC_KEY_LEN]));
+        for _ in 0..20 {
+            let (x, y) = (keys().identity_public(), keys().identity_public());
+            let n = safety_number(&x, &y);
+            assert_eq!(n, safety_number(&y, &x));
+            assert_eq!(n.len(), 12 * 5 + 11);
+        }
+        // Regression vector of our own derivation.
+        assert_eq!(
+            safety_number(&a, &b),
+            "78743 83786 25448 15199 59012 26897 89697 41193 74570 87752 57296 37338"
+        );
+    }
+
+    #[test]
+    fn qr_codes_render() {
+        let k = keys();
+        let text = card(&k, "erin", None).to_text(&k).unwrap();
+        let png = qr_png(&text).unwrap();
+        assert!(png.starts_with(&[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a]));
+        let term = qr_terminal(&text).unwrap();
+        assert!(!term.is_empty());
+        assert!(term.lines().count() > 50);
+        // The longest card still fits a QR code.
+        let longest = card(&k, &"x".repeat(MAX_NICKNAME_LEN), None)
+            .to_text(&k)
+            .unwrap();
+        assert!(qr_png(&longest).is_ok());
+        assert!(is_card_error(&qr_terminal(&"x".repeat(10_000))));
+    }
+}

@@ -335,7 +335,13 @@ mod tests {
             authorities: vec![AuthorityRef {
                 url: "https://127.0.0.1:7000".into(),
                 identity_key: hex::encode(
-                    crate::ClientKeys::from_secrets(&[1; 32], &[1; 32], &[1; 32]).identity_public(),
+                    crate::ClientKeys::from_secrets(
+                        &[1; 32],
+                        &[1; 32],
+                        &[1; 32],
+                        &crate::DeviceSecrets::generate(&mut rand::rng()),
+                    )
+                    .identity_public(),
                 ),
                 tls_pin: hex::encode([2; 32]),
             }],

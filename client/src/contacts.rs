@@ -244,6 +244,34 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// Decodes a ratchet (Olm) message, refusing any encoding but the one
+/// vodozemac writes. Olm authenticates what it decodes, not the bytes: its
+/// MAC is over a re-encoding, and X25519 keys that differ only in their
+/// top bit compare equal. Without this check a pre-key message with a key's
+/// top bit flipped, or any message with an unknown protobuf field added,
+/// would decrypt as if unaltered.
+fn parse_ratchet_message(message_type: u8, bytes: &[u8]) -> Result<OlmMessage> {
+    let malformed = |why: String| Error::Layer {
+        layer: "ratchet",
+        why: format!("malformed message: {why}"),
+    };
+    let message = OlmMessage::from_parts(usize::from(message_type), bytes)
+        .map_err(|e| malformed(e.to_string()))?;
+    if let OlmMessage::PreKey(m) = &message {
+        let k = m.session_keys();
+        if [k.identity_key, k.base_key, k.one_time_key]
+            .iter()
+            .any(|key| key.as_bytes()[31] & 0x80 != 0)
+        {
+            return Err(malformed("a key is not in canonical form".into()));
+        }
+    }
+    if message.to_parts().1 != bytes {
+        return Err(malformed("not in canonical form".into()));
+    }
+    Ok(message)
+}
+
 fn hex32(s: &str, what: &str) -> Result<Zeroizing<[u8; 32]>> {
     let mut out = Zeroizing::new([0u8; 32]);
     hex::decode_to_slice(s, out.as_mut())
@@ -271,8 +299,8 @@ impl Contacts {
                 Some(bytes) => {
                     let text = String::from_utf8(bytes)
                         .map_err(|_| contact_error("the ratchet account file is corrupt"))?;
-                    let pickle = AccountPickle::from_encrypted(text.trim(), &pickle_key)
-                        .map_err(|e| {
+                    let pickle =
+                        AccountPickle::from_encrypted(text.trim(), &pickle_key).map_err(|e| {
                             contact_error(format!(
                                 "the ratchet account does not decrypt with this device's key: {e}"
                             ))
@@ -297,7 +325,8 @@ impl Contacts {
     }
 
     fn load_contacts(&mut self) -> Result<()> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| self.data_dir.file_error(&self.dir, e))?;
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| self.data_dir.file_error(&self.dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| self.data_dir.file_error(&self.dir, e))?;
             let path = entry.path();
@@ -328,7 +357,9 @@ impl Contacts {
             let file: ContactFile =
                 serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
             if file.version != CONTACT_VERSION || file.name != name {
-                return Err(corrupt("unknown version, or a name that is not its file's".into()));
+                return Err(corrupt(
+                    "unknown version, or a name that is not its file's".into(),
+                ));
             }
             let card = Card::parse(&file.card)?;
             let mut sessions = Vec::with_capacity(file.sessions.len());
@@ -342,7 +373,11 @@ impl Contacts {
                 card,
                 card_text: file.card,
                 added_at_ms: file.added_at_ms,
-                my_secret: file.my_secret.as_deref().map(|s| hex32(s, "my_secret")).transpose()?,
+                my_secret: file
+                    .my_secret
+                    .as_deref()
+                    .map(|s| hex32(s, "my_secret"))
+                    .transpose()?,
                 psk: file.psk.as_deref().map(|s| hex32(s, "psk")).transpose()?,
                 psk_source: file.psk_source,
                 argon2: file.argon2,
@@ -484,7 +519,10 @@ impl Contacts {
         // secret are on disk before the card is shown.
         self.save()?;
         self.data_dir.write_atomic(
-            &self.dir.join(EXPORTS).join(format!("{}.json", export.card_id)),
+            &self
+                .dir
+                .join(EXPORTS)
+                .join(format!("{}.json", export.card_id)),
             &json,
         )?;
         if let Some(name) = for_contact {
@@ -542,11 +580,9 @@ impl Contacts {
                 "a contact named {name} exists already: choose another name, or `bastet contact remove {name}` first"
             )));
         }
-        if let Some(other) = self
-            .contacts
-            .values()
-            .find(|c| c.card.identity == card.identity || c.card.ratchet_identity == card.ratchet_identity)
-        {
+        if let Some(other) = self.contacts.values().find(|c| {
+            c.card.identity == card.identity || c.card.ratchet_identity == card.ratchet_identity
+        }) {
             return Err(contact_error(format!(
                 "this card's identity is your contact {} already: remove it first to replace it",
                 other.name
@@ -736,8 +772,21 @@ impl Contacts {
             ))
         })?;
         let message_id = MessageId(crypto::random_bytes(rng));
-        let layer1 = content::seal(keys, &c.card.recipient(), message_id, content, sent_at_ms, rng)?;
-        let layer2 = psk::seal(&psk, &keys.identity_public(), &c.card.identity, &layer1, rng)?;
+        let layer1 = content::seal(
+            keys,
+            &c.card.recipient(),
+            message_id,
+            content,
+            sent_at_ms,
+            rng,
+        )?;
+        let layer2 = psk::seal(
+            &psk,
+            &keys.identity_public(),
+            &c.card.identity,
+            &layer1,
+            rng,
+        )?;
         if c.sessions.is_empty() {
             if c.used_their_one_time_key {
                 return Err(contact_error(format!(
@@ -751,16 +800,16 @@ impl Contacts {
                     Curve25519PublicKey::from_bytes(c.card.ratchet_identity),
                     Curve25519PublicKey::from_bytes(c.card.one_time_key),
                 )
-                .map_err(|e| contact_error(format!("cannot start a ratchet session with {name}: {e}")))?;
+                .map_err(|e| {
+                    contact_error(format!("cannot start a ratchet session with {name}: {e}"))
+                })?;
             c.sessions.push(session);
             c.used_their_one_time_key = true;
         }
-        let message = c.sessions[0]
-            .encrypt(&layer2)
-            .map_err(|e| Error::Layer {
-                layer: "ratchet",
-                why: e.to_string(),
-            })?;
+        let message = c.sessions[0].encrypt(&layer2).map_err(|e| Error::Layer {
+            layer: "ratchet",
+            why: e.to_string(),
+        })?;
         let (message_type, message) = message.to_parts();
         let inner = envelope::Inner {
             sender_ratchet_key: ratchet_identity,
@@ -791,11 +840,7 @@ impl Contacts {
     /// safely stored (a crash before that decrypts it again).
     pub fn open_message(&mut self, keys: &ClientKeys, payload: &[u8]) -> Result<Opened> {
         let inner = envelope::open(keys, payload)?;
-        let message = OlmMessage::from_parts(usize::from(inner.message_type), &inner.message)
-            .map_err(|e| Error::Layer {
-                layer: "ratchet",
-                why: format!("malformed message: {e}"),
-            })?;
+        let message = parse_ratchet_message(inner.message_type, &inner.message)?;
         let known = self
             .contacts
             .values()
@@ -829,7 +874,13 @@ impl Contacts {
             .psk
             .as_ref()
             .ok_or_else(|| contact_error(format!("{name} has no pre-shared key")))?;
-        let layer1 = psk::open(psk, &c.card.identity, &keys.identity_public(), &layer2, &name)?;
+        let layer1 = psk::open(
+            psk,
+            &c.card.identity,
+            &keys.identity_public(),
+            &layer2,
+            &name,
+        )?;
         let opened = content::open(keys, &layer1)?;
         if opened.sender_identity != c.card.identity || opened.sender_device != c.card.device {
             return Err(Error::NotTheContact(name));
@@ -890,7 +941,9 @@ impl Contacts {
         if let Some(e) = last_error {
             return Err(match e {
                 vodozemac::olm::DecryptionError::MissingMessageKey(_) => Error::Replayed,
-                e => ratchet_error(format!("does not decrypt with any session with {name}: {e}")),
+                e => ratchet_error(format!(
+                    "does not decrypt with any session with {name}: {e}"
+                )),
             });
         }
         let OlmMessage::PreKey(m) = message else {
@@ -992,5 +1045,942 @@ impl Contacts {
         self.contacts
             .values()
             .any(|c| &c.card.ratchet_identity == ratchet_key)
+    }
+}
+
+/// Two (or more) befriended devices in temporary data dirs, for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// The mailbox server every test card names.
+    pub(crate) const SERVER: bastet_sphinx::NodeId = bastet_sphinx::NodeId([7; 32]);
+
+    /// One device: its data dir, keys and contact book.
+    pub(crate) struct Party {
+        pub(crate) tmp: tempfile::TempDir,
+        pub(crate) dir: DataDir,
+        pub(crate) keys: ClientKeys,
+        pub(crate) book: Contacts,
+    }
+
+    impl Party {
+        /// A fresh device with an empty contact book.
+        pub(crate) fn new() -> Party {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = DataDir::new(tmp.path().join("client"));
+            dir.create().unwrap();
+            let keys = ClientKeys::generate(&mut rand::rng());
+            let book = Contacts::load(&dir, &keys).unwrap();
+            Party {
+                tmp,
+                dir,
+                keys,
+                book,
+            }
+        }
+
+        /// Saves the book, drops it and the keys, and loads both again
+        /// (the keys from their secrets, the book from disk).
+        pub(crate) fn restart(&mut self) {
+            self.book.save().unwrap();
+            self.keys = ClientKeys::from_secrets(
+                &self.keys.identity_secret(),
+                &self.keys.encryption_secret(),
+                &self.keys.mailbox_secret(),
+                &self.keys.device_secrets(),
+            );
+            self.book = Contacts::load(&self.dir, &self.keys).unwrap();
+        }
+
+        /// A card of this device (a reply to `for_contact`'s, if given),
+        /// text form.
+        pub(crate) fn card(&mut self, for_contact: Option<&str>) -> String {
+            self.book
+                .export_card(&self.keys, SERVER, "nick", for_contact, 1)
+                .unwrap()
+                .to_text(&self.keys)
+                .unwrap()
+        }
+
+        /// Seals `text` to contact `to`: the payload.
+        pub(crate) fn send(&mut self, to: &str, text: &str) -> Vec<u8> {
+            self.book
+                .seal_message(
+                    &self.keys,
+                    to,
+                    &Content::Text(text.to_string()),
+                    1000,
+                    &mut rand::rng(),
+                )
+                .unwrap()
+                .payload
+        }
+
+        /// Opens `payload`; a pending message is an error.
+        pub(crate) fn open(&mut self, payload: &[u8]) -> Result<ReceivedMessage> {
+            match self.book.open_message(&self.keys, payload)? {
+                Opened::Message(m) => Ok(m),
+                Opened::Pending(why) => Err(why),
+            }
+        }
+
+        /// Opens `payload`, which must open: its text.
+        pub(crate) fn open_text(&mut self, payload: &[u8]) -> String {
+            let m = self.open(payload).unwrap();
+            assert!(m.verified);
+            assert!(m.rejected.is_none());
+            m.text
+        }
+    }
+
+    /// Card exchange: `a` exports, `b` imports it as `name_of_a` and
+    /// answers, `a` imports the answer as `name_of_b`.
+    pub(crate) fn befriend(a: &mut Party, name_of_a: &str, b: &mut Party, name_of_b: &str) {
+        let card = a.card(None);
+        b.book.import_card(&b.keys, &card, name_of_a, 2).unwrap();
+        let reply = b.card(Some(name_of_a));
+        a.book.import_card(&a.keys, &reply, name_of_b, 3).unwrap();
+    }
+
+    /// Alice and Bob, each the other's complete contact ("bob" in Alice's
+    /// book, "alice" in Bob's).
+    pub(crate) fn pair() -> (Party, Party) {
+        let mut alice = Party::new();
+        let mut bob = Party::new();
+        befriend(&mut alice, "alice", &mut bob, "bob");
+        (alice, bob)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Party, befriend, pair};
+    use super::*;
+
+    fn rng() -> rand::rngs::ThreadRng {
+        rand::rng()
+    }
+
+    /// Seals `layer2` (a pre-shared-key layer, genuine or not) from `from`
+    /// to contact `to` through the ratchet and the envelope, as
+    /// [`Contacts::seal_message`] does.
+    fn seal_ratchet(from: &mut Party, to: &str, layer2: &[u8]) -> Vec<u8> {
+        let ratchet_identity = from.book.account.curve25519_key().to_bytes();
+        let c = from.book.contacts.get_mut(to).unwrap();
+        if c.sessions.is_empty() {
+            let session = from
+                .book
+                .account
+                .create_outbound_session(
+                    SessionConfig::version_1(),
+                    Curve25519PublicKey::from_bytes(c.card.ratchet_identity),
+                    Curve25519PublicKey::from_bytes(c.card.one_time_key),
+                )
+                .unwrap();
+            c.sessions.push(session);
+            c.used_their_one_time_key = true;
+        }
+        let (message_type, message) = c.sessions[0].encrypt(layer2).unwrap().to_parts();
+        let inner = envelope::Inner {
+            sender_ratchet_key: ratchet_identity,
+            message_type: u8::try_from(message_type).unwrap(),
+            message,
+        };
+        envelope::seal(&c.card.envelope, &inner, &mut rng()).unwrap()
+    }
+
+    /// Seals `layer1` (a content layer, genuine or not) from `from` to
+    /// contact `to` through the genuine pre-shared-key, ratchet and
+    /// envelope layers.
+    fn seal_layers(from: &mut Party, to: &str, layer1: &[u8]) -> Vec<u8> {
+        let c = &from.book.contacts[to];
+        let layer2 = psk::seal(
+            c.psk.as_ref().unwrap(),
+            &from.keys.identity_public(),
+            &c.card.identity,
+            layer1,
+            &mut rng(),
+        )
+        .unwrap();
+        seal_ratchet(from, to, &layer2)
+    }
+
+    /// A genuine content layer from `from` to its contact `to`.
+    fn content_layer(from: &Party, to: &str, text: &str) -> Vec<u8> {
+        content::seal(
+            &from.keys,
+            &from.book.contacts[to].card.recipient(),
+            MessageId([5; 16]),
+            &Content::Text(text.to_string()),
+            77,
+            &mut rng(),
+        )
+        .unwrap()
+    }
+
+    fn is_ratchet_error(e: &Error) -> bool {
+        matches!(
+            e,
+            Error::Layer {
+                layer: "ratchet",
+                ..
+            } | Error::Replayed
+        ) && e.to_string().starts_with("ratchet layer")
+    }
+
+    #[test]
+    fn messages_go_both_ways_with_text_and_files() {
+        let (mut alice, mut bob) = pair();
+        let payload = alice.send("bob", "hello bob");
+        let m = bob.open(&payload).unwrap();
+        assert_eq!(m.text, "hello bob");
+        assert_eq!(m.contact.as_deref(), Some("alice"));
+        assert_eq!(m.from, alice.keys.identity_public());
+        assert_eq!(m.sent_at_ms, 1000);
+        assert!(m.verified);
+        let file = Content::File {
+            name: "a.bin".into(),
+            bytes: vec![0, 1, 2, 255],
+        };
+        let sealed = bob
+            .book
+            .seal_message(&bob.keys, "alice", &file, 5, &mut rng())
+            .unwrap();
+        let m = alice.open(&sealed.payload).unwrap();
+        assert_eq!(m.message_id, sealed.message_id);
+        assert_eq!(m.contact.as_deref(), Some("bob"));
+        let f = m.file.unwrap();
+        assert_eq!(
+            (f.name.as_str(), f.bytes.as_slice()),
+            ("a.bin", &[0, 1, 2, 255][..])
+        );
+        assert_eq!(bob.open_text(&alice.send("bob", "again")), "again");
+        assert_eq!(alice.book.info(&alice.keys, "bob").unwrap().sessions, 1);
+        assert_eq!(bob.book.info(&bob.keys, "alice").unwrap().sessions, 1);
+    }
+
+    #[test]
+    fn any_altered_byte_of_the_sealed_envelope_is_detected() {
+        let (mut alice, mut bob) = pair();
+        let payload = alice.send("bob", "envelope");
+        for i in 0..payload.len() {
+            for mask in [0x01u8, 0x80] {
+                let mut bad = payload.clone();
+                bad[i] ^= mask;
+                match bob.open(&bad) {
+                    Err(Error::Layer {
+                        layer: "sealed envelope",
+                        ..
+                    }) => {}
+                    other => panic!("byte {i} ^ {mask:#x}: {other:?}"),
+                }
+            }
+        }
+        assert!(matches!(
+            bob.open(&payload[..payload.len() - 1]),
+            Err(Error::Layer {
+                layer: "sealed envelope",
+                ..
+            })
+        ));
+        assert_eq!(bob.open_text(&payload), "envelope");
+    }
+
+    /// Every byte of the ratchet message, altered and sealed again in a
+    /// fresh envelope: a ratchet-layer error, and the genuine message still
+    /// opens afterwards (a failed decryption changes no state).
+    fn ratchet_tampering(sender: &mut Party, receiver: &mut Party, payload: &[u8], text: &str) {
+        let inner = envelope::open(&receiver.keys, payload).unwrap();
+        let to = receiver.keys.encryption_public();
+        let reseal = |message: Vec<u8>, message_type: u8| {
+            envelope::seal(
+                &to,
+                &envelope::Inner {
+                    sender_ratchet_key: inner.sender_ratchet_key,
+                    message_type,
+                    message,
+                },
+                &mut rng(),
+            )
+            .unwrap()
+        };
+        for i in 0..inner.message.len() {
+            for mask in [0x01u8, 0x80] {
+                let mut bad = inner.message.clone();
+                bad[i] ^= mask;
+                match receiver.open(&reseal(bad, inner.message_type)) {
+                    Err(e) if is_ratchet_error(&e) => {}
+                    other => panic!("ratchet byte {i} ^ {mask:#x}: {other:?}"),
+                }
+            }
+        }
+        for cut in [0, 1, inner.message.len() / 2, inner.message.len() - 1] {
+            match receiver.open(&reseal(inner.message[..cut].to_vec(), inner.message_type)) {
+                Err(e) if is_ratchet_error(&e) => {}
+                other => panic!("ratchet message cut to {cut} bytes: {other:?}"),
+            }
+        }
+        match receiver.open(&reseal(inner.message.clone(), 1 - inner.message_type)) {
+            Err(e) if is_ratchet_error(&e) => {}
+            other => panic!("ratchet message of the other type: {other:?}"),
+        }
+        // The genuine message, and the conversation, go on.
+        assert_eq!(receiver.open_text(payload), text);
+        let _ = sender;
+    }
+
+    #[test]
+    fn any_altered_byte_of_a_first_ratchet_message_is_detected() {
+        let (mut alice, mut bob) = pair();
+        let payload = alice.send("bob", "first");
+        let inner = envelope::open(&bob.keys, &payload).unwrap();
+        assert_eq!(inner.message_type, 0, "a pre-key message");
+        ratchet_tampering(&mut alice, &mut bob, &payload, "first");
+        let reply = bob.send("alice", "reply");
+        assert_eq!(alice.open_text(&reply), "reply");
+        assert_eq!(bob.open_text(&alice.send("bob", "more")), "more");
+    }
+
+    #[test]
+    fn any_altered_byte_of_a_later_ratchet_message_is_detected() {
+        let (mut alice, mut bob) = pair();
+        assert_eq!(bob.open_text(&alice.send("bob", "first")), "first");
+        assert_eq!(alice.open_text(&bob.send("alice", "reply")), "reply");
+        let payload = alice.send("bob", "second");
+        let inner = envelope::open(&bob.keys, &payload).unwrap();
+        assert_eq!(inner.message_type, 1, "a normal message");
+        ratchet_tampering(&mut alice, &mut bob, &payload, "second");
+        assert_eq!(alice.open_text(&bob.send("alice", "after")), "after");
+    }
+
+    #[test]
+    fn a_ratchet_message_in_another_encoding_is_refused() {
+        let (mut alice, mut bob) = pair();
+        let first = alice.send("bob", "first");
+        let inner = envelope::open(&bob.keys, &first).unwrap();
+        let reseal = |message: Vec<u8>, message_type: u8| {
+            envelope::seal(
+                &bob.keys.encryption_public(),
+                &envelope::Inner {
+                    sender_ratchet_key: inner.sender_ratchet_key,
+                    message_type,
+                    message,
+                },
+                &mut rng(),
+            )
+            .unwrap()
+        };
+        // An unknown protobuf field (7, varint 1) after the pre-key fields.
+        let mut longer = inner.message.clone();
+        longer.extend_from_slice(&[0x38, 0x01]);
+        let extended = reseal(longer, 0);
+        match bob.open(&extended) {
+            Err(
+                e @ Error::Layer {
+                    layer: "ratchet", ..
+                },
+            ) => assert!(e.to_string().contains("canonical"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(bob.open_text(&first), "first");
+        assert_eq!(alice.open_text(&bob.send("alice", "reply")), "reply");
+        // The same in a normal message, before its 8-byte MAC.
+        let second = alice.send("bob", "second");
+        let inner = envelope::open(&bob.keys, &second).unwrap();
+        assert_eq!(inner.message_type, 1);
+        let mut longer = inner.message.clone();
+        let at = longer.len() - 8;
+        longer.splice(at..at, [0x38, 0x01]);
+        let extended = envelope::seal(
+            &bob.keys.encryption_public(),
+            &envelope::Inner {
+                sender_ratchet_key: inner.sender_ratchet_key,
+                message_type: 1,
+                message: longer,
+            },
+            &mut rng(),
+        )
+        .unwrap();
+        match bob.open(&extended) {
+            Err(e) if is_ratchet_error(&e) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(bob.open_text(&second), "second");
+    }
+
+    #[test]
+    fn any_altered_byte_of_the_psk_layer_is_detected() {
+        let (mut alice, mut bob) = pair();
+        let layer1 = content_layer(&alice, "bob", "psk layer");
+        let c = &alice.book.contacts["bob"];
+        let layer2 = psk::seal(
+            c.psk.as_ref().unwrap(),
+            &alice.keys.identity_public(),
+            &c.card.identity,
+            &layer1,
+            &mut rng(),
+        )
+        .unwrap();
+        for i in 0..layer2.len() {
+            let mut bad = layer2.clone();
+            bad[i] ^= 1 << (i % 8);
+            let payload = seal_ratchet(&mut alice, "bob", &bad);
+            match bob.open(&payload) {
+                Err(Error::PskMismatch(name)) => assert_eq!(name, "alice"),
+                other => panic!("psk byte {i}: {other:?}"),
+            }
+        }
+        let payload = seal_ratchet(&mut alice, "bob", &layer2[..psk::OVERHEAD - 1]);
+        assert!(matches!(
+            bob.open(&payload),
+            Err(Error::Layer {
+                layer: "pre-shared-key",
+                ..
+            })
+        ));
+        let payload = seal_ratchet(&mut alice, "bob", &layer2);
+        assert_eq!(bob.open_text(&payload), "psk layer");
+        assert_eq!(bob.open_text(&alice.send("bob", "next")), "next");
+    }
+
+    #[test]
+    fn any_altered_byte_of_the_content_layer_is_detected_through_every_layer() {
+        let (mut alice, mut bob) = pair();
+        let layer1 = content_layer(&alice, "bob", "content layer");
+        // Every byte is checked in layers::content; here every byte of the
+        // version and ephemeral key, and one in seven after them.
+        let positions = (0..40).chain((40..layer1.len()).step_by(7));
+        for i in positions {
+            let mut bad = layer1.clone();
+            bad[i] ^= 1 << (i % 8);
+            let payload = seal_layers(&mut alice, "bob", &bad);
+            match bob.open(&payload) {
+                Err(Error::Layer {
+                    layer: "content", ..
+                }) => {}
+                other => panic!("content byte {i}: {other:?}"),
+            }
+        }
+        let payload = seal_layers(&mut alice, "bob", &layer1);
+        assert_eq!(bob.open_text(&payload), "content layer");
+    }
+
+    #[test]
+    fn a_wrong_psk_is_rejected() {
+        let (mut alice, mut bob) = pair();
+        assert_eq!(bob.open_text(&alice.send("bob", "before")), "before");
+        let random = Zeroizing::new(crypto::random_bytes::<PSK_LEN, _>(&mut rng()));
+        alice
+            .book
+            .set_passphrase_psk("bob", random, Argon2Params::default())
+            .unwrap();
+        match bob.open(&alice.send("bob", "wrong key")) {
+            Err(Error::PskMismatch(name)) => assert_eq!(name, "alice"),
+            other => panic!("{other:?}"),
+        }
+        // Both set the same passphrase: messages open again.
+        let params = Argon2Params {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let ids = (alice.keys.identity_public(), bob.keys.identity_public());
+        let key =
+            psk::psk_from_passphrase("correct horse battery", &ids.0, &ids.1, params).unwrap();
+        alice
+            .book
+            .set_passphrase_psk("bob", key.clone(), params)
+            .unwrap();
+        bob.book.set_passphrase_psk("alice", key, params).unwrap();
+        assert_eq!(
+            bob.open_text(&alice.send("bob", "same passphrase")),
+            "same passphrase"
+        );
+        assert_eq!(
+            alice.open_text(&bob.send("alice", "both ways")),
+            "both ways"
+        );
+        let info = bob.book.info(&bob.keys, "alice").unwrap();
+        assert_eq!(info.psk_source, "passphrase");
+        // One side types another passphrase.
+        let other =
+            psk::psk_from_passphrase("correct horse battery!", &ids.0, &ids.1, params).unwrap();
+        bob.book.set_passphrase_psk("alice", other, params).unwrap();
+        assert!(matches!(
+            alice.open(&bob.send("alice", "mismatch")),
+            Err(Error::PskMismatch(_))
+        ));
+        // And it survives a restart.
+        bob.restart();
+        assert!(matches!(
+            alice.open(&bob.send("alice", "mismatch")),
+            Err(Error::PskMismatch(_))
+        ));
+    }
+
+    #[test]
+    fn a_message_for_bob_does_not_open_for_carol() {
+        let (mut alice, mut bob) = pair();
+        let mut carol = Party::new();
+        befriend(&mut alice, "alice", &mut carol, "carol");
+        let payload = alice.send("bob", "for bob only");
+        match carol.open(&payload) {
+            Err(Error::Layer {
+                layer: "sealed envelope",
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        let message = carol.book.receive(&carol.keys, &payload);
+        assert!(message.rejected.is_some() && !message.verified && message.text.is_empty());
+        assert_eq!(bob.open_text(&payload), "for bob only");
+        // Carol's own messages from alice open.
+        assert_eq!(
+            carol.open_text(&alice.send("carol", "hi carol")),
+            "hi carol"
+        );
+    }
+
+    #[test]
+    fn content_signed_for_someone_else_is_rejected() {
+        let (mut alice, mut bob) = pair();
+        let carol = Party::new();
+        let layer1 = content::seal_signed_for(
+            &alice.keys,
+            &alice.book.contacts["bob"].card.recipient(),
+            (&carol.keys.identity_public(), &carol.keys.device_public()),
+            MessageId([9; 16]),
+            &Content::Text("re-addressed".into()),
+            1,
+            &mut rng(),
+        )
+        .unwrap();
+        let payload = seal_layers(&mut alice, "bob", &layer1);
+        match bob.open(&payload) {
+            Err(
+                e @ Error::Layer {
+                    layer: "content", ..
+                },
+            ) => assert!(e.to_string().contains("signature"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(bob.open_text(&alice.send("bob", "genuine")), "genuine");
+    }
+
+    #[test]
+    fn content_signed_by_a_key_that_is_not_the_contacts_is_rejected() {
+        let (mut alice, mut bob) = pair();
+        let mallory = Party::new();
+        let recipient = alice.book.contacts["bob"].card.recipient();
+        // Mallory's own keys, inside the genuine pair's psk and ratchet.
+        let forged = content::seal(
+            &mallory.keys,
+            &recipient,
+            MessageId([1; 16]),
+            &Content::Text("from mallory".into()),
+            1,
+            &mut rng(),
+        )
+        .unwrap();
+        let payload = seal_layers(&mut alice, "bob", &forged);
+        match bob.open(&payload) {
+            Err(Error::NotTheContact(name)) => assert_eq!(name, "alice"),
+            other => panic!("{other:?}"),
+        }
+        // Alice's identity key but Mallory's device key.
+        let half = ClientKeys::from_secrets(
+            &alice.keys.identity_secret(),
+            &mallory.keys.encryption_secret(),
+            &mallory.keys.mailbox_secret(),
+            &mallory.keys.device_secrets(),
+        );
+        let forged = content::seal(
+            &half,
+            &recipient,
+            MessageId([2; 16]),
+            &Content::Text("from mallory".into()),
+            1,
+            &mut rng(),
+        )
+        .unwrap();
+        let payload = seal_layers(&mut alice, "bob", &forged);
+        assert!(matches!(bob.open(&payload), Err(Error::NotTheContact(_))));
+        assert_eq!(bob.open_text(&alice.send("bob", "genuine")), "genuine");
+    }
+
+    #[test]
+    fn replayed_messages_are_rejected() {
+        let (mut alice, mut bob) = pair();
+        let first = alice.send("bob", "first");
+        let second = alice.send("bob", "second");
+        assert_eq!(bob.open_text(&first), "first");
+        assert!(
+            matches!(bob.open(&first), Err(Error::Replayed)),
+            "a replayed pre-key message"
+        );
+        assert_eq!(bob.open_text(&second), "second");
+        assert!(matches!(bob.open(&second), Err(Error::Replayed)));
+        assert!(matches!(bob.open(&first), Err(Error::Replayed)));
+        let reply = bob.send("alice", "reply");
+        assert_eq!(alice.open_text(&reply), "reply");
+        assert!(matches!(alice.open(&reply), Err(Error::Replayed)));
+        // After a restart.
+        bob.restart();
+        alice.restart();
+        assert!(matches!(bob.open(&first), Err(Error::Replayed)));
+        assert!(matches!(bob.open(&second), Err(Error::Replayed)));
+        assert!(matches!(alice.open(&reply), Err(Error::Replayed)));
+        // After the ratchet turned a few times: still rejected.
+        for i in 0..3 {
+            let text = format!("turn {i}");
+            assert_eq!(bob.open_text(&alice.send("bob", &text)), text);
+            assert_eq!(alice.open_text(&bob.send("alice", &text)), text);
+        }
+        for p in [&first, &second] {
+            match bob.open(p) {
+                Err(e) if is_ratchet_error(&e) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        match alice.open(&reply) {
+            Err(e) if is_ratchet_error(&e) => {}
+            other => panic!("{other:?}"),
+        }
+        let m = bob.book.receive(&bob.keys, &first);
+        assert!(m.rejected.unwrap().contains("ratchet layer"));
+    }
+
+    #[test]
+    fn a_replayed_first_message_is_rejected_even_with_a_new_session() {
+        // Bob answers alice's first message, then both start over once:
+        // the first pre-key message must still not open again.
+        let (mut alice, mut bob) = pair();
+        let first = alice.send("bob", "first");
+        assert_eq!(bob.open_text(&first), "first");
+        // Drop Bob's session: the replayed pre-key message then needs the
+        // one-time key, which is used up.
+        bob.book.contacts.get_mut("alice").unwrap().sessions.clear();
+        match bob.open(&first) {
+            Err(
+                e @ Error::Layer {
+                    layer: "ratchet", ..
+                },
+            ) => assert!(e.to_string().contains("one-time key"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn messages_open_out_of_order() {
+        let (mut alice, mut bob) = pair();
+        let sent: Vec<Vec<u8>> = (1..=5)
+            .map(|i| alice.send("bob", &format!("m{i}")))
+            .collect();
+        for i in [3, 1, 5, 2, 4] {
+            assert_eq!(bob.open_text(&sent[i - 1]), format!("m{i}"));
+        }
+        for p in &sent {
+            assert!(matches!(bob.open(p), Err(Error::Replayed)));
+        }
+        assert_eq!(alice.open_text(&bob.send("alice", "all five")), "all five");
+    }
+
+    #[test]
+    fn messages_open_out_of_order_across_ratchet_turns() {
+        let (mut alice, mut bob) = pair();
+        let mut sent = vec![Vec::new()];
+        for i in 1..=3 {
+            sent.push(alice.send("bob", &format!("m{i}")));
+        }
+        assert_eq!(bob.open_text(&sent[2]), "m2");
+        let r1 = bob.send("alice", "r1");
+        for i in 4..=5 {
+            sent.push(alice.send("bob", &format!("m{i}")));
+        }
+        assert_eq!(alice.open_text(&r1), "r1");
+        // Alice's ratchet turned: a new chain.
+        for i in 6..=7 {
+            sent.push(alice.send("bob", &format!("m{i}")));
+        }
+        let r2 = bob.send("alice", "r2");
+        for i in [7, 1, 5, 3, 6, 4] {
+            assert_eq!(bob.open_text(&sent[i]), format!("m{i}"));
+        }
+        let r3 = bob.send("alice", "r3");
+        assert_eq!(alice.open_text(&r3), "r3");
+        assert_eq!(alice.open_text(&r2), "r2");
+        // And across a restart, out of order again.
+        let later: Vec<Vec<u8>> = (8..=10)
+            .map(|i| alice.send("bob", &format!("m{i}")))
+            .collect();
+        bob.restart();
+        for i in [10, 8, 9] {
+            assert_eq!(bob.open_text(&later[i - 8]), format!("m{i}"));
+        }
+    }
+
+    #[test]
+    fn a_session_survives_a_restart() {
+        let (mut alice, mut bob) = pair();
+        assert_eq!(bob.open_text(&alice.send("bob", "one")), "one");
+        let in_flight = alice.send("bob", "in flight");
+        alice.restart();
+        bob.restart();
+        assert_eq!(bob.open_text(&in_flight), "in flight");
+        assert_eq!(alice.open_text(&bob.send("alice", "two")), "two");
+        alice.restart();
+        bob.restart();
+        assert_eq!(bob.open_text(&alice.send("bob", "three")), "three");
+        assert_eq!(alice.open_text(&bob.send("alice", "four")), "four");
+        assert_eq!(alice.book.info(&alice.keys, "bob").unwrap().sessions, 1);
+        assert!(alice.book.info(&alice.keys, "bob").unwrap().complete);
+    }
+
+    #[test]
+    fn an_open_not_saved_opens_again_after_a_crash() {
+        let (mut alice, mut bob) = pair();
+        let payload = alice.send("bob", "unsaved");
+        assert_eq!(bob.open_text(&payload), "unsaved");
+        // Crash: the book is dropped without save().
+        bob.book = Contacts::load(&bob.dir, &bob.keys).unwrap();
+        assert_eq!(bob.open_text(&payload), "unsaved");
+        bob.book.save().unwrap();
+        bob.book = Contacts::load(&bob.dir, &bob.keys).unwrap();
+        assert!(matches!(bob.open(&payload), Err(Error::Replayed)));
+    }
+
+    /// Every file under `dir`, recursively.
+    fn files(dir: &std::path::Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(files(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn earlier_messages_stay_secret_from_the_whole_later_state() {
+        const MARKER: &str = "FORWARD-SECRECY-MARKER-7f3a";
+        let (mut alice, mut bob) = pair();
+        let mut captured = Vec::new();
+        for i in 0..2 {
+            let p = alice.send("bob", &format!("{MARKER} a{i}"));
+            assert_eq!(bob.open_text(&p), format!("{MARKER} a{i}"));
+            captured.push((p, "bob"));
+            let p = bob.send("alice", &format!("{MARKER} b{i}"));
+            assert_eq!(alice.open_text(&p), format!("{MARKER} b{i}"));
+            captured.push((p, "alice"));
+        }
+        // Several more round trips.
+        for i in 0..4 {
+            assert_eq!(
+                bob.open_text(&alice.send("bob", &format!("later a{i}"))),
+                format!("later a{i}")
+            );
+            assert_eq!(
+                alice.open_text(&bob.send("alice", &format!("later b{i}"))),
+                format!("later b{i}")
+            );
+        }
+        // The whole current state of both: keys and books, from disk.
+        alice.restart();
+        bob.restart();
+        let marker = MARKER.as_bytes();
+        for party in [&alice, &bob] {
+            for file in files(party.tmp.path()) {
+                assert!(
+                    !contains(&std::fs::read(&file).unwrap(), marker),
+                    "{}",
+                    file.display()
+                );
+            }
+        }
+        for (payload, to) in &captured {
+            for party in [&mut alice, &mut bob] {
+                let result = party.book.open_message(&party.keys, payload);
+                let shown = format!("{result:?}");
+                assert!(!shown.contains(MARKER), "{shown}");
+                assert!(!matches!(result, Ok(Opened::Message(_))), "{shown}");
+                let received = party.book.receive(&party.keys, payload);
+                assert!(!format!("{received:?}").contains(MARKER));
+                assert!(received.rejected.is_some());
+            }
+            // Past the API: the envelope opens with the recipient's
+            // long-term key, but no ratchet session, nor the account, of
+            // either party decrypts the ratchet message.
+            let receiver = if *to == "bob" { &mut bob } else { &mut alice };
+            let inner = envelope::open(&receiver.keys, payload).unwrap();
+            let message =
+                OlmMessage::from_parts(usize::from(inner.message_type), &inner.message).unwrap();
+            for party in [&mut alice, &mut bob] {
+                for c in party.book.contacts.values_mut() {
+                    for s in &mut c.sessions {
+                        if let Ok(plain) = s.decrypt(&message) {
+                            panic!("a session decrypted an old message ({} bytes)", plain.len());
+                        }
+                    }
+                    if let OlmMessage::PreKey(m) = &message {
+                        assert!(
+                            party
+                                .book
+                                .account
+                                .create_inbound_session(
+                                    SessionConfig::version_1(),
+                                    Curve25519PublicKey::from_bytes(c.card.ratchet_identity),
+                                    m,
+                                )
+                                .is_err()
+                        );
+                    }
+                }
+            }
+        }
+        // The conversation itself goes on.
+        assert_eq!(
+            bob.open_text(&alice.send("bob", "still here")),
+            "still here"
+        );
+    }
+
+    #[test]
+    fn the_psk_layer_alone_keeps_the_content_secret() {
+        const MARKER: &str = "PSK-ONLY-MARKER-c01d";
+        let (mut alice, mut bob) = pair();
+        assert_eq!(bob.open_text(&alice.send("bob", "warm up")), "warm up");
+        let payload = alice.send("bob", &format!("{MARKER} secret"));
+        // The attacker has every public-key secret of Bob (his keys and his
+        // whole contact book, ratchet sessions included) but not the
+        // pre-shared key: it is replaced by a random one.
+        bob.restart();
+        let random = Zeroizing::new(crypto::random_bytes::<PSK_LEN, _>(&mut rng()));
+        bob.book
+            .set_passphrase_psk("alice", random.clone(), Argon2Params::default())
+            .unwrap();
+        let result = bob.book.open_message(&bob.keys, &payload);
+        let shown = format!("{result:?}");
+        assert!(!shown.contains(MARKER), "{shown}");
+        match result {
+            Err(Error::PskMismatch(name)) => assert_eq!(name, "alice"),
+            other => panic!("{other:?}"),
+        }
+        // Layer by layer: the envelope and the ratchet open with Bob's
+        // state, and what they yield shows nothing.
+        let inner = envelope::open(&bob.keys, &payload).unwrap();
+        let message =
+            OlmMessage::from_parts(usize::from(inner.message_type), &inner.message).unwrap();
+        assert!(!contains(&inner.message, MARKER.as_bytes()));
+        // Bob's state as saved (the failed open above is not).
+        bob.book = Contacts::load(&bob.dir, &bob.keys).unwrap();
+        let layer2 = bob.book.ratchet_decrypt("alice", &message).unwrap();
+        assert!(!contains(&layer2, MARKER.as_bytes()));
+        assert!(content::open(&bob.keys, &layer2).is_err());
+        assert!(content::open(&bob.keys, &layer2[24..]).is_err());
+        let alice_id = alice.keys.identity_public();
+        let bob_id = bob.keys.identity_public();
+        for key in [random, Zeroizing::new([0u8; PSK_LEN])] {
+            match psk::open(&key, &alice_id, &bob_id, &layer2, "alice") {
+                Err(Error::PskMismatch(_)) => {}
+                other => panic!("{:?}", other.map(|_| ())),
+            }
+        }
+    }
+
+    #[test]
+    fn a_reply_card_must_answer_a_card_of_this_device() {
+        let mut alice = Party::new();
+        let mut bob = Party::new();
+        let mut carol = Party::new();
+        let card = alice.card(None);
+        bob.book.import_card(&bob.keys, &card, "alice", 1).unwrap();
+        let reply = bob.card(Some("alice"));
+        // Carol never made the card Bob answers.
+        match carol.book.import_card(&carol.keys, &reply, "bob", 1) {
+            Err(e @ Error::Contact(_)) => assert!(e.to_string().contains("did not make"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // Alice's own card, and a name taken twice, are refused.
+        assert!(matches!(
+            alice.book.import_card(&alice.keys, &card, "me", 1),
+            Err(Error::Contact(_))
+        ));
+        alice
+            .book
+            .import_card(&alice.keys, &reply, "bob", 1)
+            .unwrap();
+        assert!(
+            alice
+                .book
+                .import_card(&alice.keys, &carol.card(None), "bob", 1)
+                .is_err()
+        );
+        // The same card twice under another name.
+        assert!(
+            alice
+                .book
+                .import_card(&alice.keys, &reply, "bob2", 1)
+                .is_err()
+        );
+        // A bad name.
+        assert!(
+            alice
+                .book
+                .import_card(&alice.keys, &carol.card(None), "-x", 1)
+                .is_err()
+        );
+        // A second answer to a complete contact would change one side only.
+        assert!(
+            bob.book
+                .export_card(&bob.keys, testing::SERVER, "", Some("alice"), 1)
+                .is_err()
+        );
+        // Both have the same pre-shared key and safety number.
+        let a = alice.book.info(&alice.keys, "bob").unwrap();
+        let b = bob.book.info(&bob.keys, "alice").unwrap();
+        assert!(a.complete && b.complete);
+        assert_eq!(a.safety_number, b.safety_number);
+        assert_eq!(
+            alice.book.contacts["bob"].psk.as_deref(),
+            bob.book.contacts["alice"].psk.as_deref()
+        );
+    }
+
+    #[test]
+    fn a_message_before_the_reply_card_waits_until_it_is_imported() {
+        let mut alice = Party::new();
+        let mut bob = Party::new();
+        let card = alice.card(None);
+        bob.book.import_card(&bob.keys, &card, "alice", 1).unwrap();
+        let reply = bob.card(Some("alice"));
+        // Bob writes at once; Alice does not know him yet.
+        let early = bob.send("alice", "early");
+        match alice.book.open_message(&alice.keys, &early).unwrap() {
+            Opened::Pending(Error::UnknownSender(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        alice.book.save().unwrap();
+        assert_eq!(alice.book.pending().unwrap().len(), 1);
+        alice
+            .book
+            .import_card(&alice.keys, &reply, "bob", 1)
+            .unwrap();
+        let (messages, files) = alice.book.retry_pending(&alice.keys).unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].message.text, "early");
+        assert_eq!(messages[0].message.contact.as_deref(), Some("bob"));
+        for f in files {
+            alice.book.drop_pending(&f).unwrap();
+        }
+        assert!(alice.book.pending().unwrap().is_empty());
+        assert_eq!(bob.open_text(&alice.send("bob", "got it")), "got it");
     }
 }

@@ -7,7 +7,6 @@ use rand::CryptoRng;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-
 /// Bytes of an Ed25519 or X25519 public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
 /// Bytes of an Ed25519 signature.
@@ -18,7 +17,6 @@ pub const KEM_PUBLIC_LEN: usize = 1184;
 pub const KEM_CIPHERTEXT_LEN: usize = 1088;
 /// Bytes the AEAD adds to a plaintext.
 pub const AEAD_TAG_LEN: usize = 16;
-
 
 /// A client's long-term secrets. Each zeroizes on drop.
 ///
@@ -72,7 +70,7 @@ fn kem_from_secret(secret: &[u8; 32]) -> ml_kem::ml_kem_768::DecapsulationKey {
     let mut hasher = blake3::Hasher::new_derive_key(KEM_SEED_CONTEXT);
     hasher.update(secret);
     hasher.finalize_xof().fill(seed.as_mut_slice());
-    let key = ml_kem::ml_kem_768::DecapsulationKey::from_seed(seed.clone());
+    let key = ml_kem::ml_kem_768::DecapsulationKey::from_seed(seed);
     zeroize::Zeroize::zeroize(seed.as_mut_slice());
     key
 }

@@ -10,9 +10,9 @@ use bastet_directory::{read_key_file, write_key_file};
 use bastet_sphinx::EnvelopeId;
 
 use crate::config::ENV_PREFIX;
+use crate::crypto::DeviceSecrets;
 use crate::message::MAX_SEALED_LEN;
 use crate::outbox::Outgoing;
-use crate::crypto::DeviceSecrets;
 use crate::{ClientConfig, ClientKeys, Error, Result};
 
 const IDENTITY_KEY: &str = "identity.key";

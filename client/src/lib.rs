@@ -20,20 +20,20 @@ mod reliability;
 mod route;
 
 pub use address::{ADDRESS_LEN, ADDRESS_PREFIX, ADDRESS_VERSION, Address};
-pub use client::{
-    Client, InboxReport, POLL_INTERVAL, SendOptions, SentMessage, now_ms, save_received_file,
-};
 pub use card::{
     CARD_PREFIX, CARD_VERSION, Card, MAX_CARD_LEN, MAX_CARD_TEXT_LEN, qr_png, qr_terminal,
     safety_number,
+};
+pub use client::{
+    Client, InboxReport, POLL_INTERVAL, SendOptions, SentMessage, now_ms, save_received_file,
 };
 pub use config::{
     ClientConfig, ENV_PREFIX, MAX_POLL_INTERVAL_MS, MIN_POLL_INTERVAL_MS, TRAFFIC_PRESETS,
     TrafficConfig,
 };
 pub use contacts::{
-    ContactInfo, ContactRequest, ContactResponse, Contacts, MAX_CONTACTS, MAX_NAME_LEN, MAX_PENDING, MAX_SESSIONS, Opened, PskSource,
-    check_name,
+    ContactInfo, ContactRequest, ContactResponse, Contacts, MAX_CONTACTS, MAX_NAME_LEN,
+    MAX_PENDING, MAX_SESSIONS, Opened, PskSource, check_name,
 };
 pub use crypto::{ClientKeys, DeviceSecrets};
 pub use datadir::{DataDir, MAX_COMPLETED_ENVELOPES, OutboxLock};

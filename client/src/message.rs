@@ -86,7 +86,6 @@ impl Content {
         self.len() == 0
     }
 
-
     /// Checks the size limit and, for a file, the name.
     pub fn check(&self) -> Result<()> {
         if self.len() > MAX_CONTENT_LEN {

@@ -176,9 +176,7 @@ pub fn open(keys: &ClientKeys, bytes: &[u8]) -> Result<Opened> {
     if bytes.len() > MAX_LEN {
         return Err(layer_error("longer than any message"));
     }
-    let (&version, rest) = bytes
-        .split_first()
-        .ok_or_else(|| layer_error("empty"))?;
+    let (&version, rest) = bytes.split_first().ok_or_else(|| layer_error("empty"))?;
     if version != CONTENT_VERSION {
         return Err(layer_error(format!(
             "format version {version} is not supported by this version of bastet"
@@ -191,9 +189,7 @@ pub fn open(keys: &ClientKeys, bytes: &[u8]) -> Result<Opened> {
     let (kem_ct, ciphertext) = rest.split_at(KEM_CIPHERTEXT_LEN);
     let mut eph = [0u8; PUBLIC_KEY_LEN];
     eph.copy_from_slice(ephemeral_public);
-    let shared = keys
-        .content_secret()
-        .diffie_hellman(&PublicKey::from(eph));
+    let shared = keys.content_secret().diffie_hellman(&PublicKey::from(eph));
     if !shared.was_contributory() {
         return Err(layer_error("does not decrypt for this device"));
     }
@@ -212,7 +208,9 @@ pub fn open(keys: &ClientKeys, bytes: &[u8]) -> Result<Opened> {
     let mut plaintext = Zeroizing::new(ciphertext.to_vec());
     ChaCha20Poly1305::new(&(*key).into())
         .decrypt_in_place(&Nonce::default(), &[version], &mut *plaintext)
-        .map_err(|_| layer_error("does not decrypt for this device (altered, or not addressed to it)"))?;
+        .map_err(|_| {
+            layer_error("does not decrypt for this device (altered, or not addressed to it)")
+        })?;
     parse(keys, &plaintext)
 }
 
@@ -279,8 +277,7 @@ fn signed_bytes(
     recipient_device: &[u8; PUBLIC_KEY_LEN],
     fields: &[u8],
 ) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(SIGNATURE_CONTEXT.len() + 2 * PUBLIC_KEY_LEN + fields.len());
+    let mut out = Vec::with_capacity(SIGNATURE_CONTEXT.len() + 2 * PUBLIC_KEY_LEN + fields.len());
     out.extend_from_slice(SIGNATURE_CONTEXT);
     out.extend_from_slice(recipient_identity);
     out.extend_from_slice(recipient_device);
@@ -319,4 +316,252 @@ fn utf8(bytes: &[u8]) -> Result<String> {
 fn take<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
     let (head, rest) = bytes.split_first_chunk::<N>()?;
     Some((*head, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipient(keys: &ClientKeys) -> Recipient {
+        Recipient {
+            identity: keys.identity_public(),
+            device: keys.device_public(),
+            content: keys.content_public(),
+            kem: Box::new(keys.kem_public()),
+        }
+    }
+
+    fn keys() -> ClientKeys {
+        ClientKeys::generate(&mut rand::rng())
+    }
+
+    fn is_content_error(r: &Result<Opened>) -> bool {
+        matches!(
+            r,
+            Err(Error::Layer {
+                layer: "content",
+                ..
+            })
+        )
+    }
+
+    #[test]
+    fn text_and_files_round_trip_signed() {
+        let (alice, bob) = (keys(), keys());
+        for content in [
+            Content::Text("hello".into()),
+            Content::Text(String::new()),
+            Content::File {
+                name: "a b.txt".into(),
+                bytes: vec![1, 2, 3],
+            },
+        ] {
+            let sealed = seal(
+                &alice,
+                &recipient(&bob),
+                MessageId([3; 16]),
+                &content,
+                42,
+                &mut rand::rng(),
+            )
+            .unwrap();
+            let name_len = match &content {
+                Content::File { name, .. } => name.len(),
+                Content::Text(_) => 0,
+            };
+            assert_eq!(sealed.len(), OVERHEAD + name_len + content.len());
+            let opened = open(&bob, &sealed).unwrap();
+            assert_eq!(opened.message_id, MessageId([3; 16]));
+            assert_eq!(opened.sent_at_ms, 42);
+            assert_eq!(opened.sender_identity, alice.identity_public());
+            assert_eq!(opened.sender_device, alice.device_public());
+            assert_eq!(opened.content, content);
+            assert!(opened.signature_ok);
+        }
+    }
+
+    #[test]
+    fn any_altered_byte_is_detected() {
+        let (alice, bob) = (keys(), keys());
+        let sealed = seal(
+            &alice,
+            &recipient(&bob),
+            MessageId([3; 16]),
+            &Content::Text("tamper with me".into()),
+            1,
+            &mut rand::rng(),
+        )
+        .unwrap();
+        // Every byte, each time another bit (the top bit of the ephemeral
+        // key's last byte included: X25519 ignores it, the KDF does not).
+        for i in 0..sealed.len() {
+            let mask = 1u8 << (i % 8);
+            let mut bad = sealed.clone();
+            bad[i] ^= mask;
+            let r = open(&bob, &bad);
+            assert!(is_content_error(&r), "byte {i} ^ {mask:#x}: {r:?}");
+        }
+        let mut bad = sealed.clone();
+        bad[PUBLIC_KEY_LEN] ^= 0x80;
+        assert!(is_content_error(&open(&bob, &bad)));
+        for len in [
+            0,
+            1,
+            HEADER_LEN,
+            HEADER_LEN + AEAD_TAG_LEN,
+            sealed.len() - 1,
+        ] {
+            let r = open(&bob, &sealed[..len]);
+            assert!(is_content_error(&r), "cut to {len}: {r:?}");
+        }
+        let mut longer = sealed.clone();
+        longer.push(0);
+        assert!(is_content_error(&open(&bob, &longer)));
+        assert!(is_content_error(&open(
+            &bob,
+            &vec![CONTENT_VERSION; MAX_LEN + 1]
+        )));
+        assert!(open(&bob, &sealed).unwrap().signature_ok);
+    }
+
+    #[test]
+    fn a_layer_for_someone_else_does_not_open() {
+        let (alice, bob, carol) = (keys(), keys(), keys());
+        let sealed = seal(
+            &alice,
+            &recipient(&bob),
+            MessageId([3; 16]),
+            &Content::Text("for bob".into()),
+            1,
+            &mut rand::rng(),
+        )
+        .unwrap();
+        assert!(is_content_error(&open(&carol, &sealed)));
+        assert!(is_content_error(&open(&alice, &sealed)));
+        // Bob's X25519 key with Carol's ML-KEM key: neither half alone
+        // suffices.
+        let mut mixed = recipient(&bob);
+        *mixed.kem = carol.kem_public();
+        let sealed = seal(
+            &alice,
+            &mixed,
+            MessageId([3; 16]),
+            &Content::Text("x".into()),
+            1,
+            &mut rand::rng(),
+        )
+        .unwrap();
+        assert!(is_content_error(&open(&bob, &sealed)));
+        assert!(is_content_error(&open(&carol, &sealed)));
+    }
+
+    #[test]
+    fn a_signature_for_someone_else_does_not_verify() {
+        let (alice, bob, carol) = (keys(), keys(), keys());
+        let sealed = seal_signed_for(
+            &alice,
+            &recipient(&bob),
+            (&carol.identity_public(), &carol.device_public()),
+            MessageId([3; 16]),
+            &Content::Text("re-addressed".into()),
+            1,
+            &mut rand::rng(),
+        )
+        .unwrap();
+        let opened = open(&bob, &sealed).unwrap();
+        assert!(!opened.signature_ok);
+        // Bound to the device key as well as the identity key.
+        let sealed = seal_signed_for(
+            &alice,
+            &recipient(&bob),
+            (&bob.identity_public(), &carol.device_public()),
+            MessageId([3; 16]),
+            &Content::Text("re-addressed".into()),
+            1,
+            &mut rand::rng(),
+        )
+        .unwrap();
+        assert!(!open(&bob, &sealed).unwrap().signature_ok);
+    }
+
+    #[test]
+    fn invalid_recipient_keys_and_content_are_refused() {
+        let (alice, bob) = (keys(), keys());
+        let mut low_order = recipient(&bob);
+        low_order.content = [0; PUBLIC_KEY_LEN];
+        assert!(matches!(
+            seal(
+                &alice,
+                &low_order,
+                MessageId([0; 16]),
+                &Content::Text("x".into()),
+                1,
+                &mut rand::rng()
+            ),
+            Err(Error::Contact(_))
+        ));
+        let bad_name = Content::File {
+            name: "../x".into(),
+            bytes: vec![],
+        };
+        assert!(matches!(
+            seal(
+                &alice,
+                &recipient(&bob),
+                MessageId([0; 16]),
+                &bad_name,
+                1,
+                &mut rand::rng()
+            ),
+            Err(Error::BadFileName(..))
+        ));
+        // A low-order ephemeral key on the wire.
+        let mut sealed = seal(
+            &alice,
+            &recipient(&bob),
+            MessageId([0; 16]),
+            &Content::Text("x".into()),
+            1,
+            &mut rand::rng(),
+        )
+        .unwrap();
+        sealed[1..1 + PUBLIC_KEY_LEN].fill(0);
+        assert!(is_content_error(&open(&bob, &sealed)));
+    }
+
+    #[test]
+    fn key_derivation_is_pinned() {
+        // A regression vector of our own: HKDF-SHA256 over fixed inputs.
+        let key = derive_key(
+            &[1; 32],
+            &[2; 32],
+            &[3; 32],
+            &[4; KEM_CIPHERTEXT_LEN],
+            &[5; 32],
+            &[6; KEM_PUBLIC_LEN],
+        );
+        assert_eq!(
+            hex::encode(*key),
+            "fc9dc7bd7877ecc94a5616045ec3de45d6fa25a217ca9c623975000891cf9341"
+        );
+        // Every input matters.
+        let other = derive_key(
+            &[1; 32],
+            &[2; 32],
+            &[3; 32],
+            &[4; KEM_CIPHERTEXT_LEN],
+            &[5; 32],
+            &[7; KEM_PUBLIC_LEN],
+        );
+        assert_ne!(*key, *other);
+        let other = derive_key(
+            &[1; 32],
+            &[9; 32],
+            &[3; 32],
+            &[4; KEM_CIPHERTEXT_LEN],
+            &[5; 32],
+            &[6; KEM_PUBLIC_LEN],
+        );
+        assert_ne!(*key, *other);
+    }
 }

@@ -4,8 +4,9 @@
 //!
 //! Wire: `ephemeral X25519 public key (32, its unused top bit random) ||
 //! ChaCha20-Poly1305(inner)`. The AEAD key is BLAKE3 `derive_key("bastet
-//! 2026 sealed envelope v1", shared secret || ephemeral key (top bit clear)
-//! || recipient key)`, used once, so the nonce is zero.
+//! 2026 sealed envelope v1", shared secret || ephemeral key as on the wire
+//! (its top bit included, so that flipping it is detected) || recipient
+//! key)`, used once, so the nonce is zero.
 //!
 //! Inner: `version (1) || sender's ratchet identity key (32) || ratchet
 //! message type (1: 0 pre-key, 1 normal) || ratchet message`.
@@ -54,7 +55,12 @@ pub fn seal<R: CryptoRng + ?Sized>(
             "the contact's mailbox key is invalid (a low-order point)".into(),
         ));
     }
-    let key = envelope_key(shared.as_bytes(), &ephemeral_public, recipient);
+    // X25519 ignores the top bit of a public key (RFC 7748 §5): draw it at
+    // random so that it is not always zero on the wire, and bind it into
+    // the key so that it cannot be flipped unnoticed.
+    let mut wire_key = ephemeral_public;
+    wire_key[31] |= crypto::random_bytes::<1, R>(rng)[0] & 0x80;
+    let key = envelope_key(shared.as_bytes(), &wire_key, recipient);
     let mut body = Vec::with_capacity(INNER_HEADER + inner.message.len() + AEAD_TAG_LEN);
     body.push(ENVELOPE_VERSION);
     body.extend_from_slice(&inner.sender_ratchet_key);
@@ -66,10 +72,6 @@ pub fn seal<R: CryptoRng + ?Sized>(
             layer: LAYER,
             why: "too long for the AEAD".into(),
         })?;
-    // X25519 ignores the top bit of a public key (RFC 7748 §5): draw it at
-    // random so that it is not always zero on the wire.
-    let mut wire_key = ephemeral_public;
-    wire_key[31] |= crypto::random_bytes::<1, R>(rng)[0] & 0x80;
     let mut out = Vec::with_capacity(PUBLIC_KEY_LEN + body.len());
     out.extend_from_slice(&wire_key);
     out.extend_from_slice(&body);
@@ -85,9 +87,10 @@ pub fn open(keys: &ClientKeys, bytes: &[u8]) -> Result<Inner> {
     if bytes.len() < OVERHEAD {
         return Err(error("shorter than its header"));
     }
-    let (wire_key, ciphertext) = bytes.split_at(PUBLIC_KEY_LEN);
-    let mut ephemeral_public = [0u8; PUBLIC_KEY_LEN];
-    ephemeral_public.copy_from_slice(wire_key);
+    let (wire, ciphertext) = bytes.split_at(PUBLIC_KEY_LEN);
+    let mut wire_key = [0u8; PUBLIC_KEY_LEN];
+    wire_key.copy_from_slice(wire);
+    let mut ephemeral_public = wire_key;
     ephemeral_public[31] &= 0x7f;
     let shared = keys
         .envelope_secret()
@@ -95,11 +98,7 @@ pub fn open(keys: &ClientKeys, bytes: &[u8]) -> Result<Inner> {
     if !shared.was_contributory() {
         return Err(error("does not open with this device's mailbox key"));
     }
-    let key = envelope_key(
-        shared.as_bytes(),
-        &ephemeral_public,
-        &keys.encryption_public(),
-    );
+    let key = envelope_key(shared.as_bytes(), &wire_key, &keys.encryption_public());
     let mut body = Zeroizing::new(ciphertext.to_vec());
     ChaCha20Poly1305::new(&(*key).into())
         .decrypt_in_place(&Nonce::default(), &[], &mut *body)
@@ -131,12 +130,128 @@ pub fn open(keys: &ClientKeys, bytes: &[u8]) -> Result<Inner> {
 
 fn envelope_key(
     shared: &[u8; 32],
-    ephemeral_public: &[u8; PUBLIC_KEY_LEN],
+    wire_key: &[u8; PUBLIC_KEY_LEN],
     recipient: &[u8; PUBLIC_KEY_LEN],
 ) -> Zeroizing<[u8; 32]> {
     let mut input = Zeroizing::new([0u8; 96]);
     input[..32].copy_from_slice(shared);
-    input[32..64].copy_from_slice(ephemeral_public);
+    input[32..64].copy_from_slice(wire_key);
     input[64..].copy_from_slice(recipient);
     Zeroizing::new(blake3::derive_key(CONTEXT, input.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> ClientKeys {
+        ClientKeys::generate(&mut rand::rng())
+    }
+
+    fn inner(message_type: u8, message: &[u8]) -> Inner {
+        Inner {
+            sender_ratchet_key: [0x11; PUBLIC_KEY_LEN],
+            message_type,
+            message: message.to_vec(),
+        }
+    }
+
+    fn is_envelope_error(r: &Result<Inner>) -> bool {
+        matches!(
+            r,
+            Err(Error::Layer {
+                layer: "sealed envelope",
+                ..
+            })
+        )
+    }
+
+    #[test]
+    fn round_trip() {
+        let bob = keys();
+        for (t, m) in [(0, &b"pre-key"[..]), (1, b"normal"), (1, b"")] {
+            let sealed = seal(&bob.encryption_public(), &inner(t, m), &mut rand::rng()).unwrap();
+            assert_eq!(sealed.len(), OVERHEAD + m.len());
+            assert_eq!(open(&bob, &sealed).unwrap(), inner(t, m));
+        }
+    }
+
+    #[test]
+    fn any_altered_bit_is_detected() {
+        let bob = keys();
+        let sealed = seal(
+            &bob.encryption_public(),
+            &inner(1, &[0x33; 200]),
+            &mut rand::rng(),
+        )
+        .unwrap();
+        for i in 0..sealed.len() {
+            for bit in 0..8 {
+                let mut bad = sealed.clone();
+                bad[i] ^= 1 << bit;
+                let r = open(&bob, &bad);
+                assert!(is_envelope_error(&r), "byte {i} bit {bit}: {r:?}");
+            }
+        }
+        for len in [0, 1, OVERHEAD - 1, OVERHEAD, sealed.len() - 1] {
+            assert!(
+                is_envelope_error(&open(&bob, &sealed[..len])),
+                "cut to {len}"
+            );
+        }
+        let mut longer = sealed.clone();
+        longer.push(0);
+        assert!(is_envelope_error(&open(&bob, &longer)));
+        assert_eq!(open(&bob, &sealed).unwrap(), inner(1, &[0x33; 200]));
+    }
+
+    #[test]
+    fn the_top_bit_of_the_ephemeral_key_is_random() {
+        let bob = keys();
+        let tops: std::collections::BTreeSet<u8> = (0..64)
+            .map(|_| {
+                seal(&bob.encryption_public(), &inner(1, b"x"), &mut rand::rng()).unwrap()[31]
+                    & 0x80
+            })
+            .collect();
+        assert_eq!(tops.len(), 2, "both values of the top bit appear");
+    }
+
+    #[test]
+    fn an_envelope_for_someone_else_does_not_open() {
+        let (bob, carol) = (keys(), keys());
+        let sealed = seal(
+            &bob.encryption_public(),
+            &inner(0, b"for bob"),
+            &mut rand::rng(),
+        )
+        .unwrap();
+        assert!(is_envelope_error(&open(&carol, &sealed)));
+        // A low-order ephemeral key.
+        let mut bad = sealed.clone();
+        bad[..PUBLIC_KEY_LEN].fill(0);
+        assert!(is_envelope_error(&open(&bob, &bad)));
+        // Sealing to a low-order key is refused.
+        assert!(matches!(
+            seal(&[0; PUBLIC_KEY_LEN], &inner(0, b"x"), &mut rand::rng()),
+            Err(Error::Contact(_))
+        ));
+    }
+
+    #[test]
+    fn an_unknown_message_type_is_refused() {
+        let bob = keys();
+        let sealed = seal(&bob.encryption_public(), &inner(2, b"x"), &mut rand::rng()).unwrap();
+        let r = open(&bob, &sealed);
+        assert!(is_envelope_error(&r), "{r:?}");
+    }
+
+    #[test]
+    fn key_derivation_is_pinned() {
+        let key = envelope_key(&[1; 32], &[2; PUBLIC_KEY_LEN], &[3; PUBLIC_KEY_LEN]);
+        assert_eq!(
+            hex::encode(*key),
+            "1bb4b66a6bca744379a061a9e5874059bd84afb76441662d18da50917fcdbd7c"
+        );
+    }
 }

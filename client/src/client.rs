@@ -12,10 +12,10 @@ use bastet_mailbox::{MailboxClient, StoredMessage};
 use bastet_sphinx::{AckId, Fragment, NodeId, SEALED_REPLY_LEN, SealedReply};
 use rand::seq::IndexedRandom;
 
+use crate::contacts::Contacts;
 use crate::datadir::OutboxLock;
 use crate::inbox::{InboxMessage, UnreadablePayload, plan_inbox};
 use crate::message::{Content, MessageId};
-use crate::contacts::Contacts;
 use crate::outbox::{DeliveryState, MAX_IN_FLIGHT, Outgoing, RoundTrip, ack_timeout};
 use crate::packets::{RouteChoice, fragment_packet};
 use crate::policy::{RoutePolicy, choose_policy_route};
@@ -233,13 +233,14 @@ impl Client {
             .map(Fragment::to_bytes)
             .collect();
         let message_id = sealed.message_id.to_hex();
-        let outgoing = Outgoing::new(
+        let mut outgoing = Outgoing::new(
             message_id.clone(),
             to.to_string(),
             fragments.len(),
             sent_at_ms,
             options.give_up,
         );
+        outgoing.contact = Some(contact.to_string());
         self.dir.save_fragments(&message_id, &fragments)?;
         self.dir.save_outgoing(&outgoing)?;
         let mut others = if options.wait {
@@ -720,9 +721,8 @@ mod tests {
             ),
             keys,
         };
-        let to = client.address().unwrap();
         let text = Content::Text("x".into());
-        assert_send(&client.send(&to, &text, SendOptions::default()));
+        assert_send(&client.send("bob", &text, SendOptions::default()));
         assert_send(&client.resume(true));
         assert_send(&client.inbox(Duration::ZERO, None));
         assert_send(&Client::init(

@@ -558,7 +558,14 @@ async fn route_command(dir: DataDir, command: RouteCommand) -> CliResult<()> {
 /// Carries out a contact-book request: through the daemon if one runs (it
 /// owns the ratchet state), else here, holding the data dir's lock.
 async fn contact_request(dir: &Path, request: ContactRequest) -> CliResult<ContactResponse> {
-    match daemon::api::call(dir, &Request::Contact { request: request.clone() }).await {
+    match daemon::api::call(
+        dir,
+        &Request::Contact {
+            request: request.clone(),
+        },
+    )
+    .await
+    {
         Ok(Response::Contact(r)) => Ok(r),
         Ok(other) => Err(unexpected(other).into()),
         Err(bastet_client::Error::NoDaemon(_)) => {
@@ -577,7 +584,14 @@ async fn contact_request(dir: &Path, request: ContactRequest) -> CliResult<Conta
 }
 
 async fn contact_info(dir: &Path, name: &str) -> CliResult<ContactInfo> {
-    match contact_request(dir, ContactRequest::Show { name: name.to_string() }).await? {
+    match contact_request(
+        dir,
+        ContactRequest::Show {
+            name: name.to_string(),
+        },
+    )
+    .await?
+    {
         ContactResponse::Info { contact } => Ok(contact),
         other => Err(format!("unexpected answer {other:?}").into()),
     }
@@ -648,9 +662,12 @@ async fn contact_command(dir: &DataDir, command: ContactCommand) -> CliResult<()
                 )?;
                 s
             } else {
-                let meta = std::fs::metadata(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                let meta =
+                    std::fs::metadata(&file).map_err(|e| format!("{}: {e}", file.display()))?;
                 if meta.len() > 64 * 1024 {
-                    return Err(format!("{}: too large to be a contact card", file.display()).into());
+                    return Err(
+                        format!("{}: too large to be a contact card", file.display()).into(),
+                    );
                 }
                 std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?
             };
@@ -679,16 +696,29 @@ async fn contact_command(dir: &DataDir, command: ContactCommand) -> CliResult<()
                 other => return Err(format!("unexpected answer {other:?}").into()),
             };
             if json {
-                println!("{}", serde_json::to_string(&json!({ "contacts": contacts }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&json!({ "contacts": contacts }))?
+                );
             } else if contacts.is_empty() {
-                println!("No contacts yet: `bastet contact export` and `bastet contact import` add some.");
+                println!(
+                    "No contacts yet: `bastet contact export` and `bastet contact import` add some."
+                );
             } else {
                 for c in &contacts {
                     println!(
                         "{:<20} {}{}",
                         c.name,
-                        if c.complete { "complete" } else { "awaiting your card (export --for)" },
-                        if c.psk_source == "passphrase" { ", passphrase key" } else { "" }
+                        if c.complete {
+                            "complete"
+                        } else {
+                            "awaiting your card (export --for)"
+                        },
+                        if c.psk_source == "passphrase" {
+                            ", passphrase key"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }
@@ -701,7 +731,10 @@ async fn contact_command(dir: &DataDir, command: ContactCommand) -> CliResult<()
                 print_contact(&info);
             }
         }
-        ContactCommand::Psk { name, passphrase: _ } => {
+        ContactCommand::Psk {
+            name,
+            passphrase: _,
+        } => {
             let info = contact_info(path, &name).await?;
             let keys = dir.load_keys()?;
             let theirs = hex::decode(&info.identity)
@@ -710,7 +743,10 @@ async fn contact_command(dir: &DataDir, command: ContactCommand) -> CliResult<()
                 .ok_or("the contact's identity key is not hex")?;
             let phrase = read_passphrase()?;
             let params = bastet_client::layers::psk::Argon2Params::default();
-            eprintln!("bastet: deriving the key (Argon2id, {} MiB)...", params.memory_kib / 1024);
+            eprintln!(
+                "bastet: deriving the key (Argon2id, {} MiB)...",
+                params.memory_kib / 1024
+            );
             let psk = bastet_client::layers::psk::psk_from_passphrase(
                 &phrase,
                 &keys.identity_public(),

@@ -179,6 +179,10 @@ pub struct Outgoing {
     /// kept so that a resumed message never falls back to a laxer policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<crate::RoutePolicy>,
+    /// The contact it is for, as named when it was sent (`to` is where it
+    /// goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
 }
 
 impl Outgoing {
@@ -202,6 +206,7 @@ impl Outgoing {
             retransmissions: 0,
             fragments: vec![FragmentState::default(); fragments],
             route: None,
+            contact: None,
         }
     }
 

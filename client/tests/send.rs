@@ -154,7 +154,9 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
                 assert_eq!(fragment.count(), 1);
                 let message = fragment.chunk().to_vec();
                 assert!(
-                    !message.windows(b"MARKER-51d3".len()).any(|w| w == b"MARKER-51d3"),
+                    !message
+                        .windows(b"MARKER-51d3".len())
+                        .any(|w| w == b"MARKER-51d3"),
                     "plaintext at the mailbox server"
                 );
                 let mut book = Contacts::load(&bob_dir, &bob).unwrap();

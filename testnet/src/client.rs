@@ -237,8 +237,15 @@ impl Client {
     pub async fn befriend(&self, other: &Client) -> Result<()> {
         let card = self.data_dir.join(format!("card-for-{}.txt", other.name));
         let card_s = card.to_string_lossy().to_string();
-        self.bastet(&["contact", "export", "--out", &card_s, "--nickname", &self.name])
-            .await?;
+        self.bastet(&[
+            "contact",
+            "export",
+            "--out",
+            &card_s,
+            "--nickname",
+            &self.name,
+        ])
+        .await?;
         other
             .bastet(&["contact", "import", &card_s, "--name", &self.name])
             .await?;

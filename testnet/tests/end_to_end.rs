@@ -140,7 +140,11 @@ async fn messages_cross_three_mix_layers_to_the_recipients_mailbox() {
     for ((sent, got), text) in delivered.iter().zip(&texts) {
         assert_eq!(&got.text, text, "the text arrives unchanged");
         assert!(got.verified, "the sender's signature verifies");
-        assert_eq!(got.contact.as_deref(), Some("alice"), "shown as the contact");
+        assert_eq!(
+            got.contact.as_deref(),
+            Some("alice"),
+            "shown as the contact"
+        );
         assert!(got.received_at_ms >= sent.sent_at_ms);
         let roles: Vec<&str> = sent.route.iter().map(|h| h.role.as_str()).collect();
         assert_eq!(roles, ["mix1", "mix2", "mix3", "mailbox"]);

@@ -93,18 +93,9 @@ async fn a_sender_with_a_policy_routes_by_it_and_refuses_one_that_cannot_be_met(
     // her client.toml now), ending at bob's mailbox server.
     let alice_dir = layout.dir.join("clients").join("alice");
     let alice = bastet(&net, &alice_dir);
-    let bob = bastet(&net, &layout.dir.join("clients").join("bob"));
     let sample: Value = serde_json::from_str(
         &alice
-            .run(&[
-                "route",
-                "sample",
-                "--count",
-                "40",
-                "--to",
-                "bob",
-                "--json",
-            ])
+            .run(&["route", "sample", "--count", "40", "--to", "bob", "--json"])
             .await,
     )
     .unwrap();

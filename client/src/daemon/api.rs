@@ -115,7 +115,8 @@ impl From<&RouteNode> for WireHop {
 pub struct MessageReport {
     /// Its id (hex).
     pub message_id: String,
-    /// The recipient's address.
+    /// The recipient: the contact's name (or, for a message queued by an
+    /// older bastet, its address).
     pub to: String,
     /// When it was sealed (unix ms).
     pub sent_at_ms: u64,
@@ -159,7 +160,7 @@ impl From<&Outgoing> for MessageReport {
     fn from(m: &Outgoing) -> Self {
         MessageReport {
             message_id: m.message_id.clone(),
-            to: m.to.clone(),
+            to: m.contact.clone().unwrap_or_else(|| m.to.clone()),
             sent_at_ms: m.created_at_ms,
             route: Vec::new(),
             epoch: 0,
@@ -496,12 +497,14 @@ mod tests {
             message_id: MessageId([7; 16]),
             sent_at_ms: 5,
             from: [3; 32],
+            contact: Some("alice".into()),
             verified: true,
             text: String::new(),
             file: Some(ReceivedFile {
                 name: "a.bin".into(),
                 bytes: vec![0, 1, 2, 255],
             }),
+            rejected: None,
         };
         let wire = WireReceived::new(&m, 9, 2);
         let json = serde_json::to_string(&wire).unwrap();

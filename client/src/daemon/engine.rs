@@ -23,9 +23,9 @@ use super::api::{
     WireReceived, WireScore,
 };
 use super::saver::Saver;
+use crate::contacts::Contacts;
 use crate::datadir::MAX_HELD_MESSAGES;
 use crate::inbox::plan_inbox;
-use crate::contacts::Contacts;
 use crate::outbox::{MAX_IN_FLIGHT, Outgoing, RoundTrip, ack_timeout};
 use crate::packets::{
     Built, RouteChoice, drop_packet, fragment_packet, is_loop_envelope, loop_packet,
@@ -770,14 +770,8 @@ impl Engine {
         }
         // Saved before anything is deleted: a crash in between keeps the
         // message twice at worst, never loses it.
-        for m in &plan.new {
-            let wire = WireReceived::new(&m.message, m.received_at_ms, m.fragments);
-            if let Err(e) = self.dir.save_received(&wire) {
-                tracing::error!(error = %e, "saving a received message failed; it stays on the server");
-                return;
-            }
-            self.held += 1;
-            self.counters.received += 1;
+        if !self.hold(&plan.new, "it stays on the server") {
+            return;
         }
         if let Err(e) = self.dir.add_completed(&plan.completed) {
             tracing::error!(error = %e, "saving the inbox state failed");
@@ -968,6 +962,7 @@ impl Engine {
             Duration::from_secs(give_up_secs),
         );
         out.route = route;
+        out.contact = Some(contact.to_string());
         // On disk before the answer: a crash after "queued" loses nothing.
         self.dir.save_fragments(&message_id, &fragments)?;
         self.dir.save_outgoing(&out)?;
@@ -980,13 +975,29 @@ impl Engine {
 
     fn contact(&mut self, request: crate::ContactRequest) -> Result<Response> {
         let import = matches!(request, crate::ContactRequest::Import { .. });
-        let response =
-            self.contacts
-                .handle(&self.keys, self.own_server, request, now_ms())?;
+        let response = self
+            .contacts
+            .handle(&self.keys, self.own_server, request, now_ms())?;
         if import {
             self.retry_pending();
         }
         Ok(Response::Contact(response))
+    }
+
+    /// Saves `messages` in the local inbox for `bastet inbox`; false (and
+    /// logged, with `otherwise` saying where the message stays) if one
+    /// could not be saved.
+    fn hold(&mut self, messages: &[crate::InboxMessage], otherwise: &str) -> bool {
+        for m in messages {
+            let wire = WireReceived::new(&m.message, m.received_at_ms, m.fragments);
+            if let Err(e) = self.dir.save_received(&wire) {
+                tracing::error!(error = %e, "saving a received message failed; {otherwise}");
+                return false;
+            }
+            self.held += 1;
+            self.counters.received += 1;
+        }
+        true
     }
 
     /// Opens the messages kept from devices that were not contacts, now
@@ -999,14 +1010,8 @@ impl Engine {
                 return;
             }
         };
-        for m in &messages {
-            let wire = WireReceived::new(&m.message, m.received_at_ms, m.fragments);
-            if let Err(e) = self.dir.save_received(&wire) {
-                tracing::error!(error = %e, "saving a received message failed; it stays kept");
-                return;
-            }
-            self.held += 1;
-            self.counters.received += 1;
+        if !self.hold(&messages, "it stays kept") {
+            return;
         }
         if let Err(e) = self.contacts.save() {
             tracing::error!(error = %e, "saving the ratchet state failed");

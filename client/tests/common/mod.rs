@@ -121,8 +121,18 @@ pub fn relays() -> Vec<Relay> {
 /// `import` would (the second card answers the first): afterwards `a` knows
 /// `b` as `b_name` and `b` knows `a` as `a_name`.
 pub fn befriend(
-    a: (&bastet_client::DataDir, &bastet_client::ClientKeys, NodeId, &str),
-    b: (&bastet_client::DataDir, &bastet_client::ClientKeys, NodeId, &str),
+    a: (
+        &bastet_client::DataDir,
+        &bastet_client::ClientKeys,
+        NodeId,
+        &str,
+    ),
+    b: (
+        &bastet_client::DataDir,
+        &bastet_client::ClientKeys,
+        NodeId,
+        &str,
+    ),
 ) {
     use bastet_client::Contacts;
     let (a_dir, a_keys, a_server, a_name) = a;

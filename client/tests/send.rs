@@ -96,16 +96,22 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
         .send("bob", &Content::Text(text.into()), once)
         .await
         .unwrap();
-    assert_eq!(sent.fragments, 1);
+    // Four layers of overhead (the ML-KEM ciphertext alone is 1088 bytes)
+    // make even a short text two fragments.
+    assert_eq!(
+        sent.fragments,
+        (text.len() + bastet_client::MESSAGE_OVERHEAD).div_ceil(bastet_sphinx::FRAGMENT_CAPACITY)
+    );
     assert_eq!(sent.state, DeliveryState::Sent);
     // Saved until acknowledged, so a crash does not lose it.
     let pending = sender.outbox().unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].message_id, sent.message_id.to_hex());
-    assert_eq!(pending[0].fragments[0].attempts, 1);
+    assert!(pending[0].fragments.iter().all(|f| f.attempts == 1));
     let roles: Vec<String> = sent.route.iter().map(RouteNode::role_label).collect();
     assert_eq!(roles, ["mix1", "mix2", "mix3", "mailbox"]);
-    // Relays in route order: the mixes as the consensus layered them.
+    // Relays in route order: the mixes as the consensus layered them (one
+    // per layer here, so every fragment takes the same route).
     let route_ids: Vec<NodeId> = sent.route.iter().map(|n| n.node).collect();
     let relays: Vec<_> = route_ids
         .iter()
@@ -114,67 +120,71 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
     let relay_ids = route_ids.clone();
     assert_eq!(relays[3].keys.node_id(), mailbox_server);
 
-    let frame = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("no packet reached the first mix")
-        .unwrap();
-    assert!(
-        !frame
-            .windows(b"MARKER-51d3".len())
-            .any(|w| w == b"MARKER-51d3"),
-        "plaintext on the wire"
-    );
-    let mut packet = frame.to_vec();
-    for (i, relay) in relays.iter().enumerate() {
-        match Prepared::new(&packet, &relay.sphinx)
-            .unwrap()
-            .process()
-            .unwrap()
-        {
-            Processed::Reply { .. } => panic!("a forward packet came out as a reply"),
-            Processed::Forward {
-                next_hop,
-                delay,
-                packet: next,
-            } => {
-                assert_eq!(next_hop, relay_ids[i + 1]);
-                assert!(delay <= bastet_client::MAX_HOP_DELAY);
-                packet = next.as_bytes().to_vec();
-            }
-            Processed::Deliver { mailbox, message } => {
-                assert_eq!(i, 3, "delivered early");
-                assert_eq!(mailbox, bob.mailbox_id());
-                // The final payload: an ack request back to alice's
-                // mailbox, and the one fragment of the sealed envelope.
-                let payload = FinalPayload::from_bytes(&message).unwrap();
-                let ack = payload.ack().expect("every fragment asks for an ack");
-                let back = relays.iter().map(|r| r.keys.node_id()).collect::<Vec<_>>();
-                assert!(back[..3].contains(&ack.surb.first_hop()));
-                let fragment = Fragment::from_bytes(payload.fragment_bytes()).unwrap();
-                assert_eq!(fragment.count(), 1);
-                let message = fragment.chunk().to_vec();
-                assert!(
-                    !message
-                        .windows(b"MARKER-51d3".len())
-                        .any(|w| w == b"MARKER-51d3"),
-                    "plaintext at the mailbox server"
-                );
-                let mut book = Contacts::load(&bob_dir, &bob).unwrap();
-                let Opened::Message(got) = book.open_message(&bob, &message).unwrap() else {
-                    panic!("alice is bob's contact");
-                };
-                assert_eq!(got.text, text);
-                assert!(got.verified);
-                assert_eq!(got.contact.as_deref(), Some("alice"));
-                assert_eq!(got.from, alice.identity_public());
-                assert_eq!(got.message_id, sent.message_id);
-                assert_eq!(got.sent_at_ms, sent.sent_at_ms);
-                let mut carols = Contacts::load(&carol_dir, &carol).unwrap();
-                assert!(carols.open_message(&carol, &message).is_err());
-                break;
+    let mut fragments = Vec::new();
+    for _ in 0..sent.fragments {
+        let frame = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a packet did not reach the first mix")
+            .unwrap();
+        assert!(
+            !frame
+                .windows(b"MARKER-51d3".len())
+                .any(|w| w == b"MARKER-51d3"),
+            "plaintext on the wire"
+        );
+        let mut packet = frame.to_vec();
+        for (i, relay) in relays.iter().enumerate() {
+            match Prepared::new(&packet, &relay.sphinx)
+                .unwrap()
+                .process()
+                .unwrap()
+            {
+                Processed::Reply { .. } => panic!("a forward packet came out as a reply"),
+                Processed::Forward {
+                    next_hop,
+                    delay,
+                    packet: next,
+                } => {
+                    assert_eq!(next_hop, relay_ids[i + 1]);
+                    assert!(delay <= bastet_client::MAX_HOP_DELAY);
+                    packet = next.as_bytes().to_vec();
+                }
+                Processed::Deliver { mailbox, message } => {
+                    assert_eq!(i, 3, "delivered early");
+                    assert_eq!(mailbox, bob.mailbox_id());
+                    // The final payload: an ack request back to alice's
+                    // mailbox, and one fragment of the sealed envelope.
+                    let payload = FinalPayload::from_bytes(&message).unwrap();
+                    let ack = payload.ack().expect("every fragment asks for an ack");
+                    let back = relays.iter().map(|r| r.keys.node_id()).collect::<Vec<_>>();
+                    assert!(back[..3].contains(&ack.surb.first_hop()));
+                    fragments.push(Fragment::from_bytes(payload.fragment_bytes()).unwrap());
+                    break;
+                }
             }
         }
     }
+    fragments.sort_by_key(Fragment::index);
+    assert_eq!(fragments.len(), sent.fragments);
+    let message: Vec<u8> = fragments.iter().flat_map(|f| f.chunk().to_vec()).collect();
+    assert!(
+        !message
+            .windows(b"MARKER-51d3".len())
+            .any(|w| w == b"MARKER-51d3"),
+        "plaintext at the mailbox server"
+    );
+    let mut book = Contacts::load(&bob_dir, &bob).unwrap();
+    let Opened::Message(got) = book.open_message(&bob, &message).unwrap() else {
+        panic!("alice is bob's contact");
+    };
+    assert_eq!(got.text, text);
+    assert!(got.verified);
+    assert_eq!(got.contact.as_deref(), Some("alice"));
+    assert_eq!(got.from, alice.identity_public());
+    assert_eq!(got.message_id, sent.message_id);
+    assert_eq!(got.sent_at_ms, sent.sent_at_ms);
+    let mut carols = Contacts::load(&carol_dir, &carol).unwrap();
+    assert!(carols.open_message(&carol, &message).is_err());
 
     // A recipient on a mailbox server the consensus does not list, and a
     // text that does not fit, are refused before anything is sent.

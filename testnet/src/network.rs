@@ -593,13 +593,40 @@ async fn launch(
         processes.nodes.push(spawn_authority(bins, a)?);
     }
     let deadline = Instant::now() + options.ready_timeout;
-    for a in &layout.authorities {
-        while !health_ok(a.metrics_listen).await {
-            check_exited(processes)?;
+    for i in 0..layout.authorities.len() {
+        let mut restarts = 0;
+        while !health_ok(layout.authorities[i].metrics_listen).await {
+            let name = layout.authorities[i].name.clone();
+            let Some(n) = processes.nodes.iter().position(|p| p.name == name) else {
+                return Err(Error::InvalidOption(format!("{name} was not started")));
+            };
+            if let Some(status) = processes.nodes[n].exited() {
+                let tail = processes.nodes[n].log_tail(30);
+                if restarts >= AUTHORITY_PORT_RETRIES || !lost_port_race(&tail) {
+                    return Err(processes.nodes[n].exited_error(status));
+                }
+                restarts += 1;
+                let a = &mut layout.authorities[i];
+                if tail.contains("metrics_listen") {
+                    // Nobody else knows the metrics port: move it.
+                    tracing::warn!(node = %name, "metrics port taken by another process; restarting on a fresh one");
+                    let fresh = free_ports(1)?[0];
+                    layout::edit_config(&a.config, "metrics_listen", fresh.to_string().into(), "")?;
+                    a.metrics_listen = fresh;
+                } else {
+                    // Every client and node pins the authority's address:
+                    // wait for the port to be free again.
+                    tracing::warn!(node = %name, "port taken by another process; restarting on it shortly");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                processes.nodes[n] = spawn_authority(bins, &layout.authorities[i])?;
+                write_layout(&layout)?;
+                continue;
+            }
             if Instant::now() >= deadline {
                 return Err(Error::NotReady {
                     secs: options.ready_timeout.as_secs(),
-                    waiting_for: format!("{}'s /health", a.name),
+                    waiting_for: format!("{name}'s /health"),
                     dir: layout.dir.clone(),
                 });
             }
@@ -700,14 +727,8 @@ fn write_layout(layout: &Layout) -> Result<()> {
     std::fs::write(&path, text + "\n").map_err(Error::io(format!("writing {}", path.display())))
 }
 
-fn check_exited(processes: &mut Processes) -> Result<()> {
-    for n in &mut processes.nodes {
-        if let Some(status) = n.exited() {
-            return Err(n.exited_error(status));
-        }
-    }
-    Ok(())
-}
+/// How often an authority that lost the race for a port is started again.
+const AUTHORITY_PORT_RETRIES: u32 = 3;
 
 /// Whether a log shows the process lost the race for its port.
 fn lost_port_race(log_tail: &str) -> bool {

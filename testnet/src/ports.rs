@@ -4,7 +4,9 @@
 //! socket so the node can bind it. Between that close and the node's bind
 //! another process could take the port. The window is a few milliseconds on
 //! a quiet machine; when a relay still loses the race, the network starts it
-//! again once on fresh ports (see `Network::start`).
+//! again once on fresh ports, and an authority up to three times (on a fresh
+//! metrics port, or on its pinned API port after a pause); see
+//! `Network::start`.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 

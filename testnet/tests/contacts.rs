@@ -196,4 +196,58 @@ async fn cards_passphrases_and_mismatches_as_a_user_sees_them() {
         "{shown:?}"
     );
     assert!(!shown[0].verified && shown[0].text.is_empty());
+
+    // A message that arrives before its sender's card is kept, shown as
+    // such, and shown in full once the card is imported.
+    let carol = net.client("carol", "mailbox-a").await.unwrap();
+    let card = carol.data_dir().join("carol.card");
+    carol
+        .bastet(&["contact", "export", "--out", card.to_str().unwrap()])
+        .await
+        .unwrap();
+    alice
+        .bastet(&[
+            "contact",
+            "import",
+            card.to_str().unwrap(),
+            "--name",
+            "carol",
+        ])
+        .await
+        .unwrap();
+    let reply = alice.data_dir().join("alice-for-carol.card");
+    alice
+        .bastet(&[
+            "contact",
+            "export",
+            "--for",
+            "carol",
+            "--out",
+            reply.to_str().unwrap(),
+        ])
+        .await
+        .unwrap();
+    let early = alice.send("carol", "before you knew me").await.unwrap();
+    let shown = carol.inbox(Duration::from_secs(45)).await.unwrap();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    let why = shown[0].rejected.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("not one of your contacts") && why.contains("kept"),
+        "{why}"
+    );
+    carol
+        .bastet(&[
+            "contact",
+            "import",
+            reply.to_str().unwrap(),
+            "--name",
+            "alice",
+        ])
+        .await
+        .unwrap();
+    let shown = carol.inbox(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert_eq!(shown[0].message_id, early.message_id);
+    assert_eq!(shown[0].text, "before you knew me");
+    assert_eq!(shown[0].contact.as_deref(), Some("alice"));
 }

@@ -591,6 +591,7 @@ impl Contacts {
         if self.contacts.len() >= MAX_CONTACTS {
             return Err(contact_error(format!("{MAX_CONTACTS} contacts already")));
         }
+        let answered = card.reply_to;
         let (my_secret, psk) = match card.reply_to {
             Some(id) => {
                 let export = self.load_export(&id)?.ok_or_else(|| {
@@ -619,6 +620,17 @@ impl Contacts {
         self.contacts.insert(name.to_string(), contact);
         self.mark(name);
         self.save()?;
+        if let Some(id) = answered {
+            // One card, one person: its half of the key now lives only in
+            // the contact, and a second answer to it is refused.
+            let path = self
+                .dir
+                .join(EXPORTS)
+                .join(format!("{}.json", hex::encode(id)));
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove an answered card's record");
+            }
+        }
         self.info(keys, name)
     }
 
@@ -1937,6 +1949,17 @@ mod tests {
                 .import_card(&alice.keys, &carol.card(None), "-x", 1)
                 .is_err()
         );
+        // A second answer to the same card: refused (a card is for one
+        // person).
+        let mut dave = Party::new();
+        dave.book
+            .import_card(&dave.keys, &card, "alice", 1)
+            .unwrap();
+        let second = dave.card(Some("alice"));
+        match alice.book.import_card(&alice.keys, &second, "dave", 1) {
+            Err(e @ Error::Contact(_)) => assert!(e.to_string().contains("did not make"), "{e}"),
+            other => panic!("{other:?}"),
+        }
         // A second answer to a complete contact would change one side only.
         assert!(
             bob.book

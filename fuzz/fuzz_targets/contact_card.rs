@@ -6,26 +6,14 @@
 //! byte is refused.
 #![no_main]
 
-use std::sync::OnceLock;
-
-use bastet_client::{CARD_PREFIX, Card, ClientKeys, DeviceSecrets, Error, MAX_CARD_LEN};
+use bastet_client::{CARD_PREFIX, Card, Error, MAX_CARD_LEN};
 use bastet_sphinx::{MailboxId, NodeId};
 use data_encoding::BASE32_NOPAD;
 use libfuzzer_sys::fuzz_target;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 
-fn keys() -> &'static ClientKeys {
-    static KEYS: OnceLock<ClientKeys> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        ClientKeys::from_secrets(
-            &[1; 32],
-            &[2; 32],
-            &[3; 32],
-            &DeviceSecrets::generate(&mut StdRng::from_seed([4; 32])),
-        )
-    })
-}
+#[path = "common/keys.rs"]
+mod keys;
+use keys::fixed_keys as keys;
 
 fn accepted(card: &Card) {
     assert!(card.nickname.len() <= 64);

@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(f.to_bytes(), data, "fragment decoding is not canonical");
     }
     if let Ok(p) = FinalPayload::from_bytes(data) {
-        assert_eq!(p.to_bytes(), data, "final payload decoding is not canonical");
+        assert_eq!(
+            p.to_bytes(),
+            data,
+            "final payload decoding is not canonical"
+        );
         let _ = Fragment::from_bytes(p.fragment_bytes());
     }
 

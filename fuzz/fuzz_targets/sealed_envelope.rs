@@ -6,27 +6,17 @@
 //! sealed envelope opens intact, and any changed byte is detected.
 #![no_main]
 
-use std::sync::OnceLock;
-
+use bastet_client::Error;
 use bastet_client::layers::envelope::{self, ENVELOPE_VERSION, Inner};
-use bastet_client::{ClientKeys, DeviceSecrets, Error};
 use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce};
 use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-fn bob() -> &'static ClientKeys {
-    static KEYS: OnceLock<ClientKeys> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        ClientKeys::from_secrets(
-            &[1; 32],
-            &[2; 32],
-            &[3; 32],
-            &DeviceSecrets::generate(&mut StdRng::from_seed([4; 32])),
-        )
-    })
-}
+#[path = "common/keys.rs"]
+mod keys;
+use keys::fixed_keys as bob;
 
 fn is_envelope_error(r: &Result<Inner, Error>) -> bool {
     matches!(

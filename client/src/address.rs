@@ -1,5 +1,7 @@
-//! The address a client hands out: everything a sender needs, in one
-//! checksummed line of text.
+//! Where a client's mailbox is, in one checksummed line of text: its
+//! identity and mailbox (envelope) keys, its mailbox server and mailbox.
+//! It routes an outgoing message; writing to someone needs their contact
+//! card (`card`), which carries the keys of every layer.
 
 use std::fmt;
 use std::str::FromStr;

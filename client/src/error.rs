@@ -73,22 +73,9 @@ pub enum Error {
     /// A file name that cannot travel or be saved safely.
     #[error("file name {0:?}: {1}")]
     BadFileName(String, &'static str),
-    /// The recipient's encryption key is not usable (a low-order point).
-    #[error("the recipient's encryption key in the address is invalid")]
-    BadRecipientKey,
-    /// A payload did not decrypt under this client's key: it was not sent to
-    /// this client, or it was corrupted or forged.
-    #[error(
-        "message does not decrypt with this client's key (not addressed to it, corrupted or forged)"
-    )]
-    Undecryptable,
     /// A payload decrypted but its contents are malformed.
     #[error("malformed message: {0}")]
     MalformedMessage(&'static str),
-    /// A payload of a format version this client does not know.
-    #[error("message format version {0} is not supported by this version of bastet")]
-    MessageVersion(u8),
-
     /// One end-to-end layer of a message failed: it was altered, or not
     /// made for this device. The message names the layer.
     #[error("{layer} layer: {why}")]

@@ -15,21 +15,12 @@ use ed25519_dalek::{Signer, SigningKey};
 use ml_kem::{Decapsulate, Encapsulate, KeyExport};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-fn recipient(keys: &ClientKeys) -> Recipient {
-    Recipient {
-        identity: keys.identity_public(),
-        device: keys.device_public(),
-        content: keys.content_public(),
-        kem: Box::new(keys.kem_public()),
-    }
-}
-
 fn layer_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("layers");
     let rng = &mut rand::rng();
     let alice = ClientKeys::generate(rng);
     let bob = ClientKeys::generate(rng);
-    let to_bob = recipient(&bob);
+    let to_bob = Recipient::of(&bob);
     let text = Content::Text("x".repeat(1024));
 
     // Bounds: what the content layer must do whatever its code.

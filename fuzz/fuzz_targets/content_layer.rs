@@ -35,12 +35,7 @@ fn fixed() -> &'static (ClientKeys, ClientKeys) {
 }
 
 fn recipient(k: &ClientKeys) -> Recipient {
-    Recipient {
-        identity: k.identity_public(),
-        device: k.device_public(),
-        content: k.content_public(),
-        kem: Box::new(k.kem_public()),
-    }
+    Recipient::of(k)
 }
 
 fn is_content_error(r: &Result<content::Opened, Error>) -> bool {

@@ -70,6 +70,19 @@ pub struct Recipient {
     pub kem: Box<[u8; KEM_PUBLIC_LEN]>,
 }
 
+impl Recipient {
+    /// The keys a sender encrypts to for the device holding `keys` (what
+    /// its contact card carries).
+    pub fn of(keys: &ClientKeys) -> Self {
+        Recipient {
+            identity: keys.identity_public(),
+            device: keys.device_public(),
+            content: keys.content_public(),
+            kem: Box::new(keys.kem_public()),
+        }
+    }
+}
+
 /// A content layer that decrypted for this device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Opened {
@@ -323,12 +336,7 @@ mod tests {
     use super::*;
 
     fn recipient(keys: &ClientKeys) -> Recipient {
-        Recipient {
-            identity: keys.identity_public(),
-            device: keys.device_public(),
-            content: keys.content_public(),
-            kem: Box::new(keys.kem_public()),
-        }
+        Recipient::of(keys)
     }
 
     fn keys() -> ClientKeys {

@@ -230,6 +230,25 @@ pub(crate) fn checksum(bytes: &[u8]) -> [u8; 4] {
     out
 }
 
+/// An Ed25519 key for tests that build chains and cards by hand.
+#[cfg(test)]
+pub(crate) struct TestKey(SigningKey);
+
+#[cfg(test)]
+impl TestKey {
+    pub(crate) fn generate() -> TestKey {
+        TestKey(SigningKey::from_bytes(&random_secret(&mut rand::rng())))
+    }
+
+    pub(crate) fn public(&self) -> [u8; PUBLIC_KEY_LEN] {
+        self.0.verifying_key().to_bytes()
+    }
+
+    pub(crate) fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.0.sign(message).to_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,6 +107,16 @@ pub enum Error {
     /// A contact card does not parse or verify.
     #[error("contact card: {0}")]
     Card(String),
+    /// An identity chain (devices, revocations) is malformed or breaks a
+    /// rule; the message says which.
+    #[error("identity chain: {0}")]
+    Chain(String),
+    /// An identity signed two different histories: its devices cannot be
+    /// trusted until the user finds out why.
+    #[error(
+        "EQUIVOCATION ALARM: {0}: someone holding an admin key of this identity signed two different histories of its devices (a seized device, or a stolen key); verify with the contact in person before trusting their devices again"
+    )]
+    Equivocation(String),
     /// No contact has that name.
     #[error(
         "no contact named {0:?}: `bastet contact list` shows your contacts; `bastet contact import FILE --name NAME` adds one"

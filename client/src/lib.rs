@@ -9,6 +9,7 @@ mod crypto;
 pub mod daemon;
 mod datadir;
 mod error;
+pub mod identity;
 mod inbox;
 pub mod layers;
 mod message;

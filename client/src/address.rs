@@ -42,6 +42,16 @@ pub struct Address {
 }
 
 impl Address {
+    /// Where messages to the device `cert` of identity `identity` go.
+    pub fn of_cert(identity: &[u8; 32], cert: &crate::identity::DeviceCert) -> Self {
+        Address {
+            identity_key: *identity,
+            encryption_key: cert.envelope,
+            mailbox_server: cert.mailbox_server,
+            mailbox: cert.mailbox,
+        }
+    }
+
     /// The text form.
     pub fn encode(&self) -> String {
         let mut body = Vec::with_capacity(BODY_LEN);

@@ -1,30 +1,31 @@
-//! Contact cards: everything another person needs to write to this device,
-//! exchanged offline (a file, or a QR code), with a fresh pre-shared
-//! secret. A card is a secret: whoever holds both people's cards can strip
-//! the pre-shared-key layer.
+//! Contact cards: everything another person needs to write to this
+//! identity (its chain of devices) and to start a ratchet session with the
+//! device that made the card, exchanged offline (a file, or a QR code),
+//! with a fresh half of a pre-shared secret. A card is a secret: whoever
+//! holds both people's cards can strip the pre-shared-key layer.
 //!
-//! Binary form (version 1), all fixed length but the nickname:
-//! `"BSTC" || version (1) || card id (16) || created_at_ms (u64 BE) ||
-//! identity key (32) || device key (32) || content X25519 key (32) ||
-//! ML-KEM-768 key (1184) || mailbox (envelope) X25519 key (32) || ratchet
-//! identity key (32) || ratchet one-time key (32) || mailbox server node id
-//! (32) || mailbox id (32) || pre-shared secret (32) || reply flag (1) ||
-//! replied-to card id (16, zero without the flag) || nickname length (1) ||
-//! nickname (UTF-8, at most 64) || Ed25519 signature by the identity key
-//! (64) || Ed25519 signature by the device key (64)`. The identity signs
-//! everything before its signature; the device signs everything before its
-//! own, the identity's signature included.
+//! Binary form (version 2): `"BSTC" || version (1) || card id (16) ||
+//! created_at_ms (u64 BE) || chain length (u32 BE) || identity chain (see
+//! [`crate::identity`]) || device key (32) || ratchet one-time key (32) ||
+//! pre-shared secret (32) || reply flag (1) || replied-to card id (16, zero
+//! without the flag) || nickname length (1) || nickname (UTF-8, at most
+//! 64) || Ed25519 signature by the device key (64)` over `"bastet 2026
+//! contact card v2" ||` everything before it. The device must be a current
+//! device of the chain, allowed to send; its keys and mailbox are its
+//! certificate's.
 //!
 //! Text form: `BASTET-CARD:` and the binary form in RFC 4648 base32 (upper
 //! case, no padding: QR codes hold it in their compact alphanumeric mode).
+//! A card of an identity with one device fits one QR code; the chain of an
+//! identity with more devices makes it too long for one (give the file).
 
 use std::fmt;
 
-use bastet_sphinx::{MailboxId, NodeId};
 use data_encoding::BASE32_NOPAD;
 use zeroize::Zeroizing;
 
-use crate::crypto::{self, ClientKeys, KEM_PUBLIC_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN};
+use crate::crypto::{self, ClientKeys, PUBLIC_KEY_LEN, SIGNATURE_LEN};
+use crate::identity::{CAP_SEND, Chain, DeviceCert, MAX_CHAIN_LEN};
 use crate::layers::content::Recipient;
 use crate::layers::psk::PSK_LEN;
 use crate::{Address, Error, Result};
@@ -33,7 +34,7 @@ use crate::{Address, Error, Result};
 pub const CARD_PREFIX: &str = "BASTET-CARD:";
 const MAGIC: &[u8; 4] = b"BSTC";
 /// The card format this client writes and reads.
-pub const CARD_VERSION: u8 = 1;
+pub const CARD_VERSION: u8 = 2;
 /// Bytes of a card id.
 pub const CARD_ID_LEN: usize = 16;
 /// Longest nickname a card carries, in bytes.
@@ -42,45 +43,33 @@ const FIXED_LEN: usize = 4
     + 1
     + CARD_ID_LEN
     + 8
-    + 3 * PUBLIC_KEY_LEN
-    + KEM_PUBLIC_LEN
-    + 3 * PUBLIC_KEY_LEN
-    + 2 * 32
+    + 4
+    + 2 * PUBLIC_KEY_LEN
     + PSK_LEN
     + 1
     + CARD_ID_LEN
     + 1
-    + 2 * SIGNATURE_LEN;
+    + SIGNATURE_LEN;
 /// Longest binary card.
-pub const MAX_CARD_LEN: usize = FIXED_LEN + MAX_NICKNAME_LEN;
+pub const MAX_CARD_LEN: usize = FIXED_LEN + MAX_CHAIN_LEN + MAX_NICKNAME_LEN;
 /// Longest text card (whitespace aside).
 pub const MAX_CARD_TEXT_LEN: usize = CARD_PREFIX.len() + (MAX_CARD_LEN * 8).div_ceil(5);
+const SIGNATURE_CONTEXT: &[u8] = b"bastet 2026 contact card v2";
 
-/// A contact card, signatures checked.
+/// A contact card, chain and signature checked.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Card {
     /// Random id; a reply card names the card it answers by it.
     pub card_id: [u8; CARD_ID_LEN],
     /// When it was made (its maker's clock, unix ms).
     pub created_at_ms: u64,
-    /// Ed25519 identity key.
-    pub identity: [u8; PUBLIC_KEY_LEN],
-    /// Ed25519 device key (signs the content layer).
-    pub device: [u8; PUBLIC_KEY_LEN],
-    /// X25519 content-layer key.
-    pub content: [u8; PUBLIC_KEY_LEN],
-    /// ML-KEM-768 content-layer key.
-    pub kem: Box<[u8; KEM_PUBLIC_LEN]>,
-    /// X25519 key the sealed envelope is sealed to.
-    pub envelope: [u8; PUBLIC_KEY_LEN],
-    /// The device's ratchet (Olm Curve25519) identity key.
-    pub ratchet_identity: [u8; PUBLIC_KEY_LEN],
-    /// A ratchet one-time key made for this card.
+    /// The maker's identity chain: its identity key and devices.
+    pub chain: Chain,
+    /// The certificate of the device that made the card (a current
+    /// device of the chain).
+    pub cert: DeviceCert,
+    /// A ratchet one-time key of that device, made for this card.
     pub one_time_key: [u8; PUBLIC_KEY_LEN],
-    /// The mailbox server holding the device's mailbox.
-    pub mailbox_server: NodeId,
-    /// The device's mailbox.
-    pub mailbox: MailboxId,
     /// This card's half of the pre-shared key.
     pub secret: Zeroizing<[u8; PSK_LEN]>,
     /// The card this one answers, if it is a reply.
@@ -93,7 +82,8 @@ impl fmt::Debug for Card {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Card")
             .field("card_id", &hex::encode(self.card_id))
-            .field("identity", &hex::encode(self.identity))
+            .field("identity", &hex::encode(self.identity()))
+            .field("devices", &self.chain.devices().len())
             .field("nickname", &self.nickname)
             .field("reply_to", &self.reply_to.map(hex::encode))
             .finish_non_exhaustive()
@@ -105,59 +95,54 @@ fn card_error(why: impl Into<String>) -> Error {
 }
 
 impl Card {
-    /// The keys a sender encrypts the content layer to.
+    /// The maker's identity key.
+    pub fn identity(&self) -> [u8; PUBLIC_KEY_LEN] {
+        *self.chain.identity()
+    }
+
+    /// The keys a sender encrypts the content layer to, for the card's
+    /// device.
     pub fn recipient(&self) -> Recipient {
-        Recipient {
-            identity: self.identity,
-            device: self.device,
-            content: self.content,
-            kem: self.kem.clone(),
-        }
+        Recipient::of_cert(&self.identity(), &self.cert)
     }
 
-    /// Where messages to this card's device go (the routing part).
+    /// Where messages to the card's device go (the routing part).
     pub fn address(&self) -> Address {
-        Address {
-            identity_key: self.identity,
-            encryption_key: self.envelope,
-            mailbox_server: self.mailbox_server,
-            mailbox: self.mailbox,
-        }
+        Address::of_cert(&self.identity(), &self.cert)
     }
 
-    /// The signed binary form. `keys` must be the keys the card names.
+    /// The signed binary form. `keys` must be those of the card's device.
     pub fn to_bytes(&self, keys: &ClientKeys) -> Result<Vec<u8>> {
-        if keys.identity_public() != self.identity || keys.device_public() != self.device {
+        if keys.identity_public() != self.identity() || keys.device_public() != self.cert.device {
             return Err(card_error("the card's keys are not this client's"));
+        }
+        if self.chain.device(&self.cert.device).map(|d| &d.cert) != Some(&self.cert) {
+            return Err(card_error(
+                "the card's device is not in its chain as certified",
+            ));
         }
         if self.nickname.len() > MAX_NICKNAME_LEN {
             return Err(card_error(format!(
                 "the nickname is longer than {MAX_NICKNAME_LEN} bytes"
             )));
         }
-        let mut out = Vec::with_capacity(FIXED_LEN + self.nickname.len());
+        let chain = self.chain.to_bytes();
+        let mut out = Vec::with_capacity(FIXED_LEN + chain.len() + self.nickname.len());
         out.extend_from_slice(MAGIC);
         out.push(CARD_VERSION);
         out.extend_from_slice(&self.card_id);
         out.extend_from_slice(&self.created_at_ms.to_be_bytes());
-        out.extend_from_slice(&self.identity);
-        out.extend_from_slice(&self.device);
-        out.extend_from_slice(&self.content);
-        out.extend_from_slice(self.kem.as_slice());
-        out.extend_from_slice(&self.envelope);
-        out.extend_from_slice(&self.ratchet_identity);
+        out.extend_from_slice(&(chain.len() as u32).to_be_bytes());
+        out.extend_from_slice(&chain);
+        out.extend_from_slice(&self.cert.device);
         out.extend_from_slice(&self.one_time_key);
-        out.extend_from_slice(self.mailbox_server.as_bytes());
-        out.extend_from_slice(self.mailbox.as_bytes());
         out.extend_from_slice(self.secret.as_ref());
         out.push(u8::from(self.reply_to.is_some()));
         out.extend_from_slice(&self.reply_to.unwrap_or([0; CARD_ID_LEN]));
         out.push(self.nickname.len() as u8);
         out.extend_from_slice(self.nickname.as_bytes());
-        let identity_signature = keys.sign(&signed(&out));
-        out.extend_from_slice(&identity_signature);
-        let device_signature = keys.sign_device(&signed(&out));
-        out.extend_from_slice(&device_signature);
+        let signature = keys.sign_device(&signed(&out));
+        out.extend_from_slice(&signature);
         Ok(out)
     }
 
@@ -170,7 +155,8 @@ impl Card {
     }
 
     /// Parses and verifies the binary form: exact lengths, known version,
-    /// both signatures (strict Ed25519).
+    /// the whole chain, the device's place in it, its signature (strict
+    /// Ed25519).
     pub fn from_bytes(bytes: &[u8]) -> Result<Card> {
         if bytes.len() < FIXED_LEN || bytes.len() > MAX_CARD_LEN {
             return Err(card_error(format!(
@@ -185,20 +171,26 @@ impl Card {
         let [version] = r.take::<1>()?;
         if version != CARD_VERSION {
             return Err(card_error(format!(
-                "format version {version} is not supported by this version of bastet"
+                "format version {version} is not supported by this version of bastet{}",
+                if version < CARD_VERSION {
+                    " (a card made before identities had several devices: ask for a fresh one)"
+                } else {
+                    ""
+                }
             )));
         }
         let card_id = r.take()?;
         let created_at_ms = u64::from_be_bytes(r.take()?);
-        let identity = r.take()?;
-        let device = r.take()?;
-        let content = r.take()?;
-        let kem = Box::new(r.take::<KEM_PUBLIC_LEN>()?);
-        let envelope = r.take()?;
-        let ratchet_identity = r.take()?;
+        let chain_len = u32::from_be_bytes(r.take()?) as usize;
+        if chain_len > r.0.len() {
+            return Err(card_error("shorter than its chain"));
+        }
+        let (chain_bytes, rest) = r.0.split_at(chain_len);
+        r.0 = rest;
+        let chain = Chain::from_bytes(chain_bytes, None)
+            .map_err(|e| card_error(format!("its identity chain: {e}")))?;
+        let device: [u8; PUBLIC_KEY_LEN] = r.take()?;
         let one_time_key = r.take()?;
-        let mailbox_server = NodeId(r.take()?);
-        let mailbox = MailboxId(r.take()?);
         let secret = Zeroizing::new(r.take::<PSK_LEN>()?);
         let [flag] = r.take::<1>()?;
         let replied = r.take::<CARD_ID_LEN>()?;
@@ -209,42 +201,36 @@ impl Card {
         };
         let [nick_len] = r.take::<1>()?;
         let nick_len = usize::from(nick_len);
-        if nick_len > MAX_NICKNAME_LEN || r.0.len() != nick_len + 2 * SIGNATURE_LEN {
+        if nick_len > MAX_NICKNAME_LEN || r.0.len() != nick_len + SIGNATURE_LEN {
             return Err(card_error("the nickname length does not match the card"));
         }
         let nickname = std::str::from_utf8(&r.0[..nick_len])
             .map_err(|_| card_error("the nickname is not UTF-8"))?
             .to_string();
-        let identity_signed = &bytes[..bytes.len() - 2 * SIGNATURE_LEN];
+        let cert = match chain.device(&device) {
+            Some(d) if d.is_current() && d.cert.caps & CAP_SEND != 0 => d.cert.clone(),
+            Some(d) if !d.is_current() => {
+                return Err(card_error(
+                    "made by a device its identity has revoked: ask for a fresh card",
+                ));
+            }
+            Some(_) => return Err(card_error("made by a device that may not send")),
+            None => return Err(card_error("made by a device that is not in its chain")),
+        };
         let device_signed = &bytes[..bytes.len() - SIGNATURE_LEN];
         let mut sig = [0u8; SIGNATURE_LEN];
-        sig.copy_from_slice(&bytes[bytes.len() - 2 * SIGNATURE_LEN..bytes.len() - SIGNATURE_LEN]);
-        if !crypto::verify(&identity, &signed(identity_signed), &sig) {
-            return Err(card_error(
-                "the identity signature does not verify: the card was altered",
-            ));
-        }
         sig.copy_from_slice(&bytes[bytes.len() - SIGNATURE_LEN..]);
         if !crypto::verify(&device, &signed(device_signed), &sig) {
             return Err(card_error(
                 "the device signature does not verify: the card was altered",
             ));
         }
-        if ml_kem_key_invalid(&kem) {
-            return Err(card_error("the ML-KEM-768 key is invalid"));
-        }
         Ok(Card {
             card_id,
             created_at_ms,
-            identity,
-            device,
-            content,
-            kem,
-            envelope,
-            ratchet_identity,
+            chain,
+            cert,
             one_time_key,
-            mailbox_server,
-            mailbox,
             secret,
             reply_to,
             nickname,
@@ -276,13 +262,6 @@ pub fn normalize(text: &str) -> String {
         .collect::<String>()
         .to_ascii_uppercase()
 }
-
-fn ml_kem_key_invalid(kem: &[u8; KEM_PUBLIC_LEN]) -> bool {
-    use ml_kem::TryKeyInit;
-    ml_kem::ml_kem_768::EncapsulationKey::new_from_slice(kem).is_err()
-}
-
-const SIGNATURE_CONTEXT: &[u8] = b"bastet 2026 contact card v1";
 
 fn signed(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(SIGNATURE_CONTEXT.len() + bytes.len());
@@ -382,24 +361,33 @@ fn qr_code(text: &str) -> Result<qrcode::QrCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bastet_sphinx::NodeId;
 
     fn keys() -> ClientKeys {
         ClientKeys::generate(&mut rand::rng())
     }
 
+    fn chain(keys: &ClientKeys) -> Chain {
+        let cert = DeviceCert::of(
+            keys,
+            [0x02; PUBLIC_KEY_LEN],
+            [0x06; PUBLIC_KEY_LEN],
+            NodeId([0x04; 32]),
+            CAP_SEND,
+            "phone",
+        )
+        .unwrap();
+        Chain::genesis_of(keys, cert, 1).unwrap()
+    }
+
     fn card(keys: &ClientKeys, nickname: &str, reply_to: Option<[u8; CARD_ID_LEN]>) -> Card {
+        let chain = chain(keys);
         Card {
             card_id: [0x01; CARD_ID_LEN],
             created_at_ms: 1_700_000_000_000,
-            identity: keys.identity_public(),
-            device: keys.device_public(),
-            content: keys.content_public(),
-            kem: Box::new(keys.kem_public()),
-            envelope: keys.encryption_public(),
-            ratchet_identity: [0x02; PUBLIC_KEY_LEN],
+            cert: chain.devices()[0].cert.clone(),
+            chain,
             one_time_key: [0x03; PUBLIC_KEY_LEN],
-            mailbox_server: NodeId([0x04; 32]),
-            mailbox: keys.mailbox_id(),
             secret: Zeroizing::new([0x05; PSK_LEN]),
             reply_to,
             nickname: nickname.to_string(),
@@ -419,17 +407,20 @@ mod tests {
             card(&k, &"é".repeat(32), None),
         ] {
             let bytes = c.to_bytes(&k).unwrap();
-            assert_eq!(bytes.len(), FIXED_LEN + c.nickname.len());
+            assert_eq!(
+                bytes.len(),
+                FIXED_LEN + c.chain.to_bytes().len() + c.nickname.len()
+            );
             assert_eq!(Card::from_bytes(&bytes).unwrap(), c);
             let text = c.to_text(&k).unwrap();
             assert!(text.starts_with(CARD_PREFIX));
             assert!(text.len() <= MAX_CARD_TEXT_LEN);
             assert_eq!(Card::parse(&text).unwrap(), c);
             assert_eq!(normalize(&text), text);
-            assert_eq!(c.recipient().kem, c.kem);
+            assert_eq!(c.recipient().kem, c.cert.kem);
             assert_eq!(c.address().encryption_key, k.encryption_public());
+            assert_eq!(c.identity(), k.identity_public());
         }
-        assert_eq!(MAX_CARD_LEN, FIXED_LEN + MAX_NICKNAME_LEN);
     }
 
     #[test]
@@ -525,10 +516,8 @@ mod tests {
     /// field checks can refuse it.
     fn resigned(k: &ClientKeys, mut bytes: Vec<u8>, at: usize, value: u8) -> Vec<u8> {
         bytes[at] = value;
-        let end = bytes.len() - 2 * SIGNATURE_LEN;
+        let end = bytes.len() - SIGNATURE_LEN;
         bytes.truncate(end);
-        let sig = k.sign(&signed(&bytes));
-        bytes.extend_from_slice(&sig);
         let sig = k.sign_device(&signed(&bytes));
         bytes.extend_from_slice(&sig);
         bytes
@@ -540,11 +529,12 @@ mod tests {
         let bytes = card(&k, "dave", None).to_bytes(&k).unwrap();
         assert!(Card::from_bytes(&resigned(&k, bytes.clone(), 0, b'B')).is_ok());
         // Magic, version, reply flag, zero reply id, nickname length, UTF-8.
-        let flag = FIXED_LEN - 2 * SIGNATURE_LEN - 1 - CARD_ID_LEN - 1;
-        let nick_len = FIXED_LEN - 2 * SIGNATURE_LEN - 1;
+        let nick_len = bytes.len() - SIGNATURE_LEN - "dave".len() - 1;
+        let flag = nick_len - CARD_ID_LEN - 1;
         for (at, value, why) in [
             (0, b'X', "not a Bastet"),
-            (4, 2, "version 2"),
+            (4, 3, "version 3"),
+            (4, 1, "ask for a fresh one"),
             (flag, 2, "reply field"),
             (flag + 1, 1, "reply field"),
             (nick_len, 5, "nickname length"),
@@ -556,15 +546,55 @@ mod tests {
                 other => panic!("{at}: {other:?}"),
             }
         }
-        // An invalid ML-KEM key (coefficients out of range), well signed.
-        let kem_at = 4 + 1 + CARD_ID_LEN + 8 + 3 * PUBLIC_KEY_LEN;
+    }
+
+    #[test]
+    fn the_cards_device_must_be_a_current_sender_of_its_chain() {
+        let k = keys();
+        let c = card(&k, "erin", None);
+        let bytes = c.to_bytes(&k).unwrap();
+        let device_at =
+            FIXED_LEN - SIGNATURE_LEN - 1 - CARD_ID_LEN - 1 - PSK_LEN - 2 * PUBLIC_KEY_LEN
+                + c.chain.to_bytes().len();
+        assert_eq!(&bytes[device_at..device_at + 32], &k.device_public());
+        // Another device key, well signed by it: not in the chain.
+        let other = keys();
         let mut bad = bytes.clone();
-        bad[kem_at..kem_at + 3].fill(0xff);
-        let bad = resigned(&k, bad, kem_at, 0xff);
+        bad[device_at..device_at + 32].copy_from_slice(&other.device_public());
+        let bad = resigned(&other, bad, 0, b'B');
         match Card::from_bytes(&bad) {
-            Err(Error::Card(e)) => assert!(e.contains("ML-KEM"), "{e}"),
+            Err(Error::Card(e)) => assert!(e.contains("not in its chain"), "{e}"),
             other => panic!("{other:?}"),
         }
+        // A device the chain revoked.
+        let mut revoked = c.clone();
+        revoked
+            .chain
+            .extend_signed(
+                2,
+                k.identity_public(),
+                crate::identity::LinkKind::RevokeDevice {
+                    device: k.device_public(),
+                    reason: String::new(),
+                },
+                &|m| k.sign_identity(m).unwrap(),
+            )
+            .unwrap();
+        let mut out = Vec::new();
+        out.extend_from_slice(&bytes[..4 + 1 + CARD_ID_LEN + 8]);
+        let chain = revoked.chain.to_bytes();
+        out.extend_from_slice(&(chain.len() as u32).to_be_bytes());
+        out.extend_from_slice(&chain);
+        out.extend_from_slice(&bytes[device_at..bytes.len() - SIGNATURE_LEN]);
+        out.extend_from_slice(&k.sign_device(&signed(&out)));
+        match Card::from_bytes(&out) {
+            Err(Error::Card(e)) => assert!(e.contains("revoked"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // The card's claimed certificate must be its chain's.
+        let mut wrong = c.clone();
+        wrong.cert.name = "other".into();
+        assert!(matches!(wrong.to_bytes(&k), Err(Error::Card(_))));
     }
 
     #[test]

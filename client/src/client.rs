@@ -92,6 +92,9 @@ pub struct SentMessage {
     pub state: DeliveryState,
     /// Why it failed.
     pub reason: Option<String>,
+    /// The recipient's device this copy is sealed to (short id; empty for
+    /// a message queued by an older bastet).
+    pub device: String,
 }
 
 /// What [`Client::inbox`] found.
@@ -197,8 +200,9 @@ impl Client {
         Ok(self)
     }
 
-    /// Encrypts `content` to the contact named `contact`, cuts the envelope into fragments, saves
-    /// it in the outbox (state `queued`), and sends each fragment in its own
+    /// Encrypts `content` to the contact named `contact` (one copy per
+    /// current device of theirs), cuts each copy into fragments, saves
+    /// them in the outbox (state `queued`), and sends each fragment in its own
     /// packet on its own route with an ack SURB back to this client's
     /// mailbox. With `options.wait`, then polls for acks and retransmits
     /// until every fragment is acknowledged (`stored`) or `give_up` passes
@@ -208,26 +212,65 @@ impl Client {
         contact: &str,
         content: &Content,
         options: SendOptions,
-    ) -> Result<SentMessage> {
+    ) -> Result<Vec<SentMessage>> {
         content.check()?;
         let lock = self.lock_outbox()?;
-        let mut contacts = Contacts::load(&self.dir, &self.keys)?;
-        let to = &contacts.address_of(contact)?;
+        let own_server = self.config.mailbox_server_id()?;
+        let mut contacts = Contacts::load(&self.dir, &self.keys, own_server)?;
+        let addresses = contacts.addresses_of(contact)?;
         let mut network = self.network().await?;
         // Refused now, not retried until the give-up: an unknown mailbox
         // server, or a route policy this consensus cannot meet (there or
         // back), fails before anything is saved or sent.
-        mailbox_descriptor(&network.consensus, &to.mailbox_server)?;
         {
             let (policy, mean) = (&self.config.route, self.config.mix_delay());
             let rng = &mut rand::rng();
-            choose_policy_route(&network.consensus, policy, &to.mailbox_server, mean, rng)?;
-            let own_server = self.config.mailbox_server_id()?;
+            for to in &addresses {
+                mailbox_descriptor(&network.consensus, &to.mailbox_server)?;
+                choose_policy_route(&network.consensus, policy, &to.mailbox_server, mean, rng)?;
+            }
             choose_policy_route(&network.consensus, policy, &own_server, mean, rng)?;
         }
         let sent_at_ms = now_ms();
-        let sealed =
+        let copies =
             contacts.seal_message(&self.keys, contact, content, sent_at_ms, &mut rand::rng())?;
+        let mut outgoing = Vec::with_capacity(copies.len());
+        for sealed in &copies {
+            outgoing.push(self.queue_copy(sealed, contact, options.give_up)?);
+        }
+        // Chain traffic the book wants sent (links a contact asked for).
+        outgoing.extend(self.queue_chain_actions(&mut contacts)?);
+        let ids: Vec<String> = copies.iter().map(|c| c.message_id.to_hex()).collect();
+        let mut others = if options.wait {
+            self.dir.load_outbox()?
+        } else {
+            Vec::new()
+        };
+        others.retain(|m| !outgoing.iter().any(|o| o.message_id == m.message_id) && !m.is_final());
+        outgoing.extend(others);
+        let reports = self
+            .drive(&lock, &mut network, outgoing, options.wait)
+            .await?;
+        let mine: Vec<SentMessage> = reports
+            .into_iter()
+            .filter(|r| ids.contains(&r.message_id.to_hex()))
+            .collect();
+        if mine.len() != ids.len() {
+            return Err(Error::MalformedMessage(
+                "a copy of the message left the outbox unreported",
+            ));
+        }
+        Ok(mine)
+    }
+
+    /// Cuts one sealed copy into fragments and saves it in the outbox
+    /// (state `queued`).
+    fn queue_copy(
+        &self,
+        sealed: &crate::SealedMessage,
+        contact: &str,
+        give_up: Duration,
+    ) -> Result<Outgoing> {
         let fragments: Vec<Vec<u8>> = bastet_sphinx::fragment(&sealed.payload, &mut rand::rng())?
             .iter()
             .map(Fragment::to_bytes)
@@ -235,29 +278,34 @@ impl Client {
         let message_id = sealed.message_id.to_hex();
         let mut outgoing = Outgoing::new(
             message_id.clone(),
-            to.to_string(),
+            sealed.to.to_string(),
             fragments.len(),
-            sent_at_ms,
-            options.give_up,
+            sealed.sent_at_ms,
+            give_up,
         );
         outgoing.contact = Some(contact.to_string());
+        outgoing.device = Some(crate::identity::short_id(&sealed.device));
         self.dir.save_fragments(&message_id, &fragments)?;
         self.dir.save_outgoing(&outgoing)?;
-        let mut others = if options.wait {
-            self.dir.load_outbox()?
-        } else {
-            Vec::new()
-        };
-        others.retain(|m| m.message_id != message_id && !m.is_final());
-        let mut all = vec![outgoing];
-        all.extend(others);
-        let reports = self.drive(&lock, &mut network, all, options.wait).await?;
-        reports
-            .into_iter()
-            .find(|r| r.message_id == sealed.message_id)
-            .ok_or(Error::MalformedMessage(
-                "the message left the outbox unreported",
-            ))
+        Ok(outgoing)
+    }
+
+    /// Seals the chain traffic `contacts` asks for (this identity's links
+    /// for contacts after a device change) into the outbox, where the
+    /// daemon (or `outbox --resume`) sends it. Returns how many copies.
+    pub fn queue_chain_traffic(&self, contacts: &mut Contacts) -> Result<usize> {
+        Ok(self.queue_chain_actions(contacts)?.len())
+    }
+
+    /// Seals and queues the chain traffic `contacts` asks for (its links
+    /// for contacts, requests for theirs); failures are logged.
+    fn queue_chain_actions(&self, contacts: &mut Contacts) -> Result<Vec<Outgoing>> {
+        let mut out = Vec::new();
+        for (contact, sealed) in contacts.seal_actions(&self.keys, now_ms(), &mut rand::rng()) {
+            out.push(self.queue_copy(&sealed, &contact, crate::outbox::DEFAULT_GIVE_UP)?);
+        }
+        contacts.save()?;
+        Ok(out)
     }
 
     /// Drives every pending message in the outbox: with `wait`, until each
@@ -432,6 +480,7 @@ impl Client {
                 retransmissions: m.retransmissions,
                 state: m.state,
                 reason: m.reason.clone(),
+                device: m.device.clone().unwrap_or_default(),
             })
             .collect())
     }
@@ -544,7 +593,7 @@ impl Client {
         let completed: HashSet<_> = self.dir.load_completed()?.into_iter().collect();
         // Opening a message moves the ratchet: only the lock holder may.
         let lock = self.lock_outbox()?;
-        let mut contacts = Contacts::load(&self.dir, &self.keys)?;
+        let mut contacts = Contacts::load(&self.dir, &self.keys, self.config.mailbox_server_id()?)?;
         let (mut retried, retried_files) = contacts.retry_pending(&self.keys)?;
         let deadline = Instant::now() + wait;
         let mut plan = loop {
@@ -566,6 +615,16 @@ impl Client {
         };
         retried.append(&mut plan.new);
         plan.new = retried;
+        // Messages held for a contact's chain links that came, and notices
+        // of their devices changing.
+        let (released, held_files) = contacts.take_released();
+        plan.new
+            .extend(released.into_iter().map(|message| InboxMessage {
+                seq: 0,
+                received_at_ms: now_ms(),
+                fragments: 0,
+                message,
+            }));
 
         let mut report = InboxReport {
             duplicates: plan.duplicates,
@@ -604,6 +663,12 @@ impl Client {
         for f in &retried_files {
             contacts.drop_pending(f)?;
         }
+        for f in &held_files {
+            contacts.drop_held(f)?;
+        }
+        // Chain traffic (links asked for, or to ask for) waits in the
+        // outbox for the next `outbox --resume` or daemon.
+        self.queue_chain_actions(&mut contacts)?;
         drop(lock);
         let mut deleted = false;
         if let Some(upto) = plan.delete_upto {

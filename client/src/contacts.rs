@@ -1,20 +1,26 @@
-//! The contact book and the ratchet: contacts (their cards, the pair's
-//! pre-shared key, the Olm sessions with them), the cards this device made,
-//! and this device's Olm account. Seals and opens whole messages through
-//! the four end-to-end layers (see [`crate::layers`]).
+//! The contact book and the ratchet: this device's identity chain,
+//! contacts (their cards and identity chains, the pair's pre-shared key,
+//! the Olm sessions with each of their devices), the cards this device
+//! made, and this device's Olm account. Seals and opens whole messages
+//! through the four end-to-end layers (see [`crate::layers`]), one copy
+//! per device of the recipient (Sesame-style fan-out).
 //!
 //! On disk, under `DATA_DIR/contacts/` (files mode 0600, written
-//! atomically): `account` (the Olm account, a vodozemac pickle encrypted
-//! with a key derived from the device key), `<name>.json` per contact (its
+//! atomically): `chain` (this identity's chain, see [`crate::identity`]),
+//! `account` (the Olm account, a vodozemac pickle encrypted with a key
+//! derived from the device key), `<name>.json` per contact (its chain, its
 //! sessions pickled and encrypted the same way), `exports/<card id>.json`
-//! per card made (its half of the pre-shared key), and `pending/` for
-//! messages from devices that are not contacts yet. One process changes
-//! these at a time: the holder of the data dir's outbox lock (the daemon,
-//! or a command run without one).
+//! per card made (its half of the pre-shared key), `pending/` for messages
+//! from devices that are not contacts yet, and `held/` for messages from a
+//! contact whose chain is behind the head they claim (opened, kept until
+//! the missing links arrive). One process changes these at a time: the
+//! holder of the data dir's outbox lock (the daemon, or a command run
+//! without one).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 
+use bastet_sphinx::NodeId;
 use rand::CryptoRng;
 use serde::{Deserialize, Serialize};
 use vodozemac::Curve25519PublicKey;
@@ -23,6 +29,8 @@ use zeroize::Zeroizing;
 
 use crate::card::{CARD_ID_LEN, Card, MAX_NICKNAME_LEN, safety_number};
 use crate::crypto::{self, ClientKeys, PUBLIC_KEY_LEN};
+use crate::identity::{CAP_ADMIN, CAP_SEND, Chain, DeviceCert, HeadCheck, LinkKind, short_id};
+use crate::layers::content::Recipient;
 use crate::layers::psk::{self, Argon2Params, PSK_LEN};
 use crate::layers::{content, envelope};
 use crate::message::{Content, MessageId, ReceivedFile, ReceivedMessage, SealedMessage};
@@ -30,26 +38,40 @@ use crate::{Address, DataDir, Error, Result};
 
 const CONTACTS: &str = "contacts";
 const ACCOUNT: &str = "account";
+const CHAIN: &str = "chain";
 const EXPORTS: &str = "exports";
 const PENDING: &str = "pending";
+const HELD: &str = "held";
+const OLD: &str = "v1";
 const PICKLE_CONTEXT: &str = "bastet 2026 olm pickle key v1";
 /// Most contacts in one book.
 pub const MAX_CONTACTS: usize = 1000;
 /// Most cards remembered (each holds its half of a pre-shared key until a
 /// reply arrives).
 pub const MAX_EXPORTS: usize = 1000;
-/// Ratchet sessions kept per contact (both people may start one at once;
-/// older ones are dropped).
+/// Ratchet sessions kept per device of a contact (both may start one at
+/// once; older ones are dropped).
 pub const MAX_SESSIONS: usize = 4;
 /// Messages from unknown devices kept for when their card is imported.
 pub const MAX_PENDING: usize = 256;
-/// Longest contact file (sessions hold skipped message keys).
-const MAX_CONTACT_FILE: u64 = 1 << 20;
+/// Messages held until a contact's missing chain links arrive.
+pub const MAX_HELD: usize = 256;
+/// Ratchet sessions started with this device's fallback key that are
+/// remembered, so a replayed first message cannot start one again.
+const MAX_FALLBACK_SESSIONS: usize = 1024;
+/// How often, at most, the chain links of one contact are asked for, or
+/// sent to them unasked for.
+const LINKS_INTERVAL_MS: u64 = 60_000;
+/// Longest contact file (a chain, and sessions holding skipped keys).
+const MAX_CONTACT_FILE: u64 = 4 << 20;
 const MAX_ACCOUNT_FILE: u64 = 1 << 20;
 const MAX_EXPORT_FILE: u64 = 4096;
+const MAX_HELD_FILE: u64 = 4 << 20;
 /// Longest contact name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
-const CONTACT_VERSION: u32 = 1;
+const CONTACT_VERSION: u32 = 2;
+/// The name of the first device of an identity, unless told otherwise.
+pub const FIRST_DEVICE_NAME: &str = "first device";
 
 /// Where a contact's pre-shared key came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +91,8 @@ struct ContactFile {
     name: String,
     /// Their card, text form.
     card: String,
+    /// Their identity chain as it stands (base64), newer than the card's.
+    chain: String,
     added_at_ms: u64,
     /// Our half of the pre-shared key (hex), once they have our card.
     my_secret: Option<String>,
@@ -76,11 +100,20 @@ struct ContactFile {
     psk: Option<String>,
     psk_source: PskSource,
     argon2: Option<Argon2Params>,
-    /// Olm sessions, newest use first, each a vodozemac pickle encrypted
-    /// with the device's storage key.
-    sessions: Vec<String>,
+    /// Olm sessions per device of theirs (device key hex), newest use
+    /// first, each a vodozemac pickle encrypted with the storage key.
+    sessions: BTreeMap<String, Vec<String>>,
     /// Whether a one-time key of their card was used for a session already.
     used_their_one_time_key: bool,
+    /// An equivocation alarm, once raised.
+    #[serde(default)]
+    alarm: Option<String>,
+    /// The highest chain head they claimed beyond the chain held.
+    #[serde(default)]
+    awaiting: Option<u64>,
+    /// Ids of the sessions their devices started with our fallback key.
+    #[serde(default)]
+    fallback_sessions: Vec<String>,
 }
 
 /// A contact in memory.
@@ -88,13 +121,17 @@ struct Contact {
     name: String,
     card: Card,
     card_text: String,
+    chain: Chain,
     added_at_ms: u64,
     my_secret: Option<Zeroizing<[u8; PSK_LEN]>>,
     psk: Option<Zeroizing<[u8; PSK_LEN]>>,
     psk_source: PskSource,
     argon2: Option<Argon2Params>,
-    sessions: Vec<Session>,
+    sessions: BTreeMap<[u8; PUBLIC_KEY_LEN], Vec<Session>>,
     used_their_one_time_key: bool,
+    alarm: Option<String>,
+    awaiting: Option<u64>,
+    fallback_sessions: VecDeque<String>,
 }
 
 /// A card this device made, as saved.
@@ -106,6 +143,68 @@ struct ExportFile {
     created_at_ms: u64,
     /// The contact it answers, for a reply card.
     for_contact: Option<String>,
+}
+
+/// A message held until its sender's chain links arrive, as saved.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeldFile {
+    contact: String,
+    /// The device that sent it (hex).
+    device: String,
+    message: crate::daemon::api::WireReceived,
+}
+
+/// One device of an identity, as `contact show` and `device list` print it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceInfo {
+    /// Its short id (the first 8 bytes of its key, hex).
+    pub id: String,
+    /// Its device key (hex).
+    pub key: String,
+    /// Its name.
+    pub name: String,
+    /// Whether it may send.
+    pub send: bool,
+    /// Whether it may add and revoke devices.
+    pub admin: bool,
+    /// When it was added (unix ms, its adder's clock).
+    pub added_ms: u64,
+    /// Whether it is revoked.
+    pub revoked: bool,
+    /// Why, if revoked.
+    #[serde(default)]
+    pub revoked_reason: Option<String>,
+    /// Whether this is the device answering.
+    #[serde(default)]
+    pub this_device: bool,
+    /// When a message from it last arrived (unix ms), if known.
+    #[serde(default)]
+    pub last_seen_ms: Option<u64>,
+}
+
+fn device_infos(
+    chain: &Chain,
+    this: Option<&[u8; PUBLIC_KEY_LEN]>,
+    seen: &HashMap<[u8; PUBLIC_KEY_LEN], u64>,
+) -> Vec<DeviceInfo> {
+    chain
+        .devices()
+        .iter()
+        .map(|d| DeviceInfo {
+            id: short_id(&d.cert.device),
+            key: hex::encode(d.cert.device),
+            name: d.cert.name.clone(),
+            send: d.cert.caps & CAP_SEND != 0,
+            admin: d.cert.caps & CAP_ADMIN != 0,
+            added_ms: d.added_ms,
+            revoked: d.revoked.is_some(),
+            revoked_reason: d.revoked.as_ref().map(|r| r.reason.clone()),
+            this_device: this == Some(&d.cert.device),
+            last_seen_ms: seen.get(&d.cert.device).copied(),
+        })
+        .collect()
 }
 
 /// What `contact list` and `contact show` print about one contact.
@@ -124,12 +223,26 @@ pub struct ContactInfo {
     pub complete: bool,
     /// "cards" or "passphrase" (empty until complete).
     pub psk_source: String,
-    /// Their mailbox server (node id hex).
+    /// The mailbox server of the device whose card you imported (node id
+    /// hex).
     pub mailbox_server: String,
-    /// Ratchet sessions held with them.
+    /// Ratchet sessions held with their devices.
     pub sessions: usize,
     /// When the contact was added (unix ms).
     pub added_at_ms: u64,
+    /// Their devices, revoked ones included.
+    #[serde(default)]
+    pub devices: Vec<DeviceInfo>,
+    /// The sequence number of their chain's last link held.
+    #[serde(default)]
+    pub chain_seq: u64,
+    /// Set when they signed two histories of their devices.
+    #[serde(default)]
+    pub alarm: Option<String>,
+    /// Set while their messages wait for chain links they have not sent
+    /// yet: the head they claimed.
+    #[serde(default)]
+    pub awaiting_links: Option<u64>,
 }
 
 /// A contact-book operation, as the CLI asks it (of the daemon, or of the
@@ -175,6 +288,16 @@ pub enum ContactRequest {
         /// Its name.
         name: String,
     },
+    /// This identity's devices.
+    Devices {},
+    /// Revoke one of this identity's devices (by short id or full key).
+    RevokeDevice {
+        /// Its id.
+        device: String,
+        /// Why, for contacts.
+        #[serde(default)]
+        reason: String,
+    },
 }
 
 /// The answer to a [`ContactRequest`].
@@ -196,8 +319,68 @@ pub enum ContactResponse {
         /// The contacts, by name.
         contacts: Vec<ContactInfo>,
     },
+    /// This identity's devices.
+    Devices {
+        /// The identity key (hex).
+        identity: String,
+        /// Its devices, revoked ones included.
+        devices: Vec<DeviceInfo>,
+        /// Whether this device holds the identity key.
+        holds_identity_key: bool,
+    },
     /// Done.
     Done {},
+}
+
+/// What a device joining an identity is given (see [`Contacts::bundle`]).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceBundle {
+    /// The identity's chain (base64), this device's link included.
+    pub chain: String,
+    /// The identity's contacts.
+    pub contacts: Vec<BundledContact>,
+}
+
+impl std::fmt::Debug for DeviceBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceBundle({} contacts)", self.contacts.len())
+    }
+}
+
+/// One contact in a [`DeviceBundle`].
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundledContact {
+    name: String,
+    card: String,
+    chain: String,
+    my_secret: Option<String>,
+    psk: Option<String>,
+    psk_source: PskSource,
+    argon2: Option<Argon2Params>,
+}
+
+/// Chain traffic the book wants sent (see [`Contacts::take_actions`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChainAction {
+    /// Send this identity's chain to contact `contact` (to one device, or
+    /// to all of its current devices).
+    SendLinks {
+        /// The contact.
+        contact: String,
+        /// One device, or all.
+        device: Option<[u8; PUBLIC_KEY_LEN]>,
+    },
+    /// Ask a device of `contact` for their chain links after `after`.
+    RequestLinks {
+        /// The contact.
+        contact: String,
+        /// The device to ask.
+        device: [u8; PUBLIC_KEY_LEN],
+        /// The last link held.
+        after: u64,
+    },
 }
 
 /// The contact book of one device.
@@ -206,20 +389,35 @@ pub struct Contacts {
     data_dir: DataDir,
     pickle_key: Zeroizing<[u8; 32]>,
     account: Account,
+    own_chain: Chain,
+    own_chain_dirty: bool,
     contacts: BTreeMap<String, Contact>,
     /// Contacts whose state changed since the last [`Contacts::save`].
     dirty: Vec<String>,
     account_dirty: bool,
     pending: Vec<(String, Vec<u8>)>,
+    held: Vec<(String, Vec<u8>)>,
+    /// Held messages released (opened or rejected), with their held files.
+    released: Vec<(ReceivedMessage, Option<String>)>,
+    actions: Vec<ChainAction>,
+    /// When links were last asked of, or pushed to, each contact.
+    links_sent: HashMap<String, u64>,
+    last_seen: HashMap<[u8; PUBLIC_KEY_LEN], u64>,
 }
 
-/// A message decrypted by [`Contacts::open`], or why it was rejected.
+/// A message decrypted by [`Contacts::open_message`], or what it did.
 #[derive(Debug)]
 pub enum Opened {
-    /// Every layer opened and the sender is a contact.
+    /// Every layer opened and the sender is a contact's current device.
     Message(ReceivedMessage),
     /// From a device that is not a contact yet: kept under `pending/`.
     Pending(Error),
+    /// Opened, but the contact claims a newer chain than the one held: kept
+    /// under `held/` until the links arrive (asked for).
+    Held,
+    /// Chain links (or a request for ours): merged or answered; nothing to
+    /// show but the notices.
+    Chain(Vec<ReceivedMessage>),
 }
 
 fn contact_error(why: impl Into<String>) -> Error {
@@ -279,12 +477,60 @@ fn hex32(s: &str, what: &str) -> Result<Zeroizing<[u8; 32]>> {
     Ok(out)
 }
 
+fn remove_file(data_dir: &DataDir, path: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(data_dir.file_error(path, e)),
+    }
+}
+
+fn chain_notice(name: &str, before: &Chain, after: &Chain) -> Option<String> {
+    let mut changes = Vec::new();
+    for d in after.devices() {
+        match before.device(&d.cert.device) {
+            None => changes.push(format!(
+                "added device {} ({:?})",
+                short_id(&d.cert.device),
+                d.cert.name
+            )),
+            Some(old) if old.revoked.is_none() && d.revoked.is_some() => {
+                let reason = d.revoked.as_ref().map(|r| r.reason.as_str()).unwrap_or("");
+                changes.push(format!(
+                    "revoked device {} ({:?}){}",
+                    short_id(&d.cert.device),
+                    d.cert.name,
+                    if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {reason}")
+                    }
+                ));
+            }
+            Some(old) if old.cert != d.cert => changes.push(format!(
+                "device {} ({:?}) moved its mailbox",
+                short_id(&d.cert.device),
+                d.cert.name
+            )),
+            Some(_) => {}
+        }
+    }
+    (!changes.is_empty()).then(|| format!("{name}'s devices changed: {}", changes.join("; ")))
+}
+
 impl Contacts {
-    /// Opens (creating on first use) the contact book of `data_dir`.
-    /// The caller holds the outbox lock.
-    pub fn load(data_dir: &DataDir, keys: &ClientKeys) -> Result<Contacts> {
+    /// Opens (creating on first use) the contact book of `data_dir`, whose
+    /// device keeps its mailbox on `mailbox_server`. A device holding its
+    /// identity key and no chain yet starts one (it is the identity's first
+    /// device). The caller holds the outbox lock.
+    pub fn load(data_dir: &DataDir, keys: &ClientKeys, mailbox_server: NodeId) -> Result<Contacts> {
         let dir = data_dir.path().join(CONTACTS);
-        for sub in [dir.clone(), dir.join(EXPORTS), dir.join(PENDING)] {
+        for sub in [
+            dir.clone(),
+            dir.join(EXPORTS),
+            dir.join(PENDING),
+            dir.join(HELD),
+        ] {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -294,7 +540,7 @@ impl Contacts {
         }
         let pickle_key = keys.storage_key(PICKLE_CONTEXT);
         let account_path = dir.join(ACCOUNT);
-        let (account, account_dirty) =
+        let (mut account, mut account_dirty) =
             match data_dir.read_bounded(&account_path, MAX_ACCOUNT_FILE)? {
                 Some(bytes) => {
                     let text = String::from_utf8(bytes)
@@ -309,19 +555,114 @@ impl Contacts {
                 }
                 None => (Account::new(), true),
             };
+        let chain_path = dir.join(CHAIN);
+        let (own_chain, own_chain_dirty) =
+            match data_dir.read_bounded(&chain_path, crate::identity::MAX_CHAIN_LEN as u64)? {
+                Some(bytes) => {
+                    let chain =
+                        Chain::from_bytes(&bytes, Some(&keys.identity_public())).map_err(|e| {
+                            Error::File {
+                                path: chain_path.clone(),
+                                why: e.to_string(),
+                            }
+                        })?;
+                    if chain.device(&keys.device_public()).is_none() {
+                        return Err(Error::File {
+                            path: chain_path,
+                            why: "this device is not in its identity's chain".into(),
+                        });
+                    }
+                    (chain, false)
+                }
+                None => {
+                    let cert = Self::new_cert(
+                        keys,
+                        &mut account,
+                        mailbox_server,
+                        CAP_SEND | CAP_ADMIN,
+                        FIRST_DEVICE_NAME,
+                    )?;
+                    account_dirty = true;
+                    (Chain::genesis_of(keys, cert, crate::now_ms())?, true)
+                }
+            };
         let mut book = Contacts {
             dir,
             data_dir: data_dir.clone(),
             pickle_key,
             account,
+            own_chain,
+            own_chain_dirty,
             contacts: BTreeMap::new(),
             dirty: Vec::new(),
             account_dirty,
             pending: Vec::new(),
+            held: Vec::new(),
+            released: Vec::new(),
+            actions: Vec::new(),
+            links_sent: HashMap::new(),
+            last_seen: HashMap::new(),
         };
         book.load_contacts()?;
+        book.follow_mailbox(keys, mailbox_server)?;
         book.save()?;
         Ok(book)
+    }
+
+    /// A certificate for the device holding `keys`, with a fresh ratchet
+    /// fallback key in `account`.
+    fn new_cert(
+        keys: &ClientKeys,
+        account: &mut Account,
+        mailbox_server: NodeId,
+        caps: u8,
+        name: &str,
+    ) -> Result<DeviceCert> {
+        account.generate_fallback_key();
+        let fallback = account
+            .fallback_key()
+            .values()
+            .next()
+            .copied()
+            .ok_or_else(|| contact_error("the ratchet made no fallback key"))?;
+        account.mark_keys_as_published();
+        DeviceCert::of(
+            keys,
+            account.curve25519_key().to_bytes(),
+            fallback.to_bytes(),
+            mailbox_server,
+            caps,
+            name,
+        )
+    }
+
+    /// Records a move of this device's mailbox (a new server in the
+    /// config) in the chain, signed by the device itself.
+    fn follow_mailbox(&mut self, keys: &ClientKeys, mailbox_server: NodeId) -> Result<()> {
+        let Some(me) = self.own_chain.device(&keys.device_public()) else {
+            return Ok(());
+        };
+        if !me.is_current()
+            || (me.cert.mailbox_server == mailbox_server
+                && me.cert.mailbox == keys.mailbox_id()
+                && me.cert.envelope == keys.encryption_public())
+        {
+            return Ok(());
+        }
+        self.own_chain.extend_signed(
+            crate::now_ms(),
+            keys.device_public(),
+            LinkKind::ChangeMailbox {
+                device: keys.device_public(),
+                envelope: keys.encryption_public(),
+                mailbox_server,
+                mailbox: keys.mailbox_id(),
+            },
+            &|m| keys.sign_device(m),
+        )?;
+        self.own_chain_dirty = true;
+        self.push_links_to_all();
+        Ok(())
     }
 
     fn load_contacts(&mut self) -> Result<()> {
@@ -354,6 +695,22 @@ impl Contacts {
                 path: path.clone(),
                 why,
             };
+            #[derive(Deserialize)]
+            struct Version {
+                version: u32,
+            }
+            let version: Version =
+                serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            if version.version == 1 {
+                // A contact from before identities had several devices: its
+                // card has no chain. Kept aside, never deleted.
+                let old = self.dir.join(OLD);
+                std::fs::create_dir_all(&old).map_err(|e| self.data_dir.file_error(&old, e))?;
+                let to = old.join(format!("{name}.json"));
+                std::fs::rename(&path, &to).map_err(|e| self.data_dir.file_error(&path, e))?;
+                tracing::warn!(contact = name, kept = %to.display(), "a contact made by an older bastet cannot be used: exchange cards again");
+                continue;
+            }
             let file: ContactFile =
                 serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
             if file.version != CONTACT_VERSION || file.name != name {
@@ -362,16 +719,27 @@ impl Contacts {
                 ));
             }
             let card = Card::parse(&file.card)?;
-            let mut sessions = Vec::with_capacity(file.sessions.len());
-            for s in &file.sessions {
-                let pickle = SessionPickle::from_encrypted(s, &self.pickle_key)
-                    .map_err(|e| corrupt(format!("a ratchet session does not decrypt: {e}")))?;
-                sessions.push(Session::from_pickle(pickle));
+            use data_encoding::BASE64;
+            let chain_bytes = BASE64
+                .decode(file.chain.as_bytes())
+                .map_err(|_| corrupt("the chain is not base64".into()))?;
+            let chain = Chain::from_bytes(&chain_bytes, Some(&card.identity()))?;
+            let mut sessions = BTreeMap::new();
+            for (device, pickles) in &file.sessions {
+                let device = *hex32(device, "a session's device")?;
+                let mut list = Vec::with_capacity(pickles.len());
+                for s in pickles {
+                    let pickle = SessionPickle::from_encrypted(s, &self.pickle_key)
+                        .map_err(|e| corrupt(format!("a ratchet session does not decrypt: {e}")))?;
+                    list.push(Session::from_pickle(pickle));
+                }
+                sessions.insert(device, list);
             }
             let contact = Contact {
                 name: file.name.clone(),
                 card,
                 card_text: file.card,
+                chain,
                 added_at_ms: file.added_at_ms,
                 my_secret: file
                     .my_secret
@@ -383,14 +751,18 @@ impl Contacts {
                 argon2: file.argon2,
                 sessions,
                 used_their_one_time_key: file.used_their_one_time_key,
+                alarm: file.alarm,
+                awaiting: file.awaiting,
+                fallback_sessions: file.fallback_sessions.into(),
             };
             self.contacts.insert(file.name, contact);
         }
         Ok(())
     }
 
-    /// Writes every changed contact and the account (before anything that
-    /// depends on them leaves the process: a ratchet key is never reused).
+    /// Writes every changed contact, the chain and the account (before
+    /// anything that depends on them leaves the process: a ratchet key is
+    /// never reused).
     pub fn save(&mut self) -> Result<()> {
         if self.account_dirty {
             let text = self.account.pickle().encrypt(&self.pickle_key);
@@ -398,21 +770,24 @@ impl Contacts {
                 .write_atomic(&self.dir.join(ACCOUNT), text.as_bytes())?;
             self.account_dirty = false;
         }
+        if self.own_chain_dirty {
+            self.data_dir
+                .write_atomic(&self.dir.join(CHAIN), &self.own_chain.to_bytes())?;
+            self.own_chain_dirty = false;
+        }
         let dirty = std::mem::take(&mut self.dirty);
         for name in dirty {
             let path = self.dir.join(format!("{name}.json"));
             let Some(c) = self.contacts.get(&name) else {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(self.data_dir.file_error(&path, e)),
-                }
+                remove_file(&self.data_dir, &path)?;
                 continue;
             };
+            use data_encoding::BASE64;
             let file = ContactFile {
                 version: CONTACT_VERSION,
                 name: c.name.clone(),
                 card: c.card_text.clone(),
+                chain: BASE64.encode(&c.chain.to_bytes()),
                 added_at_ms: c.added_at_ms,
                 my_secret: c.my_secret.as_ref().map(|s| hex::encode(s.as_ref())),
                 psk: c.psk.as_ref().map(|s| hex::encode(s.as_ref())),
@@ -421,19 +796,32 @@ impl Contacts {
                 sessions: c
                     .sessions
                     .iter()
-                    .map(|s| s.pickle().encrypt(&self.pickle_key))
+                    .map(|(device, list)| {
+                        (
+                            hex::encode(device),
+                            list.iter()
+                                .map(|s| s.pickle().encrypt(&self.pickle_key))
+                                .collect(),
+                        )
+                    })
                     .collect(),
                 used_their_one_time_key: c.used_their_one_time_key,
+                alarm: c.alarm.clone(),
+                awaiting: c.awaiting,
+                fallback_sessions: c.fallback_sessions.iter().cloned().collect(),
             };
             let json = Zeroizing::new(
                 serde_json::to_vec_pretty(&file).map_err(|e| contact_error(e.to_string()))?,
             );
             self.data_dir.write_atomic(&path, &json)?;
         }
-        let pending = std::mem::take(&mut self.pending);
-        for (name, bytes) in pending {
+        for (name, bytes) in std::mem::take(&mut self.pending) {
             self.data_dir
                 .write_atomic(&self.dir.join(PENDING).join(name), &bytes)?;
+        }
+        for (name, bytes) in std::mem::take(&mut self.held) {
+            self.data_dir
+                .write_atomic(&self.dir.join(HELD).join(name), &bytes)?;
         }
         Ok(())
     }
@@ -444,13 +832,32 @@ impl Contacts {
         }
     }
 
+    /// This identity's chain.
+    pub fn own_chain(&self) -> &Chain {
+        &self.own_chain
+    }
+
+    /// Checks that this device may send as its identity.
+    fn check_may_send(&self, keys: &ClientKeys) -> Result<&DeviceCert> {
+        match self.own_chain.device(&keys.device_public()) {
+            Some(d) if d.revoked.is_some() => Err(contact_error(format!(
+                "this device was revoked by its identity ({}): it can no longer send or make cards",
+                d.revoked.as_ref().map_or("", |r| r.reason.as_str())
+            ))),
+            Some(d) if d.cert.caps & CAP_SEND == 0 => {
+                Err(contact_error("this device may not send for its identity"))
+            }
+            Some(d) => Ok(&d.cert),
+            None => Err(contact_error("this device is not in its identity's chain")),
+        }
+    }
+
     /// Makes a contact card for this device: a fresh ratchet one-time key
     /// and a fresh half of the pre-shared key. With `for_contact`, the card
     /// answers that contact's card and completes the contact here.
     pub fn export_card(
         &mut self,
         keys: &ClientKeys,
-        mailbox_server: bastet_sphinx::NodeId,
         nickname: &str,
         for_contact: Option<&str>,
         now_ms: u64,
@@ -460,6 +867,7 @@ impl Contacts {
                 "the nickname is longer than {MAX_NICKNAME_LEN} bytes"
             )));
         }
+        let cert = self.check_may_send(keys)?.clone();
         let reply_to = match for_contact {
             Some(name) => {
                 let c = self
@@ -493,15 +901,9 @@ impl Contacts {
         let card = Card {
             card_id: crypto::random_bytes(rng),
             created_at_ms: now_ms,
-            identity: keys.identity_public(),
-            device: keys.device_public(),
-            content: keys.content_public(),
-            kem: Box::new(keys.kem_public()),
-            envelope: keys.encryption_public(),
-            ratchet_identity: self.account.curve25519_key().to_bytes(),
+            chain: self.own_chain.clone(),
+            cert,
             one_time_key: one_time_key.to_bytes(),
-            mailbox_server,
-            mailbox: keys.mailbox_id(),
             secret: Zeroizing::new(crypto::random_bytes(rng)),
             reply_to,
             nickname: nickname.to_string(),
@@ -572,8 +974,8 @@ impl Contacts {
     ) -> Result<ContactInfo> {
         check_name(name)?;
         let card = Card::parse(card_text)?;
-        if card.identity == keys.identity_public() {
-            return Err(contact_error("this is your own card"));
+        if card.identity() == keys.identity_public() {
+            return Err(contact_error("this is a card of your own identity"));
         }
         if self.contacts.contains_key(name) {
             return Err(contact_error(format!(
@@ -581,7 +983,12 @@ impl Contacts {
             )));
         }
         if let Some(other) = self.contacts.values().find(|c| {
-            c.card.identity == card.identity || c.card.ratchet_identity == card.ratchet_identity
+            c.chain.identity() == card.chain.identity()
+                || card.chain.devices().iter().any(|d| {
+                    c.chain
+                        .device_by_ratchet_key(&d.cert.ratchet_identity)
+                        .is_some()
+                })
         }) {
             return Err(contact_error(format!(
                 "this card's identity is your contact {} already: remove it first to replace it",
@@ -608,14 +1015,18 @@ impl Contacts {
         let contact = Contact {
             name: name.to_string(),
             card_text: crate::card::normalize(card_text),
+            chain: card.chain.clone(),
             card,
             added_at_ms: now_ms,
             my_secret,
             psk,
             psk_source: PskSource::Cards,
             argon2: None,
-            sessions: Vec::new(),
+            sessions: BTreeMap::new(),
             used_their_one_time_key: false,
+            alarm: None,
+            awaiting: None,
+            fallback_sessions: VecDeque::new(),
         };
         self.contacts.insert(name.to_string(), contact);
         self.mark(name);
@@ -653,11 +1064,10 @@ impl Contacts {
         self.save()
     }
 
-    /// Carries out `request`. `mailbox_server` is this device's (for cards).
+    /// Carries out `request`.
     pub fn handle(
         &mut self,
         keys: &ClientKeys,
-        mailbox_server: bastet_sphinx::NodeId,
         request: ContactRequest,
         now_ms: u64,
     ) -> Result<ContactResponse> {
@@ -666,13 +1076,7 @@ impl Contacts {
                 for_contact,
                 nickname,
             } => {
-                let card = self.export_card(
-                    keys,
-                    mailbox_server,
-                    &nickname,
-                    for_contact.as_deref(),
-                    now_ms,
-                )?;
+                let card = self.export_card(keys, &nickname, for_contact.as_deref(), now_ms)?;
                 ContactResponse::Card {
                     text: card.to_text(keys)?,
                 }
@@ -694,14 +1098,290 @@ impl Contacts {
                 self.remove(&name)?;
                 ContactResponse::Done {}
             }
+            ContactRequest::Devices {} => self.devices(keys),
+            ContactRequest::RevokeDevice { device, reason } => {
+                self.revoke_device(keys, &device, &reason, now_ms)?;
+                self.devices(keys)
+            }
         })
+    }
+
+    fn devices(&self, keys: &ClientKeys) -> ContactResponse {
+        ContactResponse::Devices {
+            identity: hex::encode(keys.identity_public()),
+            devices: device_infos(
+                &self.own_chain,
+                Some(&keys.device_public()),
+                &HashMap::new(),
+            ),
+            holds_identity_key: keys.has_identity_key(),
+        }
+    }
+
+    /// The device of this identity that `id` names (a short id, or a full
+    /// key in hex).
+    fn own_device_by_id(&self, id: &str) -> Result<[u8; PUBLIC_KEY_LEN]> {
+        let id = id.trim().to_ascii_lowercase();
+        let matches: Vec<[u8; PUBLIC_KEY_LEN]> = self
+            .own_chain
+            .devices()
+            .iter()
+            .map(|d| d.cert.device)
+            .filter(|k| !id.is_empty() && hex::encode(k).starts_with(&id))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(contact_error(format!(
+                "no device {id:?} in this identity: `bastet device list` shows them"
+            ))),
+            _ => Err(contact_error(format!(
+                "{id:?} names several devices: give more of its key"
+            ))),
+        }
+    }
+
+    /// Revokes device `id` of this identity (signed by this device, which
+    /// must be an admin, or by the identity key), and queues the new chain
+    /// for every contact.
+    pub fn revoke_device(
+        &mut self,
+        keys: &ClientKeys,
+        id: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<()> {
+        crate::identity::check_reason(reason)?;
+        let device = self.own_device_by_id(id)?;
+        let kind = LinkKind::RevokeDevice {
+            device,
+            reason: reason.to_string(),
+        };
+        self.sign_own_link(keys, kind, now_ms)?;
+        self.save()?;
+        self.push_links_to_all();
+        Ok(())
+    }
+
+    /// Adds a device to this identity (this device must be an admin, or
+    /// hold the identity key), and queues the new chain for every contact.
+    pub fn add_device(
+        &mut self,
+        keys: &ClientKeys,
+        cert: DeviceCert,
+        back_signature: [u8; crate::crypto::SIGNATURE_LEN],
+        now_ms: u64,
+    ) -> Result<()> {
+        self.sign_own_link(
+            keys,
+            LinkKind::AddDevice {
+                cert,
+                back_signature,
+            },
+            now_ms,
+        )?;
+        self.save()?;
+        self.push_links_to_all();
+        Ok(())
+    }
+
+    fn sign_own_link(&mut self, keys: &ClientKeys, kind: LinkKind, now_ms: u64) -> Result<()> {
+        let me = self.own_chain.device(&keys.device_public());
+        let admin = me.is_some_and(|d| d.is_current() && d.cert.caps & CAP_ADMIN != 0);
+        if admin {
+            self.own_chain
+                .extend_signed(now_ms, keys.device_public(), kind, &|m| keys.sign_device(m))?;
+        } else if keys.has_identity_key() {
+            self.own_chain
+                .extend_signed(now_ms, keys.identity_public(), kind, &|m| {
+                    keys.sign_identity(m)
+                        .unwrap_or([0; crate::crypto::SIGNATURE_LEN])
+                })?;
+        } else {
+            return Err(contact_error(
+                "this device may not add or revoke devices (it is not an admin device of its identity)",
+            ));
+        }
+        self.own_chain_dirty = true;
+        Ok(())
+    }
+
+    /// The certificate this device offers to join identity `identity` as
+    /// device `name` (with `caps`), and its back-signature. Only a fresh
+    /// device may join: one with no contacts and no other devices.
+    pub fn join_request(
+        &self,
+        keys: &ClientKeys,
+        identity: [u8; PUBLIC_KEY_LEN],
+        name: &str,
+        caps: u8,
+    ) -> Result<(DeviceCert, [u8; crate::crypto::SIGNATURE_LEN])> {
+        self.check_fresh()?;
+        let me = self
+            .own_chain
+            .device(&keys.device_public())
+            .ok_or_else(|| contact_error("this device is not in its own chain"))?;
+        let cert = DeviceCert {
+            caps,
+            name: name.to_string(),
+            ..me.cert.clone()
+        };
+        cert.check()?;
+        let back_signature = cert.back_signature(keys, &identity)?;
+        Ok((cert, back_signature))
+    }
+
+    fn check_fresh(&self) -> Result<()> {
+        if !self.contacts.is_empty() || self.own_chain.links().len() > 1 {
+            return Err(contact_error(
+                "only a fresh device can join an identity (this one has contacts or devices of its own): run `bastet init` in a new data dir",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What a device joining this identity is given: the chain, and every
+    /// contact (card, chain, pre-shared key). Secret: it travels only
+    /// encrypted to the joining device.
+    pub fn bundle(&self) -> DeviceBundle {
+        use data_encoding::BASE64;
+        DeviceBundle {
+            chain: BASE64.encode(&self.own_chain.to_bytes()),
+            contacts: self
+                .contacts
+                .values()
+                .map(|c| BundledContact {
+                    name: c.name.clone(),
+                    card: c.card_text.clone(),
+                    chain: BASE64.encode(&c.chain.to_bytes()),
+                    my_secret: c.my_secret.as_ref().map(|s| hex::encode(s.as_ref())),
+                    psk: c.psk.as_ref().map(|s| hex::encode(s.as_ref())),
+                    psk_source: c.psk_source,
+                    argon2: c.argon2,
+                })
+                .collect(),
+        }
+    }
+
+    /// Makes this fresh device one of the identity `bundle` describes:
+    /// `keys` are this device's keys as a member of it (see
+    /// [`DataDir::join_identity`]). Sessions with contacts' devices start
+    /// afresh, from the fallback keys in their chains.
+    pub fn join(&mut self, keys: &ClientKeys, bundle: &DeviceBundle, now_ms: u64) -> Result<()> {
+        use data_encoding::BASE64;
+        self.check_fresh()?;
+        let bad = |why: &str| contact_error(format!("the device bundle: {why}"));
+        let chain_bytes = BASE64
+            .decode(bundle.chain.as_bytes())
+            .map_err(|_| bad("the chain is not base64"))?;
+        let chain = Chain::from_bytes(&chain_bytes, Some(&keys.identity_public()))?;
+        if !chain
+            .device(&keys.device_public())
+            .is_some_and(|d| d.is_current())
+        {
+            return Err(bad("this device is not a current device of the identity"));
+        }
+        if bundle.contacts.len() > MAX_CONTACTS {
+            return Err(bad("too many contacts"));
+        }
+        let mut contacts = BTreeMap::new();
+        for b in &bundle.contacts {
+            check_name(&b.name)?;
+            let card = Card::parse(&b.card)?;
+            let their = BASE64
+                .decode(b.chain.as_bytes())
+                .map_err(|_| bad("a contact's chain is not base64"))?;
+            let their = Chain::from_bytes(&their, Some(&card.identity()))?;
+            contacts.insert(
+                b.name.clone(),
+                Contact {
+                    name: b.name.clone(),
+                    card_text: b.card.clone(),
+                    card,
+                    chain: their,
+                    added_at_ms: now_ms,
+                    my_secret: b
+                        .my_secret
+                        .as_deref()
+                        .map(|s| hex32(s, "my_secret"))
+                        .transpose()?,
+                    psk: b.psk.as_deref().map(|s| hex32(s, "psk")).transpose()?,
+                    psk_source: b.psk_source,
+                    argon2: b.argon2,
+                    sessions: BTreeMap::new(),
+                    // The card's one-time key was for the device that
+                    // imported it.
+                    used_their_one_time_key: true,
+                    alarm: None,
+                    awaiting: None,
+                    fallback_sessions: VecDeque::new(),
+                },
+            );
+        }
+        self.own_chain = chain;
+        self.own_chain_dirty = true;
+        for name in contacts.keys() {
+            self.dirty.push(name.clone());
+        }
+        self.contacts = contacts;
+        self.save()
+    }
+
+    fn push_links_to_all(&mut self) {
+        let names: Vec<String> = self
+            .contacts
+            .values()
+            .filter(|c| c.psk.is_some())
+            .map(|c| c.name.clone())
+            .collect();
+        for contact in names {
+            self.actions.push(ChainAction::SendLinks {
+                contact,
+                device: None,
+            });
+        }
+    }
+
+    /// The chain traffic to send (links to push, links to ask for).
+    pub fn take_actions(&mut self) -> Vec<ChainAction> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Seals the chain traffic [`Contacts::take_actions`] gives: (contact,
+    /// sealed copy) to queue. A failure (a contact removed since, a
+    /// revoked device) is logged and the action dropped.
+    pub fn seal_actions<R: CryptoRng + ?Sized>(
+        &mut self,
+        keys: &ClientKeys,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Vec<(String, SealedMessage)> {
+        let mut out = Vec::new();
+        for action in self.take_actions() {
+            let (contact, device, content) = match action {
+                ChainAction::SendLinks { contact, device } => {
+                    (contact, device, Content::Links(self.own_chain.to_bytes()))
+                }
+                ChainAction::RequestLinks {
+                    contact,
+                    device,
+                    after,
+                } => (contact, Some(device), Content::LinksRequest { after }),
+            };
+            match self.seal_to(keys, &contact, device, &content, now_ms, rng) {
+                Ok(copies) => out.extend(copies.into_iter().map(|c| (contact.clone(), c))),
+                Err(e) => {
+                    tracing::warn!(contact, error = %e, "chain traffic for a contact could not be sealed; dropped");
+                }
+            }
+        }
+        out
     }
 
     /// The identity key of contact `name`.
     pub fn identity_of(&self, name: &str) -> Result<[u8; PUBLIC_KEY_LEN]> {
         self.contacts
             .get(name)
-            .map(|c| c.card.identity)
+            .map(|c| *c.chain.identity())
             .ok_or_else(|| Error::NoSuchContact(name.to_string()))
     }
 
@@ -731,8 +1411,8 @@ impl Contacts {
         Ok(ContactInfo {
             name: c.name.clone(),
             nickname: c.card.nickname.clone(),
-            identity: hex::encode(c.card.identity),
-            safety_number: safety_number(&keys.identity_public(), &c.card.identity),
+            identity: hex::encode(c.chain.identity()),
+            safety_number: safety_number(&keys.identity_public(), c.chain.identity()),
             complete: c.psk.is_some(),
             psk_source: if c.psk.is_some() {
                 match c.psk_source {
@@ -742,14 +1422,27 @@ impl Contacts {
             } else {
                 String::new()
             },
-            mailbox_server: c.card.mailbox_server.to_hex(),
-            sessions: c.sessions.len(),
+            mailbox_server: c.card.cert.mailbox_server.to_hex(),
+            sessions: c.sessions.values().map(Vec::len).sum(),
             added_at_ms: c.added_at_ms,
+            devices: device_infos(&c.chain, None, &self.last_seen),
+            chain_seq: c.chain.head().seq,
+            alarm: c.alarm.clone(),
+            awaiting_links: c.awaiting,
         })
     }
 
-    /// Where messages to `name` go, checking that they can be sent.
-    pub fn address_of(&self, name: &str) -> Result<Address> {
+    /// Where messages to `name` go, one address per current device,
+    /// checking that they can be sent.
+    pub fn addresses_of(&self, name: &str) -> Result<Vec<Address>> {
+        let c = self.sendable(name)?;
+        Ok(c.chain
+            .current_devices()
+            .map(|d| Address::of_cert(c.chain.identity(), &d.cert))
+            .collect())
+    }
+
+    fn sendable(&self, name: &str) -> Result<&Contact> {
         let c = self
             .contacts
             .get(name)
@@ -759,11 +1452,20 @@ impl Contacts {
                 "{name} does not have your card yet: run `bastet contact export --for {name} --out FILE` and give them FILE"
             )));
         }
-        Ok(c.card.address())
+        if let Some(alarm) = &c.alarm {
+            return Err(Error::Equivocation(alarm.clone()));
+        }
+        if c.chain.current_devices().next().is_none() {
+            return Err(contact_error(format!(
+                "{name} has no device that is not revoked"
+            )));
+        }
+        Ok(c)
     }
 
-    /// Seals `content` to contact `name` through all four layers. The
-    /// ratchet state is saved before this returns.
+    /// Seals `content` to contact `name` through all four layers, one copy
+    /// per current device of theirs (in chain order). The ratchet state is
+    /// saved before this returns.
     pub fn seal_message<R: CryptoRng + ?Sized>(
         &mut self,
         keys: &ClientKeys,
@@ -771,79 +1473,118 @@ impl Contacts {
         content: &Content,
         sent_at_ms: u64,
         rng: &mut R,
-    ) -> Result<SealedMessage> {
+    ) -> Result<Vec<SealedMessage>> {
+        self.seal_to(keys, name, None, content, sent_at_ms, rng)
+    }
+
+    /// [`Contacts::seal_message`] to one device of the contact, or to all.
+    pub fn seal_to<R: CryptoRng + ?Sized>(
+        &mut self,
+        keys: &ClientKeys,
+        name: &str,
+        device: Option<[u8; PUBLIC_KEY_LEN]>,
+        content: &Content,
+        sent_at_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<SealedMessage>> {
         content.check()?;
+        self.check_may_send(keys)?;
+        let head = self.own_chain.head();
         let ratchet_identity = self.account.curve25519_key().to_bytes();
-        let c = self
-            .contacts
-            .get_mut(name)
-            .ok_or_else(|| Error::NoSuchContact(name.to_string()))?;
-        let psk = c.psk.clone().ok_or_else(|| {
-            contact_error(format!(
-                "{name} does not have your card yet: run `bastet contact export --for {name} --out FILE` and give them FILE"
-            ))
-        })?;
-        let message_id = MessageId(crypto::random_bytes(rng));
-        let layer1 = content::seal(
-            keys,
-            &c.card.recipient(),
-            message_id,
-            content,
-            sent_at_ms,
-            rng,
-        )?;
-        let layer2 = psk::seal(
-            &psk,
-            &keys.identity_public(),
-            &c.card.identity,
-            &layer1,
-            rng,
-        )?;
-        if c.sessions.is_empty() {
-            if c.used_their_one_time_key {
-                return Err(contact_error(format!(
-                    "no ratchet session with {name} and the one-time key of their card is used: ask them for a fresh card"
-                )));
-            }
-            let session = self
-                .account
-                .create_outbound_session(
-                    SessionConfig::version_1(),
-                    Curve25519PublicKey::from_bytes(c.card.ratchet_identity),
-                    Curve25519PublicKey::from_bytes(c.card.one_time_key),
-                )
-                .map_err(|e| {
-                    contact_error(format!("cannot start a ratchet session with {name}: {e}"))
-                })?;
-            c.sessions.push(session);
-            c.used_their_one_time_key = true;
+        let c = self.sendable(name)?;
+        let psk = c
+            .psk
+            .clone()
+            .ok_or_else(|| contact_error("no pre-shared key"))?;
+        let identity = *c.chain.identity();
+        let targets: Vec<DeviceCert> = c
+            .chain
+            .current_devices()
+            .filter(|d| device.is_none_or(|k| k == d.cert.device))
+            .map(|d| d.cert.clone())
+            .collect();
+        if targets.is_empty() {
+            return Err(contact_error(format!("{name} has no such current device")));
         }
-        let message = c.sessions[0].encrypt(&layer2).map_err(|e| Error::Layer {
-            layer: "ratchet",
-            why: e.to_string(),
-        })?;
-        let (message_type, message) = message.to_parts();
-        let inner = envelope::Inner {
-            sender_ratchet_key: ratchet_identity,
-            message_type: u8::try_from(message_type).unwrap_or(u8::MAX),
-            message,
-        };
-        let payload = envelope::seal(&c.card.envelope, &inner, rng)?;
+        let mut out = Vec::with_capacity(targets.len());
+        for cert in targets {
+            let message_id = MessageId(crypto::random_bytes(rng));
+            let layer1 = content::seal(
+                keys,
+                &head,
+                &Recipient::of_cert(&identity, &cert),
+                message_id,
+                content,
+                sent_at_ms,
+                rng,
+            )?;
+            let layer2 = psk::seal(&psk, &keys.identity_public(), &identity, &layer1, rng)?;
+            let c = self
+                .contacts
+                .get_mut(name)
+                .ok_or_else(|| Error::NoSuchContact(name.to_string()))?;
+            let sessions = c.sessions.entry(cert.device).or_default();
+            if sessions.is_empty() {
+                // The card's one-time key for the card's device, once;
+                // the fallback key of the chain's certificate otherwise.
+                let one_time_key =
+                    if cert.device == c.card.cert.device && !c.used_their_one_time_key {
+                        c.used_their_one_time_key = true;
+                        c.card.one_time_key
+                    } else {
+                        cert.ratchet_fallback
+                    };
+                let session = self
+                    .account
+                    .create_outbound_session(
+                        SessionConfig::version_1(),
+                        Curve25519PublicKey::from_bytes(cert.ratchet_identity),
+                        Curve25519PublicKey::from_bytes(one_time_key),
+                    )
+                    .map_err(|e| {
+                        contact_error(format!("cannot start a ratchet session with {name}: {e}"))
+                    })?;
+                sessions.push(session);
+            }
+            let message = sessions[0].encrypt(&layer2).map_err(|e| Error::Layer {
+                layer: "ratchet",
+                why: e.to_string(),
+            })?;
+            let (message_type, message) = message.to_parts();
+            let inner = envelope::Inner {
+                sender_ratchet_key: ratchet_identity,
+                message_type: u8::try_from(message_type).unwrap_or(u8::MAX),
+                message,
+            };
+            let payload = envelope::seal(&cert.envelope, &inner, rng)?;
+            out.push(SealedMessage {
+                message_id,
+                sent_at_ms,
+                payload,
+                device: cert.device,
+                to: Address::of_cert(&identity, &cert),
+            });
+        }
         self.mark(name);
         self.save()?;
-        Ok(SealedMessage {
-            message_id,
-            sent_at_ms,
-            payload,
-        })
+        Ok(out)
     }
 
     /// [`Contacts::open_message`], with every failure made a rejected
-    /// message to show (nothing is dropped silently).
-    pub fn receive(&mut self, keys: &ClientKeys, payload: &[u8]) -> ReceivedMessage {
+    /// message to show (nothing is dropped silently). `None`: nothing to
+    /// show now (chain traffic, or a message held for missing links; see
+    /// [`Contacts::take_released`]).
+    pub fn receive(&mut self, keys: &ClientKeys, payload: &[u8]) -> Option<ReceivedMessage> {
         match self.open_message(keys, payload) {
-            Ok(Opened::Message(m)) => m,
-            Ok(Opened::Pending(why)) | Err(why) => ReceivedMessage::rejected(payload, None, &why),
+            Ok(Opened::Message(m)) => Some(m),
+            Ok(Opened::Held) => None,
+            Ok(Opened::Chain(notices)) => {
+                self.released.extend(notices.into_iter().map(|n| (n, None)));
+                None
+            }
+            Ok(Opened::Pending(why)) | Err(why) => {
+                Some(ReceivedMessage::rejected(payload, None, &why))
+            }
         }
     }
 
@@ -853,18 +1594,18 @@ impl Contacts {
     pub fn open_message(&mut self, keys: &ClientKeys, payload: &[u8]) -> Result<Opened> {
         let inner = envelope::open(keys, payload)?;
         let message = parse_ratchet_message(inner.message_type, &inner.message)?;
-        let known = self
-            .contacts
-            .values()
-            .find(|c| c.card.ratchet_identity == inner.sender_ratchet_key)
-            .map(|c| (c.name.clone(), c.psk.is_some()));
-        let name = match known {
-            Some((name, true)) => name,
+        let known = self.contacts.values().find_map(|c| {
+            c.chain
+                .device_by_ratchet_key(&inner.sender_ratchet_key)
+                .map(|d| (c.name.clone(), c.psk.is_some(), d.clone()))
+        });
+        let (name, device) = match known {
+            Some((name, true, device)) => (name, device),
             other => {
                 // Not opened further: the ratchet is left untouched, so the
                 // message opens once the contact is complete.
                 let why = match other {
-                    Some((name, _)) => contact_error(format!(
+                    Some((name, _, _)) => contact_error(format!(
                         "a message from {name}, who does not have your card yet: it is kept; run `bastet contact export --for {name}` and give them the card"
                     )),
                     None => Error::UnknownSender(hex::encode(inner.sender_ratchet_key)),
@@ -876,7 +1617,17 @@ impl Contacts {
                 return Ok(Opened::Pending(why));
             }
         };
-        let layer2 = self.ratchet_decrypt(&name, &message)?;
+        if let Some(r) = &device.revoked {
+            return Err(Error::RevokedDevice {
+                contact: name,
+                device: short_id(&device.cert.device),
+                reason: r.reason.clone(),
+            });
+        }
+        if let Some(alarm) = self.contacts.get(&name).and_then(|c| c.alarm.clone()) {
+            return Err(Error::Equivocation(alarm));
+        }
+        let layer2 = self.ratchet_decrypt(&name, &device.cert, &message)?;
         self.mark(&name);
         let c = self
             .contacts
@@ -888,13 +1639,15 @@ impl Contacts {
             .ok_or_else(|| contact_error(format!("{name} has no pre-shared key")))?;
         let layer1 = psk::open(
             psk,
-            &c.card.identity,
+            c.chain.identity(),
             &keys.identity_public(),
             &layer2,
             &name,
         )?;
         let opened = content::open(keys, &layer1)?;
-        if opened.sender_identity != c.card.identity || opened.sender_device != c.card.device {
+        if &opened.sender_identity != c.chain.identity()
+            || opened.sender_device != device.cert.device
+        {
             return Err(Error::NotTheContact(name));
         }
         if !opened.signature_ok {
@@ -903,23 +1656,254 @@ impl Contacts {
                 why: format!("the signature by {name}'s device does not verify; rejected"),
             });
         }
-        let (text, file) = match opened.content {
-            Content::Text(t) => (t, None),
-            Content::File { name, bytes } => (String::new(), Some(ReceivedFile { name, bytes })),
-        };
-        Ok(Opened::Message(ReceivedMessage {
-            message_id: opened.message_id,
-            sent_at_ms: opened.sent_at_ms,
-            from: opened.sender_identity,
-            contact: Some(name),
-            verified: true,
-            text,
-            file,
-            rejected: None,
-        }))
+        self.last_seen.insert(device.cert.device, crate::now_ms());
+        match c.chain.check_head(&opened.sender_head) {
+            HeadCheck::Known => {}
+            HeadCheck::Conflict => {
+                let alarm = format!(
+                    "{name}'s device {} claims a chain link {} that differs from the one you hold",
+                    short_id(&device.cert.device),
+                    opened.sender_head.seq
+                );
+                self.raise_alarm(&name, &alarm);
+                return Err(Error::Equivocation(alarm));
+            }
+            HeadCheck::Ahead => {
+                if let Some(c) = self.contacts.get_mut(&name) {
+                    c.awaiting = Some(c.awaiting.unwrap_or(0).max(opened.sender_head.seq));
+                }
+            }
+        }
+        match opened.content {
+            Content::Links(bytes) => {
+                let notices = self.merge_links(&name, &bytes)?;
+                Ok(Opened::Chain(notices))
+            }
+            Content::LinksRequest { .. } => {
+                let now = crate::now_ms();
+                if self
+                    .links_sent
+                    .get(&name)
+                    .is_none_or(|t| now.saturating_sub(*t) >= LINKS_INTERVAL_MS)
+                {
+                    self.links_sent.insert(name.clone(), now);
+                    self.actions.push(ChainAction::SendLinks {
+                        contact: name,
+                        device: Some(device.cert.device),
+                    });
+                }
+                Ok(Opened::Chain(Vec::new()))
+            }
+            content => {
+                let (text, file) = match content {
+                    Content::File { name, bytes } => {
+                        (String::new(), Some(ReceivedFile { name, bytes }))
+                    }
+                    Content::Text(t) => (t, None),
+                    _ => (String::new(), None),
+                };
+                let message = ReceivedMessage {
+                    message_id: opened.message_id,
+                    sent_at_ms: opened.sent_at_ms,
+                    from: opened.sender_identity,
+                    contact: Some(name.clone()),
+                    verified: true,
+                    text,
+                    file,
+                    rejected: None,
+                    notice: false,
+                };
+                let behind = self
+                    .contacts
+                    .get(&name)
+                    .and_then(|c| c.awaiting.map(|a| (a, c.chain.head().seq)));
+                match behind {
+                    Some((_, held)) => {
+                        self.hold_message(&name, &device.cert.device, &message, held)?;
+                        Ok(Opened::Held)
+                    }
+                    None => Ok(Opened::Message(message)),
+                }
+            }
+        }
     }
 
-    fn ratchet_decrypt(&mut self, name: &str, message: &OlmMessage) -> Result<Vec<u8>> {
+    fn raise_alarm(&mut self, name: &str, alarm: &str) {
+        if let Some(c) = self.contacts.get_mut(name) {
+            c.alarm.get_or_insert_with(|| alarm.to_string());
+        }
+        self.mark(name);
+        self.released.push((
+            ReceivedMessage::notice(name, &Error::Equivocation(alarm.to_string()).to_string()),
+            None,
+        ));
+    }
+
+    /// Keeps an opened message until the contact's chain catches up, and
+    /// asks the sending device for the links (at most once a minute).
+    fn hold_message(
+        &mut self,
+        name: &str,
+        device: &[u8; PUBLIC_KEY_LEN],
+        message: &ReceivedMessage,
+        held_seq: u64,
+    ) -> Result<()> {
+        if self.held_count() >= MAX_HELD {
+            return Err(contact_error(format!(
+                "{name} claims devices you have not heard of, and {MAX_HELD} messages wait for them already: this one is refused"
+            )));
+        }
+        let file = HeldFile {
+            contact: name.to_string(),
+            device: hex::encode(device),
+            message: crate::daemon::api::WireReceived::new(message, crate::now_ms(), 0),
+        };
+        let json =
+            Zeroizing::new(serde_json::to_vec(&file).map_err(|e| contact_error(e.to_string()))?);
+        let id = format!("{}.json", message.message_id.to_hex());
+        self.held.push((id, json.to_vec()));
+        let now = crate::now_ms();
+        if self
+            .links_sent
+            .get(name)
+            .is_none_or(|t| now.saturating_sub(*t) >= LINKS_INTERVAL_MS)
+        {
+            self.links_sent.insert(name.to_string(), now);
+            self.actions.push(ChainAction::RequestLinks {
+                contact: name.to_string(),
+                device: *device,
+                after: held_seq,
+            });
+        }
+        Ok(())
+    }
+
+    fn held_count(&self) -> usize {
+        let dir = self.dir.join(HELD);
+        std::fs::read_dir(&dir).map_or(0, |d| d.count()) + self.held.len()
+    }
+
+    /// Merges links a contact sent: returns the notices to show (what
+    /// changed, or an equivocation alarm), and releases held messages.
+    fn merge_links(&mut self, name: &str, bytes: &[u8]) -> Result<Vec<ReceivedMessage>> {
+        let links = crate::identity::decode_links(bytes)?;
+        let c = self
+            .contacts
+            .get_mut(name)
+            .ok_or_else(|| Error::NoSuchContact(name.to_string()))?;
+        let before = c.chain.clone();
+        let mut notices = Vec::new();
+        match c.chain.merge(&links) {
+            Ok(_) => {}
+            Err(Error::Equivocation(why)) => {
+                let alarm = format!("{name}: {why}");
+                self.raise_alarm(name, &alarm);
+                return Err(Error::Equivocation(alarm));
+            }
+            Err(e) => return Err(e),
+        }
+        if c.awaiting.is_some_and(|a| a <= c.chain.head().seq) {
+            c.awaiting = None;
+        }
+        if let Some(text) = chain_notice(name, &before, &c.chain) {
+            notices.push(ReceivedMessage::notice(name, &text));
+        }
+        self.mark(name);
+        self.release_held(name)?;
+        Ok(notices)
+    }
+
+    /// Judges again the messages held for `name`: released (to
+    /// [`Contacts::take_released`]) once the chain caught up, rejected if
+    /// their device turned out revoked.
+    fn release_held(&mut self, name: &str) -> Result<()> {
+        let Some(c) = self.contacts.get(name) else {
+            return Ok(());
+        };
+        if c.awaiting.is_some() {
+            return Ok(());
+        }
+        let chain = c.chain.clone();
+        let mut files: Vec<(String, Vec<u8>)> = std::mem::take(&mut self.held);
+        let dir = self.dir.join(HELD);
+        for entry in std::fs::read_dir(&dir).map_err(|e| self.data_dir.file_error(&dir, e))? {
+            let entry = entry.map_err(|e| self.data_dir.file_error(&dir, e))?;
+            let file = entry.file_name().to_string_lossy().to_string();
+            if file.ends_with(".tmp") || files.iter().any(|(f, _)| *f == file) {
+                continue;
+            }
+            if let Some(bytes) = self.data_dir.read_bounded(&entry.path(), MAX_HELD_FILE)? {
+                files.push((file, bytes));
+            }
+        }
+        let mut keep = Vec::new();
+        for (file, bytes) in files {
+            let held: HeldFile = match serde_json::from_slice(&bytes) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(file, error = %e, "a held message is corrupt; it stays");
+                    continue;
+                }
+            };
+            if held.contact != name {
+                keep.push((file, bytes));
+                continue;
+            }
+            let device = *hex32(&held.device, "held message device")?;
+            let mut message = held.message.to_inbox_message()?.message;
+            match chain.device(&device) {
+                Some(d) if d.is_current() => {}
+                Some(d) => {
+                    let why = Error::RevokedDevice {
+                        contact: name.to_string(),
+                        device: short_id(&device),
+                        reason: d
+                            .revoked
+                            .as_ref()
+                            .map_or(String::new(), |r| r.reason.clone()),
+                    };
+                    message.text.clear();
+                    message.file = None;
+                    message.verified = false;
+                    message.rejected = Some(why.to_string());
+                }
+                None => {
+                    keep.push((file, bytes));
+                    continue;
+                }
+            }
+            // A message saved in this call has no file yet.
+            let on_disk = self.dir.join(HELD).join(&file).exists();
+            self.released.push((message, on_disk.then_some(file)));
+        }
+        self.held = keep;
+        Ok(())
+    }
+
+    /// Messages that were held and are now released (or rejected), and
+    /// notices of chain changes, to show; then drop their held files with
+    /// [`Contacts::drop_held`] once they are stored.
+    pub fn take_released(&mut self) -> (Vec<ReceivedMessage>, Vec<String>) {
+        let mut messages = Vec::new();
+        let mut files = Vec::new();
+        for (m, f) in std::mem::take(&mut self.released) {
+            messages.push(m);
+            files.extend(f);
+        }
+        (messages, files)
+    }
+
+    /// Forgets a held message (after it was released and stored).
+    pub fn drop_held(&self, file: &str) -> Result<()> {
+        remove_file(&self.data_dir, &self.dir.join(HELD).join(file))
+    }
+
+    fn ratchet_decrypt(
+        &mut self,
+        name: &str,
+        cert: &DeviceCert,
+        message: &OlmMessage,
+    ) -> Result<Vec<u8>> {
         let c = self
             .contacts
             .get_mut(name)
@@ -928,23 +1912,29 @@ impl Contacts {
             layer: "ratchet",
             why,
         };
+        let sessions = c.sessions.entry(cert.device).or_default();
         let mut last_error = None;
         let candidates: Vec<usize> = match message {
             OlmMessage::PreKey(m) => {
                 let id = m.session_id();
-                c.sessions
+                if c.fallback_sessions.contains(&id)
+                    && !sessions.iter().any(|s| s.session_id() == id)
+                {
+                    return Err(Error::Replayed);
+                }
+                sessions
                     .iter()
                     .position(|s| s.session_id() == id)
                     .into_iter()
                     .collect()
             }
-            OlmMessage::Normal(_) => (0..c.sessions.len()).collect(),
+            OlmMessage::Normal(_) => (0..sessions.len()).collect(),
         };
         for i in candidates {
-            match c.sessions[i].decrypt(message) {
+            match sessions[i].decrypt(message) {
                 Ok(plaintext) => {
-                    let s = c.sessions.remove(i);
-                    c.sessions.insert(0, s);
+                    let s = sessions.remove(i);
+                    sessions.insert(0, s);
                     return Ok(plaintext);
                 }
                 Err(e) => last_error = Some(e),
@@ -960,14 +1950,14 @@ impl Contacts {
         }
         let OlmMessage::PreKey(m) = message else {
             return Err(ratchet_error(format!(
-                "no ratchet session with {name} for this message"
+                "no ratchet session with this device of {name} for this message"
             )));
         };
         let created = self
             .account
             .create_inbound_session(
                 SessionConfig::version_1(),
-                Curve25519PublicKey::from_bytes(c.card.ratchet_identity),
+                Curve25519PublicKey::from_bytes(cert.ratchet_identity),
                 m,
             )
             .map_err(|e| match e {
@@ -978,8 +1968,22 @@ impl Contacts {
                 e => ratchet_error(e.to_string()),
             })?;
         self.account_dirty = true;
-        c.sessions.insert(0, created.session);
-        c.sessions.truncate(MAX_SESSIONS);
+        let id = created.session.session_id();
+        if self
+            .own_chain
+            .devices()
+            .iter()
+            .any(|d| d.cert.ratchet_fallback == m.one_time_key().to_bytes())
+        {
+            // Made with the fallback key, which stays: remember the
+            // session so that its first message cannot start it again.
+            c.fallback_sessions.push_back(id);
+            while c.fallback_sessions.len() > MAX_FALLBACK_SESSIONS {
+                c.fallback_sessions.pop_front();
+            }
+        }
+        sessions.insert(0, created.session);
+        sessions.truncate(MAX_SESSIONS);
         Ok(created.plaintext)
     }
 
@@ -1031,12 +2035,14 @@ impl Contacts {
                 self.pending.truncate(before);
                 continue;
             }
-            messages.push(crate::InboxMessage {
-                seq: 0,
-                received_at_ms: crate::now_ms(),
-                fragments: 0,
-                message,
-            });
+            if let Some(message) = message {
+                messages.push(crate::InboxMessage {
+                    seq: 0,
+                    received_at_ms: crate::now_ms(),
+                    fragments: 0,
+                    message,
+                });
+            }
             files.push(file);
         }
         Ok((messages, files))
@@ -1044,19 +2050,14 @@ impl Contacts {
 
     /// Forgets a pending payload (after it was opened and stored).
     pub fn drop_pending(&self, name: &str) -> Result<()> {
-        let path = self.dir.join(PENDING).join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.data_dir.file_error(&path, e)),
-        }
+        remove_file(&self.data_dir, &self.dir.join(PENDING).join(name))
     }
 
-    /// Whether `ratchet_key` belongs to a contact.
+    /// Whether `ratchet_key` belongs to a device of a contact.
     pub fn knows_ratchet_key(&self, ratchet_key: &[u8; PUBLIC_KEY_LEN]) -> bool {
         self.contacts
             .values()
-            .any(|c| &c.card.ratchet_identity == ratchet_key)
+            .any(|c| c.chain.device_by_ratchet_key(ratchet_key).is_some())
     }
 }
 
@@ -1083,7 +2084,7 @@ pub(crate) mod testing {
             let dir = DataDir::new(tmp.path().join("client"));
             dir.create().unwrap();
             let keys = ClientKeys::generate(&mut rand::rng());
-            let book = Contacts::load(&dir, &keys).unwrap();
+            let book = Contacts::load(&dir, &keys, SERVER).unwrap();
             Party {
                 tmp,
                 dir,
@@ -1096,27 +2097,42 @@ pub(crate) mod testing {
         /// (the keys from their secrets, the book from disk).
         pub(crate) fn restart(&mut self) {
             self.book.save().unwrap();
-            self.keys = ClientKeys::from_secrets(
-                &self.keys.identity_secret(),
-                &self.keys.encryption_secret(),
-                &self.keys.mailbox_secret(),
-                &self.keys.device_secrets(),
-            );
-            self.book = Contacts::load(&self.dir, &self.keys).unwrap();
+            self.keys = match self.keys.identity_secret() {
+                Some(identity) => ClientKeys::from_secrets(
+                    &identity,
+                    &self.keys.encryption_secret(),
+                    &self.keys.mailbox_secret(),
+                    &self.keys.device_secrets(),
+                ),
+                None => ClientKeys::from_device_secrets(
+                    self.keys.identity_public(),
+                    &self.keys.encryption_secret(),
+                    &self.keys.mailbox_secret(),
+                    &self.keys.device_secrets(),
+                ),
+            };
+            self.book = Contacts::load(&self.dir, &self.keys, SERVER).unwrap();
         }
 
         /// A card of this device (a reply to `for_contact`'s, if given),
         /// text form.
         pub(crate) fn card(&mut self, for_contact: Option<&str>) -> String {
             self.book
-                .export_card(&self.keys, SERVER, "nick", for_contact, 1)
+                .export_card(&self.keys, "nick", for_contact, 1)
                 .unwrap()
                 .to_text(&self.keys)
                 .unwrap()
         }
 
-        /// Seals `text` to contact `to`: the payload.
+        /// Seals `text` to contact `to`, who has one device: the payload.
         pub(crate) fn send(&mut self, to: &str, text: &str) -> Vec<u8> {
+            let mut copies = self.send_all(to, text);
+            assert_eq!(copies.len(), 1, "{to} has several devices");
+            copies.remove(0).payload
+        }
+
+        /// Seals `text` to contact `to`: a copy per device.
+        pub(crate) fn send_all(&mut self, to: &str, text: &str) -> Vec<SealedMessage> {
             self.book
                 .seal_message(
                     &self.keys,
@@ -1126,7 +2142,6 @@ pub(crate) mod testing {
                     &mut rand::rng(),
                 )
                 .unwrap()
-                .payload
         }
 
         /// Opens `payload`; a pending message is an error.
@@ -1134,6 +2149,7 @@ pub(crate) mod testing {
             match self.book.open_message(&self.keys, payload)? {
                 Opened::Message(m) => Ok(m),
                 Opened::Pending(why) => Err(why),
+                other => Err(contact_error(format!("not a message: {other:?}"))),
             }
         }
 
@@ -1180,26 +2196,28 @@ mod tests {
     fn seal_ratchet(from: &mut Party, to: &str, layer2: &[u8]) -> Vec<u8> {
         let ratchet_identity = from.book.account.curve25519_key().to_bytes();
         let c = from.book.contacts.get_mut(to).unwrap();
-        if c.sessions.is_empty() {
+        let cert = c.card.cert.clone();
+        let sessions = c.sessions.entry(cert.device).or_default();
+        if sessions.is_empty() {
             let session = from
                 .book
                 .account
                 .create_outbound_session(
                     SessionConfig::version_1(),
-                    Curve25519PublicKey::from_bytes(c.card.ratchet_identity),
+                    Curve25519PublicKey::from_bytes(cert.ratchet_identity),
                     Curve25519PublicKey::from_bytes(c.card.one_time_key),
                 )
                 .unwrap();
-            c.sessions.push(session);
+            sessions.push(session);
             c.used_their_one_time_key = true;
         }
-        let (message_type, message) = c.sessions[0].encrypt(layer2).unwrap().to_parts();
+        let (message_type, message) = sessions[0].encrypt(layer2).unwrap().to_parts();
         let inner = envelope::Inner {
             sender_ratchet_key: ratchet_identity,
             message_type: u8::try_from(message_type).unwrap(),
             message,
         };
-        envelope::seal(&c.card.envelope, &inner, &mut rng()).unwrap()
+        envelope::seal(&cert.envelope, &inner, &mut rng()).unwrap()
     }
 
     /// Seals `layer1` (a content layer, genuine or not) from `from` to
@@ -1210,7 +2228,7 @@ mod tests {
         let layer2 = psk::seal(
             c.psk.as_ref().unwrap(),
             &from.keys.identity_public(),
-            &c.card.identity,
+            &c.card.identity(),
             layer1,
             &mut rng(),
         )
@@ -1222,6 +2240,7 @@ mod tests {
     fn content_layer(from: &Party, to: &str, text: &str) -> Vec<u8> {
         content::seal(
             &from.keys,
+            &from.book.own_chain.head(),
             &from.book.contacts[to].card.recipient(),
             MessageId([5; 16]),
             &Content::Text(text.to_string()),
@@ -1258,7 +2277,8 @@ mod tests {
         let sealed = bob
             .book
             .seal_message(&bob.keys, "alice", &file, 5, &mut rng())
-            .unwrap();
+            .unwrap()
+            .remove(0);
         let m = alice.open(&sealed.payload).unwrap();
         assert_eq!(m.message_id, sealed.message_id);
         assert_eq!(m.contact.as_deref(), Some("bob"));
@@ -1429,7 +2449,7 @@ mod tests {
         let layer2 = psk::seal(
             c.psk.as_ref().unwrap(),
             &alice.keys.identity_public(),
-            &c.card.identity,
+            &c.card.identity(),
             &layer1,
             &mut rng(),
         )
@@ -1544,7 +2564,7 @@ mod tests {
             }) => {}
             other => panic!("{other:?}"),
         }
-        let message = carol.book.receive(&carol.keys, &payload);
+        let message = carol.book.receive(&carol.keys, &payload).unwrap();
         assert!(message.rejected.is_some() && !message.verified && message.text.is_empty());
         assert_eq!(bob.open_text(&payload), "for bob only");
         // Carol's own messages from alice open.
@@ -1560,6 +2580,7 @@ mod tests {
         let carol = Party::new();
         let layer1 = content::seal_signed_for(
             &alice.keys,
+            &alice.book.own_chain.head(),
             &alice.book.contacts["bob"].card.recipient(),
             (&carol.keys.identity_public(), &carol.keys.device_public()),
             MessageId([9; 16]),
@@ -1588,6 +2609,7 @@ mod tests {
         // Mallory's own keys, inside the genuine pair's psk and ratchet.
         let forged = content::seal(
             &mallory.keys,
+            &mallory.book.own_chain.head(),
             &recipient,
             MessageId([1; 16]),
             &Content::Text("from mallory".into()),
@@ -1602,13 +2624,14 @@ mod tests {
         }
         // Alice's identity key but Mallory's device key.
         let half = ClientKeys::from_secrets(
-            &alice.keys.identity_secret(),
+            &alice.keys.identity_secret().unwrap(),
             &mallory.keys.encryption_secret(),
             &mallory.keys.mailbox_secret(),
             &mallory.keys.device_secrets(),
         );
         let forged = content::seal(
             &half,
+            &alice.book.own_chain.head(),
             &recipient,
             MessageId([2; 16]),
             &Content::Text("from mallory".into()),
@@ -1660,7 +2683,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let m = bob.book.receive(&bob.keys, &first);
-        assert!(m.rejected.unwrap().contains("ratchet layer"));
+        assert!(m.unwrap().rejected.unwrap().contains("ratchet layer"));
     }
 
     #[test]
@@ -1755,10 +2778,10 @@ mod tests {
         let payload = alice.send("bob", "unsaved");
         assert_eq!(bob.open_text(&payload), "unsaved");
         // Crash: the book is dropped without save().
-        bob.book = Contacts::load(&bob.dir, &bob.keys).unwrap();
+        bob.book = Contacts::load(&bob.dir, &bob.keys, testing::SERVER).unwrap();
         assert_eq!(bob.open_text(&payload), "unsaved");
         bob.book.save().unwrap();
-        bob.book = Contacts::load(&bob.dir, &bob.keys).unwrap();
+        bob.book = Contacts::load(&bob.dir, &bob.keys, testing::SERVER).unwrap();
         assert!(matches!(bob.open(&payload), Err(Error::Replayed)));
     }
 
@@ -1823,7 +2846,7 @@ mod tests {
                 let shown = format!("{result:?}");
                 assert!(!shown.contains(MARKER), "{shown}");
                 assert!(!matches!(result, Ok(Opened::Message(_))), "{shown}");
-                let received = party.book.receive(&party.keys, payload);
+                let received = party.book.receive(&party.keys, payload).unwrap();
                 assert!(!format!("{received:?}").contains(MARKER));
                 assert!(received.rejected.is_some());
             }
@@ -1836,7 +2859,7 @@ mod tests {
                 OlmMessage::from_parts(usize::from(inner.message_type), &inner.message).unwrap();
             for party in [&mut alice, &mut bob] {
                 for c in party.book.contacts.values_mut() {
-                    for s in &mut c.sessions {
+                    for s in c.sessions.values_mut().flatten() {
                         if let Ok(plain) = s.decrypt(&message) {
                             panic!("a session decrypted an old message ({} bytes)", plain.len());
                         }
@@ -1848,7 +2871,7 @@ mod tests {
                                 .account
                                 .create_inbound_session(
                                     SessionConfig::version_1(),
-                                    Curve25519PublicKey::from_bytes(c.card.ratchet_identity),
+                                    Curve25519PublicKey::from_bytes(c.card.cert.ratchet_identity,),
                                     m,
                                 )
                                 .is_err()
@@ -1892,8 +2915,9 @@ mod tests {
             OlmMessage::from_parts(usize::from(inner.message_type), &inner.message).unwrap();
         assert!(!contains(&inner.message, MARKER.as_bytes()));
         // Bob's state as saved (the failed open above is not).
-        bob.book = Contacts::load(&bob.dir, &bob.keys).unwrap();
-        let layer2 = bob.book.ratchet_decrypt("alice", &message).unwrap();
+        bob.book = Contacts::load(&bob.dir, &bob.keys, testing::SERVER).unwrap();
+        let cert = bob.book.contacts["alice"].card.cert.clone();
+        let layer2 = bob.book.ratchet_decrypt("alice", &cert, &message).unwrap();
         assert!(!contains(&layer2, MARKER.as_bytes()));
         assert!(content::open(&bob.keys, &layer2).is_err());
         assert!(content::open(&bob.keys, &layer2[24..]).is_err());
@@ -1963,7 +2987,7 @@ mod tests {
         // A second answer to a complete contact would change one side only.
         assert!(
             bob.book
-                .export_card(&bob.keys, testing::SERVER, "", Some("alice"), 1)
+                .export_card(&bob.keys, "", Some("alice"), 1)
                 .is_err()
         );
         // Both have the same pre-shared key and safety number.
@@ -2005,5 +3029,316 @@ mod tests {
         }
         assert!(alice.book.pending().unwrap().is_empty());
         assert_eq!(bob.open_text(&alice.send("bob", "got it")), "got it");
+    }
+}
+
+/// Identities with several devices: fan-out, revocation, withholding and
+/// equivocation, between in-process devices.
+#[cfg(test)]
+mod device_tests {
+    use super::testing::{Party, befriend};
+    use super::*;
+
+    /// `new` (a fresh device) joins `admin`'s identity as device `name`.
+    fn join(admin: &mut Party, new: &mut Party, name: &str) {
+        let identity = admin.keys.identity_public();
+        let (cert, sig) = new
+            .book
+            .join_request(&new.keys, identity, name, CAP_SEND)
+            .unwrap();
+        admin.book.add_device(&admin.keys, cert, sig, 10).unwrap();
+        let bundle = admin.book.bundle();
+        let keys = std::mem::replace(&mut new.keys, ClientKeys::generate(&mut rand::rng()));
+        new.keys = new.dir.join_identity(keys, identity).unwrap();
+        new.book.join(&new.keys, &bundle, 11).unwrap();
+        assert!(!new.keys.has_identity_key());
+    }
+
+    /// Seals `from`'s queued chain traffic; returns the copies for `to`'s
+    /// device.
+    fn chain_traffic_for(from: &mut Party, to: &Party) -> Vec<Vec<u8>> {
+        from.book
+            .seal_actions(&from.keys, 20, &mut rand::rng())
+            .into_iter()
+            .filter(|(_, c)| c.device == to.keys.device_public())
+            .map(|(_, c)| c.payload)
+            .collect()
+    }
+
+    /// Delivers `from`'s chain traffic to `to`: the notices it gives.
+    fn deliver_chain(from: &mut Party, to: &mut Party) -> Vec<ReceivedMessage> {
+        let mut notices = Vec::new();
+        for payload in chain_traffic_for(from, to) {
+            match to.book.open_message(&to.keys, &payload).unwrap() {
+                Opened::Chain(n) => notices.extend(n),
+                other => panic!("{other:?}"),
+            }
+        }
+        notices
+    }
+
+    fn copy_for(copies: &[SealedMessage], party: &Party) -> Vec<u8> {
+        copies
+            .iter()
+            .find(|c| c.device == party.keys.device_public())
+            .unwrap()
+            .payload
+            .clone()
+    }
+
+    #[test]
+    fn a_contact_reaches_every_device_and_a_revoked_one_is_cut_off() {
+        let (mut a1, mut b) = (Party::new(), Party::new());
+        befriend(&mut a1, "alice", &mut b, "bob");
+        let (mut a2, mut a3) = (Party::new(), Party::new());
+        join(&mut a1, &mut a2, "laptop");
+        join(&mut a1, &mut a3, "tablet");
+        let notices = deliver_chain(&mut a1, &mut b);
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.notice && n.text.contains("added device")),
+            "{notices:?}"
+        );
+        let info = b.book.info(&b.keys, "alice").unwrap();
+        assert_eq!(info.devices.len(), 3);
+        assert_eq!(info.chain_seq, 2);
+        assert_eq!(
+            info.safety_number,
+            a1.book.info(&a1.keys, "bob").unwrap().safety_number
+        );
+
+        // B's messages reach all three devices of A.
+        let copies = b.send_all("alice", "to all of you");
+        assert_eq!(copies.len(), 3);
+        for p in [&mut a1, &mut a2, &mut a3] {
+            let payload = copy_for(&copies, p);
+            assert_eq!(p.open_text(&payload), "to all of you");
+        }
+        // Each device of A writes as A.
+        for p in [&mut a2, &mut a3] {
+            let m = b.open(&p.send("bob", "from a device")).unwrap();
+            assert_eq!(m.contact.as_deref(), Some("alice"));
+            assert_eq!(m.from, a1.keys.identity_public());
+            assert!(m.verified);
+        }
+        // A message of A3 that B has not read yet.
+        let early = a3.send("bob", "early");
+
+        // A1 revokes A3; B learns it.
+        let a3_id = short_id(&a3.keys.device_public());
+        a1.book
+            .revoke_device(&a1.keys, &a3_id, "stolen", 30)
+            .unwrap();
+        let notices = deliver_chain(&mut a1, &mut b);
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.text.contains("revoked device") && n.text.contains("stolen")),
+            "{notices:?}"
+        );
+        // B's next message goes to A1 and A2 only; nothing to A3's mailbox.
+        let copies = b.send_all("alice", "after the revocation");
+        assert_eq!(copies.len(), 2);
+        assert!(copies.iter().all(|c| c.device != a3.keys.device_public()));
+        assert!(copies.iter().all(|c| c.to.mailbox != a3.keys.mailbox_id()));
+        // A3, with all of its state, opens none of the copies.
+        a3.restart();
+        for c in &copies {
+            assert!(a3.book.open_message(&a3.keys, &c.payload).is_err());
+            assert!(
+                crate::layers::envelope::open(&a3.keys, &c.payload).is_err(),
+                "the envelope is not sealed to A3"
+            );
+        }
+        for p in [&mut a1, &mut a2] {
+            let payload = copy_for(&copies, p);
+            assert_eq!(p.open_text(&payload), "after the revocation");
+        }
+        // What A3 sends now is refused, and so is its older message, which
+        // claims the older chain head.
+        for payload in [a3.send("bob", "still me"), early] {
+            match b.open(&payload) {
+                Err(e @ Error::RevokedDevice { .. }) => {
+                    assert!(e.to_string().contains("revoked device"), "{e}");
+                    assert!(e.to_string().contains("stolen"), "{e}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A3 cannot revoke the admin that revoked it, nor add a device.
+        let a1_id = short_id(&a1.keys.device_public());
+        assert!(a3.book.revoke_device(&a3.keys, &a1_id, "", 40).is_err());
+        // A2 (no admin capability) cannot revoke either.
+        assert!(a2.book.revoke_device(&a2.keys, &a1_id, "", 40).is_err());
+        // Both sides survive restarts.
+        b.restart();
+        a2.restart();
+        let copies = b.send_all("alice", "after restarts");
+        assert_eq!(copies.len(), 2);
+        let payload = copy_for(&copies, &a2);
+        assert_eq!(a2.open_text(&payload), "after restarts");
+    }
+
+    #[test]
+    fn messages_wait_for_missing_links_and_a_revoked_devices_are_then_refused() {
+        let (mut a1, mut b) = (Party::new(), Party::new());
+        befriend(&mut a1, "alice", &mut b, "bob");
+        let mut a2 = Party::new();
+        join(&mut a1, &mut a2, "laptop");
+        deliver_chain(&mut a1, &mut b);
+        // A1 revokes A2, but the new chain does not reach B.
+        let a2_id = short_id(&a2.keys.device_public());
+        a1.book.revoke_device(&a1.keys, &a2_id, "lost", 30).unwrap();
+        assert_eq!(chain_traffic_for(&mut a1, &b).len(), 1, "lost on the way");
+        // A1's next message claims the newer head: B holds it.
+        let from_a1 = a1.send("bob", "after revoking the laptop");
+        assert!(matches!(
+            b.book.open_message(&b.keys, &from_a1).unwrap(),
+            Opened::Held
+        ));
+        assert_eq!(
+            b.book.info(&b.keys, "alice").unwrap().awaiting_links,
+            Some(2)
+        );
+        // A2's message claims the old head, where A2 is current: held too
+        // until B has the missing links.
+        let from_a2 = a2.send("bob", "from the lost laptop");
+        assert!(matches!(
+            b.book.open_message(&b.keys, &from_a2).unwrap(),
+            Opened::Held
+        ));
+        b.book.save().unwrap();
+        // B asks A1 (the device that claimed the head) for the links.
+        let asks = chain_traffic_for(&mut b, &a1);
+        assert_eq!(asks.len(), 1, "one request, not one per held message");
+        match a1.book.open_message(&a1.keys, &asks[0]).unwrap() {
+            Opened::Chain(notices) => assert!(notices.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        let notices = deliver_chain(&mut a1, &mut b);
+        assert!(notices.iter().any(|n| n.text.contains("revoked")));
+        let (released, files) = b.book.take_released();
+        assert_eq!(released.len(), 2, "{released:?}");
+        let kept = released.iter().find(|m| m.rejected.is_none()).unwrap();
+        assert_eq!(kept.text, "after revoking the laptop");
+        assert!(kept.verified);
+        let refused = released.iter().find(|m| m.rejected.is_some()).unwrap();
+        assert!(
+            refused
+                .rejected
+                .as_ref()
+                .unwrap()
+                .contains("revoked device")
+        );
+        assert!(refused.text.is_empty());
+        assert_eq!(files.len(), 2);
+        for f in &files {
+            b.book.drop_held(f).unwrap();
+        }
+        assert_eq!(b.book.info(&b.keys, "alice").unwrap().awaiting_links, None);
+        assert_eq!(b.book.held_count(), 0);
+        // From now on A2 is refused at once.
+        assert!(matches!(
+            b.open(&a2.send("bob", "again")),
+            Err(Error::RevokedDevice { .. })
+        ));
+        assert_eq!(b.open_text(&a1.send("bob", "normal again")), "normal again");
+    }
+
+    #[test]
+    fn two_histories_of_one_identity_raise_the_alarm() {
+        let (mut a1, mut b) = (Party::new(), Party::new());
+        befriend(&mut a1, "alice", &mut b, "bob");
+        let mut fork = a1.book.own_chain.clone();
+        let mut a2 = Party::new();
+        join(&mut a1, &mut a2, "laptop");
+        deliver_chain(&mut a1, &mut b);
+        // The identity key also signs a different link 1.
+        let x = Party::new();
+        let (cert, sig) = x
+            .book
+            .join_request(
+                &x.keys,
+                a1.keys.identity_public(),
+                "x",
+                CAP_SEND | CAP_ADMIN,
+            )
+            .unwrap();
+        fork.extend_signed(
+            5,
+            a1.keys.identity_public(),
+            LinkKind::AddDevice {
+                cert,
+                back_signature: sig,
+            },
+            &|m| a1.keys.sign_identity(m).unwrap(),
+        )
+        .unwrap();
+        let real = std::mem::replace(&mut a1.book.own_chain, fork);
+        a1.book.actions.push(ChainAction::SendLinks {
+            contact: "bob".into(),
+            device: None,
+        });
+        let forked = chain_traffic_for(&mut a1, &b);
+        match b.book.open_message(&b.keys, &forked[0]) {
+            Err(e @ Error::Equivocation(_)) => {
+                assert!(e.to_string().contains("EQUIVOCATION ALARM"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let info = b.book.info(&b.keys, "alice").unwrap();
+        assert!(info.alarm.is_some());
+        let (notices, _) = b.book.take_released();
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.notice && n.text.contains("EQUIVOCATION"))
+        );
+        // The alarm stays across a restart; nothing goes to or comes from
+        // the identity until the user resolves it.
+        b.restart();
+        assert!(b.book.info(&b.keys, "alice").unwrap().alarm.is_some());
+        assert!(matches!(
+            b.book.seal_message(
+                &b.keys,
+                "alice",
+                &Content::Text("x".into()),
+                1,
+                &mut rand::rng()
+            ),
+            Err(Error::Equivocation(_))
+        ));
+        a1.book.own_chain = real;
+        assert!(matches!(
+            b.open(&a1.send("bob", "hello")),
+            Err(Error::Equivocation(_))
+        ));
+        // A head that conflicts, inside an ordinary message, raises it too.
+        let (mut c1, mut d) = (Party::new(), Party::new());
+        befriend(&mut c1, "carol", &mut d, "dave");
+        let mut c2 = Party::new();
+        join(&mut c1, &mut c2, "laptop");
+        let mut fork = c1.book.own_chain.clone();
+        let mut c3 = Party::new();
+        join(&mut c1, &mut c3, "tablet");
+        deliver_chain(&mut c1, &mut d);
+        fork.extend_signed(
+            5,
+            c1.keys.identity_public(),
+            LinkKind::RevokeDevice {
+                device: c1.keys.device_public(),
+                reason: "fork".into(),
+            },
+            &|m| c1.keys.sign_identity(m).unwrap(),
+        )
+        .unwrap();
+        // C2 was shown the other history; its messages claim its head.
+        c2.book.own_chain = fork;
+        assert!(matches!(
+            d.open(&c2.send("dave", "x")),
+            Err(Error::Equivocation(_))
+        ));
+        assert!(d.book.info(&d.keys, "carol").unwrap().alarm.is_some());
     }
 }

@@ -18,13 +18,16 @@ pub const KEM_CIPHERTEXT_LEN: usize = 1088;
 /// Bytes the AEAD adds to a plaintext.
 pub const AEAD_TAG_LEN: usize = 16;
 
-/// A client's long-term secrets. Each zeroizes on drop.
+/// A device's long-term secrets. Each zeroizes on drop.
 ///
-/// One client is one device for now: the identity key and the device keys
-/// live together (identities with several devices are a later issue).
+/// The identity key is here only on the device that created the identity
+/// (see [`crate::identity`]): other devices know its public half, and are
+/// certified by the identity's chain.
 pub struct ClientKeys {
-    /// Ed25519 identity: signs contact cards; recipients see its public half.
-    identity: SigningKey,
+    /// Ed25519 identity: signs the first link of the identity chain.
+    identity: Option<SigningKey>,
+    /// Its public half: what contacts see as the sender.
+    identity_public: [u8; PUBLIC_KEY_LEN],
     /// X25519 key the sealed envelope (the outermost end-to-end layer) is
     /// sealed to: the recipient device's mailbox key.
     encryption: StaticSecret,
@@ -96,8 +99,23 @@ impl ClientKeys {
         mailbox: &[u8; 32],
         device: &DeviceSecrets,
     ) -> Self {
+        let identity = SigningKey::from_bytes(identity);
+        let identity_public = identity.verifying_key().to_bytes();
+        let mut keys = Self::from_device_secrets(identity_public, encryption, mailbox, device);
+        keys.identity = Some(identity);
+        keys
+    }
+
+    /// The keys of a device that does not hold its identity's key.
+    pub fn from_device_secrets(
+        identity_public: [u8; PUBLIC_KEY_LEN],
+        encryption: &[u8; 32],
+        mailbox: &[u8; 32],
+        device: &DeviceSecrets,
+    ) -> Self {
         ClientKeys {
-            identity: SigningKey::from_bytes(identity),
+            identity: None,
+            identity_public,
             encryption: StaticSecret::from(*encryption),
             mailbox: SigningKey::from_bytes(mailbox),
             device: SigningKey::from_bytes(&device.device),
@@ -156,9 +174,25 @@ impl ClientKeys {
         Zeroizing::new(blake3::derive_key(context, self.device.as_bytes()))
     }
 
-    /// The identity secret, for saving.
-    pub fn identity_secret(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.identity.to_bytes())
+    /// The identity secret, for saving (on the device that holds it).
+    pub fn identity_secret(&self) -> Option<Zeroizing<[u8; 32]>> {
+        self.identity.as_ref().map(|k| Zeroizing::new(k.to_bytes()))
+    }
+
+    /// Whether this device holds its identity's key.
+    pub fn has_identity_key(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// These keys as a device of the identity `identity_public`, without
+    /// an identity key (after joining another identity).
+    pub fn joined(self, identity_public: [u8; PUBLIC_KEY_LEN]) -> Self {
+        Self::from_device_secrets(
+            identity_public,
+            &self.encryption_secret(),
+            &self.mailbox_secret(),
+            &self.device_secrets(),
+        )
     }
 
     /// The encryption secret, for saving.
@@ -173,7 +207,7 @@ impl ClientKeys {
 
     /// Public identity key: what recipients see as the sender.
     pub fn identity_public(&self) -> [u8; PUBLIC_KEY_LEN] {
-        self.identity.verifying_key().to_bytes()
+        self.identity_public
     }
 
     /// Public encryption key: what senders encrypt to.
@@ -191,8 +225,9 @@ impl ClientKeys {
         MailboxId::from_owner_key(self.mailbox.verifying_key().as_bytes())
     }
 
-    pub(crate) fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
-        self.identity.sign(message).to_bytes()
+    /// Signs with the identity key, if this device holds it.
+    pub(crate) fn sign_identity(&self, message: &[u8]) -> Option<[u8; SIGNATURE_LEN]> {
+        self.identity.as_ref().map(|k| k.sign(message).to_bytes())
     }
 }
 
@@ -257,7 +292,7 @@ mod tests {
     fn keys_survive_their_secrets() {
         let keys = ClientKeys::generate(&mut rand::rng());
         let again = ClientKeys::from_secrets(
-            &keys.identity_secret(),
+            &keys.identity_secret().unwrap(),
             &keys.encryption_secret(),
             &keys.mailbox_secret(),
             &keys.device_secrets(),
@@ -268,12 +303,17 @@ mod tests {
         assert_eq!(keys.identity_public(), again.identity_public());
         assert_eq!(keys.encryption_public(), again.encryption_public());
         assert_eq!(keys.mailbox_id(), again.mailbox_id());
+        let joined = again.joined([7; 32]);
+        assert!(!joined.has_identity_key());
+        assert_eq!(joined.identity_public(), [7; 32]);
+        assert_eq!(joined.device_public(), keys.device_public());
+        assert!(joined.sign_identity(b"x").is_none());
     }
 
     #[test]
     fn signatures_verify_only_for_the_signed_message() {
         let keys = ClientKeys::generate(&mut rand::rng());
-        let sig = keys.sign(b"abc");
+        let sig = keys.sign_identity(b"abc").unwrap();
         assert!(verify(&keys.identity_public(), b"abc", &sig));
         assert!(!verify(&keys.identity_public(), b"abd", &sig));
     }

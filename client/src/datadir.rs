@@ -16,6 +16,9 @@ use crate::outbox::Outgoing;
 use crate::{ClientConfig, ClientKeys, Error, Result};
 
 const IDENTITY_KEY: &str = "identity.key";
+/// The identity's public key, on a device that joined an identity (and so
+/// holds no `identity.key`).
+const IDENTITY_PUB: &str = "identity.pub";
 const ENCRYPTION_KEY: &str = "encryption.key";
 const MAILBOX_KEY: &str = "mailbox.key";
 const DEVICE_KEY: &str = "device.key";
@@ -80,7 +83,7 @@ impl DataDir {
     /// Creates the directory (mode 0700) for a new client, refusing if one
     /// is already there.
     pub fn create(&self) -> Result<()> {
-        for existing in [IDENTITY_KEY, CONFIG] {
+        for existing in [IDENTITY_KEY, IDENTITY_PUB, CONFIG] {
             let path = self.root.join(existing);
             if path.exists() {
                 return Err(Error::AlreadyInitialised(path));
@@ -96,7 +99,10 @@ impl DataDir {
 
     /// Writes the key files (hex, mode 0600).
     pub fn save_keys(&self, keys: &ClientKeys) -> Result<()> {
-        write_key_file(&self.root.join(IDENTITY_KEY), &keys.identity_secret())?;
+        match keys.identity_secret() {
+            Some(secret) => write_key_file(&self.root.join(IDENTITY_KEY), &secret)?,
+            None => write_key_file(&self.root.join(IDENTITY_PUB), &keys.identity_public())?,
+        }
         write_key_file(&self.root.join(ENCRYPTION_KEY), &keys.encryption_secret())?;
         write_key_file(&self.root.join(MAILBOX_KEY), &keys.mailbox_secret())?;
         self.save_device_secrets(&keys.device_secrets())
@@ -113,7 +119,17 @@ impl DataDir {
     /// device keys existed gets fresh ones (saved before they are used).
     pub fn load_keys(&self) -> Result<ClientKeys> {
         self.ensure_initialised()?;
-        let identity = read_key_file(&self.root.join(IDENTITY_KEY))?;
+        let identity_path = self.root.join(IDENTITY_KEY);
+        if identity_path.exists() && self.root.join(IDENTITY_PUB).exists() {
+            // A join that stopped between writing identity.pub and deleting
+            // the old identity key: finish it.
+            std::fs::remove_file(&identity_path).map_err(|e| self.file_error(&identity_path, e))?;
+        }
+        let identity = if identity_path.exists() {
+            Some(read_key_file(&identity_path)?)
+        } else {
+            None
+        };
         let encryption = read_key_file(&self.root.join(ENCRYPTION_KEY))?;
         let mailbox = read_key_file(&self.root.join(MAILBOX_KEY))?;
         let device = if self.root.join(DEVICE_KEY).exists() {
@@ -128,12 +144,28 @@ impl DataDir {
             tracing::info!("created device keys for a data dir made by an older bastet");
             fresh
         };
-        Ok(ClientKeys::from_secrets(
-            &identity,
-            &encryption,
-            &mailbox,
-            &device,
-        ))
+        Ok(match identity {
+            Some(identity) => ClientKeys::from_secrets(&identity, &encryption, &mailbox, &device),
+            None => {
+                let public = read_key_file(&self.root.join(IDENTITY_PUB))?;
+                ClientKeys::from_device_secrets(*public, &encryption, &mailbox, &device)
+            }
+        })
+    }
+
+    /// Makes this data dir a device of the identity `identity_public`: its
+    /// own identity key (if any) is deleted for good. Returns the keys as
+    /// they now are.
+    pub fn join_identity(&self, keys: ClientKeys, identity_public: [u8; 32]) -> Result<ClientKeys> {
+        let joined = keys.joined(identity_public);
+        write_key_file(&self.root.join(IDENTITY_PUB), &identity_public)?;
+        let path = self.root.join(IDENTITY_KEY);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.file_error(&path, e)),
+        }
+        Ok(joined)
     }
 
     /// Writes `client.toml`, with comments.
@@ -464,7 +496,9 @@ impl DataDir {
     }
 
     fn ensure_initialised(&self) -> Result<()> {
-        if self.config_path().exists() && self.root.join(IDENTITY_KEY).exists() {
+        if self.config_path().exists()
+            && (self.root.join(IDENTITY_KEY).exists() || self.root.join(IDENTITY_PUB).exists())
+        {
             Ok(())
         } else {
             Err(Error::NotInitialised(self.root.clone()))
@@ -508,6 +542,23 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
+        // Joining another identity deletes the identity key for good.
+        let joined = dir.join_identity(loaded, [4; 32]).unwrap();
+        assert!(!joined.has_identity_key());
+        assert!(!tmp.path().join("client").join(IDENTITY_KEY).exists());
+        let again = dir.load_keys().unwrap();
+        assert_eq!(again.identity_public(), [4; 32]);
+        assert!(!again.has_identity_key());
+        assert_eq!(again.device_public(), keys.device_public());
+        // A join interrupted before the old key was deleted is finished.
+        write_key_file(
+            &tmp.path().join("client").join(IDENTITY_KEY),
+            &keys.identity_secret().unwrap(),
+        )
+        .unwrap();
+        let again = dir.load_keys().unwrap();
+        assert_eq!(again.identity_public(), [4; 32]);
+        assert!(!tmp.path().join("client").join(IDENTITY_KEY).exists());
     }
 
     #[test]

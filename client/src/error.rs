@@ -117,6 +117,19 @@ pub enum Error {
         "EQUIVOCATION ALARM: {0}: someone holding an admin key of this identity signed two different histories of its devices (a seized device, or a stolen key); verify with the contact in person before trusting their devices again"
     )]
     Equivocation(String),
+    /// A message from a device its identity revoked.
+    #[error(
+        "revoked device: {contact}'s device {device} was revoked by its identity{}; its message is rejected",
+        if reason.is_empty() { String::new() } else { format!(" ({reason})") }
+    )]
+    RevokedDevice {
+        /// The contact.
+        contact: String,
+        /// The device's short id.
+        device: String,
+        /// The reason given.
+        reason: String,
+    },
     /// No contact has that name.
     #[error(
         "no contact named {0:?}: `bastet contact list` shows your contacts; `bastet contact import FILE --name NAME` adds one"

@@ -206,6 +206,47 @@ impl DeviceCert {
     }
 }
 
+impl DeviceCert {
+    /// The certificate of the device holding `keys`, with the ratchet keys
+    /// of its Olm account.
+    pub fn of(
+        keys: &crate::ClientKeys,
+        ratchet_identity: [u8; PUBLIC_KEY_LEN],
+        ratchet_fallback: [u8; PUBLIC_KEY_LEN],
+        mailbox_server: NodeId,
+        caps: u8,
+        name: &str,
+    ) -> Result<DeviceCert> {
+        let cert = DeviceCert {
+            device: keys.device_public(),
+            content: keys.content_public(),
+            kem: Box::new(keys.kem_public()),
+            envelope: keys.encryption_public(),
+            ratchet_identity,
+            ratchet_fallback,
+            mailbox_server,
+            mailbox: keys.mailbox_id(),
+            caps,
+            name: name.to_string(),
+        };
+        cert.check()?;
+        Ok(cert)
+    }
+
+    /// The back-signature of the device holding `keys` (which must be this
+    /// certificate's) for identity `identity`.
+    pub fn back_signature(
+        &self,
+        keys: &crate::ClientKeys,
+        identity: &[u8; PUBLIC_KEY_LEN],
+    ) -> Result<[u8; SIGNATURE_LEN]> {
+        if keys.device_public() != self.device {
+            return Err(chain_error("the certificate is of another device"));
+        }
+        Ok(keys.sign_device(&self.back_signed(identity)))
+    }
+}
+
 /// Checks a device name: at most 32 bytes of printable text.
 pub fn check_device_name(name: &str) -> Result<()> {
     if name.len() > MAX_DEVICE_NAME_LEN || name.chars().any(char::is_control) {
@@ -575,6 +616,26 @@ impl Chain {
         let mut chain = Chain::empty(*identity);
         chain.append(link)?;
         Ok(chain)
+    }
+
+    /// A new identity's chain: the identity key of `keys` adds the device
+    /// `cert` (which must be that of `keys`), as an admin that may send.
+    pub fn genesis_of(
+        keys: &crate::ClientKeys,
+        mut cert: DeviceCert,
+        time_ms: u64,
+    ) -> Result<Chain> {
+        let identity = keys.identity_public();
+        if !keys.has_identity_key() {
+            return Err(chain_error(
+                "this device does not hold its identity key, so it cannot start a chain",
+            ));
+        }
+        cert.caps = CAP_SEND | CAP_ADMIN;
+        let back_signature = cert.back_signature(keys, &identity)?;
+        Chain::genesis(&identity, cert, back_signature, time_ms, &|m| {
+            keys.sign_identity(m).unwrap_or([0; SIGNATURE_LEN])
+        })
     }
 
     fn empty(identity: [u8; PUBLIC_KEY_LEN]) -> Chain {

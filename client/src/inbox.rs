@@ -98,7 +98,7 @@ pub fn reassembly_limits() -> ReassemblyLimits {
 /// what to delete. Replies count as read only if `take_replies` (the
 /// caller holds the outbox to apply them to).
 pub fn plan_inbox(
-    open: &mut dyn FnMut(&[u8]) -> Result<ReceivedMessage>,
+    open: &mut dyn FnMut(&[u8]) -> Result<Option<ReceivedMessage>>,
     listing: &[StoredMessage],
     shown: &BTreeSet<u64>,
     completed: &HashSet<EnvelopeId>,
@@ -149,12 +149,13 @@ pub fn plan_inbox(
                     plan.completed.push(envelope);
                     deletable.push((seq, true));
                     match open(&bytes) {
-                        Ok(message) => plan.new.push(InboxMessage {
+                        Ok(Some(message)) => plan.new.push(InboxMessage {
                             seq,
                             received_at_ms: stored.received_at_ms,
                             fragments: count,
                             message,
                         }),
+                        Ok(None) => {}
                         Err(error) => {
                             blocked_at.get_or_insert(seq);
                             plan.unreadable.push(UnreadablePayload { seq, error });
@@ -182,12 +183,12 @@ pub fn plan_inbox(
         match open(&stored.payload) {
             Ok(message) => {
                 plan.shown.insert(seq);
-                plan.new.push(InboxMessage {
+                plan.new.extend(message.map(|message| InboxMessage {
                     seq,
                     received_at_ms: stored.received_at_ms,
                     fragments: 1,
                     message,
-                });
+                }));
                 deletable.push((seq, true));
             }
             Err(error) => {
@@ -220,14 +221,14 @@ mod tests {
     struct Alice;
     struct Bob;
 
-    fn open_stub(bytes: &[u8]) -> Result<ReceivedMessage> {
+    fn open_stub(bytes: &[u8]) -> Result<Option<ReceivedMessage>> {
         let text = bytes.strip_prefix(b"ok:").ok_or(Error::Layer {
             layer: "sealed envelope",
             why: "does not open".into(),
         })?;
         let mut id = [0u8; 16];
         id.copy_from_slice(&blake3::hash(bytes).as_bytes()[..16]);
-        Ok(ReceivedMessage {
+        Ok(Some(ReceivedMessage {
             message_id: MessageId(id),
             sent_at_ms: 1,
             from: [7; 32],
@@ -236,7 +237,8 @@ mod tests {
             text: String::from_utf8(text.to_vec()).unwrap(),
             file: None,
             rejected: None,
-        })
+            notice: false,
+        }))
     }
 
     fn setup() -> (Alice, Bob, ()) {

@@ -33,8 +33,9 @@ pub use config::{
     TrafficConfig,
 };
 pub use contacts::{
-    ContactInfo, ContactRequest, ContactResponse, Contacts, MAX_CONTACTS, MAX_NAME_LEN,
-    MAX_PENDING, MAX_SESSIONS, Opened, PskSource, check_name,
+    ChainAction, ContactInfo, ContactRequest, ContactResponse, Contacts, DeviceInfo,
+    FIRST_DEVICE_NAME, MAX_CONTACTS, MAX_HELD, MAX_NAME_LEN, MAX_PENDING, MAX_SESSIONS, Opened,
+    PskSource, check_name,
 };
 pub use crypto::{ClientKeys, DeviceSecrets};
 pub use datadir::{DataDir, MAX_COMPLETED_ENVELOPES, OutboxLock};

@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: ContactCommand,
     },
+    /// This identity's devices: list them, or revoke one.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
     /// Run the client: send at a constant Poisson rate with cover traffic,
     /// retransmit, poll the mailbox, and serve `send`, `inbox`, `outbox`
     /// and `status` on DATA_DIR/daemon.sock. Runs until SIGTERM or Ctrl-C;
@@ -232,6 +237,28 @@ enum ContactCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// List this identity's devices: id, name, capabilities, added,
+    /// revoked, which one this is.
+    List {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a device of this identity for good (a lost or seized one),
+    /// from an admin device: every contact is sent the new device list,
+    /// stops encrypting to the device, and rejects what it sends.
+    Revoke {
+        /// The device's id (as `bastet device list` shows it, or a longer
+        /// prefix of its key).
+        device: String,
+        /// Why, for your contacts (at most 200 bytes).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
 /// Route policy overrides for one command (client.toml's `[route]` is not
 /// changed).
 #[derive(Args)]
@@ -314,6 +341,7 @@ fn real_main(cli: Cli) -> CliResult<()> {
             );
         }
         Command::Contact { command } => runtime.block_on(contact_command(&dir, command))?,
+        Command::Device { command } => runtime.block_on(device_command(&dir, command))?,
         Command::Address => println!("{}", Client::open(dir)?.address()?),
         Command::Send {
             contact,
@@ -331,15 +359,19 @@ fn real_main(cli: Cli) -> CliResult<()> {
                 (None, None) => return Err("give a text or --file PATH".into()),
             };
             let client = policy.apply(Client::open(dir.clone())?)?;
-            let report = if direct {
+            let copies = if direct {
                 let options = SendOptions {
                     give_up: Duration::from_secs(give_up),
                     wait: !no_wait,
                 };
                 let sent = runtime.block_on(client.send(&contact, &content, options))?;
-                let mut report = MessageReport::from(&sent);
-                report.to = contact.clone();
-                report
+                sent.iter()
+                    .map(|s| {
+                        let mut report = MessageReport::from(s);
+                        report.to = contact.clone();
+                        report
+                    })
+                    .collect()
             } else {
                 let route = policy.given().then(|| client.config().route.clone());
                 runtime.block_on(send_via_daemon(
@@ -351,8 +383,8 @@ fn real_main(cli: Cli) -> CliResult<()> {
                     !no_wait,
                 ))?
             };
-            print_sent(&report, json)?;
-            if let Some(why) = failure(std::slice::from_ref(&report)) {
+            print_copies(&copies, json)?;
+            if let Some(why) = failure(&copies) {
                 return Err(why.into());
             }
         }
@@ -575,9 +607,18 @@ async fn contact_request(dir: &Path, request: ContactRequest) -> CliResult<Conta
                 .try_lock_outbox()?
                 .ok_or_else(|| bastet_client::Error::OutboxBusy(dir.to_path_buf()))?;
             let keys = data_dir.load_keys()?;
-            let mut book = Contacts::load(&data_dir, &keys)?;
             let server = client.config().mailbox_server_id()?;
-            Ok(book.handle(&keys, server, request, bastet_client::now_ms())?)
+            let mut book = Contacts::load(&data_dir, &keys, server)?;
+            let response = book.handle(&keys, request, bastet_client::now_ms())?;
+            // Chain traffic (a revocation for every contact) waits in the
+            // outbox for the daemon, or `bastet outbox --resume`.
+            let queued = client.queue_chain_traffic(&mut book)?;
+            if queued > 0 {
+                eprintln!(
+                    "bastet: {queued} message(s) to your contacts about your devices are queued; they go out when the daemon runs (or with `bastet outbox --resume`)"
+                );
+            }
+            Ok(response)
         }
         Err(e) => Err(e.into()),
     }
@@ -771,6 +812,80 @@ async fn contact_command(dir: &DataDir, command: ContactCommand) -> CliResult<()
     Ok(())
 }
 
+/// `bastet device ...`.
+async fn device_command(dir: &DataDir, command: DeviceCommand) -> CliResult<()> {
+    let path = dir.path();
+    let (request, json) = match command {
+        DeviceCommand::List { json } => (ContactRequest::Devices {}, json),
+        DeviceCommand::Revoke { device, reason } => {
+            (ContactRequest::RevokeDevice { device, reason }, false)
+        }
+    };
+    let revoking = matches!(request, ContactRequest::RevokeDevice { .. });
+    match contact_request(path, request).await? {
+        ContactResponse::Devices {
+            identity,
+            devices,
+            holds_identity_key,
+        } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&json!({
+                        "identity": identity,
+                        "holds_identity_key": holds_identity_key,
+                        "devices": devices,
+                    }))?
+                );
+                return Ok(());
+            }
+            if revoking {
+                println!("Revoked. Your contacts are sent the new device list.");
+            }
+            println!("Identity: {identity}");
+            if holds_identity_key {
+                println!("This device holds the identity key.");
+            }
+            print_devices(&devices);
+        }
+        other => return Err(format!("unexpected answer {other:?}").into()),
+    }
+    Ok(())
+}
+
+fn print_devices(devices: &[bastet_client::DeviceInfo]) {
+    for d in devices {
+        let mut caps = Vec::new();
+        if d.send {
+            caps.push("send");
+        }
+        if d.admin {
+            caps.push("admin");
+        }
+        let state = match (&d.revoked, &d.revoked_reason) {
+            (true, Some(r)) if !r.is_empty() => format!("REVOKED ({})", terminal_safe(r)),
+            (true, _) => "REVOKED".to_string(),
+            (false, _) => "current".to_string(),
+        };
+        let seen = d
+            .last_seen_ms
+            .map(|t| format!(", last message {}", format_utc_ms(t)))
+            .unwrap_or_default();
+        println!(
+            "  {}  {:<20} {:<11} {state}, added {}{seen}{}",
+            d.id,
+            terminal_safe(&d.name),
+            caps.join("+"),
+            format_utc_ms(d.added_ms),
+            if d.this_device {
+                "  <- this device"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
 fn print_contact(c: &ContactInfo) {
     println!("Name:          {}", c.name);
     if !c.nickname.is_empty() {
@@ -791,6 +906,16 @@ fn print_contact(c: &ContactInfo) {
     }
     println!("Mailbox server: {}", c.mailbox_server);
     println!("Ratchet sessions: {}", c.sessions);
+    if let Some(alarm) = &c.alarm {
+        println!("ALARM:         {}", terminal_safe(alarm));
+    }
+    if let Some(seq) = c.awaiting_links {
+        println!(
+            "Waiting for:   their device list up to link {seq} (asked for; their messages are held until it comes)"
+        );
+    }
+    println!("Devices (chain link {}):", c.chain_seq);
+    print_devices(&c.devices);
 }
 
 /// The passphrase: BASTET_PSK_PASSPHRASE, else typed twice at the terminal
@@ -899,6 +1024,36 @@ fn failure(sent: &[MessageReport]) -> Option<String> {
     (!failed.is_empty()).then(|| failed.join("; "))
 }
 
+/// The copies of one message (one per device of the recipient). JSON: the
+/// first copy's report, its state the least advanced of all (failed if
+/// any failed), with every copy under `copies`.
+fn print_copies(copies: &[MessageReport], json: bool) -> CliResult<()> {
+    let Some(first) = copies.first() else {
+        return Err("the daemon queued no copy".into());
+    };
+    if json {
+        let mut summary = first.clone();
+        let rank = |s: DeliveryState| match s {
+            DeliveryState::Failed => 0,
+            DeliveryState::Queued => 1,
+            DeliveryState::Sent => 2,
+            DeliveryState::Stored => 3,
+        };
+        if let Some(worst) = copies.iter().min_by_key(|c| rank(c.state)) {
+            summary.state = worst.state;
+            summary.reason = worst.reason.clone();
+        }
+        let mut value = serde_json::to_value(&summary)?;
+        value["copies"] = serde_json::to_value(copies)?;
+        println!("{}", serde_json::to_string(&value)?);
+    } else {
+        for c in copies {
+            print_sent(c, false)?;
+        }
+    }
+    Ok(())
+}
+
 fn print_sent(sent: &MessageReport, json: bool) -> CliResult<()> {
     if json {
         println!("{}", serde_json::to_string(sent)?);
@@ -920,8 +1075,13 @@ fn print_sent(sent: &MessageReport, json: bool) -> CliResult<()> {
         } else {
             format!("; first fragment via {}", route.join(" -> "))
         };
+        let device = if sent.device.is_empty() {
+            String::new()
+        } else {
+            format!(" (to device {})", sent.device)
+        };
         println!(
-            "message {} {}: {}/{} fragments acknowledged, {} retransmissions{route}{}",
+            "message {}{device} {}: {}/{} fragments acknowledged, {} retransmissions{route}{}",
             sent.message_id,
             sent.state.as_str(),
             sent.acked,
@@ -968,7 +1128,7 @@ async fn send_via_daemon(
     give_up: u64,
     route: Option<RoutePolicy>,
     wait: bool,
-) -> CliResult<MessageReport> {
+) -> CliResult<Vec<MessageReport>> {
     let (text, file) = match content {
         Content::Text(t) => (Some(t), None),
         Content::File { name, bytes } => (
@@ -978,6 +1138,7 @@ async fn send_via_daemon(
                 base64: data_encoding::BASE64.encode(&bytes),
             }),
         ),
+        other => return Err(format!("cannot send {other:?} from the command line").into()),
     };
     let request = Request::Send {
         to: to.to_string(),
@@ -986,28 +1147,30 @@ async fn send_via_daemon(
         give_up_secs: give_up,
         route,
     };
-    let mut report = match daemon::api::call(dir, &request).await? {
-        Response::Message(r) => r,
+    let mut copies = match daemon::api::call(dir, &request).await? {
+        Response::Sent { copies } => copies,
         other => return Err(unexpected(other).into()),
     };
     // The daemon fails the message at its give-up; the margin only guards
     // against a daemon that stopped answering.
     let deadline = std::time::Instant::now() + Duration::from_secs(give_up.saturating_add(30));
-    let id = report.message_id.clone();
-    while wait && !matches!(report.state, DeliveryState::Stored | DeliveryState::Failed) {
-        if std::time::Instant::now() > deadline {
-            return Err(format!("the daemon did not report message {id} final in time").into());
+    for report in &mut copies {
+        let id = report.message_id.clone();
+        while wait && !matches!(report.state, DeliveryState::Stored | DeliveryState::Failed) {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("the daemon did not report message {id} final in time").into());
+            }
+            let request = Request::Message {
+                id: id.clone(),
+                wait_ms: daemon::api::MAX_WAIT_MS,
+            };
+            *report = match daemon::api::call(dir, &request).await? {
+                Response::Message(r) => r,
+                other => return Err(unexpected(other).into()),
+            };
         }
-        let request = Request::Message {
-            id: id.clone(),
-            wait_ms: daemon::api::MAX_WAIT_MS,
-        };
-        report = match daemon::api::call(dir, &request).await? {
-            Response::Message(r) => r,
-            other => return Err(unexpected(other).into()),
-        };
     }
-    Ok(report)
+    Ok(copies)
 }
 
 /// Takes the messages the daemon holds (waiting up to `wait` for one),
@@ -1136,6 +1299,7 @@ fn print_inbox(report: &InboxReport, json: bool) -> CliResult<()> {
                     "contact": m.message.contact,
                     "verified": m.message.verified,
                     "rejected": m.message.rejected,
+                    "notice": m.message.notice,
                     "sent_at_ms": m.message.sent_at_ms,
                     "received_at_ms": m.received_at_ms,
                     "fragments": m.fragments,
@@ -1159,6 +1323,12 @@ fn print_inbox(report: &InboxReport, json: bool) -> CliResult<()> {
         for m in &report.messages {
             if let Some(why) = &m.message.rejected {
                 println!("REJECTED: {}", terminal_safe(why));
+                println!("Received: {}", format_utc_ms(m.received_at_ms));
+                println!();
+                continue;
+            }
+            if m.message.notice {
+                println!("NOTICE:   {}", terminal_safe(&m.message.text));
                 println!("Received: {}", format_utc_ms(m.received_at_ms));
                 println!();
                 continue;

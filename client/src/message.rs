@@ -61,6 +61,17 @@ pub enum Content {
         /// Its bytes.
         bytes: Vec<u8>,
     },
+    /// Links of the sender's identity chain (see [`crate::identity`]),
+    /// encoded as [`crate::identity::encode_links`] does: an update after a
+    /// device was added or revoked, or the answer to a [`Content::LinksRequest`].
+    /// Merged into the contact's chain, not shown as a message.
+    Links(Vec<u8>),
+    /// Asks for the recipient's chain links after sequence number `after`
+    /// (the sender saw a newer head than it holds).
+    LinksRequest {
+        /// The last link the sender holds.
+        after: u64,
+    },
 }
 
 impl fmt::Debug for Content {
@@ -68,6 +79,8 @@ impl fmt::Debug for Content {
         match self {
             Content::Text(t) => write!(f, "Text({} bytes)", t.len()),
             Content::File { name, bytes } => write!(f, "File({name:?}, {} bytes)", bytes.len()),
+            Content::Links(l) => write!(f, "Links({} bytes)", l.len()),
+            Content::LinksRequest { after } => write!(f, "LinksRequest(after {after})"),
         }
     }
 }
@@ -77,7 +90,8 @@ impl Content {
     pub fn len(&self) -> usize {
         match self {
             Content::Text(t) => t.len(),
-            Content::File { bytes, .. } => bytes.len(),
+            Content::File { bytes, .. } | Content::Links(bytes) => bytes.len(),
+            Content::LinksRequest { .. } => 8,
         }
     }
 
@@ -130,6 +144,10 @@ pub struct SealedMessage {
     pub sent_at_ms: u64,
     /// The end-to-end encrypted envelope, at most [`MAX_SEALED_LEN`] bytes.
     pub payload: Vec<u8>,
+    /// The recipient device it is sealed to (its device key).
+    pub device: [u8; 32],
+    /// Where it goes.
+    pub to: crate::Address,
 }
 
 /// A file received.
@@ -175,6 +193,9 @@ pub struct ReceivedMessage {
     pub file: Option<ReceivedFile>,
     /// Why the message was rejected, if it was.
     pub rejected: Option<String>,
+    /// A notice of this device about a contact (their devices changed, an
+    /// alarm), not a message they wrote: `text` says what happened.
+    pub notice: bool,
 }
 
 impl ReceivedMessage {
@@ -191,6 +212,25 @@ impl ReceivedMessage {
             text: String::new(),
             file: None,
             rejected: Some(why.to_string()),
+            notice: false,
+        }
+    }
+
+    /// A notice about contact `contact` (see [`ReceivedMessage::notice`]).
+    pub fn notice(contact: &str, text: &str) -> Self {
+        let id = blake3::hash(format!("{contact}\n{text}\n{}", crate::now_ms()).as_bytes());
+        let mut message_id = [0u8; MESSAGE_ID_LEN];
+        message_id.copy_from_slice(&id.as_bytes()[..MESSAGE_ID_LEN]);
+        ReceivedMessage {
+            message_id: MessageId(message_id),
+            sent_at_ms: crate::now_ms(),
+            from: [0; 32],
+            contact: Some(contact.to_string()),
+            verified: false,
+            text: text.to_string(),
+            file: None,
+            rejected: None,
+            notice: true,
         }
     }
 }

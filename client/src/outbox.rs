@@ -183,6 +183,9 @@ pub struct Outgoing {
     /// goes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contact: Option<String>,
+    /// The contact's device this copy is sealed to (short id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 impl Outgoing {
@@ -207,6 +210,7 @@ impl Outgoing {
             fragments: vec![FragmentState::default(); fragments],
             route: None,
             contact: None,
+            device: None,
         }
     }
 

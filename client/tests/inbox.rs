@@ -253,7 +253,8 @@ async fn init_registers_a_mailbox_and_inbox_reads_deletes_and_keeps_what_fails()
         (&alice_dir, &alice_keys, net.mailbox_server, "alice"),
         (&bob_dir, &bob_keys, net.mailbox_server, "bob"),
     );
-    let mut book = bastet_client::Contacts::load(&alice_dir, &alice_keys).unwrap();
+    let mut book =
+        bastet_client::Contacts::load(&alice_dir, &alice_keys, net.mailbox_server).unwrap();
     let mut seal = |text: &str| {
         book.seal_message(
             &alice_keys,
@@ -263,6 +264,7 @@ async fn init_registers_a_mailbox_and_inbox_reads_deletes_and_keeps_what_fails()
             &mut rand::rng(),
         )
         .unwrap()
+        .remove(0)
         .payload
     };
     {

@@ -92,10 +92,12 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
         wait: false,
         ..SendOptions::default()
     };
-    let sent = sender
+    let mut sent = sender
         .send("bob", &Content::Text(text.into()), once)
         .await
         .unwrap();
+    assert_eq!(sent.len(), 1, "bob has one device");
+    let sent = sent.remove(0);
     // Four layers of overhead (the ML-KEM ciphertext alone is 1088 bytes)
     // make even a short text two fragments.
     assert_eq!(
@@ -173,7 +175,7 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
             .any(|w| w == b"MARKER-51d3"),
         "plaintext at the mailbox server"
     );
-    let mut book = Contacts::load(&bob_dir, &bob).unwrap();
+    let mut book = Contacts::load(&bob_dir, &bob, mailbox_server).unwrap();
     let Opened::Message(got) = book.open_message(&bob, &message).unwrap() else {
         panic!("alice is bob's contact");
     };
@@ -183,7 +185,7 @@ async fn a_sent_packet_crosses_three_mixes_to_the_recipients_mailbox() {
     assert_eq!(got.from, alice.identity_public());
     assert_eq!(got.message_id, sent.message_id);
     assert_eq!(got.sent_at_ms, sent.sent_at_ms);
-    let mut carols = Contacts::load(&carol_dir, &carol).unwrap();
+    let mut carols = Contacts::load(&carol_dir, &carol, NodeId([0xee; 32])).unwrap();
     assert!(carols.open_message(&carol, &message).is_err());
 
     // A recipient on a mailbox server the consensus does not list, and a

@@ -136,6 +136,9 @@ pub struct MessageReport {
     pub state: DeliveryState,
     /// Why it failed.
     pub reason: Option<String>,
+    /// The recipient's device this copy is sealed to (short id).
+    #[serde(default)]
+    pub device: String,
 }
 
 impl From<&SentMessage> for MessageReport {
@@ -152,6 +155,7 @@ impl From<&SentMessage> for MessageReport {
             retransmissions: s.retransmissions,
             state: s.state,
             reason: s.reason.clone(),
+            device: s.device.clone(),
         }
     }
 }
@@ -170,6 +174,7 @@ impl From<&Outgoing> for MessageReport {
             retransmissions: m.retransmissions,
             state: m.state,
             reason: m.reason.clone(),
+            device: m.device.clone().unwrap_or_default(),
         }
     }
 }
@@ -190,6 +195,10 @@ pub struct WireReceived {
     /// Why it was rejected, if it was (then it has no content).
     #[serde(default)]
     pub rejected: Option<String>,
+    /// A notice about the contact (their devices changed, an alarm), not a
+    /// message they wrote.
+    #[serde(default)]
+    pub notice: bool,
     /// The sender's timestamp (unix ms).
     pub sent_at_ms: u64,
     /// When the mailbox server stored its last fragment (unix ms).
@@ -212,6 +221,7 @@ impl WireReceived {
             contact: m.contact.clone(),
             verified: m.verified,
             rejected: m.rejected.clone(),
+            notice: m.notice,
             sent_at_ms: m.sent_at_ms,
             received_at_ms,
             fragments,
@@ -258,6 +268,7 @@ impl WireReceived {
                 text: self.text.clone(),
                 file,
                 rejected: self.rejected.clone(),
+                notice: self.notice,
             },
         })
     }
@@ -363,6 +374,12 @@ pub enum Response {
     Status(Box<StatusReport>),
     /// To `send` and `message`.
     Message(MessageReport),
+    /// The copies of a message queued by `send`, one per device of the
+    /// recipient.
+    Sent {
+        /// One report per copy.
+        copies: Vec<MessageReport>,
+    },
     /// To `outbox`.
     Outbox {
         /// Every message still in the outbox.
@@ -505,6 +522,7 @@ mod tests {
                 bytes: vec![0, 1, 2, 255],
             }),
             rejected: None,
+            notice: false,
         };
         let wire = WireReceived::new(&m, 9, 2);
         let json = serde_json::to_string(&wire).unwrap();

@@ -221,7 +221,7 @@ impl Engine {
         }));
         let (pacer, paced) = mpsc::channel(PACER_QUEUE);
         let pacer_task = tokio::spawn(pace(paced, outbound.clone()));
-        let contacts = Contacts::load(&dir, &keys)?;
+        let contacts = Contacts::load(&dir, &keys, own_server)?;
         let mut engine = Engine {
             contacts,
             shown: dir.load_shown()?,
@@ -789,6 +789,11 @@ impl Engine {
             tracing::error!(error = %e, "saving the inbox state failed");
             return;
         }
+        // A contact's devices changed: messages kept from a device not
+        // known then may open now.
+        if self.chain_work() {
+            self.retry_pending();
+        }
         // Acks and loops are always taken: delete up to the first payload
         // that must stay (unreadable, or a fragment of an incomplete
         // envelope).
@@ -904,7 +909,7 @@ impl Engine {
         route: Option<RoutePolicy>,
     ) -> Result<Response> {
         let contact = to;
-        let to = self.contacts.address_of(contact)?;
+        let addresses = self.contacts.addresses_of(contact)?;
         let content = match (text, file) {
             (Some(text), None) => Content::Text(text),
             (None, Some(f)) => {
@@ -928,27 +933,52 @@ impl Engine {
         }
         // Refused now rather than retried until the give-up: an unknown
         // mailbox server, or a policy this consensus cannot meet.
-        mailbox_descriptor(&self.consensus, &to.mailbox_server)?;
         {
             let policy = route.as_ref().unwrap_or(&self.config.route);
             let (mean, rng) = (self.params.mean_hop_delay, &mut rand::rng());
-            choose_policy_route(&self.consensus, policy, &to.mailbox_server, mean, rng)?;
+            for to in &addresses {
+                mailbox_descriptor(&self.consensus, &to.mailbox_server)?;
+                choose_policy_route(&self.consensus, policy, &to.mailbox_server, mean, rng)?;
+            }
             choose_policy_route(&self.consensus, policy, &self.own_server, mean, rng)?;
         }
-        if self.live.len() >= crate::datadir::MAX_OUTBOX_MESSAGES {
+        if self.live.len() + addresses.len() > crate::datadir::MAX_OUTBOX_MESSAGES {
             return Err(Error::Daemon(format!(
                 "the outbox holds {} messages already; wait for some to be stored",
                 self.live.len()
             )));
         }
         let sent_at_ms = now_ms();
-        let sealed = self.contacts.seal_message(
+        let copies = self.contacts.seal_message(
             &self.keys,
             contact,
             &content,
             sent_at_ms,
             &mut rand::rng(),
         )?;
+        let mut reports = Vec::with_capacity(copies.len());
+        for sealed in &copies {
+            reports.push(self.queue_copy(
+                sealed,
+                contact,
+                Duration::from_secs(give_up_secs),
+                route.clone(),
+            )?);
+        }
+        self.refill();
+        Ok(Response::Sent { copies: reports })
+    }
+
+    /// Cuts one sealed copy into fragments, saves it in the outbox (on disk
+    /// before the answer: a crash after "queued" loses nothing) and starts
+    /// driving it.
+    fn queue_copy(
+        &mut self,
+        sealed: &crate::SealedMessage,
+        contact: &str,
+        give_up: Duration,
+        route: Option<RoutePolicy>,
+    ) -> Result<MessageReport> {
         let fragments: Vec<Vec<u8>> = bastet_sphinx::fragment(&sealed.payload, &mut rand::rng())?
             .iter()
             .map(Fragment::to_bytes)
@@ -956,29 +986,79 @@ impl Engine {
         let message_id = sealed.message_id.to_hex();
         let mut out = Outgoing::new(
             message_id.clone(),
-            to.to_string(),
+            sealed.to.to_string(),
             fragments.len(),
-            sent_at_ms,
-            Duration::from_secs(give_up_secs),
+            sealed.sent_at_ms,
+            give_up,
         );
         out.route = route;
         out.contact = Some(contact.to_string());
-        // On disk before the answer: a crash after "queued" loses nothing.
+        out.device = Some(crate::identity::short_id(&sealed.device));
         self.dir.save_fragments(&message_id, &fragments)?;
         self.dir.save_outgoing(&out)?;
-        let live = Live::new(out, fragments, to);
+        let live = Live::new(out, fragments, sealed.to);
         let report = live.report();
         self.live.push(live);
-        self.refill();
-        Ok(Response::Message(report))
+        Ok(report)
+    }
+
+    /// Seals and queues the chain traffic the contact book asks for (our
+    /// links after a device change or for a contact who asked, requests
+    /// for a contact's links), and holds the messages it released.
+    pub(crate) fn chain_work(&mut self) -> bool {
+        let (released, files) = self.contacts.take_released();
+        let any_released = !released.is_empty();
+        if any_released {
+            let messages: Vec<crate::InboxMessage> = released
+                .into_iter()
+                .map(|message| crate::InboxMessage {
+                    seq: 0,
+                    received_at_ms: now_ms(),
+                    fragments: 0,
+                    message,
+                })
+                .collect();
+            if self.hold(&messages, "it stays held") {
+                if let Err(e) = self.contacts.save() {
+                    tracing::error!(error = %e, "saving the contact book failed");
+                } else {
+                    for f in &files {
+                        if let Err(e) = self.contacts.drop_held(f) {
+                            tracing::error!(error = %e, "forgetting a held message failed");
+                        }
+                    }
+                }
+            }
+        }
+        let sealed = self
+            .contacts
+            .seal_actions(&self.keys, now_ms(), &mut rand::rng());
+        let queued = !sealed.is_empty();
+        for (contact, copy) in sealed {
+            if self.live.len() >= crate::datadir::MAX_OUTBOX_MESSAGES {
+                tracing::warn!(
+                    contact,
+                    "the outbox is full: chain traffic for a contact is dropped"
+                );
+                continue;
+            }
+            if let Err(e) = self.queue_copy(&copy, &contact, crate::outbox::DEFAULT_GIVE_UP, None) {
+                tracing::error!(contact, error = %e, "queuing chain traffic failed");
+            }
+        }
+        if queued {
+            self.refill();
+        }
+        any_released
     }
 
     fn contact(&mut self, request: crate::ContactRequest) -> Result<Response> {
         let import = matches!(request, crate::ContactRequest::Import { .. });
-        let response = self
-            .contacts
-            .handle(&self.keys, self.own_server, request, now_ms())?;
+        let response = self.contacts.handle(&self.keys, request, now_ms())?;
         if import {
+            self.retry_pending();
+        }
+        if self.chain_work() {
             self.retry_pending();
         }
         Ok(Response::Contact(response))

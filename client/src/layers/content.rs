@@ -11,10 +11,12 @@
 //! is zero.
 //!
 //! Plaintext: `message id (16) || sent_at_ms (u64 BE) || sender identity
-//! key (32) || sender device key (32) || kind (1: 0 text, 1 file) || name
-//! length (u8) || name || content length (u32 BE) || content || Ed25519
-//! signature (64)`, signed by the sender's device key over `"bastet 2026
-//! content v1" || recipient identity key || recipient device key ||`
+//! key (32) || sender device key (32) || sender chain head (seq u64 BE ||
+//! hash 32) || kind (1: 0 text, 1 file, 2 chain links, 3 chain links
+//! request) || name length (u8) || name || content length (u32 BE) ||
+//! content || Ed25519 signature (64)`, signed by the sender's device key
+//! over `"bastet 2026 content v2" || recipient identity key || recipient
+//! device key ||`
 //! everything before the signature: the recipient is bound into the
 //! signature, so a message cannot be re-addressed.
 
@@ -30,19 +32,23 @@ use crate::crypto::{
     self, AEAD_TAG_LEN, ClientKeys, KEM_CIPHERTEXT_LEN, KEM_PUBLIC_LEN, PUBLIC_KEY_LEN,
     SIGNATURE_LEN,
 };
+use crate::identity::{HEAD_LEN, Head};
 use crate::message::{Content, MAX_CONTENT_LEN, MessageId, check_file_name};
 use crate::{Error, Result};
 
 /// The content-layer format this client writes and reads.
-pub const CONTENT_VERSION: u8 = 1;
+pub const CONTENT_VERSION: u8 = 2;
 const HEADER_LEN: usize = 1 + PUBLIC_KEY_LEN + KEM_CIPHERTEXT_LEN;
-const SIGNATURE_CONTEXT: &[u8] = b"bastet 2026 content v1";
+const SIGNATURE_CONTEXT: &[u8] = b"bastet 2026 content v2";
 const KDF_SALT: &[u8] = b"bastet 2026 content hybrid kem v1";
 const KIND_TEXT: u8 = 0;
 const KIND_FILE: u8 = 1;
+const KIND_LINKS: u8 = 2;
+const KIND_LINKS_REQUEST: u8 = 3;
 const ID_LEN: usize = 16;
 /// Plaintext bytes besides the name and content.
-const PLAINTEXT_OVERHEAD: usize = ID_LEN + 8 + 2 * PUBLIC_KEY_LEN + 1 + 1 + 4 + SIGNATURE_LEN;
+const PLAINTEXT_OVERHEAD: usize =
+    ID_LEN + 8 + 2 * PUBLIC_KEY_LEN + HEAD_LEN + 1 + 1 + 4 + SIGNATURE_LEN;
 /// Bytes the content layer adds to the name and content.
 pub const OVERHEAD: usize = HEADER_LEN + PLAINTEXT_OVERHEAD + AEAD_TAG_LEN;
 /// Longest content-layer ciphertext.
@@ -81,6 +87,16 @@ impl Recipient {
             kem: Box::new(keys.kem_public()),
         }
     }
+
+    /// The keys of device `cert` of identity `identity`.
+    pub fn of_cert(identity: &[u8; PUBLIC_KEY_LEN], cert: &crate::identity::DeviceCert) -> Self {
+        Recipient {
+            identity: *identity,
+            device: cert.device,
+            content: cert.content,
+            kem: cert.kem.clone(),
+        }
+    }
 }
 
 /// A content layer that decrypted for this device.
@@ -94,6 +110,8 @@ pub struct Opened {
     pub sender_identity: [u8; PUBLIC_KEY_LEN],
     /// The device key that signed.
     pub sender_device: [u8; PUBLIC_KEY_LEN],
+    /// The sender's identity chain head when it sent.
+    pub sender_head: Head,
     /// Text or file.
     pub content: Content,
     /// Whether the signature by `sender_device` over the message and this
@@ -105,6 +123,7 @@ pub struct Opened {
 /// it to the recipient device.
 pub fn seal<R: CryptoRng + ?Sized>(
     sender: &ClientKeys,
+    sender_head: &Head,
     recipient: &Recipient,
     message_id: MessageId,
     content: &Content,
@@ -113,6 +132,7 @@ pub fn seal<R: CryptoRng + ?Sized>(
 ) -> Result<Vec<u8>> {
     seal_signed_for(
         sender,
+        sender_head,
         recipient,
         (&recipient.identity, &recipient.device),
         message_id,
@@ -124,8 +144,10 @@ pub fn seal<R: CryptoRng + ?Sized>(
 
 /// [`seal`] with the identity and device bound into the signature given
 /// separately, so tests can forge a message signed for someone else.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn seal_signed_for<R: CryptoRng + ?Sized>(
     sender: &ClientKeys,
+    sender_head: &Head,
     recipient: &Recipient,
     signed_for: (&[u8; PUBLIC_KEY_LEN], &[u8; PUBLIC_KEY_LEN]),
     message_id: MessageId,
@@ -135,6 +157,7 @@ pub(crate) fn seal_signed_for<R: CryptoRng + ?Sized>(
 ) -> Result<Vec<u8>> {
     content.check()?;
     let (kind, name, body) = kind_name_body(content);
+    let body: &[u8] = &body;
     let mut plaintext = Zeroizing::new(Vec::with_capacity(
         PLAINTEXT_OVERHEAD + name.len() + body.len(),
     ));
@@ -142,6 +165,7 @@ pub(crate) fn seal_signed_for<R: CryptoRng + ?Sized>(
     plaintext.extend_from_slice(&sent_at_ms.to_be_bytes());
     plaintext.extend_from_slice(&sender.identity_public());
     plaintext.extend_from_slice(&sender.device_public());
+    plaintext.extend_from_slice(&sender_head.to_bytes());
     plaintext.push(kind);
     // Checked above: a name is at most 255 bytes, a body at most 1 MiB.
     plaintext.push(name.len() as u8);
@@ -237,6 +261,7 @@ fn parse(keys: &ClientKeys, plaintext: &[u8]) -> Result<Opened> {
     let (sent_at, rest) = take::<8>(rest).ok_or_else(short)?;
     let (sender_identity, rest) = take::<PUBLIC_KEY_LEN>(rest).ok_or_else(short)?;
     let (sender_device, rest) = take::<PUBLIC_KEY_LEN>(rest).ok_or_else(short)?;
+    let (sender_head, rest) = take::<HEAD_LEN>(rest).ok_or_else(short)?;
     let (&kind, rest) = rest.split_first().ok_or_else(short)?;
     let (&name_len, rest) = rest.split_first().ok_or_else(short)?;
     let name_len = usize::from(name_len);
@@ -259,6 +284,15 @@ fn parse(keys: &ClientKeys, plaintext: &[u8]) -> Result<Opened> {
                 bytes: body.to_vec(),
             }
         }
+        KIND_LINKS if name.is_empty() => Content::Links(body.to_vec()),
+        KIND_LINKS_REQUEST if name.is_empty() => {
+            let after: [u8; 8] = body
+                .try_into()
+                .map_err(|_| layer_error("a chain links request is 8 bytes"))?;
+            Content::LinksRequest {
+                after: u64::from_be_bytes(after),
+            }
+        }
         _ => return Err(layer_error("unknown content kind")),
     };
     let mut sig = [0u8; SIGNATURE_LEN];
@@ -273,15 +307,23 @@ fn parse(keys: &ClientKeys, plaintext: &[u8]) -> Result<Opened> {
         sent_at_ms: u64::from_be_bytes(sent_at),
         sender_identity,
         sender_device,
+        sender_head: Head::from_bytes(&sender_head),
         content,
         signature_ok,
     })
 }
 
-fn kind_name_body(content: &Content) -> (u8, &str, &[u8]) {
+fn kind_name_body(content: &Content) -> (u8, &str, std::borrow::Cow<'_, [u8]>) {
+    use std::borrow::Cow;
     match content {
-        Content::Text(t) => (KIND_TEXT, "", t.as_bytes()),
-        Content::File { name, bytes } => (KIND_FILE, name, bytes),
+        Content::Text(t) => (KIND_TEXT, "", Cow::Borrowed(t.as_bytes())),
+        Content::File { name, bytes } => (KIND_FILE, name, Cow::Borrowed(bytes)),
+        Content::Links(links) => (KIND_LINKS, "", Cow::Borrowed(links)),
+        Content::LinksRequest { after } => (
+            KIND_LINKS_REQUEST,
+            "",
+            Cow::Owned(after.to_be_bytes().to_vec()),
+        ),
     }
 }
 
@@ -335,6 +377,11 @@ fn take<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
 mod tests {
     use super::*;
 
+    const HEAD: Head = Head {
+        seq: 3,
+        hash: [0x5a; 32],
+    };
+
     fn recipient(keys: &ClientKeys) -> Recipient {
         Recipient::of(keys)
     }
@@ -363,9 +410,12 @@ mod tests {
                 name: "a b.txt".into(),
                 bytes: vec![1, 2, 3],
             },
+            Content::Links(vec![0, 1, 9]),
+            Content::LinksRequest { after: 7 },
         ] {
             let sealed = seal(
                 &alice,
+                &HEAD,
                 &recipient(&bob),
                 MessageId([3; 16]),
                 &content,
@@ -375,7 +425,7 @@ mod tests {
             .unwrap();
             let name_len = match &content {
                 Content::File { name, .. } => name.len(),
-                Content::Text(_) => 0,
+                _ => 0,
             };
             assert_eq!(sealed.len(), OVERHEAD + name_len + content.len());
             let opened = open(&bob, &sealed).unwrap();
@@ -384,6 +434,7 @@ mod tests {
             assert_eq!(opened.sender_identity, alice.identity_public());
             assert_eq!(opened.sender_device, alice.device_public());
             assert_eq!(opened.content, content);
+            assert_eq!(opened.sender_head, HEAD);
             assert!(opened.signature_ok);
         }
     }
@@ -393,6 +444,7 @@ mod tests {
         let (alice, bob) = (keys(), keys());
         let sealed = seal(
             &alice,
+            &HEAD,
             &recipient(&bob),
             MessageId([3; 16]),
             &Content::Text("tamper with me".into()),
@@ -437,6 +489,7 @@ mod tests {
         let (alice, bob, carol) = (keys(), keys(), keys());
         let sealed = seal(
             &alice,
+            &HEAD,
             &recipient(&bob),
             MessageId([3; 16]),
             &Content::Text("for bob".into()),
@@ -452,6 +505,7 @@ mod tests {
         *mixed.kem = carol.kem_public();
         let sealed = seal(
             &alice,
+            &HEAD,
             &mixed,
             MessageId([3; 16]),
             &Content::Text("x".into()),
@@ -468,6 +522,7 @@ mod tests {
         let (alice, bob, carol) = (keys(), keys(), keys());
         let sealed = seal_signed_for(
             &alice,
+            &HEAD,
             &recipient(&bob),
             (&carol.identity_public(), &carol.device_public()),
             MessageId([3; 16]),
@@ -481,6 +536,7 @@ mod tests {
         // Bound to the device key as well as the identity key.
         let sealed = seal_signed_for(
             &alice,
+            &HEAD,
             &recipient(&bob),
             (&bob.identity_public(), &carol.device_public()),
             MessageId([3; 16]),
@@ -500,6 +556,7 @@ mod tests {
         assert!(matches!(
             seal(
                 &alice,
+                &HEAD,
                 &low_order,
                 MessageId([0; 16]),
                 &Content::Text("x".into()),
@@ -515,6 +572,7 @@ mod tests {
         assert!(matches!(
             seal(
                 &alice,
+                &HEAD,
                 &recipient(&bob),
                 MessageId([0; 16]),
                 &bad_name,
@@ -526,6 +584,7 @@ mod tests {
         // A low-order ephemeral key on the wire.
         let mut sealed = seal(
             &alice,
+            &HEAD,
             &recipient(&bob),
             MessageId([0; 16]),
             &Content::Text("x".into()),

@@ -137,16 +137,16 @@ pub fn befriend(
     use bastet_client::Contacts;
     let (a_dir, a_keys, a_server, a_name) = a;
     let (b_dir, b_keys, b_server, b_name) = b;
-    let mut a_book = Contacts::load(a_dir, a_keys).unwrap();
-    let mut b_book = Contacts::load(b_dir, b_keys).unwrap();
+    let mut a_book = Contacts::load(a_dir, a_keys, a_server).unwrap();
+    let mut b_book = Contacts::load(b_dir, b_keys, b_server).unwrap();
     let card = a_book
-        .export_card(a_keys, a_server, a_name, None, 1)
+        .export_card(a_keys, a_name, None, 1)
         .unwrap()
         .to_text(a_keys)
         .unwrap();
     b_book.import_card(b_keys, &card, a_name, 1).unwrap();
     let reply = b_book
-        .export_card(b_keys, b_server, b_name, Some(a_name), 2)
+        .export_card(b_keys, b_name, Some(a_name), 2)
         .unwrap()
         .to_text(b_keys)
         .unwrap();

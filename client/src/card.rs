@@ -305,8 +305,9 @@ pub fn safety_number(a: &[u8; PUBLIC_KEY_LEN], b: &[u8; PUBLIC_KEY_LEN]) -> Stri
 }
 
 /// The card text as a QR code for a terminal: two rows of modules per line
-/// of text, dark on light. A card needs a QR code of about 130 modules a
-/// side: a terminal at least 140 columns wide.
+/// of text, dark on light. A card needs a QR code of about 160 modules a
+/// side for an identity with one device: a terminal at least 170 columns
+/// wide.
 pub fn qr_terminal(text: &str) -> Result<String> {
     let code = qr_code(text)?;
     Ok(code

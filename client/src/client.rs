@@ -284,7 +284,8 @@ impl Client {
             give_up,
         );
         outgoing.contact = Some(contact.to_string());
-        outgoing.device = Some(crate::identity::short_id(&sealed.device));
+        outgoing.device =
+            (sealed.device != [0; 32]).then(|| crate::identity::short_id(&sealed.device));
         self.dir.save_fragments(&message_id, &fragments)?;
         self.dir.save_outgoing(&outgoing)?;
         Ok(outgoing)
@@ -301,7 +302,14 @@ impl Client {
     /// for contacts, requests for theirs); failures are logged.
     fn queue_chain_actions(&self, contacts: &mut Contacts) -> Result<Vec<Outgoing>> {
         let mut out = Vec::new();
-        for (contact, sealed) in contacts.seal_actions(&self.keys, now_ms(), &mut rand::rng()) {
+        let mut sealed = contacts.seal_actions(&self.keys, now_ms(), &mut rand::rng());
+        sealed.extend(
+            contacts
+                .take_pairing_outgoing()
+                .into_iter()
+                .map(|s| ("pairing".to_string(), s)),
+        );
+        for (contact, sealed) in sealed {
             out.push(self.queue_copy(&sealed, &contact, crate::outbox::DEFAULT_GIVE_UP)?);
         }
         contacts.save()?;
@@ -665,6 +673,12 @@ impl Client {
         }
         for f in &held_files {
             contacts.drop_held(f)?;
+        }
+        // Accepted into an identity: this device becomes one of its own
+        // (the next command runs with the identity's keys).
+        if let Some((identity, bundle)) = contacts.take_join() {
+            contacts.join(&self.keys, &identity, &bundle, now_ms())?;
+            self.dir.join_identity(&self.keys, identity)?;
         }
         // Chain traffic (links asked for, or to ask for) waits in the
         // outbox for the next `outbox --resume` or daemon.

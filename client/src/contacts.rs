@@ -29,7 +29,9 @@ use zeroize::Zeroizing;
 
 use crate::card::{CARD_ID_LEN, Card, MAX_NICKNAME_LEN, safety_number};
 use crate::crypto::{self, ClientKeys, PUBLIC_KEY_LEN};
-use crate::identity::{CAP_ADMIN, CAP_SEND, Chain, DeviceCert, HeadCheck, LinkKind, short_id};
+use crate::identity::{
+    CAP_ADMIN, CAP_SEND, Chain, DeviceCert, HeadCheck, LinkKind, check_device_name, short_id,
+};
 use crate::layers::content::Recipient;
 use crate::layers::psk::{self, Argon2Params, PSK_LEN};
 use crate::layers::{content, envelope};
@@ -43,6 +45,10 @@ const EXPORTS: &str = "exports";
 const PENDING: &str = "pending";
 const HELD: &str = "held";
 const OLD: &str = "v1";
+const PAIRING: &str = "pairing";
+/// Pairing codes open at once on one device.
+pub const MAX_PAIR_CODES: usize = 8;
+const MAX_PAIRING_FILE: u64 = 64 * 1024;
 const PICKLE_CONTEXT: &str = "bastet 2026 olm pickle key v1";
 /// Most contacts in one book.
 pub const MAX_CONTACTS: usize = 1000;
@@ -290,6 +296,20 @@ pub enum ContactRequest {
     },
     /// This identity's devices.
     Devices {},
+    /// Make a one-time pairing code for a new device of this identity.
+    PairOffer {
+        /// Whether the new device may add and revoke devices too.
+        #[serde(default)]
+        admin: bool,
+    },
+    /// Ask to join the identity of a pairing code (this device must be
+    /// fresh).
+    Join {
+        /// The pairing code, text form.
+        code: String,
+        /// This device's name.
+        name: String,
+    },
     /// Revoke one of this identity's devices (by short id or full key).
     RevokeDevice {
         /// Its id.
@@ -328,8 +348,42 @@ pub enum ContactResponse {
         /// Whether this device holds the identity key.
         holds_identity_key: bool,
     },
+    /// A pairing code made.
+    PairCode {
+        /// Its text form.
+        code: String,
+        /// When it expires (unix ms).
+        expires_ms: u64,
+    },
     /// Done.
     Done {},
+}
+
+/// Pairing codes this device made, and the join this device asked for.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PairingFile {
+    offers: Vec<PairOffer>,
+    join: Option<PendingJoin>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PairOffer {
+    /// The code's secret (hex).
+    secret: String,
+    caps: u8,
+    expires_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PendingJoin {
+    /// The identity asked to join (hex).
+    identity: String,
+    /// The code's secret (hex).
+    secret: String,
+    expires_ms: u64,
 }
 
 /// What a device joining an identity is given (see [`Contacts::bundle`]).
@@ -403,6 +457,13 @@ pub struct Contacts {
     /// When links were last asked of, or pushed to, each contact.
     links_sent: HashMap<String, u64>,
     last_seen: HashMap<[u8; PUBLIC_KEY_LEN], u64>,
+    pairing: PairingFile,
+    pairing_dirty: bool,
+    /// Pairing messages to send.
+    pairing_out: Vec<SealedMessage>,
+    /// The bundle of the identity this device was accepted into, until the
+    /// caller finishes the join (see [`Contacts::take_join`]).
+    join_bundle: Option<([u8; PUBLIC_KEY_LEN], DeviceBundle)>,
 }
 
 /// A message decrypted by [`Contacts::open_message`], or what it did.
@@ -602,7 +663,18 @@ impl Contacts {
             actions: Vec::new(),
             links_sent: HashMap::new(),
             last_seen: HashMap::new(),
+            pairing: PairingFile::default(),
+            pairing_dirty: false,
+            pairing_out: Vec::new(),
+            join_bundle: None,
         };
+        let pairing_path = book.dir.join(PAIRING);
+        if let Some(bytes) = data_dir.read_bounded(&pairing_path, MAX_PAIRING_FILE)? {
+            book.pairing = serde_json::from_slice(&bytes).map_err(|e| Error::File {
+                path: pairing_path,
+                why: e.to_string(),
+            })?;
+        }
         book.load_contacts()?;
         book.follow_mailbox(keys, mailbox_server)?;
         book.save()?;
@@ -774,6 +846,14 @@ impl Contacts {
             self.data_dir
                 .write_atomic(&self.dir.join(CHAIN), &self.own_chain.to_bytes())?;
             self.own_chain_dirty = false;
+        }
+        if self.pairing_dirty {
+            let json = Zeroizing::new(
+                serde_json::to_vec_pretty(&self.pairing)
+                    .map_err(|e| contact_error(e.to_string()))?,
+            );
+            self.data_dir.write_atomic(&self.dir.join(PAIRING), &json)?;
+            self.pairing_dirty = false;
         }
         let dirty = std::mem::take(&mut self.dirty);
         for name in dirty {
@@ -1099,6 +1179,18 @@ impl Contacts {
                 ContactResponse::Done {}
             }
             ContactRequest::Devices {} => self.devices(keys),
+            ContactRequest::PairOffer { admin } => {
+                let code = self.pair_offer(keys, admin, now_ms)?;
+                ContactResponse::PairCode {
+                    code: code.to_text(),
+                    expires_ms: code.expires_ms,
+                }
+            }
+            ContactRequest::Join { code, name } => {
+                check_device_name(&name)?;
+                self.join_start(keys, &code, &name, now_ms)?;
+                ContactResponse::Done {}
+            }
             ContactRequest::RevokeDevice { device, reason } => {
                 self.revoke_device(keys, &device, &reason, now_ms)?;
                 self.devices(keys)
@@ -1262,18 +1354,25 @@ impl Contacts {
         }
     }
 
-    /// Makes this fresh device one of the identity `bundle` describes:
-    /// `keys` are this device's keys as a member of it (see
-    /// [`DataDir::join_identity`]). Sessions with contacts' devices start
+    /// Makes this fresh device one of the identity `identity` that `bundle`
+    /// describes; the caller then makes the keys the identity's with
+    /// [`DataDir::join_identity`] (a crash in between is finished by the
+    /// next [`DataDir::load_keys`]). Sessions with contacts' devices start
     /// afresh, from the fallback keys in their chains.
-    pub fn join(&mut self, keys: &ClientKeys, bundle: &DeviceBundle, now_ms: u64) -> Result<()> {
+    pub fn join(
+        &mut self,
+        keys: &ClientKeys,
+        identity: &[u8; PUBLIC_KEY_LEN],
+        bundle: &DeviceBundle,
+        now_ms: u64,
+    ) -> Result<()> {
         use data_encoding::BASE64;
         self.check_fresh()?;
         let bad = |why: &str| contact_error(format!("the device bundle: {why}"));
         let chain_bytes = BASE64
             .decode(bundle.chain.as_bytes())
             .map_err(|_| bad("the chain is not base64"))?;
-        let chain = Chain::from_bytes(&chain_bytes, Some(&keys.identity_public()))?;
+        let chain = Chain::from_bytes(&chain_bytes, Some(identity))?;
         if !chain
             .device(&keys.device_public())
             .is_some_and(|d| d.is_current())
@@ -1319,11 +1418,233 @@ impl Contacts {
         }
         self.own_chain = chain;
         self.own_chain_dirty = true;
+        self.pairing = PairingFile::default();
+        self.pairing_dirty = true;
         for name in contacts.keys() {
             self.dirty.push(name.clone());
         }
         self.contacts = contacts;
         self.save()
+    }
+
+    /// Makes a one-time pairing code for a new device of this identity
+    /// (granted `send`, and `admin` if asked). This device must be a
+    /// current admin device, or hold the identity key.
+    pub fn pair_offer(
+        &mut self,
+        keys: &ClientKeys,
+        admin: bool,
+        now_ms: u64,
+    ) -> Result<crate::pairing::PairCode> {
+        let me = self.check_may_send(keys)?.clone();
+        if me.caps & CAP_ADMIN == 0 && !keys.has_identity_key() {
+            return Err(contact_error(
+                "this device may not add devices (it is not an admin device of its identity)",
+            ));
+        }
+        self.pairing.offers.retain(|o| o.expires_ms > now_ms);
+        if self.pairing.offers.len() >= MAX_PAIR_CODES {
+            return Err(contact_error(format!(
+                "{MAX_PAIR_CODES} pairing codes are open already: use one, or wait 15 minutes"
+            )));
+        }
+        let secret: Zeroizing<[u8; 32]> = Zeroizing::new(crypto::random_bytes(&mut rand::rng()));
+        let caps = if admin {
+            CAP_SEND | CAP_ADMIN
+        } else {
+            CAP_SEND
+        };
+        let expires_ms = now_ms + crate::pairing::CODE_LIFETIME_MS;
+        self.pairing.offers.push(PairOffer {
+            secret: hex::encode(secret.as_ref()),
+            caps,
+            expires_ms,
+        });
+        self.pairing_dirty = true;
+        self.save()?;
+        Ok(crate::pairing::PairCode {
+            identity: keys.identity_public(),
+            admin: Address::of_cert(&keys.identity_public(), &me),
+            secret,
+            caps,
+            expires_ms,
+        })
+    }
+
+    /// Asks to join the identity of pairing code `code` as device `name`:
+    /// queues the request (see [`Contacts::take_pairing_outgoing`]); the
+    /// admin device's reply, once received, makes
+    /// [`Contacts::take_join`] return the bundle.
+    pub fn join_start(
+        &mut self,
+        keys: &ClientKeys,
+        code: &str,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<()> {
+        let code = crate::pairing::PairCode::parse(code)?;
+        if code.expires_ms <= now_ms {
+            return Err(contact_error(
+                "this pairing code has expired: make a new one with `bastet device add`",
+            ));
+        }
+        if code.identity == keys.identity_public() {
+            return Err(contact_error("this device is already of that identity"));
+        }
+        let (cert, back_signature) = self.join_request(keys, code.identity, name, code.caps)?;
+        let reply_to = Address::of_cert(&keys.identity_public(), &cert);
+        let rng = &mut rand::rng();
+        let message =
+            crate::pairing::seal_request(&code.secret, &reply_to, &cert, &back_signature, rng)?;
+        self.queue_pairing(&code.admin, message, now_ms)?;
+        self.pairing.join = Some(PendingJoin {
+            identity: hex::encode(code.identity),
+            secret: hex::encode(code.secret.as_ref()),
+            expires_ms: code.expires_ms,
+        });
+        self.pairing_dirty = true;
+        self.save()
+    }
+
+    fn queue_pairing(&mut self, to: &Address, message: Vec<u8>, now_ms: u64) -> Result<()> {
+        let rng = &mut rand::rng();
+        let inner = envelope::Inner {
+            sender_ratchet_key: self.account.curve25519_key().to_bytes(),
+            message_type: crate::pairing::PAIRING_MESSAGE_TYPE,
+            message,
+        };
+        let payload = envelope::seal(&to.encryption_key, &inner, rng)?;
+        self.pairing_out.push(SealedMessage {
+            message_id: MessageId(crypto::random_bytes(rng)),
+            sent_at_ms: now_ms,
+            payload,
+            device: [0; PUBLIC_KEY_LEN],
+            to: *to,
+        });
+        Ok(())
+    }
+
+    /// Pairing messages to send (requests, replies).
+    pub fn take_pairing_outgoing(&mut self) -> Vec<SealedMessage> {
+        std::mem::take(&mut self.pairing_out)
+    }
+
+    /// The identity this device was accepted into and its bundle, once the
+    /// admin device's reply arrived: finish with [`Contacts::join`] and
+    /// [`DataDir::join_identity`].
+    pub fn take_join(&mut self) -> Option<([u8; PUBLIC_KEY_LEN], DeviceBundle)> {
+        self.join_bundle.take()
+    }
+
+    /// Whether this device waits for an admin device's answer to a join.
+    pub fn joining(&self) -> bool {
+        self.pairing.join.is_some()
+    }
+
+    /// A pairing message (sealed envelope type 2): a join request for one
+    /// of this device's codes, or the answer to this device's request.
+    fn open_pairing(&mut self, keys: &ClientKeys, message: &[u8]) -> Result<Opened> {
+        use crate::pairing::{self, Message};
+        let now = crate::now_ms();
+        let offers = std::mem::take(&mut self.pairing.offers);
+        let mut request = None;
+        for offer in offers {
+            let secret = hex32(&offer.secret, "a pairing secret")?;
+            if request.is_none()
+                && offer.expires_ms > now
+                && let Some(m) = pairing::open(&secret, message)?
+            {
+                // One use: the code is gone whatever comes of it.
+                self.pairing_dirty = true;
+                request = Some((secret, offer.caps, m));
+                continue;
+            }
+            if offer.expires_ms > now {
+                self.pairing.offers.push(offer);
+            } else {
+                self.pairing_dirty = true;
+            }
+        }
+        if let Some((secret, caps, m)) = request {
+            let Message::Request {
+                reply_to,
+                cert,
+                back_signature,
+            } = m
+            else {
+                return Err(contact_error("a pairing answer for a code of this device"));
+            };
+            let id = short_id(&cert.device);
+            let name = cert.name.clone();
+            let result = if cert.caps != caps {
+                Err(contact_error(
+                    "the new device asked for other capabilities than the code grants",
+                ))
+            } else {
+                self.add_device(keys, cert, back_signature, now)
+            };
+            let rng = &mut rand::rng();
+            let answer = match &result {
+                Ok(()) => {
+                    let bundle = serde_json::to_vec(&self.bundle())
+                        .map(Zeroizing::new)
+                        .map_err(|e| contact_error(e.to_string()))?;
+                    pairing::seal_reply(&secret, &bundle, rng)?
+                }
+                Err(e) => pairing::seal_refusal(&secret, &e.to_string(), rng)?,
+            };
+            let reply_to = Address {
+                identity_key: keys.identity_public(),
+                ..reply_to
+            };
+            self.queue_pairing(&reply_to, answer, now)?;
+            self.save()?;
+            return match result {
+                Ok(()) => Ok(Opened::Chain(vec![ReceivedMessage::notice(
+                    "you",
+                    &format!(
+                        "device {id} ({name:?}) joined your identity; your contacts are sent the new device list"
+                    ),
+                )])),
+                Err(e) => Err(contact_error(format!(
+                    "a device asked to join with one of your pairing codes and was refused: {e}"
+                ))),
+            };
+        }
+        if let Some(join) = &self.pairing.join {
+            let secret = hex32(&join.secret, "a pairing secret")?;
+            let identity = *hex32(&join.identity, "the identity joined")?;
+            match pairing::open(&secret, message)? {
+                Some(Message::Reply(json)) => {
+                    let bundle: DeviceBundle = serde_json::from_slice(&json).map_err(|e| {
+                        contact_error(format!("the admin device's answer is malformed: {e}"))
+                    })?;
+                    self.join_bundle = Some((identity, bundle));
+                    self.pairing.join = None;
+                    self.pairing_dirty = true;
+                    return Ok(Opened::Chain(vec![ReceivedMessage::notice(
+                        "you",
+                        &format!("this device joined identity {}", hex::encode(identity)),
+                    )]));
+                }
+                Some(Message::Refusal(why)) => {
+                    self.pairing.join = None;
+                    self.pairing_dirty = true;
+                    return Err(contact_error(format!(
+                        "the admin device refused this device: {}",
+                        why.chars().filter(|c| !c.is_control()).collect::<String>()
+                    )));
+                }
+                Some(Message::Request { .. }) => {
+                    return Err(contact_error("a join request for a device that is joining"));
+                }
+                None => {}
+            }
+        }
+        Err(Error::Layer {
+            layer: "pairing",
+            why: "no pairing code of this device matches (expired, used, or made elsewhere)".into(),
+        })
     }
 
     fn push_links_to_all(&mut self) {
@@ -1593,6 +1914,9 @@ impl Contacts {
     /// safely stored (a crash before that decrypts it again).
     pub fn open_message(&mut self, keys: &ClientKeys, payload: &[u8]) -> Result<Opened> {
         let inner = envelope::open(keys, payload)?;
+        if inner.message_type == crate::pairing::PAIRING_MESSAGE_TYPE {
+            return self.open_pairing(keys, &inner.message);
+        }
         let message = parse_ratchet_message(inner.message_type, &inner.message)?;
         let known = self.contacts.values().find_map(|c| {
             c.chain
@@ -3048,9 +3372,8 @@ mod device_tests {
             .unwrap();
         admin.book.add_device(&admin.keys, cert, sig, 10).unwrap();
         let bundle = admin.book.bundle();
-        let keys = std::mem::replace(&mut new.keys, ClientKeys::generate(&mut rand::rng()));
-        new.keys = new.dir.join_identity(keys, identity).unwrap();
-        new.book.join(&new.keys, &bundle, 11).unwrap();
+        new.book.join(&new.keys, &identity, &bundle, 11).unwrap();
+        new.keys = new.dir.join_identity(&new.keys, identity).unwrap();
         assert!(!new.keys.has_identity_key());
     }
 
@@ -3084,6 +3407,116 @@ mod device_tests {
             .unwrap()
             .payload
             .clone()
+    }
+
+    /// Opens `payload` at `to`, which must be pairing traffic: the
+    /// notices.
+    fn open_pairing(to: &mut Party, payload: &[u8]) -> Result<Vec<ReceivedMessage>> {
+        match to.book.open_message(&to.keys, payload)? {
+            Opened::Chain(notices) => Ok(notices),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_device_pairs_with_a_one_time_code() {
+        let (mut a1, mut b) = (Party::new(), Party::new());
+        befriend(&mut a1, "alice", &mut b, "bob");
+        let code = a1.book.pair_offer(&a1.keys, false, crate::now_ms()).unwrap();
+        let text = code.to_text();
+        let mut a2 = Party::new();
+        let old_identity = a2.keys.identity_public();
+        a2.book
+            .join_start(&a2.keys, &text, "laptop", crate::now_ms())
+            .unwrap();
+        assert!(a2.book.joining());
+        let request = a2.book.take_pairing_outgoing();
+        assert_eq!(request.len(), 1);
+        assert_eq!(request[0].to.mailbox, a1.keys.mailbox_id());
+        // A replay of the request after the code is used is refused.
+        let notices = open_pairing(&mut a1, &request[0].payload).unwrap();
+        assert!(notices[0].text.contains("joined your identity"), "{notices:?}");
+        assert!(open_pairing(&mut a1, &request[0].payload).is_err());
+        let reply = a1.book.take_pairing_outgoing();
+        assert_eq!(reply.len(), 1);
+        assert_eq!(reply[0].to.mailbox, a2.keys.mailbox_id());
+        // The reply opens only at A2.
+        assert!(b.book.open_message(&b.keys, &reply[0].payload).is_err());
+        open_pairing(&mut a2, &reply[0].payload).unwrap();
+        let (identity, bundle) = a2.book.take_join().unwrap();
+        assert_eq!(identity, a1.keys.identity_public());
+        a2.book
+            .join(&a2.keys, &identity, &bundle, crate::now_ms())
+            .unwrap();
+        a2.keys = a2.dir.join_identity(&a2.keys, identity).unwrap();
+        assert!(!a2.book.joining());
+        assert_ne!(a2.keys.identity_public(), old_identity);
+        assert!(!a2.keys.has_identity_key());
+        a2.restart();
+        // A2 knows bob, and bob (once the chain reaches him) knows A2.
+        deliver_chain(&mut a1, &mut b);
+        let m = b.open(&a2.send("bob", "hello from the laptop")).unwrap();
+        assert_eq!(m.text, "hello from the laptop");
+        assert_eq!(m.from, a1.keys.identity_public());
+        let copies = b.send_all("alice", "to both");
+        assert_eq!(copies.len(), 2);
+        let payload = copy_for(&copies, &a2);
+        assert_eq!(a2.open_text(&payload), "to both");
+        // A2 (not an admin) makes no codes; a joined device cannot join
+        // again.
+        assert!(a2.book.pair_offer(&a2.keys, false, crate::now_ms()).is_err());
+        let code = a1.book.pair_offer(&a1.keys, true, crate::now_ms()).unwrap();
+        assert!(
+            a2.book
+                .join_start(&a2.keys, &code.to_text(), "x", crate::now_ms())
+                .is_err()
+        );
+        // An expired code is refused by the joining device.
+        let mut a3 = Party::new();
+        let old = a1.book.pair_offer(&a1.keys, false, 1).unwrap();
+        match a3.book.join_start(&a3.keys, &old.to_text(), "x", crate::now_ms()) {
+            Err(e) => assert!(e.to_string().contains("expired"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // A request for an admin code claiming other capabilities: refused
+        // with an answer that says so, and the code is used up.
+        let text = code.to_text();
+        let (cert, sig) = a3
+            .book
+            .join_request(&a3.keys, code.identity, "x", CAP_SEND)
+            .unwrap();
+        let reply_to = Address::of_cert(&a3.keys.identity_public(), &cert);
+        let forged =
+            crate::pairing::seal_request(&code.secret, &reply_to, &cert, &sig, &mut rand::rng())
+                .unwrap();
+        a3.book
+            .queue_pairing(&code.admin, forged, crate::now_ms())
+            .unwrap();
+        a3.book.pairing.join = Some(PendingJoin {
+            identity: hex::encode(code.identity),
+            secret: hex::encode(code.secret.as_ref()),
+            expires_ms: code.expires_ms,
+        });
+        let request = a3.book.take_pairing_outgoing();
+        match open_pairing(&mut a1, &request[0].payload) {
+            Err(e) => assert!(e.to_string().contains("capabilities"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        let refusal = a1.book.take_pairing_outgoing();
+        match open_pairing(&mut a3, &refusal[0].payload) {
+            Err(e) => assert!(e.to_string().contains("refused"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!a3.book.joining());
+        assert!(
+            a3.book
+                .join_start(&a3.keys, &text, "x", crate::now_ms())
+                .is_ok(),
+            "the joining side cannot know the code is used"
+        );
+        let again = a3.book.take_pairing_outgoing();
+        assert!(open_pairing(&mut a1, &again[0].payload).is_err());
+        assert_eq!(a1.book.own_chain().current_devices().count(), 2);
     }
 
     #[test]

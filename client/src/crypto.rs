@@ -186,7 +186,7 @@ impl ClientKeys {
 
     /// These keys as a device of the identity `identity_public`, without
     /// an identity key (after joining another identity).
-    pub fn joined(self, identity_public: [u8; PUBLIC_KEY_LEN]) -> Self {
+    pub fn joined(&self, identity_public: [u8; PUBLIC_KEY_LEN]) -> Self {
         Self::from_device_secrets(
             identity_public,
             &self.encryption_secret(),

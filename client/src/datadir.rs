@@ -125,11 +125,20 @@ impl DataDir {
             // the old identity key: finish it.
             std::fs::remove_file(&identity_path).map_err(|e| self.file_error(&identity_path, e))?;
         }
-        let identity = if identity_path.exists() {
+        let mut identity = if identity_path.exists() {
             Some(read_key_file(&identity_path)?)
         } else {
             None
         };
+        // A `device join` that stopped after the joined identity's chain
+        // was written and before the old identity key was deleted: finish.
+        if let Some(secret) = &identity
+            && let Some(joined) = self.joined_identity(secret)?
+        {
+            write_key_file(&self.root.join(IDENTITY_PUB), &joined)?;
+            std::fs::remove_file(&identity_path).map_err(|e| self.file_error(&identity_path, e))?;
+            identity = None;
+        }
         let encryption = read_key_file(&self.root.join(ENCRYPTION_KEY))?;
         let mailbox = read_key_file(&self.root.join(MAILBOX_KEY))?;
         let device = if self.root.join(DEVICE_KEY).exists() {
@@ -153,10 +162,39 @@ impl DataDir {
         })
     }
 
+    /// The identity of the chain in `contacts/chain` if it is not the one
+    /// `identity_secret` is the key of.
+    fn joined_identity(&self, identity_secret: &[u8; 32]) -> Result<Option<[u8; 32]>> {
+        let path = self.root.join("contacts").join("chain");
+        let Some(bytes) = self.read_bounded(&path, crate::identity::MAX_CHAIN_LEN as u64)? else {
+            return Ok(None);
+        };
+        let own = ClientKeys::from_secrets(
+            identity_secret,
+            &[1; 32],
+            &[1; 32],
+            &DeviceSecrets {
+                device: zeroize::Zeroizing::new([1; 32]),
+                content: zeroize::Zeroizing::new([1; 32]),
+                kem: zeroize::Zeroizing::new([1; 32]),
+            },
+        )
+        .identity_public();
+        let chain = crate::identity::Chain::from_bytes(&bytes, None).map_err(|e| Error::File {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        Ok((chain.identity() != &own).then_some(*chain.identity()))
+    }
+
     /// Makes this data dir a device of the identity `identity_public`: its
     /// own identity key (if any) is deleted for good. Returns the keys as
     /// they now are.
-    pub fn join_identity(&self, keys: ClientKeys, identity_public: [u8; 32]) -> Result<ClientKeys> {
+    pub fn join_identity(
+        &self,
+        keys: &ClientKeys,
+        identity_public: [u8; 32],
+    ) -> Result<ClientKeys> {
         let joined = keys.joined(identity_public);
         write_key_file(&self.root.join(IDENTITY_PUB), &identity_public)?;
         let path = self.root.join(IDENTITY_KEY);
@@ -543,7 +581,7 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
         // Joining another identity deletes the identity key for good.
-        let joined = dir.join_identity(loaded, [4; 32]).unwrap();
+        let joined = dir.join_identity(&loaded, [4; 32]).unwrap();
         assert!(!joined.has_identity_key());
         assert!(!tmp.path().join("client").join(IDENTITY_KEY).exists());
         let again = dir.load_keys().unwrap();

@@ -149,6 +149,20 @@ impl DeviceCert {
         out
     }
 
+    /// Parses a certificate that [`DeviceCert::to_bytes`] wrote (its
+    /// fields checked; the back-signature is the chain's business).
+    pub fn from_bytes(bytes: &[u8]) -> Result<DeviceCert> {
+        if bytes.len() > MAX_CERT_LEN {
+            return Err(chain_error("longer than any device certificate"));
+        }
+        let mut r = Reader(bytes);
+        let cert = Self::parse(&mut r)?;
+        if !r.0.is_empty() {
+            return Err(chain_error("a certificate is longer than its fields"));
+        }
+        Ok(cert)
+    }
+
     fn parse(r: &mut Reader<'_>) -> Result<DeviceCert> {
         let device = r.take()?;
         let content = r.take()?;

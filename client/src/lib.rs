@@ -15,6 +15,7 @@ pub mod layers;
 mod message;
 mod outbox;
 pub mod packets;
+pub mod pairing;
 mod poisson;
 mod policy;
 mod reliability;
@@ -33,9 +34,9 @@ pub use config::{
     TrafficConfig,
 };
 pub use contacts::{
-    ChainAction, ContactInfo, ContactRequest, ContactResponse, Contacts, DeviceInfo,
-    FIRST_DEVICE_NAME, MAX_CONTACTS, MAX_HELD, MAX_NAME_LEN, MAX_PENDING, MAX_SESSIONS, Opened,
-    PskSource, check_name,
+    BundledContact, ChainAction, ContactInfo, ContactRequest, ContactResponse, Contacts,
+    DeviceBundle, DeviceInfo, FIRST_DEVICE_NAME, MAX_CONTACTS, MAX_HELD, MAX_NAME_LEN, MAX_PENDING,
+    MAX_SESSIONS, Opened, PskSource, check_name,
 };
 pub use crypto::{ClientKeys, DeviceSecrets};
 pub use datadir::{DataDir, MAX_COMPLETED_ENVELOPES, OutboxLock};

@@ -186,8 +186,9 @@ enum ContactCommand {
         /// Write the card to FILE (mode 0600) instead of standard output.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        /// Also print the card as a QR code (needs a terminal about 140
-        /// columns wide).
+        /// Also print the card as a QR code (needs a terminal about 170
+        /// columns wide; the card of an identity with several devices is
+        /// too long for one QR code: give the file).
         #[arg(long)]
         qr: bool,
         /// Also write the QR code as a PNG image.

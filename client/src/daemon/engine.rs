@@ -993,7 +993,7 @@ impl Engine {
         );
         out.route = route;
         out.contact = Some(contact.to_string());
-        out.device = Some(crate::identity::short_id(&sealed.device));
+        out.device = (sealed.device != [0; 32]).then(|| crate::identity::short_id(&sealed.device));
         self.dir.save_fragments(&message_id, &fragments)?;
         self.dir.save_outgoing(&out)?;
         let live = Live::new(out, fragments, sealed.to);
@@ -1030,9 +1030,18 @@ impl Engine {
                 }
             }
         }
-        let sealed = self
+        if let Some((identity, bundle)) = self.contacts.take_join() {
+            self.finish_join(identity, &bundle);
+        }
+        let mut sealed = self
             .contacts
             .seal_actions(&self.keys, now_ms(), &mut rand::rng());
+        sealed.extend(
+            self.contacts
+                .take_pairing_outgoing()
+                .into_iter()
+                .map(|s| ("pairing".to_string(), s)),
+        );
         let queued = !sealed.is_empty();
         for (contact, copy) in sealed {
             if self.live.len() >= crate::datadir::MAX_OUTBOX_MESSAGES {
@@ -1050,6 +1059,23 @@ impl Engine {
             self.refill();
         }
         any_released
+    }
+
+    /// This device was accepted into `identity`: takes its chain and
+    /// contacts, and becomes one of its devices (the old identity key is
+    /// deleted).
+    fn finish_join(&mut self, identity: [u8; 32], bundle: &crate::DeviceBundle) {
+        if let Err(e) = self.contacts.join(&self.keys, &identity, bundle, now_ms()) {
+            tracing::error!(error = %e, "joining the identity failed");
+            return;
+        }
+        match self.dir.join_identity(&self.keys, identity) {
+            Ok(keys) => {
+                self.keys = Arc::new(keys);
+                tracing::info!(identity = %hex::encode(identity), "this device joined an identity");
+            }
+            Err(e) => tracing::error!(error = %e, "joining the identity failed"),
+        }
     }
 
     fn contact(&mut self, request: crate::ContactRequest) -> Result<Response> {

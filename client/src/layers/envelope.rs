@@ -9,7 +9,8 @@
 //! key)`, used once, so the nonce is zero.
 //!
 //! Inner: `version (1) || sender's ratchet identity key (32) || ratchet
-//! message type (1: 0 pre-key, 1 normal) || ratchet message`.
+//! message type (1: 0 pre-key, 1 normal, 2 device pairing; see
+//! [`crate::pairing`]) || ratchet message`.
 //!
 //! What remains distinguishable from random: the ephemeral key is a point
 //! on Curve25519 (an Elligator2 encoding would hide that), and the length.
@@ -118,7 +119,7 @@ pub fn open(keys: &ClientKeys, bytes: &[u8]) -> Result<Inner> {
     let (&message_type, message) = rest
         .split_first()
         .ok_or_else(|| error("shorter than its header"))?;
-    if message_type > 1 {
+    if message_type > crate::pairing::PAIRING_MESSAGE_TYPE {
         return Err(error("unknown ratchet message type"));
     }
     Ok(Inner {
@@ -241,9 +242,11 @@ mod tests {
     #[test]
     fn an_unknown_message_type_is_refused() {
         let bob = keys();
-        let sealed = seal(&bob.encryption_public(), &inner(2, b"x"), &mut rand::rng()).unwrap();
+        let sealed = seal(&bob.encryption_public(), &inner(3, b"x"), &mut rand::rng()).unwrap();
         let r = open(&bob, &sealed);
         assert!(is_envelope_error(&r), "{r:?}");
+        let pairing = seal(&bob.encryption_public(), &inner(2, b"x"), &mut rand::rng()).unwrap();
+        assert_eq!(open(&bob, &pairing).unwrap().message_type, 2);
     }
 
     #[test]

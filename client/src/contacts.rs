@@ -13,7 +13,9 @@
 //! per card made (its half of the pre-shared key), `pending/` for messages
 //! from devices that are not contacts yet, and `held/` for messages from a
 //! contact whose chain is behind the head they claim (opened, kept until
-//! the missing links arrive). One process changes these at a time: the
+//! the missing links arrive), and `pairing` (the pairing codes this device
+//! made, or the join it asked for; see [`crate::pairing`]). One process
+//! changes these at a time: the
 //! holder of the data dir's outbox lock (the daemon, or a command run
 //! without one).
 
@@ -1581,7 +1583,7 @@ impl Contacts {
                     "the new device asked for other capabilities than the code grants",
                 ))
             } else {
-                self.add_device(keys, cert, back_signature, now)
+                self.add_device(keys, *cert, back_signature, now)
             };
             let rng = &mut rand::rng();
             let answer = match &result {
@@ -3422,7 +3424,10 @@ mod device_tests {
     fn a_new_device_pairs_with_a_one_time_code() {
         let (mut a1, mut b) = (Party::new(), Party::new());
         befriend(&mut a1, "alice", &mut b, "bob");
-        let code = a1.book.pair_offer(&a1.keys, false, crate::now_ms()).unwrap();
+        let code = a1
+            .book
+            .pair_offer(&a1.keys, false, crate::now_ms())
+            .unwrap();
         let text = code.to_text();
         let mut a2 = Party::new();
         let old_identity = a2.keys.identity_public();
@@ -3435,7 +3440,10 @@ mod device_tests {
         assert_eq!(request[0].to.mailbox, a1.keys.mailbox_id());
         // A replay of the request after the code is used is refused.
         let notices = open_pairing(&mut a1, &request[0].payload).unwrap();
-        assert!(notices[0].text.contains("joined your identity"), "{notices:?}");
+        assert!(
+            notices[0].text.contains("joined your identity"),
+            "{notices:?}"
+        );
         assert!(open_pairing(&mut a1, &request[0].payload).is_err());
         let reply = a1.book.take_pairing_outgoing();
         assert_eq!(reply.len(), 1);
@@ -3464,7 +3472,11 @@ mod device_tests {
         assert_eq!(a2.open_text(&payload), "to both");
         // A2 (not an admin) makes no codes; a joined device cannot join
         // again.
-        assert!(a2.book.pair_offer(&a2.keys, false, crate::now_ms()).is_err());
+        assert!(
+            a2.book
+                .pair_offer(&a2.keys, false, crate::now_ms())
+                .is_err()
+        );
         let code = a1.book.pair_offer(&a1.keys, true, crate::now_ms()).unwrap();
         assert!(
             a2.book
@@ -3474,7 +3486,10 @@ mod device_tests {
         // An expired code is refused by the joining device.
         let mut a3 = Party::new();
         let old = a1.book.pair_offer(&a1.keys, false, 1).unwrap();
-        match a3.book.join_start(&a3.keys, &old.to_text(), "x", crate::now_ms()) {
+        match a3
+            .book
+            .join_start(&a3.keys, &old.to_text(), "x", crate::now_ms())
+        {
             Err(e) => assert!(e.to_string().contains("expired"), "{e}"),
             other => panic!("{other:?}"),
         }

@@ -163,7 +163,7 @@ pub enum Message {
         /// Where it receives.
         reply_to: Address,
         /// Its certificate.
-        cert: DeviceCert,
+        cert: Box<DeviceCert>,
         /// Its back-signature.
         back_signature: [u8; SIGNATURE_LEN],
     },
@@ -282,7 +282,7 @@ fn parse(kind: u8, body: &[u8]) -> Result<Message> {
                 return Err(pairing_error("a request's certificate length is wrong"));
             }
             let (cert_bytes, sig) = rest.split_at(cert_len);
-            let cert = DeviceCert::from_bytes(cert_bytes)?;
+            let cert = Box::new(DeviceCert::from_bytes(cert_bytes)?);
             let mut back_signature = [0u8; SIGNATURE_LEN];
             back_signature.copy_from_slice(sig);
             Ok(Message::Request {
@@ -371,7 +371,7 @@ mod tests {
                 back_signature,
             }) => {
                 assert_eq!(r, reply_to);
-                assert_eq!(c, cert);
+                assert_eq!(*c, cert);
                 assert_eq!(back_signature, sig);
             }
             other => panic!("{other:?}"),

@@ -247,6 +247,42 @@ enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// On an admin device: make a one-time pairing code (valid 15 minutes)
+    /// for a new device, and wait for it to join. Show the code only to the
+    /// person at the new device: whoever holds it can join your identity.
+    Add {
+        /// The new device may add and revoke devices too.
+        #[arg(long)]
+        admin: bool,
+        /// Also print the code as a QR code.
+        #[arg(long)]
+        qr: bool,
+        /// Print the code and return (the daemon answers the new device
+        /// when its request arrives).
+        #[arg(long)]
+        no_wait: bool,
+        /// Print one JSON object (the code and its expiry), and return.
+        #[arg(long)]
+        json: bool,
+    },
+    /// On a new device (a fresh `bastet init` whose daemon runs): join the
+    /// identity of a pairing code from `bastet device add`, and wait for
+    /// the admin device's answer. The device keeps its own keys and
+    /// mailbox; it never receives the identity key.
+    Join {
+        /// The pairing code (`-` reads it from standard input).
+        code: String,
+        /// This device's name, shown to you and your contacts (at most 32
+        /// bytes).
+        #[arg(long, default_value = "device")]
+        name: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+        /// Print one JSON object (the identity and its devices).
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a device of this identity for good (a lost or seized one),
     /// from an admin device: every contact is sent the new device list,
     /// stops encrypting to the device, and rejects what it sends.
@@ -599,7 +635,7 @@ async fn contact_request(dir: &Path, request: ContactRequest) -> CliResult<Conta
     )
     .await
     {
-        Ok(Response::Contact(r)) => Ok(r),
+        Ok(Response::Contact { contact }) => Ok(contact),
         Ok(other) => Err(unexpected(other).into()),
         Err(bastet_client::Error::NoDaemon(_)) => {
             let data_dir = DataDir::new(dir);
@@ -817,6 +853,18 @@ async fn contact_command(dir: &DataDir, command: ContactCommand) -> CliResult<()
 async fn device_command(dir: &DataDir, command: DeviceCommand) -> CliResult<()> {
     let path = dir.path();
     let (request, json) = match command {
+        DeviceCommand::Add {
+            admin,
+            qr,
+            no_wait,
+            json,
+        } => return device_add(path, admin, qr, no_wait, json).await,
+        DeviceCommand::Join {
+            code,
+            name,
+            wait,
+            json,
+        } => return device_join(path, &code, &name, wait, json).await,
         DeviceCommand::List { json } => (ContactRequest::Devices {}, json),
         DeviceCommand::Revoke { device, reason } => {
             (ContactRequest::RevokeDevice { device, reason }, false)
@@ -852,6 +900,127 @@ async fn device_command(dir: &DataDir, command: DeviceCommand) -> CliResult<()> 
         other => return Err(format!("unexpected answer {other:?}").into()),
     }
     Ok(())
+}
+
+/// This identity's key and devices.
+async fn devices(dir: &Path) -> CliResult<(String, Vec<bastet_client::DeviceInfo>)> {
+    match contact_request(dir, ContactRequest::Devices {}).await? {
+        ContactResponse::Devices {
+            identity, devices, ..
+        } => Ok((identity, devices)),
+        other => Err(format!("unexpected answer {other:?}").into()),
+    }
+}
+
+async fn device_add(dir: &Path, admin: bool, qr: bool, no_wait: bool, json: bool) -> CliResult<()> {
+    let (_, before) = devices(dir).await?;
+    let (code, expires_ms) = match contact_request(dir, ContactRequest::PairOffer { admin }).await?
+    {
+        ContactResponse::PairCode { code, expires_ms } => (code, expires_ms),
+        other => return Err(format!("unexpected answer {other:?}").into()),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&json!({ "code": code, "expires_ms": expires_ms }))?
+        );
+        return Ok(());
+    }
+    println!("{code}");
+    if qr {
+        println!("{}", bastet_client::qr_terminal(&code)?);
+    }
+    eprintln!(
+        "bastet: on the new device (a fresh `bastet init` with its daemon running), run\n  bastet device join CODE --name NAME\nThe code is valid once, until {}. Whoever holds it can join your identity: show it to no one else.",
+        format_utc_ms(expires_ms)
+    );
+    let daemon = daemon::api::call(dir, &Request::Status {}).await;
+    if matches!(daemon, Err(bastet_client::Error::NoDaemon(_))) {
+        eprintln!(
+            "bastet: no daemon runs here: the new device's request is answered only while `bastet daemon` runs on this device"
+        );
+        return Ok(());
+    }
+    if no_wait {
+        return Ok(());
+    }
+    eprintln!("bastet: waiting for the new device...");
+    while bastet_client::now_ms() < expires_ms {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, now) = devices(dir).await?;
+        if let Some(new) = now.iter().find(|d| !before.iter().any(|b| b.key == d.key)) {
+            println!(
+                "Device {} ({}) joined your identity; compare its id with the one the new device shows. Your contacts are sent the new device list.",
+                new.id,
+                terminal_safe(&new.name)
+            );
+            return Ok(());
+        }
+    }
+    Err("the pairing code expired before a device used it".into())
+}
+
+async fn device_join(dir: &Path, code: &str, name: &str, wait: u64, json: bool) -> CliResult<()> {
+    let code = if code == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 4096), &mut text)?;
+        text
+    } else {
+        code.to_string()
+    };
+    let parsed = bastet_client::pairing::PairCode::parse(&code)?;
+    let identity = hex::encode(parsed.identity);
+    let request = Request::Contact {
+        request: ContactRequest::Join {
+            code,
+            name: name.to_string(),
+        },
+    };
+    match daemon::api::call(dir, &request).await {
+        Ok(Response::Contact { .. }) => {}
+        Ok(other) => return Err(unexpected(other).into()),
+        Err(bastet_client::Error::NoDaemon(_)) => {
+            return Err(format!(
+                "no daemon runs for {}: start `bastet --data-dir {} daemon` first (it sends the request and receives the answer)",
+                dir.display(),
+                dir.display()
+            )
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if !json {
+        eprintln!("bastet: request sent; waiting for the admin device's answer...");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        let (now_identity, devices) = devices(dir).await?;
+        if now_identity == identity {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(
+                        &json!({ "identity": now_identity, "devices": devices })
+                    )?
+                );
+            } else {
+                let me = devices.iter().find(|d| d.this_device);
+                println!(
+                    "This device joined identity {identity} as device {}.",
+                    me.map_or("?", |d| d.id.as_str())
+                );
+                print_devices(&devices);
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "no answer from the admin device within {wait} s (its daemon must run; the request stays queued and is answered if it arrives while the code is valid)"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn print_devices(devices: &[bastet_client::DeviceInfo]) {

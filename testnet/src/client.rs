@@ -14,6 +14,8 @@ use crate::{Error, Result};
 
 /// How long `bastet init` and `bastet send` may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `device join` waits for the admin device's answer.
+const JOIN_WAIT: Duration = Duration::from_secs(120);
 /// `bastet outbox --resume` runs until the client's give-up (120 s by
 /// default) at most; this is added to the caller's timeout.
 pub const GIVE_UP_MARGIN: Duration = Duration::from_secs(130);
@@ -54,6 +56,23 @@ pub struct Sent {
     /// Why it failed.
     #[serde(default)]
     pub reason: Option<String>,
+    /// One report per copy: a message goes to every current device of the
+    /// recipient (the fields above are the first copy's, with the least
+    /// advanced state of all).
+    #[serde(default)]
+    pub copies: Vec<SentCopy>,
+}
+
+/// One copy of a sent message, sealed to one device of the recipient.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SentCopy {
+    /// The copy's id (what that device's inbox shows).
+    pub message_id: String,
+    /// The device (short id).
+    #[serde(default)]
+    pub device: String,
+    /// `queued`, `sent`, `stored` or `failed`.
+    pub state: String,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +117,10 @@ pub struct Received {
     /// The file it carries, if any.
     #[serde(default)]
     pub file: Option<ReceivedFileInfo>,
+    /// A notice of the client about a contact (their devices changed), not
+    /// a message they wrote.
+    #[serde(default)]
+    pub notice: bool,
 }
 
 /// What a message carries, for [`Client::send_content`].
@@ -270,6 +293,77 @@ impl Client {
             let _ = std::fs::remove_file(f);
         }
         Ok(())
+    }
+
+    /// `bastet device add --json [--admin]`: a one-time pairing code for a
+    /// new device of this client's identity (its daemon answers the
+    /// request).
+    pub async fn device_add(&self, admin: bool) -> Result<String> {
+        let mut args = vec!["device", "add", "--json"];
+        if admin {
+            args.push("--admin");
+        }
+        let out = self.bastet(&args).await?;
+        let v: serde_json::Value = parse_json("bastet device add --json", &out)?;
+        v["code"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::UnexpectedOutput {
+                command: "bastet device add --json".into(),
+                why: "no code".into(),
+                output: out.chars().take(300).collect(),
+            })
+    }
+
+    /// `bastet device join CODE --name NAME --json`: this client (fresh,
+    /// its daemon running) joins the identity of `code`; returns the
+    /// identity's device list as the new device sees it.
+    pub async fn device_join(&self, code: &str, name: &str) -> Result<serde_json::Value> {
+        let wait = JOIN_WAIT.as_secs().to_string();
+        let out = self
+            .run(
+                &[
+                    OsStr::new("device"),
+                    OsStr::new("join"),
+                    OsStr::new(code),
+                    OsStr::new("--name"),
+                    OsStr::new(name),
+                    OsStr::new("--wait"),
+                    OsStr::new(&wait),
+                    OsStr::new("--json"),
+                ],
+                JOIN_WAIT + COMMAND_TIMEOUT,
+            )
+            .await?;
+        parse_json("bastet device join --json", &out)
+    }
+
+    /// `bastet device list --json`.
+    pub async fn devices(&self) -> Result<serde_json::Value> {
+        let out = self.bastet(&["device", "list", "--json"]).await?;
+        parse_json("bastet device list --json", &out)
+    }
+
+    /// The short id of this client's own device.
+    pub async fn device_id(&self) -> Result<String> {
+        let devices = self.devices().await?;
+        devices["devices"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["this_device"] == true))
+            .and_then(|d| d["id"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| Error::UnexpectedOutput {
+                command: "bastet device list --json".into(),
+                why: "no device is this one".into(),
+                output: devices.to_string().chars().take(300).collect(),
+            })
+    }
+
+    /// `bastet device revoke ID --reason REASON`.
+    pub async fn device_revoke(&self, id: &str, reason: &str) -> Result<()> {
+        self.bastet(&["device", "revoke", id, "--reason", reason])
+            .await
+            .map(|_| ())
     }
 
     /// Runs `bastet --data-dir <its dir> ARGS...` and returns its stdout.

@@ -397,7 +397,10 @@ pub enum Response {
     /// To `inbox_done` and `shutdown`.
     Done,
     /// To `contact`.
-    Contact(crate::ContactResponse),
+    Contact {
+        /// The contact book's answer.
+        contact: crate::ContactResponse,
+    },
     /// The request failed.
     Error {
         /// Why.
@@ -536,6 +539,41 @@ mod tests {
         let mut bad = back;
         bad.file.as_mut().unwrap().base64 = "***".into();
         assert!(bad.to_inbox_message().is_err());
+    }
+
+    #[test]
+    fn contact_answers_survive_the_socket() {
+        use crate::ContactResponse;
+        for contact in [
+            ContactResponse::Card { text: "c".into() },
+            ContactResponse::Done {},
+            ContactResponse::Devices {
+                identity: "ab".into(),
+                devices: Vec::new(),
+                holds_identity_key: true,
+            },
+            ContactResponse::PairCode {
+                code: "p".into(),
+                expires_ms: 5,
+            },
+        ] {
+            let json = serde_json::to_string(&Response::Contact {
+                contact: contact.clone(),
+            })
+            .unwrap();
+            match serde_json::from_str::<Response>(&json) {
+                Ok(Response::Contact { contact: back }) => {
+                    assert_eq!(format!("{back:?}"), format!("{contact:?}"));
+                }
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+        let copies = Response::Sent { copies: Vec::new() };
+        let json = serde_json::to_string(&copies).unwrap();
+        assert!(matches!(
+            serde_json::from_str::<Response>(&json),
+            Ok(Response::Sent { .. })
+        ));
     }
 
     #[test]

@@ -1087,7 +1087,7 @@ impl Engine {
         if self.chain_work() {
             self.retry_pending();
         }
-        Ok(Response::Contact(response))
+        Ok(Response::Contact { contact: response })
     }
 
     /// Saves `messages` in the local inbox for `bastet inbox`; false (and

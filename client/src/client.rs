@@ -238,6 +238,19 @@ impl Client {
         for sealed in &copies {
             outgoing.push(self.queue_copy(sealed, contact, options.give_up)?);
         }
+        // Copies for this identity's other devices (not reported with the
+        // message; a failure is logged).
+        match contacts.seal_copies(&self.keys, contact, content, sent_at_ms, &mut rand::rng()) {
+            Ok(own) => {
+                let label = format!("your devices (copy of a message to {contact})");
+                for sealed in &own {
+                    outgoing.push(self.queue_copy(sealed, &label, options.give_up)?);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "copies for your other devices could not be sealed");
+            }
+        }
         // Chain traffic the book wants sent (links a contact asked for).
         outgoing.extend(self.queue_chain_actions(&mut contacts)?);
         let ids: Vec<String> = copies.iter().map(|c| c.message_id.to_hex()).collect();

@@ -47,6 +47,9 @@ const EXPORTS: &str = "exports";
 const PENDING: &str = "pending";
 const HELD: &str = "held";
 const OLD: &str = "v1";
+/// The book's entry for this identity's own other devices (copies of
+/// what this device sends, chain updates, re-keys): not a contact name.
+const SELF: &str = "@self";
 const PAIRING: &str = "pairing";
 /// Pairing codes open at once on one device.
 pub const MAX_PAIR_CODES: usize = 8;
@@ -122,6 +125,19 @@ struct ContactFile {
     /// Ids of the sessions their devices started with our fallback key.
     #[serde(default)]
     fallback_sessions: Vec<String>,
+    /// A re-keyed pre-shared key (hex) not yet used by them: accepted, and
+    /// used for sending once they use it.
+    #[serde(default)]
+    pending_psk: Option<String>,
+    /// The pre-shared key before the last re-key (hex), still accepted.
+    #[serde(default)]
+    previous_psk: Option<String>,
+    /// Our chain's sequence number of the last re-key we made.
+    #[serde(default)]
+    rekey_seq_ours: u64,
+    /// Their chain's sequence number of the last re-key they made.
+    #[serde(default)]
+    rekey_seq_theirs: u64,
 }
 
 /// A contact in memory.
@@ -140,6 +156,10 @@ struct Contact {
     alarm: Option<String>,
     awaiting: Option<u64>,
     fallback_sessions: VecDeque<String>,
+    pending_psk: Option<Zeroizing<[u8; PSK_LEN]>>,
+    previous_psk: Option<Zeroizing<[u8; PSK_LEN]>>,
+    rekey_seq_ours: u64,
+    rekey_seq_theirs: u64,
 }
 
 /// A card this device made, as saved.
@@ -394,6 +414,9 @@ struct PendingJoin {
 pub struct DeviceBundle {
     /// The identity's chain (base64), this device's link included.
     pub chain: String,
+    /// The pre-shared key the identity's devices share (hex).
+    #[serde(default)]
+    pub own_psk: Option<String>,
     /// The identity's contacts.
     pub contacts: Vec<BundledContact>,
 }
@@ -427,6 +450,13 @@ pub enum ChainAction {
         contact: String,
         /// One device, or all.
         device: Option<[u8; PUBLIC_KEY_LEN]>,
+    },
+    /// Send `content` (a re-key) to every current device of `contact`.
+    Content {
+        /// The contact (or this identity's other devices).
+        contact: String,
+        /// What to send.
+        content: Content,
     },
     /// Ask a device of `contact` for their chain links after `after`.
     RequestLinks {
@@ -677,7 +707,15 @@ impl Contacts {
                 why: e.to_string(),
             })?;
         }
-        book.load_contacts()?;
+        book.load_contacts(&keys.device_public())?;
+        if !book.contacts.contains_key(SELF) && keys.has_identity_key() {
+            // The identity's first device makes the key its devices share.
+            let psk = Zeroizing::new(crypto::random_bytes(&mut rand::rng()));
+            if let Some(me) = book.new_self(&keys.device_public(), psk, crate::now_ms()) {
+                book.contacts.insert(SELF.to_string(), me);
+                book.mark(SELF);
+            }
+        }
         book.follow_mailbox(keys, mailbox_server)?;
         book.save()?;
         Ok(book)
@@ -734,12 +772,69 @@ impl Contacts {
             },
             &|m| keys.sign_device(m),
         )?;
-        self.own_chain_dirty = true;
+        self.own_chain_changed();
         self.push_links_to_all();
         Ok(())
     }
 
-    fn load_contacts(&mut self) -> Result<()> {
+    /// A stand-in card for the [`SELF`] entry: this identity's chain, with
+    /// no one-time key (sessions with own devices start from their
+    /// fallback keys).
+    fn self_card(&self, device: &[u8; PUBLIC_KEY_LEN]) -> Option<Card> {
+        let cert = self.own_chain.device(device)?.cert.clone();
+        Some(Card {
+            card_id: [0; CARD_ID_LEN],
+            created_at_ms: 0,
+            chain: self.own_chain.clone(),
+            cert,
+            one_time_key: [0; PUBLIC_KEY_LEN],
+            secret: Zeroizing::new([0; PSK_LEN]),
+            reply_to: None,
+            nickname: String::new(),
+        })
+    }
+
+    /// A [`SELF`] entry with pre-shared key `psk`.
+    fn new_self(
+        &self,
+        device: &[u8; PUBLIC_KEY_LEN],
+        psk: Zeroizing<[u8; PSK_LEN]>,
+        now_ms: u64,
+    ) -> Option<Contact> {
+        Some(Contact {
+            name: SELF.to_string(),
+            card: self.self_card(device)?,
+            card_text: String::new(),
+            chain: self.own_chain.clone(),
+            added_at_ms: now_ms,
+            my_secret: None,
+            psk: Some(psk),
+            psk_source: PskSource::Cards,
+            argon2: None,
+            sessions: BTreeMap::new(),
+            used_their_one_time_key: true,
+            alarm: None,
+            awaiting: None,
+            fallback_sessions: VecDeque::new(),
+            pending_psk: None,
+            previous_psk: None,
+            rekey_seq_ours: 0,
+            rekey_seq_theirs: 0,
+        })
+    }
+
+    /// Copies the own chain into the [`SELF`] entry after it changed here.
+    fn own_chain_changed(&mut self) {
+        self.own_chain_dirty = true;
+        let chain = self.own_chain.clone();
+        if let Some(c) = self.contacts.get_mut(SELF) {
+            c.chain = chain.clone();
+            c.card.chain = chain;
+            self.mark(SELF);
+        }
+    }
+
+    fn load_contacts(&mut self, device: &[u8; PUBLIC_KEY_LEN]) -> Result<()> {
         let entries =
             std::fs::read_dir(&self.dir).map_err(|e| self.data_dir.file_error(&self.dir, e))?;
         for entry in entries {
@@ -752,7 +847,7 @@ impl Contacts {
             else {
                 continue;
             };
-            if check_name(name).is_err() {
+            if check_name(name).is_err() && name != SELF {
                 continue;
             }
             if self.contacts.len() >= MAX_CONTACTS {
@@ -792,12 +887,21 @@ impl Contacts {
                     "unknown version, or a name that is not its file's".into(),
                 ));
             }
-            let card = Card::parse(&file.card)?;
-            use data_encoding::BASE64;
-            let chain_bytes = BASE64
-                .decode(file.chain.as_bytes())
-                .map_err(|_| corrupt("the chain is not base64".into()))?;
-            let chain = Chain::from_bytes(&chain_bytes, Some(&card.identity()))?;
+            let (card, chain) = if name == SELF {
+                // This identity's own chain is the one in `chain`.
+                let Some(card) = self.self_card(device) else {
+                    continue;
+                };
+                (card, self.own_chain.clone())
+            } else {
+                let card = Card::parse(&file.card)?;
+                use data_encoding::BASE64;
+                let chain_bytes = BASE64
+                    .decode(file.chain.as_bytes())
+                    .map_err(|_| corrupt("the chain is not base64".into()))?;
+                let chain = Chain::from_bytes(&chain_bytes, Some(&card.identity()))?;
+                (card, chain)
+            };
             let mut sessions = BTreeMap::new();
             for (device, pickles) in &file.sessions {
                 let device = *hex32(device, "a session's device")?;
@@ -828,6 +932,18 @@ impl Contacts {
                 alarm: file.alarm,
                 awaiting: file.awaiting,
                 fallback_sessions: file.fallback_sessions.into(),
+                pending_psk: file
+                    .pending_psk
+                    .as_deref()
+                    .map(|s| hex32(s, "pending_psk"))
+                    .transpose()?,
+                previous_psk: file
+                    .previous_psk
+                    .as_deref()
+                    .map(|s| hex32(s, "previous_psk"))
+                    .transpose()?,
+                rekey_seq_ours: file.rekey_seq_ours,
+                rekey_seq_theirs: file.rekey_seq_theirs,
             };
             self.contacts.insert(file.name, contact);
         }
@@ -891,6 +1007,10 @@ impl Contacts {
                 alarm: c.alarm.clone(),
                 awaiting: c.awaiting,
                 fallback_sessions: c.fallback_sessions.iter().cloned().collect(),
+                pending_psk: c.pending_psk.as_ref().map(|s| hex::encode(s.as_ref())),
+                previous_psk: c.previous_psk.as_ref().map(|s| hex::encode(s.as_ref())),
+                rekey_seq_ours: c.rekey_seq_ours,
+                rekey_seq_theirs: c.rekey_seq_theirs,
             };
             let json = Zeroizing::new(
                 serde_json::to_vec_pretty(&file).map_err(|e| contact_error(e.to_string()))?,
@@ -1109,6 +1229,10 @@ impl Contacts {
             alarm: None,
             awaiting: None,
             fallback_sessions: VecDeque::new(),
+            pending_psk: None,
+            previous_psk: None,
+            rekey_seq_ours: 0,
+            rekey_seq_theirs: 0,
         };
         self.contacts.insert(name.to_string(), contact);
         self.mark(name);
@@ -1140,6 +1264,8 @@ impl Contacts {
             .get_mut(name)
             .ok_or_else(|| Error::NoSuchContact(name.to_string()))?;
         c.psk = Some(psk);
+        c.pending_psk = None;
+        c.previous_psk = None;
         c.psk_source = PskSource::Passphrase;
         c.argon2 = Some(params);
         self.mark(name);
@@ -1206,7 +1332,7 @@ impl Contacts {
             devices: device_infos(
                 &self.own_chain,
                 Some(&keys.device_public()),
-                &HashMap::new(),
+                &self.last_seen,
             ),
             holds_identity_key: keys.has_identity_key(),
         }
@@ -1251,9 +1377,47 @@ impl Contacts {
             reason: reason.to_string(),
         };
         self.sign_own_link(keys, kind, now_ms)?;
-        self.save()?;
         self.push_links_to_all();
-        Ok(())
+        self.rekey_all();
+        self.save()
+    }
+
+    /// After a revocation: a fresh secret for the pre-shared key of every
+    /// contact (and of this identity's own devices), sent to them and to
+    /// this identity's other devices. The revoked device knew the old keys;
+    /// it is never sent the secrets. Until a contact uses the new key,
+    /// messages to them still go under the old one (both are accepted).
+    fn rekey_all(&mut self) {
+        let seq = self.own_chain.head().seq;
+        let has_self = self.contacts.contains_key(SELF);
+        let names: Vec<String> = self
+            .contacts
+            .values()
+            .filter(|c| c.psk.is_some())
+            .map(|c| c.name.clone())
+            .collect();
+        let rng = &mut rand::rng();
+        for name in names {
+            let r: [u8; PSK_LEN] = crypto::random_bytes(rng);
+            let Some(c) = self.contacts.get_mut(&name) else {
+                continue;
+            };
+            let Some(psk) = &c.psk else { continue };
+            c.pending_psk = Some(psk::rekeyed(psk, &r));
+            c.rekey_seq_ours = seq;
+            let peer = *c.chain.identity();
+            self.mark(&name);
+            self.actions.push(ChainAction::Content {
+                contact: name.clone(),
+                content: Content::Rekey { seq, r },
+            });
+            if has_self && name != SELF {
+                self.actions.push(ChainAction::Content {
+                    contact: SELF.to_string(),
+                    content: Content::PeerRekey { peer, seq, r },
+                });
+            }
+        }
     }
 
     /// Adds a device to this identity (this device must be an admin, or
@@ -1295,7 +1459,7 @@ impl Contacts {
                 "this device may not add or revoke devices (it is not an admin device of its identity)",
             ));
         }
-        self.own_chain_dirty = true;
+        self.own_chain_changed();
         Ok(())
     }
 
@@ -1325,7 +1489,7 @@ impl Contacts {
     }
 
     fn check_fresh(&self) -> Result<()> {
-        if !self.contacts.is_empty() || self.own_chain.links().len() > 1 {
+        if self.contacts.keys().any(|n| n != SELF) || self.own_chain.links().len() > 1 {
             return Err(contact_error(
                 "only a fresh device can join an identity (this one has contacts or devices of its own): run `bastet init` in a new data dir",
             ));
@@ -1340,9 +1504,15 @@ impl Contacts {
         use data_encoding::BASE64;
         DeviceBundle {
             chain: BASE64.encode(&self.own_chain.to_bytes()),
+            own_psk: self
+                .contacts
+                .get(SELF)
+                .and_then(|c| c.psk.as_ref())
+                .map(|p| hex::encode(p.as_ref())),
             contacts: self
                 .contacts
                 .values()
+                .filter(|c| c.name != SELF)
                 .map(|c| BundledContact {
                     name: c.name.clone(),
                     card: c.card_text.clone(),
@@ -1415,6 +1585,10 @@ impl Contacts {
                     alarm: None,
                     awaiting: None,
                     fallback_sessions: VecDeque::new(),
+                    pending_psk: None,
+                    previous_psk: None,
+                    rekey_seq_ours: 0,
+                    rekey_seq_theirs: 0,
                 },
             );
         }
@@ -1422,8 +1596,17 @@ impl Contacts {
         self.own_chain_dirty = true;
         self.pairing = PairingFile::default();
         self.pairing_dirty = true;
+        if let Some(psk) = &bundle.own_psk
+            && let Some(me) = self.new_self(&keys.device_public(), hex32(psk, "own_psk")?, now_ms)
+        {
+            contacts.insert(SELF.to_string(), me);
+        }
         for name in contacts.keys() {
             self.dirty.push(name.clone());
+        }
+        // The stand-in entry of the identity this device had before goes.
+        if !contacts.contains_key(SELF) {
+            self.dirty.push(SELF.to_string());
         }
         self.contacts = contacts;
         self.save()
@@ -1689,6 +1872,7 @@ impl Contacts {
                     device,
                     after,
                 } => (contact, Some(device), Content::LinksRequest { after }),
+                ChainAction::Content { contact, content } => (contact, None, content),
             };
             match self.seal_to(keys, &contact, device, &content, now_ms, rng) {
                 Ok(copies) => out.extend(copies.into_iter().map(|c| (contact.clone(), c))),
@@ -1721,6 +1905,7 @@ impl Contacts {
     pub fn list(&self, keys: &ClientKeys) -> Vec<ContactInfo> {
         self.contacts
             .keys()
+            .filter(|n| n.as_str() != SELF)
             .filter_map(|n| self.info(keys, n).ok())
             .collect()
     }
@@ -1823,6 +2008,7 @@ impl Contacts {
         let targets: Vec<DeviceCert> = c
             .chain
             .current_devices()
+            .filter(|d| d.cert.device != keys.device_public())
             .filter(|d| device.is_none_or(|k| k == d.cert.device))
             .map(|d| d.cert.clone())
             .collect();
@@ -1891,6 +2077,32 @@ impl Contacts {
         self.mark(name);
         self.save()?;
         Ok(out)
+    }
+
+    /// Copies of `content`, just sent to contact `name`, for this
+    /// identity's other current devices (none if it has no other, or no
+    /// key shared between its devices).
+    pub fn seal_copies<R: CryptoRng + ?Sized>(
+        &mut self,
+        keys: &ClientKeys,
+        name: &str,
+        content: &Content,
+        sent_at_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<SealedMessage>> {
+        let others = self
+            .own_chain
+            .current_devices()
+            .any(|d| d.cert.device != keys.device_public());
+        if !others || !self.contacts.contains_key(SELF) {
+            return Ok(Vec::new());
+        }
+        let to = self.identity_of(name)?;
+        let copy = Content::Copy {
+            to,
+            content: Box::new(content.clone()),
+        };
+        self.seal_to(keys, SELF, None, &copy, sent_at_ms, rng)
     }
 
     /// [`Contacts::open_message`], with every failure made a rejected
@@ -1963,13 +2175,30 @@ impl Contacts {
             .psk
             .as_ref()
             .ok_or_else(|| contact_error(format!("{name} has no pre-shared key")))?;
-        let layer1 = psk::open(
-            psk,
-            c.chain.identity(),
-            &keys.identity_public(),
-            &layer2,
-            &name,
-        )?;
+        // The key in force, then one re-keyed and not yet used by them,
+        // then the one before the last re-key.
+        let mut layer1 = None;
+        for (i, key) in [Some(psk), c.pending_psk.as_ref(), c.previous_psk.as_ref()]
+            .into_iter()
+            .enumerate()
+        {
+            let Some(key) = key else { continue };
+            match psk::open(
+                key,
+                c.chain.identity(),
+                &keys.identity_public(),
+                &layer2,
+                &name,
+            ) {
+                Ok(l) => {
+                    layer1 = Some((i, key.clone(), l));
+                    break;
+                }
+                Err(Error::PskMismatch(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let (which, opened_psk, layer1) = layer1.ok_or_else(|| Error::PskMismatch(name.clone()))?;
         let opened = content::open(keys, &layer1)?;
         if &opened.sender_identity != c.chain.identity()
             || opened.sender_device != device.cert.device
@@ -1982,8 +2211,16 @@ impl Contacts {
                 why: format!("the signature by {name}'s device does not verify; rejected"),
             });
         }
+        let head_check = c.chain.check_head(&opened.sender_head);
         self.last_seen.insert(device.cert.device, crate::now_ms());
-        match c.chain.check_head(&opened.sender_head) {
+        if which == 1
+            && let Some(c) = self.contacts.get_mut(&name)
+        {
+            // They use the re-keyed key: it is the one in force now.
+            c.previous_psk = c.psk.take();
+            c.psk = c.pending_psk.take();
+        }
+        match head_check {
             HeadCheck::Known => {}
             HeadCheck::Conflict => {
                 let alarm = format!(
@@ -2005,6 +2242,38 @@ impl Contacts {
                 let notices = self.merge_links(&name, &bytes)?;
                 Ok(Opened::Chain(notices))
             }
+            Content::Rekey { seq, r } => {
+                if let Some(c) = self.contacts.get_mut(&name)
+                    && seq > c.rekey_seq_theirs
+                {
+                    c.previous_psk = Some(opened_psk.clone());
+                    c.psk = Some(psk::rekeyed(&opened_psk, &r));
+                    c.pending_psk = None;
+                    c.rekey_seq_theirs = seq;
+                }
+                Ok(Opened::Chain(Vec::new()))
+            }
+            Content::PeerRekey { peer, seq, r } => {
+                if name != SELF {
+                    return Err(Error::Layer {
+                        layer: "content",
+                        why: format!("{name} sent a re-key meant for your own devices; rejected"),
+                    });
+                }
+                if let Some(c) = self
+                    .contacts
+                    .values_mut()
+                    .find(|c| c.name != SELF && c.chain.identity() == &peer)
+                    && seq > c.rekey_seq_ours
+                    && let Some(psk) = &c.psk
+                {
+                    c.pending_psk = Some(psk::rekeyed(psk, &r));
+                    c.rekey_seq_ours = seq;
+                    let n = c.name.clone();
+                    self.mark(&n);
+                }
+                Ok(Opened::Chain(Vec::new()))
+            }
             Content::LinksRequest { .. } => {
                 let now = crate::now_ms();
                 if self
@@ -2021,6 +2290,25 @@ impl Contacts {
                 Ok(Opened::Chain(Vec::new()))
             }
             content => {
+                // A copy of what another of this identity's devices sent is
+                // shown as sent to that contact; only own devices send one.
+                let (contact, outgoing, content) = match content {
+                    Content::Copy { to, content } if name == SELF => {
+                        let peer = self
+                            .contacts
+                            .values()
+                            .find(|c| c.name != SELF && c.chain.identity() == &to)
+                            .map(|c| c.name.clone());
+                        (peer, true, *content)
+                    }
+                    Content::Copy { .. } => {
+                        return Err(Error::Layer {
+                            layer: "content",
+                            why: format!("{name} sent a copy meant for your own devices; rejected"),
+                        });
+                    }
+                    other => (Some(name.clone()), false, other),
+                };
                 let (text, file) = match content {
                     Content::File { name, bytes } => {
                         (String::new(), Some(ReceivedFile { name, bytes }))
@@ -2032,12 +2320,17 @@ impl Contacts {
                     message_id: opened.message_id,
                     sent_at_ms: opened.sent_at_ms,
                     from: opened.sender_identity,
-                    contact: Some(name.clone()),
+                    contact: if outgoing || name != SELF {
+                        contact
+                    } else {
+                        Some("you".into())
+                    },
                     verified: true,
                     text,
                     file,
                     rejected: None,
                     notice: false,
+                    outgoing,
                 };
                 let behind = self
                     .contacts
@@ -2131,8 +2424,19 @@ impl Contacts {
         if c.awaiting.is_some_and(|a| a <= c.chain.head().seq) {
             c.awaiting = None;
         }
-        if let Some(text) = chain_notice(name, &before, &c.chain) {
+        let merged = c.chain.clone();
+        c.card.chain = merged.clone();
+        if let Some(text) = chain_notice(
+            if name == SELF { "your identity" } else { name },
+            &before,
+            &merged,
+        ) {
             notices.push(ReceivedMessage::notice(name, &text));
+        }
+        if name == SELF && merged.head().seq > self.own_chain.head().seq {
+            // Another of this identity's devices changed the chain.
+            self.own_chain = merged;
+            self.own_chain_dirty = true;
         }
         self.mark(name);
         self.release_held(name)?;
@@ -3534,6 +3838,133 @@ mod device_tests {
         assert_eq!(a1.book.own_chain().current_devices().count(), 2);
     }
 
+    /// Seals `from`'s queued chain traffic and opens each copy at the
+    /// party it is for (among `to`): the notices.
+    fn deliver_chain_all(from: &mut Party, to: &mut [&mut Party]) -> Vec<ReceivedMessage> {
+        let mut notices = Vec::new();
+        for (_, copy) in from.book.seal_actions(&from.keys, 20, &mut rand::rng()) {
+            let Some(p) = to
+                .iter_mut()
+                .find(|p| p.keys.device_public() == copy.device)
+            else {
+                continue;
+            };
+            match p.book.open_message(&p.keys, &copy.payload).unwrap() {
+                Opened::Chain(n) => notices.extend(n),
+                other => panic!("{other:?}"),
+            }
+        }
+        notices
+    }
+
+    #[test]
+    fn own_devices_see_what_each_sends_follow_the_chain_and_rekey_after_a_revocation() {
+        let (mut a1, mut b) = (Party::new(), Party::new());
+        befriend(&mut a1, "alice", &mut b, "bob");
+        let (mut a2, mut a3) = (Party::new(), Party::new());
+        join(&mut a1, &mut a2, "laptop");
+        join(&mut a1, &mut a3, "tablet");
+        deliver_chain_all(&mut a1, &mut [&mut b, &mut a2, &mut a3]);
+        // A2 joined before A3, and learned of it from A1.
+        assert_eq!(a2.book.own_chain().current_devices().count(), 3);
+        // What A1 sends to bob, A2 and A3 see as sent.
+        let copies = a1
+            .book
+            .seal_copies(
+                &a1.keys,
+                "bob",
+                &Content::Text("hi bob".into()),
+                5,
+                &mut rand::rng(),
+            )
+            .unwrap();
+        assert_eq!(copies.len(), 2);
+        for p in [&mut a2, &mut a3] {
+            let payload = copy_for(&copies, p);
+            let m = p.open(&payload).unwrap();
+            assert!(m.outgoing && m.verified, "{m:?}");
+            assert_eq!(m.contact.as_deref(), Some("bob"));
+            assert_eq!(m.text, "hi bob");
+        }
+        // A contact cannot pass a message off as alice's own copy.
+        let forged = b
+            .book
+            .seal_message(
+                &b.keys,
+                "alice",
+                &Content::Copy {
+                    to: b.keys.identity_public(),
+                    content: Box::new(Content::Text("fake".into())),
+                },
+                1,
+                &mut rand::rng(),
+            )
+            .unwrap();
+        assert!(a1.open(&copy_for(&forged, &a1)).is_err());
+
+        let old_psk = a1.book.contacts["bob"].psk.clone().unwrap();
+        let early = b.send_all("alice", "under the old key");
+        // A1 revokes the tablet: the chain and fresh secrets go to bob and
+        // to A2, never to A3.
+        let a3_id = short_id(&a3.keys.device_public());
+        a1.book.revoke_device(&a1.keys, &a3_id, "lost", 30).unwrap();
+        let before = a3.book.contacts["bob"].psk.clone();
+        deliver_chain_all(&mut a1, &mut [&mut b, &mut a2, &mut a3]);
+        assert_eq!(a3.book.contacts["bob"].psk, before, "A3 learns nothing");
+        assert!(
+            a2.book
+                .own_chain()
+                .device(&a3.keys.device_public())
+                .unwrap()
+                .revoked
+                .is_some()
+        );
+        // Bob now seals under the new key; A1 and A2 take it up on use.
+        let new_psk = b.book.contacts["alice"].psk.clone().unwrap();
+        assert_ne!(new_psk, old_psk);
+        let copies = b.send_all("alice", "under the new key");
+        assert_eq!(copies.len(), 2);
+        for p in [&mut a1, &mut a2] {
+            let payload = copy_for(&copies, p);
+            assert_eq!(p.open_text(&payload), "under the new key");
+            assert_eq!(p.book.contacts["bob"].psk.as_ref(), Some(&new_psk));
+            // A message sealed before the re-key still opens.
+            let payload = copy_for(&early, p);
+            assert_eq!(p.open_text(&payload), "under the old key");
+        }
+        // A1's and A2's messages to bob go under the new key.
+        assert_eq!(b.open_text(&a1.send("bob", "ok")), "ok");
+        assert_eq!(b.open_text(&a2.send("bob", "ok too")), "ok too");
+        // The key between alice's own devices was re-keyed as well: A2's
+        // copy for A1 opens there, and A1 then uses the new key.
+        let copies = a2
+            .book
+            .seal_copies(
+                &a2.keys,
+                "bob",
+                &Content::Text("x".into()),
+                6,
+                &mut rand::rng(),
+            )
+            .unwrap();
+        assert_eq!(copies.len(), 1, "A1 only: A3 is revoked");
+        let payload = copy_for(&copies, &a1);
+        assert!(a1.open(&payload).unwrap().outgoing);
+        assert_eq!(
+            a1.book.contacts[SELF].psk, a2.book.contacts[SELF].psk,
+            "both on the new own key"
+        );
+        assert_ne!(a1.book.contacts[SELF].psk, a3.book.contacts[SELF].psk);
+        // Everything survives a restart.
+        for p in [&mut a1, &mut a2, &mut b] {
+            p.restart();
+        }
+        assert_eq!(
+            b.open_text(&a2.send("bob", "after restarts")),
+            "after restarts"
+        );
+    }
+
     #[test]
     fn a_contact_reaches_every_device_and_a_revoked_one_is_cut_off() {
         let (mut a1, mut b) = (Party::new(), Party::new());
@@ -3578,7 +4009,7 @@ mod device_tests {
         a1.book
             .revoke_device(&a1.keys, &a3_id, "stolen", 30)
             .unwrap();
-        let notices = deliver_chain(&mut a1, &mut b);
+        let notices = deliver_chain_all(&mut a1, &mut [&mut b, &mut a2]);
         assert!(
             notices
                 .iter()
@@ -3638,7 +4069,8 @@ mod device_tests {
         // A1 revokes A2, but the new chain does not reach B.
         let a2_id = short_id(&a2.keys.device_public());
         a1.book.revoke_device(&a1.keys, &a2_id, "lost", 30).unwrap();
-        assert_eq!(chain_traffic_for(&mut a1, &b).len(), 1, "lost on the way");
+        // The new chain and the re-key secret are lost on the way.
+        assert_eq!(chain_traffic_for(&mut a1, &b).len(), 2);
         // A1's next message claims the newer head: B holds it.
         let from_a1 = a1.send("bob", "after revoking the laptop");
         assert!(matches!(

@@ -238,6 +238,7 @@ mod tests {
             file: None,
             rejected: None,
             notice: false,
+            outgoing: false,
         }))
     }
 

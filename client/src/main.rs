@@ -1470,6 +1470,7 @@ fn print_inbox(report: &InboxReport, json: bool) -> CliResult<()> {
                     "verified": m.message.verified,
                     "rejected": m.message.rejected,
                     "notice": m.message.notice,
+                    "outgoing": m.message.outgoing,
                     "sent_at_ms": m.message.sent_at_ms,
                     "received_at_ms": m.received_at_ms,
                     "fragments": m.fragments,
@@ -1513,7 +1514,14 @@ fn print_inbox(report: &InboxReport, json: bool) -> CliResult<()> {
             } else {
                 "NOT VERIFIED: the sender is unproven"
             };
-            println!("From:     {} ({status})", terminal_safe(&who));
+            if m.message.outgoing {
+                println!(
+                    "To:       {} (sent from another of your devices; {status})",
+                    terminal_safe(&who)
+                );
+            } else {
+                println!("From:     {} ({status})", terminal_safe(&who));
+            }
             println!("Sent:     {}", format_utc_ms(m.message.sent_at_ms));
             println!("Received: {}", format_utc_ms(m.received_at_ms));
             println!("Id:       {}", m.message.message_id.to_hex());

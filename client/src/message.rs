@@ -21,7 +21,8 @@ pub const RATCHET_OVERHEAD: usize = 256;
 pub const MESSAGE_OVERHEAD: usize =
     content::OVERHEAD + psk::OVERHEAD + RATCHET_OVERHEAD + envelope::OVERHEAD;
 /// Longest sealed payload: the envelope that is fragmented.
-pub const MAX_SEALED_LEN: usize = MESSAGE_OVERHEAD + MAX_FILE_NAME_LEN + MAX_CONTENT_LEN;
+pub const MAX_SEALED_LEN: usize =
+    MESSAGE_OVERHEAD + MAX_FILE_NAME_LEN + MAX_CONTENT_LEN + content::COPY_HEADER;
 // The longest envelope must be one the recipient can reassemble.
 const _: () = assert!(MAX_SEALED_LEN <= bastet_sphinx::MAX_ENVELOPE_LEN);
 
@@ -72,6 +73,33 @@ pub enum Content {
         /// The last link the sender holds.
         after: u64,
     },
+    /// A fresh secret for the pair's pre-shared key after the sender revoked
+    /// a device that knew it (see [`crate::layers::psk::rekeyed`]); `seq` is
+    /// the sender's chain head when it was made.
+    Rekey {
+        /// The sender's chain sequence number.
+        seq: u64,
+        /// The secret.
+        r: [u8; 32],
+    },
+    /// From another of this identity's devices: the re-key secret it sent
+    /// to the contact with identity `peer`.
+    PeerRekey {
+        /// The contact's identity key.
+        peer: [u8; 32],
+        /// This identity's chain sequence number.
+        seq: u64,
+        /// The secret.
+        r: [u8; 32],
+    },
+    /// A copy of a text or file this identity sent to `to` from another of
+    /// its devices, so that every device shows the conversation.
+    Copy {
+        /// The identity key it was sent to.
+        to: [u8; 32],
+        /// What was sent: text or a file.
+        content: Box<Content>,
+    },
 }
 
 impl fmt::Debug for Content {
@@ -81,6 +109,9 @@ impl fmt::Debug for Content {
             Content::File { name, bytes } => write!(f, "File({name:?}, {} bytes)", bytes.len()),
             Content::Links(l) => write!(f, "Links({} bytes)", l.len()),
             Content::LinksRequest { after } => write!(f, "LinksRequest(after {after})"),
+            Content::Copy { content, .. } => write!(f, "Copy({content:?})"),
+            Content::Rekey { seq, .. } => write!(f, "Rekey(seq {seq})"),
+            Content::PeerRekey { seq, .. } => write!(f, "PeerRekey(seq {seq})"),
         }
     }
 }
@@ -92,6 +123,9 @@ impl Content {
             Content::Text(t) => t.len(),
             Content::File { bytes, .. } | Content::Links(bytes) => bytes.len(),
             Content::LinksRequest { .. } => 8,
+            Content::Copy { content, .. } => 33 + content.len(),
+            Content::Rekey { .. } => 40,
+            Content::PeerRekey { .. } => 72,
         }
     }
 
@@ -102,14 +136,23 @@ impl Content {
 
     /// Checks the size limit and, for a file, the name.
     pub fn check(&self) -> Result<()> {
-        if self.len() > MAX_CONTENT_LEN {
+        let len = match self {
+            Content::Copy { content, .. } => content.len(),
+            other => other.len(),
+        };
+        if len > MAX_CONTENT_LEN {
             return Err(Error::MessageTooLong {
-                len: self.len(),
+                len,
                 max: MAX_CONTENT_LEN,
             });
         }
-        if let Content::File { name, .. } = self {
-            check_file_name(name)?;
+        match self {
+            Content::File { name, .. } => check_file_name(name)?,
+            Content::Copy { content, .. } => match content.as_ref() {
+                Content::Text(_) | Content::File { .. } => content.check()?,
+                _ => return Err(Error::MalformedMessage("a copy holds a text or a file")),
+            },
+            _ => {}
         }
         Ok(())
     }
@@ -196,6 +239,9 @@ pub struct ReceivedMessage {
     /// A notice of this device about a contact (their devices changed, an
     /// alarm), not a message they wrote: `text` says what happened.
     pub notice: bool,
+    /// A copy of a message this identity sent to `contact` from another of
+    /// its devices.
+    pub outgoing: bool,
 }
 
 impl ReceivedMessage {
@@ -213,6 +259,7 @@ impl ReceivedMessage {
             file: None,
             rejected: Some(why.to_string()),
             notice: false,
+            outgoing: false,
         }
     }
 
@@ -231,6 +278,7 @@ impl ReceivedMessage {
             file: None,
             rejected: None,
             notice: true,
+            outgoing: false,
         }
     }
 }

@@ -121,6 +121,10 @@ pub struct Received {
     /// a message they wrote.
     #[serde(default)]
     pub notice: bool,
+    /// A copy of a message this client's identity sent to `contact` from
+    /// another of its devices.
+    #[serde(default)]
+    pub outgoing: bool,
 }
 
 /// What a message carries, for [`Client::send_content`].

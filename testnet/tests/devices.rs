@@ -1,7 +1,8 @@
 //! Identities with several devices, over real processes on 127.0.0.1:
 //! alice pairs two more devices with one-time codes (`bastet device add`
 //! on her first device, `bastet device join` on each new one); bob's
-//! messages reach all three of her devices; she revokes the third; bob's
+//! messages reach all three of her devices, and what one of hers sends
+//! the others show as sent; she revokes the third; bob's
 //! next message reaches the first two only (the third's mailbox gets no
 //! copy), and what the third device sends is rejected by bob as from a
 //! revoked device. Start the binaries as `end_to_end.rs` says.
@@ -125,6 +126,30 @@ async fn a_message_reaches_every_device_and_a_revoked_device_is_cut_off() {
         assert_eq!(m.contact.as_deref(), Some("alice"));
         assert_eq!(Value::String(m.from.clone()), identity);
         assert!(m.verified);
+    }
+
+    // What one of alice's devices sends, the others show as sent.
+    let s = a1.send("bob", "from the phone").await.unwrap();
+    assert_eq!(
+        s.copies.len(),
+        1,
+        "the copies for alice's devices are not bob's"
+    );
+    for client in [&a2, &a3] {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let shown = client.inbox(Duration::from_secs(5)).await.unwrap();
+            if let Some(m) = shown.iter().find(|m| m.text == "from the phone") {
+                assert!(m.outgoing && m.verified, "{m:?}");
+                assert_eq!(m.contact.as_deref(), Some("bob"));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no copy reached {}",
+                client.name()
+            );
+        }
     }
 
     // Alice revokes the tablet from her first device.

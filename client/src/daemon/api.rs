@@ -199,6 +199,10 @@ pub struct WireReceived {
     /// message they wrote.
     #[serde(default)]
     pub notice: bool,
+    /// A copy of a message this identity sent to `contact` from another of
+    /// its devices.
+    #[serde(default)]
+    pub outgoing: bool,
     /// The sender's timestamp (unix ms).
     pub sent_at_ms: u64,
     /// When the mailbox server stored its last fragment (unix ms).
@@ -222,6 +226,7 @@ impl WireReceived {
             verified: m.verified,
             rejected: m.rejected.clone(),
             notice: m.notice,
+            outgoing: m.outgoing,
             sent_at_ms: m.sent_at_ms,
             received_at_ms,
             fragments,
@@ -269,6 +274,7 @@ impl WireReceived {
                 file,
                 rejected: self.rejected.clone(),
                 notice: self.notice,
+                outgoing: self.outgoing,
             },
         })
     }
@@ -526,6 +532,7 @@ mod tests {
             }),
             rejected: None,
             notice: false,
+            outgoing: false,
         };
         let wire = WireReceived::new(&m, 9, 2);
         let json = serde_json::to_string(&wire).unwrap();

@@ -965,6 +965,29 @@ impl Engine {
                 route.clone(),
             )?);
         }
+        // Copies for this identity's other devices: queued, not reported
+        // with the message (a failure is logged, the message stands).
+        match self
+            .contacts
+            .seal_copies(&self.keys, contact, &content, sent_at_ms, &mut rand::rng())
+        {
+            Ok(own) => {
+                let label = format!("your devices (copy of a message to {contact})");
+                for sealed in &own {
+                    if let Err(e) = self.queue_copy(
+                        sealed,
+                        &label,
+                        Duration::from_secs(give_up_secs),
+                        route.clone(),
+                    ) {
+                        tracing::warn!(error = %e, "a copy for another device of yours could not be queued");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "copies for your other devices could not be sealed");
+            }
+        }
         self.refill();
         Ok(Response::Sent { copies: reports })
     }

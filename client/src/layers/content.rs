@@ -13,7 +13,12 @@
 //! Plaintext: `message id (16) || sent_at_ms (u64 BE) || sender identity
 //! key (32) || sender device key (32) || sender chain head (seq u64 BE ||
 //! hash 32) || kind (1: 0 text, 1 file, 2 chain links, 3 chain links
-//! request) || name length (u8) || name || content length (u32 BE) ||
+//! request, 4 a copy for another device of the sender: content is the
+//! identity it was sent to (32) || 0 text or 1 file (1) || the text or
+//! file), 5 a re-key secret: seq (u64 BE) || secret (32), 6 a re-key
+//! secret sent to a contact, for another device of the sender: contact
+//! identity (32) || seq || secret) || name length (u8) || name || content
+//! length (u32 BE) ||
 //! content || Ed25519 signature (64)`, signed by the sender's device key
 //! over `"bastet 2026 content v2" || recipient identity key || recipient
 //! device key ||`
@@ -45,6 +50,9 @@ const KIND_TEXT: u8 = 0;
 const KIND_FILE: u8 = 1;
 const KIND_LINKS: u8 = 2;
 const KIND_LINKS_REQUEST: u8 = 3;
+const KIND_COPY: u8 = 4;
+const KIND_REKEY: u8 = 5;
+const KIND_PEER_REKEY: u8 = 6;
 const ID_LEN: usize = 16;
 /// Plaintext bytes besides the name and content.
 const PLAINTEXT_OVERHEAD: usize =
@@ -52,7 +60,10 @@ const PLAINTEXT_OVERHEAD: usize =
 /// Bytes the content layer adds to the name and content.
 pub const OVERHEAD: usize = HEADER_LEN + PLAINTEXT_OVERHEAD + AEAD_TAG_LEN;
 /// Longest content-layer ciphertext.
-pub const MAX_LEN: usize = OVERHEAD + crate::message::MAX_FILE_NAME_LEN + MAX_CONTENT_LEN;
+pub const MAX_LEN: usize =
+    OVERHEAD + crate::message::MAX_FILE_NAME_LEN + MAX_CONTENT_LEN + COPY_HEADER;
+/// Bytes a copy for another device of the sender adds to its text or file.
+pub const COPY_HEADER: usize = PUBLIC_KEY_LEN + 1;
 
 const LAYER: &str = "content";
 
@@ -271,7 +282,7 @@ fn parse(keys: &ClientKeys, plaintext: &[u8]) -> Result<Opened> {
     let (name, rest) = rest.split_at(name_len);
     let (body_len, body) = take::<4>(rest).ok_or_else(short)?;
     let body_len = u32::from_be_bytes(body_len) as usize;
-    if body_len > MAX_CONTENT_LEN || body.len() != body_len {
+    if body_len > MAX_CONTENT_LEN + COPY_HEADER || body.len() != body_len {
         return Err(layer_error("content length does not match the plaintext"));
     }
     let name = utf8(name)?;
@@ -285,6 +296,50 @@ fn parse(keys: &ClientKeys, plaintext: &[u8]) -> Result<Opened> {
             }
         }
         KIND_LINKS if name.is_empty() => Content::Links(body.to_vec()),
+        KIND_REKEY if name.is_empty() => {
+            let (seq, r) = take::<8>(body).ok_or_else(short)?;
+            let r: [u8; 32] = r
+                .try_into()
+                .map_err(|_| layer_error("a re-key is 40 bytes"))?;
+            Content::Rekey {
+                seq: u64::from_be_bytes(seq),
+                r,
+            }
+        }
+        KIND_PEER_REKEY if name.is_empty() => {
+            let (peer, rest) = take::<PUBLIC_KEY_LEN>(body).ok_or_else(short)?;
+            let (seq, r) = take::<8>(rest).ok_or_else(short)?;
+            let r: [u8; 32] = r
+                .try_into()
+                .map_err(|_| layer_error("a re-key for a contact is 72 bytes"))?;
+            Content::PeerRekey {
+                peer,
+                seq: u64::from_be_bytes(seq),
+                r,
+            }
+        }
+        KIND_COPY => {
+            let (to, rest) = take::<PUBLIC_KEY_LEN>(body).ok_or_else(short)?;
+            let (&inner, rest) = rest.split_first().ok_or_else(short)?;
+            if rest.len() > MAX_CONTENT_LEN {
+                return Err(layer_error("a copy longer than any message"));
+            }
+            let content = match inner {
+                KIND_TEXT if name.is_empty() => Content::Text(utf8(rest)?),
+                KIND_FILE => {
+                    check_file_name(&name)?;
+                    Content::File {
+                        name,
+                        bytes: rest.to_vec(),
+                    }
+                }
+                _ => return Err(layer_error("unknown content kind in a copy")),
+            };
+            Content::Copy {
+                to,
+                content: Box::new(content),
+            }
+        }
         KIND_LINKS_REQUEST if name.is_empty() => {
             let after: [u8; 8] = body
                 .try_into()
@@ -324,6 +379,25 @@ fn kind_name_body(content: &Content) -> (u8, &str, std::borrow::Cow<'_, [u8]>) {
             "",
             Cow::Owned(after.to_be_bytes().to_vec()),
         ),
+        Content::Rekey { seq, r } => {
+            let mut out = seq.to_be_bytes().to_vec();
+            out.extend_from_slice(r);
+            (KIND_REKEY, "", Cow::Owned(out))
+        }
+        Content::PeerRekey { peer, seq, r } => {
+            let mut out = peer.to_vec();
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(r);
+            (KIND_PEER_REKEY, "", Cow::Owned(out))
+        }
+        Content::Copy { to, content } => {
+            let (inner, name, body) = kind_name_body(content);
+            let mut out = Vec::with_capacity(PUBLIC_KEY_LEN + 1 + body.len());
+            out.extend_from_slice(to);
+            out.push(inner);
+            out.extend_from_slice(&body);
+            (KIND_COPY, name, Cow::Owned(out))
+        }
     }
 }
 
@@ -412,6 +486,23 @@ mod tests {
             },
             Content::Links(vec![0, 1, 9]),
             Content::LinksRequest { after: 7 },
+            Content::Rekey { seq: 3, r: [8; 32] },
+            Content::PeerRekey {
+                peer: [1; 32],
+                seq: 4,
+                r: [9; 32],
+            },
+            Content::Copy {
+                to: [4; 32],
+                content: Box::new(Content::Text("sent".into())),
+            },
+            Content::Copy {
+                to: [4; 32],
+                content: Box::new(Content::File {
+                    name: "f.txt".into(),
+                    bytes: vec![7; 9],
+                }),
+            },
         ] {
             let sealed = seal(
                 &alice,
@@ -425,6 +516,10 @@ mod tests {
             .unwrap();
             let name_len = match &content {
                 Content::File { name, .. } => name.len(),
+                Content::Copy { content, .. } => match content.as_ref() {
+                    Content::File { name, .. } => name.len(),
+                    _ => 0,
+                },
                 _ => 0,
             };
             assert_eq!(sealed.len(), OVERHEAD + name_len + content.len());

@@ -102,6 +102,19 @@ pub fn psk_from_card_secrets(a: &[u8; PSK_LEN], b: &[u8; PSK_LEN]) -> Zeroizing<
     Zeroizing::new(blake3::derive_key(CARDS_CONTEXT, input.as_ref()))
 }
 
+const REKEY_CONTEXT: &str = "bastet 2026 psk rekey v1";
+
+/// The pre-shared key that follows `psk` after a re-key with the fresh
+/// secret `r` (sent when a device that knew `psk` is revoked): BLAKE3
+/// `derive_key` over `psk || r`, so the new key needs both the old one and
+/// `r`, which the revoked device is never sent.
+pub fn rekeyed(psk: &[u8; PSK_LEN], r: &[u8; PSK_LEN]) -> Zeroizing<[u8; PSK_LEN]> {
+    let mut input = Zeroizing::new([0u8; 2 * PSK_LEN]);
+    input[..PSK_LEN].copy_from_slice(psk);
+    input[PSK_LEN..].copy_from_slice(r);
+    Zeroizing::new(blake3::derive_key(REKEY_CONTEXT, input.as_ref()))
+}
+
 /// Argon2id cost of a passphrase-derived key, stored with the contact so
 /// that a later default does not change an existing key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 use std::hint::black_box;
 
 use bastet_benches::report_ratios;
+use bastet_client::identity::Head;
 use bastet_client::layers::content::{self, Recipient};
 use bastet_client::layers::{envelope, psk};
 use bastet_client::{ClientKeys, Content, MessageId};
@@ -21,6 +22,10 @@ fn layer_benches(c: &mut Criterion) {
     let alice = ClientKeys::generate(rng);
     let bob = ClientKeys::generate(rng);
     let to_bob = Recipient::of(&bob);
+    let head = Head {
+        seq: 0,
+        hash: [2; 32],
+    };
     let text = Content::Text("x".repeat(1024));
 
     // Bounds: what the content layer must do whatever its code.
@@ -31,7 +36,9 @@ fn layer_benches(c: &mut Criterion) {
         ml_kem::MlKem768::generate_keypair_from_rng(rng)
     };
     let ek_bytes = ek.to_bytes();
-    let message = vec![7u8; 1024 + 160];
+    // About a 1 KiB text's plaintext with its fields and signature (40
+    // bytes more since the fields carry the sender's chain head).
+    let message = vec![7u8; 1024 + 200];
     g.bench_function("bound_seal_primitives", |bench| {
         bench.iter(|| {
             let e = StaticSecret::from([8; 32]);
@@ -67,6 +74,7 @@ fn layer_benches(c: &mut Criterion) {
             black_box(
                 content::seal(
                     &alice,
+                    &head,
                     &to_bob,
                     MessageId([1; 16]),
                     &text,
@@ -79,6 +87,7 @@ fn layer_benches(c: &mut Criterion) {
     });
     let sealed = content::seal(
         &alice,
+        &head,
         &to_bob,
         MessageId([1; 16]),
         &text,

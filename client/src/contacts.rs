@@ -3838,6 +3838,19 @@ mod device_tests {
         assert_eq!(a1.book.own_chain().current_devices().count(), 2);
     }
 
+    /// The copies for `from`'s other devices of `text` sent to `to`.
+    fn own_copies(from: &mut Party, to: &str, text: &str) -> Vec<SealedMessage> {
+        from.book
+            .seal_copies(
+                &from.keys,
+                to,
+                &Content::Text(text.into()),
+                5,
+                &mut rand::rng(),
+            )
+            .unwrap()
+    }
+
     /// Seals `from`'s queued chain traffic and opens each copy at the
     /// party it is for (among `to`): the notices.
     fn deliver_chain_all(from: &mut Party, to: &mut [&mut Party]) -> Vec<ReceivedMessage> {
@@ -3868,16 +3881,7 @@ mod device_tests {
         // A2 joined before A3, and learned of it from A1.
         assert_eq!(a2.book.own_chain().current_devices().count(), 3);
         // What A1 sends to bob, A2 and A3 see as sent.
-        let copies = a1
-            .book
-            .seal_copies(
-                &a1.keys,
-                "bob",
-                &Content::Text("hi bob".into()),
-                5,
-                &mut rand::rng(),
-            )
-            .unwrap();
+        let copies = own_copies(&mut a1, "bob", "hi bob");
         assert_eq!(copies.len(), 2);
         for p in [&mut a2, &mut a3] {
             let payload = copy_for(&copies, p);
@@ -3937,16 +3941,7 @@ mod device_tests {
         assert_eq!(b.open_text(&a2.send("bob", "ok too")), "ok too");
         // The key between alice's own devices was re-keyed as well: A2's
         // copy for A1 opens there, and A1 then uses the new key.
-        let copies = a2
-            .book
-            .seal_copies(
-                &a2.keys,
-                "bob",
-                &Content::Text("x".into()),
-                6,
-                &mut rand::rng(),
-            )
-            .unwrap();
+        let copies = own_copies(&mut a2, "bob", "x");
         assert_eq!(copies.len(), 1, "A1 only: A3 is revoked");
         let payload = copy_for(&copies, &a1);
         assert!(a1.open(&payload).unwrap().outgoing);

@@ -263,9 +263,14 @@ impl DeviceCert {
 
 /// Checks a device name: at most 32 bytes of printable text.
 pub fn check_device_name(name: &str) -> Result<()> {
-    if name.len() > MAX_DEVICE_NAME_LEN || name.chars().any(char::is_control) {
+    check_printable(name, MAX_DEVICE_NAME_LEN, "a device name")
+}
+
+/// Checks that `text` is at most `max` bytes with no control characters.
+fn check_printable(text: &str, max: usize, what: &str) -> Result<()> {
+    if text.len() > max || text.chars().any(char::is_control) {
         return Err(chain_error(format!(
-            "{name:?} is not a device name: at most {MAX_DEVICE_NAME_LEN} bytes, no control characters"
+            "{text:?} is not {what}: at most {max} bytes, no control characters"
         )));
     }
     Ok(())
@@ -378,12 +383,7 @@ impl LinkKind {
 
 /// Checks a revocation reason: at most 200 bytes, no control characters.
 pub fn check_reason(reason: &str) -> Result<()> {
-    if reason.len() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
-        return Err(chain_error(format!(
-            "a revocation reason is at most {MAX_REASON_LEN} bytes, with no control characters"
-        )));
-    }
-    Ok(())
+    check_printable(reason, MAX_REASON_LEN, "a revocation reason")
 }
 
 /// One signed link of a chain (signature not yet checked against a

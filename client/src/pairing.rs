@@ -267,6 +267,18 @@ pub fn open(secret: &[u8; 32], bytes: &[u8]) -> Result<Option<Message>> {
     Ok(None)
 }
 
+/// Parses a decrypted pairing message: `kind (1) || body` (what
+/// [`open`] yields after the AEAD; public for the fuzzer).
+pub fn parse_plaintext(plaintext: &[u8]) -> Result<Message> {
+    let (&kind, body) = plaintext
+        .split_first()
+        .ok_or_else(|| pairing_error("empty"))?;
+    if !(KIND_REQUEST..=KIND_REFUSAL).contains(&kind) {
+        return Err(pairing_error("unknown kind"));
+    }
+    parse(kind, body)
+}
+
 fn parse(kind: u8, body: &[u8]) -> Result<Message> {
     match kind {
         KIND_REQUEST => {

@@ -1,14 +1,17 @@
 //! `layers::content::open` with fixed keys (bob) on: (0) any bytes; (1) any
 //! plaintext encrypted to bob per the documented wire format (so that the
-//! fuzzer reaches the plaintext parser past the AEAD); (2) text or a file
-//! sealed by `content::seal` from alice, then possibly one byte changed.
+//! fuzzer reaches the plaintext parser past the AEAD); (2) text, a file,
+//! chain links or a chain links request sealed by `content::seal` from
+//! alice at a fuzzer-chosen chain head, then possibly one byte changed.
 //! Checks: every failure is a content-layer error; a plaintext encrypted
-//! to bob never fails the AEAD; a sealed message opens intact with a
-//! verified signature, and any changed byte is detected.
+//! to bob never fails the AEAD; a sealed message opens intact (content and
+//! chain head) with a verified signature, and any changed byte is
+//! detected.
 #![no_main]
 
 use std::sync::OnceLock;
 
+use bastet_client::identity::Head;
 use bastet_client::layers::content::{self, CONTENT_VERSION, Recipient};
 use bastet_client::{ClientKeys, Content, DeviceSecrets, Error, MessageId};
 use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce};
@@ -105,23 +108,48 @@ fuzz_target!(|data: &[u8]| {
             let Some((tamper, rest)) = rest.split_first_chunk::<3>() else {
                 return;
             };
-            let c = if mode & 0x80 == 0 {
-                Content::Text(String::from_utf8_lossy(rest).into_owned())
-            } else {
-                let (name, bytes) = rest.split_at(rest.len().min(usize::from(tamper[2])));
-                Content::File {
-                    name: String::from_utf8_lossy(name).into_owned(),
-                    bytes: bytes.to_vec(),
+            // Alice's chain head: a sequence number from the input, a hash
+            // derived from it.
+            let seq = u64::from(u16::from_le_bytes([tamper[0], tamper[2]]));
+            let head = Head {
+                seq,
+                hash: *blake3::hash(&seq.to_be_bytes()).as_bytes(),
+            };
+            let c = match (mode & 0x80 == 0, mode & 0x40 == 0) {
+                (true, true) => Content::Text(String::from_utf8_lossy(rest).into_owned()),
+                (true, false) => Content::Links(rest.to_vec()),
+                (false, true) => {
+                    let (name, bytes) = rest.split_at(rest.len().min(usize::from(tamper[2])));
+                    Content::File {
+                        name: String::from_utf8_lossy(name).into_owned(),
+                        bytes: bytes.to_vec(),
+                    }
+                }
+                (false, false) => {
+                    let mut after = [0u8; 8];
+                    let n = rest.len().min(8);
+                    after[..n].copy_from_slice(&rest[..n]);
+                    Content::LinksRequest {
+                        after: u64::from_be_bytes(after),
+                    }
                 }
             };
-            let sealed = match content::seal(alice, &recipient(bob), MessageId([4; 16]), &c, 9, rng)
-            {
+            let sealed = match content::seal(
+                alice,
+                &head,
+                &recipient(bob),
+                MessageId([4; 16]),
+                &c,
+                9,
+                rng,
+            ) {
                 Ok(s) => s,
                 Err(Error::BadFileName(..)) => return,
                 Err(e) => panic!("sealing failed: {e}"),
             };
             let opened = content::open(bob, &sealed).expect("a sealed layer opens");
             assert_eq!(opened.content, c);
+            assert_eq!(opened.sender_head, head);
             assert!(opened.signature_ok);
             assert_eq!(opened.sender_identity, alice.identity_public());
             assert!(is_content_error(&content::open(alice, &sealed)));

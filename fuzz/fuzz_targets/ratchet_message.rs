@@ -66,6 +66,10 @@ fuzz_target!(|data: &[u8]| {
                 Err(e) if is_inner_error(&e) => {}
                 Err(e) => panic!("fuzzed ratchet bytes failed outside the inner layers: {e}"),
                 Ok(Opened::Message(m)) => panic!("fuzzed ratchet bytes opened: {m:?}"),
+                Ok(Opened::Held) => panic!("fuzzed ratchet bytes opened (held)"),
+                Ok(Opened::Chain(n)) => {
+                    panic!("fuzzed ratchet bytes opened as chain traffic: {n:?}")
+                }
                 Ok(Opened::Pending(e)) => panic!("alice is a contact: {e}"),
             }
         }
@@ -108,6 +112,9 @@ fuzz_target!(|data: &[u8]| {
                     assert!(!unchanged, "a genuine message failed: {e}")
                 }
                 Err(e) => panic!("an altered ratchet message failed outside the inner layers: {e}"),
+                // A text from alice at her current chain head: neither.
+                Ok(Opened::Held) => panic!("a ratchet message was held"),
+                Ok(Opened::Chain(n)) => panic!("a ratchet message opened as chain traffic: {n:?}"),
                 Ok(Opened::Pending(e)) => panic!("alice is a contact: {e}"),
             }
         }

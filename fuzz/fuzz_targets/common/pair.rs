@@ -15,6 +15,8 @@ use rand::rngs::StdRng;
 
 pub struct Pair {
     pub bob_dir: DataDir,
+    /// The mailbox server of every device here.
+    pub server: NodeId,
     pub bob_keys: ClientKeys,
     pub alice_keys: ClientKeys,
     /// Alice's ratchet identity key, as her envelopes carry it.
@@ -34,10 +36,10 @@ fn keys(seed: u8) -> ClientKeys {
     )
 }
 
-fn book(root: &PathBuf, name: &str, keys: &ClientKeys) -> (DataDir, Contacts) {
+fn book(root: &PathBuf, name: &str, keys: &ClientKeys, server: NodeId) -> (DataDir, Contacts) {
     let dir = DataDir::new(root.join(name));
     dir.create().expect("data dir");
-    let book = Contacts::load(&dir, keys).expect("contact book");
+    let book = Contacts::load(&dir, keys, server).expect("contact book");
     (dir, book)
 }
 
@@ -45,6 +47,8 @@ fn text(m: Opened) -> String {
     match m {
         Opened::Message(m) => m.text,
         Opened::Pending(e) => panic!("pending: {e}"),
+        Opened::Held => panic!("held"),
+        Opened::Chain(n) => panic!("chain traffic: {n:?}"),
     }
 }
 
@@ -54,17 +58,17 @@ pub fn pair() -> &'static Pair {
         let root = std::env::temp_dir().join(format!("bastet-fuzz-pair-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let (alice_keys, bob_keys) = (keys(1), keys(11));
-        let (_, mut alice) = book(&root, "alice", &alice_keys);
-        let (bob_dir, mut bob) = book(&root, "bob", &bob_keys);
         let server = NodeId([7; 32]);
+        let (_, mut alice) = book(&root, "alice", &alice_keys, server);
+        let (bob_dir, mut bob) = book(&root, "bob", &bob_keys, server);
         let card = alice
-            .export_card(&alice_keys, server, "alice", None, 1)
+            .export_card(&alice_keys, "alice", None, 1)
             .and_then(|c| c.to_text(&alice_keys))
             .expect("alice's card");
         bob.import_card(&bob_keys, &card, "alice", 1)
             .expect("import");
         let reply = bob
-            .export_card(&bob_keys, server, "bob", Some("alice"), 1)
+            .export_card(&bob_keys, "bob", Some("alice"), 1)
             .and_then(|c| c.to_text(&bob_keys))
             .expect("bob's card");
         alice
@@ -72,9 +76,12 @@ pub fn pair() -> &'static Pair {
             .expect("import");
         let rng = &mut StdRng::from_seed([3; 32]);
         let mut send = |book: &mut Contacts, keys: &ClientKeys, to: &str, t: &str| {
-            book.seal_message(keys, to, &Content::Text(t.into()), 5, rng)
-                .expect("seal")
-                .payload
+            let sealed = book
+                .seal_message(keys, to, &Content::Text(t.into()), 5, rng)
+                .expect("seal");
+            // One copy per current device: each has one.
+            let [m] = <[_; 1]>::try_from(sealed).expect("one device, one copy");
+            m.payload
         };
         let first = send(&mut alice, &alice_keys, "bob", "first");
         let second = send(&mut alice, &alice_keys, "bob", "second (pre-key)");
@@ -95,6 +102,7 @@ pub fn pair() -> &'static Pair {
             .sender_ratchet_key;
         Pair {
             bob_dir,
+            server,
             bob_keys,
             alice_keys,
             alice_ratchet_key,
@@ -109,6 +117,6 @@ pub fn pair() -> &'static Pair {
 impl Pair {
     /// Bob's contact book as saved.
     pub fn bob(&self) -> Contacts {
-        Contacts::load(&self.bob_dir, &self.bob_keys).expect("bob's book loads")
+        Contacts::load(&self.bob_dir, &self.bob_keys, self.server).expect("bob's book loads")
     }
 }

@@ -257,6 +257,11 @@ pub(crate) fn verify(
     })
 }
 
+/// The Ed25519 public key of the secret key `secret`.
+pub(crate) fn ed25519_public(secret: &[u8; 32]) -> [u8; PUBLIC_KEY_LEN] {
+    SigningKey::from_bytes(secret).verifying_key().to_bytes()
+}
+
 /// First four bytes of the BLAKE3 hash: the address checksum.
 pub(crate) fn checksum(bytes: &[u8]) -> [u8; 4] {
     let hash = blake3::hash(bytes);

@@ -120,10 +120,20 @@ impl DataDir {
     pub fn load_keys(&self) -> Result<ClientKeys> {
         self.ensure_initialised()?;
         let identity_path = self.root.join(IDENTITY_KEY);
-        if identity_path.exists() && self.root.join(IDENTITY_PUB).exists() {
-            // A join that stopped between writing identity.pub and deleting
-            // the old identity key: finish it.
-            std::fs::remove_file(&identity_path).map_err(|e| self.file_error(&identity_path, e))?;
+        let pub_path = self.root.join(IDENTITY_PUB);
+        if identity_path.exists() && pub_path.exists() {
+            let secret = read_key_file(&identity_path)?;
+            let public = read_key_file(&pub_path)?;
+            if crate::crypto::ed25519_public(&secret) == *public {
+                // An identity key import that stopped before deleting
+                // identity.pub: finish it.
+                std::fs::remove_file(&pub_path).map_err(|e| self.file_error(&pub_path, e))?;
+            } else {
+                // A join that stopped between writing identity.pub and
+                // deleting the old identity key: finish it.
+                std::fs::remove_file(&identity_path)
+                    .map_err(|e| self.file_error(&identity_path, e))?;
+            }
         }
         let mut identity = if identity_path.exists() {
             Some(read_key_file(&identity_path)?)
@@ -160,6 +170,25 @@ impl DataDir {
                 ClientKeys::from_device_secrets(*public, &encryption, &mailbox, &device)
             }
         })
+    }
+
+    /// Makes this device hold its identity's key `secret` (from an export):
+    /// it must be the key of the identity this device belongs to. Returns
+    /// the keys as they now are.
+    pub fn import_identity_key(&self, keys: &ClientKeys, secret: &[u8; 32]) -> Result<ClientKeys> {
+        if crate::crypto::ed25519_public(secret) != keys.identity_public() {
+            return Err(Error::Contact(
+                "this identity key is not the key of this device's identity".into(),
+            ));
+        }
+        write_key_file(&self.root.join(IDENTITY_KEY), secret)?;
+        let path = self.root.join(IDENTITY_PUB);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.file_error(&path, e)),
+        }
+        self.load_keys()
     }
 
     /// The identity of the chain in `contacts/chain` if it is not the one
@@ -597,6 +626,31 @@ mod tests {
         let again = dir.load_keys().unwrap();
         assert_eq!(again.identity_public(), [4; 32]);
         assert!(!tmp.path().join("client").join(IDENTITY_KEY).exists());
+        // An imported identity key must be this identity's; once imported
+        // the device holds it, and an import interrupted before
+        // identity.pub was deleted is finished.
+        let other = ClientKeys::generate(&mut rand::rng());
+        let joined = dir.load_keys().unwrap();
+        assert!(
+            dir.import_identity_key(&joined, &other.identity_secret().unwrap())
+                .is_err()
+        );
+        let owner = ClientKeys::generate(&mut rand::rng());
+        let member = dir.join_identity(&joined, owner.identity_public()).unwrap();
+        let holding = dir
+            .import_identity_key(&member, &owner.identity_secret().unwrap())
+            .unwrap();
+        assert!(holding.has_identity_key());
+        assert_eq!(holding.identity_public(), owner.identity_public());
+        assert!(!tmp.path().join("client").join(IDENTITY_PUB).exists());
+        write_key_file(
+            &tmp.path().join("client").join(IDENTITY_PUB),
+            &owner.identity_public(),
+        )
+        .unwrap();
+        let again = dir.load_keys().unwrap();
+        assert!(again.has_identity_key());
+        assert!(!tmp.path().join("client").join(IDENTITY_PUB).exists());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod address;
+pub mod backup;
 mod card;
 mod client;
 mod config;

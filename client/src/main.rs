@@ -60,10 +60,17 @@ enum Command {
         #[command(subcommand)]
         command: ContactCommand,
     },
-    /// This identity's devices: list them, or revoke one.
+    /// This identity's devices: list them, add one, join one, revoke one.
     Device {
         #[command(subcommand)]
         command: DeviceCommand,
+    },
+    /// The identity key: export it encrypted under a passphrase, so that
+    /// another admin device of the identity can hold it too, or import such
+    /// an export there.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
     },
     /// Run the client: send at a constant Poisson rate with cover traffic,
     /// retransmit, poll the mailbox, and serve `send`, `inbox`, `outbox`
@@ -239,6 +246,25 @@ enum ContactCommand {
 }
 
 #[derive(Subcommand)]
+enum IdentityCommand {
+    /// Write the identity key, encrypted under a passphrase (Argon2id 64
+    /// MiB, XChaCha20-Poly1305), to FILE (mode 0600). Only the device that
+    /// holds it can. The passphrase is read from the terminal, or standard
+    /// input, or BASTET_IDENTITY_PASSPHRASE.
+    Export {
+        /// Where to write it.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Take the identity key from FILE (made by `identity export`) on an
+    /// admin device of the same identity, with its daemon stopped.
+    Import {
+        /// The export.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum DeviceCommand {
     /// List this identity's devices: id, name, capabilities, added,
     /// revoked, which one this is.
@@ -379,6 +405,7 @@ fn real_main(cli: Cli) -> CliResult<()> {
         }
         Command::Contact { command } => runtime.block_on(contact_command(&dir, command))?,
         Command::Device { command } => runtime.block_on(device_command(&dir, command))?,
+        Command::Identity { command } => identity_command(&dir, command)?,
         Command::Address => println!("{}", Client::open(dir)?.address()?),
         Command::Send {
             contact,
@@ -819,7 +846,10 @@ async fn contact_command(dir: &DataDir, command: ContactCommand) -> CliResult<()
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
                 .ok_or("the contact's identity key is not hex")?;
-            let phrase = read_passphrase()?;
+            let phrase = read_passphrase(
+                "BASTET_PSK_PASSPHRASE",
+                "Passphrase (shared with the contact): ",
+            )?;
             let params = bastet_client::layers::psk::Argon2Params::default();
             eprintln!(
                 "bastet: deriving the key (Argon2id, {} MiB)...",
@@ -898,6 +928,69 @@ async fn device_command(dir: &DataDir, command: DeviceCommand) -> CliResult<()> 
             print_devices(&devices);
         }
         other => return Err(format!("unexpected answer {other:?}").into()),
+    }
+    Ok(())
+}
+
+/// `bastet identity ...`.
+fn identity_command(dir: &DataDir, command: IdentityCommand) -> CliResult<()> {
+    let keys = dir.load_keys()?;
+    match command {
+        IdentityCommand::Export { out } => {
+            let Some(secret) = keys.identity_secret() else {
+                return Err("this device does not hold its identity key: export it from the device that does".into());
+            };
+            let phrase = read_passphrase(
+                "BASTET_IDENTITY_PASSPHRASE",
+                "Passphrase for the exported identity key: ",
+            )?;
+            let params = bastet_client::layers::psk::Argon2Params::default();
+            eprintln!(
+                "bastet: deriving the key (Argon2id, {} MiB)...",
+                params.memory_kib / 1024
+            );
+            let text = bastet_client::backup::export(
+                &secret,
+                &keys.identity_public(),
+                &phrase,
+                params,
+                &mut rand::rng(),
+            )?;
+            bastet_link::write_private(&out, format!("{text}\n").as_bytes())
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            eprintln!(
+                "bastet: the identity key is in {} (encrypted); whoever has the file and the passphrase can act as your identity: keep both apart",
+                out.display()
+            );
+        }
+        IdentityCommand::Import { file } => {
+            let _lock = dir.try_lock_outbox()?.ok_or(
+                "a daemon (or another bastet command) is running for this data dir: stop it first, then import",
+            )?;
+            if keys.has_identity_key() {
+                return Err("this device already holds its identity key".into());
+            }
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            if bastet_client::backup::public_key(&text)? != keys.identity_public() {
+                return Err("this export is of another identity".into());
+            }
+            let config = dir.load_config()?;
+            let book = bastet_client::Contacts::load(dir, &keys, config.mailbox_server_id()?)?;
+            let me = book.own_chain().device(&keys.device_public());
+            if !me.is_some_and(|d| {
+                d.is_current() && d.cert.caps & bastet_client::identity::CAP_ADMIN != 0
+            }) {
+                return Err("only an admin device of the identity may hold its key (pair it with `bastet device add --admin`)".into());
+            }
+            let phrase = read_passphrase(
+                "BASTET_IDENTITY_PASSPHRASE",
+                "Passphrase of the exported identity key: ",
+            )?;
+            let (secret, _) = bastet_client::backup::import(&text, &phrase)?;
+            dir.import_identity_key(&keys, &secret)?;
+            println!("This device now holds the identity key.");
+        }
     }
     Ok(())
 }
@@ -1088,10 +1181,10 @@ fn print_contact(c: &ContactInfo) {
     print_devices(&c.devices);
 }
 
-/// The passphrase: BASTET_PSK_PASSPHRASE, else typed twice at the terminal
-/// (not echoed), else a line of standard input.
-fn read_passphrase() -> CliResult<String> {
-    if let Ok(p) = std::env::var("BASTET_PSK_PASSPHRASE") {
+/// The passphrase: the environment variable `env`, else typed twice at the
+/// terminal (not echoed), else a line of standard input.
+fn read_passphrase(env: &str, prompt: &str) -> CliResult<String> {
+    if let Ok(p) = std::env::var(env) {
         return Ok(p);
     }
     use std::io::{BufRead, IsTerminal};
@@ -1105,7 +1198,7 @@ fn read_passphrase() -> CliResult<String> {
         stdin.lock().read_line(&mut line)?;
         Ok(line.trim_end_matches(['\n', '\r']).to_string())
     };
-    let first = read("Passphrase (shared with the contact): ")?;
+    let first = read(prompt)?;
     if tty && read("Again: ")? != first {
         return Err("the two passphrases differ".into());
     }

@@ -162,6 +162,16 @@ pub fn psk_from_passphrase(
     salt_input[..PUBLIC_KEY_LEN].copy_from_slice(lo);
     salt_input[PUBLIC_KEY_LEN..].copy_from_slice(hi);
     let salt = blake3::derive_key(SALT_CONTEXT, &salt_input);
+    argon2id(passphrase, &salt, params)
+}
+
+/// Argon2id (version 0x13) of `passphrase` with `salt` and `params`: 32
+/// bytes.
+pub(crate) fn argon2id(
+    passphrase: &str,
+    salt: &[u8],
+    params: Argon2Params,
+) -> Result<Zeroizing<[u8; PSK_LEN]>> {
     let argon = argon2::Argon2::new(
         argon2::Algorithm::Argon2id,
         argon2::Version::V0x13,
@@ -175,7 +185,7 @@ pub fn psk_from_passphrase(
     );
     let mut out = Zeroizing::new([0u8; PSK_LEN]);
     argon
-        .hash_password_into(passphrase.as_bytes(), &salt, out.as_mut())
+        .hash_password_into(passphrase.as_bytes(), salt, out.as_mut())
         .map_err(|e| Error::Contact(format!("Argon2id: {e}")))?;
     Ok(out)
 }

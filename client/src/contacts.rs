@@ -517,6 +517,15 @@ fn contact_error(why: impl Into<String>) -> Error {
     Error::Contact(why.into())
 }
 
+/// Refuses the name of the entry of this identity's own devices where a
+/// contact is meant.
+fn not_self(name: &str) -> Result<()> {
+    if name == SELF {
+        return Err(Error::NoSuchContact(name.to_string()));
+    }
+    Ok(())
+}
+
 /// Checks a contact name: 1 to 64 bytes of letters, digits, `.`, `_`, `-`,
 /// not starting with `.` or `-`.
 pub fn check_name(name: &str) -> Result<()> {
@@ -960,11 +969,6 @@ impl Contacts {
                 .write_atomic(&self.dir.join(ACCOUNT), text.as_bytes())?;
             self.account_dirty = false;
         }
-        if self.own_chain_dirty {
-            self.data_dir
-                .write_atomic(&self.dir.join(CHAIN), &self.own_chain.to_bytes())?;
-            self.own_chain_dirty = false;
-        }
         if self.pairing_dirty {
             let json = Zeroizing::new(
                 serde_json::to_vec_pretty(&self.pairing)
@@ -1016,6 +1020,14 @@ impl Contacts {
                 serde_json::to_vec_pretty(&file).map_err(|e| contact_error(e.to_string()))?,
             );
             self.data_dir.write_atomic(&path, &json)?;
+        }
+        // The chain last: after a join, a chain of another identity is what
+        // makes the next start finish it (see `DataDir::load_keys`), so
+        // the contacts it came with must be on disk first.
+        if self.own_chain_dirty {
+            self.data_dir
+                .write_atomic(&self.dir.join(CHAIN), &self.own_chain.to_bytes())?;
+            self.own_chain_dirty = false;
         }
         for (name, bytes) in std::mem::take(&mut self.pending) {
             self.data_dir
@@ -1184,17 +1196,24 @@ impl Contacts {
                 "a contact named {name} exists already: choose another name, or `bastet contact remove {name}` first"
             )));
         }
-        if let Some(other) = self.contacts.values().find(|c| {
-            c.chain.identity() == card.chain.identity()
-                || card.chain.devices().iter().any(|d| {
-                    c.chain
-                        .device_by_ratchet_key(&d.cert.ratchet_identity)
-                        .is_some()
-                })
-        }) {
+        if let Some(other) = self
+            .contacts
+            .values()
+            .find(|c| c.name != SELF && c.chain.identity() == card.chain.identity())
+        {
             return Err(contact_error(format!(
                 "this card's identity is your contact {} already: remove it first to replace it",
                 other.name
+            )));
+        }
+        if let Some(other) = card
+            .chain
+            .devices()
+            .iter()
+            .find_map(|d| self.key_in_use(name, &d.cert))
+        {
+            return Err(contact_error(format!(
+                "this card names a device key of {other}: refused"
             )));
         }
         if self.contacts.len() >= MAX_CONTACTS {
@@ -1279,6 +1298,17 @@ impl Contacts {
         request: ContactRequest,
         now_ms: u64,
     ) -> Result<ContactResponse> {
+        // The entry of this identity's own devices is no contact.
+        let named = match &request {
+            ContactRequest::Export { for_contact, .. } => for_contact.as_deref(),
+            ContactRequest::Show { name }
+            | ContactRequest::SetPsk { name, .. }
+            | ContactRequest::Remove { name } => Some(name.as_str()),
+            _ => None,
+        };
+        if let Some(name) = named {
+            not_self(name)?;
+        }
         Ok(match request {
             ContactRequest::Export {
                 for_contact,
@@ -1737,7 +1767,7 @@ impl Contacts {
             let secret = hex32(&offer.secret, "a pairing secret")?;
             if request.is_none()
                 && offer.expires_ms > now
-                && let Some(m) = pairing::open(&secret, message)?
+                && let Ok(Some(m)) = pairing::open(&secret, message)
             {
                 // One use: the code is gone whatever comes of it.
                 self.pairing_dirty = true;
@@ -1943,6 +1973,7 @@ impl Contacts {
     /// Where messages to `name` go, one address per current device,
     /// checking that they can be sent.
     pub fn addresses_of(&self, name: &str) -> Result<Vec<Address>> {
+        not_self(name)?;
         let c = self.sendable(name)?;
         Ok(c.chain
             .current_devices()
@@ -1982,6 +2013,10 @@ impl Contacts {
         sent_at_ms: u64,
         rng: &mut R,
     ) -> Result<Vec<SealedMessage>> {
+        not_self(name)?;
+        if !matches!(content, Content::Text(_) | Content::File { .. }) {
+            return Err(contact_error("only texts and files are sent as messages"));
+        }
         self.seal_to(keys, name, None, content, sent_at_ms, rng)
     }
 
@@ -2155,6 +2190,12 @@ impl Contacts {
                 return Ok(Opened::Pending(why));
             }
         };
+        if device.cert.caps & CAP_SEND == 0 && device.revoked.is_none() {
+            return Err(contact_error(format!(
+                "{name}'s device {} may not send (its identity did not give it the capability); rejected",
+                short_id(&device.cert.device)
+            )));
+        }
         if let Some(r) = &device.revoked {
             return Err(Error::RevokedDevice {
                 contact: name,
@@ -2276,12 +2317,15 @@ impl Contacts {
             }
             Content::LinksRequest { .. } => {
                 let now = crate::now_ms();
+                // Answers are limited apart from requests (both sides may ask
+                // within the same minute).
+                let key = format!("answer {name}");
                 if self
                     .links_sent
-                    .get(&name)
+                    .get(&key)
                     .is_none_or(|t| now.saturating_sub(*t) >= LINKS_INTERVAL_MS)
                 {
-                    self.links_sent.insert(name.clone(), now);
+                    self.links_sent.insert(key, now);
                     self.actions.push(ChainAction::SendLinks {
                         contact: name,
                         device: Some(device.cert.device),
@@ -2347,6 +2391,27 @@ impl Contacts {
         }
     }
 
+    /// Which other entry (or this identity) already has a device with one
+    /// of `cert`'s keys: a device's keys belong to one identity only, so
+    /// that a message is never credited to the wrong one.
+    fn key_in_use(&self, except: &str, cert: &DeviceCert) -> Option<String> {
+        let clash = |chain: &Chain| {
+            chain.devices().iter().any(|d| {
+                d.cert.device == cert.device
+                    || d.cert.ratchet_identity == cert.ratchet_identity
+                    || d.cert.envelope == cert.envelope
+            })
+        };
+        if except != SELF && clash(&self.own_chain) {
+            return Some("your own identity".into());
+        }
+        self.contacts
+            .values()
+            .filter(|c| c.name != except && c.name != SELF)
+            .find(|c| clash(&c.chain))
+            .map(|c| c.name.clone())
+    }
+
     fn raise_alarm(&mut self, name: &str, alarm: &str) {
         if let Some(c) = self.contacts.get_mut(name) {
             c.alarm.get_or_insert_with(|| alarm.to_string());
@@ -2406,13 +2471,14 @@ impl Contacts {
     /// changed, or an equivocation alarm), and releases held messages.
     fn merge_links(&mut self, name: &str, bytes: &[u8]) -> Result<Vec<ReceivedMessage>> {
         let links = crate::identity::decode_links(bytes)?;
-        let c = self
+        let before = self
             .contacts
-            .get_mut(name)
-            .ok_or_else(|| Error::NoSuchContact(name.to_string()))?;
-        let before = c.chain.clone();
-        let mut notices = Vec::new();
-        match c.chain.merge(&links) {
+            .get(name)
+            .ok_or_else(|| Error::NoSuchContact(name.to_string()))?
+            .chain
+            .clone();
+        let mut candidate = before.clone();
+        match candidate.merge(&links) {
             Ok(_) => {}
             Err(Error::Equivocation(why)) => {
                 let alarm = format!("{name}: {why}");
@@ -2421,6 +2487,22 @@ impl Contacts {
             }
             Err(e) => return Err(e),
         }
+        for d in candidate.devices() {
+            if before.device(&d.cert.device).is_none()
+                && let Some(other) = self.key_in_use(name, &d.cert)
+            {
+                return Err(contact_error(format!(
+                    "{name}'s new device {} uses a key of {other}: refused",
+                    short_id(&d.cert.device)
+                )));
+            }
+        }
+        let mut notices = Vec::new();
+        let c = self
+            .contacts
+            .get_mut(name)
+            .ok_or_else(|| Error::NoSuchContact(name.to_string()))?;
+        c.chain = candidate;
         if c.awaiting.is_some_and(|a| a <= c.chain.head().seq) {
             c.awaiting = None;
         }
@@ -3893,9 +3975,10 @@ mod device_tests {
         // A contact cannot pass a message off as alice's own copy.
         let forged = b
             .book
-            .seal_message(
+            .seal_to(
                 &b.keys,
                 "alice",
+                None,
                 &Content::Copy {
                     to: b.keys.identity_public(),
                     content: Box::new(Content::Text("fake".into())),

@@ -65,8 +65,9 @@ pub const MAX_EXPORTS: usize = 1000;
 pub const MAX_SESSIONS: usize = 4;
 /// Messages from unknown devices kept for when their card is imported.
 pub const MAX_PENDING: usize = 256;
-/// Messages held until a contact's missing chain links arrive.
-pub const MAX_HELD: usize = 256;
+/// Messages held until a contact's missing chain links arrive, per
+/// contact.
+pub const MAX_HELD_PER_CONTACT: usize = 64;
 /// Ratchet sessions started with this device's fallback key that are
 /// remembered, so a replayed first message cannot start one again.
 const MAX_FALLBACK_SESSIONS: usize = 1024;
@@ -122,6 +123,13 @@ struct ContactFile {
     /// The highest chain head they claimed beyond the chain held.
     #[serde(default)]
     awaiting: Option<u64>,
+    /// The device that claimed it (hex).
+    #[serde(default)]
+    awaiting_device: Option<String>,
+    /// A re-key of theirs for a link not held yet: seq, secret (hex), and
+    /// the key it applies to (hex).
+    #[serde(default)]
+    deferred_rekey: Option<(u64, String, String)>,
     /// Ids of the sessions their devices started with our fallback key.
     #[serde(default)]
     fallback_sessions: Vec<String>,
@@ -155,6 +163,8 @@ struct Contact {
     used_their_one_time_key: bool,
     alarm: Option<String>,
     awaiting: Option<u64>,
+    awaiting_device: Option<[u8; PUBLIC_KEY_LEN]>,
+    deferred_rekey: Option<(u64, [u8; PSK_LEN], Zeroizing<[u8; PSK_LEN]>)>,
     fallback_sessions: VecDeque<String>,
     pending_psk: Option<Zeroizing<[u8; PSK_LEN]>>,
     previous_psk: Option<Zeroizing<[u8; PSK_LEN]>>,
@@ -387,6 +397,18 @@ pub enum ContactResponse {
 struct PairingFile {
     offers: Vec<PairOffer>,
     join: Option<PendingJoin>,
+    /// The admin device's answer to this device's join, kept until the
+    /// join is done (a crash in between finishes it at the next start).
+    #[serde(default)]
+    accepted: Option<AcceptedJoin>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptedJoin {
+    /// The identity joined (hex).
+    identity: String,
+    bundle: DeviceBundle,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -438,6 +460,14 @@ pub struct BundledContact {
     psk: Option<String>,
     psk_source: PskSource,
     argon2: Option<Argon2Params>,
+    #[serde(default)]
+    pending_psk: Option<String>,
+    #[serde(default)]
+    previous_psk: Option<String>,
+    #[serde(default)]
+    rekey_seq_ours: u64,
+    #[serde(default)]
+    rekey_seq_theirs: u64,
 }
 
 /// Chain traffic the book wants sent (see [`Contacts::take_actions`]).
@@ -493,9 +523,6 @@ pub struct Contacts {
     pairing_dirty: bool,
     /// Pairing messages to send.
     pairing_out: Vec<SealedMessage>,
-    /// The bundle of the identity this device was accepted into, until the
-    /// caller finishes the join (see [`Contacts::take_join`]).
-    join_bundle: Option<([u8; PUBLIC_KEY_LEN], DeviceBundle)>,
 }
 
 /// A message decrypted by [`Contacts::open_message`], or what it did.
@@ -707,7 +734,6 @@ impl Contacts {
             pairing: PairingFile::default(),
             pairing_dirty: false,
             pairing_out: Vec::new(),
-            join_bundle: None,
         };
         let pairing_path = book.dir.join(PAIRING);
         if let Some(bytes) = data_dir.read_bounded(&pairing_path, MAX_PAIRING_FILE)? {
@@ -726,6 +752,16 @@ impl Contacts {
             }
         }
         book.follow_mailbox(keys, mailbox_server)?;
+        // Held messages whose contact caught up before a crash.
+        let caught_up: Vec<String> = book
+            .contacts
+            .values()
+            .filter(|c| c.awaiting.is_none())
+            .map(|c| c.name.clone())
+            .collect();
+        for name in caught_up {
+            book.release_held(&name)?;
+        }
         book.save()?;
         Ok(book)
     }
@@ -824,6 +860,8 @@ impl Contacts {
             used_their_one_time_key: true,
             alarm: None,
             awaiting: None,
+            awaiting_device: None,
+            deferred_rekey: None,
             fallback_sessions: VecDeque::new(),
             pending_psk: None,
             previous_psk: None,
@@ -940,6 +978,19 @@ impl Contacts {
                 used_their_one_time_key: file.used_their_one_time_key,
                 alarm: file.alarm,
                 awaiting: file.awaiting,
+                awaiting_device: file
+                    .awaiting_device
+                    .as_deref()
+                    .map(|d| hex32(d, "awaiting_device").map(|k| *k))
+                    .transpose()?,
+                deferred_rekey: match &file.deferred_rekey {
+                    Some((seq, r, p)) => Some((
+                        *seq,
+                        *hex32(r, "deferred re-key")?,
+                        hex32(p, "deferred re-key")?,
+                    )),
+                    None => None,
+                },
                 fallback_sessions: file.fallback_sessions.into(),
                 pending_psk: file
                     .pending_psk
@@ -1010,6 +1061,11 @@ impl Contacts {
                 used_their_one_time_key: c.used_their_one_time_key,
                 alarm: c.alarm.clone(),
                 awaiting: c.awaiting,
+                awaiting_device: c.awaiting_device.map(hex::encode),
+                deferred_rekey: c
+                    .deferred_rekey
+                    .as_ref()
+                    .map(|(seq, r, p)| (*seq, hex::encode(r), hex::encode(p.as_ref()))),
                 fallback_sessions: c.fallback_sessions.iter().cloned().collect(),
                 pending_psk: c.pending_psk.as_ref().map(|s| hex::encode(s.as_ref())),
                 previous_psk: c.previous_psk.as_ref().map(|s| hex::encode(s.as_ref())),
@@ -1247,6 +1303,8 @@ impl Contacts {
             used_their_one_time_key: false,
             alarm: None,
             awaiting: None,
+            awaiting_device: None,
+            deferred_rekey: None,
             fallback_sessions: VecDeque::new(),
             pending_psk: None,
             previous_psk: None,
@@ -1551,6 +1609,10 @@ impl Contacts {
                     psk: c.psk.as_ref().map(|s| hex::encode(s.as_ref())),
                     psk_source: c.psk_source,
                     argon2: c.argon2,
+                    pending_psk: c.pending_psk.as_ref().map(|s| hex::encode(s.as_ref())),
+                    previous_psk: c.previous_psk.as_ref().map(|s| hex::encode(s.as_ref())),
+                    rekey_seq_ours: c.rekey_seq_ours,
+                    rekey_seq_theirs: c.rekey_seq_theirs,
                 })
                 .collect(),
         }
@@ -1614,11 +1676,21 @@ impl Contacts {
                     used_their_one_time_key: true,
                     alarm: None,
                     awaiting: None,
+                    awaiting_device: None,
+                    deferred_rekey: None,
                     fallback_sessions: VecDeque::new(),
-                    pending_psk: None,
-                    previous_psk: None,
-                    rekey_seq_ours: 0,
-                    rekey_seq_theirs: 0,
+                    pending_psk: b
+                        .pending_psk
+                        .as_deref()
+                        .map(|s| hex32(s, "pending_psk"))
+                        .transpose()?,
+                    previous_psk: b
+                        .previous_psk
+                        .as_deref()
+                        .map(|s| hex32(s, "previous_psk"))
+                        .transpose()?,
+                    rekey_seq_ours: b.rekey_seq_ours,
+                    rekey_seq_theirs: b.rekey_seq_theirs,
                 },
             );
         }
@@ -1748,7 +1820,16 @@ impl Contacts {
     /// admin device's reply arrived: finish with [`Contacts::join`] and
     /// [`DataDir::join_identity`].
     pub fn take_join(&mut self) -> Option<([u8; PUBLIC_KEY_LEN], DeviceBundle)> {
-        self.join_bundle.take()
+        let accepted = self.pairing.accepted.as_ref()?;
+        let identity = *hex32(&accepted.identity, "the identity joined").ok()?;
+        Some((identity, accepted.bundle.clone()))
+    }
+
+    /// Gives up a join that cannot be finished (the error says why).
+    pub fn drop_join(&mut self) -> Result<()> {
+        self.pairing.accepted = None;
+        self.pairing_dirty = true;
+        self.save()
     }
 
     /// Whether this device waits for an admin device's answer to a join.
@@ -1834,7 +1915,10 @@ impl Contacts {
                     let bundle: DeviceBundle = serde_json::from_slice(&json).map_err(|e| {
                         contact_error(format!("the admin device's answer is malformed: {e}"))
                     })?;
-                    self.join_bundle = Some((identity, bundle));
+                    self.pairing.accepted = Some(AcceptedJoin {
+                        identity: hex::encode(identity),
+                        bundle,
+                    });
                     self.pairing.join = None;
                     self.pairing_dirty = true;
                     return Ok(Opened::Chain(vec![ReceivedMessage::notice(
@@ -1927,6 +2011,22 @@ impl Contacts {
         self.contacts
             .remove(name)
             .ok_or_else(|| Error::NoSuchContact(name.to_string()))?;
+        // Their held messages go with them.
+        let dir = self.dir.join(HELD);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let file = e.file_name().to_string_lossy().to_string();
+                if file
+                    .strip_suffix(".json")
+                    .and_then(|f| f.split_once('+'))
+                    .is_some_and(|(_, n)| n == name)
+                {
+                    remove_file(&self.data_dir, &e.path())?;
+                }
+            }
+        }
+        self.held
+            .retain(|(f, _)| !f.ends_with(&format!("+{name}.json")));
         self.mark(name);
         self.save()
     }
@@ -2253,6 +2353,7 @@ impl Contacts {
             });
         }
         let head_check = c.chain.check_head(&opened.sender_head);
+        let c_head_seq = c.chain.head().seq;
         self.last_seen.insert(device.cert.device, crate::now_ms());
         if which == 1
             && let Some(c) = self.contacts.get_mut(&name)
@@ -2263,18 +2364,34 @@ impl Contacts {
         }
         match head_check {
             HeadCheck::Known => {}
+            // Links prove themselves: the merge finds a second history.
+            HeadCheck::Conflict if matches!(opened.content, Content::Links(_)) => {}
             HeadCheck::Conflict => {
-                let alarm = format!(
-                    "{name}'s device {} claims a chain link {} that differs from the one you hold",
+                // A bare claim proves nothing (any device can write any
+                // head): ask for the links; a second, validly signed
+                // history among them raises the alarm.
+                self.ask_links(&name, &device.cert.device);
+                return Err(contact_error(format!(
+                    "{name}'s device {} claims a version {} of their device list that differs from yours; the message is refused and their list was asked for (if they signed two, you will see an alarm)",
                     short_id(&device.cert.device),
                     opened.sender_head.seq
-                );
-                self.raise_alarm(&name, &alarm);
-                return Err(Error::Equivocation(alarm));
+                )));
             }
             HeadCheck::Ahead => {
-                if let Some(c) = self.contacts.get_mut(&name) {
-                    c.awaiting = Some(c.awaiting.unwrap_or(0).max(opened.sender_head.seq));
+                let held = c_head_seq;
+                if opened.sender_head.seq > held + crate::identity::MAX_LINKS as u64
+                    || opened.sender_head.seq >= crate::identity::MAX_LINKS as u64
+                {
+                    return Err(contact_error(format!(
+                        "{name}'s device {} claims a device list longer than any can be; rejected",
+                        short_id(&device.cert.device)
+                    )));
+                }
+                if let Some(c) = self.contacts.get_mut(&name)
+                    && c.awaiting.is_none_or(|a| a < opened.sender_head.seq)
+                {
+                    c.awaiting = Some(opened.sender_head.seq);
+                    c.awaiting_device = Some(device.cert.device);
                 }
             }
         }
@@ -2284,13 +2401,21 @@ impl Contacts {
                 Ok(Opened::Chain(notices))
             }
             Content::Rekey { seq, r } => {
+                // Only for a revocation in their chain: applied once the
+                // link is held, kept until then.
                 if let Some(c) = self.contacts.get_mut(&name)
                     && seq > c.rekey_seq_theirs
                 {
-                    c.previous_psk = Some(opened_psk.clone());
-                    c.psk = Some(psk::rekeyed(&opened_psk, &r));
-                    c.pending_psk = None;
-                    c.rekey_seq_theirs = seq;
+                    if c.chain.is_revocation(seq) {
+                        c.previous_psk = Some(opened_psk.clone());
+                        c.psk = Some(psk::rekeyed(&opened_psk, &r));
+                        c.pending_psk = None;
+                        c.rekey_seq_theirs = seq;
+                    } else if seq > c.chain.head().seq
+                        && seq < c.chain.head().seq + crate::identity::MAX_LINKS as u64
+                    {
+                        c.deferred_rekey = Some((seq, r, opened_psk.clone()));
+                    }
                 }
                 Ok(Opened::Chain(Vec::new()))
             }
@@ -2301,10 +2426,12 @@ impl Contacts {
                         why: format!("{name} sent a re-key meant for your own devices; rejected"),
                     });
                 }
+                let revocation = self.own_chain.is_revocation(seq);
                 if let Some(c) = self
                     .contacts
                     .values_mut()
                     .find(|c| c.name != SELF && c.chain.identity() == &peer)
+                    && revocation
                     && seq > c.rekey_seq_ours
                     && let Some(psk) = &c.psk
                 {
@@ -2432,9 +2559,9 @@ impl Contacts {
         message: &ReceivedMessage,
         held_seq: u64,
     ) -> Result<()> {
-        if self.held_count() >= MAX_HELD {
+        if self.held_count(name) >= MAX_HELD_PER_CONTACT {
             return Err(contact_error(format!(
-                "{name} claims devices you have not heard of, and {MAX_HELD} messages wait for them already: this one is refused"
+                "{name} claims devices you have not heard of, and {MAX_HELD_PER_CONTACT} of their messages wait for them already: this one is refused"
             )));
         }
         let file = HeldFile {
@@ -2444,9 +2571,18 @@ impl Contacts {
         };
         let json =
             Zeroizing::new(serde_json::to_vec(&file).map_err(|e| contact_error(e.to_string()))?);
-        let id = format!("{}.json", message.message_id.to_hex());
+        let id = format!("{}+{name}.json", message.message_id.to_hex());
         self.held.push((id, json.to_vec()));
+        let _ = held_seq;
+        self.ask_links(name, device);
+        Ok(())
+    }
+
+    /// Asks `device` of contact `name` for their chain links (at most once
+    /// a minute per contact).
+    fn ask_links(&mut self, name: &str, device: &[u8; PUBLIC_KEY_LEN]) {
         let now = crate::now_ms();
+        let after = self.contacts.get(name).map_or(0, |c| c.chain.head().seq);
         if self
             .links_sent
             .get(name)
@@ -2456,15 +2592,26 @@ impl Contacts {
             self.actions.push(ChainAction::RequestLinks {
                 contact: name.to_string(),
                 device: *device,
-                after: held_seq,
+                after,
             });
         }
-        Ok(())
     }
 
-    fn held_count(&self) -> usize {
+    /// Messages held for contact `name` (files are named `<id>+<name>.json`;
+    /// `+` is in no contact name).
+    fn held_count(&self, name: &str) -> usize {
+        let of = |file: &str| {
+            file.strip_suffix(".json")
+                .and_then(|f| f.split_once('+'))
+                .is_some_and(|(_, n)| n == name)
+        };
         let dir = self.dir.join(HELD);
-        std::fs::read_dir(&dir).map_or(0, |d| d.count()) + self.held.len()
+        let on_disk = std::fs::read_dir(&dir).map_or(0, |d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| of(&e.file_name().to_string_lossy()))
+                .count()
+        });
+        on_disk + self.held.iter().filter(|(f, _)| of(f)).count()
     }
 
     /// Merges links a contact sent: returns the notices to show (what
@@ -2503,8 +2650,24 @@ impl Contacts {
             .get_mut(name)
             .ok_or_else(|| Error::NoSuchContact(name.to_string()))?;
         c.chain = candidate;
-        if c.awaiting.is_some_and(|a| a <= c.chain.head().seq) {
+        let claimant_revoked = c
+            .awaiting_device
+            .and_then(|d| c.chain.device(&d).map(|d| d.revoked.is_some()))
+            .unwrap_or(false);
+        if c.awaiting.is_some_and(|a| a <= c.chain.head().seq) || claimant_revoked {
+            // Caught up, or the claim came from a device now revoked.
             c.awaiting = None;
+            c.awaiting_device = None;
+        }
+        if let Some((seq, r, opened)) = c.deferred_rekey.take() {
+            if c.chain.is_revocation(seq) && seq > c.rekey_seq_theirs {
+                c.previous_psk = Some(opened.clone());
+                c.psk = Some(psk::rekeyed(&opened, &r));
+                c.pending_psk = None;
+                c.rekey_seq_theirs = seq;
+            } else if seq > c.chain.head().seq {
+                c.deferred_rekey = Some((seq, r, opened));
+            }
         }
         let merged = c.chain.clone();
         c.card.chain = merged.clone();
@@ -2536,33 +2699,38 @@ impl Contacts {
             return Ok(());
         }
         let chain = c.chain.clone();
-        let mut files: Vec<(String, Vec<u8>)> = std::mem::take(&mut self.held);
+        // (file, bytes, whether it is only in memory yet)
+        let mut files: Vec<(String, Vec<u8>, bool)> = self
+            .held
+            .iter()
+            .map(|(f, b)| (f.clone(), b.clone(), true))
+            .collect();
         let dir = self.dir.join(HELD);
         for entry in std::fs::read_dir(&dir).map_err(|e| self.data_dir.file_error(&dir, e))? {
             let entry = entry.map_err(|e| self.data_dir.file_error(&dir, e))?;
             let file = entry.file_name().to_string_lossy().to_string();
-            if file.ends_with(".tmp") || files.iter().any(|(f, _)| *f == file) {
+            if file.ends_with(".tmp") || files.iter().any(|(f, _, _)| *f == file) {
                 continue;
             }
             if let Some(bytes) = self.data_dir.read_bounded(&entry.path(), MAX_HELD_FILE)? {
-                files.push((file, bytes));
+                files.push((file, bytes, false));
             }
         }
-        let mut keep = Vec::new();
-        for (file, bytes) in files {
-            let held: HeldFile = match serde_json::from_slice(&bytes) {
-                Ok(h) => h,
+        let mut released = Vec::new();
+        for (file, bytes, unsaved) in files {
+            let held: Option<HeldFile> = serde_json::from_slice(&bytes).ok();
+            let Some(held) = held.filter(|h| h.contact == name) else {
+                continue;
+            };
+            let parsed = hex32(&held.device, "held message device")
+                .and_then(|d| held.message.to_inbox_message().map(|m| (*d, m.message)));
+            let (device, mut message) = match parsed {
+                Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(file, error = %e, "a held message is corrupt; it stays");
                     continue;
                 }
             };
-            if held.contact != name {
-                keep.push((file, bytes));
-                continue;
-            }
-            let device = *hex32(&held.device, "held message device")?;
-            let mut message = held.message.to_inbox_message()?.message;
             match chain.device(&device) {
                 Some(d) if d.is_current() => {}
                 Some(d) => {
@@ -2579,16 +2747,15 @@ impl Contacts {
                     message.verified = false;
                     message.rejected = Some(why.to_string());
                 }
-                None => {
-                    keep.push((file, bytes));
-                    continue;
-                }
+                // A device not in the chain: it stays held.
+                None => continue,
             }
-            // A message saved in this call has no file yet.
-            let on_disk = self.dir.join(HELD).join(&file).exists();
-            self.released.push((message, on_disk.then_some(file)));
+            // One only in memory has no file to drop once shown.
+            released.push((file.clone(), unsaved));
+            self.released.push((message, (!unsaved).then_some(file)));
         }
-        self.held = keep;
+        self.held
+            .retain(|(f, _)| !released.iter().any(|(r, unsaved)| *unsaved && r == f));
         Ok(())
     }
 
@@ -2905,7 +3072,7 @@ mod tests {
     /// Seals `layer2` (a pre-shared-key layer, genuine or not) from `from`
     /// to contact `to` through the ratchet and the envelope, as
     /// [`Contacts::seal_message`] does.
-    fn seal_ratchet(from: &mut Party, to: &str, layer2: &[u8]) -> Vec<u8> {
+    pub(super) fn seal_ratchet(from: &mut Party, to: &str, layer2: &[u8]) -> Vec<u8> {
         let ratchet_identity = from.book.account.curve25519_key().to_bytes();
         let c = from.book.contacts.get_mut(to).unwrap();
         let cert = c.card.cert.clone();
@@ -2935,7 +3102,7 @@ mod tests {
     /// Seals `layer1` (a content layer, genuine or not) from `from` to
     /// contact `to` through the genuine pre-shared-key, ratchet and
     /// envelope layers.
-    fn seal_layers(from: &mut Party, to: &str, layer1: &[u8]) -> Vec<u8> {
+    pub(super) fn seal_layers(from: &mut Party, to: &str, layer1: &[u8]) -> Vec<u8> {
         let c = &from.book.contacts[to];
         let layer2 = psk::seal(
             c.psk.as_ref().unwrap(),
@@ -4044,6 +4211,135 @@ mod device_tests {
     }
 
     #[test]
+    fn hostile_chain_traffic_is_refused() {
+        let (mut a1, mut b) = (Party::new(), Party::new());
+        befriend(&mut a1, "alice", &mut b, "bob");
+        let mut m = Party::new();
+        befriend(&mut m, "0mallory", &mut b, "bob");
+        let mut a2 = Party::new();
+        join(&mut a1, &mut a2, "laptop");
+        deliver_chain(&mut a1, &mut b);
+        // Mallory certifies a device carrying alice's ratchet key (no proof
+        // of it is needed in a certificate): bob refuses the new chain, and
+        // alice's messages still reach him as hers.
+        let thief = ClientKeys::generate(&mut rand::rng());
+        let alice_ratchet = a1.book.own_chain().devices()[0].cert.ratchet_identity;
+        let cert = DeviceCert::of(
+            &thief,
+            alice_ratchet,
+            [3; 32],
+            testing::SERVER,
+            CAP_SEND,
+            "x",
+        )
+        .unwrap();
+        let sig = cert
+            .back_signature(&thief, &m.keys.identity_public())
+            .unwrap();
+        m.book.add_device(&m.keys, cert, sig, 5).unwrap();
+        for payload in chain_traffic_for(&mut m, &b) {
+            match b.book.open_message(&b.keys, &payload) {
+                Err(e) => assert!(e.to_string().contains("uses a key of alice"), "{e}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(b.open_text(&a1.send("bob", "still me")), "still me");
+
+        // A claimed head no chain can reach is refused, and blocks nothing.
+        let recipient = b.book.own_chain().devices()[0].cert.clone();
+        let far = crate::identity::Head {
+            seq: 1_000_000,
+            hash: [9; 32],
+        };
+        let layer1 = content::seal(
+            &a1.keys,
+            &far,
+            &Recipient::of_cert(&b.keys.identity_public(), &recipient),
+            MessageId([1; 16]),
+            &Content::Text("far".into()),
+            1,
+            &mut rand::rng(),
+        )
+        .unwrap();
+        let payload = super::tests::seal_layers(&mut a1, "bob", &layer1);
+        match b.open(&payload) {
+            Err(e) => assert!(e.to_string().contains("longer than any"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(b.book.info(&b.keys, "alice").unwrap().awaiting_links, None);
+        assert_eq!(b.open_text(&a1.send("bob", "next")), "next");
+
+        // A re-key for a link that is not a revocation, or far ahead, is
+        // ignored: the key stays.
+        let before = b.book.contacts["alice"].psk.clone();
+        for seq in [1, 1_000] {
+            let copies = a1
+                .book
+                .seal_to(
+                    &a1.keys,
+                    "bob",
+                    None,
+                    &Content::Rekey { seq, r: [5; 32] },
+                    1,
+                    &mut rand::rng(),
+                )
+                .unwrap();
+            assert!(matches!(
+                b.book.open_message(&b.keys, &copies[0].payload).unwrap(),
+                Opened::Chain(_)
+            ));
+        }
+        assert_eq!(b.book.contacts["alice"].psk, before);
+        assert!(b.book.contacts["alice"].deferred_rekey.is_none());
+
+        // A malformed pairing message wipes no code.
+        let code = a1
+            .book
+            .pair_offer(&a1.keys, false, crate::now_ms())
+            .unwrap();
+        let junk = envelope::seal(
+            &a1.keys.encryption_public(),
+            &envelope::Inner {
+                sender_ratchet_key: [1; 32],
+                message_type: crate::pairing::PAIRING_MESSAGE_TYPE,
+                message: vec![0; 10],
+            },
+            &mut rand::rng(),
+        )
+        .unwrap();
+        assert!(a1.book.open_message(&a1.keys, &junk).is_err());
+        a1.restart();
+        let mut a3 = Party::new();
+        a3.book
+            .join_start(&a3.keys, &code.to_text(), "tablet", crate::now_ms())
+            .unwrap();
+        let request = a3.book.take_pairing_outgoing();
+        assert!(a1.book.open_message(&a1.keys, &request[0].payload).is_ok());
+
+        // The entry of one's own devices is no contact.
+        assert!(matches!(
+            b.book.seal_message(
+                &b.keys,
+                "@self",
+                &Content::Text("x".into()),
+                1,
+                &mut rand::rng()
+            ),
+            Err(Error::NoSuchContact(_))
+        ));
+        for request in [
+            ContactRequest::Show { name: SELF.into() },
+            ContactRequest::Remove { name: SELF.into() },
+        ] {
+            assert!(matches!(
+                a1.book.handle(&a1.keys, request, 1),
+                Err(Error::NoSuchContact(_))
+            ));
+        }
+        assert!(a1.book.list(&a1.keys).iter().all(|c| c.name != SELF));
+    }
+
+    #[test]
     fn a_contact_reaches_every_device_and_a_revoked_one_is_cut_off() {
         let (mut a1, mut b) = (Party::new(), Party::new());
         befriend(&mut a1, "alice", &mut b, "bob");
@@ -4195,7 +4491,7 @@ mod device_tests {
             b.book.drop_held(f).unwrap();
         }
         assert_eq!(b.book.info(&b.keys, "alice").unwrap().awaiting_links, None);
-        assert_eq!(b.book.held_count(), 0);
+        assert_eq!(b.book.held_count("alice"), 0);
         // From now on A2 is refused at once.
         assert!(matches!(
             b.open(&a2.send("bob", "again")),
@@ -4292,9 +4588,24 @@ mod device_tests {
         )
         .unwrap();
         // C2 was shown the other history; its messages claim its head.
+        // The claim alone raises no alarm (any device can write any head):
+        // the message is refused and the list asked for; C2's answer, a
+        // validly signed second history, raises it.
         c2.book.own_chain = fork;
+        match d.open(&c2.send("dave", "x")) {
+            Err(e @ Error::Contact(_)) => assert!(e.to_string().contains("differs"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(d.book.info(&d.keys, "carol").unwrap().alarm.is_none());
+        let ask = chain_traffic_for(&mut d, &c2);
+        assert_eq!(ask.len(), 1);
         assert!(matches!(
-            d.open(&c2.send("dave", "x")),
+            c2.book.open_message(&c2.keys, &ask[0]).unwrap(),
+            Opened::Chain(_)
+        ));
+        let answer = chain_traffic_for(&mut c2, &d);
+        assert!(matches!(
+            d.book.open_message(&d.keys, &answer[0]),
             Err(Error::Equivocation(_))
         ));
         assert!(d.book.info(&d.keys, "carol").unwrap().alarm.is_some());

@@ -891,9 +891,12 @@ impl Chain {
 
     /// Takes `links` (a suffix of the same identity's chain, possibly
     /// overlapping what is held): links already held must be identical,
-    /// new ones are checked and appended. Returns how many were new; a
-    /// different link at a held sequence number is an equivocation error,
-    /// and nothing is changed by a batch that fails.
+    /// new ones are checked and appended. Returns how many were new. A
+    /// different link at a held sequence number that is valid there (signed
+    /// by a key allowed to sign it after the links before it) is an
+    /// equivocation error; one that is not valid is an ordinary chain error
+    /// (anyone can make a bad link; only a key of the identity can make a
+    /// second history). Nothing is changed by a batch that fails.
     pub fn merge(&mut self, links: &[Link]) -> Result<usize> {
         let mut next = self.clone();
         let mut added = 0;
@@ -904,8 +907,18 @@ impl Chain {
             {
                 Some(held) if held == link => {}
                 Some(_) => {
+                    let mut prefix = Chain::empty(self.identity);
+                    for held in &self.links[..usize::try_from(link.seq).unwrap_or(0)] {
+                        prefix.append(held.clone())?;
+                    }
+                    prefix.append(link.clone()).map_err(|e| {
+                        chain_error(format!(
+                            "link {} differs from the one held and is not valid: {e}",
+                            link.seq
+                        ))
+                    })?;
                     return Err(Error::Equivocation(format!(
-                        "two different links {} of identity {}",
+                        "two different, validly signed links {} of identity {}",
                         link.seq,
                         hex::encode(self.identity)
                     )));
@@ -918,6 +931,14 @@ impl Chain {
         }
         *self = next;
         Ok(added)
+    }
+
+    /// Whether link `seq` revokes a device.
+    pub fn is_revocation(&self, seq: u64) -> bool {
+        usize::try_from(seq)
+            .ok()
+            .and_then(|i| self.links.get(i))
+            .is_some_and(|l| matches!(l.kind, LinkKind::RevokeDevice { .. }))
     }
 
     /// The encoded chain (see the module docs).
@@ -1361,6 +1382,19 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(contact_view, w.chain);
+        // A differing link 2 that is not validly signed is refused as bad,
+        // not as a second history.
+        let stranger = TestKey::generate();
+        let forged = w.link(
+            2,
+            at,
+            &stranger,
+            TestDevice::new(CAP_SEND, "z").add(&w.id()),
+        );
+        expect_chain_error(
+            contact_view.merge(std::slice::from_ref(&forged)),
+            "not valid",
+        );
         // A bad batch changes nothing.
         let good = w.next(&w.identity, TestDevice::new(CAP_SEND, "g").add(&w.id()));
         let mut bad = w.link(

@@ -36,8 +36,8 @@ pub use config::{
 };
 pub use contacts::{
     BundledContact, ChainAction, ContactInfo, ContactRequest, ContactResponse, Contacts,
-    DeviceBundle, DeviceInfo, FIRST_DEVICE_NAME, MAX_CONTACTS, MAX_HELD, MAX_NAME_LEN, MAX_PENDING,
-    MAX_SESSIONS, Opened, PskSource, check_name,
+    DeviceBundle, DeviceInfo, FIRST_DEVICE_NAME, MAX_CONTACTS, MAX_HELD_PER_CONTACT, MAX_NAME_LEN,
+    MAX_PENDING, MAX_SESSIONS, Opened, PskSource, check_name,
 };
 pub use crypto::{ClientKeys, DeviceSecrets};
 pub use datadir::{DataDir, MAX_COMPLETED_ENVELOPES, OutboxLock};

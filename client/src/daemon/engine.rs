@@ -269,6 +269,8 @@ impl Engine {
                 engine.resume(out);
             }
         }
+        // A join or held messages left by the last run.
+        engine.chain_work();
         Ok(engine)
     }
 
@@ -1089,7 +1091,10 @@ impl Engine {
     /// deleted).
     fn finish_join(&mut self, identity: [u8; 32], bundle: &crate::DeviceBundle) {
         if let Err(e) = self.contacts.join(&self.keys, &identity, bundle, now_ms()) {
-            tracing::error!(error = %e, "joining the identity failed");
+            tracing::error!(error = %e, "joining the identity failed; the admin device's answer is dropped (ask for a new pairing code)");
+            if let Err(e) = self.contacts.drop_join() {
+                tracing::error!(error = %e, "saving the contact book failed");
+            }
             return;
         }
         match self.dir.join_identity(&self.keys, identity) {

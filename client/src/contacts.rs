@@ -130,6 +130,10 @@ struct ContactFile {
     /// the key it applies to (hex).
     #[serde(default)]
     deferred_rekey: Option<(u64, String, String)>,
+    /// A re-key secret of ours (another of our devices made it) for a link
+    /// of our chain not held yet: seq, secret (hex).
+    #[serde(default)]
+    deferred_rekey_ours: Option<(u64, String)>,
     /// Ids of the sessions their devices started with our fallback key.
     #[serde(default)]
     fallback_sessions: Vec<String>,
@@ -165,6 +169,9 @@ struct Contact {
     awaiting: Option<u64>,
     awaiting_device: Option<[u8; PUBLIC_KEY_LEN]>,
     deferred_rekey: Option<(u64, [u8; PSK_LEN], Zeroizing<[u8; PSK_LEN]>)>,
+    /// A re-key secret another of our devices sent this contact, for a
+    /// revocation in our chain that this device does not hold yet.
+    deferred_rekey_ours: Option<(u64, [u8; PSK_LEN])>,
     fallback_sessions: VecDeque<String>,
     pending_psk: Option<Zeroizing<[u8; PSK_LEN]>>,
     previous_psk: Option<Zeroizing<[u8; PSK_LEN]>>,
@@ -862,6 +869,7 @@ impl Contacts {
             awaiting: None,
             awaiting_device: None,
             deferred_rekey: None,
+            deferred_rekey_ours: None,
             fallback_sessions: VecDeque::new(),
             pending_psk: None,
             previous_psk: None,
@@ -983,6 +991,10 @@ impl Contacts {
                     .as_deref()
                     .map(|d| hex32(d, "awaiting_device").map(|k| *k))
                     .transpose()?,
+                deferred_rekey_ours: match &file.deferred_rekey_ours {
+                    Some((seq, r)) => Some((*seq, *hex32(r, "deferred re-key")?)),
+                    None => None,
+                },
                 deferred_rekey: match &file.deferred_rekey {
                     Some((seq, r, p)) => Some((
                         *seq,
@@ -1062,6 +1074,10 @@ impl Contacts {
                 alarm: c.alarm.clone(),
                 awaiting: c.awaiting,
                 awaiting_device: c.awaiting_device.map(hex::encode),
+                deferred_rekey_ours: c
+                    .deferred_rekey_ours
+                    .as_ref()
+                    .map(|(seq, r)| (*seq, hex::encode(r))),
                 deferred_rekey: c
                     .deferred_rekey
                     .as_ref()
@@ -1305,6 +1321,7 @@ impl Contacts {
             awaiting: None,
             awaiting_device: None,
             deferred_rekey: None,
+            deferred_rekey_ours: None,
             fallback_sessions: VecDeque::new(),
             pending_psk: None,
             previous_psk: None,
@@ -1678,6 +1695,7 @@ impl Contacts {
                     awaiting: None,
                     awaiting_device: None,
                     deferred_rekey: None,
+                    deferred_rekey_ours: None,
                     fallback_sessions: VecDeque::new(),
                     pending_psk: b
                         .pending_psk
@@ -2427,16 +2445,20 @@ impl Contacts {
                     });
                 }
                 let revocation = self.own_chain.is_revocation(seq);
+                let own_head = self.own_chain.head().seq;
                 if let Some(c) = self
                     .contacts
                     .values_mut()
                     .find(|c| c.name != SELF && c.chain.identity() == &peer)
-                    && revocation
                     && seq > c.rekey_seq_ours
-                    && let Some(psk) = &c.psk
                 {
-                    c.pending_psk = Some(psk::rekeyed(psk, &r));
-                    c.rekey_seq_ours = seq;
+                    if revocation && let Some(psk) = &c.psk {
+                        c.pending_psk = Some(psk::rekeyed(psk, &r));
+                        c.rekey_seq_ours = seq;
+                    } else if seq > own_head && seq < own_head + crate::identity::MAX_LINKS as u64 {
+                        // The revocation has not reached this device yet.
+                        c.deferred_rekey_ours = Some((seq, r));
+                    }
                     let n = c.name.clone();
                     self.mark(&n);
                 }
@@ -2682,6 +2704,25 @@ impl Contacts {
             // Another of this identity's devices changed the chain.
             self.own_chain = merged;
             self.own_chain_dirty = true;
+            let own = &self.own_chain;
+            let mut touched = Vec::new();
+            for c in self.contacts.values_mut() {
+                if let Some((seq, r)) = c.deferred_rekey_ours
+                    && own.is_revocation(seq)
+                {
+                    c.deferred_rekey_ours = None;
+                    if seq > c.rekey_seq_ours
+                        && let Some(psk) = &c.psk
+                    {
+                        c.pending_psk = Some(psk::rekeyed(psk, &r));
+                        c.rekey_seq_ours = seq;
+                    }
+                    touched.push(c.name.clone());
+                }
+            }
+            for n in touched {
+                self.mark(&n);
+            }
         }
         self.mark(name);
         self.release_held(name)?;
@@ -4103,8 +4144,22 @@ mod device_tests {
     /// Seals `from`'s queued chain traffic and opens each copy at the
     /// party it is for (among `to`): the notices.
     fn deliver_chain_all(from: &mut Party, to: &mut [&mut Party]) -> Vec<ReceivedMessage> {
+        deliver_chain_in_order(from, to, false)
+    }
+
+    /// [`deliver_chain_all`], last sent first if `reversed` (the mixnet
+    /// does not keep order).
+    fn deliver_chain_in_order(
+        from: &mut Party,
+        to: &mut [&mut Party],
+        reversed: bool,
+    ) -> Vec<ReceivedMessage> {
         let mut notices = Vec::new();
-        for (_, copy) in from.book.seal_actions(&from.keys, 20, &mut rand::rng()) {
+        let mut sealed = from.book.seal_actions(&from.keys, 20, &mut rand::rng());
+        if reversed {
+            sealed.reverse();
+        }
+        for (_, copy) in sealed {
             let Some(p) = to
                 .iter_mut()
                 .find(|p| p.keys.device_public() == copy.device)
@@ -4163,7 +4218,8 @@ mod device_tests {
         let a3_id = short_id(&a3.keys.device_public());
         a1.book.revoke_device(&a1.keys, &a3_id, "lost", 30).unwrap();
         let before = a3.book.contacts["bob"].psk.clone();
-        deliver_chain_all(&mut a1, &mut [&mut b, &mut a2, &mut a3]);
+        // The re-keys arrive before the new chain.
+        deliver_chain_in_order(&mut a1, &mut [&mut b, &mut a2, &mut a3], true);
         assert_eq!(a3.book.contacts["bob"].psk, before, "A3 learns nothing");
         assert!(
             a2.book

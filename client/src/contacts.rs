@@ -108,8 +108,8 @@ struct ContactFile {
     added_at_ms: u64,
     /// Our half of the pre-shared key (hex), once they have our card.
     my_secret: Option<String>,
-    /// The pre-shared key in force (hex), once both halves are known.
-    psk: Option<String>,
+    /// The pre-shared keys.
+    keys: KeysFile,
     psk_source: PskSource,
     argon2: Option<Argon2Params>,
     /// Olm sessions per device of theirs (device key hex), newest use
@@ -137,19 +137,53 @@ struct ContactFile {
     /// Ids of the sessions their devices started with our fallback key.
     #[serde(default)]
     fallback_sessions: Vec<String>,
+}
+
+/// A contact's pre-shared keys as saved (and as a new device is given
+/// them).
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    /// The pre-shared key in force (hex), once both halves are known.
+    psk: Option<String>,
     /// A re-keyed pre-shared key (hex) not yet used by them: accepted, and
     /// used for sending once they use it.
     #[serde(default)]
-    pending_psk: Option<String>,
+    pending: Option<String>,
     /// The pre-shared key before the last re-key (hex), still accepted.
     #[serde(default)]
-    previous_psk: Option<String>,
+    previous: Option<String>,
     /// Our chain's sequence number of the last re-key we made.
     #[serde(default)]
     rekey_seq_ours: u64,
     /// Their chain's sequence number of the last re-key they made.
     #[serde(default)]
     rekey_seq_theirs: u64,
+}
+
+type Psk = Zeroizing<[u8; PSK_LEN]>;
+
+impl KeysFile {
+    fn of(c: &Contact) -> KeysFile {
+        let hex = |k: &Option<Psk>| k.as_ref().map(|k| hex::encode(k.as_ref()));
+        KeysFile {
+            psk: hex(&c.psk),
+            pending: hex(&c.pending_psk),
+            previous: hex(&c.previous_psk),
+            rekey_seq_ours: c.rekey_seq_ours,
+            rekey_seq_theirs: c.rekey_seq_theirs,
+        }
+    }
+
+    /// (in force, pending, previous).
+    fn read(&self) -> Result<(Option<Psk>, Option<Psk>, Option<Psk>)> {
+        let key = |k: &Option<String>, what| k.as_deref().map(|s| hex32(s, what)).transpose();
+        Ok((
+            key(&self.psk, "psk")?,
+            key(&self.pending, "pending psk")?,
+            key(&self.previous, "previous psk")?,
+        ))
+    }
 }
 
 /// A contact in memory.
@@ -464,17 +498,9 @@ pub struct BundledContact {
     card: String,
     chain: String,
     my_secret: Option<String>,
-    psk: Option<String>,
+    keys: KeysFile,
     psk_source: PskSource,
     argon2: Option<Argon2Params>,
-    #[serde(default)]
-    pending_psk: Option<String>,
-    #[serde(default)]
-    previous_psk: Option<String>,
-    #[serde(default)]
-    rekey_seq_ours: u64,
-    #[serde(default)]
-    rekey_seq_theirs: u64,
 }
 
 /// Chain traffic the book wants sent (see [`Contacts::take_actions`]).
@@ -968,6 +994,7 @@ impl Contacts {
                 }
                 sessions.insert(device, list);
             }
+            let (psk, pending_psk, previous_psk) = file.keys.read()?;
             let contact = Contact {
                 name: file.name.clone(),
                 card,
@@ -979,7 +1006,7 @@ impl Contacts {
                     .as_deref()
                     .map(|s| hex32(s, "my_secret"))
                     .transpose()?,
-                psk: file.psk.as_deref().map(|s| hex32(s, "psk")).transpose()?,
+                psk,
                 psk_source: file.psk_source,
                 argon2: file.argon2,
                 sessions,
@@ -1004,18 +1031,10 @@ impl Contacts {
                     None => None,
                 },
                 fallback_sessions: file.fallback_sessions.into(),
-                pending_psk: file
-                    .pending_psk
-                    .as_deref()
-                    .map(|s| hex32(s, "pending_psk"))
-                    .transpose()?,
-                previous_psk: file
-                    .previous_psk
-                    .as_deref()
-                    .map(|s| hex32(s, "previous_psk"))
-                    .transpose()?,
-                rekey_seq_ours: file.rekey_seq_ours,
-                rekey_seq_theirs: file.rekey_seq_theirs,
+                pending_psk,
+                previous_psk,
+                rekey_seq_ours: file.keys.rekey_seq_ours,
+                rekey_seq_theirs: file.keys.rekey_seq_theirs,
             };
             self.contacts.insert(file.name, contact);
         }
@@ -1055,7 +1074,7 @@ impl Contacts {
                 chain: BASE64.encode(&c.chain.to_bytes()),
                 added_at_ms: c.added_at_ms,
                 my_secret: c.my_secret.as_ref().map(|s| hex::encode(s.as_ref())),
-                psk: c.psk.as_ref().map(|s| hex::encode(s.as_ref())),
+                keys: KeysFile::of(c),
                 psk_source: c.psk_source,
                 argon2: c.argon2,
                 sessions: c
@@ -1083,10 +1102,6 @@ impl Contacts {
                     .as_ref()
                     .map(|(seq, r, p)| (*seq, hex::encode(r), hex::encode(p.as_ref()))),
                 fallback_sessions: c.fallback_sessions.iter().cloned().collect(),
-                pending_psk: c.pending_psk.as_ref().map(|s| hex::encode(s.as_ref())),
-                previous_psk: c.previous_psk.as_ref().map(|s| hex::encode(s.as_ref())),
-                rekey_seq_ours: c.rekey_seq_ours,
-                rekey_seq_theirs: c.rekey_seq_theirs,
             };
             let json = Zeroizing::new(
                 serde_json::to_vec_pretty(&file).map_err(|e| contact_error(e.to_string()))?,
@@ -1623,13 +1638,9 @@ impl Contacts {
                     card: c.card_text.clone(),
                     chain: BASE64.encode(&c.chain.to_bytes()),
                     my_secret: c.my_secret.as_ref().map(|s| hex::encode(s.as_ref())),
-                    psk: c.psk.as_ref().map(|s| hex::encode(s.as_ref())),
+                    keys: KeysFile::of(c),
                     psk_source: c.psk_source,
                     argon2: c.argon2,
-                    pending_psk: c.pending_psk.as_ref().map(|s| hex::encode(s.as_ref())),
-                    previous_psk: c.previous_psk.as_ref().map(|s| hex::encode(s.as_ref())),
-                    rekey_seq_ours: c.rekey_seq_ours,
-                    rekey_seq_theirs: c.rekey_seq_theirs,
                 })
                 .collect(),
         }
@@ -1671,6 +1682,7 @@ impl Contacts {
                 .decode(b.chain.as_bytes())
                 .map_err(|_| bad("a contact's chain is not base64"))?;
             let their = Chain::from_bytes(&their, Some(&card.identity()))?;
+            let (psk, pending_psk, previous_psk) = b.keys.read()?;
             contacts.insert(
                 b.name.clone(),
                 Contact {
@@ -1684,7 +1696,7 @@ impl Contacts {
                         .as_deref()
                         .map(|s| hex32(s, "my_secret"))
                         .transpose()?,
-                    psk: b.psk.as_deref().map(|s| hex32(s, "psk")).transpose()?,
+                    psk,
                     psk_source: b.psk_source,
                     argon2: b.argon2,
                     sessions: BTreeMap::new(),
@@ -1697,18 +1709,10 @@ impl Contacts {
                     deferred_rekey: None,
                     deferred_rekey_ours: None,
                     fallback_sessions: VecDeque::new(),
-                    pending_psk: b
-                        .pending_psk
-                        .as_deref()
-                        .map(|s| hex32(s, "pending_psk"))
-                        .transpose()?,
-                    previous_psk: b
-                        .previous_psk
-                        .as_deref()
-                        .map(|s| hex32(s, "previous_psk"))
-                        .transpose()?,
-                    rekey_seq_ours: b.rekey_seq_ours,
-                    rekey_seq_theirs: b.rekey_seq_theirs,
+                    pending_psk,
+                    previous_psk,
+                    rekey_seq_ours: b.keys.rekey_seq_ours,
+                    rekey_seq_theirs: b.keys.rekey_seq_theirs,
                 },
             );
         }

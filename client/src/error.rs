@@ -130,6 +130,10 @@ pub enum Error {
         /// The reason given.
         reason: String,
     },
+    /// The encrypted store cannot be opened, read or written; the message
+    /// says why.
+    #[error("store: {0}")]
+    Store(String),
     /// No contact has that name.
     #[error(
         "no contact named {0:?}: `bastet contact list` shows your contacts; `bastet contact import FILE --name NAME` adds one"

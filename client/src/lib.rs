@@ -21,6 +21,7 @@ mod poisson;
 mod policy;
 mod reliability;
 mod route;
+pub mod store;
 
 pub use address::{ADDRESS_LEN, ADDRESS_PREFIX, ADDRESS_VERSION, Address};
 pub use card::{

@@ -1,0 +1,1093 @@
+//! The encrypted container with hidden compartments (DESIGN.md §9): the
+//! core format. One file of fixed size, made of 4 KiB blocks, with no magic
+//! bytes, no visible version and no plaintext; everything in it looks like
+//! random bytes, used or not.
+//!
+//! **Layout.** Blocks `0..3` are the header: a 32-byte global salt and 16
+//! passphrase slots of 512 bytes (the rest random); the last 3 blocks are a
+//! copy of it. The blocks between are data blocks.
+//!
+//! **Unlocking.** Argon2id runs once over the passphrase and the salt; its
+//! output then tries **every** slot (XChaCha20-Poly1305, the slot index as
+//! associated data), whichever matches, so the time to unlock does not
+//! tell which slot matched, nor how many are used. A slot of level `L`
+//! holds the keys of compartments `0..=L`: the passphrase of a more hidden
+//! compartment opens the less hidden ones too (as in Shufflecake), so that
+//! normal use, with the most hidden passphrase, knows every block in use and
+//! overwrites nothing.
+//!
+//! **Compartments.** Each has a 32-byte key, from which its block key and
+//! the places of its superblocks are derived (BLAKE3 `derive_key`). Its
+//! data lives in logical blocks of 4,056 bytes; a block map (logical →
+//! physical blocks) lives in map blocks, listed by the superblock. Every
+//! block is `nonce (24) || XChaCha20-Poly1305(payload)`, with the
+//! compartment id, the block's role, its logical index and its physical
+//! index as associated data: a block cannot be moved or swapped unnoticed.
+//! Physical blocks are allocated at random among those not in use.
+//!
+//! **Crash safety.** Writes are copy-on-write: changed data and map blocks
+//! go to fresh blocks, then the superblock of the next generation is
+//! written to the other of two superblock sets (A and B alternate). A crash
+//! at any point leaves the previous generation intact (its blocks are never
+//! reused while it is the committed one), and opening takes the newest
+//! superblock that verifies.
+//!
+//! **Hidden data while only a decoy is open.** Blocks of a more hidden
+//! compartment look free to a less hidden one, which may overwrite them.
+//! Every block of a hidden compartment (level ≥ 1), its map and its
+//! superblocks are therefore stored [`HIDDEN_REPLICAS`] times at
+//! independent random places; a read tries each copy, and a block whose
+//! every copy was overwritten is an error (AEAD failure), never wrong data.
+//! The more a decoy writes without the hidden passphrase, the more hidden
+//! data is lost: use the most hidden passphrase for normal use. One residual
+//! risk: if every copy of a hidden compartment's newest superblock is
+//! overwritten while a copy of the one before survives, the compartment
+//! opens at that previous generation (an older, consistent state).
+//!
+//! Not yet: adding a compartment to an existing container, growing one,
+//! and the daemon running from it (DESIGN.md §9 is built in steps).
+
+use std::collections::HashSet;
+
+use chacha20poly1305::{AeadInOut, KeyInit, XChaCha20Poly1305, XNonce};
+use rand::{CryptoRng, RngExt};
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, AEAD_TAG_LEN};
+use crate::layers::psk::{Argon2Params, argon2id};
+use crate::{Error, Result};
+
+/// Bytes of a block.
+pub const BLOCK_LEN: usize = 4096;
+const NONCE_LEN: usize = 24;
+/// Bytes of data one logical block holds.
+pub const PAYLOAD_LEN: usize = BLOCK_LEN - NONCE_LEN - AEAD_TAG_LEN;
+/// Passphrase slots in the header.
+pub const SLOTS: usize = 16;
+const SLOT_LEN: usize = 512;
+const SALT_LEN: usize = 32;
+const HEADER_BLOCKS: u64 = 3;
+/// The most compartments (levels) of one container.
+pub const MAX_LEVELS: usize = 8;
+/// Copies of every block of a hidden compartment.
+pub const HIDDEN_REPLICAS: usize = 3;
+/// The smallest container, in blocks.
+pub const MIN_BLOCKS: u64 = 64;
+const SLOT_CONTEXT: &str = "bastet 2026 store slot v1";
+const BLOCK_CONTEXT: &str = "bastet 2026 store block key v1";
+const PLACE_CONTEXT: &str = "bastet 2026 store superblock place v1";
+const ID_CONTEXT: &str = "bastet 2026 store compartment id v1";
+const ROLE_DATA: u8 = 0;
+const ROLE_MAP: u8 = 1;
+const ROLE_SUPER: u8 = 2;
+/// Map entries (physical block numbers, u32) one map block holds.
+const MAP_ENTRIES: usize = PAYLOAD_LEN / 4;
+
+fn store_error(why: impl Into<String>) -> Error {
+    Error::Store(why.into())
+}
+
+/// Where blocks are read and written: the container file, or memory in
+/// tests.
+pub trait Blocks {
+    /// Blocks in the container.
+    fn count(&self) -> u64;
+    /// Reads block `index`.
+    fn read(&self, index: u64, out: &mut [u8; BLOCK_LEN]) -> Result<()>;
+    /// Writes block `index`.
+    fn write(&mut self, index: u64, data: &[u8; BLOCK_LEN]) -> Result<()>;
+    /// Makes every write so far durable.
+    fn sync(&mut self) -> Result<()>;
+}
+
+/// A container file.
+pub struct FileBlocks {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    count: u64,
+}
+
+impl FileBlocks {
+    /// Opens an existing container file.
+    pub fn open(path: &std::path::Path) -> Result<FileBlocks> {
+        let io = |e: std::io::Error| store_error(format!("{}: {e}", path.display()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len % BLOCK_LEN as u64 != 0 || len / (BLOCK_LEN as u64) < MIN_BLOCKS {
+            return Err(store_error(format!(
+                "{} is not a container (its size is not a whole number of blocks)",
+                path.display()
+            )));
+        }
+        Ok(FileBlocks {
+            file,
+            path: path.to_path_buf(),
+            count: len / BLOCK_LEN as u64,
+        })
+    }
+
+    /// Creates a container file of `blocks` blocks of random bytes (mode
+    /// 0600, never sparse); refuses to overwrite one.
+    pub fn create<R: CryptoRng + ?Sized>(
+        path: &std::path::Path,
+        blocks: u64,
+        rng: &mut R,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<FileBlocks> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |e: std::io::Error| store_error(format!("{}: {e}", path.display()));
+        if blocks < MIN_BLOCKS {
+            return Err(store_error(format!(
+                "a container has at least {MIN_BLOCKS} blocks ({} KiB)",
+                MIN_BLOCKS * BLOCK_LEN as u64 / 1024
+            )));
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        let mut chunk = vec![0u8; 256 * BLOCK_LEN];
+        let mut written = 0u64;
+        while written < blocks {
+            let n = (blocks - written).min(256);
+            let bytes = &mut chunk[..n as usize * BLOCK_LEN];
+            rng.fill_bytes(bytes);
+            file.write_all(bytes).map_err(io)?;
+            written += n;
+            progress(written, blocks);
+        }
+        file.sync_all().map_err(io)?;
+        Ok(FileBlocks {
+            file,
+            path: path.to_path_buf(),
+            count: blocks,
+        })
+    }
+}
+
+impl Blocks for FileBlocks {
+    fn count(&self) -> u64 {
+        self.count
+    }
+
+    fn read(&self, index: u64, out: &mut [u8; BLOCK_LEN]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .read_exact_at(out, index * BLOCK_LEN as u64)
+            .map_err(|e| store_error(format!("{}: {e}", self.path.display())))
+    }
+
+    fn write(&mut self, index: u64, data: &[u8; BLOCK_LEN]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(data, index * BLOCK_LEN as u64)
+            .map_err(|e| store_error(format!("{}: {e}", self.path.display())))
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| store_error(format!("{}: {e}", self.path.display())))
+    }
+}
+
+/// A compartment's keys.
+#[derive(Clone)]
+struct Keys {
+    block: Zeroizing<[u8; 32]>,
+    place: Zeroizing<[u8; 32]>,
+    id: [u8; 32],
+}
+
+impl Keys {
+    fn new(master: Zeroizing<[u8; 32]>) -> Keys {
+        Keys {
+            block: Zeroizing::new(blake3::derive_key(BLOCK_CONTEXT, master.as_ref())),
+            place: Zeroizing::new(blake3::derive_key(PLACE_CONTEXT, master.as_ref())),
+            id: blake3::derive_key(ID_CONTEXT, master.as_ref()),
+        }
+    }
+}
+
+/// An open compartment.
+struct Compartment {
+    level: usize,
+    keys: Keys,
+    replicas: usize,
+    generation: u64,
+    /// Superblock places: set A then set B, `replicas` each.
+    supers: Vec<u64>,
+    /// Logical block → its physical copies.
+    map: Vec<Vec<u64>>,
+    /// Physical copies of the committed map blocks.
+    map_blocks: Vec<Vec<u64>>,
+    dirty: bool,
+    /// Blocks written since the last commit (not to be reused before it).
+    fresh: HashSet<u64>,
+}
+
+/// An open container: the compartments a passphrase opened (its level and
+/// every less hidden one).
+pub struct Store<B: Blocks> {
+    blocks: B,
+    compartments: Vec<Compartment>,
+}
+
+fn aad(id: &[u8; 32], role: u8, logical: u64, physical: u64) -> [u8; 49] {
+    let mut out = [0u8; 49];
+    out[..32].copy_from_slice(id);
+    out[32] = role;
+    out[33..41].copy_from_slice(&logical.to_be_bytes());
+    out[41..].copy_from_slice(&physical.to_be_bytes());
+    out
+}
+
+fn seal_block<R: CryptoRng + ?Sized>(
+    key: &[u8; 32],
+    aad: &[u8],
+    payload: &[u8; PAYLOAD_LEN],
+    rng: &mut R,
+) -> Result<[u8; BLOCK_LEN]> {
+    let nonce: [u8; NONCE_LEN] = crypto::random_bytes(rng);
+    let mut body = payload.to_vec();
+    XChaCha20Poly1305::new(key.into())
+        .encrypt_in_place(&XNonce::from(nonce), aad, &mut body)
+        .map_err(|_| store_error("encryption failed"))?;
+    let mut out = [0u8; BLOCK_LEN];
+    out[..NONCE_LEN].copy_from_slice(&nonce);
+    out[NONCE_LEN..].copy_from_slice(&body);
+    Ok(out)
+}
+
+fn open_block(key: &[u8; 32], aad: &[u8], block: &[u8; BLOCK_LEN]) -> Option<Zeroizing<Vec<u8>>> {
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&block[..NONCE_LEN]);
+    let mut body = Zeroizing::new(block[NONCE_LEN..].to_vec());
+    XChaCha20Poly1305::new(key.into())
+        .decrypt_in_place(&XNonce::from(nonce), aad, &mut *body)
+        .ok()?;
+    Some(body)
+}
+
+/// The 3-block header and its salt, as read from one end of the file.
+fn read_header<B: Blocks>(blocks: &B, at: u64) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; HEADER_BLOCKS as usize * BLOCK_LEN];
+    let mut block = [0u8; BLOCK_LEN];
+    for i in 0..HEADER_BLOCKS {
+        blocks.read(at + i, &mut block)?;
+        out[i as usize * BLOCK_LEN..(i as usize + 1) * BLOCK_LEN].copy_from_slice(&block);
+    }
+    Ok(out)
+}
+
+fn write_header<B: Blocks>(blocks: &mut B, header: &[u8]) -> Result<()> {
+    let count = blocks.count();
+    for at in [0, count - HEADER_BLOCKS] {
+        let mut block = [0u8; BLOCK_LEN];
+        for i in 0..HEADER_BLOCKS as usize {
+            block.copy_from_slice(&header[i * BLOCK_LEN..(i + 1) * BLOCK_LEN]);
+            blocks.write(at + i as u64, &block)?;
+        }
+        // The copy is written only once the first is durable.
+        blocks.sync()?;
+    }
+    Ok(())
+}
+
+fn slot_range(slot: usize) -> std::ops::Range<usize> {
+    SALT_LEN + slot * SLOT_LEN..SALT_LEN + (slot + 1) * SLOT_LEN
+}
+
+fn slot_key(unlock: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    Zeroizing::new(blake3::derive_key(SLOT_CONTEXT, unlock))
+}
+
+/// Tries every slot of `header` with the Argon2id output `unlock`: the
+/// compartment keys of the slot that opens, least hidden first.
+fn try_slots(header: &[u8], unlock: &[u8; 32]) -> Option<Vec<Zeroizing<[u8; 32]>>> {
+    let key = slot_key(unlock);
+    let mut found = None;
+    // Every slot, whatever matched: the time does not depend on which.
+    for slot in 0..SLOTS {
+        let bytes = &header[slot_range(slot)];
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&bytes[..NONCE_LEN]);
+        let mut body = Zeroizing::new(bytes[NONCE_LEN..].to_vec());
+        let ok = XChaCha20Poly1305::new((&*key).into())
+            .decrypt_in_place(&XNonce::from(nonce), &[slot as u8], &mut *body)
+            .is_ok();
+        if ok && found.is_none() {
+            let levels = usize::from(body[0]);
+            if (1..=MAX_LEVELS).contains(&levels) {
+                let keys = (0..levels)
+                    .map(|i| {
+                        let mut k = Zeroizing::new([0u8; 32]);
+                        k.copy_from_slice(&body[1 + 32 * i..33 + 32 * i]);
+                        k
+                    })
+                    .collect::<Vec<_>>();
+                found = Some(keys);
+            }
+        }
+    }
+    found
+}
+
+fn seal_slot<R: CryptoRng + ?Sized>(
+    unlock: &[u8; 32],
+    slot: usize,
+    keys: &[Zeroizing<[u8; 32]>],
+    rng: &mut R,
+) -> Result<Vec<u8>> {
+    let mut body = Zeroizing::new(vec![0u8; SLOT_LEN - NONCE_LEN - AEAD_TAG_LEN]);
+    rng.fill_bytes(&mut body);
+    body[0] = keys.len() as u8;
+    for (i, k) in keys.iter().enumerate() {
+        body[1 + 32 * i..33 + 32 * i].copy_from_slice(k.as_ref());
+    }
+    let nonce: [u8; NONCE_LEN] = crypto::random_bytes(rng);
+    let mut sealed = body.to_vec();
+    XChaCha20Poly1305::new((&*slot_key(unlock)).into())
+        .encrypt_in_place(&XNonce::from(nonce), &[slot as u8], &mut sealed)
+        .map_err(|_| store_error("encryption failed"))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+fn data_range(count: u64) -> std::ops::Range<u64> {
+    HEADER_BLOCKS..count - HEADER_BLOCKS
+}
+
+/// The superblock places of a compartment with `keys` (two sets of
+/// `replicas`, all distinct), in a container of `count` blocks.
+fn superblock_places(keys: &Keys, replicas: usize, count: u64) -> Vec<u64> {
+    let range = data_range(count);
+    let span = range.end - range.start;
+    let mut out = Vec::with_capacity(2 * replicas);
+    let mut attempt = 0u64;
+    while out.len() < 2 * replicas {
+        let mut h = blake3::Hasher::new_keyed(&keys.place);
+        h.update(&attempt.to_be_bytes());
+        let mut x = [0u8; 8];
+        h.finalize_xof().fill(&mut x);
+        let place = range.start + u64::from_be_bytes(x) % span;
+        if !out.contains(&place) {
+            out.push(place);
+        }
+        attempt += 1;
+    }
+    out
+}
+
+impl<B: Blocks> Store<B> {
+    /// Makes a new container in `blocks` (already filled with random
+    /// bytes) with one compartment per passphrase of `passphrases` (least
+    /// hidden first): each passphrase opens its compartment and the less
+    /// hidden ones. The other slots stay random.
+    pub fn create<R: CryptoRng + ?Sized>(
+        mut blocks: B,
+        passphrases: &[&str],
+        params: Argon2Params,
+        rng: &mut R,
+    ) -> Result<Store<B>> {
+        if passphrases.is_empty() || passphrases.len() > MAX_LEVELS {
+            return Err(store_error(format!(
+                "a container has 1 to {MAX_LEVELS} compartments"
+            )));
+        }
+        if blocks.count() < MIN_BLOCKS {
+            return Err(store_error("the container is too small"));
+        }
+        let mut header = read_header(&blocks, 0)?;
+        let salt: [u8; SALT_LEN] = crypto::random_bytes(rng);
+        header[..SALT_LEN].copy_from_slice(&salt);
+        let masters: Vec<Zeroizing<[u8; 32]>> = passphrases
+            .iter()
+            .map(|_| Zeroizing::new(crypto::random_bytes(rng)))
+            .collect();
+        // Distinct random slots.
+        let mut slots: Vec<usize> = Vec::new();
+        while slots.len() < passphrases.len() {
+            let s = rng.random_range(0..SLOTS);
+            if !slots.contains(&s) {
+                slots.push(s);
+            }
+        }
+        for (level, phrase) in passphrases.iter().enumerate() {
+            let unlock = argon2id(phrase, &salt, params)?;
+            let slot = seal_slot(&unlock, slots[level], &masters[..=level], rng)?;
+            header[slot_range(slots[level])].copy_from_slice(&slot);
+        }
+        write_header(&mut blocks, &header)?;
+        let mut store = Store {
+            blocks,
+            compartments: Vec::new(),
+        };
+        for (level, master) in masters.into_iter().enumerate() {
+            let c = store.new_compartment(level, master);
+            store.compartments.push(c);
+            store.compartments[level].dirty = true;
+        }
+        store.commit(rng)?;
+        Ok(store)
+    }
+
+    fn new_compartment(&self, level: usize, master: Zeroizing<[u8; 32]>) -> Compartment {
+        let keys = Keys::new(master);
+        let replicas = if level == 0 { 1 } else { HIDDEN_REPLICAS };
+        let supers = superblock_places(&keys, replicas, self.blocks.count());
+        Compartment {
+            level,
+            keys,
+            replicas,
+            generation: 0,
+            supers,
+            map: Vec::new(),
+            map_blocks: Vec::new(),
+            dirty: false,
+            fresh: HashSet::new(),
+        }
+    }
+
+    /// Opens the compartment `passphrase` unlocks (and the less hidden
+    /// ones). A wrong passphrase and an unused slot give the same error
+    /// after the same work.
+    pub fn open(blocks: B, passphrase: &str, params: Argon2Params) -> Result<Store<B>> {
+        let count = blocks.count();
+        if count < MIN_BLOCKS {
+            return Err(store_error("the container is too small"));
+        }
+        let mut found = None;
+        // The header at the start, else its copy at the end.
+        for at in [0, count - HEADER_BLOCKS] {
+            let header = read_header(&blocks, at)?;
+            let mut salt = [0u8; SALT_LEN];
+            salt.copy_from_slice(&header[..SALT_LEN]);
+            let unlock = argon2id(passphrase, &salt, params)?;
+            if let Some(keys) = try_slots(&header, &unlock) {
+                found = Some(keys);
+                break;
+            }
+        }
+        let masters = found.ok_or_else(|| {
+            store_error("no compartment opens with this passphrase (or the container is damaged)")
+        })?;
+        let mut store = Store {
+            blocks,
+            compartments: Vec::new(),
+        };
+        for (level, master) in masters.into_iter().enumerate() {
+            let mut c = store.new_compartment(level, master);
+            store.load(&mut c)?;
+            store.compartments.push(c);
+        }
+        Ok(store)
+    }
+
+    /// Reads the newest superblock of `c` that verifies, and its map.
+    fn load(&self, c: &mut Compartment) -> Result<()> {
+        let mut best: Option<(u64, Zeroizing<Vec<u8>>)> = None;
+        let mut raw = [0u8; BLOCK_LEN];
+        for &place in &c.supers {
+            self.blocks.read(place, &mut raw)?;
+            let aad = aad(&c.keys.id, ROLE_SUPER, 0, place);
+            if let Some(body) = open_block(&c.keys.block, &aad, &raw) {
+                let mut g = [0u8; 8];
+                g.copy_from_slice(&body[..8]);
+                let g = u64::from_be_bytes(g);
+                if best.as_ref().is_none_or(|(b, _)| g > *b) {
+                    best = Some((g, body));
+                }
+            }
+        }
+        let (generation, body) = best.ok_or_else(|| {
+            store_error(format!(
+                "compartment {} has no readable superblock: it was overwritten (written to while only a less hidden compartment was open?)",
+                c.level
+            ))
+        })?;
+        let u32_at = |i: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&body[i..i + 4]);
+            u64::from(u32::from_be_bytes(b))
+        };
+        let logical = u32_at(8) as usize;
+        let map_count = u32_at(12) as usize;
+        if map_count * c.replicas * 4 + 16 > PAYLOAD_LEN
+            || logical > map_count * MAP_ENTRIES / c.replicas
+        {
+            return Err(store_error("a superblock is malformed"));
+        }
+        let mut map_blocks = Vec::with_capacity(map_count);
+        for m in 0..map_count {
+            map_blocks.push(
+                (0..c.replicas)
+                    .map(|r| u32_at(16 + 4 * (m * c.replicas + r)))
+                    .collect::<Vec<u64>>(),
+            );
+        }
+        let per_block = MAP_ENTRIES / c.replicas;
+        let mut map = Vec::with_capacity(logical);
+        for (m, copies) in map_blocks.iter().enumerate() {
+            let entries = self.read_copies(c, ROLE_MAP, m as u64, copies)?;
+            for e in 0..per_block {
+                if map.len() == logical {
+                    break;
+                }
+                map.push(
+                    (0..c.replicas)
+                        .map(|r| {
+                            let i = 4 * (e * c.replicas + r);
+                            let mut b = [0u8; 4];
+                            b.copy_from_slice(&entries[i..i + 4]);
+                            u64::from(u32::from_be_bytes(b))
+                        })
+                        .collect(),
+                );
+            }
+        }
+        if map.len() != logical {
+            return Err(store_error(
+                "a block map is shorter than its superblock says",
+            ));
+        }
+        c.generation = generation;
+        c.map = map;
+        c.map_blocks = map_blocks;
+        Ok(())
+    }
+
+    /// The first copy of a block that verifies.
+    fn read_copies(
+        &self,
+        c: &Compartment,
+        role: u8,
+        logical: u64,
+        copies: &[u64],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let mut raw = [0u8; BLOCK_LEN];
+        let range = data_range(self.blocks.count());
+        for &place in copies {
+            if !range.contains(&place) {
+                continue;
+            }
+            self.blocks.read(place, &mut raw)?;
+            if let Some(body) =
+                open_block(&c.keys.block, &aad(&c.keys.id, role, logical, place), &raw)
+            {
+                return Ok(body);
+            }
+        }
+        Err(store_error(format!(
+            "block {logical} of compartment {} is lost: every copy was overwritten (written to while only a less hidden compartment was open?)",
+            c.level
+        )))
+    }
+
+    /// The levels open (0 is the least hidden).
+    pub fn levels(&self) -> usize {
+        self.compartments.len()
+    }
+
+    /// Logical blocks in compartment `level`.
+    pub fn len(&self, level: usize) -> Result<usize> {
+        Ok(self.compartment(level)?.map.len())
+    }
+
+    fn compartment(&self, level: usize) -> Result<&Compartment> {
+        self.compartments
+            .get(level)
+            .ok_or_else(|| store_error(format!("compartment {level} is not open")))
+    }
+
+    /// Reads logical block `index` of compartment `level`.
+    pub fn read(&self, level: usize, index: usize) -> Result<Zeroizing<Vec<u8>>> {
+        let c = self.compartment(level)?;
+        let copies = c
+            .map
+            .get(index)
+            .ok_or_else(|| store_error(format!("block {index} is past the end")))?;
+        self.read_copies(c, ROLE_DATA, index as u64, copies)
+    }
+
+    /// Blocks in use by any open compartment (committed, being written,
+    /// and superblock places) and the header.
+    fn in_use(&self) -> HashSet<u64> {
+        let mut used = HashSet::new();
+        for c in &self.compartments {
+            used.extend(c.supers.iter().copied());
+            used.extend(c.map.iter().flatten().copied());
+            used.extend(c.map_blocks.iter().flatten().copied());
+            used.extend(c.fresh.iter().copied());
+        }
+        used
+    }
+
+    fn allocate<R: CryptoRng + ?Sized>(&self, used: &mut HashSet<u64>, rng: &mut R) -> Result<u64> {
+        let range = data_range(self.blocks.count());
+        let free =
+            (range.end - range.start) as usize - used.len().min((range.end - range.start) as usize);
+        if free == 0 {
+            return Err(store_error("the container is full"));
+        }
+        loop {
+            let place = rng.random_range(range.clone());
+            if used.insert(place) {
+                return Ok(place);
+            }
+        }
+    }
+
+    /// Writes logical block `index` of compartment `level` (`index` at most
+    /// its length: one past the end appends). Durable at [`Store::commit`].
+    pub fn write<R: CryptoRng + ?Sized>(
+        &mut self,
+        level: usize,
+        index: usize,
+        payload: &[u8; PAYLOAD_LEN],
+        rng: &mut R,
+    ) -> Result<()> {
+        let len = self.len(level)?;
+        if index > len {
+            return Err(store_error(format!("block {index} is past the end")));
+        }
+        let mut used = self.in_use();
+        let replicas = self.compartments[level].replicas;
+        let mut copies = Vec::with_capacity(replicas);
+        for _ in 0..replicas {
+            copies.push(self.allocate(&mut used, rng)?);
+        }
+        let c = &self.compartments[level];
+        let mut sealed = Vec::with_capacity(replicas);
+        for &place in &copies {
+            sealed.push((
+                place,
+                seal_block(
+                    &c.keys.block,
+                    &aad(&c.keys.id, ROLE_DATA, index as u64, place),
+                    payload,
+                    rng,
+                )?,
+            ));
+        }
+        for (place, block) in &sealed {
+            self.blocks.write(*place, block)?;
+        }
+        let c = &mut self.compartments[level];
+        c.fresh.extend(copies.iter().copied());
+        if index == len {
+            c.map.push(copies);
+        } else {
+            c.map[index] = copies;
+        }
+        c.dirty = true;
+        Ok(())
+    }
+
+    /// Shortens compartment `level` to `len` logical blocks.
+    pub fn truncate(&mut self, level: usize, len: usize) -> Result<()> {
+        let c = self
+            .compartments
+            .get_mut(level)
+            .ok_or_else(|| store_error(format!("compartment {level} is not open")))?;
+        if len < c.map.len() {
+            c.map.truncate(len);
+            c.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable: new map blocks, then the next
+    /// superblock of each changed compartment in its other set.
+    pub fn commit<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<()> {
+        for level in 0..self.compartments.len() {
+            if !self.compartments[level].dirty {
+                continue;
+            }
+            let replicas = self.compartments[level].replicas;
+            let per_block = MAP_ENTRIES / replicas;
+            let map_count = self.compartments[level].map.len().div_ceil(per_block);
+            if map_count * replicas * 4 + 16 > PAYLOAD_LEN {
+                return Err(store_error(
+                    "the compartment's map is too large for one superblock",
+                ));
+            }
+            let mut used = self.in_use();
+            let mut map_blocks = Vec::with_capacity(map_count);
+            for m in 0..map_count {
+                let mut payload = [0u8; PAYLOAD_LEN];
+                rng.fill_bytes(&mut payload);
+                let c = &self.compartments[level];
+                for (e, copies) in c.map.iter().skip(m * per_block).take(per_block).enumerate() {
+                    for (r, place) in copies.iter().enumerate() {
+                        let i = 4 * (e * replicas + r);
+                        payload[i..i + 4].copy_from_slice(&(*place as u32).to_be_bytes());
+                    }
+                }
+                let mut copies = Vec::with_capacity(replicas);
+                for _ in 0..replicas {
+                    copies.push(self.allocate(&mut used, rng)?);
+                }
+                let c = &self.compartments[level];
+                for &place in &copies {
+                    let block = seal_block(
+                        &c.keys.block,
+                        &aad(&c.keys.id, ROLE_MAP, m as u64, place),
+                        &payload,
+                        rng,
+                    )?;
+                    self.blocks.write(place, &block)?;
+                }
+                map_blocks.push(copies);
+            }
+            // Data and map blocks are durable before the superblock names
+            // them.
+            self.blocks.sync()?;
+            let c = &self.compartments[level];
+            let generation = c.generation + 1;
+            let mut payload = [0u8; PAYLOAD_LEN];
+            rng.fill_bytes(&mut payload);
+            payload[..8].copy_from_slice(&generation.to_be_bytes());
+            payload[8..12].copy_from_slice(&(c.map.len() as u32).to_be_bytes());
+            payload[12..16].copy_from_slice(&(map_count as u32).to_be_bytes());
+            for (m, copies) in map_blocks.iter().enumerate() {
+                for (r, place) in copies.iter().enumerate() {
+                    let i = 16 + 4 * (m * replicas + r);
+                    payload[i..i + 4].copy_from_slice(&(*place as u32).to_be_bytes());
+                }
+            }
+            // Generation g lives in set g % 2: the committed one (the other
+            // set) stays intact until this one is durable.
+            let set = (generation % 2) as usize;
+            let places: Vec<u64> = c.supers[set * replicas..(set + 1) * replicas].to_vec();
+            for place in places {
+                let c = &self.compartments[level];
+                let block = seal_block(
+                    &c.keys.block,
+                    &aad(&c.keys.id, ROLE_SUPER, 0, place),
+                    &payload,
+                    rng,
+                )?;
+                self.blocks.write(place, &block)?;
+            }
+            self.blocks.sync()?;
+            let c = &mut self.compartments[level];
+            c.generation = generation;
+            c.map_blocks = map_blocks;
+            c.fresh.clear();
+            c.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Replaces the contents of compartment `level` with `bytes` (length
+    /// first, then the bytes across logical blocks) and commits.
+    pub fn write_all<R: CryptoRng + ?Sized>(
+        &mut self,
+        level: usize,
+        bytes: &[u8],
+        rng: &mut R,
+    ) -> Result<()> {
+        let total = 8 + bytes.len();
+        let blocks = total.div_ceil(PAYLOAD_LEN);
+        let mut stream = Zeroizing::new(Vec::with_capacity(blocks * PAYLOAD_LEN));
+        stream.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        stream.extend_from_slice(bytes);
+        stream.resize(blocks * PAYLOAD_LEN, 0);
+        self.truncate(level, 0)?;
+        for (i, chunk) in stream.chunks(PAYLOAD_LEN).enumerate() {
+            let mut payload = Zeroizing::new([0u8; PAYLOAD_LEN]);
+            payload.copy_from_slice(chunk);
+            self.write(level, i, &payload, rng)?;
+        }
+        self.commit(rng)
+    }
+
+    /// The contents [`Store::write_all`] wrote.
+    pub fn read_all(&self, level: usize) -> Result<Zeroizing<Vec<u8>>> {
+        let len = self.len(level)?;
+        let mut out = Zeroizing::new(Vec::with_capacity(len * PAYLOAD_LEN));
+        for i in 0..len {
+            out.extend_from_slice(&self.read(level, i)?);
+        }
+        if out.len() < 8 {
+            return Ok(Zeroizing::new(Vec::new()));
+        }
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&out[..8]);
+        let n = usize::try_from(u64::from_be_bytes(n)).unwrap_or(usize::MAX);
+        if n > out.len() - 8 {
+            return Err(store_error("the compartment's length is past its blocks"));
+        }
+        Ok(Zeroizing::new(out[8..8 + n].to_vec()))
+    }
+
+    /// The blocks backing the store (for tests).
+    pub fn into_blocks(self) -> B {
+        self.blocks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks in memory; writes after `budget` are lost (a crash).
+    #[derive(Clone)]
+    pub(crate) struct MemBlocks {
+        data: Vec<[u8; BLOCK_LEN]>,
+        budget: Option<usize>,
+    }
+
+    impl MemBlocks {
+        pub(crate) fn new(count: u64) -> MemBlocks {
+            use rand::Rng;
+            let mut rng = rand::rng();
+            let mut data = vec![[0u8; BLOCK_LEN]; count as usize];
+            for b in &mut data {
+                rng.fill_bytes(b);
+            }
+            MemBlocks { data, budget: None }
+        }
+    }
+
+    impl Blocks for MemBlocks {
+        fn count(&self) -> u64 {
+            self.data.len() as u64
+        }
+        fn read(&self, index: u64, out: &mut [u8; BLOCK_LEN]) -> Result<()> {
+            out.copy_from_slice(&self.data[index as usize]);
+            Ok(())
+        }
+        fn write(&mut self, index: u64, data: &[u8; BLOCK_LEN]) -> Result<()> {
+            match &mut self.budget {
+                Some(0) => return Err(store_error("crash")),
+                Some(n) => *n -= 1,
+                None => {}
+            }
+            self.data[index as usize] = *data;
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn fast() -> Argon2Params {
+        Argon2Params {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+
+    fn payload(byte: u8) -> [u8; PAYLOAD_LEN] {
+        [byte; PAYLOAD_LEN]
+    }
+
+    #[test]
+    fn each_passphrase_opens_its_compartment_and_the_less_hidden_ones() {
+        let rng = &mut rand::rng();
+        let mut store = Store::create(
+            MemBlocks::new(512),
+            &["decoy pass", "hidden pass"],
+            fast(),
+            rng,
+        )
+        .unwrap();
+        store.write_all(0, b"decoy contents", rng).unwrap();
+        store.write_all(1, b"hidden contents", rng).unwrap();
+        let blocks = store.into_blocks();
+        let decoy = Store::open(blocks.clone(), "decoy pass", fast()).unwrap();
+        assert_eq!(decoy.levels(), 1);
+        assert_eq!(&decoy.read_all(0).unwrap()[..], b"decoy contents");
+        assert!(decoy.read_all(1).is_err());
+        let hidden = Store::open(blocks.clone(), "hidden pass", fast()).unwrap();
+        assert_eq!(hidden.levels(), 2);
+        assert_eq!(&hidden.read_all(0).unwrap()[..], b"decoy contents");
+        assert_eq!(&hidden.read_all(1).unwrap()[..], b"hidden contents");
+        match Store::open(blocks.clone(), "wrong pass", fast()) {
+            Err(e) => assert!(e.to_string().contains("no compartment opens"), "{e}"),
+            Ok(_) => panic!("a wrong passphrase opened"),
+        }
+        // The header copy at the end serves when the start is damaged.
+        let mut damaged = blocks.clone();
+        damaged.data[0] = [0; BLOCK_LEN];
+        damaged.data[1] = [0; BLOCK_LEN];
+        let again = Store::open(damaged, "hidden pass", fast()).unwrap();
+        assert_eq!(&again.read_all(1).unwrap()[..], b"hidden contents");
+    }
+
+    #[test]
+    fn writing_with_the_hidden_passphrase_never_touches_hidden_data() {
+        let rng = &mut rand::rng();
+        let store = Store::create(
+            MemBlocks::new(300),
+            &["decoy pass", "hidden pass"],
+            fast(),
+            rng,
+        )
+        .unwrap();
+        let mut store = Store::open(store.into_blocks(), "hidden pass", fast()).unwrap();
+        let hidden: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        store.write_all(1, &hidden, rng).unwrap();
+        // Fill the decoy until the container is full.
+        let mut n = 0;
+        loop {
+            let len = store.len(0).unwrap();
+            match store.write(0, len, &payload(n as u8), rng) {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    assert!(e.to_string().contains("full"), "{e}");
+                    break;
+                }
+            }
+            if n % 16 == 0 {
+                store.commit(rng).unwrap();
+            }
+        }
+        assert!(n > 100, "{n}");
+        let blocks = store.into_blocks();
+        let reopened = Store::open(blocks, "hidden pass", fast()).unwrap();
+        assert_eq!(&reopened.read_all(1).unwrap()[..], &hidden[..]);
+    }
+
+    #[test]
+    fn decoy_only_writes_lose_hidden_data_only_as_errors() {
+        let rng = &mut rand::rng();
+        let store = Store::create(
+            MemBlocks::new(2000),
+            &["decoy pass", "hidden pass"],
+            fast(),
+            rng,
+        )
+        .unwrap();
+        let mut store = Store::open(store.into_blocks(), "hidden pass", fast()).unwrap();
+        for i in 0..20 {
+            store.write(1, i, &payload(i as u8 + 1), rng).unwrap();
+        }
+        store.commit(rng).unwrap();
+        let mut blocks = store.into_blocks();
+        let mut survived = Vec::new();
+        // Decoy-only writes of 50 blocks, then 300 more each round.
+        for writes in [50, 300, 300, 300, 300, 300] {
+            let mut decoy = Store::open(blocks, "decoy pass", fast()).unwrap();
+            for _ in 0..writes {
+                let len = decoy.len(0).unwrap();
+                decoy.write(0, len, &payload(0xdd), rng).unwrap();
+            }
+            decoy.commit(rng).unwrap();
+            blocks = decoy.into_blocks();
+            // Every hidden block reads back right, or is an error.
+            let mut ok = 0;
+            if let Ok(hidden) = Store::open(blocks.clone(), "hidden pass", fast()) {
+                for i in 0..20 {
+                    if let Ok(p) = hidden.read(1, i) {
+                        assert_eq!(&p[..], &payload(i as u8 + 1)[..]);
+                        ok += 1;
+                    }
+                }
+            }
+            survived.push(ok);
+        }
+        // 50 decoy blocks in 1,994: each hidden block has three copies, so
+        // losing one is about (50/1994)^3 per block: all survive.
+        assert_eq!(survived[0], 20, "{survived:?}");
+    }
+
+    #[test]
+    fn a_crash_at_any_write_leaves_the_old_or_the_new_state() {
+        let rng = &mut rand::rng();
+        let store = Store::create(
+            MemBlocks::new(200),
+            &["decoy pass", "hidden pass"],
+            fast(),
+            rng,
+        )
+        .unwrap();
+        let mut store = Store::open(store.into_blocks(), "hidden pass", fast()).unwrap();
+        store.write_all(0, b"old decoy", rng).unwrap();
+        store.write_all(1, b"old hidden", rng).unwrap();
+        let before = store.into_blocks();
+        for budget in 0..40 {
+            let mut blocks = before.clone();
+            blocks.budget = Some(budget);
+            let mut store = Store::open(blocks, "hidden pass", fast()).unwrap();
+            let new = vec![7u8; 9_000];
+            let _ = store
+                .write_all(0, &new, rng)
+                .and_then(|()| store.write_all(1, b"new hidden", rng));
+            let mut blocks = store.into_blocks();
+            blocks.budget = None;
+            let reopened = Store::open(blocks, "hidden pass", fast()).unwrap();
+            let decoy = reopened.read_all(0).unwrap();
+            assert!(
+                &decoy[..] == b"old decoy" || decoy[..] == new[..],
+                "budget {budget}"
+            );
+            let hidden = reopened.read_all(1).unwrap();
+            assert!(
+                &hidden[..] == b"old hidden" || &hidden[..] == b"new hidden",
+                "budget {budget}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_container_file_is_random_bytes_of_its_size_and_reopens() {
+        let rng = &mut rand::rng();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("store");
+        let mut seen = 0;
+        let blocks = FileBlocks::create(&path, 100, rng, &mut |done, _| seen = done).unwrap();
+        assert_eq!(seen, 100);
+        assert!(
+            FileBlocks::create(&path, 100, rng, &mut |_, _| {}).is_err(),
+            "never overwritten"
+        );
+        let mut store = Store::create(blocks, &["a file passphrase"], fast(), rng).unwrap();
+        store.write_all(0, b"MARKER-in-the-store", rng).unwrap();
+        drop(store);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 100 * BLOCK_LEN);
+        assert!(!bytes.windows(6).any(|w| w == b"MARKER"), "no plaintext");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let store = Store::open(
+            FileBlocks::open(&path).unwrap(),
+            "a file passphrase",
+            fast(),
+        )
+        .unwrap();
+        assert_eq!(&store.read_all(0).unwrap()[..], b"MARKER-in-the-store");
+        assert!(FileBlocks::create(&tmp.path().join("small"), 10, rng, &mut |_, _| {}).is_err());
+    }
+
+    #[test]
+    fn blocks_cannot_be_moved_or_swapped() {
+        let rng = &mut rand::rng();
+        let mut store = Store::create(MemBlocks::new(128), &["only pass"], fast(), rng).unwrap();
+        store.write(0, 0, &payload(1), rng).unwrap();
+        store.write(0, 1, &payload(2), rng).unwrap();
+        store.commit(rng).unwrap();
+        let (a, b) = (
+            store.compartments[0].map[0][0],
+            store.compartments[0].map[1][0],
+        );
+        let mut blocks = store.into_blocks();
+        blocks.data.swap(a as usize, b as usize);
+        let store = Store::open(blocks, "only pass", fast()).unwrap();
+        assert!(store.read(0, 0).is_err());
+        assert!(store.read(0, 1).is_err());
+    }
+}

@@ -466,17 +466,20 @@ impl<B: Blocks> Store<B> {
         if count < MIN_BLOCKS {
             return Err(store_error("the container is too small"));
         }
-        let mut found = None;
-        // The header at the start, else its copy at the end.
-        for at in [0, count - HEADER_BLOCKS] {
-            let header = read_header(&blocks, at)?;
-            let mut salt = [0u8; SALT_LEN];
-            salt.copy_from_slice(&header[..SALT_LEN]);
-            let unlock = argon2id(passphrase, &salt, params)?;
-            if let Some(keys) = try_slots(&header, &unlock) {
-                found = Some(keys);
-                break;
-            }
+        // One Argon2id run, then every slot of both copies of the header,
+        // whatever matches: the same work for any passphrase. A second run
+        // only if the copies' salts differ (a damaged header).
+        let primary = read_header(&blocks, 0)?;
+        let backup = read_header(&blocks, count - HEADER_BLOCKS)?;
+        let unlock = argon2id(passphrase, &primary[..SALT_LEN], params)?;
+        let mut found = try_slots(&primary, &unlock);
+        let from_backup = try_slots(&backup, &unlock);
+        if found.is_none() {
+            found = from_backup;
+        }
+        if found.is_none() && primary[..SALT_LEN] != backup[..SALT_LEN] {
+            let unlock = argon2id(passphrase, &backup[..SALT_LEN], params)?;
+            found = try_slots(&backup, &unlock);
         }
         let masters = found.ok_or_else(|| {
             store_error("no compartment opens with this passphrase (or the container is damaged)")

@@ -853,8 +853,10 @@ mod tests {
 
     impl MemBlocks {
         pub(crate) fn new(count: u64) -> MemBlocks {
-            use rand::Rng;
-            let mut rng = rand::rng();
+            Self::with_rng(count, &mut rand::rng())
+        }
+
+        pub(crate) fn with_rng<R: CryptoRng + ?Sized>(count: u64, rng: &mut R) -> MemBlocks {
             let mut data = vec![[0u8; BLOCK_LEN]; count as usize];
             for b in &mut data {
                 rng.fill_bytes(b);
@@ -1074,6 +1076,125 @@ mod tests {
         .unwrap();
         assert_eq!(&store.read_all(0).unwrap()[..], b"MARKER-in-the-store");
         assert!(FileBlocks::create(&tmp.path().join("small"), 10, rng, &mut |_, _| {}).is_err());
+    }
+
+    /// Pearson's chi-square of `bytes`' byte histogram against uniform.
+    fn chi_square(bytes: &[u8]) -> f64 {
+        let mut counts = [0u32; 256];
+        for &b in bytes {
+            counts[usize::from(b)] += 1;
+        }
+        let expected = bytes.len() as f64 / 256.0;
+        counts
+            .iter()
+            .map(|&c| (f64::from(c) - expected).powi(2) / expected)
+            .sum()
+    }
+
+    /// The two-sample Kolmogorov–Smirnov distance of `a` and `b`, and its
+    /// critical value at α = 0.001.
+    fn ks(a: &[f64], b: &[f64]) -> (f64, f64) {
+        let (mut a, mut b) = (a.to_vec(), b.to_vec());
+        a.sort_by(f64::total_cmp);
+        b.sort_by(f64::total_cmp);
+        let cdf = |s: &[f64], x: f64| s.partition_point(|&v| v <= x) as f64 / s.len() as f64;
+        let d = a
+            .iter()
+            .chain(&b)
+            .map(|&x| (cdf(&a, x) - cdf(&b, x)).abs())
+            .fold(0.0, f64::max);
+        let (n, m) = (a.len() as f64, b.len() as f64);
+        (d, 1.949 * ((n + m) / (n * m)).sqrt())
+    }
+
+    /// The best accuracy of one threshold on `a` (one class) against `b`.
+    fn best_threshold(a: &[f64], b: &[f64]) -> f64 {
+        let total = (a.len() + b.len()) as f64;
+        a.iter()
+            .chain(b)
+            .map(|&t| {
+                let below_a = a.iter().filter(|&&x| x <= t).count() as f64;
+                let below_b = b.iter().filter(|&&x| x <= t).count() as f64;
+                let right = (below_a + (b.len() as f64 - below_b))
+                    .max(below_b + (a.len() as f64 - below_a));
+                right / total
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// Containers with a decoy only and with a decoy and a hidden
+    /// compartment (the same decoy contents) cannot be told apart from the
+    /// blocks the decoy does not use, nor from the header: byte chi-square
+    /// per block, its spread, and the best single-threshold classifier.
+    #[test]
+    fn a_hidden_compartment_cannot_be_told_from_random_blocks() {
+        use rand::SeedableRng;
+        let rng = &mut rand::rngs::StdRng::seed_from_u64(0xB457E7);
+        let decoy: Vec<u8> = (0..40_000u32).map(|i| (i % 7) as u8).collect();
+        let hidden: Vec<u8> = vec![b'h'; 60_000];
+        let (mut mean_a, mut mean_b, mut head_a, mut head_b) = (vec![], vec![], vec![], vec![]);
+        let (mut max_a, mut max_b) = (vec![], vec![]);
+        for i in 0..24 {
+            let with_hidden = i % 2 == 1;
+            let blocks = MemBlocks::with_rng(256, rng);
+            let phrases: &[&str] = if with_hidden {
+                &["decoy pass", "hidden pass"]
+            } else {
+                &["decoy pass"]
+            };
+            let mut store = Store::create(blocks, phrases, fast(), rng).unwrap();
+            store.write_all(0, &decoy, rng).unwrap();
+            if with_hidden {
+                store.write_all(1, &hidden, rng).unwrap();
+            }
+            let blocks = store.into_blocks();
+            // What the owner of the decoy passphrase can see in use.
+            let seen = Store::open(blocks.clone(), "decoy pass", fast()).unwrap();
+            let used = seen.in_use();
+            let stats: Vec<f64> = data_range(256)
+                .filter(|b| !used.contains(b))
+                .map(|b| chi_square(&blocks.data[b as usize]))
+                .collect();
+            let mean = stats.iter().sum::<f64>() / stats.len() as f64;
+            let max = stats.iter().copied().fold(0.0, f64::max);
+            let header: Vec<u8> = blocks.data[..HEADER_BLOCKS as usize].concat();
+            let head = chi_square(&header);
+            if with_hidden {
+                mean_b.push(mean);
+                max_b.push(max);
+                head_b.push(head);
+            } else {
+                mean_a.push(mean);
+                max_a.push(max);
+                head_a.push(head);
+            }
+        }
+        for (what, a, b) in [
+            ("mean chi-square of unused blocks", &mean_a, &mean_b),
+            ("largest chi-square of unused blocks", &max_a, &max_b),
+            ("chi-square of the header", &head_a, &head_b),
+        ] {
+            let (d, critical) = ks(a, b);
+            assert!(d < critical, "{what}: KS distance {d:.3} ≥ {critical:.3}");
+            let accuracy = best_threshold(a, b);
+            assert!(
+                accuracy < 0.85,
+                "{what}: a threshold tells them apart ({accuracy:.2})"
+            );
+        }
+        // The battery has the power to see a leak: had one unused block of
+        // each such container held plaintext, the largest chi-square would
+        // tell them apart.
+        let leaky: Vec<f64> = max_b
+            .iter()
+            .map(|m| m.max(chi_square(&hidden[..BLOCK_LEN])))
+            .collect();
+        let (d, critical) = ks(&max_a, &leaky);
+        assert!(d >= critical, "the control leak went unseen ({d:.3})");
+        // And random-looking at all: 255 ± a few standard errors.
+        for m in mean_a.iter().chain(&mean_b) {
+            assert!((240.0..270.0).contains(m), "{m}");
+        }
     }
 
     #[test]

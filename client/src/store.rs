@@ -65,6 +65,8 @@ pub const PAYLOAD_LEN: usize = BLOCK_LEN - NONCE_LEN - AEAD_TAG_LEN;
 /// Passphrase slots in the header.
 pub const SLOTS: usize = 16;
 const SLOT_LEN: usize = 512;
+/// A level in a slot: its master key (32) and its slot's index (1).
+const LEVEL_LEN: usize = 33;
 const SALT_LEN: usize = 32;
 const HEADER_BLOCKS: u64 = 3;
 /// The most compartments (levels) of one container.
@@ -202,17 +204,22 @@ impl Blocks for FileBlocks {
 /// A compartment's keys.
 #[derive(Clone)]
 struct Keys {
+    master: Zeroizing<[u8; 32]>,
+    /// The slot of this level's passphrase.
+    slot: usize,
     block: Zeroizing<[u8; 32]>,
     place: Zeroizing<[u8; 32]>,
     id: [u8; 32],
 }
 
 impl Keys {
-    fn new(master: Zeroizing<[u8; 32]>) -> Keys {
+    fn new(master: Zeroizing<[u8; 32]>, slot: usize) -> Keys {
         Keys {
+            slot,
             block: Zeroizing::new(blake3::derive_key(BLOCK_CONTEXT, master.as_ref())),
             place: Zeroizing::new(blake3::derive_key(PLACE_CONTEXT, master.as_ref())),
             id: blake3::derive_key(ID_CONTEXT, master.as_ref()),
+            master,
         }
     }
 }
@@ -312,7 +319,10 @@ fn slot_key(unlock: &[u8; 32]) -> Zeroizing<[u8; 32]> {
 
 /// Tries every slot of `header` with the Argon2id output `unlock`: the
 /// compartment keys of the slot that opens, least hidden first.
-fn try_slots(header: &[u8], unlock: &[u8; 32]) -> Option<Vec<Zeroizing<[u8; 32]>>> {
+/// A compartment's master key and the slot of its passphrase.
+type Level = (Zeroizing<[u8; 32]>, usize);
+
+fn try_slots(header: &[u8], unlock: &[u8; 32]) -> Option<Vec<Level>> {
     let key = slot_key(unlock);
     let mut found = None;
     // Every slot, whatever matched: the time does not depend on which.
@@ -329,9 +339,10 @@ fn try_slots(header: &[u8], unlock: &[u8; 32]) -> Option<Vec<Zeroizing<[u8; 32]>
             if (1..=MAX_LEVELS).contains(&levels) {
                 let keys = (0..levels)
                     .map(|i| {
+                        let at = 1 + LEVEL_LEN * i;
                         let mut k = Zeroizing::new([0u8; 32]);
-                        k.copy_from_slice(&body[1 + 32 * i..33 + 32 * i]);
-                        k
+                        k.copy_from_slice(&body[at..at + 32]);
+                        (k, usize::from(body[at + 32]) % SLOTS)
                     })
                     .collect::<Vec<_>>();
                 found = Some(keys);
@@ -344,14 +355,16 @@ fn try_slots(header: &[u8], unlock: &[u8; 32]) -> Option<Vec<Zeroizing<[u8; 32]>
 fn seal_slot<R: CryptoRng + ?Sized>(
     unlock: &[u8; 32],
     slot: usize,
-    keys: &[Zeroizing<[u8; 32]>],
+    keys: &[Level],
     rng: &mut R,
 ) -> Result<Vec<u8>> {
     let mut body = Zeroizing::new(vec![0u8; SLOT_LEN - NONCE_LEN - AEAD_TAG_LEN]);
     rng.fill_bytes(&mut body);
     body[0] = keys.len() as u8;
-    for (i, k) in keys.iter().enumerate() {
-        body[1 + 32 * i..33 + 32 * i].copy_from_slice(k.as_ref());
+    for (i, (k, s)) in keys.iter().enumerate() {
+        let at = 1 + LEVEL_LEN * i;
+        body[at..at + 32].copy_from_slice(k.as_ref());
+        body[at + 32] = *s as u8;
     }
     let nonce: [u8; NONCE_LEN] = crypto::random_bytes(rng);
     let mut sealed = body.to_vec();
@@ -394,7 +407,7 @@ impl<B: Blocks> Store<B> {
     /// hidden first): each passphrase opens its compartment and the less
     /// hidden ones. The other slots stay random.
     pub fn create<R: CryptoRng + ?Sized>(
-        mut blocks: B,
+        blocks: B,
         passphrases: &[&str],
         params: Argon2Params,
         rng: &mut R,
@@ -410,11 +423,11 @@ impl<B: Blocks> Store<B> {
         let mut header = read_header(&blocks, 0)?;
         let salt: [u8; SALT_LEN] = crypto::random_bytes(rng);
         header[..SALT_LEN].copy_from_slice(&salt);
-        let masters: Vec<Zeroizing<[u8; 32]>> = passphrases
-            .iter()
-            .map(|_| Zeroizing::new(crypto::random_bytes(rng)))
-            .collect();
-        // Distinct random slots.
+        let mut store = Store {
+            blocks,
+            compartments: Vec::new(),
+        };
+        // Distinct random slots; superblock places that do not collide.
         let mut slots: Vec<usize> = Vec::new();
         while slots.len() < passphrases.len() {
             let s = rng.random_range(0..SLOTS);
@@ -422,27 +435,45 @@ impl<B: Blocks> Store<B> {
                 slots.push(s);
             }
         }
+        for (level, &slot) in slots.iter().enumerate() {
+            let mut c = store.fresh_compartment(level, slot, rng);
+            c.dirty = true;
+            store.compartments.push(c);
+        }
+        let levels: Vec<Level> = store
+            .compartments
+            .iter()
+            .map(|c| (c.keys.master.clone(), c.keys.slot))
+            .collect();
         for (level, phrase) in passphrases.iter().enumerate() {
             let unlock = argon2id(phrase, &salt, params)?;
-            let slot = seal_slot(&unlock, slots[level], &masters[..=level], rng)?;
+            let slot = seal_slot(&unlock, slots[level], &levels[..=level], rng)?;
             header[slot_range(slots[level])].copy_from_slice(&slot);
         }
-        write_header(&mut blocks, &header)?;
-        let mut store = Store {
-            blocks,
-            compartments: Vec::new(),
-        };
-        for (level, master) in masters.into_iter().enumerate() {
-            let c = store.new_compartment(level, master);
-            store.compartments.push(c);
-            store.compartments[level].dirty = true;
-        }
         store.commit(rng)?;
+        write_header(&mut store.blocks, &header)?;
         Ok(store)
     }
 
-    fn new_compartment(&self, level: usize, master: Zeroizing<[u8; 32]>) -> Compartment {
-        let keys = Keys::new(master);
+    /// A new, empty compartment whose superblock places are free (its key
+    /// is drawn again until they are).
+    fn fresh_compartment<R: CryptoRng + ?Sized>(
+        &self,
+        level: usize,
+        slot: usize,
+        rng: &mut R,
+    ) -> Compartment {
+        let used = self.in_use();
+        loop {
+            let c = self.new_compartment(level, (Zeroizing::new(crypto::random_bytes(rng)), slot));
+            if c.supers.iter().all(|p| !used.contains(p)) {
+                return c;
+            }
+        }
+    }
+
+    fn new_compartment(&self, level: usize, (master, slot): Level) -> Compartment {
+        let keys = Keys::new(master, slot);
         let replicas = if level == 0 { 1 } else { HIDDEN_REPLICAS };
         let supers = superblock_places(&keys, replicas, self.blocks.count());
         Compartment {
@@ -594,6 +625,57 @@ impl<B: Blocks> Store<B> {
             "block {logical} of compartment {} is lost: every copy was overwritten (written to while only a less hidden compartment was open?)",
             c.level
         )))
+    }
+
+    /// Adds a compartment more hidden than every open one, opened by
+    /// `passphrase` (which also opens the open ones). Do it with the most
+    /// hidden passphrase you have: a slot or blocks of a compartment this
+    /// store does not know (a more hidden one) may be overwritten, exactly
+    /// as a less hidden compartment's writes may. Returns its level.
+    pub fn add_compartment<R: CryptoRng + ?Sized>(
+        &mut self,
+        passphrase: &str,
+        params: Argon2Params,
+        rng: &mut R,
+    ) -> Result<usize> {
+        let level = self.compartments.len();
+        if level >= MAX_LEVELS {
+            return Err(store_error(format!(
+                "a container has at most {MAX_LEVELS} compartments"
+            )));
+        }
+        let mut header = read_header(&self.blocks, 0)?;
+        let unlock = argon2id(passphrase, &header[..SALT_LEN], params)?;
+        if try_slots(&header, &unlock).is_some() {
+            return Err(store_error(
+                "this passphrase opens a compartment already: choose another",
+            ));
+        }
+        let used: Vec<usize> = self.compartments.iter().map(|c| c.keys.slot).collect();
+        if used.len() >= SLOTS {
+            return Err(store_error("every passphrase slot is in use"));
+        }
+        let slot = loop {
+            let s = rng.random_range(0..SLOTS);
+            if !used.contains(&s) {
+                break s;
+            }
+        };
+        let mut c = self.fresh_compartment(level, slot, rng);
+        c.dirty = true;
+        self.compartments.push(c);
+        let levels: Vec<Level> = self
+            .compartments
+            .iter()
+            .map(|c| (c.keys.master.clone(), c.keys.slot))
+            .collect();
+        let sealed = seal_slot(&unlock, slot, &levels, rng)?;
+        header[slot_range(slot)].copy_from_slice(&sealed);
+        // The new compartment's first superblock before the slot that names
+        // it: a crash in between leaves only random-looking blocks.
+        self.commit(rng)?;
+        write_header(&mut self.blocks, &header)?;
+        Ok(level)
     }
 
     /// The levels open (0 is the least hidden).
@@ -1194,6 +1276,39 @@ mod tests {
         // And random-looking at all: 255 ± a few standard errors.
         for m in mean_a.iter().chain(&mean_b) {
             assert!((240.0..270.0).contains(m), "{m}");
+        }
+    }
+
+    #[test]
+    fn a_compartment_is_added_above_the_open_ones() {
+        let rng = &mut rand::rng();
+        let mut store = Store::create(MemBlocks::new(256), &["decoy pass"], fast(), rng).unwrap();
+        store.write_all(0, b"decoy", rng).unwrap();
+        assert!(
+            store.add_compartment("decoy pass", fast(), rng).is_err(),
+            "in use"
+        );
+        assert_eq!(
+            store.add_compartment("hidden pass", fast(), rng).unwrap(),
+            1
+        );
+        store.write_all(1, b"hidden", rng).unwrap();
+        assert_eq!(
+            store.add_compartment("deeper pass", fast(), rng).unwrap(),
+            2
+        );
+        store.write_all(2, b"deeper", rng).unwrap();
+        let blocks = store.into_blocks();
+        for (phrase, levels) in [("decoy pass", 1), ("hidden pass", 2), ("deeper pass", 3)] {
+            let s = Store::open(blocks.clone(), phrase, fast()).unwrap();
+            assert_eq!(s.levels(), levels);
+            assert_eq!(&s.read_all(0).unwrap()[..], b"decoy");
+            if levels > 1 {
+                assert_eq!(&s.read_all(1).unwrap()[..], b"hidden");
+            }
+            if levels > 2 {
+                assert_eq!(&s.read_all(2).unwrap()[..], b"deeper");
+            }
         }
     }
 

@@ -239,6 +239,9 @@ struct Compartment {
     dirty: bool,
     /// Blocks written since the last commit (not to be reused before it).
     fresh: HashSet<u64>,
+    /// Blocks of the committed generation (data and map): never
+    /// overwritten before the next commit, so that a crash leaves it whole.
+    committed: HashSet<u64>,
 }
 
 /// An open container: the compartments a passphrase opened (its level and
@@ -486,6 +489,7 @@ impl<B: Blocks> Store<B> {
             map_blocks: Vec::new(),
             dirty: false,
             fresh: HashSet::new(),
+            committed: HashSet::new(),
         }
     }
 
@@ -595,6 +599,7 @@ impl<B: Blocks> Store<B> {
             ));
         }
         c.generation = generation;
+        c.committed = map.iter().chain(&map_blocks).flatten().copied().collect();
         c.map = map;
         c.map_blocks = map_blocks;
         Ok(())
@@ -713,6 +718,7 @@ impl<B: Blocks> Store<B> {
             used.extend(c.map.iter().flatten().copied());
             used.extend(c.map_blocks.iter().flatten().copied());
             used.extend(c.fresh.iter().copied());
+            used.extend(c.committed.iter().copied());
         }
         used
     }
@@ -868,6 +874,13 @@ impl<B: Blocks> Store<B> {
             let c = &mut self.compartments[level];
             c.generation = generation;
             c.map_blocks = map_blocks;
+            c.committed = c
+                .map
+                .iter()
+                .chain(&c.map_blocks)
+                .flatten()
+                .copied()
+                .collect();
             c.fresh.clear();
             c.dirty = false;
         }
@@ -1093,34 +1106,40 @@ mod tests {
 
     #[test]
     fn a_crash_at_any_write_leaves_the_old_or_the_new_state() {
+        // A small container, so that new blocks would often land on the
+        // committed generation's if they were not kept apart.
         let rng = &mut rand::rng();
         let store = Store::create(
-            MemBlocks::new(200),
+            MemBlocks::new(96),
             &["decoy pass", "hidden pass"],
             fast(),
             rng,
         )
         .unwrap();
         let mut store = Store::open(store.into_blocks(), "hidden pass", fast()).unwrap();
-        store.write_all(0, b"old decoy", rng).unwrap();
+        let old_decoy = vec![1u8; 40_000];
+        store.write_all(0, &old_decoy, rng).unwrap();
         store.write_all(1, b"old hidden", rng).unwrap();
         let before = store.into_blocks();
-        for budget in 0..40 {
+        let new_decoy = vec![7u8; 45_000];
+        for budget in 0..60 {
             let mut blocks = before.clone();
             blocks.budget = Some(budget);
             let mut store = Store::open(blocks, "hidden pass", fast()).unwrap();
-            let new = vec![7u8; 9_000];
             let _ = store
-                .write_all(0, &new, rng)
+                .write_all(0, &new_decoy, rng)
                 .and_then(|()| store.write_all(1, b"new hidden", rng));
             let mut blocks = store.into_blocks();
             blocks.budget = None;
+            for phrase in ["decoy pass", "hidden pass"] {
+                let reopened = Store::open(blocks.clone(), phrase, fast()).unwrap();
+                let decoy = reopened.read_all(0).unwrap();
+                assert!(
+                    decoy[..] == old_decoy[..] || decoy[..] == new_decoy[..],
+                    "budget {budget}"
+                );
+            }
             let reopened = Store::open(blocks, "hidden pass", fast()).unwrap();
-            let decoy = reopened.read_all(0).unwrap();
-            assert!(
-                &decoy[..] == b"old decoy" || decoy[..] == new[..],
-                "budget {budget}"
-            );
             let hidden = reopened.read_all(1).unwrap();
             assert!(
                 &hidden[..] == b"old hidden" || &hidden[..] == b"new hidden",

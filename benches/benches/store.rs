@@ -45,14 +45,26 @@ fn store_benches(c: &mut Criterion) {
         rng.fill_bytes(b);
     }
     let params = Argon2Params::default();
-    let mut store = Store::create(blocks, &["decoy passphrase", "hidden passphrase"], params, rng)
-        .unwrap();
+    let mut store = Store::create(
+        blocks,
+        &["decoy passphrase", "hidden passphrase"],
+        params,
+        rng,
+    )
+    .unwrap();
     store.write_all(0, &[1; 20_000], rng).unwrap();
     store.write_all(1, &[2; 20_000], rng).unwrap();
     let blocks = store.into_blocks();
 
     g.bench_function("argon2id", |b| {
-        b.iter(|| black_box(psk_from_passphrase("decoy passphrase", &[1; 32], &[2; 32], params)))
+        b.iter(|| {
+            black_box(psk_from_passphrase(
+                "decoy passphrase",
+                &[1; 32],
+                &[2; 32],
+                params,
+            ))
+        })
     });
     for (name, phrase) in [
         ("unlock_wrong", "a wrong passphrase"),
@@ -72,8 +84,23 @@ fn main() {
     store();
     Criterion::default().configure_from_args().final_summary();
     report_ratios(&[
-        ("unlock, wrong passphrase", "store/unlock_wrong", "store/argon2id", 1.0),
-        ("unlock, decoy passphrase", "store/unlock_decoy", "store/argon2id", 1.0),
-        ("unlock, hidden passphrase", "store/unlock_hidden", "store/argon2id", 1.0),
+        (
+            "unlock, wrong passphrase",
+            "store/unlock_wrong",
+            "store/argon2id",
+            1.0,
+        ),
+        (
+            "unlock, decoy passphrase",
+            "store/unlock_decoy",
+            "store/argon2id",
+            1.0,
+        ),
+        (
+            "unlock, hidden passphrase",
+            "store/unlock_hidden",
+            "store/argon2id",
+            1.0,
+        ),
     ]);
 }

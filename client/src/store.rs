@@ -935,6 +935,152 @@ impl<B: Blocks> Store<B> {
     }
 }
 
+/// The files of one compartment: names (relative paths, `/`-separated) to
+/// contents, held in memory and written back whole, in one commit, by
+/// [`FileTree::save`]. This is the layer the daemon's state will live in.
+///
+/// Encoding: `count (u32 BE)`, then per file `name length (u16 BE) || name
+/// (UTF-8) || length (u32 BE) || contents`, names in order.
+#[derive(Default)]
+pub struct FileTree {
+    files: std::collections::BTreeMap<String, Zeroizing<Vec<u8>>>,
+}
+
+/// Longest file name in a [`FileTree`], in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+/// Most files in a [`FileTree`].
+pub const MAX_FILES: usize = 1 << 20;
+
+/// Checks a file name: 1 to 255 bytes of `/`-separated parts, none empty,
+/// `.` or `..`, no control characters.
+pub fn check_file_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.chars().any(char::is_control)
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(store_error(format!(
+            "{name:?} is not a file name in the store"
+        )))
+    }
+}
+
+impl FileTree {
+    /// The files of compartment `level` of `store` (none in a new one).
+    pub fn load<B: Blocks>(store: &Store<B>, level: usize) -> Result<FileTree> {
+        let bytes = store.read_all(level)?;
+        if bytes.is_empty() {
+            return Ok(FileTree::default());
+        }
+        FileTree::decode(&bytes)
+    }
+
+    /// Writes every file back to compartment `level` and commits.
+    pub fn save<B: Blocks, R: CryptoRng + ?Sized>(
+        &self,
+        store: &mut Store<B>,
+        level: usize,
+        rng: &mut R,
+    ) -> Result<()> {
+        store.write_all(level, &self.encode(), rng)
+    }
+
+    /// The encoding (see the type's docs).
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let size: usize = self.files.iter().map(|(n, c)| 6 + n.len() + c.len()).sum();
+        let mut out = Zeroizing::new(Vec::with_capacity(4 + size));
+        out.extend_from_slice(&(self.files.len() as u32).to_be_bytes());
+        for (name, contents) in &self.files {
+            out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&(contents.len() as u32).to_be_bytes());
+            out.extend_from_slice(contents);
+        }
+        out
+    }
+
+    /// Parses [`FileTree::encode`]'s output: bounded, names checked, in
+    /// order and unique, nothing after the last file.
+    pub fn decode(bytes: &[u8]) -> Result<FileTree> {
+        let bad = |why: &str| store_error(format!("the compartment's files are malformed: {why}"));
+        let mut rest = bytes;
+        let mut take = |n: usize| -> Result<&[u8]> {
+            let (head, tail) = rest
+                .split_at_checked(n)
+                .ok_or_else(|| bad("shorter than its fields"))?;
+            rest = tail;
+            Ok(head)
+        };
+        let mut count = [0u8; 4];
+        count.copy_from_slice(take(4)?);
+        let count = u32::from_be_bytes(count) as usize;
+        if count > MAX_FILES {
+            return Err(bad("too many files"));
+        }
+        let mut tree = FileTree::default();
+        let mut last: Option<String> = None;
+        for _ in 0..count {
+            let mut len = [0u8; 2];
+            len.copy_from_slice(take(2)?);
+            let name = std::str::from_utf8(take(usize::from(u16::from_be_bytes(len)))?)
+                .map_err(|_| bad("a name is not UTF-8"))?
+                .to_string();
+            check_file_name(&name)?;
+            if last.as_ref().is_some_and(|l| *l >= name) {
+                return Err(bad("names out of order or repeated"));
+            }
+            let mut len = [0u8; 4];
+            len.copy_from_slice(take(4)?);
+            let contents = take(u32::from_be_bytes(len) as usize)?;
+            last = Some(name.clone());
+            tree.files.insert(name, Zeroizing::new(contents.to_vec()));
+        }
+        if !rest.is_empty() {
+            return Err(bad("bytes after the last file"));
+        }
+        Ok(tree)
+    }
+
+    /// A file's contents.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(|c| c.as_slice())
+    }
+
+    /// Sets a file's contents.
+    pub fn put(&mut self, name: &str, contents: &[u8]) -> Result<()> {
+        check_file_name(name)?;
+        if !self.files.contains_key(name) && self.files.len() >= MAX_FILES {
+            return Err(store_error("too many files"));
+        }
+        self.files
+            .insert(name.to_string(), Zeroizing::new(contents.to_vec()));
+        Ok(())
+    }
+
+    /// Removes a file; whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.files.remove(name).is_some()
+    }
+
+    /// The names under directory `dir` (`""` for all), in order.
+    pub fn list(&self, dir: &str) -> Vec<&str> {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", dir.trim_end_matches('/'))
+        };
+        self.files
+            .keys()
+            .filter(|n| n.starts_with(&prefix))
+            .map(String::as_str)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1329,6 +1475,66 @@ mod tests {
                 assert_eq!(&s.read_all(2).unwrap()[..], b"deeper");
             }
         }
+    }
+
+    #[test]
+    fn a_file_tree_round_trips_through_a_compartment_and_refuses_bad_bytes() {
+        let rng = &mut rand::rng();
+        let mut store = Store::create(
+            MemBlocks::new(256),
+            &["decoy pass", "hidden pass"],
+            fast(),
+            rng,
+        )
+        .unwrap();
+        assert!(FileTree::load(&store, 1).unwrap().list("").is_empty());
+        let mut tree = FileTree::default();
+        tree.put("keys/device.key", &[1; 32]).unwrap();
+        tree.put("contacts/bob.json", b"{}").unwrap();
+        tree.put("contacts/held/x+bob.json", &vec![7; 10_000])
+            .unwrap();
+        tree.put("config.toml", b"").unwrap();
+        for bad in [
+            "",
+            "/abs",
+            "a//b",
+            "../x",
+            "a/./b",
+            "a\nb",
+            &"x".repeat(256),
+        ] {
+            assert!(tree.put(bad, b"x").is_err(), "{bad:?}");
+        }
+        tree.save(&mut store, 1, rng).unwrap();
+        let reopened = Store::open(store.into_blocks(), "hidden pass", fast()).unwrap();
+        let back = FileTree::load(&reopened, 1).unwrap();
+        assert_eq!(
+            back.list("contacts"),
+            vec!["contacts/bob.json", "contacts/held/x+bob.json"]
+        );
+        assert_eq!(back.get("keys/device.key"), Some(&[1u8; 32][..]));
+        assert_eq!(back.get("contacts/held/x+bob.json").unwrap().len(), 10_000);
+        assert_eq!(back.get("config.toml"), Some(&b""[..]));
+        assert!(FileTree::load(&reopened, 0).unwrap().list("").is_empty());
+        // Every cut and every extension of a valid encoding is refused.
+        let bytes = back.encode();
+        assert!(FileTree::decode(&bytes).is_ok());
+        for cut in 0..bytes.len().min(200) {
+            assert!(FileTree::decode(&bytes[..cut]).is_err(), "cut {cut}");
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert!(FileTree::decode(&longer).is_err());
+        // Names repeated or out of order, an absurd count.
+        let mut twice = Vec::new();
+        twice.extend_from_slice(&2u32.to_be_bytes());
+        for _ in 0..2 {
+            twice.extend_from_slice(&1u16.to_be_bytes());
+            twice.push(b'a');
+            twice.extend_from_slice(&0u32.to_be_bytes());
+        }
+        assert!(FileTree::decode(&twice).is_err());
+        assert!(FileTree::decode(&u32::MAX.to_be_bytes()).is_err());
     }
 
     #[test]

@@ -785,12 +785,23 @@ impl Contacts {
             }
         }
         book.follow_mailbox(keys, mailbox_server)?;
-        // Held messages whose contact caught up before a crash.
-        let caught_up: Vec<String> = book
-            .contacts
-            .values()
-            .filter(|c| c.awaiting.is_none())
-            .map(|c| c.name.clone())
+        // Held messages whose contact caught up before a crash (file names
+        // say whose they are: `<id>+<contact>.json`).
+        let held_dir = book.dir.join(HELD);
+        let mut holding: Vec<String> = std::fs::read_dir(&held_dir)
+            .map_err(|e| data_dir.file_error(&held_dir, e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let file = e.file_name().to_string_lossy().to_string();
+                let (_, name) = file.strip_suffix(".json")?.split_once('+')?;
+                Some(name.to_string())
+            })
+            .collect();
+        holding.sort();
+        holding.dedup();
+        let caught_up: Vec<String> = holding
+            .into_iter()
+            .filter(|n| book.contacts.get(n).is_some_and(|c| c.awaiting.is_none()))
             .collect();
         for name in caught_up {
             book.release_held(&name)?;
@@ -4532,6 +4543,9 @@ mod device_tests {
         }
         let notices = deliver_chain(&mut a1, &mut b);
         assert!(notices.iter().any(|n| n.text.contains("revoked")));
+        // A crash before the released messages were shown: the next start
+        // releases them again from their files.
+        b.restart();
         let (released, files) = b.book.take_released();
         assert_eq!(released.len(), 2, "{released:?}");
         let kept = released.iter().find(|m| m.rejected.is_none()).unwrap();

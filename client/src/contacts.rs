@@ -213,6 +213,35 @@ struct Contact {
     rekey_seq_theirs: u64,
 }
 
+impl Contact {
+    /// A contact with no session, key or chain traffic yet.
+    fn new(name: &str, card: Card, card_text: String, chain: Chain, added_at_ms: u64) -> Contact {
+        Contact {
+            name: name.to_string(),
+            card,
+            card_text,
+            chain,
+            added_at_ms,
+            my_secret: None,
+            psk: None,
+            psk_source: PskSource::Cards,
+            argon2: None,
+            sessions: BTreeMap::new(),
+            used_their_one_time_key: false,
+            alarm: None,
+            awaiting: None,
+            awaiting_device: None,
+            deferred_rekey: None,
+            deferred_rekey_ours: None,
+            fallback_sessions: VecDeque::new(),
+            pending_psk: None,
+            previous_psk: None,
+            rekey_seq_ours: 0,
+            rekey_seq_theirs: 0,
+        }
+    }
+}
+
 /// A card this device made, as saved.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -890,29 +919,16 @@ impl Contacts {
         psk: Zeroizing<[u8; PSK_LEN]>,
         now_ms: u64,
     ) -> Option<Contact> {
-        Some(Contact {
-            name: SELF.to_string(),
-            card: self.self_card(device)?,
-            card_text: String::new(),
-            chain: self.own_chain.clone(),
-            added_at_ms: now_ms,
-            my_secret: None,
-            psk: Some(psk),
-            psk_source: PskSource::Cards,
-            argon2: None,
-            sessions: BTreeMap::new(),
-            used_their_one_time_key: true,
-            alarm: None,
-            awaiting: None,
-            awaiting_device: None,
-            deferred_rekey: None,
-            deferred_rekey_ours: None,
-            fallback_sessions: VecDeque::new(),
-            pending_psk: None,
-            previous_psk: None,
-            rekey_seq_ours: 0,
-            rekey_seq_theirs: 0,
-        })
+        let mut me = Contact::new(
+            SELF,
+            self.self_card(device)?,
+            String::new(),
+            self.own_chain.clone(),
+            now_ms,
+        );
+        me.psk = Some(psk);
+        me.used_their_one_time_key = true;
+        Some(me)
     }
 
     /// Copies the own chain into the [`SELF`] entry after it changed here.
@@ -1331,29 +1347,11 @@ impl Contacts {
             }
             None => (None, None),
         };
-        let contact = Contact {
-            name: name.to_string(),
-            card_text: crate::card::normalize(card_text),
-            chain: card.chain.clone(),
-            card,
-            added_at_ms: now_ms,
-            my_secret,
-            psk,
-            psk_source: PskSource::Cards,
-            argon2: None,
-            sessions: BTreeMap::new(),
-            used_their_one_time_key: false,
-            alarm: None,
-            awaiting: None,
-            awaiting_device: None,
-            deferred_rekey: None,
-            deferred_rekey_ours: None,
-            fallback_sessions: VecDeque::new(),
-            pending_psk: None,
-            previous_psk: None,
-            rekey_seq_ours: 0,
-            rekey_seq_theirs: 0,
-        };
+        let chain = card.chain.clone();
+        let mut contact =
+            Contact::new(name, card, crate::card::normalize(card_text), chain, now_ms);
+        contact.my_secret = my_secret;
+        contact.psk = psk;
         self.contacts.insert(name.to_string(), contact);
         self.mark(name);
         self.save()?;
@@ -1694,38 +1692,22 @@ impl Contacts {
                 .map_err(|_| bad("a contact's chain is not base64"))?;
             let their = Chain::from_bytes(&their, Some(&card.identity()))?;
             let (psk, pending_psk, previous_psk) = b.keys.read()?;
-            contacts.insert(
-                b.name.clone(),
-                Contact {
-                    name: b.name.clone(),
-                    card_text: b.card.clone(),
-                    card,
-                    chain: their,
-                    added_at_ms: now_ms,
-                    my_secret: b
-                        .my_secret
-                        .as_deref()
-                        .map(|s| hex32(s, "my_secret"))
-                        .transpose()?,
-                    psk,
-                    psk_source: b.psk_source,
-                    argon2: b.argon2,
-                    sessions: BTreeMap::new(),
-                    // The card's one-time key was for the device that
-                    // imported it.
-                    used_their_one_time_key: true,
-                    alarm: None,
-                    awaiting: None,
-                    awaiting_device: None,
-                    deferred_rekey: None,
-                    deferred_rekey_ours: None,
-                    fallback_sessions: VecDeque::new(),
-                    pending_psk,
-                    previous_psk,
-                    rekey_seq_ours: b.keys.rekey_seq_ours,
-                    rekey_seq_theirs: b.keys.rekey_seq_theirs,
-                },
-            );
+            let mut c = Contact::new(&b.name, card, b.card.clone(), their, now_ms);
+            c.my_secret = b
+                .my_secret
+                .as_deref()
+                .map(|s| hex32(s, "my_secret"))
+                .transpose()?;
+            c.psk = psk;
+            c.psk_source = b.psk_source;
+            c.argon2 = b.argon2;
+            // The card's one-time key was for the device that imported it.
+            c.used_their_one_time_key = true;
+            c.pending_psk = pending_psk;
+            c.previous_psk = previous_psk;
+            c.rekey_seq_ours = b.keys.rekey_seq_ours;
+            c.rekey_seq_theirs = b.keys.rekey_seq_theirs;
+            contacts.insert(b.name.clone(), c);
         }
         self.own_chain = chain;
         self.own_chain_dirty = true;

@@ -669,12 +669,11 @@ fn hex32(s: &str, what: &str) -> Result<Zeroizing<[u8; 32]>> {
 }
 
 fn remove_file(data_dir: &DataDir, path: &std::path::Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(data_dir.file_error(path, e)),
-    }
+    data_dir.remove_file(path).map(|_| ())
 }
+
+/// Most files read from one directory of the contact book.
+const MAX_LISTED: usize = 100_000;
 
 fn chain_notice(name: &str, before: &Chain, after: &Chain) -> Option<String> {
     let mut changes = Vec::new();
@@ -722,12 +721,7 @@ impl Contacts {
             dir.join(PENDING),
             dir.join(HELD),
         ] {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&sub)
-                .map_err(|e| data_dir.file_error(&sub, e))?;
+            data_dir.create_dir(&sub)?;
         }
         let pickle_key = keys.storage_key(PICKLE_CONTEXT);
         let account_path = dir.join(ACCOUNT);
@@ -817,11 +811,10 @@ impl Contacts {
         // Held messages whose contact caught up before a crash (file names
         // say whose they are: `<id>+<contact>.json`).
         let held_dir = book.dir.join(HELD);
-        let mut holding: Vec<String> = std::fs::read_dir(&held_dir)
-            .map_err(|e| data_dir.file_error(&held_dir, e))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let file = e.file_name().to_string_lossy().to_string();
+        let mut holding: Vec<String> = data_dir
+            .list_files(&held_dir, MAX_LISTED)?
+            .into_iter()
+            .filter_map(|file| {
                 let (_, name) = file.strip_suffix(".json")?.split_once('+')?;
                 Some(name.to_string())
             })
@@ -943,16 +936,9 @@ impl Contacts {
     }
 
     fn load_contacts(&mut self, device: &[u8; PUBLIC_KEY_LEN]) -> Result<()> {
-        let entries =
-            std::fs::read_dir(&self.dir).map_err(|e| self.data_dir.file_error(&self.dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| self.data_dir.file_error(&self.dir, e))?;
-            let path = entry.path();
-            let Some(name) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-            else {
+        for file in self.data_dir.list_files(&self.dir, MAX_LISTED)? {
+            let path = self.dir.join(&file);
+            let Some(name) = file.strip_suffix(".json") else {
                 continue;
             };
             if check_name(name).is_err() && name != SELF {
@@ -982,9 +968,9 @@ impl Contacts {
                 // A contact from before identities had several devices: its
                 // card has no chain. Kept aside, never deleted.
                 let old = self.dir.join(OLD);
-                std::fs::create_dir_all(&old).map_err(|e| self.data_dir.file_error(&old, e))?;
+                self.data_dir.create_dir(&old)?;
                 let to = old.join(format!("{name}.json"));
-                std::fs::rename(&path, &to).map_err(|e| self.data_dir.file_error(&path, e))?;
+                self.data_dir.rename(&path, &to)?;
                 tracing::warn!(contact = name, kept = %to.display(), "a contact made by an older bastet cannot be used: exchange cards again");
                 continue;
             }
@@ -1072,6 +1058,33 @@ impl Contacts {
     /// anything that depends on them leaves the process: a ratchet key is
     /// never reused).
     pub fn save(&mut self) -> Result<()> {
+        // In an encrypted data dir, one commit for all of it; if it fails
+        // nothing was written, so everything stays to be written.
+        let data_dir = self.data_dir.clone();
+        let before = (
+            self.account_dirty,
+            self.pairing_dirty,
+            self.own_chain_dirty,
+            self.dirty.clone(),
+            self.pending.clone(),
+            self.held.clone(),
+        );
+        let saved = data_dir.batch(|| self.save_files());
+        if saved.is_err() {
+            let (account, pairing, chain, dirty, pending, held) = before;
+            self.account_dirty |= account;
+            self.pairing_dirty |= pairing;
+            self.own_chain_dirty |= chain;
+            for name in dirty {
+                self.mark(&name);
+            }
+            self.pending = pending;
+            self.held = held;
+        }
+        saved
+    }
+
+    fn save_files(&mut self) -> Result<()> {
         if self.account_dirty {
             let text = self.account.pickle().encrypt(&self.pickle_key);
             self.data_dir
@@ -1269,9 +1282,7 @@ impl Contacts {
 
     fn export_count(&self) -> Result<usize> {
         let dir = self.dir.join(EXPORTS);
-        Ok(std::fs::read_dir(&dir)
-            .map_err(|e| self.data_dir.file_error(&dir, e))?
-            .count())
+        Ok(self.data_dir.list_files(&dir, MAX_LISTED)?.len())
     }
 
     fn load_export(&self, card_id: &[u8; CARD_ID_LEN]) -> Result<Option<ExportFile>> {
@@ -1362,7 +1373,7 @@ impl Contacts {
                 .dir
                 .join(EXPORTS)
                 .join(format!("{}.json", hex::encode(id)));
-            if let Err(e) = std::fs::remove_file(&path) {
+            if let Err(e) = self.data_dir.remove_file(&path) {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove an answered card's record");
             }
         }
@@ -2028,16 +2039,13 @@ impl Contacts {
             .ok_or_else(|| Error::NoSuchContact(name.to_string()))?;
         // Their held messages go with them.
         let dir = self.dir.join(HELD);
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let file = e.file_name().to_string_lossy().to_string();
-                if file
-                    .strip_suffix(".json")
-                    .and_then(|f| f.split_once('+'))
-                    .is_some_and(|(_, n)| n == name)
-                {
-                    remove_file(&self.data_dir, &e.path())?;
-                }
+        for file in self.data_dir.list_files(&dir, MAX_LISTED)? {
+            if file
+                .strip_suffix(".json")
+                .and_then(|f| f.split_once('+'))
+                .is_some_and(|(_, n)| n == name)
+            {
+                remove_file(&self.data_dir, &dir.join(&file))?;
             }
         }
         self.held
@@ -2625,11 +2633,10 @@ impl Contacts {
                 .is_some_and(|(_, n)| n == name)
         };
         let dir = self.dir.join(HELD);
-        let on_disk = std::fs::read_dir(&dir).map_or(0, |d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| of(&e.file_name().to_string_lossy()))
-                .count()
-        });
+        let on_disk = self
+            .data_dir
+            .list_files(&dir, MAX_LISTED)
+            .map_or(0, |files| files.iter().filter(|f| of(f)).count());
         on_disk + self.held.iter().filter(|(f, _)| of(f)).count()
     }
 
@@ -2744,13 +2751,14 @@ impl Contacts {
             .map(|(f, b)| (f.clone(), b.clone(), true))
             .collect();
         let dir = self.dir.join(HELD);
-        for entry in std::fs::read_dir(&dir).map_err(|e| self.data_dir.file_error(&dir, e))? {
-            let entry = entry.map_err(|e| self.data_dir.file_error(&dir, e))?;
-            let file = entry.file_name().to_string_lossy().to_string();
+        for file in self.data_dir.list_files(&dir, MAX_LISTED)? {
             if file.ends_with(".tmp") || files.iter().any(|(f, _, _)| *f == file) {
                 continue;
             }
-            if let Some(bytes) = self.data_dir.read_bounded(&entry.path(), MAX_HELD_FILE)? {
+            if let Some(bytes) = self
+                .data_dir
+                .read_bounded(&dir.join(&file), MAX_HELD_FILE)?
+            {
                 files.push((file, bytes, false));
             }
         }
@@ -2906,7 +2914,10 @@ impl Contacts {
 
     fn pending_count(&self) -> usize {
         let dir = self.dir.join(PENDING);
-        std::fs::read_dir(&dir).map_or(0, |d| d.count()) + self.pending.len()
+        self.data_dir
+            .list_files(&dir, MAX_LISTED)
+            .map_or(0, |d| d.len())
+            + self.pending.len()
     }
 
     /// Payloads kept from devices that were not contacts, for another try
@@ -2914,14 +2925,12 @@ impl Contacts {
     pub fn pending(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let dir = self.dir.join(PENDING);
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| self.data_dir.file_error(&dir, e))? {
-            let entry = entry.map_err(|e| self.data_dir.file_error(&dir, e))?;
-            let name = entry.file_name().to_string_lossy().to_string();
+        for name in self.data_dir.list_files(&dir, MAX_LISTED)? {
             if name.ends_with(".tmp") {
                 continue;
             }
             let max = crate::message::MAX_SEALED_LEN as u64;
-            if let Some(bytes) = self.data_dir.read_bounded(&entry.path(), max)? {
+            if let Some(bytes) = self.data_dir.read_bounded(&dir.join(&name), max)? {
                 out.push((name, bytes));
             }
         }

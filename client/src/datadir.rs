@@ -1,18 +1,23 @@
-//! The client's data directory: keys, config and the little state `inbox`
-//! keeps between calls. Stored in the clear for now (keys are mode 0600);
-//! the encrypted container is a later issue.
+//! The client's data directory: keys, config, contacts, ratchet sessions,
+//! the outbox and the held inbox. Either plain files (keys mode 0600), or,
+//! when the directory holds a container (`store`, see [`crate::store`]),
+//! files inside the compartment its passphrase opened: then nothing but the
+//! container, the daemon's socket and the (empty) lock file is on disk.
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bastet_directory::{read_key_file, write_key_file};
 use bastet_sphinx::EnvelopeId;
+use zeroize::Zeroizing;
 
 use crate::config::ENV_PREFIX;
 use crate::crypto::DeviceSecrets;
 use crate::message::MAX_SEALED_LEN;
 use crate::outbox::Outgoing;
+use crate::store::Vault;
 use crate::{ClientConfig, ClientKeys, Error, Result};
 
 const IDENTITY_KEY: &str = "identity.key";
@@ -25,8 +30,12 @@ const DEVICE_KEY: &str = "device.key";
 const CONTENT_KEY: &str = "content.key";
 const KEM_KEY: &str = "kem.key";
 const CONFIG: &str = "client.toml";
+/// The container file, when the data dir is encrypted.
+pub const STORE_FILE: &str = "store";
 /// Seqs already shown that are still on the server (see `InboxPlan`).
 const SHOWN: &str = "inbox-shown";
+/// Bound on `client.toml`.
+const MAX_CONFIG_FILE: u64 = 1 << 20;
 /// Bound on the shown-list file; a mailbox holds at most its quota anyway.
 const MAX_SHOWN_FILE: u64 = 1 << 20;
 /// Envelopes completed and shown, newest last (see `plan_inbox`).
@@ -59,15 +68,56 @@ pub struct OutboxLock {
 }
 
 /// A client data directory.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DataDir {
     root: PathBuf,
+    /// The open compartment holding the files, if the data dir is a
+    /// container.
+    vault: Option<Arc<Mutex<Vault>>>,
+}
+
+impl std::fmt::Debug for DataDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataDir")
+            .field("root", &self.root)
+            .field("encrypted", &self.vault.is_some())
+            .finish()
+    }
 }
 
 impl DataDir {
-    /// The data directory at `root` (nothing is read or created yet).
+    /// The data directory at `root`, plain files (nothing is read or
+    /// created yet).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        DataDir { root: root.into() }
+        DataDir {
+            root: root.into(),
+            vault: None,
+        }
+    }
+
+    /// The data directory at `root` whose files live in `vault` (the
+    /// compartment a passphrase opened in `root/store`).
+    pub fn with_vault(root: impl Into<PathBuf>, vault: Vault) -> Self {
+        DataDir {
+            root: root.into(),
+            vault: Some(Arc::new(Mutex::new(vault))),
+        }
+    }
+
+    /// The container file of the data dir at `root`, if it has one.
+    pub fn store_file(root: &Path) -> Option<PathBuf> {
+        let path = root.join(STORE_FILE);
+        path.exists().then_some(path)
+    }
+
+    /// Whether the files live in an encrypted container.
+    pub fn is_encrypted(&self) -> bool {
+        self.vault.is_some()
+    }
+
+    /// The container's size and the bytes its open compartments use.
+    pub fn store_usage(&self) -> Option<(u64, u64)> {
+        self.vault.as_ref().map(|v| lock_vault(v).usage())
     }
 
     /// Its path.
@@ -85,9 +135,12 @@ impl DataDir {
     pub fn create(&self) -> Result<()> {
         for existing in [IDENTITY_KEY, IDENTITY_PUB, CONFIG] {
             let path = self.root.join(existing);
-            if path.exists() {
+            if self.exists(&path) {
                 return Err(Error::AlreadyInitialised(path));
             }
+        }
+        if self.vault.is_some() {
+            return Ok(());
         }
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -100,18 +153,18 @@ impl DataDir {
     /// Writes the key files (hex, mode 0600).
     pub fn save_keys(&self, keys: &ClientKeys) -> Result<()> {
         match keys.identity_secret() {
-            Some(secret) => write_key_file(&self.root.join(IDENTITY_KEY), &secret)?,
-            None => write_key_file(&self.root.join(IDENTITY_PUB), &keys.identity_public())?,
+            Some(secret) => self.write_key(&self.root.join(IDENTITY_KEY), &secret)?,
+            None => self.write_key(&self.root.join(IDENTITY_PUB), &keys.identity_public())?,
         }
-        write_key_file(&self.root.join(ENCRYPTION_KEY), &keys.encryption_secret())?;
-        write_key_file(&self.root.join(MAILBOX_KEY), &keys.mailbox_secret())?;
+        self.write_key(&self.root.join(ENCRYPTION_KEY), &keys.encryption_secret())?;
+        self.write_key(&self.root.join(MAILBOX_KEY), &keys.mailbox_secret())?;
         self.save_device_secrets(&keys.device_secrets())
     }
 
     fn save_device_secrets(&self, device: &DeviceSecrets) -> Result<()> {
-        write_key_file(&self.root.join(DEVICE_KEY), &device.device)?;
-        write_key_file(&self.root.join(CONTENT_KEY), &device.content)?;
-        write_key_file(&self.root.join(KEM_KEY), &device.kem)?;
+        self.write_key(&self.root.join(DEVICE_KEY), &device.device)?;
+        self.write_key(&self.root.join(CONTENT_KEY), &device.content)?;
+        self.write_key(&self.root.join(KEM_KEY), &device.kem)?;
         Ok(())
     }
 
@@ -121,22 +174,21 @@ impl DataDir {
         self.ensure_initialised()?;
         let identity_path = self.root.join(IDENTITY_KEY);
         let pub_path = self.root.join(IDENTITY_PUB);
-        if identity_path.exists() && pub_path.exists() {
-            let secret = read_key_file(&identity_path)?;
-            let public = read_key_file(&pub_path)?;
+        if self.exists(&identity_path) && self.exists(&pub_path) {
+            let secret = self.read_key(&identity_path)?;
+            let public = self.read_key(&pub_path)?;
             if crate::crypto::ed25519_public(&secret) == *public {
                 // An identity key import that stopped before deleting
                 // identity.pub: finish it.
-                std::fs::remove_file(&pub_path).map_err(|e| self.file_error(&pub_path, e))?;
+                self.remove_file(&pub_path)?;
             } else {
                 // A join that stopped between writing identity.pub and
                 // deleting the old identity key: finish it.
-                std::fs::remove_file(&identity_path)
-                    .map_err(|e| self.file_error(&identity_path, e))?;
+                self.remove_file(&identity_path)?;
             }
         }
-        let mut identity = if identity_path.exists() {
-            Some(read_key_file(&identity_path)?)
+        let mut identity = if self.exists(&identity_path) {
+            Some(self.read_key(&identity_path)?)
         } else {
             None
         };
@@ -145,17 +197,17 @@ impl DataDir {
         if let Some(secret) = &identity
             && let Some(joined) = self.joined_identity(secret)?
         {
-            write_key_file(&self.root.join(IDENTITY_PUB), &joined)?;
-            std::fs::remove_file(&identity_path).map_err(|e| self.file_error(&identity_path, e))?;
+            self.write_key(&self.root.join(IDENTITY_PUB), &joined)?;
+            self.remove_file(&identity_path)?;
             identity = None;
         }
-        let encryption = read_key_file(&self.root.join(ENCRYPTION_KEY))?;
-        let mailbox = read_key_file(&self.root.join(MAILBOX_KEY))?;
-        let device = if self.root.join(DEVICE_KEY).exists() {
+        let encryption = self.read_key(&self.root.join(ENCRYPTION_KEY))?;
+        let mailbox = self.read_key(&self.root.join(MAILBOX_KEY))?;
+        let device = if self.exists(&self.root.join(DEVICE_KEY)) {
             DeviceSecrets {
-                device: read_key_file(&self.root.join(DEVICE_KEY))?,
-                content: read_key_file(&self.root.join(CONTENT_KEY))?,
-                kem: read_key_file(&self.root.join(KEM_KEY))?,
+                device: self.read_key(&self.root.join(DEVICE_KEY))?,
+                content: self.read_key(&self.root.join(CONTENT_KEY))?,
+                kem: self.read_key(&self.root.join(KEM_KEY))?,
             }
         } else {
             let fresh = DeviceSecrets::generate(&mut rand::rng());
@@ -166,7 +218,7 @@ impl DataDir {
         Ok(match identity {
             Some(identity) => ClientKeys::from_secrets(&identity, &encryption, &mailbox, &device),
             None => {
-                let public = read_key_file(&self.root.join(IDENTITY_PUB))?;
+                let public = self.read_key(&self.root.join(IDENTITY_PUB))?;
                 ClientKeys::from_device_secrets(*public, &encryption, &mailbox, &device)
             }
         })
@@ -181,13 +233,8 @@ impl DataDir {
                 "this identity key is not the key of this device's identity".into(),
             ));
         }
-        write_key_file(&self.root.join(IDENTITY_KEY), secret)?;
-        let path = self.root.join(IDENTITY_PUB);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(self.file_error(&path, e)),
-        }
+        self.write_key(&self.root.join(IDENTITY_KEY), secret)?;
+        self.remove_file(&self.root.join(IDENTITY_PUB))?;
         self.load_keys()
     }
 
@@ -225,45 +272,61 @@ impl DataDir {
         identity_public: [u8; 32],
     ) -> Result<ClientKeys> {
         let joined = keys.joined(identity_public);
-        write_key_file(&self.root.join(IDENTITY_PUB), &identity_public)?;
-        let path = self.root.join(IDENTITY_KEY);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(self.file_error(&path, e)),
-        }
+        self.write_key(&self.root.join(IDENTITY_PUB), &identity_public)?;
+        self.remove_file(&self.root.join(IDENTITY_KEY))?;
         Ok(joined)
     }
 
     /// Writes `client.toml`, with comments.
     pub fn save_config(&self, config: &ClientConfig) -> Result<()> {
+        self.write_atomic(&self.config_path(), config.to_commented_toml()?.as_bytes())
+    }
+
+    /// The text of `client.toml`.
+    pub fn config_text(&self) -> Result<String> {
+        self.ensure_initialised()?;
         let path = self.config_path();
-        std::fs::write(&path, config.to_commented_toml()?).map_err(|e| self.file_error(&path, e))
+        let bytes = self
+            .read_bounded(&path, MAX_CONFIG_FILE)?
+            .ok_or_else(|| Error::NotInitialised(self.root.clone()))?;
+        String::from_utf8(bytes).map_err(|_| Error::File {
+            path,
+            why: "not UTF-8".into(),
+        })
+    }
+
+    /// Replaces `client.toml` with `text` once it parses and validates.
+    pub fn replace_config(&self, text: &str) -> Result<ClientConfig> {
+        self.ensure_initialised()?;
+        let config = self.parse_config(text)?;
+        self.write_atomic(&self.config_path(), text.as_bytes())?;
+        Ok(config)
+    }
+
+    fn parse_config(&self, text: &str) -> Result<ClientConfig> {
+        let config: ClientConfig =
+            bastet_directory::parse_config(text, &self.config_path(), ENV_PREFIX)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Loads and validates `client.toml` (environment overrides
     /// `BASTET_CLIENT__KEY`).
     pub fn load_config(&self) -> Result<ClientConfig> {
-        self.ensure_initialised()?;
-        let config: ClientConfig = bastet_directory::load_config(&self.config_path(), ENV_PREFIX)?;
-        config.validate()?;
-        Ok(config)
+        let text = self.config_text()?;
+        self.parse_config(&text)
     }
 
     /// Seqs shown by earlier `inbox` calls that are still on the server.
     pub fn load_shown(&self) -> Result<BTreeSet<u64>> {
         let path = self.root.join(SHOWN);
-        let text = match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
-            Err(e) => return Err(self.file_error(&path, e)),
-            Ok(meta) if meta.len() > MAX_SHOWN_FILE => {
-                return Err(Error::File {
-                    path,
-                    why: format!("larger than {MAX_SHOWN_FILE} bytes; delete it"),
-                });
-            }
-            Ok(_) => std::fs::read_to_string(&path).map_err(|e| self.file_error(&path, e))?,
+        let Some(bytes) = self.read_bounded(&path, MAX_SHOWN_FILE)? else {
+            return Ok(BTreeSet::new());
         };
+        let text = String::from_utf8(bytes).map_err(|_| Error::File {
+            path: path.clone(),
+            why: "not text; delete the file".into(),
+        })?;
         text.split_whitespace()
             .map(|s| {
                 s.parse().map_err(|_| Error::File {
@@ -278,17 +341,10 @@ impl DataDir {
     pub fn save_shown(&self, shown: &BTreeSet<u64>) -> Result<()> {
         let path = self.root.join(SHOWN);
         if shown.is_empty() {
-            return match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(self.file_error(&path, e))
-                }
-                _ => Ok(()),
-            };
+            return self.remove_file(&path).map(|_| ());
         }
         let text: String = shown.iter().map(|s| format!("{s}\n")).collect();
-        let tmp = self.root.join(format!("{SHOWN}.tmp"));
-        std::fs::write(&tmp, text).map_err(|e| self.file_error(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| self.file_error(&path, e))
+        self.write_atomic(&path, text.as_bytes())
     }
 
     /// Envelope ids of messages completed and shown, oldest first.
@@ -406,17 +462,12 @@ impl DataDir {
     /// Every outgoing message in the outbox, oldest first.
     pub fn load_outbox(&self) -> Result<Vec<Outgoing>> {
         let dir = self.root.join(OUTBOX);
-        let entries = match std::fs::read_dir(&dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(self.file_error(&dir, e)),
-            Ok(entries) => entries,
-        };
         let mut out = Vec::new();
-        for entry in entries.take(2 * MAX_OUTBOX_MESSAGES) {
-            let path = entry.map_err(|e| self.file_error(&dir, e))?.path();
-            if path.extension().is_none_or(|e| e != "json") {
+        for name in self.list_files(&dir, 2 * MAX_OUTBOX_MESSAGES)? {
+            if !name.ends_with(".json") {
                 continue;
             }
+            let path = dir.join(name);
             let Some(bytes) = self.read_bounded(&path, MAX_OUTBOX_FILE)? else {
                 continue;
             };
@@ -446,18 +497,11 @@ impl DataDir {
     /// The received messages held, oldest first, as (file name, message).
     pub fn load_received(&self) -> Result<Vec<(String, crate::daemon::api::WireReceived)>> {
         let dir = self.root.join(INBOX);
-        let entries = match std::fs::read_dir(&dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(self.file_error(&dir, e)),
-            Ok(entries) => entries,
-        };
-        let mut names = Vec::new();
-        for entry in entries.take(2 * MAX_HELD_MESSAGES) {
-            let name = entry.map_err(|e| self.file_error(&dir, e))?.file_name();
-            if let Some(name) = name.to_str().filter(|n| n.ends_with(".json")) {
-                names.push(name.to_string());
-            }
-        }
+        let mut names: Vec<String> = self
+            .list_files(&dir, 2 * MAX_HELD_MESSAGES)?
+            .into_iter()
+            .filter(|n| n.ends_with(".json"))
+            .collect();
         names.sort();
         let mut out = Vec::with_capacity(names.len());
         for name in names {
@@ -479,11 +523,8 @@ impl DataDir {
         if name.contains('/') || !name.ends_with(".json") {
             return Err(Error::Config(format!("{name:?} is not a held message")));
         }
-        let path = self.root.join(INBOX).join(name);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.file_error(&path, e)),
-            _ => Ok(()),
-        }
+        self.remove_file(&self.root.join(INBOX).join(name))
+            .map(|_| ())
     }
 
     /// Saves the node scores (JSON).
@@ -498,29 +539,20 @@ impl DataDir {
     }
 
     fn sub_dir(&self, name: &str) -> Result<PathBuf> {
-        use std::os::unix::fs::DirBuilderExt;
         let dir = self.root.join(name);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| self.file_error(&dir, e))?;
+        self.create_dir(&dir)?;
         Ok(dir)
     }
 
     /// Removes an outgoing message's files (once stored or failed).
     pub fn remove_outgoing(&self, message_id: &str) -> Result<()> {
         let dir = self.root.join(OUTBOX);
-        for ext in ["json", "fragments"] {
-            let path = dir.join(format!("{message_id}.{ext}"));
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(self.file_error(&path, e));
-                }
-                _ => {}
+        self.batch(|| {
+            for ext in ["json", "fragments"] {
+                self.remove_file(&dir.join(format!("{message_id}.{ext}")))?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn outbox_dir(&self) -> Result<PathBuf> {
@@ -530,6 +562,12 @@ impl DataDir {
     /// Writes `bytes` to a temporary file (mode 0600), syncs it and renames
     /// it over `path`.
     pub(crate) fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        if let Some(vault) = &self.vault {
+            let name = self.name_in_store(path)?;
+            return lock_vault(vault)
+                .put(&name, bytes)
+                .map_err(|e| self.store_error(path, e));
+        }
         use std::os::unix::fs::OpenOptionsExt;
         let mut tmp_name = path.as_os_str().to_owned();
         tmp_name.push(".tmp");
@@ -549,6 +587,18 @@ impl DataDir {
 
     /// The file's bytes, `None` if it does not exist, an error beyond `max`.
     pub(crate) fn read_bounded(&self, path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+        if let Some(vault) = &self.vault {
+            let name = self.name_in_store(path)?;
+            let vault = lock_vault(vault);
+            return match vault.get(&name) {
+                None => Ok(None),
+                Some(bytes) if bytes.len() as u64 > max => Err(Error::File {
+                    path: path.to_path_buf(),
+                    why: format!("larger than {max} bytes; delete it"),
+                }),
+                Some(bytes) => Ok(Some(bytes.to_vec())),
+            };
+        }
         match std::fs::metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.file_error(path, e)),
@@ -562,9 +612,159 @@ impl DataDir {
         }
     }
 
+    /// Removes a file; whether it was there.
+    pub(crate) fn remove_file(&self, path: &Path) -> Result<bool> {
+        if let Some(vault) = &self.vault {
+            let name = self.name_in_store(path)?;
+            return lock_vault(vault)
+                .remove(&name)
+                .map_err(|e| self.store_error(path, e));
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.file_error(path, e)),
+        }
+    }
+
+    /// Renames a file (replacing `to`); whether `from` was there.
+    pub(crate) fn rename(&self, from: &Path, to: &Path) -> Result<bool> {
+        if let Some(vault) = &self.vault {
+            let (a, b) = (self.name_in_store(from)?, self.name_in_store(to)?);
+            return lock_vault(vault)
+                .rename(&a, &b)
+                .map_err(|e| self.store_error(from, e));
+        }
+        match std::fs::rename(from, to) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.file_error(from, e)),
+        }
+    }
+
+    /// Whether a file is there.
+    pub(crate) fn exists(&self, path: &Path) -> bool {
+        match &self.vault {
+            Some(vault) => self
+                .name_in_store(path)
+                .is_ok_and(|name| lock_vault(vault).get(&name).is_some()),
+            None => path.exists(),
+        }
+    }
+
+    /// Makes directory `dir` (mode 0700) and its parents; nothing to do in
+    /// a container, where directories are parts of file names.
+    pub(crate) fn create_dir(&self, dir: &Path) -> Result<()> {
+        if self.vault.is_some() {
+            return Ok(());
+        }
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| self.file_error(dir, e))
+    }
+
+    /// The names of the files directly in `dir` (none if it does not
+    /// exist), at most `max` of them, in no set order.
+    pub(crate) fn list_files(&self, dir: &Path, max: usize) -> Result<Vec<String>> {
+        if let Some(vault) = &self.vault {
+            let name = self.name_in_store(dir)?;
+            let mut names = lock_vault(vault).list_dir(&name);
+            names.truncate(max);
+            return Ok(names);
+        }
+        let entries = match std::fs::read_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.file_error(dir, e)),
+            Ok(entries) => entries,
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            if names.len() >= max {
+                break;
+            }
+            let entry = entry.map_err(|e| self.file_error(dir, e))?;
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            if let (true, Some(name)) = (is_file, entry.file_name().to_str()) {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Writes a 32-byte key (hex, mode 0600 when a plain file).
+    pub(crate) fn write_key(&self, path: &Path, key: &[u8; 32]) -> Result<()> {
+        if self.vault.is_none() {
+            return Ok(write_key_file(path, key)?);
+        }
+        let text = Zeroizing::new(format!("{}\n", hex::encode(key)));
+        self.write_atomic(path, text.as_bytes())
+    }
+
+    /// Reads a key [`DataDir::write_key`] wrote.
+    pub(crate) fn read_key(&self, path: &Path) -> Result<Zeroizing<[u8; 32]>> {
+        if self.vault.is_none() {
+            return Ok(read_key_file(path)?);
+        }
+        let text = Zeroizing::new(self.read_bounded(path, 256)?.ok_or_else(|| Error::File {
+            path: path.to_path_buf(),
+            why: "missing".into(),
+        })?);
+        let mut key = Zeroizing::new([0u8; 32]);
+        let hex_text = std::str::from_utf8(&text).map(str::trim).unwrap_or("");
+        hex::decode_to_slice(hex_text, key.as_mut()).map_err(|_| Error::File {
+            path: path.to_path_buf(),
+            why: "expected 64 hex digits".into(),
+        })?;
+        Ok(key)
+    }
+
+    /// Runs `work`; in a container, its changes are committed together at
+    /// the end (all or none, even across a crash), and undone if it fails.
+    /// Plain files are written one by one as `work` goes.
+    pub(crate) fn batch<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Some(vault) = &self.vault else {
+            return work();
+        };
+        lock_vault(vault).begin();
+        let result = work();
+        let mut v = lock_vault(vault);
+        match result {
+            Ok(value) => v
+                .end()
+                .map(|()| value)
+                .map_err(|e| self.store_error(v.path(), e)),
+            Err(e) => {
+                let _ = v.end_with(Err(Error::Store("undone".into())));
+                Err(e)
+            }
+        }
+    }
+
+    /// A path under the data dir as a file name in the container.
+    fn name_in_store(&self, path: &Path) -> Result<String> {
+        let rel = path.strip_prefix(&self.root).map_err(|_| Error::File {
+            path: path.to_path_buf(),
+            why: "not in the data dir".into(),
+        })?;
+        let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+        let name = parts.map(|p| p.join("/")).unwrap_or_default();
+        Ok(name)
+    }
+
+    fn store_error(&self, path: &Path, e: Error) -> Error {
+        Error::File {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        }
+    }
+
     fn ensure_initialised(&self) -> Result<()> {
-        if self.config_path().exists()
-            && (self.root.join(IDENTITY_KEY).exists() || self.root.join(IDENTITY_PUB).exists())
+        if self.exists(&self.config_path())
+            && (self.exists(&self.root.join(IDENTITY_KEY))
+                || self.exists(&self.root.join(IDENTITY_PUB)))
         {
             Ok(())
         } else {
@@ -578,6 +778,14 @@ impl DataDir {
             why: e.to_string(),
         }
     }
+}
+
+/// The vault, even if a thread panicked holding it (every change it
+/// made was either committed or undone).
+fn lock_vault(vault: &Mutex<Vault>) -> std::sync::MutexGuard<'_, Vault> {
+    vault
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

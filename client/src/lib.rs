@@ -41,7 +41,7 @@ pub use contacts::{
     MAX_PENDING, MAX_SESSIONS, Opened, PskSource, check_name,
 };
 pub use crypto::{ClientKeys, DeviceSecrets};
-pub use datadir::{DataDir, MAX_COMPLETED_ENVELOPES, OutboxLock};
+pub use datadir::{DataDir, MAX_COMPLETED_ENVELOPES, OutboxLock, STORE_FILE};
 pub use error::Error;
 pub use inbox::{InboxMessage, InboxPlan, UnreadablePayload, plan_inbox, reassembly_limits};
 pub use message::{

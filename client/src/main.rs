@@ -17,6 +17,10 @@ use bastet_directory::{Descriptor, DirectoryConfig};
 use bastet_sphinx::NodeId;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use zeroize::Zeroizing;
+
+use bastet_client::layers::psk::MIN_PASSPHRASE_CHARS;
+use bastet_client::store::{BLOCK_LEN, FileBlocks, Vault};
 
 type CliResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -29,6 +33,11 @@ struct Cli {
     /// [default: $HOME/.local/share/bastet]
     #[arg(long, global = true, env = "BASTET_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Read the encrypted store's passphrase from file descriptor N (one
+    /// line) instead of asking at the terminal; for automation, e.g.
+    /// `--passphrase-fd 3 3<FILE`.
+    #[arg(long, global = true, env = "BASTET_PASSPHRASE_FD", value_name = "N")]
+    passphrase_fd: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -148,6 +157,52 @@ enum Command {
     Route {
         #[command(subcommand)]
         command: RouteCommand,
+    },
+    /// The encrypted store: one container file (DATA_DIR/store) holding
+    /// all of this client's state, with hidden compartments. Make it
+    /// before `bastet init`.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Show or replace client.toml (in the store, if the data dir is
+    /// encrypted). Stop the daemon first to replace it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Make the container: a file of --size random bytes, then a first
+    /// compartment for the passphrase you type. Nothing in the file tells
+    /// it from random bytes, or how many compartments it holds.
+    Create {
+        /// Its size (B, KiB, MiB or GiB; whole 4 KiB blocks). It does not
+        /// grow: choose room for your messages and files.
+        #[arg(long, default_value = "64MiB")]
+        size: String,
+    },
+    /// Add a compartment more hidden than the ones you can open: asks for
+    /// the passphrase of the most hidden one you have (so that nothing of
+    /// it is overwritten) and for the new one. Its passphrase opens the
+    /// less hidden compartments too; use it for normal use, and give the
+    /// other one if you are forced to.
+    AddCompartment,
+    /// Show the container's size and how much the compartment your
+    /// passphrase opens (with the less hidden ones) uses.
+    Info,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print client.toml.
+    Show,
+    /// Replace client.toml with FILE (checked first).
+    Replace {
+        /// The new client.toml.
+        file: PathBuf,
     },
 }
 
@@ -352,6 +407,46 @@ impl PolicyArgs {
             || self.avoid.is_some()
     }
 
+    /// The policy these overrides make of the configured one, for a
+    /// message sent through the daemon (whose configuration is asked for
+    /// when the data dir is encrypted: the daemon holds the store).
+    fn resolve(&self, dirs: &Dirs) -> CliResult<RoutePolicy> {
+        let configured = if self.policy_file.is_some() {
+            RoutePolicy::default()
+        } else if dirs.encrypted() {
+            let call = daemon::api::call(&dirs.root, &Request::Config {});
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match std::thread::scope(|s| s.spawn(|| runtime.block_on(call)).join()) {
+                Ok(Ok(Response::Config { config })) => config.route,
+                Ok(Ok(other)) => return Err(unexpected(other).into()),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err("asking the daemon for its configuration failed".into()),
+            }
+        } else {
+            dirs.open()?.load_config()?.route
+        };
+        self.overrides(configured)
+    }
+
+    /// `base` (or the --policy-file) with the overrides applied.
+    fn overrides(&self, base: RoutePolicy) -> CliResult<RoutePolicy> {
+        let base = match &self.policy_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--policy-file {}: {e}", path.display()))?;
+                RoutePolicy::from_toml(&text)
+                    .map_err(|e| format!("--policy-file {}: {e}", path.display()))?
+            }
+            None => base,
+        };
+        let classes = self.policy.as_deref().map(parse_classes).transpose()?;
+        let template = self.template.as_deref().map(|t| parse_list(t, false));
+        let avoid = self.avoid.as_deref().map(|a| parse_list(a, true));
+        Ok(base.with_overrides(classes, template, avoid))
+    }
+
     /// `client` with the overrides applied, if any were given.
     fn apply(&self, client: Client) -> CliResult<Client> {
         if !self.given() {
@@ -379,7 +474,11 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> CliResult<()> {
-    let dir = DataDir::new(data_dir(cli.data_dir)?);
+    let dirs = Dirs {
+        root: data_dir(cli.data_dir)?,
+        passphrase_fd: cli.passphrase_fd,
+        opened: std::cell::OnceCell::new(),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -396,6 +495,7 @@ fn real_main(cli: Cli) -> CliResult<()> {
                     })
                 })
                 .transpose()?;
+            let dir = dirs.open()?;
             let client = runtime.block_on(Client::init(dir.clone(), directory, mailbox_server))?;
             eprintln!(
                 "bastet: client created in {}; mailbox on server {}. Next: `bastet contact export --out FILE` makes a contact card to give someone.",
@@ -403,10 +503,12 @@ fn real_main(cli: Cli) -> CliResult<()> {
                 client.config().mailbox_server
             );
         }
-        Command::Contact { command } => runtime.block_on(contact_command(&dir, command))?,
-        Command::Device { command } => runtime.block_on(device_command(&dir, command))?,
-        Command::Identity { command } => identity_command(&dir, command)?,
-        Command::Address => println!("{}", Client::open(dir)?.address()?),
+        Command::Contact { command } => runtime.block_on(contact_command(&dirs, command))?,
+        Command::Device { command } => runtime.block_on(device_command(&dirs, command))?,
+        Command::Identity { command } => identity_command(&dirs.open()?, command)?,
+        Command::Address => println!("{}", Client::open(dirs.open()?)?.address()?),
+        Command::Store { command } => store_command(&dirs, command)?,
+        Command::Config { command } => config_command(&dirs, command)?,
         Command::Send {
             contact,
             text,
@@ -422,8 +524,8 @@ fn real_main(cli: Cli) -> CliResult<()> {
                 (Some(text), None) => Content::Text(text),
                 (None, None) => return Err("give a text or --file PATH".into()),
             };
-            let client = policy.apply(Client::open(dir.clone())?)?;
             let copies = if direct {
+                let client = policy.apply(Client::open(dirs.open()?)?)?;
                 let options = SendOptions {
                     give_up: Duration::from_secs(give_up),
                     wait: !no_wait,
@@ -437,14 +539,13 @@ fn real_main(cli: Cli) -> CliResult<()> {
                     })
                     .collect()
             } else {
-                let route = policy.given().then(|| client.config().route.clone());
+                let route = if policy.given() {
+                    Some(policy.resolve(&dirs)?)
+                } else {
+                    None
+                };
                 runtime.block_on(send_via_daemon(
-                    dir.path(),
-                    &contact,
-                    content,
-                    give_up,
-                    route,
-                    !no_wait,
+                    &dirs.root, &contact, content, give_up, route, !no_wait,
                 ))?
             };
             print_copies(&copies, json)?;
@@ -458,9 +559,9 @@ fn real_main(cli: Cli) -> CliResult<()> {
             save_dir,
         } => {
             let wait = Duration::from_secs(wait);
-            match runtime.block_on(inbox_via_daemon(dir.path(), wait, save_dir.as_deref())) {
+            match runtime.block_on(inbox_via_daemon(&dirs.root, wait, save_dir.as_deref())) {
                 Err(bastet_client::Error::NoDaemon(_)) => {
-                    let client = Client::open(dir)?;
+                    let client = Client::open(dirs.open()?)?;
                     let report = runtime.block_on(client.inbox(wait, save_dir.as_deref()))?;
                     print_inbox(&report, json)?;
                 }
@@ -469,6 +570,7 @@ fn real_main(cli: Cli) -> CliResult<()> {
             }
         }
         Command::Daemon => {
+            let dir = dirs.open()?;
             let client = Client::open(dir.clone())?;
             let params = client.config().traffic.params()?;
             drop(client);
@@ -488,25 +590,24 @@ fn real_main(cli: Cli) -> CliResult<()> {
             eprintln!("bastet daemon: stopped; the outbox is saved");
         }
         Command::Status { json } => {
-            // An uninitialised data dir says so, rather than "no daemon".
-            Client::open(dir.clone())?;
+            // An uninitialised data dir says so, rather than "no daemon"
+            // (an encrypted one is asked only without a daemon).
+            dirs.check_initialised()?;
             let report =
-                match runtime.block_on(daemon::api::call(dir.path(), &Request::Status {}))? {
+                match runtime.block_on(daemon::api::call(&dirs.root, &Request::Status {}))? {
                     Response::Status(r) => r,
                     other => return Err(unexpected(other).into()),
                 };
             print_status(&report, json)?;
         }
-        Command::Route { command } => runtime.block_on(route_command(dir, command))?,
+        Command::Route { command } => runtime.block_on(route_command(&dirs, command))?,
         Command::Outbox { json, resume } => {
-            let from_daemon = runtime.block_on(daemon::api::call(dir.path(), &Request::Outbox {}));
+            let from_daemon = runtime.block_on(daemon::api::call(&dirs.root, &Request::Outbox {}));
             match from_daemon {
                 Err(bastet_client::Error::NoDaemon(_)) => {}
                 Err(e) => return Err(e.into()),
                 Ok(_) if resume => {
-                    return Err(
-                        bastet_client::Error::DaemonRunning(dir.path().to_path_buf()).into(),
-                    );
+                    return Err(bastet_client::Error::DaemonRunning(dirs.root.clone()).into());
                 }
                 Ok(Response::Outbox { messages }) => {
                     print_reports(&messages, json)?;
@@ -514,7 +615,7 @@ fn real_main(cli: Cli) -> CliResult<()> {
                 }
                 Ok(other) => return Err(unexpected(other).into()),
             }
-            let client = Client::open(dir)?;
+            let client = Client::open(dirs.open()?)?;
             if resume {
                 let sent: Vec<MessageReport> = runtime
                     .block_on(client.resume(true))?
@@ -537,13 +638,13 @@ fn real_main(cli: Cli) -> CliResult<()> {
 }
 
 /// `bastet route show` and `bastet route sample`.
-async fn route_command(dir: DataDir, command: RouteCommand) -> CliResult<()> {
+async fn route_command(dirs: &Dirs, command: RouteCommand) -> CliResult<()> {
+    let dir = dirs.open()?;
     let (policy_args, json) = match &command {
         RouteCommand::Show { policy, json } | RouteCommand::Sample { policy, json, .. } => {
             (policy, *json)
         }
     };
-    let dir_path = &dir.path().to_path_buf();
     let client = policy_args.apply(Client::open(dir.clone())?)?;
     let policy = client.config().route.clone();
     let consensus = client.consensus().await?;
@@ -603,7 +704,7 @@ async fn route_command(dir: DataDir, command: RouteCommand) -> CliResult<()> {
         RouteCommand::Sample { count, to, .. } => {
             let server = match to {
                 Some(name) => {
-                    let info = contact_info(dir_path, &name).await?;
+                    let info = contact_info(dirs, &name).await?;
                     bastet_sphinx::NodeId::from_hex(&info.mailbox_server)
                         .ok_or("the contact's mailbox server is not a node id")?
                 }
@@ -653,7 +754,8 @@ async fn route_command(dir: DataDir, command: RouteCommand) -> CliResult<()> {
 
 /// Carries out a contact-book request: through the daemon if one runs (it
 /// owns the ratchet state), else here, holding the data dir's lock.
-async fn contact_request(dir: &Path, request: ContactRequest) -> CliResult<ContactResponse> {
+async fn contact_request(dirs: &Dirs, request: ContactRequest) -> CliResult<ContactResponse> {
+    let dir = &dirs.root;
     match daemon::api::call(
         dir,
         &Request::Contact {
@@ -665,7 +767,7 @@ async fn contact_request(dir: &Path, request: ContactRequest) -> CliResult<Conta
         Ok(Response::Contact { contact }) => Ok(contact),
         Ok(other) => Err(unexpected(other).into()),
         Err(bastet_client::Error::NoDaemon(_)) => {
-            let data_dir = DataDir::new(dir);
+            let data_dir = dirs.open()?;
             let client = Client::open(data_dir.clone())?;
             let _lock = data_dir
                 .try_lock_outbox()?
@@ -688,7 +790,7 @@ async fn contact_request(dir: &Path, request: ContactRequest) -> CliResult<Conta
     }
 }
 
-async fn contact_info(dir: &Path, name: &str) -> CliResult<ContactInfo> {
+async fn contact_info(dir: &Dirs, name: &str) -> CliResult<ContactInfo> {
     match contact_request(
         dir,
         ContactRequest::Show {
@@ -703,10 +805,10 @@ async fn contact_info(dir: &Path, name: &str) -> CliResult<ContactInfo> {
 }
 
 /// `bastet contact ...`.
-async fn contact_command(dir: &DataDir, command: ContactCommand) -> CliResult<()> {
+async fn contact_command(dirs: &Dirs, command: ContactCommand) -> CliResult<()> {
     // An uninitialised data dir says so first.
-    Client::open(dir.clone())?;
-    let path = dir.path();
+    dirs.check_initialised()?;
+    let path = dirs;
     match command {
         ContactCommand::Export {
             for_contact,
@@ -841,7 +943,11 @@ async fn contact_command(dir: &DataDir, command: ContactCommand) -> CliResult<()
             passphrase: _,
         } => {
             let info = contact_info(path, &name).await?;
-            let keys = dir.load_keys()?;
+            let (own, _) = devices(path).await?;
+            let own = hex::decode(&own)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or("this identity's key is not hex")?;
             let theirs = hex::decode(&info.identity)
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
@@ -855,12 +961,8 @@ async fn contact_command(dir: &DataDir, command: ContactCommand) -> CliResult<()
                 "bastet: deriving the key (Argon2id, {} MiB)...",
                 params.memory_kib / 1024
             );
-            let psk = bastet_client::layers::psk::psk_from_passphrase(
-                &phrase,
-                &keys.identity_public(),
-                &theirs,
-                params,
-            )?;
+            let psk =
+                bastet_client::layers::psk::psk_from_passphrase(&phrase, &own, &theirs, params)?;
             let request = ContactRequest::SetPsk {
                 name: name.clone(),
                 psk: hex::encode(psk.as_ref()),
@@ -880,8 +982,8 @@ async fn contact_command(dir: &DataDir, command: ContactCommand) -> CliResult<()
 }
 
 /// `bastet device ...`.
-async fn device_command(dir: &DataDir, command: DeviceCommand) -> CliResult<()> {
-    let path = dir.path();
+async fn device_command(dirs: &Dirs, command: DeviceCommand) -> CliResult<()> {
+    let path = dirs;
     let (request, json) = match command {
         DeviceCommand::Add {
             admin,
@@ -996,7 +1098,7 @@ fn identity_command(dir: &DataDir, command: IdentityCommand) -> CliResult<()> {
 }
 
 /// This identity's key and devices.
-async fn devices(dir: &Path) -> CliResult<(String, Vec<bastet_client::DeviceInfo>)> {
+async fn devices(dir: &Dirs) -> CliResult<(String, Vec<bastet_client::DeviceInfo>)> {
     match contact_request(dir, ContactRequest::Devices {}).await? {
         ContactResponse::Devices {
             identity, devices, ..
@@ -1005,7 +1107,7 @@ async fn devices(dir: &Path) -> CliResult<(String, Vec<bastet_client::DeviceInfo
     }
 }
 
-async fn device_add(dir: &Path, admin: bool, qr: bool, no_wait: bool, json: bool) -> CliResult<()> {
+async fn device_add(dir: &Dirs, admin: bool, qr: bool, no_wait: bool, json: bool) -> CliResult<()> {
     let (_, before) = devices(dir).await?;
     let (code, expires_ms) = match contact_request(dir, ContactRequest::PairOffer { admin }).await?
     {
@@ -1027,7 +1129,7 @@ async fn device_add(dir: &Path, admin: bool, qr: bool, no_wait: bool, json: bool
         "bastet: on the new device (a fresh `bastet init` with its daemon running), run\n  bastet device join CODE --name NAME\nThe code is valid once, until {}. Whoever holds it can join your identity: show it to no one else.",
         format_utc_ms(expires_ms)
     );
-    let daemon = daemon::api::call(dir, &Request::Status {}).await;
+    let daemon = daemon::api::call(&dir.root, &Request::Status {}).await;
     if matches!(daemon, Err(bastet_client::Error::NoDaemon(_))) {
         eprintln!(
             "bastet: no daemon runs here: the new device's request is answered only while `bastet daemon` runs on this device"
@@ -1053,7 +1155,7 @@ async fn device_add(dir: &Path, admin: bool, qr: bool, no_wait: bool, json: bool
     Err("the pairing code expired before a device used it".into())
 }
 
-async fn device_join(dir: &Path, code: &str, name: &str, wait: u64, json: bool) -> CliResult<()> {
+async fn device_join(dirs: &Dirs, code: &str, name: &str, wait: u64, json: bool) -> CliResult<()> {
     let code = if code == "-" {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 4096), &mut text)?;
@@ -1069,6 +1171,7 @@ async fn device_join(dir: &Path, code: &str, name: &str, wait: u64, json: bool) 
             name: name.to_string(),
         },
     };
+    let dir = dirs.root.as_path();
     match daemon::api::call(dir, &request).await {
         Ok(Response::Contact { .. }) => {}
         Ok(other) => return Err(unexpected(other).into()),
@@ -1087,7 +1190,7 @@ async fn device_join(dir: &Path, code: &str, name: &str, wait: u64, json: bool) 
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(wait);
     loop {
-        let (now_identity, devices) = devices(dir).await?;
+        let (now_identity, devices) = devices(dirs).await?;
         if now_identity == identity {
             if json {
                 println!(
@@ -1224,6 +1327,219 @@ fn describe_policy(policy: &RoutePolicy) -> String {
         policy.distinct_operators, policy.distinct_jurisdictions, policy.allow_avoided_mailbox
     ));
     s
+}
+
+/// The data dir of this invocation, opened at its first use: the
+/// passphrase of an encrypted one is asked only by the commands that need
+/// its files (not by those the daemon answers).
+struct Dirs {
+    root: PathBuf,
+    passphrase_fd: Option<u32>,
+    opened: std::cell::OnceCell<DataDir>,
+}
+
+impl Dirs {
+    /// Whether the data dir is an encrypted store.
+    fn encrypted(&self) -> bool {
+        DataDir::store_file(&self.root).is_some()
+    }
+
+    /// The data dir, its store unlocked (the passphrase asked once).
+    fn open(&self) -> CliResult<DataDir> {
+        if let Some(dir) = self.opened.get() {
+            return Ok(dir.clone());
+        }
+        let dir = match DataDir::store_file(&self.root) {
+            None => DataDir::new(&self.root),
+            Some(path) => {
+                // Locked before the passphrase is asked: a running daemon
+                // says so at once.
+                let file = FileBlocks::open(&path)?;
+                let phrase = self.passphrase("Store passphrase: ")?;
+                eprintln!("bastet: unlocking the store (Argon2id, 64 MiB)...");
+                DataDir::with_vault(&self.root, Vault::unlock(file, &phrase)?)
+            }
+        };
+        Ok(self.opened.get_or_init(|| dir).clone())
+    }
+
+    /// Fails as commands do on a data dir without `bastet init`; an
+    /// encrypted one is not opened for this (its daemon holds it).
+    fn check_initialised(&self) -> CliResult<()> {
+        if !self.encrypted() {
+            Client::open(self.open()?)?;
+        }
+        Ok(())
+    }
+
+    /// One passphrase: a line from --passphrase-fd, else typed at the
+    /// terminal (not echoed).
+    fn passphrase(&self, prompt: &str) -> CliResult<Zeroizing<String>> {
+        if let Some(fd) = self.passphrase_fd {
+            return read_fd_line(fd);
+        }
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return Err("the store's passphrase is needed: type it at a terminal, or give --passphrase-fd N".into());
+        }
+        Ok(Zeroizing::new(rpassword::prompt_password(prompt)?))
+    }
+
+    /// A new passphrase: typed twice at the terminal, or a line from
+    /// --passphrase-fd; at least 12 characters.
+    fn new_passphrase(&self, prompt: &str) -> CliResult<Zeroizing<String>> {
+        let phrase = self.passphrase(prompt)?;
+        if self.passphrase_fd.is_none() && *self.passphrase("Again: ")? != *phrase {
+            return Err("the two passphrases differ".into());
+        }
+        let chars = phrase.chars().count();
+        if chars < MIN_PASSPHRASE_CHARS {
+            return Err(format!(
+                "a store passphrase has at least {MIN_PASSPHRASE_CHARS} characters (this one has {chars})"
+            )
+            .into());
+        }
+        Ok(phrase)
+    }
+}
+
+/// One line from file descriptor `fd` (read a byte at a time, so that
+/// nothing after the line is consumed), without its line end.
+fn read_fd_line(fd: u32) -> CliResult<Zeroizing<String>> {
+    use std::io::Read;
+    let path = format!("/dev/fd/{fd}");
+    let mut file = std::fs::File::open(&path).map_err(|e| format!("--passphrase-fd {fd}: {e}"))?;
+    let mut line = Zeroizing::new(Vec::new());
+    let mut byte = [0u8; 1];
+    loop {
+        match file.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() >= 1024 => {
+                return Err(format!("--passphrase-fd {fd}: a line longer than 1024 bytes").into());
+            }
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("--passphrase-fd {fd}: {e}").into()),
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let text =
+        std::str::from_utf8(&line).map_err(|_| format!("--passphrase-fd {fd}: not UTF-8"))?;
+    Ok(Zeroizing::new(text.to_string()))
+}
+
+/// `bastet store ...`.
+fn store_command(dirs: &Dirs, command: StoreCommand) -> CliResult<()> {
+    let path = dirs.root.join(bastet_client::STORE_FILE);
+    match command {
+        StoreCommand::Create { size } => {
+            let bytes = parse_size(&size)?;
+            let blocks = bytes.div_ceil(BLOCK_LEN as u64);
+            if path.exists() {
+                return Err(format!("{} exists already", path.display()).into());
+            }
+            if dirs.root.join("client.toml").exists() {
+                return Err(format!(
+                    "{} holds an unencrypted client: make the store in a new data dir (--data-dir) and `bastet init` there",
+                    dirs.root.display()
+                )
+                .into());
+            }
+            let phrase = dirs.new_passphrase("Passphrase of the store's first compartment: ")?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dirs.root)
+                .map_err(|e| format!("{}: {e}", dirs.root.display()))?;
+            let mut shown = 0;
+            let mut progress = |done: u64, all: u64| {
+                let percent = done * 100 / all.max(1);
+                if percent >= shown + 10 || done == all {
+                    shown = percent;
+                    eprintln!("bastet: filling the container with random bytes: {percent}%");
+                }
+            };
+            eprintln!(
+                "bastet: making {} ({} MiB) and deriving the key (Argon2id, 64 MiB)...",
+                path.display(),
+                (blocks * BLOCK_LEN as u64) >> 20
+            );
+            Vault::create(&path, blocks, &[&phrase], &mut progress)?;
+            eprintln!(
+                "bastet: store made. Next: `bastet init` (it asks for this passphrase). To add a hidden compartment: `bastet store add-compartment`."
+            );
+        }
+        StoreCommand::AddCompartment => {
+            if !path.exists() {
+                return Err(format!(
+                    "no store in {}: `bastet store create` first",
+                    dirs.root.display()
+                )
+                .into());
+            }
+            let below = dirs.passphrase("Passphrase of the most hidden compartment you have: ")?;
+            let new = dirs.new_passphrase("Passphrase of the new, more hidden compartment: ")?;
+            eprintln!("bastet: deriving the keys (Argon2id, 64 MiB, twice)...");
+            Vault::add_compartment(&path, &below, &new)?;
+            eprintln!(
+                "bastet: compartment added. Its passphrase opens it and the less hidden ones; `bastet init` with it to make the client that lives there."
+            );
+        }
+        StoreCommand::Info => {
+            let dir = dirs.open()?;
+            let (total, used) = dir.store_usage().ok_or("this data dir is not encrypted")?;
+            println!(
+                "container: {} MiB; in use by the compartments this passphrase opens: {} KiB ({:.1}%)",
+                total >> 20,
+                used >> 10,
+                used as f64 * 100.0 / total.max(1) as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `bastet config ...`.
+fn config_command(dirs: &Dirs, command: ConfigCommand) -> CliResult<()> {
+    let dir = dirs.open()?;
+    match command {
+        ConfigCommand::Show => print!("{}", dir.config_text()?),
+        ConfigCommand::Replace { file } => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            dir.replace_config(&text)?;
+            eprintln!("bastet: client.toml replaced; it takes effect at the daemon's next start");
+        }
+    }
+    Ok(())
+}
+
+/// A size such as `64MiB`, `512KiB`, `1GiB` or a number of bytes.
+fn parse_size(text: &str) -> CliResult<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("--size {text:?}: expected a number and a unit, e.g. 64MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        other => {
+            return Err(
+                format!("--size {text:?}: unknown unit {other:?} (B, KiB, MiB, GiB)").into(),
+            );
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|b| *b <= 1 << 40)
+        .ok_or_else(|| format!("--size {text:?}: too large").into())
 }
 
 fn data_dir(given: Option<PathBuf>) -> CliResult<PathBuf> {

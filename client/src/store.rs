@@ -118,6 +118,7 @@ impl FileBlocks {
             .write(true)
             .open(path)
             .map_err(io)?;
+        lock(&file, path)?;
         let len = file.metadata().map_err(io)?.len();
         if len % BLOCK_LEN as u64 != 0 || len / (BLOCK_LEN as u64) < MIN_BLOCKS {
             return Err(store_error(format!(
@@ -156,6 +157,7 @@ impl FileBlocks {
             .mode(0o600)
             .open(path)
             .map_err(io)?;
+        lock(&file, path)?;
         let mut chunk = vec![0u8; 256 * BLOCK_LEN];
         let mut written = 0u64;
         while written < blocks {
@@ -172,6 +174,21 @@ impl FileBlocks {
             path: path.to_path_buf(),
             count: blocks,
         })
+    }
+}
+
+/// Takes the container's exclusive lock (held while the file is open): one
+/// process at a time writes a container.
+fn lock(file: &std::fs::File, path: &std::path::Path) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(store_error(format!(
+            "{} is open in another process (a running `bastet daemon`?): one process at a time",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(store_error(format!("{}: {e}", path.display())))
+        }
     }
 }
 
@@ -242,6 +259,10 @@ struct Compartment {
     /// Blocks of the committed generation (data and map): never
     /// overwritten before the next commit, so that a crash leaves it whole.
     committed: HashSet<u64>,
+    /// BLAKE3 of each logical block's payload as this process last wrote
+    /// it (`None`: not written since opening): [`Store::write_all`] skips
+    /// the blocks that did not change.
+    digests: Vec<Option<[u8; 32]>>,
 }
 
 /// An open container: the compartments a passphrase opened (its level and
@@ -490,6 +511,7 @@ impl<B: Blocks> Store<B> {
             dirty: false,
             fresh: HashSet::new(),
             committed: HashSet::new(),
+            digests: Vec::new(),
         }
     }
 
@@ -780,6 +802,8 @@ impl<B: Blocks> Store<B> {
         } else {
             c.map[index] = copies;
         }
+        c.digests.resize(c.map.len(), None);
+        c.digests[index] = Some(*blake3::hash(payload).as_bytes());
         c.dirty = true;
         Ok(())
     }
@@ -792,6 +816,7 @@ impl<B: Blocks> Store<B> {
             .ok_or_else(|| store_error(format!("compartment {level} is not open")))?;
         if len < c.map.len() {
             c.map.truncate(len);
+            c.digests.truncate(len);
             c.dirty = true;
         }
         Ok(())
@@ -888,7 +913,9 @@ impl<B: Blocks> Store<B> {
     }
 
     /// Replaces the contents of compartment `level` with `bytes` (length
-    /// first, then the bytes across logical blocks) and commits.
+    /// first, then the bytes across logical blocks) and commits. Blocks
+    /// this process wrote before with the same payload are kept as they
+    /// are (copy-on-write needs no new copy of an unchanged block).
     pub fn write_all<R: CryptoRng + ?Sized>(
         &mut self,
         level: usize,
@@ -901,8 +928,13 @@ impl<B: Blocks> Store<B> {
         stream.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
         stream.extend_from_slice(bytes);
         stream.resize(blocks * PAYLOAD_LEN, 0);
-        self.truncate(level, 0)?;
+        self.truncate(level, blocks)?;
         for (i, chunk) in stream.chunks(PAYLOAD_LEN).enumerate() {
+            let c = self.compartment(level)?;
+            let same = c.digests.get(i).copied().flatten() == Some(*blake3::hash(chunk).as_bytes());
+            if same && i < c.map.len() {
+                continue;
+            }
             let mut payload = Zeroizing::new([0u8; PAYLOAD_LEN]);
             payload.copy_from_slice(chunk);
             self.write(level, i, &payload, rng)?;
@@ -941,7 +973,7 @@ impl<B: Blocks> Store<B> {
 ///
 /// Encoding: `count (u32 BE)`, then per file `name length (u16 BE) || name
 /// (UTF-8) || length (u32 BE) || contents`, names in order.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct FileTree {
     files: std::collections::BTreeMap<String, Zeroizing<Vec<u8>>>,
 }
@@ -1078,6 +1110,211 @@ impl FileTree {
             .filter(|n| n.starts_with(&prefix))
             .map(String::as_str)
             .collect()
+    }
+}
+
+/// The Argon2id cost of every container (fixed: a container shows no
+/// parameters): RFC 9106's second recommended option.
+pub const STORE_ARGON2: Argon2Params = Argon2Params {
+    memory_kib: 64 * 1024,
+    iterations: 3,
+    parallelism: 1,
+};
+
+/// An open compartment of a container file, as the client's data dir uses
+/// it: a [`FileTree`] in memory, written back (only the blocks that
+/// changed, then one commit) after every change, or once at the end of a
+/// batch. The container file stays locked while this is open.
+pub struct Vault {
+    path: std::path::PathBuf,
+    store: Store<FileBlocks>,
+    level: usize,
+    tree: FileTree,
+    /// Nesting depth of [`Vault::begin`] calls.
+    batch: usize,
+    /// The files as the batch found them, restored if its commit fails.
+    before_batch: Option<FileTree>,
+}
+
+impl Vault {
+    /// Makes a container file at `path` of `blocks` blocks with one
+    /// compartment per passphrase (least hidden first). `progress` is
+    /// called as the random fill goes (blocks written, of all).
+    pub fn create(
+        path: &std::path::Path,
+        blocks: u64,
+        passphrases: &[&str],
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        let mut rng = rand::rng();
+        let file = FileBlocks::create(path, blocks, &mut rng, progress)?;
+        let mut store = Store::create(file, passphrases, STORE_ARGON2, &mut rng)?;
+        for level in 0..store.levels() {
+            FileTree::default().save(&mut store, level, &mut rng)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the most hidden compartment `passphrase` unlocks.
+    pub fn open(path: &std::path::Path, passphrase: &str) -> Result<Vault> {
+        Vault::unlock(FileBlocks::open(path)?, passphrase)
+    }
+
+    /// Opens the most hidden compartment `passphrase` unlocks in `file`
+    /// (opened, and so locked, before the passphrase is asked for).
+    pub fn unlock(file: FileBlocks, passphrase: &str) -> Result<Vault> {
+        let path = file.path.clone();
+        let store = Store::open(file, passphrase, STORE_ARGON2)?;
+        let level = store.levels() - 1;
+        let tree = FileTree::load(&store, level)?;
+        Ok(Vault {
+            path,
+            store,
+            level,
+            tree,
+            batch: 0,
+            before_batch: None,
+        })
+    }
+
+    /// Adds a compartment more hidden than every one `below` opens (give
+    /// the most hidden passphrase you have), opened by `passphrase`.
+    /// Returns its level.
+    pub fn add_compartment(path: &std::path::Path, below: &str, passphrase: &str) -> Result<usize> {
+        let mut rng = rand::rng();
+        let mut store = Store::open(FileBlocks::open(path)?, below, STORE_ARGON2)?;
+        let level = store.add_compartment(passphrase, STORE_ARGON2, &mut rng)?;
+        FileTree::default().save(&mut store, level, &mut rng)?;
+        Ok(level)
+    }
+
+    /// The container file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The level of the open compartment (0: the least hidden).
+    pub fn level(&self) -> usize {
+        self.level
+    }
+
+    /// Bytes of the container file and bytes the open compartments use.
+    pub fn usage(&self) -> (u64, u64) {
+        let total = self.store.blocks.count() * BLOCK_LEN as u64;
+        let used = self.store.in_use().len() as u64 * BLOCK_LEN as u64;
+        (total, used)
+    }
+
+    /// A file's contents.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.tree.get(name)
+    }
+
+    /// The files directly in directory `dir` (`""`: the top), their names
+    /// without the directory.
+    pub fn list_dir(&self, dir: &str) -> Vec<String> {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", dir.trim_end_matches('/'))
+        };
+        self.tree
+            .list(dir)
+            .into_iter()
+            .filter_map(|n| n.strip_prefix(&prefix))
+            .filter(|rest| !rest.contains('/'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether any file is under directory `dir`.
+    pub fn has_dir(&self, dir: &str) -> bool {
+        !self.tree.list(dir).is_empty()
+    }
+
+    /// Sets a file's contents, durably (unless in a batch).
+    pub fn put(&mut self, name: &str, contents: &[u8]) -> Result<()> {
+        let old = self.tree.get(name).map(|c| Zeroizing::new(c.to_vec()));
+        self.tree.put(name, contents)?;
+        self.save(name, old)
+    }
+
+    /// Removes a file, durably (unless in a batch); whether it was there.
+    pub fn remove(&mut self, name: &str) -> Result<bool> {
+        let Some(old) = self.tree.get(name).map(|c| Zeroizing::new(c.to_vec())) else {
+            return Ok(false);
+        };
+        self.tree.remove(name);
+        self.save(name, Some(old))?;
+        Ok(true)
+    }
+
+    /// Renames a file (replacing `to`), in one commit; whether `from` was
+    /// there.
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<bool> {
+        let Some(contents) = self.tree.get(from).map(|c| Zeroizing::new(c.to_vec())) else {
+            return Ok(false);
+        };
+        self.begin();
+        let done = self
+            .put(to, &contents)
+            .and_then(|()| self.remove(from).map(|_| ()));
+        self.end_with(done)?;
+        Ok(true)
+    }
+
+    /// Starts a batch: changes are committed together at the matching
+    /// [`Vault::end`] (all or none of them, even across a crash).
+    pub fn begin(&mut self) {
+        if self.batch == 0 {
+            self.before_batch = Some(self.tree.clone());
+        }
+        self.batch += 1;
+    }
+
+    /// Ends a batch; the outermost commits every change it made.
+    pub fn end(&mut self) -> Result<()> {
+        self.end_with(Ok(()))
+    }
+
+    /// Ends a batch whose work had `outcome`: a failed batch is undone.
+    pub fn end_with(&mut self, outcome: Result<()>) -> Result<()> {
+        self.batch = self.batch.saturating_sub(1);
+        if self.batch > 0 {
+            return outcome;
+        }
+        let before = self.before_batch.take();
+        let outcome = outcome.and_then(|()| {
+            let mut rng = rand::rng();
+            self.tree.save(&mut self.store, self.level, &mut rng)
+        });
+        if outcome.is_err()
+            && let Some(before) = before
+        {
+            self.tree = before;
+        }
+        outcome
+    }
+
+    /// Commits after a change of `name` (whose contents were `old`),
+    /// undoing the change if the commit fails.
+    fn save(&mut self, name: &str, old: Option<Zeroizing<Vec<u8>>>) -> Result<()> {
+        if self.batch > 0 {
+            return Ok(());
+        }
+        let mut rng = rand::rng();
+        let saved = self.tree.save(&mut self.store, self.level, &mut rng);
+        if saved.is_err() {
+            match old {
+                Some(old) => {
+                    self.tree.put(name, &old)?;
+                }
+                None => {
+                    self.tree.remove(name);
+                }
+            }
+        }
+        saved
     }
 }
 

@@ -142,6 +142,21 @@ pub fn load_config<T: DeserializeOwned>(path: &Path, env_prefix: &str) -> Result
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
 
+/// Parses a TOML configuration held in memory (`origin` names it in
+/// errors) with the same environment overrides as [`load_config`].
+pub fn parse_config<T: DeserializeOwned>(text: &str, origin: &Path, env_prefix: &str) -> Result<T> {
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(env_prefix)
+                .prefix_separator("__")
+                .separator("__"),
+        )
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| Error::Config(format!("{}: {e}", origin.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

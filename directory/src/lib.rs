@@ -11,7 +11,7 @@ pub mod server;
 mod vote;
 
 pub use client::{ConsensusWatch, DirectoryClient, publish_forever};
-pub use config::{AuthorityRef, DirectoryConfig, load_config};
+pub use config::{AuthorityRef, DirectoryConfig, load_config, parse_config};
 pub use consensus::{
     AuthoritySignature, Consensus, MIX_LAYERS, SignedConsensus, VerifiedConsensus,
 };

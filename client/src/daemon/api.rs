@@ -82,6 +82,9 @@ pub enum Request {
     },
     /// Save everything and exit, as on SIGTERM.
     Shutdown {},
+    /// The configuration the daemon runs with (its client.toml as it was
+    /// at start, with environment overrides applied).
+    Config {},
     /// A contact-book operation (the daemon owns the ratchet state).
     Contact {
         /// What to do.
@@ -406,6 +409,11 @@ pub enum Response {
     Contact {
         /// The contact book's answer.
         contact: crate::ContactResponse,
+    },
+    /// To `config`.
+    Config {
+        /// The configuration in force.
+        config: Box<crate::ClientConfig>,
     },
     /// The request failed.
     Error {

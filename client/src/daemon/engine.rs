@@ -895,6 +895,9 @@ impl Engine {
             Request::Inbox {} => self.inbox_page(),
             Request::InboxDone { ids } => self.inbox_done(&ids),
             Request::Shutdown {} => Ok(Response::Done),
+            Request::Config {} => Ok(Response::Config {
+                config: Box::new(self.config.clone()),
+            }),
             Request::Contact { request } => self.contact(request),
         };
         result.unwrap_or_else(|e| Response::Error {

@@ -201,7 +201,8 @@ enum ConfigCommand {
     Show,
     /// Replace client.toml with FILE (checked first).
     Replace {
-        /// The new client.toml.
+        /// The new client.toml (`-`: standard input, after the passphrase
+        /// line if --passphrase-fd 0).
         file: PathBuf,
     },
 }
@@ -1509,8 +1510,16 @@ fn config_command(dirs: &Dirs, command: ConfigCommand) -> CliResult<()> {
     match command {
         ConfigCommand::Show => print!("{}", dir.config_text()?),
         ConfigCommand::Replace { file } => {
-            let text =
-                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let text = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(std::io::stdin(), 1 << 20),
+                    &mut text,
+                )?;
+                text
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?
+            };
             dir.replace_config(&text)?;
             eprintln!("bastet: client.toml replaced; it takes effect at the daemon's next start");
         }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::short;
 use crate::network::parse_json;
-use crate::process::{NodeProcess, StopOutcome, run_command, stop_all};
+use crate::process::{NodeProcess, StopOutcome, run_command_with_input, stop_all};
 use crate::{Error, Result};
 
 /// How long `bastet init` and `bastet send` may take.
@@ -151,6 +151,9 @@ pub struct Client {
     data_dir: PathBuf,
     address: String,
     via_daemon: bool,
+    /// The passphrase of its compartment, if its data dir is an encrypted
+    /// store (given to every command on standard input).
+    passphrase: Option<String>,
 }
 
 /// How long a daemon may take to answer `bastet status` after starting.
@@ -201,13 +204,109 @@ impl Client {
         directory_config: &Path,
         mailbox_server: &str,
     ) -> Result<Client> {
+        let client = Client {
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            address: String::new(),
+            via_daemon: false,
+            passphrase: None,
+        };
+        client.init_here(directory_config, mailbox_server).await
+    }
+
+    /// Makes an encrypted store in `data_dir` (`bastet store create`) with
+    /// a compartment per passphrase (least hidden first, the later ones
+    /// added by `bastet store add-compartment`), then `bastet init` in the
+    /// most hidden one.
+    pub(crate) async fn init_encrypted(
+        name: &str,
+        program: &Path,
+        data_dir: &Path,
+        directory_config: &Path,
+        mailbox_server: &str,
+        passphrases: &[&str],
+        size: &str,
+    ) -> Result<Client> {
+        let (first, more) = passphrases
+            .split_first()
+            .ok_or_else(|| Error::InvalidOption("an encrypted client needs a passphrase".into()))?;
         let mut client = Client {
             name: name.to_string(),
             program: program.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             address: String::new(),
             via_daemon: false,
+            passphrase: Some(first.to_string()),
         };
+        client
+            .run(
+                &[
+                    OsStr::new("store"),
+                    OsStr::new("create"),
+                    OsStr::new("--size"),
+                    OsStr::new(size),
+                ],
+                COMMAND_TIMEOUT,
+            )
+            .await?;
+        let mut below = first.to_string();
+        for phrase in more {
+            client.passphrase = Some(format!("{below}\n{phrase}"));
+            client
+                .run(
+                    &[OsStr::new("store"), OsStr::new("add-compartment")],
+                    COMMAND_TIMEOUT,
+                )
+                .await?;
+            below = phrase.to_string();
+        }
+        client.passphrase = Some(below);
+        client.init_here(directory_config, mailbox_server).await
+    }
+
+    /// The same data dir opened with another passphrase (another
+    /// compartment of its store); `bastet init` there if `init` gives the
+    /// directory config and mailbox server.
+    pub async fn in_compartment(
+        &self,
+        name: &str,
+        passphrase: &str,
+        init: Option<(&Path, &str)>,
+    ) -> Result<Client> {
+        let mut other = self.clone();
+        other.name = name.to_string();
+        other.passphrase = Some(passphrase.to_string());
+        other.via_daemon = false;
+        match init {
+            Some((directory, server)) => other.init_here(directory, server).await,
+            None => {
+                other.address = other.read_address().await?;
+                Ok(other)
+            }
+        }
+    }
+
+    /// `bastet store add-compartment`: a compartment more hidden than the
+    /// one `below` opens, for `passphrase`.
+    pub async fn add_compartment(&self, below: &str, passphrase: &str) -> Result<()> {
+        let mut c = self.clone();
+        c.passphrase = Some(format!("{below}\n{passphrase}"));
+        c.run(
+            &[OsStr::new("store"), OsStr::new("add-compartment")],
+            COMMAND_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The passphrase this client's commands unlock its store with.
+    pub fn passphrase(&self) -> Option<&str> {
+        self.passphrase.as_deref()
+    }
+
+    async fn init_here(mut self, directory_config: &Path, mailbox_server: &str) -> Result<Client> {
+        let client = &mut self;
         client
             .run(
                 &[
@@ -220,10 +319,13 @@ impl Client {
                 COMMAND_TIMEOUT,
             )
             .await?;
-        let out = client
-            .run(&[OsStr::new("address")], COMMAND_TIMEOUT)
-            .await?;
-        client.address = out
+        client.address = client.read_address().await?;
+        Ok(self)
+    }
+
+    async fn read_address(&self) -> Result<String> {
+        let out = self.run(&[OsStr::new("address")], COMMAND_TIMEOUT).await?;
+        Ok(out
             .lines()
             .map(str::trim)
             .rfind(|l| !l.is_empty())
@@ -232,8 +334,7 @@ impl Client {
                 why: "no address printed".into(),
                 output: out.clone(),
             })?
-            .to_string();
-        Ok(client)
+            .to_string())
     }
 
     /// Its name in the testnet.
@@ -390,10 +491,56 @@ impl Client {
         };
         let section =
             toml::to_string(&Section { route: policy }).map_err(|e| err(e.to_string()))?;
-        let mut text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-        text.push_str("\n# Route policy set by bastet-testnet.\n");
-        text.push_str(&section);
-        std::fs::write(&path, text).map_err(|e| err(e.to_string()))
+        self.edit_config(|mut text| {
+            text.push_str("\n# Route policy set by bastet-testnet.\n");
+            text.push_str(&section);
+            Ok(text)
+        })
+    }
+
+    /// Rewrites its `client.toml` with `edit` (before its daemon starts):
+    /// the file itself, or through `bastet config show` and `config
+    /// replace -` when the data dir is an encrypted store.
+    fn edit_config(&self, edit: impl FnOnce(String) -> Result<String>) -> Result<()> {
+        let path = self.data_dir.join("client.toml");
+        let err = |why: String| Error::Config {
+            path: path.clone(),
+            why,
+        };
+        let Some(phrase) = &self.passphrase else {
+            let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+            return std::fs::write(&path, edit(text)?).map_err(|e| err(e.to_string()));
+        };
+        let run = |args: &[&str], input: String| -> Result<String> {
+            use std::io::Write;
+            let mut child = std::process::Command::new(&self.program)
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .args(["--passphrase-fd", "0"])
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| err(e.to_string()))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin
+                    .write_all(input.as_bytes())
+                    .map_err(|e| err(e.to_string()))?;
+            }
+            let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+            if !out.status.success() {
+                return Err(err(format!(
+                    "bastet config {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            String::from_utf8(out.stdout).map_err(|e| err(e.to_string()))
+        };
+        let text = run(&["config", "show"], format!("{phrase}\n"))?;
+        let text = edit(text)?;
+        run(&["config", "replace", "-"], format!("{phrase}\n{text}")).map(|_| ())
     }
 
     /// Sets the `[traffic]` section of its `client.toml` (before its daemon
@@ -404,12 +551,12 @@ impl Client {
             path: path.clone(),
             why,
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        let section = toml::Table::try_from(traffic).map_err(|e| err(e.to_string()))?;
-        doc.insert("traffic".into(), toml::Value::Table(section));
-        let text = toml::to_string(&doc).map_err(|e| err(e.to_string()))?;
-        std::fs::write(&path, text).map_err(|e| err(e.to_string()))
+        self.edit_config(|text| {
+            let mut doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+            let section = toml::Table::try_from(traffic).map_err(|e| err(e.to_string()))?;
+            doc.insert("traffic".into(), toml::Value::Table(section));
+            toml::to_string(&doc).map_err(|e| err(e.to_string()))
+        })
     }
 
     /// Sets `source_addr` in its `client.toml`: its packet connections to
@@ -421,11 +568,11 @@ impl Client {
             path: path.clone(),
             why,
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        doc.insert("source_addr".into(), toml::Value::String(ip.to_string()));
-        let text = toml::to_string(&doc).map_err(|e| err(e.to_string()))?;
-        std::fs::write(&path, text).map_err(|e| err(e.to_string()))
+        self.edit_config(|text| {
+            let mut doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+            doc.insert("source_addr".into(), toml::Value::String(ip.to_string()));
+            toml::to_string(&doc).map_err(|e| err(e.to_string()))
+        })
     }
 
     /// Starts `bastet daemon` (log: `daemon.log` in its data dir) and waits
@@ -433,19 +580,22 @@ impl Client {
     pub async fn start_daemon(&mut self) -> Result<Daemon> {
         let log = self.data_dir.join("daemon.log");
         let level = std::env::var("BASTET_LOG").unwrap_or_else(|_| "info".into());
-        let mut process = NodeProcess::spawn(
+        let mut args = vec![OsStr::new("--data-dir"), self.data_dir.as_os_str()];
+        if self.passphrase.is_some() {
+            args.extend([OsStr::new("--passphrase-fd"), OsStr::new("0")]);
+        }
+        args.push(OsStr::new("daemon"));
+        let input = self.passphrase.as_ref().map(|p| format!("{p}\n"));
+        let mut process = NodeProcess::spawn_with_input(
             &format!("{}-daemon", self.name),
             &self.program,
-            &[
-                OsStr::new("--data-dir"),
-                self.data_dir.as_os_str(),
-                OsStr::new("daemon"),
-            ],
+            &args,
             &[
                 ("BASTET_LOG".into(), level),
                 ("NO_COLOR".into(), "1".into()),
             ],
             &log,
+            input.as_deref().map(str::as_bytes),
         )?;
         let deadline = Instant::now() + DAEMON_START;
         loop {
@@ -627,14 +777,19 @@ impl Client {
 
     async fn run(&self, args: &[&OsStr], timeout: Duration) -> Result<String> {
         let mut all = vec![OsStr::new("--data-dir"), self.data_dir.as_os_str()];
+        if self.passphrase.is_some() {
+            all.extend([OsStr::new("--passphrase-fd"), OsStr::new("0")]);
+        }
         all.extend_from_slice(args);
         let log = std::env::var_os("BASTET_LOG").unwrap_or_else(|| "warn".into());
         let no_color = OsStr::new("1");
-        run_command(
+        let input = self.passphrase.as_ref().map(|p| format!("{p}\n"));
+        run_command_with_input(
             &self.program,
             &all,
             &[("BASTET_LOG", &log), ("NO_COLOR", no_color)],
             timeout,
+            input.as_deref().map(str::as_bytes),
         )
         .await
     }

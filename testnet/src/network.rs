@@ -232,6 +232,43 @@ impl Network {
         .await
     }
 
+    /// Creates a client `name` whose data dir is an encrypted store of
+    /// `size` (e.g. `8MiB`) with a compartment per passphrase (least hidden
+    /// first); the client lives in the most hidden one.
+    pub async fn encrypted_client(
+        &self,
+        name: &str,
+        mailbox: &str,
+        passphrases: &[&str],
+        size: &str,
+    ) -> Result<Client> {
+        let server = self.mailbox_server(mailbox)?;
+        Client::init_encrypted(
+            name,
+            &self.bins.path("bastet"),
+            &self.layout.dir.join("clients").join(name),
+            &self.layout.directory_config,
+            &server,
+            passphrases,
+            size,
+        )
+        .await
+    }
+
+    /// The directory config file clients are made with.
+    pub fn directory_config(&self) -> &Path {
+        &self.layout.directory_config
+    }
+
+    /// The node id (hex) of mailbox server `mailbox`.
+    pub fn mailbox_server(&self, mailbox: &str) -> Result<String> {
+        self.layout
+            .relay(mailbox)
+            .filter(|r| r.role == Role::Mailbox)
+            .map(|r| r.node_id.clone())
+            .ok_or_else(|| Error::InvalidOption(format!("{mailbox} is not a mailbox server")))
+    }
+
     /// Stops node `name` (SIGTERM, then SIGKILL after the grace period),
     /// keeping its files, as a failure or an operator would.
     pub fn stop_node(&mut self, name: &str) -> Result<StopOutcome> {

@@ -103,19 +103,42 @@ pub(crate) async fn run_command(
     env: &[(&str, &OsStr)],
     timeout: Duration,
 ) -> Result<String> {
+    run_command_with_input(program, args, env, timeout, None).await
+}
+
+/// [`run_command`], with `input` written to its standard input (then
+/// closed).
+pub(crate) async fn run_command_with_input(
+    program: &Path,
+    args: &[&OsStr],
+    env: &[(&str, &OsStr)],
+    timeout: Duration,
+    input: Option<&[u8]>,
+) -> Result<String> {
     let command = describe(program, args);
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .map_err(Error::io(format!("starting `{command}`")))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        use tokio::io::AsyncWriteExt;
+        stdin
+            .write_all(input)
+            .await
+            .map_err(Error::io(format!("writing to `{command}`")))?;
+    }
     let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Err(_) => {
             return Err(Error::CommandTimedOut {
@@ -173,6 +196,19 @@ impl NodeProcess {
         env: &[(String, String)],
         log: &Path,
     ) -> Result<Self> {
+        Self::spawn_with_input(name, program, args, env, log, None)
+    }
+
+    /// [`NodeProcess::spawn`], with `input` written to its standard input
+    /// (then closed).
+    pub(crate) fn spawn_with_input(
+        name: &str,
+        program: &Path,
+        args: &[&OsStr],
+        env: &[(String, String)],
+        log: &Path,
+        input: Option<&[u8]>,
+    ) -> Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -183,16 +219,26 @@ impl NodeProcess {
             .map_err(Error::io(format!("opening {}", log.display())))?;
         let mut cmd = std::process::Command::new(program);
         cmd.args(args)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(stdout)
             .stderr(file);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().map_err(Error::io(format!(
+        let mut child = cmd.spawn().map_err(Error::io(format!(
             "starting {name} ({})",
             describe(program, args)
         )))?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            use std::io::Write;
+            stdin
+                .write_all(input)
+                .map_err(Error::io(format!("writing to {name}")))?;
+        }
         Ok(NodeProcess {
             name: name.to_string(),
             log: log.to_path_buf(),

@@ -944,4 +944,71 @@ mod tests {
         assert_eq!(got.back(), ids.last());
         assert_eq!(got.front(), Some(&ids[3]));
     }
+
+    /// An encrypted data dir: keys, the outbox, the shown list and the
+    /// completed envelopes round-trip through the container across a
+    /// reopen; nothing but the container is written to the directory; the
+    /// decoy compartment sees none of it; a failed batch is undone whole.
+    #[test]
+    fn an_encrypted_data_dir_keeps_everything_in_the_container() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("client");
+        std::fs::create_dir(&root).unwrap();
+        let store = root.join(STORE_FILE);
+        Vault::create(&store, 256, &["decoy phrase 1"], &mut |_, _| {}).unwrap();
+        Vault::add_compartment(&store, "decoy phrase 1", "hidden phrase 2").unwrap();
+        let keys = ClientKeys::generate(&mut rand::rng());
+        let m = Outgoing::new(
+            "aa".into(),
+            "bastet1x".into(),
+            2,
+            5,
+            std::time::Duration::from_secs(9),
+        );
+        let frags = vec![vec![7u8; 5000], vec![8u8; 3]];
+        {
+            let dir = DataDir::with_vault(&root, Vault::open(&store, "hidden phrase 2").unwrap());
+            assert!(dir.is_encrypted());
+            // A second opener is refused while this one holds the file.
+            let again = Vault::open(&store, "hidden phrase 2");
+            assert!(again.is_err_and(|e| e.to_string().contains("another process")));
+            dir.create().unwrap();
+            dir.save_keys(&keys).unwrap();
+            dir.write_atomic(&dir.config_path(), b"placeholder")
+                .unwrap();
+            dir.save_fragments("aa", &frags).unwrap();
+            dir.save_outgoing(&m).unwrap();
+            dir.save_shown(&BTreeSet::from([4, 5])).unwrap();
+            // A batch that fails leaves nothing of itself.
+            let failed: Result<()> = dir.batch(|| {
+                dir.save_shown(&BTreeSet::from([6]))?;
+                dir.remove_outgoing("aa")?;
+                Err(Error::Config("stop".into()))
+            });
+            assert!(failed.is_err());
+            assert_eq!(dir.load_shown().unwrap(), BTreeSet::from([4, 5]));
+            assert_eq!(dir.load_outbox().unwrap().len(), 1);
+            assert!(matches!(dir.create(), Err(Error::AlreadyInitialised(_))));
+        }
+        let names: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(names, vec![STORE_FILE.to_string()]);
+
+        let dir = DataDir::with_vault(&root, Vault::open(&store, "hidden phrase 2").unwrap());
+        let loaded = dir.load_keys().unwrap();
+        assert_eq!(loaded.identity_public(), keys.identity_public());
+        assert_eq!(loaded.device_public(), keys.device_public());
+        assert_eq!(dir.load_outbox().unwrap(), vec![m]);
+        assert_eq!(dir.load_fragments("aa").unwrap(), frags);
+        assert_eq!(dir.load_shown().unwrap(), BTreeSet::from([4, 5]));
+        dir.remove_outgoing("aa").unwrap();
+        assert!(dir.load_outbox().unwrap().is_empty());
+        drop(dir);
+
+        let decoy = DataDir::with_vault(&root, Vault::open(&store, "decoy phrase 1").unwrap());
+        assert!(matches!(decoy.load_keys(), Err(Error::NotInitialised(_))));
+        assert!(decoy.load_outbox().unwrap().is_empty());
+    }
 }

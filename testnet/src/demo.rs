@@ -33,6 +33,14 @@ pub struct DemoOptions {
 pub const INLINE_TEXT_LIMIT: usize = 1800;
 /// Largest `--size`: what one message carries.
 pub const MAX_SIZE: usize = 1 << 20;
+/// The size of each demo client's encrypted store.
+pub const DEMO_STORE_SIZE: &str = "32MiB";
+/// The store passphrases of the demo's alice and bob (throwaway clients:
+/// with `--keep`, `bastet --data-dir DIR store info` opens them).
+pub const DEMO_PASSPHRASES: [&str; 2] = [
+    "alice's demo store passphrase",
+    "bob's demo store passphrase",
+];
 
 impl Default for DemoOptions {
     fn default() -> Self {
@@ -224,9 +232,20 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
         .traffic
         .params()
         .map_err(|e| Error::InvalidOption(e.to_string()))?;
-    tracing::info!("creating clients alice (on mailbox-a) and bob (on mailbox-b)");
-    let mut alice = network.client("alice", "mailbox-a").await?;
-    let mut bob = network.client("bob", "mailbox-b").await?;
+    tracing::info!(
+        "creating clients alice (on mailbox-a) and bob (on mailbox-b), each in an encrypted store ({DEMO_STORE_SIZE})"
+    );
+    let mut alice = network
+        .encrypted_client(
+            "alice",
+            "mailbox-a",
+            &[DEMO_PASSPHRASES[0]],
+            DEMO_STORE_SIZE,
+        )
+        .await?;
+    let mut bob = network
+        .encrypted_client("bob", "mailbox-b", &[DEMO_PASSPHRASES[1]], DEMO_STORE_SIZE)
+        .await?;
     tracing::info!("alice and bob exchange contact cards (files, as they would offline)");
     alice.befriend(&bob).await?;
     if let Some(policy) = &options.policy {

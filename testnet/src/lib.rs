@@ -15,8 +15,8 @@ pub use client::{
     Client, Daemon, GIVE_UP_MARGIN, Payload, Received, ReceivedFileInfo, RouteHop, Sent,
 };
 pub use demo::{
-    DemoOptions, DemoReport, INLINE_TEXT_LIMIT, MAX_SIZE, MessageReport, message_file,
-    message_text, route_text, run_demo,
+    DEMO_PASSPHRASES, DEMO_STORE_SIZE, DemoOptions, DemoReport, INLINE_TEXT_LIMIT, MAX_SIZE,
+    MessageReport, message_file, message_text, route_text, run_demo,
 };
 pub use error::Error;
 pub use layout::{AuthorityNode, Layout, RelayNode};

@@ -44,8 +44,12 @@
 //! overwritten while a copy of the one before survives, the compartment
 //! opens at that previous generation (an older, consistent state).
 //!
-//! Not yet: adding a compartment to an existing container, growing one,
-//! and the daemon running from it (DESIGN.md §9 is built in steps).
+//! **Files.** [`Vault`] holds one compartment's files (a [`FileTree`])
+//! for the client's data dir: every change rewrites the blocks that
+//! changed and commits; a batch commits once.
+//!
+//! Not yet: growing a container, and rewriting the lost copies of a hidden
+//! block when the hidden compartment is next open.
 
 use std::collections::HashSet;
 
@@ -1482,6 +1486,9 @@ mod tests {
             }
             survived.push(ok);
         }
+        eprintln!(
+            "hidden blocks (of 20, 3 copies each) readable after decoy-only writes of 50, 350, 650, 950, 1250, 1550 blocks (of 1,994): {survived:?}"
+        );
         // 50 decoy blocks in 1,994: each hidden block has three copies, so
         // losing one is about (50/1994)^3 per block: all survive.
         assert_eq!(survived[0], 20, "{survived:?}");

@@ -89,6 +89,9 @@ const ROLE_SUPER: u8 = 2;
 /// Map entries (physical block numbers, u32) one map block holds.
 const MAP_ENTRIES: usize = PAYLOAD_LEN / 4;
 
+/// The place of an unmapped logical block (a header block, never data).
+const UNMAPPED: u64 = 0;
+
 fn store_error(why: impl Into<String>) -> Error {
     Error::Store(why.into())
 }
@@ -738,14 +741,20 @@ impl<B: Blocks> Store<B> {
     /// Blocks in use by any open compartment (committed, being written,
     /// and superblock places) and the header.
     fn in_use(&self) -> HashSet<u64> {
+        self.in_use_except(None)
+    }
+
+    /// [`Store::in_use`], leaving out compartment `skip`.
+    fn in_use_except(&self, skip: Option<usize>) -> HashSet<u64> {
         let mut used = HashSet::new();
-        for c in &self.compartments {
+        for c in self.compartments.iter().filter(|c| Some(c.level) != skip) {
             used.extend(c.supers.iter().copied());
-            used.extend(c.map.iter().flatten().copied());
+            used.extend(c.map.iter().flatten().copied().filter(|p| *p != UNMAPPED));
             used.extend(c.map_blocks.iter().flatten().copied());
             used.extend(c.fresh.iter().copied());
             used.extend(c.committed.iter().copied());
         }
+        used.remove(&UNMAPPED);
         used
     }
 
@@ -809,6 +818,53 @@ impl<B: Blocks> Store<B> {
         c.digests.resize(c.map.len(), None);
         c.digests[index] = Some(*blake3::hash(payload).as_bytes());
         c.dirty = true;
+        Ok(())
+    }
+
+    /// Writes logical block `index` as [`Store::write`] does, unless this
+    /// process last wrote it with the same payload.
+    pub fn write_if_changed<R: CryptoRng + ?Sized>(
+        &mut self,
+        level: usize,
+        index: usize,
+        payload: &[u8; PAYLOAD_LEN],
+        rng: &mut R,
+    ) -> Result<()> {
+        let c = self.compartment(level)?;
+        if index < c.map.len()
+            && c.digests.get(index).copied().flatten() == Some(*blake3::hash(payload).as_bytes())
+        {
+            return Ok(());
+        }
+        self.write(level, index, payload, rng)
+    }
+
+    /// Unmaps logical block `index` of compartment `level`: its physical
+    /// blocks are free after the next commit; reading it is an error.
+    pub fn discard(&mut self, level: usize, index: usize) -> Result<()> {
+        let c = self
+            .compartments
+            .get_mut(level)
+            .ok_or_else(|| store_error(format!("compartment {level} is not open")))?;
+        let Some(copies) = c.map.get_mut(index) else {
+            return Ok(());
+        };
+        if copies.iter().any(|p| *p != UNMAPPED) {
+            copies.iter_mut().for_each(|p| *p = UNMAPPED);
+            c.digests.resize(c.map.len(), None);
+            c.digests[index] = None;
+            c.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Drops every uncommitted write of compartment `level`: it is again
+    /// as its newest superblock on disk says (after a failed commit).
+    pub fn revert(&mut self, level: usize) -> Result<()> {
+        let c = self.compartment(level)?;
+        let mut again = self.new_compartment(level, (c.keys.master.clone(), c.keys.slot));
+        self.load(&mut again)?;
+        self.compartments[level] = again;
         Ok(())
     }
 
@@ -888,7 +944,20 @@ impl<B: Blocks> Store<B> {
             // Generation g lives in set g % 2: the committed one (the other
             // set) stays intact until this one is durable.
             let set = (generation % 2) as usize;
-            let places: Vec<u64> = c.supers[set * replicas..(set + 1) * replicas].to_vec();
+            // A less hidden compartment, written while this one was not
+            // open, may have put its blocks on this one's superblock
+            // places: those copies are skipped, never overwritten.
+            let others = self.in_use_except(Some(level));
+            let places: Vec<u64> = c.supers[set * replicas..(set + 1) * replicas]
+                .iter()
+                .copied()
+                .filter(|p| !others.contains(p))
+                .collect();
+            if places.is_empty() {
+                return Err(store_error(format!(
+                    "every superblock place of compartment {level} holds data of a less hidden compartment (written while only that one was open): copy the files out and make a new container"
+                )));
+            }
             for place in places {
                 let c = &self.compartments[level];
                 let block = seal_block(
@@ -972,11 +1041,8 @@ impl<B: Blocks> Store<B> {
 }
 
 /// The files of one compartment: names (relative paths, `/`-separated) to
-/// contents, held in memory and written back whole, in one commit, by
-/// [`FileTree::save`]. This is the layer the daemon's state will live in.
-///
-/// Encoding: `count (u32 BE)`, then per file `name length (u16 BE) || name
-/// (UTF-8) || length (u32 BE) || contents`, names in order.
+/// contents, held in memory. [`FileTree::load`] and [`FileTree::save`]
+/// read and write them through a [`Layout`].
 #[derive(Clone, Default)]
 pub struct FileTree {
     files: std::collections::BTreeMap<String, Zeroizing<Vec<u8>>>,
@@ -986,6 +1052,9 @@ pub struct FileTree {
 pub const MAX_NAME_LEN: usize = 255;
 /// Most files in a [`FileTree`].
 pub const MAX_FILES: usize = 1 << 20;
+/// Most blocks the index of a compartment's files takes (the refs that fit
+/// in the head block): about 4 MiB of index.
+const MAX_INDEX_BLOCKS: usize = (PAYLOAD_LEN - 12) / 4;
 
 /// Checks a file name: 1 to 255 bytes of `/`-separated parts, none empty,
 /// `.` or `..`, no control characters.
@@ -1005,80 +1074,275 @@ pub fn check_file_name(name: &str) -> Result<()> {
     }
 }
 
+/// One file in a compartment's index: its name, its length and the
+/// logical blocks holding its bytes, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The file's name.
+    pub name: String,
+    /// Its length in bytes.
+    pub len: u32,
+    /// Its logical blocks (`len` rounded up to whole blocks of
+    /// [`PAYLOAD_LEN`]).
+    pub blocks: Vec<u32>,
+}
+
+/// Encodes an index: `count (u32 BE)`, then per file `name length (u16
+/// BE) || name || length (u32 BE) || its blocks (u32 BE each)`.
+pub fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for e in entries {
+        out.extend_from_slice(&(e.name.len() as u16).to_be_bytes());
+        out.extend_from_slice(e.name.as_bytes());
+        out.extend_from_slice(&e.len.to_be_bytes());
+        for b in &e.blocks {
+            out.extend_from_slice(&b.to_be_bytes());
+        }
+    }
+    out
+}
+
+/// Parses [`encode_index`]'s output for a compartment of `logical` blocks:
+/// bounded, names checked, in order and unique, every block in `1..logical`
+/// and used once (and not in `taken`, the index's own blocks), nothing
+/// after the last entry.
+pub fn decode_index(bytes: &[u8], logical: u32, taken: &[u32]) -> Result<Vec<IndexEntry>> {
+    let bad = |why: &str| store_error(format!("the compartment's files are malformed: {why}"));
+    let mut rest = bytes;
+    let mut take = |n: usize| -> Result<&[u8]> {
+        let (head, tail) = rest
+            .split_at_checked(n)
+            .ok_or_else(|| bad("shorter than its fields"))?;
+        rest = tail;
+        Ok(head)
+    };
+    let u32_of = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let count = u32_of(take(4)?) as usize;
+    if count > MAX_FILES {
+        return Err(bad("too many files"));
+    }
+    let mut used: HashSet<u32> = taken.iter().copied().collect();
+    let mut out: Vec<IndexEntry> = Vec::new();
+    for _ in 0..count {
+        let len = take(2)?;
+        let name = std::str::from_utf8(take(usize::from(u16::from_be_bytes([len[0], len[1]])))?)
+            .map_err(|_| bad("a name is not UTF-8"))?
+            .to_string();
+        check_file_name(&name)?;
+        if out.last().is_some_and(|l| l.name >= name) {
+            return Err(bad("names out of order or repeated"));
+        }
+        let len = u32_of(take(4)?);
+        let n = (len as usize).div_ceil(PAYLOAD_LEN);
+        if n > logical as usize {
+            return Err(bad("a file is longer than the compartment"));
+        }
+        let mut blocks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let b = u32_of(take(4)?);
+            if b == 0 || b >= logical || !used.insert(b) {
+                return Err(bad("a block is out of range or used twice"));
+            }
+            blocks.push(b);
+        }
+        out.push(IndexEntry { name, len, blocks });
+    }
+    if !rest.is_empty() {
+        return Err(bad("bytes after the last file"));
+    }
+    Ok(out)
+}
+
+/// Where a compartment's files live: logical block 0 is the head (the
+/// index's length and its blocks), the index lists each file's name,
+/// length and blocks, and each file has blocks of its own, so that a
+/// change rewrites only the blocks of the files that changed (and the
+/// index's blocks that changed).
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    files: std::collections::BTreeMap<String, Vec<u32>>,
+    index: Vec<u32>,
+    free: std::collections::BTreeSet<u32>,
+    /// Logical blocks, the head included.
+    len: u32,
+}
+
+impl Layout {
+    /// The files of compartment `level` and where they are.
+    pub fn load<B: Blocks>(store: &Store<B>, level: usize) -> Result<(FileTree, Layout)> {
+        let logical = store.len(level)?;
+        if logical == 0 {
+            return Ok((FileTree::default(), Layout::default()));
+        }
+        let logical = u32::try_from(logical).map_err(|_| store_error("too many blocks"))?;
+        let bad = |why: &str| store_error(format!("the compartment's files are malformed: {why}"));
+        let head = store.read(level, 0)?;
+        let index_len = u64::from_be_bytes(head[..8].try_into().map_err(|_| bad("head"))?);
+        let count = u32::from_be_bytes(head[8..12].try_into().map_err(|_| bad("head"))?) as usize;
+        if count > MAX_INDEX_BLOCKS || index_len > (count * PAYLOAD_LEN) as u64 {
+            return Err(bad("the head is out of range"));
+        }
+        let mut index = Vec::with_capacity(count);
+        for i in 0..count {
+            let at = 12 + 4 * i;
+            let b = u32::from_be_bytes(head[at..at + 4].try_into().map_err(|_| bad("head"))?);
+            if b == 0 || b >= logical || index.contains(&b) {
+                return Err(bad("an index block is out of range or repeated"));
+            }
+            index.push(b);
+        }
+        let mut bytes = Zeroizing::new(Vec::with_capacity(count * PAYLOAD_LEN));
+        for &b in &index {
+            bytes.extend_from_slice(&store.read(level, b as usize)?);
+        }
+        bytes.truncate(index_len as usize);
+        let entries = decode_index(&bytes, logical, &index)?;
+        let mut tree = FileTree::default();
+        let mut layout = Layout {
+            len: logical,
+            ..Layout::default()
+        };
+        let mut used: HashSet<u32> = index.iter().copied().collect();
+        for e in entries {
+            let mut contents = Zeroizing::new(Vec::with_capacity(e.blocks.len() * PAYLOAD_LEN));
+            for &b in &e.blocks {
+                contents.extend_from_slice(&store.read(level, b as usize)?);
+                used.insert(b);
+            }
+            contents.truncate(e.len as usize);
+            tree.files.insert(e.name.clone(), contents);
+            layout.files.insert(e.name, e.blocks);
+        }
+        layout.index = index;
+        layout.free = (1..logical).filter(|b| !used.contains(b)).collect();
+        Ok((tree, layout))
+    }
+
+    fn allocate(&mut self) -> u32 {
+        if let Some(b) = self.free.pop_first() {
+            return b;
+        }
+        self.len = self.len.max(1);
+        let b = self.len;
+        self.len += 1;
+        b
+    }
+
+    fn resize(&mut self, blocks: &mut Vec<u32>, n: usize) {
+        while blocks.len() > n {
+            if let Some(b) = blocks.pop() {
+                self.free.insert(b);
+            }
+        }
+        while blocks.len() < n {
+            let b = self.allocate();
+            blocks.push(b);
+        }
+    }
+
+    /// Writes `bytes` across `blocks` (the last one padded with zeros),
+    /// skipping blocks whose payload did not change.
+    fn write_chunks<B: Blocks, R: CryptoRng + ?Sized>(
+        store: &mut Store<B>,
+        level: usize,
+        blocks: &[u32],
+        bytes: &[u8],
+        rng: &mut R,
+    ) -> Result<()> {
+        for (b, chunk) in blocks.iter().zip(bytes.chunks(PAYLOAD_LEN)) {
+            let mut payload = Zeroizing::new([0u8; PAYLOAD_LEN]);
+            payload[..chunk.len()].copy_from_slice(chunk);
+            store.write_if_changed(level, *b as usize, &payload, rng)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the files of `tree` named in `changed` (removed ones are
+    /// freed), then the index and the head, and commits: all of it or, if
+    /// a crash comes first, none.
+    pub fn save<B: Blocks, R: CryptoRng + ?Sized>(
+        &mut self,
+        store: &mut Store<B>,
+        level: usize,
+        tree: &FileTree,
+        changed: &std::collections::BTreeSet<String>,
+        rng: &mut R,
+    ) -> Result<()> {
+        if store.len(level)? == 0 {
+            // The head's place, so that later blocks can follow it.
+            store.write(level, 0, &[0u8; PAYLOAD_LEN], rng)?;
+        }
+        self.len = self.len.max(1);
+        for name in changed {
+            let mut blocks = self.files.remove(name).unwrap_or_default();
+            match tree.get(name) {
+                None => self.resize(&mut blocks, 0),
+                Some(contents) => {
+                    if u32::try_from(contents.len()).is_err() {
+                        return Err(store_error(format!("{name} is larger than 4 GiB")));
+                    }
+                    self.resize(&mut blocks, contents.len().div_ceil(PAYLOAD_LEN));
+                    Layout::write_chunks(store, level, &blocks, contents, rng)?;
+                    self.files.insert(name.clone(), blocks);
+                }
+            }
+        }
+        let entries: Vec<IndexEntry> = self
+            .files
+            .iter()
+            .map(|(name, blocks)| IndexEntry {
+                name: name.clone(),
+                len: tree.get(name).map_or(0, |c| c.len() as u32),
+                blocks: blocks.clone(),
+            })
+            .collect();
+        let bytes = Zeroizing::new(encode_index(&entries));
+        let n = bytes.len().div_ceil(PAYLOAD_LEN);
+        if n > MAX_INDEX_BLOCKS {
+            return Err(store_error("too many files for the index"));
+        }
+        let mut index = std::mem::take(&mut self.index);
+        self.resize(&mut index, n);
+        Layout::write_chunks(store, level, &index, &bytes, rng)?;
+        let mut head = Zeroizing::new([0u8; PAYLOAD_LEN]);
+        head[..8].copy_from_slice(&(bytes.len() as u64).to_be_bytes());
+        head[8..12].copy_from_slice(&(index.len() as u32).to_be_bytes());
+        for (i, b) in index.iter().enumerate() {
+            head[12 + 4 * i..16 + 4 * i].copy_from_slice(&b.to_be_bytes());
+        }
+        self.index = index;
+        store.write_if_changed(level, 0, &head, rng)?;
+        // Free blocks at the end are given back; those between are
+        // unmapped (they hold nothing the compartment needs).
+        while self.len > 1 && self.free.remove(&(self.len - 1)) {
+            self.len -= 1;
+        }
+        store.truncate(level, self.len as usize)?;
+        for &b in &self.free {
+            store.discard(level, b as usize)?;
+        }
+        store.commit(rng)
+    }
+}
+
 impl FileTree {
     /// The files of compartment `level` of `store` (none in a new one).
     pub fn load<B: Blocks>(store: &Store<B>, level: usize) -> Result<FileTree> {
-        let bytes = store.read_all(level)?;
-        if bytes.is_empty() {
-            return Ok(FileTree::default());
-        }
-        FileTree::decode(&bytes)
+        Ok(Layout::load(store, level)?.0)
     }
 
-    /// Writes every file back to compartment `level` and commits.
+    /// Writes every file to compartment `level` (as its only files) and
+    /// commits.
     pub fn save<B: Blocks, R: CryptoRng + ?Sized>(
         &self,
         store: &mut Store<B>,
         level: usize,
         rng: &mut R,
     ) -> Result<()> {
-        store.write_all(level, &self.encode(), rng)
-    }
-
-    /// The encoding (see the type's docs).
-    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let size: usize = self.files.iter().map(|(n, c)| 6 + n.len() + c.len()).sum();
-        let mut out = Zeroizing::new(Vec::with_capacity(4 + size));
-        out.extend_from_slice(&(self.files.len() as u32).to_be_bytes());
-        for (name, contents) in &self.files {
-            out.extend_from_slice(&(name.len() as u16).to_be_bytes());
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(&(contents.len() as u32).to_be_bytes());
-            out.extend_from_slice(contents);
-        }
-        out
-    }
-
-    /// Parses [`FileTree::encode`]'s output: bounded, names checked, in
-    /// order and unique, nothing after the last file.
-    pub fn decode(bytes: &[u8]) -> Result<FileTree> {
-        let bad = |why: &str| store_error(format!("the compartment's files are malformed: {why}"));
-        let mut rest = bytes;
-        let mut take = |n: usize| -> Result<&[u8]> {
-            let (head, tail) = rest
-                .split_at_checked(n)
-                .ok_or_else(|| bad("shorter than its fields"))?;
-            rest = tail;
-            Ok(head)
-        };
-        let mut count = [0u8; 4];
-        count.copy_from_slice(take(4)?);
-        let count = u32::from_be_bytes(count) as usize;
-        if count > MAX_FILES {
-            return Err(bad("too many files"));
-        }
-        let mut tree = FileTree::default();
-        let mut last: Option<String> = None;
-        for _ in 0..count {
-            let mut len = [0u8; 2];
-            len.copy_from_slice(take(2)?);
-            let name = std::str::from_utf8(take(usize::from(u16::from_be_bytes(len)))?)
-                .map_err(|_| bad("a name is not UTF-8"))?
-                .to_string();
-            check_file_name(&name)?;
-            if last.as_ref().is_some_and(|l| *l >= name) {
-                return Err(bad("names out of order or repeated"));
-            }
-            let mut len = [0u8; 4];
-            len.copy_from_slice(take(4)?);
-            let contents = take(u32::from_be_bytes(len) as usize)?;
-            last = Some(name.clone());
-            tree.files.insert(name, Zeroizing::new(contents.to_vec()));
-        }
-        if !rest.is_empty() {
-            return Err(bad("bytes after the last file"));
-        }
-        Ok(tree)
+        let (old, mut layout) = Layout::load(store, level)?;
+        let changed = old.files.keys().chain(self.files.keys()).cloned().collect();
+        layout.save(store, level, self, &changed, rng)
     }
 
     /// A file's contents.
@@ -1126,18 +1390,23 @@ pub const STORE_ARGON2: Argon2Params = Argon2Params {
 };
 
 /// An open compartment of a container file, as the client's data dir uses
-/// it: a [`FileTree`] in memory, written back (only the blocks that
-/// changed, then one commit) after every change, or once at the end of a
-/// batch. The container file stays locked while this is open.
+/// it: a [`FileTree`] in memory, written back after every change (only the
+/// blocks of the files that changed, the index, then one commit), or once
+/// at the end of a batch. The container file stays locked while this is
+/// open.
 pub struct Vault {
     path: std::path::PathBuf,
     store: Store<FileBlocks>,
     level: usize,
     tree: FileTree,
+    layout: Layout,
+    /// Files changed since the last commit.
+    changed: std::collections::BTreeSet<String>,
     /// Nesting depth of [`Vault::begin`] calls.
     batch: usize,
-    /// The files as the batch found them, restored if its commit fails.
-    before_batch: Option<FileTree>,
+    /// The files the batch changed, as it found them (`None`: absent),
+    /// restored if its commit fails.
+    undo: std::collections::BTreeMap<String, Option<Zeroizing<Vec<u8>>>>,
 }
 
 impl Vault {
@@ -1170,14 +1439,16 @@ impl Vault {
         let path = file.path.clone();
         let store = Store::open(file, passphrase, STORE_ARGON2)?;
         let level = store.levels() - 1;
-        let tree = FileTree::load(&store, level)?;
+        let (tree, layout) = Layout::load(&store, level)?;
         Ok(Vault {
             path,
             store,
             level,
             tree,
+            layout,
+            changed: Default::default(),
             batch: 0,
-            before_batch: None,
+            undo: Default::default(),
         })
     }
 
@@ -1231,25 +1502,35 @@ impl Vault {
             .collect()
     }
 
-    /// Whether any file is under directory `dir`.
-    pub fn has_dir(&self, dir: &str) -> bool {
-        !self.tree.list(dir).is_empty()
-    }
-
     /// Sets a file's contents, durably (unless in a batch).
     pub fn put(&mut self, name: &str, contents: &[u8]) -> Result<()> {
-        let old = self.tree.get(name).map(|c| Zeroizing::new(c.to_vec()));
-        self.tree.put(name, contents)?;
-        self.save(name, old)
+        self.begin();
+        self.keep_undo(name);
+        let done = self.tree.put(name, contents);
+        if done.is_ok() {
+            self.changed.insert(name.to_string());
+        }
+        self.end_with(done)
+    }
+
+    /// Remembers how the batch found `name`.
+    fn keep_undo(&mut self, name: &str) {
+        if !self.undo.contains_key(name) {
+            let old = self.tree.get(name).map(|c| Zeroizing::new(c.to_vec()));
+            self.undo.insert(name.to_string(), old);
+        }
     }
 
     /// Removes a file, durably (unless in a batch); whether it was there.
     pub fn remove(&mut self, name: &str) -> Result<bool> {
-        let Some(old) = self.tree.get(name).map(|c| Zeroizing::new(c.to_vec())) else {
+        if self.tree.get(name).is_none() {
             return Ok(false);
-        };
+        }
+        self.begin();
+        self.keep_undo(name);
         self.tree.remove(name);
-        self.save(name, Some(old))?;
+        self.changed.insert(name.to_string());
+        self.end_with(Ok(()))?;
         Ok(true)
     }
 
@@ -1270,9 +1551,6 @@ impl Vault {
     /// Starts a batch: changes are committed together at the matching
     /// [`Vault::end`] (all or none of them, even across a crash).
     pub fn begin(&mut self) {
-        if self.batch == 0 {
-            self.before_batch = Some(self.tree.clone());
-        }
         self.batch += 1;
     }
 
@@ -1287,38 +1565,42 @@ impl Vault {
         if self.batch > 0 {
             return outcome;
         }
-        let before = self.before_batch.take();
+        let undo = std::mem::take(&mut self.undo);
         let outcome = outcome.and_then(|()| {
             let mut rng = rand::rng();
-            self.tree.save(&mut self.store, self.level, &mut rng)
+            let mut layout = self.layout.clone();
+            layout.save(
+                &mut self.store,
+                self.level,
+                &self.tree,
+                &self.changed,
+                &mut rng,
+            )?;
+            self.layout = layout;
+            self.changed.clear();
+            Ok(())
         });
-        if outcome.is_err()
-            && let Some(before) = before
-        {
-            self.tree = before;
-        }
-        outcome
-    }
-
-    /// Commits after a change of `name` (whose contents were `old`),
-    /// undoing the change if the commit fails.
-    fn save(&mut self, name: &str, old: Option<Zeroizing<Vec<u8>>>) -> Result<()> {
-        if self.batch > 0 {
-            return Ok(());
-        }
-        let mut rng = rand::rng();
-        let saved = self.tree.save(&mut self.store, self.level, &mut rng);
-        if saved.is_err() {
-            match old {
-                Some(old) => {
-                    self.tree.put(name, &old)?;
-                }
-                None => {
-                    self.tree.remove(name);
+        if let Err(e) = outcome {
+            // The files and the compartment as they were committed.
+            for (name, old) in undo {
+                match old {
+                    Some(old) => {
+                        self.tree.files.insert(name, old);
+                    }
+                    None => {
+                        self.tree.files.remove(&name);
+                    }
                 }
             }
+            self.changed.clear();
+            if let Err(again) = self.store.revert(self.level) {
+                return Err(store_error(format!(
+                    "{e}; and reading the compartment back failed: {again}"
+                )));
+            }
+            return Err(e);
         }
-        saved
+        outcome
     }
 }
 
@@ -1331,6 +1613,8 @@ mod tests {
     pub(crate) struct MemBlocks {
         data: Vec<[u8; BLOCK_LEN]>,
         budget: Option<usize>,
+        /// Blocks written so far.
+        writes: usize,
     }
 
     impl MemBlocks {
@@ -1343,7 +1627,11 @@ mod tests {
             for b in &mut data {
                 rng.fill_bytes(b);
             }
-            MemBlocks { data, budget: None }
+            MemBlocks {
+                data,
+                budget: None,
+                writes: 0,
+            }
         }
     }
 
@@ -1362,6 +1650,7 @@ mod tests {
                 None => {}
             }
             self.data[index as usize] = *data;
+            self.writes += 1;
             Ok(())
         }
         fn sync(&mut self) -> Result<()> {
@@ -1760,25 +2049,221 @@ mod tests {
         assert_eq!(back.get("contacts/held/x+bob.json").unwrap().len(), 10_000);
         assert_eq!(back.get("config.toml"), Some(&b""[..]));
         assert!(FileTree::load(&reopened, 0).unwrap().list("").is_empty());
-        // Every cut and every extension of a valid encoding is refused.
-        let bytes = back.encode();
-        assert!(FileTree::decode(&bytes).is_ok());
-        for cut in 0..bytes.len().min(200) {
-            assert!(FileTree::decode(&bytes[..cut]).is_err(), "cut {cut}");
+        // Every cut and every extension of a valid index is refused, and
+        // so are blocks out of range or used twice.
+        let entries = vec![
+            IndexEntry {
+                name: "a".into(),
+                len: 5000,
+                blocks: vec![3, 4],
+            },
+            IndexEntry {
+                name: "b".into(),
+                len: 0,
+                blocks: vec![],
+            },
+        ];
+        let bytes = encode_index(&entries);
+        assert_eq!(decode_index(&bytes, 5, &[1]).unwrap(), entries);
+        for cut in 0..bytes.len() {
+            assert!(decode_index(&bytes[..cut], 5, &[1]).is_err(), "cut {cut}");
         }
-        let mut longer = bytes.to_vec();
+        let mut longer = bytes.clone();
         longer.push(0);
-        assert!(FileTree::decode(&longer).is_err());
-        // Names repeated or out of order, an absurd count.
-        let mut twice = Vec::new();
-        twice.extend_from_slice(&2u32.to_be_bytes());
-        for _ in 0..2 {
-            twice.extend_from_slice(&1u16.to_be_bytes());
-            twice.push(b'a');
-            twice.extend_from_slice(&0u32.to_be_bytes());
+        assert!(decode_index(&longer, 5, &[1]).is_err());
+        assert!(decode_index(&bytes, 4, &[1]).is_err(), "block 4 of 4");
+        assert!(decode_index(&bytes, 5, &[3]).is_err(), "the index's block");
+        let mut twice = entries.clone();
+        twice[1].name = "a".into();
+        assert!(decode_index(&encode_index(&twice), 5, &[1]).is_err());
+        let mut shared = entries.clone();
+        shared[1] = IndexEntry {
+            name: "c".into(),
+            len: 1,
+            blocks: vec![4],
+        };
+        assert!(decode_index(&encode_index(&shared), 5, &[1]).is_err());
+        assert!(decode_index(&u32::MAX.to_be_bytes(), 5, &[]).is_err());
+    }
+
+    /// A change rewrites the blocks of the file that changed (and the
+    /// index and head), not the other files, whatever their order; freed
+    /// blocks are given back; the result reads back.
+    #[test]
+    fn a_change_rewrites_only_the_files_that_changed() {
+        let rng = &mut rand::rng();
+        let store = Store::create(MemBlocks::new(2048), &["one pass"], fast(), rng).unwrap();
+        let mut store = Store::open(store.into_blocks(), "one pass", fast()).unwrap();
+        let (mut tree, mut layout) = Layout::load(&store, 0).unwrap();
+        let big = vec![9u8; 1 << 20];
+        tree.put("a/small.json", b"{}").unwrap();
+        tree.put("b/big.bin", &big).unwrap();
+        let all = ["a/small.json".to_string(), "b/big.bin".to_string()]
+            .into_iter()
+            .collect();
+        layout.save(&mut store, 0, &tree, &all, rng).unwrap();
+        let used = store.in_use().len();
+        let one = ["a/small.json".to_string()].into_iter().collect();
+        for round in 0..5usize {
+            // It grows by a block each round: a single stream would shift
+            // the big file after it.
+            tree.put("a/small.json", &vec![round as u8; 4100 * (round + 1)])
+                .unwrap();
+            let before = store.blocks.writes;
+            layout.save(&mut store, 0, &tree, &one, rng).unwrap();
+            let written = store.blocks.writes - before;
+            // The file's blocks, the index, the head, the map, the
+            // superblock: far fewer than the big file's 259 blocks.
+            assert!(
+                written <= round + 2 + 1 + 1 + 1 + 1 + 2,
+                "{written} blocks written"
+            );
         }
-        assert!(FileTree::decode(&twice).is_err());
-        assert!(FileTree::decode(&u32::MAX.to_be_bytes()).is_err());
+        tree.remove("a/small.json");
+        layout.save(&mut store, 0, &tree, &one, rng).unwrap();
+        assert!(store.in_use().len() <= used, "freed blocks are free again");
+        let reopened = Store::open(store.into_blocks(), "one pass", fast()).unwrap();
+        let back = FileTree::load(&reopened, 0).unwrap();
+        assert_eq!(back.list(""), vec!["b/big.bin"]);
+        assert_eq!(back.get("b/big.bin"), Some(&big[..]));
+    }
+
+    /// Decoy-only writes land on a hidden compartment's superblock places;
+    /// when the hidden compartment is open again, its commits skip those
+    /// places: the decoy's data is never overwritten.
+    #[test]
+    fn hidden_superblocks_never_overwrite_decoy_data() {
+        let rng = &mut rand::rng();
+        let mut opened = 0;
+        for _ in 0..30 {
+            let store = Store::create(
+                MemBlocks::new(160),
+                &["decoy pass", "hidden pass"],
+                fast(),
+                rng,
+            )
+            .unwrap();
+            let mut hidden = Store::open(store.into_blocks(), "hidden pass", fast()).unwrap();
+            hidden.write(1, 0, &payload(1), rng).unwrap();
+            hidden.commit(rng).unwrap();
+            let mut decoy = Store::open(hidden.into_blocks(), "decoy pass", fast()).unwrap();
+            for i in 0..60 {
+                decoy.write(0, i, &payload(i as u8), rng).unwrap();
+            }
+            decoy.commit(rng).unwrap();
+            let blocks = decoy.into_blocks();
+            let Ok(mut hidden) = Store::open(blocks.clone(), "hidden pass", fast()) else {
+                continue;
+            };
+            opened += 1;
+            // Two commits: both superblock sets are written.
+            for round in 0..2 {
+                if hidden.write(1, 0, &payload(7 + round), rng).is_err()
+                    || hidden.commit(rng).is_err()
+                {
+                    break;
+                }
+            }
+            let decoy = Store::open(hidden.into_blocks(), "decoy pass", fast()).unwrap();
+            for i in 0..60 {
+                assert_eq!(&decoy.read(0, i).unwrap()[..], &payload(i as u8)[..]);
+            }
+        }
+        assert!(opened > 0, "the hidden compartment never survived");
+    }
+
+    /// Random puts, removes and batches in a decoy, in a hidden
+    /// compartment, in the decoy alone again (which may overwrite hidden
+    /// blocks, its superblock places among them), then in the hidden one:
+    /// after every step the decoy reopens with exactly its files, and the
+    /// hidden one too while only it was written.
+    #[test]
+    fn random_changes_read_back_in_both_compartments() {
+        use rand::RngExt;
+        type Files = std::collections::BTreeMap<String, Vec<u8>>;
+        let rng = &mut rand::rng();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("store");
+        Vault::create(&path, 512, &["decoy pass 1"], &mut |_, _| {}).unwrap();
+        let mut expected: Vec<Files> = vec![Files::new(), Files::new()];
+        let check = |expected: &Files, phrase: &str| {
+            let v = Vault::open(&path, phrase).unwrap();
+            let names: Vec<&str> = v.tree.list("");
+            let want: Vec<&str> = expected.keys().map(String::as_str).collect();
+            assert_eq!(names, want, "{phrase}");
+            for (n, c) in expected {
+                assert_eq!(v.get(n), Some(&c[..]), "{phrase} {n}");
+            }
+        };
+        for (phase, phrase, level) in [
+            (0, "decoy pass 1", 0),
+            (1, "hidden pass 2", 1),
+            (2, "decoy pass 1", 0),
+            (3, "hidden pass 2", 1),
+        ] {
+            if phase == 1 {
+                Vault::add_compartment(&path, "decoy pass 1", "hidden pass 2").unwrap();
+            }
+            for _ in 0..12 {
+                let Ok(mut v) = Vault::open(&path, phrase) else {
+                    // Hidden data the decoy overwrote: an error, never
+                    // wrong data (phase 3 only).
+                    assert_eq!(phase, 3);
+                    break;
+                };
+                let batch = rng.random_bool(0.3);
+                if batch {
+                    v.begin();
+                }
+                for _ in 0..rng.random_range(1..4) {
+                    let name = format!("d{}/f{}", rng.random_range(0..3), rng.random_range(0..6));
+                    if rng.random_bool(0.25) {
+                        v.remove(&name).unwrap();
+                        expected[level].remove(&name);
+                    } else {
+                        let len = rng.random_range(0..20_000);
+                        let c: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                        v.put(&name, &c).unwrap();
+                        expected[level].insert(name, c);
+                    }
+                }
+                if batch {
+                    v.end().unwrap();
+                }
+                drop(v);
+                check(&expected[0], "decoy pass 1");
+                if phase == 1 {
+                    check(&expected[1], "hidden pass 2");
+                }
+            }
+        }
+    }
+
+    /// A commit that fails (the container is full) changes nothing: the
+    /// vault's files and the compartment are as committed before, and the
+    /// next change works.
+    #[test]
+    fn a_failed_commit_is_undone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("store");
+        Vault::create(&path, 96, &["only pass 1"], &mut |_, _| {}).unwrap();
+        let mut vault = Vault::open(&path, "only pass 1").unwrap();
+        vault.put("kept", b"before").unwrap();
+        let err = vault.put("huge", &vec![1u8; 400 * 1024]).unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        assert_eq!(vault.get("huge"), None);
+        vault.begin();
+        vault.put("kept", b"changed in a failing batch").unwrap();
+        // In a batch nothing is written until its end, where it fails.
+        vault.put("huge", &vec![1u8; 400 * 1024]).unwrap();
+        assert!(vault.end().is_err());
+        assert_eq!(vault.get("kept"), Some(&b"before"[..]));
+        vault.put("small", b"fits").unwrap();
+        drop(vault);
+        let vault = Vault::open(&path, "only pass 1").unwrap();
+        assert_eq!(vault.get("kept"), Some(&b"before"[..]));
+        assert_eq!(vault.get("small"), Some(&b"fits"[..]));
+        assert_eq!(vault.get("huge"), None);
     }
 
     #[test]

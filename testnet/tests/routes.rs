@@ -92,7 +92,8 @@ async fn a_sender_with_a_policy_routes_by_it_and_refuses_one_that_cannot_be_met(
     // `bastet route sample` and `route show` for alice (her policy is in
     // her client.toml now), ending at bob's mailbox server.
     let alice_dir = layout.dir.join("clients").join("alice");
-    let alice = bastet(&net, &alice_dir);
+    // The demo's clients live in encrypted stores.
+    let alice = bastet(&net, &alice_dir, Some(bastet_testnet::DEMO_PASSPHRASES[0]));
     let sample: Value = serde_json::from_str(
         &alice
             .run(&["route", "sample", "--count", "40", "--to", "bob", "--json"])
@@ -141,28 +142,43 @@ async fn a_sender_with_a_policy_routes_by_it_and_refuses_one_that_cannot_be_met(
     net.stop();
 }
 
-/// Runs the `bastet` binary on one client's data dir.
+/// Runs the `bastet` binary on one client's data dir (its store's
+/// passphrase, if any, on standard input).
 struct Bastet {
     program: std::path::PathBuf,
     dir: std::path::PathBuf,
+    passphrase: Option<&'static str>,
 }
 
-fn bastet(net: &Network, dir: &Path) -> Bastet {
+fn bastet(net: &Network, dir: &Path, passphrase: Option<&'static str>) -> Bastet {
     Bastet {
         program: net.binaries().path("bastet"),
         dir: dir.to_path_buf(),
+        passphrase,
     }
 }
 
 impl Bastet {
     async fn run(&self, args: &[&str]) -> String {
-        let out = tokio::process::Command::new(&self.program)
-            .arg("--data-dir")
-            .arg(&self.dir)
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.arg("--data-dir").arg(&self.dir);
+        if self.passphrase.is_some() {
+            cmd.args(["--passphrase-fd", "0"]);
+        }
+        let mut child = cmd
             .args(args)
-            .output()
-            .await
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(p) = self.passphrase {
+            stdin.write_all(format!("{p}\n").as_bytes()).await.unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
         assert!(
             out.status.success(),
             "bastet {args:?}: {}",

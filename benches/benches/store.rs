@@ -17,7 +17,7 @@ use std::time::Duration;
 use bastet_benches::report_ratios;
 use bastet_client::Result;
 use bastet_client::layers::psk::{Argon2Params, psk_from_passphrase};
-use bastet_client::store::{BLOCK_LEN, Blocks, FileTree, Layout, PAYLOAD_LEN, Store};
+use bastet_client::store::{BLOCK_LEN, Blocks, Layout, PAYLOAD_LEN, Store};
 use criterion::{Criterion, criterion_group};
 
 /// A container in memory.
@@ -118,7 +118,8 @@ fn store_benches(c: &mut Criterion) {
         let mut body = vec![0u8; PAYLOAD_LEN];
         b.iter(|| {
             for i in 0..5u8 {
-                let nonce: [u8; 24] = rng.random();
+                let mut nonce = [0u8; 24];
+                rng.fill_bytes(&mut nonce);
                 body.truncate(PAYLOAD_LEN);
                 body[0] = i;
                 cipher

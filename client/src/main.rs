@@ -453,19 +453,8 @@ impl PolicyArgs {
         if !self.given() {
             return Ok(client);
         }
-        let base = match &self.policy_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("--policy-file {}: {e}", path.display()))?;
-                RoutePolicy::from_toml(&text)
-                    .map_err(|e| format!("--policy-file {}: {e}", path.display()))?
-            }
-            None => client.config().route.clone(),
-        };
-        let classes = self.policy.as_deref().map(parse_classes).transpose()?;
-        let template = self.template.as_deref().map(|t| parse_list(t, false));
-        let avoid = self.avoid.as_deref().map(|a| parse_list(a, true));
-        Ok(client.with_route_policy(base.with_overrides(classes, template, avoid))?)
+        let policy = self.overrides(client.config().route.clone())?;
+        Ok(client.with_route_policy(policy)?)
     }
 }
 

@@ -130,16 +130,9 @@ pub fn load_config<T: DeserializeOwned>(path: &Path, env_prefix: &str) -> Result
             path.display()
         )));
     }
-    config::Config::builder()
-        .add_source(config::File::from(path).format(config::FileFormat::Toml))
-        .add_source(
-            config::Environment::with_prefix(env_prefix)
-                .prefix_separator("__")
-                .separator("__"),
-        )
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    parse_config(&text, path, env_prefix)
 }
 
 /// Parses a TOML configuration held in memory (`origin` names it in

@@ -48,8 +48,9 @@
 //! for the client's data dir: every change rewrites the blocks that
 //! changed and commits; a batch commits once.
 //!
-//! Not yet: growing a container, and rewriting the lost copies of a hidden
-//! block when the hidden compartment is next open.
+//! Opening a hidden compartment gives every block that lost a copy fresh
+//! copies ([`Store::repair`]), so damage from decoy-only sessions does not
+//! pile up. Not yet: growing a container.
 
 use std::collections::HashSet;
 
@@ -858,6 +859,51 @@ impl<B: Blocks> Store<B> {
         Ok(())
     }
 
+    /// Gives every block of compartment `level` whose copies are not all
+    /// intact (some were overwritten while only a less hidden compartment
+    /// was open) a fresh set of copies, and commits if any was. Returns
+    /// how many blocks were repaired. A block with no intact copy is an
+    /// error (it cannot be repaired).
+    pub fn repair<R: CryptoRng + ?Sized>(&mut self, level: usize, rng: &mut R) -> Result<usize> {
+        let c = self.compartment(level)?;
+        if c.replicas < 2 {
+            return Ok(0);
+        }
+        let range = data_range(self.blocks.count());
+        let mut damaged = Vec::new();
+        let mut raw = [0u8; BLOCK_LEN];
+        for (index, copies) in c.map.iter().enumerate() {
+            if copies.iter().all(|p| *p == UNMAPPED) {
+                continue;
+            }
+            let mut intact = 0;
+            for &place in copies {
+                if !range.contains(&place) {
+                    continue;
+                }
+                self.blocks.read(place, &mut raw)?;
+                let aad = aad(&c.keys.id, ROLE_DATA, index as u64, place);
+                if open_block(&c.keys.block, &aad, &raw).is_some() {
+                    intact += 1;
+                }
+            }
+            if intact < copies.len() {
+                damaged.push(index);
+            }
+        }
+        for &index in &damaged {
+            let body = self.read(level, index)?;
+            let mut payload = Zeroizing::new([0u8; PAYLOAD_LEN]);
+            payload.copy_from_slice(&body);
+            self.write(level, index, &payload, rng)?;
+        }
+        if !damaged.is_empty() {
+            // The map and superblock get fresh copies too.
+            self.commit(rng)?;
+        }
+        Ok(damaged.len())
+    }
+
     /// Drops every uncommitted write of compartment `level`: it is again
     /// as its newest superblock on disk says (after a failed commit).
     pub fn revert(&mut self, level: usize) -> Result<()> {
@@ -1440,6 +1486,14 @@ impl Vault {
         let store = Store::open(file, passphrase, STORE_ARGON2)?;
         let level = store.levels() - 1;
         let (tree, layout) = Layout::load(&store, level)?;
+        let mut store = store;
+        let repaired = store.repair(level, &mut rand::rng())?;
+        if repaired > 0 {
+            tracing::warn!(
+                blocks = repaired,
+                "some blocks had lost copies (written over while only a less hidden compartment was open): given fresh copies"
+            );
+        }
         Ok(Vault {
             path,
             store,
@@ -2126,6 +2180,40 @@ mod tests {
         let back = FileTree::load(&reopened, 0).unwrap();
         assert_eq!(back.list(""), vec!["b/big.bin"]);
         assert_eq!(back.get("b/big.bin"), Some(&big[..]));
+    }
+
+    /// Copies of hidden blocks a decoy overwrote are given fresh copies
+    /// when the hidden compartment is opened: damage does not pile up
+    /// across decoy-only sessions.
+    #[test]
+    fn lost_copies_are_repaired_when_the_hidden_compartment_opens() {
+        let rng = &mut rand::rng();
+        let store = Store::create(
+            MemBlocks::new(400),
+            &["decoy pass", "hidden pass"],
+            fast(),
+            rng,
+        )
+        .unwrap();
+        let mut hidden = Store::open(store.into_blocks(), "hidden pass", fast()).unwrap();
+        for i in 0..10 {
+            hidden.write(1, i, &payload(i as u8 + 1), rng).unwrap();
+        }
+        hidden.commit(rng).unwrap();
+        assert_eq!(hidden.repair(1, rng).unwrap(), 0, "nothing to repair");
+        // Damage one copy of each of blocks 0..5 by hand.
+        let places: Vec<u64> = (0..5).map(|i| hidden.compartments[1].map[i][0]).collect();
+        let mut blocks = hidden.into_blocks();
+        for p in places {
+            blocks.data[p as usize] = [0x55; BLOCK_LEN];
+        }
+        let mut hidden = Store::open(blocks, "hidden pass", fast()).unwrap();
+        assert_eq!(hidden.repair(1, rng).unwrap(), 5);
+        assert_eq!(hidden.repair(1, rng).unwrap(), 0, "all copies intact again");
+        let hidden = Store::open(hidden.into_blocks(), "hidden pass", fast()).unwrap();
+        for i in 0..10 {
+            assert_eq!(&hidden.read(1, i).unwrap()[..], &payload(i as u8 + 1)[..]);
+        }
     }
 
     /// Decoy-only writes land on a hidden compartment's superblock places;

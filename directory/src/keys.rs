@@ -56,6 +56,10 @@ pub fn write_key_file(path: &Path, key: &[u8; 32]) -> Result<()> {
 
 /// Reads a key written by [`write_key_file`].
 pub fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
+    bastet_link::check_private(path).map_err(|e| Error::KeyFile {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::KeyFile {
         path: path.to_path_buf(),
         why: e.to_string(),
@@ -84,5 +88,25 @@ mod tests {
             NodeKeys::load(dir.path()),
             Err(Error::KeyFile { .. })
         ));
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = NodeKeys::generate();
+        keys.save(dir.path()).unwrap();
+        let path = dir.path().join("identity.key");
+        for mode in [0o644, 0o640, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = NodeKeys::load(dir.path()).err().unwrap().to_string();
+            assert!(err.contains("chmod 600"), "{mode:o}: {err}");
+            assert!(err.contains(&format!("{mode:04o}")), "{err}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(
+            NodeKeys::load(dir.path()).unwrap().node_id(),
+            keys.node_id()
+        );
     }
 }

@@ -308,6 +308,46 @@ const QUIET_MS: u64 = 1_000;
 /// How often the schedule runs.
 const TICK: Duration = Duration::from_millis(500);
 
+/// What `check-config` found in a valid authority config.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    /// Always true (a bad config is an error instead).
+    pub ok: bool,
+    /// The authority's identity key (hex).
+    pub identity_key: String,
+    /// Its TLS certificate pin (hex).
+    pub tls_pin: String,
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Peer authorities configured.
+    pub peers: usize,
+    /// Signatures a consensus needs.
+    pub threshold: usize,
+    /// Relays admitted (`allowed_nodes`).
+    pub allowed_nodes: usize,
+}
+
+/// Checks `config` as `run` would before starting, without starting: every
+/// value, the peers' keys, the identity key and the TLS identity (present,
+/// parseable, mode 0600).
+pub fn check(config: &AuthorityConfig) -> Result<CheckReport> {
+    let allowed = config.validate()?;
+    for p in &config.peers {
+        p.key()?;
+    }
+    let key = SigningKey::from_bytes(&*read_key_file(&config.data_dir.join("identity.key"))?);
+    let tls = TlsIdentity::load(&config.data_dir)?;
+    Ok(CheckReport {
+        ok: true,
+        identity_key: hex::encode(key.verifying_key().as_bytes()),
+        tls_pin: tls.pin().to_hex(),
+        listen: config.listen,
+        peers: config.peers.len(),
+        threshold: config.threshold(),
+        allowed_nodes: allowed.len(),
+    })
+}
+
 /// Runs the authority until the process is stopped.
 pub async fn run(config: AuthorityConfig) -> Result<()> {
     let allowed = config.validate()?;

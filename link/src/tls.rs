@@ -113,6 +113,10 @@ impl TlsIdentity {
             path: cert_path,
             what: "PEM certificate",
         })?;
+        check_private(&key_path).map_err(|source| Error::File {
+            path: key_path.clone(),
+            source,
+        })?;
         let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|_| Error::BadPem {
             path: key_path,
             what: "PEM private key",
@@ -124,6 +128,21 @@ impl TlsIdentity {
     pub fn pin(&self) -> CertPin {
         CertPin::of(self.cert.as_ref())
     }
+}
+
+/// Checks that a secret file is readable and writable by its owner only
+/// (no group or other bits): a key others can read is refused, with the
+/// command that fixes it.
+pub fn check_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(std::io::Error::other(format!(
+            "a secret others can read or write (mode {mode:04o}): run `chmod 600 {}` (and check who read it)",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Writes a secret file readable only by its owner (created with mode 0600,
@@ -344,6 +363,11 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0);
+        // A key others can read is refused, naming the fix.
+        let key = dir.path().join("tls-key.pem");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = TlsIdentity::load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
     }
 
     #[test]

@@ -43,6 +43,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Check authority.toml, the keys and the TLS identity without
+    /// starting: prints one JSON object, or the error naming what is wrong.
+    CheckConfig {
+        /// Path to authority.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Show the running authority's current epoch: nodes by layer and
     /// jurisdiction, and which authorities signed the consensus.
     Status {
@@ -81,6 +88,12 @@ fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let config: AuthorityConfig =
                 bastet_directory::load_config(&config, "BASTET_DIRECTORY")?;
             tokio::runtime::Runtime::new()?.block_on(server::run(config))?;
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let config: AuthorityConfig =
+                bastet_directory::load_config(&config, "BASTET_DIRECTORY")?;
+            println!("{}", serde_json::to_string(&server::check(&config)?)?);
             Ok(())
         }
         Command::Status { config, json } => {

@@ -56,6 +56,14 @@ enum Command {
         #[arg(long)]
         packet_log: Option<PathBuf>,
     },
+    /// Check mailbox.toml, the node's keys and TLS identity without starting:
+    /// prints one JSON object (node id, pin, addresses), or the error naming
+    /// what is wrong (the config key, or the file and how to fix it).
+    CheckConfig {
+        /// Path to mailbox.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run the server until SIGTERM or Ctrl-C.
     Run {
         /// Path to mailbox.toml.
@@ -96,6 +104,24 @@ fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 packet_log,
             })?;
             println!("{}", serde_json::to_string(&info)?);
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let config = MailboxConfig::load(&config)?;
+            let keys = bastet_directory::NodeKeys::load(&config.data_dir)?;
+            let tls = bastet_link::TlsIdentity::load(&config.data_dir)?;
+            let report = serde_json::json!({
+                "ok": true,
+                "node_id": keys.node_id().to_hex(),
+                "tls_pin": tls.pin().to_hex(),
+                "listen": config.listen.to_string(),
+                "api_listen": config.api_listen.to_string(),
+            "metrics_listen": config.metrics_listen.to_string(),
+                "jurisdiction": config.jurisdiction,
+                "operator": config.operator,
+                "authorities": config.directory.authorities.len(),
+            });
+            println!("{report}");
             Ok(())
         }
         Command::Run { config } => {

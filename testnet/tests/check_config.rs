@@ -1,0 +1,175 @@
+//! `check-config` of each node binary, over the real binaries (nothing is
+//! started, no port is opened): a config `init` wrote passes and prints the
+//! node's identity; a bad value fails naming its key; a key file others
+//! can read fails naming the file and `chmod 600`. Needs the workspace
+//! binaries (`cargo build --workspace --bins`; `scripts/test.sh` does).
+
+// This whole file is test code; its helpers fail the test by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_bastet-testnet"))
+        .parent()
+        .unwrap()
+        .join(name)
+}
+
+/// Runs a binary; (success, stdout, stderr).
+fn run(name: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(bin(name))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok_json(name: &str, args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let (ok, out, err) = run(name, args, env);
+    assert!(ok, "{name} {args:?}: {err}");
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+fn fails(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let (ok, out, err) = run(name, args, env);
+    assert!(!ok, "{name} {args:?} passed: {out}");
+    err
+}
+
+#[test]
+fn check_config_passes_good_configs_and_names_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| tmp.path().join(n).to_string_lossy().into_owned();
+
+    // An authority (init opens no port).
+    let auth = ok_json(
+        "bastet-directory",
+        &["init", "--dir", &dir("auth"), "--listen", "127.0.0.1:7900"],
+        &[],
+    );
+    let auth_config = format!("{}/authority.toml", dir("auth"));
+    let err = fails(
+        "bastet-directory",
+        &["check-config", "--config", &auth_config],
+        &[],
+    );
+    assert!(err.contains("open_admission"), "{err}");
+    let open = [("BASTET_DIRECTORY__OPEN_ADMISSION", "true")];
+    let report = ok_json(
+        "bastet-directory",
+        &["check-config", "--config", &auth_config],
+        &open,
+    );
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["identity_key"], auth["identity_key"]);
+    assert_eq!(report["tls_pin"], auth["tls_pin"]);
+
+    let directory = tmp.path().join("directory.toml");
+    std::fs::write(
+        &directory,
+        format!(
+            "epoch_secs = 3600\n[[authorities]]\nurl = {}\nidentity_key = {}\ntls_pin = {}\n",
+            auth["url"], auth["identity_key"], auth["tls_pin"]
+        ),
+    )
+    .unwrap();
+    let directory = directory.to_string_lossy().into_owned();
+
+    // A mixnode and a mailbox server.
+    let mix = ok_json(
+        "bastet-mixnode",
+        &[
+            "init",
+            "--dir",
+            &dir("mix"),
+            "--listen",
+            "127.0.0.1:7901",
+            "--metrics-listen",
+            "127.0.0.1:7902",
+            "--jurisdiction",
+            "DE",
+            "--operator",
+            "Test Org",
+            "--directory",
+            &directory,
+        ],
+        &[],
+    );
+    let mbox = ok_json(
+        "bastet-mailbox",
+        &[
+            "init",
+            "--dir",
+            &dir("mbox"),
+            "--listen",
+            "127.0.0.1:7903",
+            "--api-listen",
+            "127.0.0.1:7904",
+            "--metrics-listen",
+            "127.0.0.1:7905",
+            "--jurisdiction",
+            "CH",
+            "--operator",
+            "Test Org",
+            "--directory",
+            &directory,
+        ],
+        &[],
+    );
+    for (name, init, data, config, env_key) in [
+        (
+            "bastet-mixnode",
+            &mix,
+            dir("mix"),
+            format!("{}/mixnode.toml", dir("mix")),
+            "BASTET_MIXNODE__JURISDICTION",
+        ),
+        (
+            "bastet-mailbox",
+            &mbox,
+            dir("mbox"),
+            format!("{}/mailbox.toml", dir("mbox")),
+            "BASTET_MAILBOX__JURISDICTION",
+        ),
+    ] {
+        let report = ok_json(name, &["check-config", "--config", &config], &[]);
+        assert_eq!(report["ok"], true, "{name}");
+        assert_eq!(report["node_id"], init["node_id"], "{name}");
+        assert_eq!(report["tls_pin"], init["tls_pin"], "{name}");
+        assert_eq!(report["authorities"], 1, "{name}");
+        // A bad value: the error names the key.
+        let err = fails(
+            name,
+            &["check-config", "--config", &config],
+            &[(env_key, "Germany")],
+        );
+        assert!(err.contains("jurisdiction"), "{name}: {err}");
+        // Keys others can read: refused, naming the file and the fix.
+        for file in ["identity.key", "tls-key.pem"] {
+            let path = Path::new(&data).join(file);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = fails(name, &["check-config", "--config", &config], &[]);
+            assert!(
+                err.contains(file) && err.contains("chmod 600"),
+                "{name}: {err}"
+            );
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        assert!(run(name, &["check-config", "--config", &config], &[]).0);
+    }
+    // A missing config file is named.
+    let err = fails(
+        "bastet-mixnode",
+        &["check-config", "--config", &dir("nowhere.toml")],
+        &[],
+    );
+    assert!(err.contains("nowhere.toml"), "{err}");
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages Bastet's build needs, only those missing:
 # clang and libclang-dev (bindgen generates RocksDB's Rust bindings with
-# libclang) and a C++ compiler (RocksDB itself is C++).
+# libclang), a C++ compiler (RocksDB itself is C++), and systemd-analyze
+# (the tests check the unit files in deploy/systemd with it).
 # Debian/Ubuntu (apt-get); runs as root, or through sudo when available.
 set -euo pipefail
 
@@ -26,9 +27,10 @@ missing=()
 command -v clang >/dev/null 2>&1 || missing+=(clang)
 have_libclang || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "setup: clang, libclang and a C++ compiler are present"
+    echo "setup: clang, libclang, a C++ compiler and systemd-analyze are present"
 else
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "setup: missing ${missing[*]}; install them with your package manager" >&2

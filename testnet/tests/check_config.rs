@@ -173,3 +173,66 @@ fn check_config_passes_good_configs_and_names_what_is_wrong() {
     );
     assert!(err.contains("nowhere.toml"), "{err}");
 }
+
+/// The systemd units in `deploy/systemd`: each runs `check-config` before
+/// `run` on the config its role's `init` writes, passes `systemd-analyze
+/// verify` (with the built binaries in place of /usr/local/bin), and its
+/// hardening scores at most 2.0 ("OK") in `systemd-analyze security`.
+#[test]
+fn the_systemd_units_verify_and_are_hardened() {
+    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+        panic!("systemd-analyze is missing: scripts/setup.sh installs it (package systemd)");
+    };
+    assert!(version.status.success());
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let tmp = tempfile::tempdir().unwrap();
+    let bins = bin("bastet-mixnode").parent().unwrap().to_path_buf();
+    for (role, config) in [
+        ("directory", "authority.toml"),
+        ("mixnode", "mixnode.toml"),
+        ("mailbox", "mailbox.toml"),
+    ] {
+        let name = format!("bastet-{role}.service");
+        let text = std::fs::read_to_string(deploy.join(&name)).unwrap();
+        let data = format!("/var/lib/bastet/{role}/{config}");
+        assert!(
+            text.contains(&format!(
+                "ExecStartPre=/usr/local/bin/bastet-{role} check-config --config {data}"
+            )),
+            "{name}"
+        );
+        assert!(
+            text.contains(&format!(
+                "ExecStart=/usr/local/bin/bastet-{role} run --config {data}"
+            )),
+            "{name}"
+        );
+        let local = text.replace("/usr/local/bin/", &format!("{}/", bins.to_string_lossy()));
+        let path = tmp.path().join(&name);
+        std::fs::write(&path, local).unwrap();
+        let verify = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&verify.stderr);
+        assert!(
+            verify.status.success() && !stderr.contains(&name),
+            "{name}: {stderr}"
+        );
+        let security = Command::new("systemd-analyze")
+            .args(["security", "--offline=true"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&security.stdout);
+        let score: f64 = out
+            .lines()
+            .find_map(|l| l.split_once("Overall exposure level for "))
+            .and_then(|(_, rest)| rest.split_once(": "))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no exposure level in {out}"));
+        assert!(score <= 2.0, "{name}: exposure {score}");
+    }
+}

@@ -166,6 +166,9 @@ pub fn init(
 ) -> Result<AuthorityInfo> {
     let io = |e: std::io::Error| Error::Config(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
+    // An absolute data_dir: the authority may run from another directory
+    // (a service manager starts it in /).
+    let dir = &std::fs::canonicalize(dir).map_err(io)?;
     let key_path = dir.join("identity.key");
     if key_path.exists() {
         return Err(Error::Config(format!(

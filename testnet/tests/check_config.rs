@@ -165,6 +165,27 @@ fn check_config_passes_good_configs_and_names_what_is_wrong() {
         }
         assert!(run(name, &["check-config", "--config", &config], &[]).0);
     }
+    // An authority made with a relative --dir runs from anywhere (its
+    // config holds the absolute data_dir).
+    let made = Command::new(bin("bastet-directory"))
+        .args(["init", "--dir", "rel-auth", "--listen", "127.0.0.1:7906"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let config = tmp.path().join("rel-auth/authority.toml");
+    let checked = Command::new(bin("bastet-directory"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env("BASTET_DIRECTORY__OPEN_ADMISSION", "true")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
     // A missing config file is named.
     let err = fails(
         "bastet-mixnode",

@@ -9,15 +9,78 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Logs to stderr, filtered by `BASTET_LOG` (a `tracing` filter such as
 /// `debug` or `bastet_link=trace`), or by `default` when it is unset or
-/// invalid.
+/// invalid. With `BASTET_LOG_FORMAT=json`, one JSON object per line
+/// (`ts_ms`, `level`, `target`, `message` and the event's fields), for log
+/// collectors; any other value but `text` (the default) is refused.
 pub fn init_logging(default: &str) {
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BASTET_LOG")
+        .unwrap_or_else(|_| default.into());
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BASTET_LOG")
-                .unwrap_or_else(|_| default.into()),
-        )
-        .init();
+        .with_env_filter(filter);
+    match std::env::var("BASTET_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.event_format(JsonLines).init(),
+        Ok("text") | Err(_) => builder.init(),
+        Ok(other) => {
+            builder.init();
+            tracing::warn!(
+                "BASTET_LOG_FORMAT={other:?} is neither \"text\" nor \"json\": logging as text"
+            );
+        }
+    }
+}
+
+/// One JSON object per event.
+struct JsonLines;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut fields = JsonFields(serde_json::Map::new());
+        event.record(&mut fields);
+        let mut object = serde_json::Map::new();
+        let ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        object.insert("ts_ms".into(), ts_ms.into());
+        object.insert("level".into(), event.metadata().level().as_str().into());
+        object.insert("target".into(), event.metadata().target().into());
+        object.extend(fields.0);
+        writeln!(writer, "{}", serde_json::Value::Object(object))
+    }
+}
+
+/// An event's fields as JSON values.
+struct JsonFields(serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
 }
 
 /// Success, or failure after printing `{prefix}: {error}` to stderr.

@@ -165,6 +165,34 @@ fn check_config_passes_good_configs_and_names_what_is_wrong() {
         }
         assert!(run(name, &["check-config", "--config", &config], &[]).0);
     }
+    // BASTET_LOG_FORMAT=json: every log line of a running node is one
+    // JSON object with its level, target and message.
+    let log = tmp.path().join("json.log");
+    let mut node = Command::new(bin("bastet-mixnode"))
+        .args(["run", "--config", &format!("{}/mixnode.toml", dir("mix"))])
+        .env("BASTET_LOG_FORMAT", "json")
+        .env("BASTET_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&log).unwrap().lines().count() < 2
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    node.kill().unwrap();
+    node.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().count() >= 2, "{text}");
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["target"].is_string(), "{line}");
+        assert!(v["ts_ms"].as_u64().unwrap() > 1_700_000_000_000, "{line}");
+        assert!(v["message"].is_string(), "{line}");
+    }
+
     // An authority made with a relative --dir runs from anywhere (its
     // config holds the absolute data_dir).
     let made = Command::new(bin("bastet-directory"))

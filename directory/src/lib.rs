@@ -22,7 +22,7 @@ pub use error::Error;
 pub use keys::{NodeKeys, read_key_file, write_key_file};
 pub use rotation::{
     EpochKey, Rotation, SPHINX_KEYS_DIR, SphinxKeyRing, default_sphinx_key_grace_secs,
-    publish_rotating_forever, rotate_forever, sphinx_key_path,
+    publish_rotating_forever, relay_readiness, rotate_forever, sphinx_key_path,
 };
 pub use vote::{MAX_VOTE_LEN, SignedVote, Vote, consensus_from_votes, majority};
 

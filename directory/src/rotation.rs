@@ -21,6 +21,40 @@ use crate::{
     publish_forever, read_key_file, unix_now, write_key_file,
 };
 
+/// Readiness of a relay for `/health`: it holds a consensus valid now that
+/// lists it, a Sphinx key for the current epoch, and its data directory
+/// has [`bastet_link::MIN_FREE_BYTES`] free. Each failure says what to do.
+pub fn relay_readiness(
+    consensus: crate::ConsensusWatch,
+    keyring: Arc<Mutex<SphinxKeyRing>>,
+    node: bastet_sphinx::NodeId,
+    data_dir: PathBuf,
+) -> bastet_link::Readiness {
+    Arc::new(move || {
+        let now = unix_now();
+        let Some(c) = consensus.current() else {
+            return Err(
+                "no consensus valid now (are the authorities reachable, and the clock right?)"
+                    .into(),
+            );
+        };
+        if c.node(&node).is_none() {
+            return Err(format!(
+                "node {} is not in the consensus of epoch {} (the authorities must list it in allowed_nodes)",
+                node.to_hex(),
+                c.epoch
+            ));
+        }
+        let ring = keyring.lock().unwrap_or_else(PoisonError::into_inner);
+        let epoch = epoch_of(now, ring.epoch_secs());
+        if ring.public(epoch).is_none() {
+            return Err(format!("no Sphinx key for the current epoch {epoch}"));
+        }
+        drop(ring);
+        bastet_link::check_free_space(&data_dir, bastet_link::MIN_FREE_BYTES)
+    })
+}
+
 /// The directory under a node's data directory holding its Sphinx keys.
 pub const SPHINX_KEYS_DIR: &str = "sphinx-keys";
 /// The one Sphinx key of a node from before keys rotated; erased on start.

@@ -429,8 +429,11 @@ pub async fn run(config: AuthorityConfig) -> Result<()> {
             .await
             .map_err(|e| Error::Config(format!("metrics_listen {addr}: {e}")))?;
         let registry = Arc::new(registry);
+        let data_dir = config.data_dir.clone();
+        let ready: bastet_link::Readiness =
+            Arc::new(move || bastet_link::check_free_space(&data_dir, bastet_link::MIN_FREE_BYTES));
         tokio::spawn(async move {
-            if let Err(e) = bastet_link::serve_metrics(listener, registry).await {
+            if let Err(e) = bastet_link::serve_metrics(listener, registry, ready).await {
                 tracing::error!(error = %e, "metrics server failed");
             }
         });

@@ -16,7 +16,7 @@ pub use frame::{FRAME_LEN, read_frame, write_frame};
 pub use https::{https_client, serve_https};
 pub use ingress::{Frame, IngressConfig, IngressStats, serve_packets};
 pub use ingress_log::{INGRESS_LOG_LIMIT, IngressLog};
-pub use metrics::serve_metrics;
+pub use metrics::{MIN_FREE_BYTES, Readiness, check_free_space, free_bytes, serve_metrics};
 pub use packet_log::{PACKET_LOG_LIMIT, PacketLog};
 pub use pool::{Outbound, OutboundConfig, Peer, SendError};
 pub use process::{exit_code, init_logging, shutdown_signal};

@@ -130,10 +130,22 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
             Ok(())
         });
     }
-    tasks.spawn(async move {
-        bastet_link::serve_metrics(metrics_listener, registry).await?;
-        Ok(())
-    });
+    // Acks go to layer-1 mixes of the current consensus; refreshed often
+    // enough that an epoch change costs seconds of `no_consensus` at most.
+    let refresh = Duration::from_secs((config.directory.epoch_secs / 12).clamp(2, 10));
+    let consensus = ConsensusWatch::spawn(directory.clone(), refresh);
+    {
+        let ready = bastet_directory::relay_readiness(
+            consensus.clone(),
+            keyring.clone(),
+            keys.node_id(),
+            config.data_dir.clone(),
+        );
+        tasks.spawn(async move {
+            bastet_link::serve_metrics(metrics_listener, registry, ready).await?;
+            Ok(())
+        });
+    }
     tasks.spawn(count_overload(stats, metrics.clone()));
     tasks.spawn({
         let keyring = keyring.clone();
@@ -162,11 +174,8 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
             Ok(())
         });
     }
-    // Acks go to layer-1 mixes of the current consensus; refreshed often
-    // enough that an epoch change costs seconds of `no_consensus` at most.
-    let refresh = Duration::from_secs((config.directory.epoch_secs / 12).clamp(2, 10));
     let acks = Acks {
-        consensus: ConsensusWatch::spawn(directory.clone(), refresh),
+        consensus,
         outbound: Arc::new(Outbound::new(OutboundConfig::default())),
     };
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -210,8 +210,15 @@ impl Mixnode {
         ));
         {
             let registry = Arc::new(registry);
+            let ready = bastet_directory::relay_readiness(
+                consensus.clone(),
+                keyring.clone(),
+                node_id,
+                config.data_dir.clone(),
+            );
             tasks.spawn(async move {
-                let why = match bastet_link::serve_metrics(metrics_listener, registry).await {
+                let why = match bastet_link::serve_metrics(metrics_listener, registry, ready).await
+                {
                     Ok(()) => "server closed".to_string(),
                     Err(e) => e.to_string(),
                 };

@@ -181,8 +181,24 @@ fn check_config_passes_good_configs_and_names_what_is_wrong() {
     {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // Its /health says it is not ready, and why: no authority answers.
+    let health = {
+        use std::io::{Read, Write};
+        let mut answer = String::new();
+        for _ in 0..50 {
+            if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:7902") {
+                s.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+                s.read_to_string(&mut answer).unwrap();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        answer
+    };
     node.kill().unwrap();
     node.wait().unwrap();
+    assert!(health.starts_with("HTTP/1.0 503"), "{health}");
+    assert!(health.contains("not ready: no consensus"), "{health}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.lines().count() >= 2, "{text}");
     for line in text.lines() {

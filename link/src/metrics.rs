@@ -91,3 +91,19 @@ pub async fn serve_metrics(
         .await
         .map_err(|source| Error::Serve { addr, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_measured_and_a_shortage_named() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).unwrap() > 0);
+        assert!(check_free_space(dir.path(), 1).is_ok());
+        let short = check_free_space(dir.path(), u64::MAX).unwrap_err();
+        assert!(short.contains("MiB free, less than"), "{short}");
+        let missing = check_free_space(&dir.path().join("nowhere"), 1).unwrap_err();
+        assert!(missing.contains("nowhere"), "{missing}");
+    }
+}

@@ -1837,9 +1837,38 @@ fn print_status(s: &StatusReport, json: bool) -> CliResult<()> {
         c.tick_work_us as f64 / 1000.0 / c.ticks.max(1) as f64
     );
     println!(
-        "outbox: {} message(s) pending, {} packet(s) queued; inbox: {} message(s) waiting; consensus epoch {}",
-        s.pending_messages, s.queued_packets, s.inbox_messages, s.epoch
+        "outbox: {} message(s) pending, {} packet(s) queued; inbox: {} message(s) waiting",
+        s.pending_messages, s.queued_packets, s.inbox_messages
     );
+    println!(
+        "consensus: epoch {}, {} nodes, {} authority signatures, valid {} s more",
+        s.epoch, s.consensus_nodes, s.consensus_signatures, s.consensus_valid_secs
+    );
+    println!(
+        "mailbox: server {} ({})",
+        s.mailbox_server.get(..16).unwrap_or(&s.mailbox_server),
+        s.mailbox_jurisdiction
+            .as_deref()
+            .unwrap_or("not in the consensus now")
+    );
+    println!(
+        "route policy: {}{}",
+        s.route_template.join(" -> "),
+        if s.route_avoid.is_empty() {
+            String::new()
+        } else {
+            format!(", never via {}", s.route_avoid.join(", "))
+        }
+    );
+    match s.store_bytes {
+        Some((total, used)) => println!(
+            "storage: encrypted store of {} MiB, {} KiB in use ({:.1}%)",
+            total >> 20,
+            used >> 10,
+            used as f64 * 100.0 / total.max(1) as f64
+        ),
+        None => println!("storage: plain files (not encrypted at rest; see `bastet store create`)"),
+    }
     if !s.scores.is_empty() {
         println!("node reliability (from loops), least reliable first:");
         for n in s.scores.iter().take(10) {

@@ -100,6 +100,32 @@ async fn the_daemon_runs_from_an_encrypted_store_and_survives_sigkill() {
     let mut alice_daemon = alice.start_daemon().await.unwrap();
     let mut bob_daemon = bob.start_daemon().await.unwrap();
 
+    // `bastet status` summarises the store, mailbox, consensus and policy.
+    let status = alice.status().await.unwrap();
+    assert!(
+        status["store_bytes"][0].as_u64().unwrap() >= 8 << 20,
+        "{status}"
+    );
+    assert!(status["store_bytes"][1].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(status["mailbox_server"], server_a.as_str(), "{status}");
+    assert!(status["mailbox_jurisdiction"].is_string(), "{status}");
+    assert!(
+        status["consensus_signatures"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    assert!(
+        status["consensus_valid_secs"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(
+        status["route_template"]
+            .as_array()
+            .is_some_and(|t| t.len() >= 3)
+    );
+    let text = alice.bastet(&["status"]).await.unwrap();
+    assert!(text.contains("storage: encrypted store of 8 MiB"), "{text}");
+    assert!(text.contains("route policy: "), "{text}");
+
     // While the daemon holds the store, another process cannot open it.
     match decoy.bastet(&["address"]).await {
         Err(Error::CommandFailed { stderr, .. }) => {

@@ -373,6 +373,32 @@ pub struct StatusReport {
     pub counters: Counters,
     /// Per-node loop reliability, least reliable first.
     pub scores: Vec<WireScore>,
+    /// This client's mailbox server (node id, hex).
+    #[serde(default)]
+    pub mailbox_server: String,
+    /// Its jurisdiction, if the consensus lists it.
+    #[serde(default)]
+    pub mailbox_jurisdiction: Option<String>,
+    /// Authority signatures on the consensus in force.
+    #[serde(default)]
+    pub consensus_signatures: usize,
+    /// Nodes in it.
+    #[serde(default)]
+    pub consensus_nodes: usize,
+    /// Seconds it stays valid (0: expired, a new one is being fetched).
+    #[serde(default)]
+    pub consensus_valid_secs: u64,
+    /// The route policy in force: hop classes first mix to last, and the
+    /// jurisdictions avoided.
+    #[serde(default)]
+    pub route_template: Vec<String>,
+    /// Jurisdictions never crossed.
+    #[serde(default)]
+    pub route_avoid: Vec<String>,
+    /// The encrypted store's size and the bytes its open compartments use
+    /// (`None`: a plain data dir).
+    #[serde(default)]
+    pub store_bytes: Option<(u64, u64)>,
 }
 
 /// The daemon's answer.

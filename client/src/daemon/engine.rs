@@ -1231,6 +1231,17 @@ impl Engine {
                     samples: s.samples(),
                 })
                 .collect(),
+            mailbox_server: self.own_server.to_hex(),
+            mailbox_jurisdiction: self
+                .consensus
+                .node(&self.own_server)
+                .map(|d| d.jurisdiction.clone()),
+            consensus_signatures: self.consensus.signatures,
+            consensus_nodes: self.consensus.nodes.len(),
+            consensus_valid_secs: self.consensus.valid_until.saturating_sub(now_ms() / 1000),
+            route_template: self.config.route.template.clone(),
+            route_avoid: self.config.route.avoid.clone(),
+            store_bytes: self.dir.store_usage(),
         }
     }
 }

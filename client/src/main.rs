@@ -1731,20 +1731,42 @@ async fn send_via_daemon(
     // The daemon fails the message at its give-up; the margin only guards
     // against a daemon that stopped answering.
     let deadline = std::time::Instant::now() + Duration::from_secs(give_up.saturating_add(30));
+    // At a terminal, progress once a second (a large file takes a while at
+    // a constant packet rate); elsewhere, nothing but the result.
+    use std::io::{IsTerminal, Write};
+    let progress = std::io::stderr().is_terminal();
+    let wait_ms = if progress {
+        1000
+    } else {
+        daemon::api::MAX_WAIT_MS
+    };
     for report in &mut copies {
         let id = report.message_id.clone();
         while wait && !matches!(report.state, DeliveryState::Stored | DeliveryState::Failed) {
             if std::time::Instant::now() > deadline {
                 return Err(format!("the daemon did not report message {id} final in time").into());
             }
+            if progress {
+                eprint!(
+                    "\rbastet: message {}: {}/{} fragments acknowledged, {} retransmitted ",
+                    id.get(..8).unwrap_or(&id),
+                    report.acked,
+                    report.fragments,
+                    report.retransmissions
+                );
+                let _ = std::io::stderr().flush();
+            }
             let request = Request::Message {
                 id: id.clone(),
-                wait_ms: daemon::api::MAX_WAIT_MS,
+                wait_ms,
             };
             *report = match daemon::api::call(dir, &request).await? {
                 Response::Message(r) => r,
                 other => return Err(unexpected(other).into()),
             };
+        }
+        if progress && wait {
+            eprintln!();
         }
     }
     Ok(copies)

@@ -1366,7 +1366,7 @@ impl Dirs {
     /// terminal (not echoed).
     fn passphrase(&self, prompt: &str) -> CliResult<Zeroizing<String>> {
         if let Some(fd) = self.passphrase_fd {
-            return read_fd_line(fd);
+            return Ok(bastet_link::read_fd_line(fd)?);
         }
         use std::io::IsTerminal;
         if !std::io::stdin().is_terminal() {
@@ -1391,34 +1391,6 @@ impl Dirs {
         }
         Ok(phrase)
     }
-}
-
-/// One line from file descriptor `fd` (read a byte at a time, so that
-/// nothing after the line is consumed), without its line end.
-fn read_fd_line(fd: u32) -> CliResult<Zeroizing<String>> {
-    use std::io::Read;
-    let path = format!("/dev/fd/{fd}");
-    let mut file = std::fs::File::open(&path).map_err(|e| format!("--passphrase-fd {fd}: {e}"))?;
-    let mut line = Zeroizing::new(Vec::new());
-    let mut byte = [0u8; 1];
-    loop {
-        match file.read(&mut byte) {
-            Ok(0) => break,
-            Ok(_) if byte[0] == b'\n' => break,
-            Ok(_) if line.len() >= 1024 => {
-                return Err(format!("--passphrase-fd {fd}: a line longer than 1024 bytes").into());
-            }
-            Ok(_) => line.push(byte[0]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("--passphrase-fd {fd}: {e}").into()),
-        }
-    }
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    let text =
-        std::str::from_utf8(&line).map_err(|_| format!("--passphrase-fd {fd}: not UTF-8"))?;
-    Ok(Zeroizing::new(text.to_string()))
 }
 
 /// `bastet store ...`.

@@ -19,7 +19,7 @@ pub use ingress_log::{INGRESS_LOG_LIMIT, IngressLog};
 pub use metrics::{MIN_FREE_BYTES, Readiness, check_free_space, free_bytes, serve_metrics};
 pub use packet_log::{PACKET_LOG_LIMIT, PacketLog};
 pub use pool::{Outbound, OutboundConfig, Peer, SendError};
-pub use process::{exit_code, init_logging, shutdown_signal};
+pub use process::{exit_code, init_logging, read_fd_line, read_passphrase, shutdown_signal};
 pub use tls::{
     CertPin, TlsIdentity, check_private, client_config, connect, connect_from, server_config,
     write_private,

@@ -107,3 +107,53 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
         }
     })
 }
+
+/// One line from file descriptor `fd` (read a byte at a time, so that
+/// nothing after the line is consumed, and a later read of the same
+/// descriptor gets the rest), without its line end; at most 1024 bytes.
+pub fn read_fd_line(fd: u32) -> std::io::Result<zeroize::Zeroizing<String>> {
+    use std::io::Read;
+    let err = |why: String| std::io::Error::other(format!("--passphrase-fd {fd}: {why}"));
+    let mut file = std::fs::File::open(format!("/dev/fd/{fd}")).map_err(|e| err(e.to_string()))?;
+    let mut line = zeroize::Zeroizing::new(Vec::new());
+    let mut byte = [0u8; 1];
+    loop {
+        match file.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() >= 1024 => return Err(err("a line longer than 1024 bytes".into())),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(err(e.to_string())),
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let text = std::str::from_utf8(&line).map_err(|_| err("not UTF-8".into()))?;
+    Ok(zeroize::Zeroizing::new(text.to_string()))
+}
+
+/// A passphrase: a line from `fd` if given, else typed at the terminal
+/// (not echoed; twice if `confirm`). Without either, an error saying how
+/// to give one.
+pub fn read_passphrase(
+    fd: Option<u32>,
+    prompt: &str,
+    confirm: bool,
+) -> std::io::Result<zeroize::Zeroizing<String>> {
+    if let Some(fd) = fd {
+        return read_fd_line(fd);
+    }
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Err(std::io::Error::other(
+            "a passphrase is needed: type it at a terminal, or give --passphrase-fd N",
+        ));
+    }
+    let first = zeroize::Zeroizing::new(rpassword::prompt_password(prompt)?);
+    if confirm && *zeroize::Zeroizing::new(rpassword::prompt_password("Again: ")?) != *first {
+        return Err(std::io::Error::other("the two passphrases differ"));
+    }
+    Ok(first)
+}

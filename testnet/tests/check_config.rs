@@ -230,6 +230,111 @@ fn check_config_passes_good_configs_and_names_what_is_wrong() {
         "{}",
         String::from_utf8_lossy(&checked.stderr)
     );
+    // backup, then restore elsewhere: the same identity and TLS pin, the
+    // config pointing at the new directory; only with the passphrase.
+    let with_input = |name: &str, args: &[&str], input: &str| {
+        use std::io::Write;
+        let mut child = Command::new(bin(name))
+            .args(args)
+            .env("BASTET_DIRECTORY__OPEN_ADMISSION", "true")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    for (name, config, id_field) in [
+        (
+            "bastet-mixnode",
+            format!("{}/mixnode.toml", dir("mix")),
+            "node_id",
+        ),
+        (
+            "bastet-mailbox",
+            format!("{}/mailbox.toml", dir("mbox")),
+            "node_id",
+        ),
+        ("bastet-directory", auth_config.clone(), "identity_key"),
+    ] {
+        let out = dir(&format!("{name}.backup"));
+        let made = with_input(
+            name,
+            &[
+                "backup",
+                "--config",
+                &config,
+                "--out",
+                &out,
+                "--passphrase-fd",
+                "0",
+            ],
+            "a long backup passphrase\n",
+        );
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{name}");
+        let to = dir(&format!("{name}-restored"));
+        let wrong = with_input(
+            name,
+            &[
+                "restore",
+                "--backup",
+                &out,
+                "--dir",
+                &to,
+                "--passphrase-fd",
+                "0",
+            ],
+            "not the passphrase\n",
+        );
+        assert!(!wrong.status.success());
+        assert!(
+            String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"),
+            "{}",
+            String::from_utf8_lossy(&wrong.stderr)
+        );
+        let restored = with_input(
+            name,
+            &[
+                "restore",
+                "--backup",
+                &out,
+                "--dir",
+                &to,
+                "--passphrase-fd",
+                "0",
+            ],
+            "a long backup passphrase\n",
+        );
+        assert!(
+            restored.status.success(),
+            "{}",
+            String::from_utf8_lossy(&restored.stderr)
+        );
+        let info: serde_json::Value = serde_json::from_slice(&restored.stdout).unwrap();
+        let new_config = info["config"].as_str().unwrap().to_string();
+        let env: &[(&str, &str)] = &open;
+        let before = ok_json(name, &["check-config", "--config", &config], env);
+        let after = ok_json(name, &["check-config", "--config", &new_config], env);
+        assert_eq!(before[id_field], after[id_field], "{name}");
+        assert_eq!(before["tls_pin"], after["tls_pin"], "{name}");
+        assert!(
+            std::fs::read_to_string(&new_config).unwrap().contains(&to),
+            "{name}: data_dir not moved"
+        );
+    }
+
     // A missing config file is named.
     let err = fails(
         "bastet-mixnode",

@@ -136,11 +136,10 @@ async fn unknown_next_hops_and_overlong_delays_are_dropped_by_reason() {
 async fn without_a_consensus_released_packets_are_dropped_and_health_is_served() {
     let tmp = tempfile::tempdir().unwrap();
     let mix = Mix::start(tmp.path(), &unreachable_directory(), |_| {}).await;
-    assert!(
-        http_get(mix.node.metrics_addr(), "/health")
-            .await
-            .ends_with("ok\n")
-    );
+    // /health is served, and says the node is not ready, and why.
+    let health = http_get_any(mix.node.metrics_addr(), "/health").await;
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(health.contains("not ready: no consensus"), "{health}");
 
     mix.send(&packet(&mix, Duration::from_millis(50), stranger(), b"x"))
         .await;

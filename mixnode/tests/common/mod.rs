@@ -353,12 +353,18 @@ pub fn stranger() -> Hop {
 
 /// `GET path` over plain HTTP/1.1.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let response = http_get_any(addr, path).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The whole response, whatever its status.
+pub async fn http_get_any(addr: SocketAddr, path: &str) -> String {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     tcp.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }
 

@@ -16,7 +16,7 @@ pub use error::Error;
 pub use mixer::{
     DropReason, Mixer, MixerConfig, MixerStats, Outcome, Transmit, Unwrapped, Unwrapper, route,
 };
-pub use node::{Mixnode, run};
+pub use node::{DRAIN_BOUND, Mixnode, run};
 
 /// The `packet_log` file stops growing at this size.
 pub use bastet_link::PACKET_LOG_LIMIT;

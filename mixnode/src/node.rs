@@ -57,7 +57,17 @@ pub struct Mixnode {
     consensus: ConsensusWatch,
     tasks: JoinSet<Result<()>>,
     ingress_log: Option<Arc<IngressLog>>,
+    /// Tells the mixer to stop taking packets and release what it holds.
+    drain: watch::Sender<bool>,
+    /// Fires once the mixer has released (or given up on) what it held.
+    drained: Option<tokio::sync::oneshot::Receiver<usize>>,
+    outbound: Arc<Outbound>,
 }
+
+/// How long a stopping mixnode keeps releasing the packets it holds (each
+/// at the end of its own delay; those whose delay ends later are dropped,
+/// and their senders retransmit).
+pub const DRAIN_BOUND: Duration = Duration::from_secs(5);
 
 /// Runs a mixnode with `config` until `shutdown` completes (then stops it
 /// cleanly and returns `Ok`) or a part of it fails (returns the error).
@@ -156,6 +166,8 @@ impl Mixnode {
             });
         }
         let outbound = Arc::new(Outbound::new(OutboundConfig::default()));
+        let (drain, drain_rx) = watch::channel(false);
+        let (drained_tx, drained) = tokio::sync::oneshot::channel();
         tasks.spawn(copy_link_stats(
             ingress_stats,
             outbound.clone(),
@@ -204,9 +216,10 @@ impl Mixnode {
             keys_rx,
             unwrapped_rx,
             consensus.clone(),
-            outbound,
+            outbound.clone(),
             metrics,
             packet_log,
+            (drain_rx, drained_tx),
         ));
         {
             let registry = Arc::new(registry);
@@ -248,6 +261,9 @@ impl Mixnode {
             consensus,
             tasks,
             ingress_log,
+            drain,
+            drained: Some(drained),
+            outbound,
         })
     }
 
@@ -287,9 +303,26 @@ impl Mixnode {
         }
     }
 
-    /// Stops every task. Packets still held in the delay queue are lost;
-    /// senders' end-to-end retransmission recovers them.
+    /// Stops the node: it takes no new packets, releases those it holds
+    /// as their delays end for up to [`DRAIN_BOUND`] (the rest are dropped;
+    /// senders' end-to-end retransmission recovers them), gives the links
+    /// a moment to write what was released, then stops every task.
     pub async fn stop(mut self) {
+        let _ = self.drain.send(true);
+        if let Some(drained) = self.drained.take() {
+            match tokio::time::timeout(DRAIN_BOUND + Duration::from_secs(1), drained).await {
+                Ok(Ok(0)) => tracing::info!("every held packet was released"),
+                Ok(Ok(left)) => tracing::warn!(
+                    dropped = left,
+                    "packets whose delay outlasted the drain were dropped"
+                ),
+                _ => tracing::warn!("the mixer did not finish draining"),
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while self.outbound.queued() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         self.tasks.shutdown().await;
         if let Some(log) = &self.ingress_log {
             log.flush();
@@ -402,15 +435,34 @@ async fn mix(
     outbound: Arc<Outbound>,
     metrics: Arc<Metrics>,
     mut packet_log: Option<PacketLog>,
+    (mut drain, drained): (watch::Receiver<bool>, tokio::sync::oneshot::Sender<usize>),
 ) -> Result<()> {
+    // Set once the node stops: no new packets; release until then.
+    let mut draining: Option<Instant> = None;
+    let mut input_done = false;
+    let mut drained = Some(drained);
     loop {
         let now = Instant::now();
-        let wake = mixer
+        let mut wake = mixer
             .poll_timeout()
             .unwrap_or(now + Duration::from_secs(3600));
+        if let Some(deadline) = draining {
+            wake = wake.min(deadline);
+        }
         tokio::select! {
-            received = unwrapped.recv() => {
+            changed = drain.changed(), if draining.is_none() => {
+                if changed.is_ok() && *drain.borrow() {
+                    draining = Some(Instant::now() + DRAIN_BOUND);
+                    unwrapped.close();
+                    tracing::info!(held = mixer.queued(), "stopping: releasing the packets held");
+                }
+            }
+            received = unwrapped.recv(), if !input_done => {
                 let Some(first) = received else {
+                    if draining.is_some() {
+                        input_done = true;
+                        continue;
+                    }
                     return Err(Error::TaskFailed {
                         what: "mixer",
                         why: "packet workers stopped".into(),
@@ -453,6 +505,16 @@ async fn mix(
             // A node joined after our fetch, or the epoch turned: look again
             // now rather than at the next periodic refresh.
             consensus.nudge();
+        }
+        if let Some(deadline) = draining
+            && (mixer.queued() == 0 || Instant::now() >= deadline)
+        {
+            if let Some(tx) = drained.take() {
+                let _ = tx.send(mixer.queued());
+            }
+            // Stay until the node stops the task: returning would look like
+            // a failure to `wait`.
+            std::future::pending::<()>().await;
         }
         metrics.delay_queue_depth.set(gauge_value(mixer.queued()));
     }

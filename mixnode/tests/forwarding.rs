@@ -169,3 +169,36 @@ async fn without_a_consensus_released_packets_are_dropped_and_health_is_served()
     );
     mix.node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_releases_what_it_holds_within_the_drain_bound() {
+    avoid_epoch_boundary().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (directory, client) = authority(tmp.path()).await;
+    let mut sink = Sink::start(&client).await;
+    let mix = Mix::start(tmp.path(), &directory, |_| {}).await;
+    mix.wait_for_consensus().await;
+
+    let delay = Duration::from_millis(1500);
+    let p = packet(&mix, delay, sink.hop(), b"held while the node stops");
+    let sent = Instant::now();
+    mix.send(&p).await;
+    mix.wait_metric("bastet_mixnode_delay_queue_depth", |v| v == 1.0)
+        .await;
+    // SIGTERM's path: the node stops while the packet is held.
+    let stopping = tokio::spawn(mix.node.stop());
+    let frame = sink
+        .next(Duration::from_secs(5))
+        .await
+        .expect("the held packet was dropped at stop");
+    assert!(sent.elapsed() >= delay, "released before its delay");
+    let (_, message) = sink.open(&frame[..]);
+    assert_eq!(message, b"held while the node stops");
+    tokio::time::timeout(
+        bastet_mixnode::DRAIN_BOUND + Duration::from_secs(4),
+        stopping,
+    )
+    .await
+    .expect("stop took longer than the drain bound")
+    .unwrap();
+}

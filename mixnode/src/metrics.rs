@@ -20,6 +20,9 @@ pub(crate) struct Metrics {
     pub(crate) delay_queue_depth: Gauge,
     pub(crate) outbound_queued: Gauge,
     pub(crate) sphinx_keys: Gauge,
+    pub(crate) sphinx_key_epoch: Gauge,
+    pub(crate) replay_filter_entries: Gauge,
+    pub(crate) replay_filter_capacity: Gauge,
     pub(crate) cover_sent: Counter,
     cover_skipped: Family<Reason, Counter>,
     pub(crate) cover_loops_returned: Counter,
@@ -38,6 +41,9 @@ impl Metrics {
             delay_queue_depth: Gauge::default(),
             outbound_queued: Gauge::default(),
             sphinx_keys: Gauge::default(),
+            sphinx_key_epoch: Gauge::default(),
+            replay_filter_entries: Gauge::default(),
+            replay_filter_capacity: Gauge::default(),
             cover_sent: Counter::default(),
             cover_skipped: Family::default(),
             cover_loops_returned: Counter::default(),
@@ -73,6 +79,21 @@ impl Metrics {
             "sphinx_keys",
             "Sphinx keys packets are processed under now (current, next, previous in grace)",
             m.sphinx_keys.clone(),
+        );
+        registry.register(
+            "sphinx_key_epoch",
+            "The newest epoch whose Sphinx key packets are processed under",
+            m.sphinx_key_epoch.clone(),
+        );
+        registry.register(
+            "replay_filter_entries",
+            "Replay tags in the fullest filter's current generation (it turns over at replay_filter_capacity)",
+            m.replay_filter_entries.clone(),
+        );
+        registry.register(
+            "replay_filter_capacity",
+            "Tags a replay filter generation holds (replay_filter_capacity)",
+            m.replay_filter_capacity.clone(),
         );
         registry.register(
             "cover_sent",

@@ -459,6 +459,15 @@ impl Mixer {
         })
     }
 
+    /// Replay tags in the fullest filter's current generation.
+    pub fn replay_entries(&self) -> usize {
+        self.replay
+            .values()
+            .map(ReplayFilter::len)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Packets held now.
     pub fn queued(&self) -> usize {
         self.queue.len()

@@ -116,6 +116,12 @@ impl Mixnode {
         let metrics = Arc::new(Metrics::register(&mut registry));
         let mixer = Mixer::new(config.mixer(), in_force.clone())?;
         metrics.sphinx_keys.set(gauge_value(in_force.len()));
+        metrics.sphinx_key_epoch.set(
+            i64::try_from(in_force.iter().map(|k| k.epoch).max().unwrap_or(0)).unwrap_or(i64::MAX),
+        );
+        metrics
+            .replay_filter_capacity
+            .set(gauge_value(config.replay_filter_capacity));
         let unwrapper = mixer.unwrapper();
         let keyring = Arc::new(Mutex::new(keyring));
         let (keys_tx, keys_rx) = watch::channel(in_force);
@@ -474,6 +480,9 @@ async fn mix(
                 while let Ok(next) = unwrapped.try_recv() {
                     admit(&mut mixer, &loops, &metrics, now, next);
                 }
+                metrics
+                    .replay_filter_entries
+                    .set(gauge_value(mixer.replay_entries()));
             }
             () = tokio::time::sleep_until(wake.into()) => {}
             changed = keys.changed() => {
@@ -488,6 +497,9 @@ async fn mix(
                 mixer.set_keys(in_force)?;
                 tracing::info!(?epochs, "processing packets under the Sphinx keys of these epochs");
                 metrics.sphinx_keys.set(gauge_value(epochs.len()));
+                metrics.sphinx_key_epoch.set(
+                    i64::try_from(epochs.iter().copied().max().unwrap_or(0)).unwrap_or(i64::MAX),
+                );
             }
         }
         let now = Instant::now();

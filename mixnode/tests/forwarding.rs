@@ -40,6 +40,18 @@ async fn a_packet_is_forwarded_after_its_delay_and_its_replay_is_dropped() {
     assert_eq!(message, b"hello through one mix");
     mix.wait_metric(FORWARDED, |v| v == 1.0).await;
     mix.wait_metric(RECEIVED, |v| v == 1.0).await;
+    // One tag recorded; the filter's capacity and key epoch are exported.
+    mix.wait_metric("bastet_mixnode_replay_filter_entries", |v| v == 1.0)
+        .await;
+    let text = mix.metrics().await;
+    assert!(
+        metric_value(&text, "bastet_mixnode_replay_filter_capacity").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric_value(&text, "bastet_mixnode_sphinx_key_epoch").unwrap() >= mix.epoch() as f64,
+        "{text}"
+    );
     assert_eq!(std::fs::read(&log).unwrap(), frame.to_vec(), "packet_log");
 
     // The very same bytes again: dropped as a replay, never forwarded.

@@ -38,6 +38,22 @@ impl ReplayFilter {
         })
     }
 
+    /// Tags recorded in the current generation (it turns over at the
+    /// capacity): with [`ReplayFilter::capacity`], how full the filter is.
+    pub fn len(&self) -> usize {
+        self.in_current
+    }
+
+    /// Whether no tag was recorded in the current generation.
+    pub fn is_empty(&self) -> bool {
+        self.in_current == 0
+    }
+
+    /// Tags a generation holds before the next one starts.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Records `tag`; true if it was (probably) seen before.
     pub fn check_and_insert(&mut self, tag: &ReplayTag) -> bool {
         if self.previous.check(tag) || self.current.check(tag) {

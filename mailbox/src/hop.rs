@@ -188,6 +188,15 @@ impl FinalHop {
         Ok(())
     }
 
+    /// Replay tags in the fullest filter's current generation.
+    pub fn replay_entries(&self) -> usize {
+        self.replay
+            .values()
+            .map(ReplayFilter::len)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The epochs whose key (and replay filter) this hop holds.
     pub fn key_epochs(&self) -> Vec<u64> {
         self.replay.keys().copied().collect()

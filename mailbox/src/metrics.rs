@@ -53,6 +53,12 @@ pub struct Metrics {
     pub mailboxes: Gauge,
     /// Sphinx keys packets are processed under now.
     pub sphinx_keys: Gauge,
+    /// The newest epoch whose key is in force.
+    pub sphinx_key_epoch: Gauge,
+    /// Replay tags in the fullest filter's current generation.
+    pub replay_filter_entries: Gauge,
+    /// Tags a replay filter generation holds.
+    pub replay_filter_capacity: Gauge,
     /// Acks sent back into the mixnet for stored fragments.
     pub acks_sent: Counter,
     /// Acks not sent, by reason.
@@ -102,6 +108,21 @@ impl Metrics {
             "sphinx_keys",
             "Sphinx keys packets are processed under now (current, next, previous in grace)",
             m.sphinx_keys.clone(),
+        );
+        registry.register(
+            "sphinx_key_epoch",
+            "The newest epoch whose Sphinx key packets are processed under",
+            m.sphinx_key_epoch.clone(),
+        );
+        registry.register(
+            "replay_filter_entries",
+            "Replay tags in the fullest filter's current generation (it turns over at replay_filter_capacity)",
+            m.replay_filter_entries.clone(),
+        );
+        registry.register(
+            "replay_filter_capacity",
+            "Tags a replay filter generation holds (replay_filter_capacity)",
+            m.replay_filter_capacity.clone(),
         );
         registry.register(
             "acks_sent",

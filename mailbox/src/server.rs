@@ -104,6 +104,12 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
     metrics
         .sphinx_keys
         .set(i64::try_from(hop.key_epochs().len()).unwrap_or(i64::MAX));
+    metrics
+        .sphinx_key_epoch
+        .set(i64::try_from(hop.key_epochs().into_iter().max().unwrap_or(0)).unwrap_or(i64::MAX));
+    metrics
+        .replay_filter_capacity
+        .set(i64::try_from(config.replay_filter_capacity).unwrap_or(i64::MAX));
     let registry = Arc::new(registry);
 
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
@@ -314,6 +320,10 @@ async fn pipeline(
                         metrics
                             .sphinx_keys
                             .set(i64::try_from(epochs.len()).unwrap_or(i64::MAX));
+                        metrics.sphinx_key_epoch.set(
+                            i64::try_from(epochs.iter().copied().max().unwrap_or(0))
+                                .unwrap_or(i64::MAX),
+                        );
                     }
                     // Rotation stopped with the server; drain with the keys held.
                     Err(_) => rotating = false,
@@ -347,6 +357,9 @@ async fn pipeline(
         let ack_requests;
         (hop, packet_log, ack_requests) =
             done.map_err(|e| Error::Config(format!("storing packets failed: {e}")))?;
+        metrics
+            .replay_filter_entries
+            .set(i64::try_from(hop.replay_entries()).unwrap_or(i64::MAX));
         // The batch is durable now: only what was stored is acknowledged.
         acks.send(&ack_requests, &metrics);
     }

@@ -370,6 +370,22 @@ async fn mailbox_server_stores_durably_and_serves_only_its_owner() {
         metrics.contains("bastet_mailbox_mailboxes 1\n"),
         "{metrics}"
     );
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    assert!(
+        gauge("bastet_mailbox_replay_filter_entries") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        gauge("bastet_mailbox_replay_filter_capacity") >= 1.0,
+        "{metrics}"
+    );
+    assert!(gauge("bastet_mailbox_sphinx_key_epoch") >= 1.0, "{metrics}");
 
     // Durability: once listed, the message survives SIGKILL.
     node.child.as_mut().unwrap().kill().unwrap();

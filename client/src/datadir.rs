@@ -73,7 +73,7 @@ pub struct DataDir {
     root: PathBuf,
     /// The open compartment holding the files, if the data dir is a
     /// container.
-    vault: Option<Arc<Mutex<Vault>>>,
+    vault: Option<Arc<Shared>>,
 }
 
 impl std::fmt::Debug for DataDir {
@@ -100,7 +100,10 @@ impl DataDir {
     pub fn with_vault(root: impl Into<PathBuf>, vault: Vault) -> Self {
         DataDir {
             root: root.into(),
-            vault: Some(Arc::new(Mutex::new(vault))),
+            vault: Some(Arc::new(Shared {
+                vault: Mutex::new(vault),
+                batch_ended: std::sync::Condvar::new(),
+            })),
         }
     }
 
@@ -729,9 +732,22 @@ impl DataDir {
             return work();
         };
         lock_vault(vault).begin();
+        // Ends the batch even if `work` panics (undone then), so that the
+        // vault never stays in a batch nobody will end.
+        struct Ender<'a>(&'a Shared, bool);
+        impl Drop for Ender<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    let _ = lock_vault(self.0).end_with(Err(Error::Store("undone".into())));
+                    self.0.batch_ended.notify_all();
+                }
+            }
+        }
+        let mut ender = Ender(vault, false);
         let result = work();
+        ender.1 = true;
         let mut v = lock_vault(vault);
-        match result {
+        let ended = match result {
             Ok(value) => v
                 .end()
                 .map(|()| value)
@@ -740,7 +756,10 @@ impl DataDir {
                 let _ = v.end_with(Err(Error::Store("undone".into())));
                 Err(e)
             }
-        }
+        };
+        drop(v);
+        vault.batch_ended.notify_all();
+        ended
     }
 
     /// A path under the data dir as a file name in the container.
@@ -750,8 +769,10 @@ impl DataDir {
             why: "not in the data dir".into(),
         })?;
         let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
-        let name = parts.map(|p| p.join("/")).unwrap_or_default();
-        Ok(name)
+        parts.map(|p| p.join("/")).ok_or_else(|| Error::File {
+            path: path.to_path_buf(),
+            why: "not UTF-8: not a name in the store".into(),
+        })
     }
 
     fn store_error(&self, path: &Path, e: Error) -> Error {
@@ -780,12 +801,29 @@ impl DataDir {
     }
 }
 
-/// The vault, even if a thread panicked holding it (every change it
-/// made was either committed or undone).
-fn lock_vault(vault: &Mutex<Vault>) -> std::sync::MutexGuard<'_, Vault> {
-    vault
+/// The vault of an encrypted data dir, shared by the threads of a process
+/// (the daemon's engine and its saver).
+struct Shared {
+    vault: Mutex<Vault>,
+    /// Signalled when a batch ends.
+    batch_ended: std::sync::Condvar,
+}
+
+/// The vault, once no other thread's batch is open (a batch commits
+/// exactly its own thread's changes), even if a thread panicked holding
+/// it (every change it made was committed or undone).
+fn lock_vault(shared: &Shared) -> std::sync::MutexGuard<'_, Vault> {
+    let mut guard = shared
+        .vault
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    while guard.busy_for_others() {
+        guard = shared
+            .batch_ended
+            .wait(guard)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    guard
 }
 
 #[cfg(test)]
@@ -1010,5 +1048,58 @@ mod tests {
         let decoy = DataDir::with_vault(&root, Vault::open(&store, "decoy phrase 1").unwrap());
         assert!(matches!(decoy.load_keys(), Err(Error::NotInitialised(_))));
         assert!(decoy.load_outbox().unwrap().is_empty());
+    }
+
+    /// Another thread's write waits for an open batch to end and is
+    /// committed on its own: a failing batch undoes only its own changes;
+    /// a batch whose work panics is undone and the vault stays usable.
+    #[test]
+    fn batches_of_two_threads_do_not_mix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("client");
+        std::fs::create_dir(&root).unwrap();
+        let store = root.join(STORE_FILE);
+        Vault::create(&store, 256, &["only phrase 1"], &mut |_, _| {}).unwrap();
+        let dir = DataDir::with_vault(&root, Vault::open(&store, "only phrase 1").unwrap());
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let other = dir.clone();
+        let failed: Result<()> = dir.batch(|| {
+            dir.write_atomic(&root.join("mine"), b"from the batch")?;
+            let root = root.clone();
+            let writer = std::thread::spawn(move || {
+                started_tx.send(()).unwrap();
+                other.write_atomic(&root.join("theirs"), b"from another thread")
+            });
+            started_rx.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            // The other thread is still waiting for this batch.
+            assert!(!writer.is_finished());
+            // Ends this batch (undone) before the writer can go on.
+            std::thread::spawn(move || writer.join().unwrap().unwrap());
+            Err(Error::Config("stop".into()))
+        });
+        assert!(failed.is_err());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !dir.exists(&root.join("theirs")) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(dir.exists(&root.join("theirs")));
+        assert!(!dir.exists(&root.join("mine")));
+
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _: Result<()> = dir.batch(|| {
+                dir.write_atomic(&root.join("lost"), b"x")?;
+                panic!("work panicked");
+            });
+        }));
+        assert!(panicked.is_err());
+        assert!(!dir.exists(&root.join("lost")));
+        dir.write_atomic(&root.join("after"), b"y").unwrap();
+        drop(dir);
+        let dir = DataDir::with_vault(&root, Vault::open(&store, "only phrase 1").unwrap());
+        assert!(dir.exists(&root.join("theirs")));
+        assert!(dir.exists(&root.join("after")));
+        assert!(!dir.exists(&root.join("mine")));
+        assert!(!dir.exists(&root.join("lost")));
     }
 }

@@ -177,6 +177,13 @@ impl FileBlocks {
             progress(written, blocks);
         }
         file.sync_all().map_err(io)?;
+        // The file's entry in its directory, too: a power loss must not
+        // lose the container after its first use.
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
         Ok(FileBlocks {
             file,
             path: path.to_path_buf(),
@@ -891,17 +898,33 @@ impl<B: Blocks> Store<B> {
                 damaged.push(index);
             }
         }
+        // Map blocks are written afresh by every commit: one with a lost
+        // copy only needs a commit.
+        let mut map_damaged = false;
+        for (m, copies) in c.map_blocks.iter().enumerate() {
+            for &place in copies {
+                if !range.contains(&place) {
+                    continue;
+                }
+                self.blocks.read(place, &mut raw)?;
+                let aad = aad(&c.keys.id, ROLE_MAP, m as u64, place);
+                map_damaged |= open_block(&c.keys.block, &aad, &raw).is_none();
+            }
+        }
+        if map_damaged {
+            self.compartments[level].dirty = true;
+        }
         for &index in &damaged {
             let body = self.read(level, index)?;
             let mut payload = Zeroizing::new([0u8; PAYLOAD_LEN]);
             payload.copy_from_slice(&body);
             self.write(level, index, &payload, rng)?;
         }
-        if !damaged.is_empty() {
+        if !damaged.is_empty() || map_damaged {
             // The map and superblock get fresh copies too.
             self.commit(rng)?;
         }
-        Ok(damaged.len())
+        Ok(damaged.len() + usize::from(map_damaged))
     }
 
     /// Drops every uncommitted write of compartment `level`: it is again
@@ -1450,9 +1473,12 @@ pub struct Vault {
     changed: std::collections::BTreeSet<String>,
     /// Nesting depth of [`Vault::begin`] calls.
     batch: usize,
-    /// The files the batch changed, as it found them (`None`: absent),
-    /// restored if its commit fails.
-    undo: std::collections::BTreeMap<String, Option<Zeroizing<Vec<u8>>>>,
+    /// The thread whose batch is open: others wait for its end (see
+    /// `DataDir`), so that a batch commits exactly its own changes.
+    batch_owner: Option<std::thread::ThreadId>,
+    /// Why the vault refuses every change: its state could not be read back
+    /// after a failed commit (reopen it).
+    broken: Option<String>,
 }
 
 impl Vault {
@@ -1487,12 +1513,19 @@ impl Vault {
         let level = store.levels() - 1;
         let (tree, layout) = Layout::load(&store, level)?;
         let mut store = store;
-        let repaired = store.repair(level, &mut rand::rng())?;
-        if repaired > 0 {
-            tracing::warn!(
+        // Best effort: a compartment whose repair cannot be written (the
+        // container full, its superblock places taken) still opens, so
+        // that its files can be read and copied out.
+        match store.repair(level, &mut rand::rng()) {
+            Ok(0) => {}
+            Ok(repaired) => tracing::warn!(
                 blocks = repaired,
                 "some blocks had lost copies (written over while only a less hidden compartment was open): given fresh copies"
-            );
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "blocks that lost copies could not be repaired now");
+                store.revert(level)?;
+            }
         }
         Ok(Vault {
             path,
@@ -1502,7 +1535,8 @@ impl Vault {
             layout,
             changed: Default::default(),
             batch: 0,
-            undo: Default::default(),
+            batch_owner: None,
+            broken: None,
         })
     }
 
@@ -1558,8 +1592,8 @@ impl Vault {
 
     /// Sets a file's contents, durably (unless in a batch).
     pub fn put(&mut self, name: &str, contents: &[u8]) -> Result<()> {
+        self.check_usable()?;
         self.begin();
-        self.keep_undo(name);
         let done = self.tree.put(name, contents);
         if done.is_ok() {
             self.changed.insert(name.to_string());
@@ -1567,21 +1601,13 @@ impl Vault {
         self.end_with(done)
     }
 
-    /// Remembers how the batch found `name`.
-    fn keep_undo(&mut self, name: &str) {
-        if !self.undo.contains_key(name) {
-            let old = self.tree.get(name).map(|c| Zeroizing::new(c.to_vec()));
-            self.undo.insert(name.to_string(), old);
-        }
-    }
-
     /// Removes a file, durably (unless in a batch); whether it was there.
     pub fn remove(&mut self, name: &str) -> Result<bool> {
+        self.check_usable()?;
         if self.tree.get(name).is_none() {
             return Ok(false);
         }
         self.begin();
-        self.keep_undo(name);
         self.tree.remove(name);
         self.changed.insert(name.to_string());
         self.end_with(Ok(()))?;
@@ -1591,9 +1617,13 @@ impl Vault {
     /// Renames a file (replacing `to`), in one commit; whether `from` was
     /// there.
     pub fn rename(&mut self, from: &str, to: &str) -> Result<bool> {
+        self.check_usable()?;
         let Some(contents) = self.tree.get(from).map(|c| Zeroizing::new(c.to_vec())) else {
             return Ok(false);
         };
+        if from == to {
+            return Ok(true);
+        }
         self.begin();
         let done = self
             .put(to, &contents)
@@ -1602,9 +1632,28 @@ impl Vault {
         Ok(true)
     }
 
+    fn check_usable(&self) -> Result<()> {
+        match &self.broken {
+            Some(why) => Err(store_error(format!(
+                "the store refuses changes until it is opened again: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a batch of another thread is open (its changes are not
+    /// committed yet: wait for its end before reading or writing).
+    pub fn busy_for_others(&self) -> bool {
+        self.batch_owner
+            .is_some_and(|owner| owner != std::thread::current().id())
+    }
+
     /// Starts a batch: changes are committed together at the matching
     /// [`Vault::end`] (all or none of them, even across a crash).
     pub fn begin(&mut self) {
+        if self.batch == 0 {
+            self.batch_owner = Some(std::thread::current().id());
+        }
         self.batch += 1;
     }
 
@@ -1613,14 +1662,21 @@ impl Vault {
         self.end_with(Ok(()))
     }
 
-    /// Ends a batch whose work had `outcome`: a failed batch is undone.
+    /// Ends a batch whose work had `outcome`; the outermost commits, or,
+    /// if the work or the commit failed, reads the compartment back from
+    /// its newest superblock on disk: the files are exactly as committed
+    /// (the old state, or the new one if the failed commit had in fact
+    /// landed), never a mix.
     pub fn end_with(&mut self, outcome: Result<()>) -> Result<()> {
         self.batch = self.batch.saturating_sub(1);
         if self.batch > 0 {
             return outcome;
         }
-        let undo = std::mem::take(&mut self.undo);
+        self.batch_owner = None;
         let outcome = outcome.and_then(|()| {
+            if self.changed.is_empty() {
+                return Ok(());
+            }
             let mut rng = rand::rng();
             let mut layout = self.layout.clone();
             layout.save(
@@ -1635,26 +1691,26 @@ impl Vault {
             Ok(())
         });
         if let Err(e) = outcome {
-            // The files and the compartment as they were committed.
-            for (name, old) in undo {
-                match old {
-                    Some(old) => {
-                        self.tree.files.insert(name, old);
-                    }
-                    None => {
-                        self.tree.files.remove(&name);
-                    }
-                }
-            }
             self.changed.clear();
-            if let Err(again) = self.store.revert(self.level) {
-                return Err(store_error(format!(
-                    "{e}; and reading the compartment back failed: {again}"
-                )));
+            let reloaded = self
+                .store
+                .revert(self.level)
+                .and_then(|()| Layout::load(&self.store, self.level));
+            match reloaded {
+                Ok((tree, layout)) => {
+                    self.tree = tree;
+                    self.layout = layout;
+                }
+                Err(again) => {
+                    self.broken = Some(format!("{e}; reading it back failed: {again}"));
+                    return Err(store_error(format!(
+                        "{e}; and reading the compartment back failed: {again}"
+                    )));
+                }
             }
             return Err(e);
         }
-        outcome
+        Ok(())
     }
 }
 

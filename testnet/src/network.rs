@@ -285,6 +285,19 @@ impl Network {
             .map_or(StopOutcome::Killed, |(_, o)| o))
     }
 
+    /// Kills node `name` at once (SIGKILL), keeping its files, as a crash
+    /// or a power loss would.
+    pub fn kill_node(&mut self, name: &str) -> Result<()> {
+        let node = self
+            .processes
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .ok_or_else(|| Error::InvalidOption(format!("no node called {name}")))?;
+        node.kill();
+        Ok(())
+    }
+
     /// Starts node `name` again with its config and data directory, after
     /// [`Network::stop_node`] (or a crash).
     pub fn start_node(&mut self, name: &str) -> Result<()> {

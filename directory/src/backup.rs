@@ -239,6 +239,90 @@ pub fn restore(text: &str, passphrase: &str, dir: &Path) -> Result<Restored> {
     })
 }
 
+/// The arguments of `<program> backup`.
+#[derive(clap::Args, Debug)]
+pub struct BackupArgs {
+    /// Path to the node's config file.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where to write the backup.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Read the passphrase from file descriptor N (one line) instead of the
+    /// terminal.
+    #[arg(long, value_name = "N")]
+    pub passphrase_fd: Option<u32>,
+}
+
+/// The arguments of `<program> restore`.
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// The backup file.
+    #[arg(long)]
+    pub backup: PathBuf,
+    /// The data directory to restore into.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Read the passphrase from file descriptor N (one line) instead of the
+    /// terminal.
+    #[arg(long, value_name = "N")]
+    pub passphrase_fd: Option<u32>,
+}
+
+/// `<program> backup`: asks for a passphrase (twice at a terminal, or
+/// one line from `passphrase_fd`), backs up the node of `config` (whose
+/// data directory is `data_dir`) and writes the backup to `out` (mode
+/// 0600), saying so on stderr.
+pub fn backup_command(
+    program: &str,
+    config: &Path,
+    data_dir: &Path,
+    out: &Path,
+    passphrase_fd: Option<u32>,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let phrase = bastet_link::read_passphrase(
+        passphrase_fd,
+        "Passphrase for the backup (at least 12 characters): ",
+        true,
+    )?;
+    eprintln!("{program}: deriving the key (Argon2id, 64 MiB)...");
+    let text = backup(config, data_dir, &phrase)?;
+    bastet_link::write_private(out, text.as_bytes())
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    eprintln!(
+        "{program}: backup written to {}; keep it apart from its passphrase",
+        out.display()
+    );
+    Ok(())
+}
+
+/// `<program> restore`: reads the backup file (bounded), asks for its
+/// passphrase, restores into `dir`, prints [`Restored`] as JSON and says
+/// how to check the result.
+pub fn restore_command(
+    program: &str,
+    backup_file: &Path,
+    dir: &Path,
+    passphrase_fd: Option<u32>,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let len = std::fs::metadata(backup_file)
+        .map_err(|e| format!("{}: {e}", backup_file.display()))?
+        .len();
+    if len > MAX_BACKUP_LEN as u64 {
+        return Err(format!("{} is larger than any backup", backup_file.display()).into());
+    }
+    let text = std::fs::read_to_string(backup_file)
+        .map_err(|e| format!("{}: {e}", backup_file.display()))?;
+    let phrase = bastet_link::read_passphrase(passphrase_fd, "Passphrase of the backup: ", false)?;
+    let restored = restore(&text, &phrase, dir)?;
+    println!("{}", serde_json::to_string(&restored)?);
+    eprintln!(
+        "{program}: restored; check it with `{program} check-config --config {}`",
+        restored.config.display()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,32 +47,10 @@ enum Command {
     /// Back up the node's long-term keys (identity, TLS) and its config,
     /// encrypted under a passphrase (Argon2id, XChaCha20-Poly1305), to
     /// FILE (mode 0600). The per-epoch Sphinx keys are left out on purpose.
-    Backup {
-        /// Path to mixnode.toml.
-        #[arg(long)]
-        config: PathBuf,
-        /// Where to write the backup.
-        #[arg(long)]
-        out: PathBuf,
-        /// Read the passphrase from file descriptor N (one line) instead of
-        /// the terminal.
-        #[arg(long, value_name = "N")]
-        passphrase_fd: Option<u32>,
-    },
+    Backup(bastet_directory::backup::BackupArgs),
     /// Restore a backup into a new data directory DIR (keys mode 0600; the
     /// config's data_dir set to DIR); refuses a DIR that holds keys.
-    Restore {
-        /// The backup file.
-        #[arg(long)]
-        backup: PathBuf,
-        /// The data directory to restore into.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Read the passphrase from file descriptor N (one line) instead of
-        /// the terminal.
-        #[arg(long, value_name = "N")]
-        passphrase_fd: Option<u32>,
-    },
+    Restore(bastet_directory::backup::RestoreArgs),
     /// Check mixnode.toml, the node's keys and TLS identity without starting:
     /// prints one JSON object (node id, pin, addresses), or the error naming
     /// what is wrong (the config key, or the file and how to fix it).
@@ -117,50 +95,22 @@ fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Backup {
-            config,
-            out,
-            passphrase_fd,
-        } => {
-            let data_dir = MixnodeConfig::load(&config)?.data_dir;
-            let phrase = bastet_link::read_passphrase(
-                passphrase_fd,
-                "Passphrase for the backup (at least 12 characters): ",
-                true,
-            )?;
-            eprintln!("bastet-mixnode: deriving the key (Argon2id, 64 MiB)...");
-            let text = bastet_directory::backup::backup(&config, &data_dir, &phrase)?;
-            bastet_link::write_private(&out, text.as_bytes())
-                .map_err(|e| format!("{}: {e}", out.display()))?;
-            eprintln!(
-                "bastet-mixnode: backup written to {}; keep it apart from its passphrase",
-                out.display()
-            );
-            Ok(())
+        Command::Backup(a) => {
+            let data_dir = MixnodeConfig::load(&a.config)?.data_dir;
+            bastet_directory::backup::backup_command(
+                "bastet-mixnode",
+                &a.config,
+                &data_dir,
+                &a.out,
+                a.passphrase_fd,
+            )
         }
-        Command::Restore {
-            backup,
-            dir,
-            passphrase_fd,
-        } => {
-            let len = std::fs::metadata(&backup)
-                .map_err(|e| format!("{}: {e}", backup.display()))?
-                .len();
-            if len > bastet_directory::backup::MAX_BACKUP_LEN as u64 {
-                return Err(format!("{} is larger than any backup", backup.display()).into());
-            }
-            let text = std::fs::read_to_string(&backup)
-                .map_err(|e| format!("{}: {e}", backup.display()))?;
-            let phrase =
-                bastet_link::read_passphrase(passphrase_fd, "Passphrase of the backup: ", false)?;
-            let restored = bastet_directory::backup::restore(&text, &phrase, &dir)?;
-            println!("{}", serde_json::to_string(&restored)?);
-            eprintln!(
-                "bastet-mixnode: restored; check it with `bastet-mixnode check-config --config {}`",
-                restored.config.display()
-            );
-            Ok(())
-        }
+        Command::Restore(a) => bastet_directory::backup::restore_command(
+            "bastet-mixnode",
+            &a.backup,
+            &a.dir,
+            a.passphrase_fd,
+        ),
         Command::CheckConfig { config } => {
             let config = MixnodeConfig::load(&config)?;
             let keys = bastet_directory::NodeKeys::load(&config.data_dir)?;

@@ -45,6 +45,21 @@ impl NodeKeys {
     }
 }
 
+/// What `check-config` of a relay prints: `fields` (its addresses,
+/// jurisdiction, ...) with `"ok": true`, its node id and its TLS pin, once
+/// its keys load as they would at start (present, parseable, private).
+pub fn relay_check_report(
+    data_dir: &Path,
+    mut fields: serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let keys = NodeKeys::load(data_dir)?;
+    let tls = bastet_link::TlsIdentity::load(data_dir)?;
+    fields.insert("ok".into(), true.into());
+    fields.insert("node_id".into(), keys.node_id().to_hex().into());
+    fields.insert("tls_pin".into(), tls.pin().to_hex().into());
+    Ok(serde_json::Value::Object(fields))
+}
+
 /// Writes a 32-byte secret as hex to a file only its owner can read.
 pub fn write_key_file(path: &Path, key: &[u8; 32]) -> Result<()> {
     let text = Zeroizing::new(format!("{}\n", hex::encode(key)));

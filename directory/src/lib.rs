@@ -20,7 +20,7 @@ pub use descriptor::{
     Descriptor, MAX_DESCRIPTOR_LEN, Role, SignedDescriptor, epoch_bounds, epoch_of, unix_now,
 };
 pub use error::Error;
-pub use keys::{NodeKeys, read_key_file, write_key_file};
+pub use keys::{NodeKeys, read_key_file, relay_check_report, write_key_file};
 pub use rotation::{
     EpochKey, Rotation, SPHINX_KEYS_DIR, SphinxKeyRing, default_sphinx_key_grace_secs,
     publish_rotating_forever, relay_readiness, rotate_forever, sphinx_key_path,

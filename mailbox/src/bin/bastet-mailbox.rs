@@ -131,19 +131,20 @@ fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         ),
         Command::CheckConfig { config } => {
             let config = MailboxConfig::load(&config)?;
-            let keys = bastet_directory::NodeKeys::load(&config.data_dir)?;
-            let tls = bastet_link::TlsIdentity::load(&config.data_dir)?;
-            let report = serde_json::json!({
-                "ok": true,
-                "node_id": keys.node_id().to_hex(),
-                "tls_pin": tls.pin().to_hex(),
-                "listen": config.listen.to_string(),
-                "api_listen": config.api_listen.to_string(),
-            "metrics_listen": config.metrics_listen.to_string(),
-                "jurisdiction": config.jurisdiction,
-                "operator": config.operator,
-                "authorities": config.directory.authorities.len(),
-            });
+            let mut fields = serde_json::Map::new();
+            fields.insert("listen".into(), config.listen.to_string().into());
+            fields.insert("api_listen".into(), config.api_listen.to_string().into());
+            fields.insert(
+                "metrics_listen".into(),
+                config.metrics_listen.to_string().into(),
+            );
+            fields.insert("jurisdiction".into(), config.jurisdiction.clone().into());
+            fields.insert("operator".into(), config.operator.clone().into());
+            fields.insert(
+                "authorities".into(),
+                config.directory.authorities.len().into(),
+            );
+            let report = bastet_directory::relay_check_report(&config.data_dir, fields)?;
             println!("{report}");
             Ok(())
         }

@@ -37,6 +37,8 @@ pub const MIN_BACKUP_PASSPHRASE_CHARS: usize = 12;
 /// The secret files backed up, with the mode they are restored with.
 const SECRET_FILES: [&str; 2] = ["identity.key", "tls-key.pem"];
 const PUBLIC_FILES: [&str; 1] = ["tls-cert.pem"];
+/// The config file names `init` writes, one per role.
+const CONFIG_NAMES: [&str; 3] = ["authority.toml", "mixnode.toml", "mailbox.toml"];
 /// Argon2id cost of new backups (RFC 9106's second recommended option).
 const MEMORY_KIB: u32 = 64 * 1024;
 const PASSES: u32 = 3;
@@ -93,12 +95,22 @@ pub fn backup(config_path: &Path, data_dir: &Path, passphrase: &str) -> Result<Z
     }
     let config = String::from_utf8(read(config_path)?)
         .map_err(|_| backup_error(format!("{} is not text", config_path.display())))?;
+    let config_name = config_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| CONFIG_NAMES.contains(n))
+        .ok_or_else(|| {
+            backup_error(format!(
+                "{} is not named as `init` names a config ({}): restore would refuse it",
+                config_path.display(),
+                CONFIG_NAMES.join(", ")
+            ))
+        })?
+        .to_string();
+    // What restore will do with it, checked now rather than in a disaster.
+    rewrite_data_dir(&config, Path::new("/restored"))?;
     let contents = Contents {
-        config_name: config_path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| backup_error("the config path has no file name"))?
-            .to_string(),
+        config_name,
         config,
         files,
     };
@@ -121,10 +133,51 @@ pub fn backup(config_path: &Path, data_dir: &Path, passphrase: &str) -> Result<Z
         .map_err(|_| backup_error("encryption failed"))?;
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&body);
-    Ok(Zeroizing::new(format!(
-        "{NODE_BACKUP_PREFIX}{}\n",
-        BASE64.encode(&out)
-    )))
+    let text = Zeroizing::new(format!("{NODE_BACKUP_PREFIX}{}\n", BASE64.encode(&out)));
+    if text.len() > MAX_BACKUP_LEN {
+        return Err(backup_error("the config is too large for a backup"));
+    }
+    Ok(text)
+}
+
+/// `config` with its top-level `data_dir` set to `dir`; it must parse as
+/// TOML before and after, and have a `data_dir`.
+fn rewrite_data_dir(config: &str, dir: &Path) -> Result<String> {
+    let mut doc: toml::Table = config
+        .parse()
+        .map_err(|e| backup_error(format!("its config is not TOML: {e}")))?;
+    if !doc.contains_key("data_dir") {
+        return Err(backup_error(
+            "its config has no data_dir (set by the environment?): put it in the file",
+        ));
+    }
+    let value = toml::Value::String(dir.to_string_lossy().into_owned());
+    // Keep the comments: replace the line, then check the result parses
+    // to the same document with the new data_dir.
+    let mut replaced = false;
+    let text: String = config
+        .lines()
+        .map(|line| {
+            if !replaced && line.trim_start().starts_with("data_dir") && line.contains('=') {
+                replaced = true;
+                format!("data_dir = {value}")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    doc.insert("data_dir".into(), value);
+    let reparsed: toml::Table = text
+        .parse()
+        .map_err(|e| backup_error(format!("rewriting its data_dir broke the config: {e}")))?;
+    if !replaced || reparsed != doc {
+        return Err(backup_error(
+            "its data_dir is not a plain top-level line: cannot point it at the new directory",
+        ));
+    }
+    Ok(text)
 }
 
 /// What [`restore`] wrote.
@@ -140,7 +193,7 @@ pub struct Restored {
 /// keys (mode 0600), certificate and config into `dir` (created, mode
 /// 0700); refuses a `dir` that already holds keys. The config's
 /// `data_dir` is set to `dir`.
-pub fn restore(text: &str, passphrase: &str, dir: &Path) -> Result<Restored> {
+pub fn restore(text: &str, passphrase: &str, dir: &Path, role_config: &str) -> Result<Restored> {
     let text = text.trim();
     if text.len() > MAX_BACKUP_LEN {
         return Err(backup_error("larger than any backup"));
@@ -182,10 +235,15 @@ pub fn restore(text: &str, passphrase: &str, dir: &Path) -> Result<Restored> {
     let mut expected: Vec<&str> = SECRET_FILES.iter().chain(&PUBLIC_FILES).copied().collect();
     expected.sort_unstable();
     if contents.files.keys().map(String::as_str).ne(expected)
-        || !["authority.toml", "mixnode.toml", "mailbox.toml"]
-            .contains(&contents.config_name.as_str())
+        || !CONFIG_NAMES.contains(&contents.config_name.as_str())
     {
         return Err(backup_error("it holds other files than a node backup does"));
+    }
+    if contents.config_name != role_config {
+        return Err(backup_error(format!(
+            "it is the backup of another kind of node (its config is {}, not {role_config})",
+            contents.config_name
+        )));
     }
     if SECRET_FILES.iter().any(|f| dir.join(f).exists()) {
         return Err(backup_error(format!(
@@ -201,38 +259,45 @@ pub fn restore(text: &str, passphrase: &str, dir: &Path) -> Result<Restored> {
         .map_err(|e| backup_error(format!("{}: {e}", dir.display())))?;
     let dir =
         std::fs::canonicalize(dir).map_err(|e| backup_error(format!("{}: {e}", dir.display())))?;
-    for (name, b64) in &contents.files {
-        let bytes = Zeroizing::new(
-            BASE64
-                .decode(b64.as_bytes())
-                .map_err(|_| backup_error(format!("{name} is not base64")))?,
-        );
-        let path = dir.join(name);
-        bastet_link::write_private(&path, &bytes)
-            .map_err(|e| backup_error(format!("{}: {e}", path.display())))?;
-    }
-    let data_dir = toml::Value::String(dir.to_string_lossy().into_owned()).to_string();
-    let mut replaced = false;
-    let config: String = contents
-        .config
-        .lines()
-        .map(|line| {
-            if line.trim_start().starts_with("data_dir") && line.contains('=') && !replaced {
-                replaced = true;
-                format!("data_dir = {data_dir}")
-            } else {
-                line.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n";
-    if !replaced {
-        return Err(backup_error("its config has no data_dir line"));
-    }
+    let config = rewrite_data_dir(&contents.config, &dir)?;
     let config_path = dir.join(&contents.config_name);
-    std::fs::write(&config_path, config)
-        .map_err(|e| backup_error(format!("{}: {e}", config_path.display())))?;
+    // Every file is new (never through a link or over a file), and a
+    // failure part-way removes what was written, so a retry can work.
+    let mut written: Vec<PathBuf> = Vec::new();
+    let mut write_new = |path: &Path, bytes: &[u8]| -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| backup_error(format!("{}: {e}", path.display())))?;
+        written.push(path.to_path_buf());
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| backup_error(format!("{}: {e}", path.display())))
+    };
+    let mut outcome = Ok(());
+    for (name, b64) in &contents.files {
+        outcome = BASE64
+            .decode(b64.as_bytes())
+            .map(Zeroizing::new)
+            .map_err(|_| backup_error(format!("{name} is not base64")))
+            .and_then(|bytes| write_new(&dir.join(name), &bytes));
+        if outcome.is_err() {
+            break;
+        }
+    }
+    if outcome.is_ok() {
+        outcome = write_new(&config_path, config.as_bytes());
+    }
+    if let Err(e) = outcome {
+        for path in &written {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(e);
+    }
     Ok(Restored {
         dir,
         config: config_path,
@@ -301,20 +366,21 @@ pub fn backup_command(
 /// how to check the result.
 pub fn restore_command(
     program: &str,
+    role_config: &str,
     backup_file: &Path,
     dir: &Path,
     passphrase_fd: Option<u32>,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let len = std::fs::metadata(backup_file)
-        .map_err(|e| format!("{}: {e}", backup_file.display()))?
-        .len();
-    if len > MAX_BACKUP_LEN as u64 {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(backup_file)
+        .and_then(|f| f.take(MAX_BACKUP_LEN as u64 + 1).read_to_string(&mut text))
+        .map_err(|e| format!("{}: {e}", backup_file.display()))?;
+    if text.len() > MAX_BACKUP_LEN {
         return Err(format!("{} is larger than any backup", backup_file.display()).into());
     }
-    let text = std::fs::read_to_string(backup_file)
-        .map_err(|e| format!("{}: {e}", backup_file.display()))?;
     let phrase = bastet_link::read_passphrase(passphrase_fd, "Passphrase of the backup: ", false)?;
-    let restored = restore(&text, &phrase, dir)?;
+    let restored = restore(&text, &phrase, dir, role_config)?;
     println!("{}", serde_json::to_string(&restored)?);
     eprintln!(
         "{program}: restored; check it with `{program} check-config --config {}`",
@@ -359,9 +425,9 @@ mod tests {
         assert!(backup(&config, &from, "short").is_err());
 
         let to = tmp.path().join("to");
-        let err = restore(&text, "not the passphrase!", &to).unwrap_err();
+        let err = restore(&text, "not the passphrase!", &to, "mixnode.toml").unwrap_err();
         assert!(err.to_string().contains("wrong passphrase"), "{err}");
-        let restored = restore(&text, "a long backup passphrase", &to).unwrap();
+        let restored = restore(&text, "a long backup passphrase", &to, "mixnode.toml").unwrap();
         let before = crate::NodeKeys::load(&from).unwrap();
         let after = crate::NodeKeys::load(&restored.dir).unwrap();
         assert_eq!(before.node_id(), after.node_id());
@@ -373,7 +439,7 @@ mod tests {
         assert!(text_config.contains(&format!("data_dir = \"{}\"", restored.dir.display())));
         assert!(text_config.contains("listen = \"127.0.0.1:1\""));
         // Never over existing keys.
-        let again = restore(&text, "a long backup passphrase", &to).unwrap_err();
+        let again = restore(&text, "a long backup passphrase", &to, "mixnode.toml").unwrap_err();
         assert!(again.to_string().contains("already holds keys"), "{again}");
     }
 
@@ -395,7 +461,13 @@ mod tests {
             b[i] ^= 1;
             let t = format!("{NODE_BACKUP_PREFIX}{}", BASE64.encode(&b));
             assert!(
-                restore(&t, "a long backup passphrase", &tmp.path().join("x")).is_err(),
+                restore(
+                    &t,
+                    "a long backup passphrase",
+                    &tmp.path().join("x"),
+                    "mixnode.toml"
+                )
+                .is_err(),
                 "{i}"
             );
         }
@@ -403,8 +475,14 @@ mod tests {
         let mut b = bytes.clone();
         b[5..9].copy_from_slice(&u32::MAX.to_be_bytes());
         let t = format!("{NODE_BACKUP_PREFIX}{}", BASE64.encode(&b));
-        let err = restore(&t, "a long backup passphrase", &tmp.path().join("y")).unwrap_err();
+        let err = restore(
+            &t,
+            "a long backup passphrase",
+            &tmp.path().join("y"),
+            "mixnode.toml",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("out of range"), "{err}");
-        assert!(restore("BASTET-IDENTITY-KEY:AAAA", "x", tmp.path()).is_err());
+        assert!(restore("BASTET-IDENTITY-KEY:AAAA", "x", tmp.path(), "mixnode.toml").is_err());
     }
 }

@@ -71,14 +71,14 @@ pub fn write_key_file(path: &Path, key: &[u8; 32]) -> Result<()> {
 
 /// Reads a key written by [`write_key_file`].
 pub fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
-    bastet_link::check_private(path).map_err(|e| Error::KeyFile {
+    let bytes = bastet_link::read_private(path, 1024).map_err(|e| Error::KeyFile {
         path: path.to_path_buf(),
         why: e.to_string(),
     })?;
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::KeyFile {
+    let text = std::str::from_utf8(&bytes).map_err(|_| Error::KeyFile {
         path: path.to_path_buf(),
-        why: e.to_string(),
-    })?);
+        why: "not text: expected 64 hex digits".into(),
+    })?;
     let mut key = Zeroizing::new([0u8; 32]);
     hex::decode_to_slice(text.trim(), key.as_mut()).map_err(|_| Error::KeyFile {
         path: path.to_path_buf(),

@@ -21,8 +21,8 @@ pub use packet_log::{PACKET_LOG_LIMIT, PacketLog};
 pub use pool::{Outbound, OutboundConfig, Peer, SendError};
 pub use process::{exit_code, init_logging, read_fd_line, read_passphrase, shutdown_signal};
 pub use tls::{
-    CertPin, TlsIdentity, check_private, client_config, connect, connect_from, server_config,
-    write_private,
+    CertPin, TlsIdentity, check_private, client_config, connect, connect_from, read_private,
+    server_config, write_private,
 };
 
 /// Result of this crate's operations.

@@ -11,7 +11,8 @@ use tokio::signal::unix::{SignalKind, signal};
 /// `debug` or `bastet_link=trace`), or by `default` when it is unset or
 /// invalid. With `BASTET_LOG_FORMAT=json`, one JSON object per line
 /// (`ts_ms`, `level`, `target`, `message` and the event's fields), for log
-/// collectors; any other value but `text` (the default) is refused.
+/// collectors; another value than `text` (the default) or `json` logs text
+/// and warns.
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BASTET_LOG")
         .unwrap_or_else(|_| default.into());
@@ -46,14 +47,14 @@ where
     ) -> std::fmt::Result {
         let mut fields = JsonFields(serde_json::Map::new());
         event.record(&mut fields);
-        let mut object = serde_json::Map::new();
+        // The event's fields first: the header's names win over theirs.
+        let mut object = fields.0;
         let ts_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         object.insert("ts_ms".into(), ts_ms.into());
         object.insert("level".into(), event.metadata().level().as_str().into());
         object.insert("target".into(), event.metadata().target().into());
-        object.extend(fields.0);
         writeln!(writer, "{}", serde_json::Value::Object(object))
     }
 }
@@ -108,24 +109,43 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-/// One line from file descriptor `fd` (read a byte at a time, so that
-/// nothing after the line is consumed, and a later read of the same
-/// descriptor gets the rest), without its line end; at most 1024 bytes.
+/// One line from file descriptor `fd`, without its line end; at most 1024
+/// bytes. Standard input (0) is read through the process's one `stdin`
+/// handle, so that a later read of it (e.g. `config replace -`) gets the
+/// rest; another descriptor is opened once per process as `/dev/fd/N` (a
+/// file is then read from its start, and must be readable by this user)
+/// and later calls read on from there.
 pub fn read_fd_line(fd: u32) -> std::io::Result<zeroize::Zeroizing<String>> {
-    use std::io::Read;
+    use std::io::BufRead;
+    static OPENED: std::sync::Mutex<Vec<(u32, std::io::BufReader<std::fs::File>)>> =
+        std::sync::Mutex::new(Vec::new());
     let err = |why: String| std::io::Error::other(format!("--passphrase-fd {fd}: {why}"));
-    let mut file = std::fs::File::open(format!("/dev/fd/{fd}")).map_err(|e| err(e.to_string()))?;
     let mut line = zeroize::Zeroizing::new(Vec::new());
-    let mut byte = [0u8; 1];
-    loop {
-        match file.read(&mut byte) {
-            Ok(0) => break,
-            Ok(_) if byte[0] == b'\n' => break,
-            Ok(_) if line.len() >= 1024 => return Err(err("a line longer than 1024 bytes".into())),
-            Ok(_) => line.push(byte[0]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(err(e.to_string())),
+    let mut read = |reader: &mut dyn BufRead| -> std::io::Result<()> {
+        std::io::Read::take(reader, 1025)
+            .read_until(b'\n', &mut line)
+            .map(|_| ())
+            .map_err(|e| err(e.to_string()))
+    };
+    if fd == 0 {
+        read(&mut std::io::stdin().lock())?;
+    } else {
+        let mut opened = OPENED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !opened.iter().any(|(f, _)| *f == fd) {
+            let file =
+                std::fs::File::open(format!("/dev/fd/{fd}")).map_err(|e| err(e.to_string()))?;
+            opened.push((fd, std::io::BufReader::new(file)));
         }
+        if let Some((_, reader)) = opened.iter_mut().find(|(f, _)| *f == fd) {
+            read(reader)?;
+        }
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > 1024 {
+        return Err(err("a line longer than 1024 bytes".into()));
     }
     if line.last() == Some(&b'\r') {
         line.pop();

@@ -113,11 +113,11 @@ impl TlsIdentity {
             path: cert_path,
             what: "PEM certificate",
         })?;
-        check_private(&key_path).map_err(|source| Error::File {
+        let pem = read_private(&key_path, 64 << 10).map_err(|source| Error::File {
             path: key_path.clone(),
             source,
         })?;
-        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|_| Error::BadPem {
+        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| Error::BadPem {
             path: key_path,
             what: "PEM private key",
         })?;
@@ -134,15 +134,32 @@ impl TlsIdentity {
 /// (no group or other bits): a key others can read is refused, with the
 /// command that fixes it.
 pub fn check_private(path: &Path) -> std::io::Result<()> {
+    read_private(path, 0).map(|_| ())
+}
+
+/// Opens a secret file once, checks on the open file that only its owner
+/// can read or write it (see [`check_private`]), and reads at most `max`
+/// bytes of it (more is an error): the bytes checked are the bytes read.
+pub fn read_private(path: &Path, max: u64) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    let file = std::fs::File::open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(std::io::Error::other(format!(
             "a secret others can read or write (mode {mode:04o}): run `chmod 600 {}` (and check who read it)",
             path.display()
         )));
     }
-    Ok(())
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max && max > 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is larger than {max} bytes: not a key file",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Writes a secret file readable only by its owner (created with mode 0600,
@@ -156,6 +173,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)?;
+    // An existing file keeps its mode through `open`: make it private.
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(bytes)?;
     f.sync_all()
 }

@@ -457,7 +457,8 @@ async fn mix(
         }
         tokio::select! {
             changed = drain.changed(), if draining.is_none() => {
-                if changed.is_ok() && *drain.borrow() {
+                // A stop, or the node dropped its sender (stopping too).
+                if changed.is_err() || *drain.borrow() {
                     draining = Some(Instant::now() + DRAIN_BOUND);
                     unwrapped.close();
                     tracing::info!(held = mixer.queued(), "stopping: releasing the packets held");
@@ -518,8 +519,10 @@ async fn mix(
             // now rather than at the next periodic refresh.
             consensus.nudge();
         }
+        // Done once every packet taken off the link before the stop was
+        // admitted and released, or at the bound.
         if let Some(deadline) = draining
-            && (mixer.queued() == 0 || Instant::now() >= deadline)
+            && ((input_done && mixer.queued() == 0) || Instant::now() >= deadline)
         {
             if let Some(tx) = drained.take() {
                 let _ = tx.send(mixer.queued());

@@ -304,6 +304,31 @@ fn check_config_passes_good_configs_and_names_what_is_wrong() {
             "{}",
             String::from_utf8_lossy(&wrong.stderr)
         );
+        // Another role's binary refuses it.
+        let other = if name == "bastet-mixnode" {
+            "bastet-mailbox"
+        } else {
+            "bastet-mixnode"
+        };
+        let refused = with_input(
+            other,
+            &[
+                "restore",
+                "--backup",
+                &out,
+                "--dir",
+                &to,
+                "--passphrase-fd",
+                "0",
+            ],
+            "a long backup passphrase\n",
+        );
+        assert!(!refused.status.success());
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("another kind of node"),
+            "{}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
         let restored = with_input(
             name,
             &[

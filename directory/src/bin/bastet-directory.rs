@@ -111,6 +111,7 @@ fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Restore(a) => bastet_directory::backup::restore_command(
             "bastet-directory",
+            "authority.toml",
             &a.backup,
             &a.dir,
             a.passphrase_fd,

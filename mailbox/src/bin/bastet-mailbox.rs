@@ -125,6 +125,7 @@ fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Restore(a) => bastet_directory::backup::restore_command(
             "bastet-mailbox",
+            "mailbox.toml",
             &a.backup,
             &a.dir,
             a.passphrase_fd,

@@ -60,7 +60,10 @@ fuzz_target!(|data: &[u8]| {
         }
         1 => {
             let r = envelope::open(bob, &encrypt(&bob.encryption_public(), rest, mode));
-            let well_formed = rest.len() >= 34 && rest[0] == ENVELOPE_VERSION && rest[33] <= 1;
+            // Types 0 and 1: Olm pre-key and normal messages; 2: pairing.
+            let well_formed = rest.len() >= 34
+                && rest[0] == ENVELOPE_VERSION
+                && rest[33] <= bastet_client::pairing::PAIRING_MESSAGE_TYPE;
             match r {
                 Ok(inner) => {
                     assert!(well_formed);

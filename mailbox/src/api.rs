@@ -396,12 +396,21 @@ impl StoredMessage {
 
     /// Decodes the JSON form.
     pub fn from_json(m: &MessageJson) -> Result<Self> {
+        let payload = BASE64
+            .decode(m.payload.as_bytes())
+            .map_err(|e| Error::BadResponse(format!("payload of message {}: {e}", m.seq)))?;
+        // One encoding per payload: padding in the middle (concatenated
+        // padded chunks) decodes too, and is refused here.
+        if BASE64.encode(&payload) != m.payload {
+            return Err(Error::BadResponse(format!(
+                "payload of message {}: not canonical base64",
+                m.seq
+            )));
+        }
         Ok(StoredMessage {
             seq: m.seq,
             received_at_ms: m.received_at_ms,
-            payload: BASE64
-                .decode(m.payload.as_bytes())
-                .map_err(|e| Error::BadResponse(format!("payload of message {}: {e}", m.seq)))?,
+            payload,
         })
     }
 }
@@ -842,6 +851,12 @@ mod tests {
         let json = serde_json::to_string(&m.to_json()).unwrap();
         assert_eq!(json, r#"{"seq":7,"received_at_ms":9,"payload":"AAEC/w=="}"#);
         assert_eq!(StoredMessage::from_json(&m.to_json()).unwrap(), m);
+        // Two padded chunks decode to the bytes of one canonical encoding
+        // (found by the mailbox_api_bodies fuzz target): refused.
+        let mut odd = m.to_json();
+        odd.payload = "QQ==QQ==".into();
+        let err = StoredMessage::from_json(&odd).unwrap_err();
+        assert!(err.to_string().contains("not canonical"), "{err}");
         let page: ListResponse = serde_json::from_str(r#"{"messages":[],"next":null}"#).unwrap();
         assert_eq!(page.next, None);
     }

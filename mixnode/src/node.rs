@@ -67,7 +67,7 @@ pub struct Mixnode {
 /// How long a stopping mixnode keeps releasing the packets it holds (each
 /// at the end of its own delay; those whose delay ends later are dropped,
 /// and their senders retransmit).
-pub const DRAIN_BOUND: Duration = Duration::from_secs(5);
+pub const DRAIN_BOUND: Duration = Duration::from_secs(2);
 
 /// Runs a mixnode with `config` until `shutdown` completes (then stops it
 /// cleanly and returns `Ok`) or a part of it fails (returns the error).
@@ -316,7 +316,7 @@ impl Mixnode {
     pub async fn stop(mut self) {
         let _ = self.drain.send(true);
         if let Some(drained) = self.drained.take() {
-            match tokio::time::timeout(DRAIN_BOUND + Duration::from_secs(1), drained).await {
+            match tokio::time::timeout(DRAIN_BOUND + Duration::from_millis(500), drained).await {
                 Ok(Ok(0)) => tracing::info!("every held packet was released"),
                 Ok(Ok(left)) => tracing::warn!(
                     dropped = left,
@@ -324,7 +324,7 @@ impl Mixnode {
                 ),
                 _ => tracing::warn!("the mixer did not finish draining"),
             }
-            let deadline = Instant::now() + Duration::from_secs(2);
+            let deadline = Instant::now() + Duration::from_millis(500);
             while self.outbound.queued() > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

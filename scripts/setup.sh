@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages Bastet's build needs, only those missing:
 # clang and libclang-dev (bindgen generates RocksDB's Rust bindings with
-# libclang), a C++ compiler (RocksDB itself is C++), and systemd-analyze
-# (the tests check the unit files in deploy/systemd with it).
+# libclang), a C++ compiler (RocksDB itself is C++), systemd-analyze
+# (the tests check the unit files in deploy/systemd with it) and Chromium
+# (testnet/tests/web.rs renders the testnet's live view headless).
 # Debian/Ubuntu (apt-get); runs as root, or through sudo when available.
 set -euo pipefail
 
@@ -28,9 +29,10 @@ command -v clang >/dev/null 2>&1 || missing+=(clang)
 have_libclang || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "setup: clang, libclang, a C++ compiler and systemd-analyze are present"
+    echo "setup: clang, libclang, a C++ compiler, systemd-analyze and chromium are present"
 else
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "setup: missing ${missing[*]}; install them with your package manager" >&2

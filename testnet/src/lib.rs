@@ -10,6 +10,7 @@ mod ports;
 mod probe;
 mod process;
 mod scan;
+mod web;
 
 pub use client::{
     Client, Daemon, GIVE_UP_MARGIN, Payload, Received, ReceivedFileInfo, RouteHop, Sent,
@@ -24,6 +25,7 @@ pub use metrics::metric_sum;
 pub use network::{Network, NetworkOptions};
 pub use process::{Binaries, STOP_GRACE, StopOutcome};
 pub use scan::{Hit, ScanReport, scan_for_marker};
+pub use web::{NodeView, REFRESH, Snapshot, WebView};
 
 /// Result of this crate's operations.
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,11 +1,12 @@
 //! `bastet-testnet`: a whole Bastet network on loopback.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use bastet_client::{RoutePolicy, parse_classes, parse_list};
-use bastet_testnet::{DemoOptions, Error, Network, NetworkOptions, StopOutcome, run_demo};
+use bastet_testnet::{DemoOptions, Error, Network, NetworkOptions, StopOutcome, WebView, run_demo};
 use clap::{Args, Parser, Subcommand};
 
 /// Exit status when a message was lost.
@@ -82,9 +83,16 @@ enum Command {
     Up {
         #[command(flatten)]
         net: NetArgs,
-        /// Print the layout as one JSON object on stdout.
+        /// Print the layout as one JSON object on stdout (with `web_url`
+        /// when --web is given).
         #[arg(long)]
         json: bool,
+        /// Serve a live view of the network (nodes by layer and
+        /// jurisdiction, their health and throughput) on this loopback
+        /// address, e.g. 127.0.0.1:8080 (port 0: any free port; the URL is
+        /// printed). Open it in a browser on this machine.
+        #[arg(long, value_name = "ADDR")]
+        web: Option<SocketAddr>,
     },
 }
 
@@ -291,8 +299,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             };
             demo(network, &options, json, net.keep || net.dir.is_some()).await
         }
-        Command::Up { net, json } => {
-            up(net.options(cli.bin_dir, Duration::from_secs(60)), json).await
+        Command::Up { net, json, web } => {
+            up(net.options(cli.bin_dir, Duration::from_secs(60)), json, web).await
         }
     }
 }
@@ -359,15 +367,40 @@ async fn demo(
     })
 }
 
-async fn up(net_options: NetworkOptions, json: bool) -> Result<ExitCode, Error> {
+async fn up(
+    net_options: NetworkOptions,
+    json: bool,
+    web: Option<SocketAddr>,
+) -> Result<ExitCode, Error> {
+    if let Some(addr) = web
+        && !addr.ip().is_loopback()
+    {
+        // Checked before anything starts, so a typo costs no network.
+        return Err(Error::InvalidOption(format!(
+            "--web {addr}: the web view serves on loopback only (127.0.0.0/8 or ::1), \
+             e.g. --web 127.0.0.1:8080; reach it from elsewhere through an SSH tunnel"
+        )));
+    }
     let mut network = Network::start(net_options).await?;
+    let view = match web {
+        Some(addr) => Some(WebView::start(network.layout(), addr).await?),
+        None => None,
+    };
     let layout = network.layout();
     if json {
-        match serde_json::to_string(layout) {
-            Ok(text) => println!("{text}"),
+        match serde_json::to_value(layout) {
+            Ok(mut value) => {
+                if let (Some(view), Some(object)) = (&view, value.as_object_mut()) {
+                    object.insert("web_url".into(), view.url().into());
+                }
+                println!("{value}");
+            }
             Err(e) => eprintln!("bastet-testnet: cannot encode the layout: {e}"),
         }
     } else {
+        if let Some(view) = &view {
+            println!("live view: {} (refreshed every 2 s)", view.url());
+        }
         println!("Bastet testnet running in {}", layout.dir.display());
         print!("{}", layout.describe());
         println!(

@@ -11,7 +11,9 @@ use tokio_rustls::TlsAcceptor;
 
 use tokio::io::AsyncReadExt;
 
-use crate::{FRAME_LEN, IngressLog, Result, TlsIdentity, server_config};
+use crate::{
+    ConnectionEnd, ConnectionStats, FRAME_LEN, IngressLog, Result, TlsIdentity, server_config,
+};
 
 /// Limits on what peers may hold open.
 #[derive(Clone, Debug)]
@@ -52,6 +54,9 @@ pub struct IngressStats {
     pub bad_connections: AtomicU64,
     /// Connections refused because `max_connections` were open.
     pub refused_connections: AtomicU64,
+    /// Connections open now (from the TCP accept, so the TLS handshake
+    /// included) and how past ones ended.
+    pub connections: Arc<ConnectionStats>,
 }
 
 /// A frame received from a peer, not yet checked.
@@ -81,20 +86,34 @@ pub async fn serve_packets(
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+            stats.connections.not_opened(ConnectionEnd::Limit);
             continue;
         };
+        // Counted from here so that the gauge reads against `max_connections`;
+        // dropped with the task however it ends.
+        let open = stats.connections.opened();
         let _ = tcp.set_nodelay(true);
         let (acceptor, tx, stats, config) =
             (acceptor.clone(), tx.clone(), stats.clone(), config.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(why) = connection(tcp, peer, acceptor, &config, &tx, &stats).await {
-                stats.bad_connections.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%why, "closed packet connection");
+            let mut open = open;
+            match connection(tcp, peer, acceptor, &config, &tx, &stats).await {
+                Ok(()) => open.ends(ConnectionEnd::Closed),
+                Err((end, why)) => {
+                    if matches!(end, ConnectionEnd::Handshake | ConnectionEnd::Broken) {
+                        stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                    }
+                    open.ends(end);
+                    tracing::debug!(%why, reason = end.as_str(), "closed packet connection");
+                }
             }
         });
     }
 }
+
+/// Why a connection was closed, and the detail for the debug log.
+type Closed = (ConnectionEnd, String);
 
 async fn connection(
     tcp: tokio::net::TcpStream,
@@ -103,24 +122,25 @@ async fn connection(
     config: &IngressConfig,
     tx: &mpsc::Sender<Frame>,
     stats: &IngressStats,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Closed> {
+    use ConnectionEnd::{Broken, Handshake, Idle};
     let mut tls = tokio::time::timeout(config.handshake_timeout, acceptor.accept(tcp))
         .await
-        .map_err(|_| "TLS handshake timed out".to_string())?
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        .map_err(|_| (Handshake, "TLS handshake timed out".to_string()))?
+        .map_err(|e| (Handshake, format!("TLS handshake failed: {e}")))?;
     loop {
         let mut frame: Frame = Box::new([0u8; FRAME_LEN]);
         let started = tokio::time::timeout(config.idle_timeout, tls.read(&mut frame[..]))
             .await
-            .map_err(|_| "idle".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| (Idle, "idle".to_string()))?
+            .map_err(|e| (Broken, e.to_string()))?;
         if started == 0 {
             return Ok(());
         }
         tokio::time::timeout(config.frame_timeout, tls.read_exact(&mut frame[started..]))
             .await
-            .map_err(|_| "frame not completed in time".to_string())?
-            .map_err(|e| format!("partial frame: {e}"))?;
+            .map_err(|_| (Broken, "frame not completed in time".to_string()))?
+            .map_err(|e| (Broken, format!("partial frame: {e}")))?;
         stats.frames.fetch_add(1, Ordering::Relaxed);
         if let Some(log) = &config.log {
             log.record(peer.ip(), FRAME_LEN);
@@ -172,6 +192,77 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(frame[FRAME_LEN - 1], 2);
+    }
+
+    /// Waits (at most 5 s) for `ok`.
+    async fn until(what: &str, ok: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what}: not after 5 s");
+    }
+
+    #[tokio::test]
+    async fn open_connections_are_counted_until_closed_and_each_end_by_its_reason() {
+        let identity = TlsIdentity::generate().unwrap();
+        let pin = identity.pin();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, mut rx) = mpsc::channel(4);
+        let stats = Arc::new(IngressStats::default());
+        let config = IngressConfig {
+            max_connections: 1,
+            idle_timeout: Duration::from_millis(300),
+            ..IngressConfig::default()
+        };
+        let s = stats.clone();
+        tokio::spawn(async move { serve_packets(listener, &identity, config, tx, s).await });
+        let c = stats.connections.clone();
+        let ended = |why| c.ended(why);
+
+        // One peer: open while it is connected, closed once it hangs up.
+        let mut peer = connect(&addr, pin).await.unwrap();
+        until("one open", || c.open() == 1).await;
+        // The only slot is taken: a second peer is refused at accept.
+        assert!(connect(&addr, pin).await.is_err());
+        until("refused at the limit", || ended(ConnectionEnd::Limit) == 1).await;
+        assert_eq!(c.open(), 1);
+        peer.write_all(&[3u8; FRAME_LEN]).await.unwrap();
+        peer.flush().await.unwrap();
+        rx.recv().await.unwrap();
+        peer.shutdown().await.unwrap();
+        until("closed in good order", || ended(ConnectionEnd::Closed) == 1).await;
+        assert_eq!(c.open(), 0);
+
+        // Not TLS at all: a failed handshake.
+        let mut junk = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        until("a failed handshake", || {
+            ended(ConnectionEnd::Handshake) == 1
+        })
+        .await;
+        until("the junk connection gone", || c.open() == 0).await;
+
+        // Silent past the idle timeout.
+        let _silent = connect(&addr, pin).await.unwrap();
+        until("closed when idle", || ended(ConnectionEnd::Idle) == 1).await;
+        assert_eq!(c.open(), 0);
+
+        // Half a frame, then gone.
+        let mut half = connect(&addr, pin).await.unwrap();
+        half.write_all(&[4u8; FRAME_LEN / 2]).await.unwrap();
+        half.shutdown().await.unwrap();
+        until("cut off in a frame", || ended(ConnectionEnd::Broken) == 1).await;
+        assert_eq!(c.open(), 0);
+
+        // An idle close is no bad connection; a failed handshake and a
+        // partial frame are.
+        assert_eq!(stats.bad_connections.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.refused_connections.load(Ordering::Relaxed), 1);
+        assert_eq!(ended(ConnectionEnd::Closed), 1);
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod connections;
 mod error;
 mod frame;
 mod https;
@@ -11,9 +12,10 @@ mod pool;
 mod process;
 mod tls;
 
+pub use connections::{ConnectionEnd, ConnectionStats, Direction, register_peer_connections};
 pub use error::Error;
 pub use frame::{FRAME_LEN, read_frame, write_frame};
-pub use https::{https_client, serve_https};
+pub use https::{https_client, serve_https, serve_https_counted};
 pub use ingress::{Frame, IngressConfig, IngressStats, serve_packets};
 pub use ingress_log::{INGRESS_LOG_LIMIT, IngressLog};
 pub use metrics::{MIN_FREE_BYTES, Readiness, check_free_space, free_bytes, serve_metrics};

@@ -11,7 +11,7 @@ use bastet_sphinx::{NodeId, Packet};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::{CertPin, connect_from, write_frame};
+use crate::{CertPin, ConnectionEnd, ConnectionStats, connect_from, write_frame};
 
 /// Where a next hop listens and which certificate it must present.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +95,7 @@ struct Stats {
     queued: AtomicUsize,
     written: AtomicU64,
     lost: AtomicU64,
+    connections: Arc<ConnectionStats>,
 }
 
 impl Outbound {
@@ -158,6 +159,12 @@ impl Outbound {
     pub fn lost(&self) -> u64 {
         self.stats.lost.load(Ordering::Relaxed)
     }
+
+    /// Connections to next hops open now (TLS established), and how past
+    /// ones ended (failed connection attempts as `Handshake`).
+    pub fn connections(&self) -> Arc<ConnectionStats> {
+        self.stats.connections.clone()
+    }
 }
 
 /// Most frames written before one flush.
@@ -195,6 +202,7 @@ async fn writer(
                     _ => "connection timed out".into(),
                 };
                 failures += 1;
+                stats.connections.not_opened(ConnectionEnd::Handshake);
                 tracing::warn!(node = %peer.node.short(), attempt = failures, error = %why, "next hop unreachable");
                 if failures >= config.give_up_after {
                     // Holding packets for a peer that stays away only delays
@@ -214,11 +222,19 @@ async fn writer(
         };
         failures = 0;
         backoff = config.retry_delay;
+        // Counted ended `Broken` unless it ends in good order below.
+        let mut open = stats.connections.opened();
         loop {
             if pending.is_empty() {
                 match tokio::time::timeout(config.idle_timeout, rx.recv()).await {
                     Ok(Some(p)) => take(&mut pending, p, &stats),
-                    Ok(None) | Err(_) => {
+                    ended => {
+                        // Nothing sent for the idle timeout, or the pool
+                        // dropped this peer's queue.
+                        open.ends(match ended {
+                            Err(_) => ConnectionEnd::Idle,
+                            Ok(_) => ConnectionEnd::Closed,
+                        });
                         let _ = tokio::time::timeout(config.write_timeout, stream.shutdown()).await;
                         return close(rx, &stats);
                     }
@@ -345,6 +361,67 @@ mod tests {
         assert_eq!(pool.lost(), 1);
         assert_eq!(pool.queued(), 0);
         assert_eq!(pool.written(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_link_is_counted_open_on_both_sides_until_idle_and_failed_attempts_are_counted() {
+        let identity = TlsIdentity::generate().unwrap();
+        let pin = identity.pin();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, mut rx) = mpsc::channel(16);
+        let ingress = Arc::new(crate::IngressStats::default());
+        let stats = ingress.clone();
+        tokio::spawn(async move {
+            serve_packets(listener, &identity, IngressConfig::default(), tx, stats).await
+        });
+        let pool = Outbound::new(OutboundConfig {
+            idle_timeout: Duration::from_millis(300),
+            retry_delay: Duration::from_millis(10),
+            ..OutboundConfig::default()
+        });
+        let (outbound, inbound) = (pool.connections(), ingress.connections.clone());
+        let peer = Peer {
+            node: bastet_sphinx::NodeId([1; 32]),
+            addr,
+            pin,
+        };
+        pool.send(&peer, packet(1)).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outbound.open(), 1);
+        assert_eq!(inbound.open(), 1);
+        // Nothing more to send: the pool closes the link in good order.
+        for _ in 0..500 {
+            if outbound.open() == 0 && inbound.open() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!((outbound.open(), inbound.open()), (0, 0));
+        assert_eq!(outbound.ended(ConnectionEnd::Idle), 1);
+        assert_eq!(inbound.ended(ConnectionEnd::Closed), 1);
+
+        // A peer nobody listens for: attempts fail and are counted, none open.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = Peer {
+            node: bastet_sphinx::NodeId([2; 32]),
+            addr: closed.local_addr().unwrap().to_string(),
+            pin,
+        };
+        drop(closed);
+        pool.send(&dead, packet(2)).unwrap();
+        for _ in 0..500 {
+            if outbound.ended(ConnectionEnd::Handshake) >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(outbound.ended(ConnectionEnd::Handshake) >= 2);
+        assert_eq!(outbound.open(), 0);
+        assert_eq!(outbound.ended(ConnectionEnd::Broken), 0);
     }
 
     #[tokio::test]

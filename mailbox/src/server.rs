@@ -10,7 +10,8 @@ use bastet_directory::{
     publish_rotating_forever, rotate_forever, unix_now,
 };
 use bastet_link::{
-    Frame, IngressConfig, IngressStats, Outbound, OutboundConfig, PacketLog, TlsIdentity,
+    ConnectionStats, Direction, Frame, IngressConfig, IngressStats, Outbound, OutboundConfig,
+    PacketLog, TlsIdentity,
 };
 use bastet_sphinx::AckRequest;
 use prometheus_client::registry::Registry;
@@ -19,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::hop::{AckDropped, FinalHop, Opened, ack_packet};
 use crate::http::{Api, router};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, register_store};
 use crate::store::{Delivery, Store, StoreLimits};
 use crate::{Error, MailboxConfig, Result};
 
@@ -110,11 +111,22 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
     metrics
         .replay_filter_capacity
         .set(i64::try_from(config.replay_filter_capacity).unwrap_or(i64::MAX));
+    let stats = Arc::new(IngressStats::default());
+    let outbound = Arc::new(Outbound::new(OutboundConfig::default()));
+    let api_connections = Arc::new(ConnectionStats::default());
+    bastet_link::register_peer_connections(
+        &mut registry,
+        [
+            (Direction::Inbound, stats.connections.clone()),
+            (Direction::Outbound, outbound.connections()),
+            (Direction::Api, api_connections.clone()),
+        ],
+    );
+    register_store(&mut registry, store.clone());
     let registry = Arc::new(registry);
 
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     let (tx, rx) = mpsc::channel::<Frame>(INGRESS_QUEUE);
-    let stats = Arc::new(IngressStats::default());
     {
         let (tls, stats) = (tls.clone(), stats.clone());
         tasks.spawn(async move {
@@ -132,7 +144,8 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
         ));
         let tls = tls.clone();
         tasks.spawn(async move {
-            bastet_link::serve_https(api_listener, &tls, router(api)).await?;
+            bastet_link::serve_https_counted(api_listener, &tls, router(api), api_connections)
+                .await?;
             Ok(())
         });
     }
@@ -182,7 +195,7 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
     }
     let acks = Acks {
         consensus,
-        outbound: Arc::new(Outbound::new(OutboundConfig::default())),
+        outbound,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut pipeline = tokio::spawn(pipeline(

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use bastet_sphinx::MailboxId;
+use rocksdb::properties::PropName;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, Options, ReadOptions, WriteBatch, WriteOptions,
 };
@@ -21,6 +22,8 @@ use crate::{Error, Result, StoredMessage};
 
 const MAILBOXES: &str = "mailboxes";
 const MESSAGES: &str = "messages";
+/// The column families that hold data (the default one stays empty).
+pub(crate) const COLUMN_FAMILIES: [&str; 2] = [MAILBOXES, MESSAGES];
 /// The first message of every mailbox has this seq, so `after=0` lists all.
 const FIRST_SEQ: u64 = 1;
 
@@ -308,6 +311,30 @@ impl Store {
             },
         );
         Ok(deleted)
+    }
+
+    /// One of RocksDB's integer properties, of column family `cf` or (with
+    /// `None`) of the whole database; `None` if RocksDB does not answer.
+    /// Unlike the other methods this reads only memory (under RocksDB's own
+    /// short lock), so `/metrics` may call it at every scrape.
+    pub(crate) fn property(&self, cf: Option<&str>, property: &PropName) -> Option<u64> {
+        let value = match cf {
+            Some(name) => self
+                .db
+                .property_int_value_cf(self::cf(&self.db, name).ok()?, property),
+            None => self.db.property_int_value(property),
+        };
+        value.ok().flatten()
+    }
+
+    /// Writes the memtables out to SST files, as RocksDB does by itself
+    /// when they fill.
+    #[cfg(test)]
+    pub(crate) fn flush(&self) -> Result<()> {
+        for name in COLUMN_FAMILIES {
+            self.db.flush_cf(cf(&self.db, name)?)?;
+        }
+        Ok(())
     }
 }
 

@@ -386,6 +386,51 @@ async fn mailbox_server_stores_durably_and_serves_only_its_owner() {
         "{metrics}"
     );
     assert!(gauge("bastet_mailbox_sphinx_key_epoch") >= 1.0, "{metrics}");
+    // RocksDB's own figures: the message and the mailbox are in it, and
+    // nothing went wrong in the background.
+    assert!(
+        gauge("bastet_mailbox_rocksdb_estimate_num_keys{column_family=\"messages\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        gauge("bastet_mailbox_rocksdb_cur_size_all_mem_tables_bytes{column_family=\"messages\"}")
+            > 0.0,
+        "{metrics}"
+    );
+    assert_eq!(gauge("bastet_mailbox_rocksdb_background_errors"), 0.0);
+    // Connections: both packet senders hung up in good order, and the
+    // API's are counted (each `raw_list` client's closed when it went).
+    let value = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let inbound_closed =
+        "bastet_mailbox_peer_connections_closed_total{direction=\"inbound\",reason=\"closed\"}";
+    let api_closed =
+        "bastet_mailbox_peer_connections_closed_total{direction=\"api\",reason=\"closed\"}";
+    let metrics = eventually("connections closed in /metrics", &node, || async {
+        let text = node.metrics_text().await;
+        (value(&text, inbound_closed) == Some(2.0) && value(&text, api_closed) >= Some(4.0))
+            .then_some(text)
+    })
+    .await;
+    for series in [
+        "bastet_mailbox_peer_connections{direction=\"inbound\"}",
+        "bastet_mailbox_peer_connections{direction=\"outbound\"}",
+        "bastet_mailbox_peer_connections{direction=\"api\"}",
+        "bastet_mailbox_peer_connections_closed_total{direction=\"inbound\",reason=\"limit\"}",
+    ] {
+        assert!(value(&metrics, series).is_some(), "no {series}: {metrics}");
+    }
+    assert_eq!(
+        value(
+            &metrics,
+            "bastet_mailbox_peer_connections{direction=\"inbound\"}"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
 
     // Durability: once listed, the message survives SIGKILL.
     node.child.as_mut().unwrap().kill().unwrap();

@@ -25,7 +25,7 @@ use bastet_directory::{
     VerifiedConsensus, publish_rotating_forever, rotate_forever, unix_now,
 };
 use bastet_link::{
-    Frame, IngressConfig, IngressLog, IngressStats, Outbound, OutboundConfig, PacketLog,
+    Direction, Frame, IngressConfig, IngressLog, IngressStats, Outbound, OutboundConfig, PacketLog,
     TlsIdentity, serve_packets,
 };
 use bastet_sphinx::NodeId;
@@ -172,6 +172,13 @@ impl Mixnode {
             });
         }
         let outbound = Arc::new(Outbound::new(OutboundConfig::default()));
+        bastet_link::register_peer_connections(
+            &mut registry,
+            [
+                (Direction::Inbound, ingress_stats.connections.clone()),
+                (Direction::Outbound, outbound.connections()),
+            ],
+        );
         let (drain, drain_rx) = watch::channel(false);
         let (drained_tx, drained) = tokio::sync::oneshot::channel();
         tasks.spawn(copy_link_stats(

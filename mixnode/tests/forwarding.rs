@@ -111,6 +111,34 @@ async fn truncated_and_garbage_frames_are_dropped_and_the_node_keeps_serving() {
         .await;
     let text = mix.metrics().await;
     assert_eq!(metric_value(&text, &dropped("replay")), Some(0.0), "{text}");
+
+    // Every sender has hung up, the first inside a frame; the link to the
+    // sink stays open for the next packet.
+    let inbound_closed = |reason: &str| {
+        format!(
+            "bastet_mixnode_peer_connections_closed_total{{direction=\"inbound\",reason=\"{reason}\"}}"
+        )
+    };
+    mix.wait_metric(&inbound_closed("broken"), |v| v == 1.0)
+        .await;
+    mix.wait_metric(&inbound_closed("closed"), |v| v == 2.0)
+        .await;
+    mix.wait_metric(
+        "bastet_mixnode_peer_connections{direction=\"inbound\"}",
+        |v| v == 0.0,
+    )
+    .await;
+    mix.wait_metric(
+        "bastet_mixnode_peer_connections{direction=\"outbound\"}",
+        |v| v == 1.0,
+    )
+    .await;
+    let text = mix.metrics().await;
+    assert_eq!(
+        metric_value(&text, &inbound_closed("limit")),
+        Some(0.0),
+        "{text}"
+    );
     mix.node.stop().await;
 }
 

@@ -15,7 +15,8 @@ use bastet_client::{
 };
 use bastet_directory::{Descriptor, DirectoryConfig};
 use bastet_sphinx::NodeId;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -27,7 +28,7 @@ type CliResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 /// The Bastet client: send end-to-end encrypted messages through the mixnet
 /// and read your mailbox.
 #[derive(Parser)]
-#[command(name = "bastet", version, about)]
+#[command(name = "bastet", version, after_help = FIRST_STEPS)]
 struct Cli {
     /// Data directory holding this client's keys and client.toml
     /// [default: $HOME/.local/share/bastet]
@@ -41,6 +42,17 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The top-level help's way in: what to run first, and where the guide is.
+const FIRST_STEPS: &str = "\
+First steps (the guide: docs/users.md):
+  1. bastet store create                      the encrypted store (asks for a passphrase)
+  2. bastet init --directory directory.toml   keys and a mailbox (directory.toml: from your network)
+  3. bastet daemon                            keep it running: cover traffic, mailbox polling
+  4. bastet contact export --out me.card      your card, handed over offline; theirs:
+     bastet contact import their.card --name NAME
+  5. bastet send NAME \"hello\", then bastet inbox
+`bastet COMMAND --help` says more; `bastet completions --help` sets up shell completion.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -59,7 +71,7 @@ enum Command {
     },
     /// Print where this client's mailbox is (its keys, mailbox server and
     /// mailbox id, in one line). Not enough to write to you: people need
-    /// your contact card.
+    /// your contact card (`bastet contact export`).
     Address,
     /// Exchange contact cards (offline: a file or a QR code) and manage
     /// contacts. Two people each import the other's card; the second card
@@ -87,7 +99,8 @@ enum Command {
     /// queued messages are kept and resumed at the next start.
     Daemon,
     /// Show the daemon's traffic parameters, idle bandwidth, expected
-    /// latency, counters and per-node reliability.
+    /// latency, counters and per-node reliability (start it first with
+    /// `bastet daemon`).
     Status {
         /// Print one JSON object.
         #[arg(long)]
@@ -114,7 +127,8 @@ enum Command {
         policy: PolicyArgs,
         /// Seconds after which an unacknowledged message fails, counted from
         /// the first transmission of its last fragment (not from queuing).
-        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        #[arg(long, value_name = "SECS", default_value_t = 120,
+              value_parser = clap::value_parser!(u64).range(1..))]
         give_up: u64,
         /// Return once the message is queued (the daemon carries on; see
         /// `bastet outbox`). With --direct: send each fragment once (up to
@@ -171,13 +185,31 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish or
+    /// powershell) to standard output; the help says where to put it.
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions {
+        /// The shell to complete `bastet` commands in.
+        shell: clap_complete::Shell,
+    },
 }
+
+/// Where each shell looks for completion scripts.
+const COMPLETIONS_HELP: &str = "\
+Install the script where your shell looks for it, then open a new shell:
+  bash:        bastet completions bash > ~/.local/share/bash-completion/completions/bastet
+  zsh:         bastet completions zsh > ~/.zfunc/_bastet
+               (and in ~/.zshrc, before compinit: fpath+=~/.zfunc)
+  fish:        bastet completions fish > ~/.config/fish/completions/bastet.fish
+  elvish:      bastet completions elvish >> ~/.config/elvish/rc.elv
+  powershell:  add `bastet completions powershell | Out-String | Invoke-Expression` to $PROFILE";
 
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Make the container: a file of --size random bytes, then a first
     /// compartment for the passphrase you type. Nothing in the file tells
-    /// it from random bytes, or how many compartments it holds.
+    /// it from random bytes, or how many compartments it holds. Next:
+    /// `bastet init` (with the same passphrase).
     Create {
         /// Its size (B, KiB, MiB or GiB; whole 4 KiB blocks). It does not
         /// grow: choose room for your messages and files.
@@ -262,6 +294,8 @@ enum ContactCommand {
         nickname: String,
     },
     /// Import someone's card (from FILE, or - for standard input) under NAME.
+    /// If it was not an answer to yours, answer it: `bastet contact export
+    /// --for NAME --out FILE`, and give them FILE.
     Import {
         /// The card file.
         file: PathBuf,
@@ -306,7 +340,8 @@ enum IdentityCommand {
     /// Write the identity key, encrypted under a passphrase (Argon2id 64
     /// MiB, XChaCha20-Poly1305), to FILE (mode 0600). Only the device that
     /// holds it can. The passphrase is read from the terminal, or standard
-    /// input, or BASTET_IDENTITY_PASSPHRASE.
+    /// input, or BASTET_IDENTITY_PASSPHRASE. Next, on the other admin
+    /// device: `bastet identity import FILE`.
     Export {
         /// Where to write it.
         #[arg(long, value_name = "FILE")]
@@ -423,7 +458,9 @@ impl PolicyArgs {
                 Ok(Ok(Response::Config { config })) => config.route,
                 Ok(Ok(other)) => return Err(unexpected(other).into()),
                 Ok(Err(e)) => return Err(e.into()),
-                Err(_) => return Err("asking the daemon for its configuration failed".into()),
+                Err(_) => {
+                    return Err("asking the daemon for its configuration failed: `bastet status` shows whether it runs; --policy-file FILE needs no daemon".into());
+                }
             }
         } else {
             dirs.open()?.load_config()?.route
@@ -460,10 +497,66 @@ impl PolicyArgs {
 
 fn main() -> ExitCode {
     bastet_link::init_logging("warn");
-    bastet_link::exit_code("bastet: error", real_main(Cli::parse()))
+    let result = real_main(Cli::parse()).map_err(|e| with_next_step(e.to_string()));
+    bastet_link::exit_code("bastet: error", result)
+}
+
+/// `message` with a next step appended, for the errors (often from the
+/// daemon, as text) whose message names none.
+fn with_next_step(message: String) -> String {
+    const STEPS: &[(&str, &str)] = &[
+        (
+            "route policy cannot be met: hop",
+            "`bastet route show` lists the nodes each hop class can use; widen the policy ([route] in client.toml, or --policy, --template, --avoid for one message)",
+        ),
+        (
+            "no consensus for epoch",
+            "try again in a few minutes; if it lasts, tell your network's operators",
+        ),
+        (
+            "no compartment opens with this passphrase",
+            "check the passphrase (each compartment has its own) and the data dir (--data-dir)",
+        ),
+        (
+            "is not a mailbox server in the current consensus",
+            "it may be down: try again after the next epoch (`bastet route show` lists the nodes in the consensus)",
+        ),
+        (
+            "cannot send to the first mix at",
+            "check the network connection; the next try takes another first mix",
+        ),
+        (
+            "mailbox server http",
+            "check the network connection; the mailbox server may be down: try again later",
+        ),
+        (
+            "directory authority http",
+            "check the network connection; the authority may be down: try again later",
+        ),
+        (
+            "daemon: no answer within",
+            "`bastet status` shows whether the daemon still runs; if not, start it again with `bastet daemon`",
+        ),
+        (
+            "the daemon closed the connection",
+            "`bastet status` shows whether the daemon still runs; if not, start it again with `bastet daemon`",
+        ),
+        (
+            "is not supported by this version of bastet",
+            "update bastet",
+        ),
+    ];
+    match STEPS.iter().find(|(seen, _)| message.contains(seen)) {
+        Some((_, step)) if !message.contains(step) => format!("{message}. Next: {step}"),
+        _ => message,
+    }
 }
 
 fn real_main(cli: Cli) -> CliResult<()> {
+    // Needs no data dir (nor HOME: packagers build completions too).
+    if let Command::Completions { shell } = cli.command {
+        return print_completions(shell);
+    }
     let dirs = Dirs {
         root: data_dir(cli.data_dir)?,
         passphrase_fd: cli.passphrase_fd,
@@ -540,7 +633,10 @@ fn real_main(cli: Cli) -> CliResult<()> {
             };
             print_copies(&copies, json)?;
             if let Some(why) = failure(&copies) {
-                return Err(why.into());
+                return Err(format!(
+                    "{why}. Send it again later; `bastet status` shows how reliable the nodes are, and --give-up SECS waits longer"
+                )
+                .into());
             }
         }
         Command::Inbox {
@@ -591,6 +687,8 @@ fn real_main(cli: Cli) -> CliResult<()> {
             print_status(&report, json)?;
         }
         Command::Route { command } => runtime.block_on(route_command(&dirs, command))?,
+        // Printed above, before the data dir was looked for.
+        Command::Completions { .. } => {}
         Command::Outbox { json, resume } => {
             let from_daemon = runtime.block_on(daemon::api::call(&dirs.root, &Request::Outbox {}));
             match from_daemon {
@@ -863,7 +961,11 @@ async fn contact_command(dirs: &Dirs, command: ContactCommand) -> CliResult<()> 
                     std::fs::metadata(&file).map_err(|e| format!("{}: {e}", file.display()))?;
                 if meta.len() > 64 * 1024 {
                     return Err(
-                        format!("{}: too large to be a contact card", file.display()).into(),
+                        format!(
+                            "{}: too large to be a contact card (give the file `bastet contact export` wrote)",
+                            file.display()
+                        )
+                        .into(),
                     );
                 }
                 std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?
@@ -947,12 +1049,13 @@ async fn contact_command(dirs: &Dirs, command: ContactCommand) -> CliResult<()> 
                 "Passphrase (shared with the contact): ",
             )?;
             let params = bastet_client::layers::psk::Argon2Params::default();
-            eprintln!(
-                "bastet: deriving the key (Argon2id, {} MiB)...",
-                params.memory_kib / 1024
-            );
-            let psk =
-                bastet_client::layers::psk::psk_from_passphrase(&phrase, &own, &theirs, params)?;
+            let psk = with_spinner(
+                &format!(
+                    "deriving the key (Argon2id, {} MiB)",
+                    params.memory_kib / 1024
+                ),
+                || bastet_client::layers::psk::psk_from_passphrase(&phrase, &own, &theirs, params),
+            )?;
             let request = ContactRequest::SetPsk {
                 name: name.clone(),
                 psk: hex::encode(psk.as_ref()),
@@ -1037,16 +1140,20 @@ fn identity_command(dir: &DataDir, command: IdentityCommand) -> CliResult<()> {
                 "Passphrase for the exported identity key: ",
             )?;
             let params = bastet_client::layers::psk::Argon2Params::default();
-            eprintln!(
-                "bastet: deriving the key (Argon2id, {} MiB)...",
-                params.memory_kib / 1024
-            );
-            let text = bastet_client::backup::export(
-                &secret,
-                &keys.identity_public(),
-                &phrase,
-                params,
-                &mut rand::rng(),
+            let text = with_spinner(
+                &format!(
+                    "deriving the key (Argon2id, {} MiB)",
+                    params.memory_kib / 1024
+                ),
+                || {
+                    bastet_client::backup::export(
+                        &secret,
+                        &keys.identity_public(),
+                        &phrase,
+                        params,
+                        &mut rand::rng(),
+                    )
+                },
             )?;
             bastet_link::write_private(&out, format!("{text}\n").as_bytes())
                 .map_err(|e| format!("{}: {e}", out.display()))?;
@@ -1060,12 +1167,12 @@ fn identity_command(dir: &DataDir, command: IdentityCommand) -> CliResult<()> {
                 "a daemon (or another bastet command) is running for this data dir: stop it first, then import",
             )?;
             if keys.has_identity_key() {
-                return Err("this device already holds its identity key".into());
+                return Err("this device already holds its identity key: nothing to import (`bastet device list` shows it)".into());
             }
             let text =
                 std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             if bastet_client::backup::public_key(&text)? != keys.identity_public() {
-                return Err("this export is of another identity".into());
+                return Err("this export is of another identity: import it on a device of that identity (`bastet device list` shows this one's)".into());
             }
             let config = dir.load_config()?;
             let book = bastet_client::Contacts::load(dir, &keys, config.mailbox_server_id()?)?;
@@ -1079,7 +1186,9 @@ fn identity_command(dir: &DataDir, command: IdentityCommand) -> CliResult<()> {
                 "BASTET_IDENTITY_PASSPHRASE",
                 "Passphrase of the exported identity key: ",
             )?;
-            let (secret, _) = bastet_client::backup::import(&text, &phrase)?;
+            let (secret, _) = with_spinner("deriving the key (Argon2id)", || {
+                bastet_client::backup::import(&text, &phrase)
+            })?;
             dir.import_identity_key(&keys, &secret)?;
             println!("This device now holds the identity key.");
         }
@@ -1142,7 +1251,10 @@ async fn device_add(dir: &Dirs, admin: bool, qr: bool, no_wait: bool, json: bool
             return Ok(());
         }
     }
-    Err("the pairing code expired before a device used it".into())
+    Err(
+        "the pairing code expired before a device used it: make a new one with `bastet device add`"
+            .into(),
+    )
 }
 
 async fn device_join(dirs: &Dirs, code: &str, name: &str, wait: u64, json: bool) -> CliResult<()> {
@@ -1293,7 +1405,9 @@ fn read_passphrase(env: &str, prompt: &str) -> CliResult<String> {
     };
     let first = read(prompt)?;
     if tty && read("Again: ")? != first {
-        return Err("the two passphrases differ".into());
+        return Err(
+            "the two passphrases differ: run the command again and type the same one twice".into(),
+        );
     }
     Ok(first)
 }
@@ -1346,8 +1460,10 @@ impl Dirs {
                 // says so at once.
                 let file = FileBlocks::open(&path)?;
                 let phrase = self.passphrase("Store passphrase: ")?;
-                eprintln!("bastet: unlocking the store (Argon2id, 64 MiB)...");
-                DataDir::with_vault(&self.root, Vault::unlock(file, &phrase)?)
+                let vault = with_spinner("unlocking the store (Argon2id, 64 MiB)", || {
+                    Vault::unlock(file, &phrase)
+                })?;
+                DataDir::with_vault(&self.root, vault)
             }
         };
         Ok(self.opened.get_or_init(|| dir).clone())
@@ -1380,7 +1496,10 @@ impl Dirs {
     fn new_passphrase(&self, prompt: &str) -> CliResult<Zeroizing<String>> {
         let phrase = self.passphrase(prompt)?;
         if self.passphrase_fd.is_none() && *self.passphrase("Again: ")? != *phrase {
-            return Err("the two passphrases differ".into());
+            return Err(
+                "the two passphrases differ: run the command again and type the same one twice"
+                    .into(),
+            );
         }
         let chars = phrase.chars().count();
         if chars < MIN_PASSPHRASE_CHARS {
@@ -1401,7 +1520,11 @@ fn store_command(dirs: &Dirs, command: StoreCommand) -> CliResult<()> {
             let bytes = parse_size(&size)?;
             let blocks = bytes.div_ceil(BLOCK_LEN as u64);
             if path.exists() {
-                return Err(format!("{} exists already", path.display()).into());
+                return Err(format!(
+                    "{} exists already: this data dir has its store (`bastet store info` shows it, `bastet store add-compartment` adds a hidden compartment); for a new one, give another --data-dir",
+                    path.display()
+                )
+                .into());
             }
             if dirs.root.join("client.toml").exists() {
                 return Err(format!(
@@ -1417,20 +1540,18 @@ fn store_command(dirs: &Dirs, command: StoreCommand) -> CliResult<()> {
                 .mode(0o700)
                 .create(&dirs.root)
                 .map_err(|e| format!("{}: {e}", dirs.root.display()))?;
-            let mut shown = 0;
-            let mut progress = |done: u64, all: u64| {
-                let percent = done * 100 / all.max(1);
-                if percent >= shown + 10 || done == all {
-                    shown = percent;
-                    eprintln!("bastet: filling the container with random bytes: {percent}%");
-                }
-            };
             eprintln!(
                 "bastet: making {} ({} MiB) and deriving the key (Argon2id, 64 MiB)...",
                 path.display(),
                 (blocks * BLOCK_LEN as u64) >> 20
             );
-            Vault::create(&path, blocks, &[&phrase], &mut progress)?;
+            let mut fill = FillProgress::new(blocks);
+            let made = Vault::create(&path, blocks, &[&phrase], &mut |done, all| {
+                fill.update(done, all)
+            });
+            // Cleared before the result (or the error) prints.
+            drop(fill);
+            made?;
             eprintln!(
                 "bastet: store made. Next: `bastet init` (it asks for this passphrase). To add a hidden compartment: `bastet store add-compartment`."
             );
@@ -1445,15 +1566,18 @@ fn store_command(dirs: &Dirs, command: StoreCommand) -> CliResult<()> {
             }
             let below = dirs.passphrase("Passphrase of the most hidden compartment you have: ")?;
             let new = dirs.new_passphrase("Passphrase of the new, more hidden compartment: ")?;
-            eprintln!("bastet: deriving the keys (Argon2id, 64 MiB, twice)...");
-            Vault::add_compartment(&path, &below, &new)?;
+            with_spinner("deriving the keys (Argon2id, 64 MiB, twice)", || {
+                Vault::add_compartment(&path, &below, &new)
+            })?;
             eprintln!(
                 "bastet: compartment added. Its passphrase opens it and the less hidden ones; `bastet init` with it to make the client that lives there."
             );
         }
         StoreCommand::Info => {
             let dir = dirs.open()?;
-            let (total, used) = dir.store_usage().ok_or("this data dir is not encrypted")?;
+            let (total, used) = dir.store_usage().ok_or(
+                "this data dir is not encrypted (plain files): `bastet --data-dir NEW-DIR store create` makes an encrypted one",
+            )?;
             println!(
                 "container: {} MiB; in use by the compartments this passphrase opens: {} KiB ({:.1}%)",
                 total >> 20,
@@ -1463,6 +1587,60 @@ fn store_command(dirs: &Dirs, command: StoreCommand) -> CliResult<()> {
         }
     }
     Ok(())
+}
+
+/// How `store create` shows the random fill of the container, then the
+/// key derivation that follows it: a bar and a spinner at a terminal, a
+/// line every 10% elsewhere.
+enum FillProgress {
+    Lines {
+        shown: u64,
+    },
+    Bar(ProgressBar),
+    /// Held to keep the spinner turning until it is dropped.
+    Deriving {
+        _spinner: ProgressBar,
+    },
+}
+
+impl FillProgress {
+    fn new(blocks: u64) -> Self {
+        if !progress_wanted() {
+            return FillProgress::Lines { shown: 0 };
+        }
+        let bar = ProgressBar::new(blocks * BLOCK_LEN as u64)
+            .with_style(
+                style(
+                    "bastet: filling the container with random bytes [{bar:30}] {bytes}/{total_bytes} ({eta} left)",
+                    ProgressStyle::default_bar,
+                )
+                .progress_chars("=> "),
+            )
+            .with_finish(ProgressFinish::Abandon);
+        FillProgress::Bar(bar)
+    }
+
+    fn update(&mut self, done: u64, all: u64) {
+        match self {
+            FillProgress::Lines { shown } => {
+                let percent = done * 100 / all.max(1);
+                if percent >= *shown + 10 || done == all {
+                    *shown = percent;
+                    eprintln!("bastet: filling the container with random bytes: {percent}%");
+                }
+            }
+            FillProgress::Bar(bar) => {
+                bar.set_position(done * BLOCK_LEN as u64);
+                if done == all {
+                    bar.finish();
+                    *self = FillProgress::Deriving {
+                        _spinner: spinner("deriving the key (Argon2id, 64 MiB)"),
+                    };
+                }
+            }
+            FillProgress::Deriving { .. } => {}
+        }
+    }
 }
 
 /// `bastet config ...`.
@@ -1509,7 +1687,7 @@ fn parse_size(text: &str) -> CliResult<u64> {
     };
     n.checked_mul(mult)
         .filter(|b| *b <= 1 << 40)
-        .ok_or_else(|| format!("--size {text:?}: too large").into())
+        .ok_or_else(|| format!("--size {text:?}: too large (at most 1 TiB)").into())
 }
 
 fn data_dir(given: Option<PathBuf>) -> CliResult<PathBuf> {
@@ -1525,8 +1703,12 @@ fn data_dir(given: Option<PathBuf>) -> CliResult<PathBuf> {
 }
 
 fn read_directory_file(path: &Path) -> CliResult<DirectoryConfig> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--directory {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "--directory {}: {e} (give the directory.toml your network's operators publish: epoch_secs and the authorities' url, identity_key and tls_pin)",
+            path.display()
+        )
+    })?;
     let config: DirectoryConfig =
         toml::from_str(&text).map_err(|e| format!("--directory {}: {e}", path.display()))?;
     config
@@ -1578,7 +1760,7 @@ fn failure(sent: &[MessageReport]) -> Option<String> {
 /// any failed), with every copy under `copies`.
 fn print_copies(copies: &[MessageReport], json: bool) -> CliResult<()> {
     let Some(first) = copies.first() else {
-        return Err("the daemon queued no copy".into());
+        return Err("the daemon queued no copy: `bastet outbox` shows what it holds".into());
     };
     if json {
         let mut summary = first.clone();
@@ -1664,7 +1846,9 @@ fn print_reports(reports: &[MessageReport], json: bool) -> CliResult<()> {
 fn unexpected(response: Response) -> String {
     match response {
         Response::Error { error } => format!("daemon: {error}"),
-        other => format!("daemon: unexpected answer {other:?}"),
+        other => format!(
+            "daemon: unexpected answer {other:?}: is it another version of bastet? Stop it and start it again with `bastet daemon`"
+        ),
     }
 }
 
@@ -1703,10 +1887,10 @@ async fn send_via_daemon(
     // The daemon fails the message at its give-up; the margin only guards
     // against a daemon that stopped answering.
     let deadline = std::time::Instant::now() + Duration::from_secs(give_up.saturating_add(30));
-    // At a terminal, progress once a second (a large file takes a while at
-    // a constant packet rate); elsewhere, nothing but the result.
-    use std::io::{IsTerminal, Write};
-    let progress = std::io::stderr().is_terminal();
+    // At a terminal, a progress bar updated once a second (a large file
+    // takes a while at a constant packet rate); elsewhere, nothing but the
+    // result.
+    let progress = wait && progress_wanted();
     let wait_ms = if progress {
         1000
     } else {
@@ -1714,19 +1898,17 @@ async fn send_via_daemon(
     };
     for report in &mut copies {
         let id = report.message_id.clone();
+        // Left as it stands if this returns early (an error follows it).
+        let bar = progress.then(|| fragment_bar(report));
         while wait && !matches!(report.state, DeliveryState::Stored | DeliveryState::Failed) {
             if std::time::Instant::now() > deadline {
-                return Err(format!("the daemon did not report message {id} final in time").into());
+                return Err(format!(
+                    "the daemon did not report message {id} final in time: `bastet outbox` shows where it is, `bastet status` whether the daemon still runs"
+                )
+                .into());
             }
-            if progress {
-                eprint!(
-                    "\rbastet: message {}: {}/{} fragments acknowledged, {} retransmitted ",
-                    id.get(..8).unwrap_or(&id),
-                    report.acked,
-                    report.fragments,
-                    report.retransmissions
-                );
-                let _ = std::io::stderr().flush();
+            if let Some(bar) = &bar {
+                show_fragments(bar, report);
             }
             let request = Request::Message {
                 id: id.clone(),
@@ -1737,11 +1919,95 @@ async fn send_via_daemon(
                 other => return Err(unexpected(other).into()),
             };
         }
-        if progress && wait {
-            eprintln!();
+        if let Some(bar) = bar {
+            show_fragments(&bar, report);
+            bar.abandon();
         }
     }
     Ok(copies)
+}
+
+/// Whether to draw progress bars and spinners: only when standard error
+/// is a terminal. Scripts, logs and tests get the plain lines instead.
+fn progress_wanted() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+/// `template`, or indicatif's default if it does not parse.
+fn style(template: &str, fallback: fn() -> ProgressStyle) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| fallback())
+}
+
+/// A spinner saying `what` on standard error, cleared when finished or
+/// dropped (an error then prints on a clean line).
+fn spinner(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner()
+        .with_style(style(
+            "{spinner} bastet: {msg} ({elapsed})",
+            ProgressStyle::default_spinner,
+        ))
+        .with_message(what.to_string())
+        .with_finish(ProgressFinish::AndClear);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Runs `work` (an Argon2id derivation: seconds of CPU) under a spinner
+/// saying `what` at a terminal, or after the line `bastet: WHAT...`
+/// elsewhere.
+fn with_spinner<T>(what: &str, work: impl FnOnce() -> T) -> T {
+    if !progress_wanted() {
+        eprintln!("bastet: {what}...");
+        return work();
+    }
+    let spinner = spinner(what);
+    let out = work();
+    spinner.finish_and_clear();
+    out
+}
+
+/// The bar of one message's fragments as the daemon acknowledges them.
+fn fragment_bar(report: &MessageReport) -> ProgressBar {
+    let id = &report.message_id;
+    let mut prefix = id.get(..8).unwrap_or(id).to_string();
+    if !report.device.is_empty() {
+        prefix.push_str(&format!(" (device {})", report.device));
+    }
+    ProgressBar::new(report.fragments as u64)
+        .with_style(
+            style(
+                "bastet: message {prefix} [{bar:30}] {pos}/{len} fragments acknowledged, {msg} ({elapsed})",
+                ProgressStyle::default_bar,
+            )
+            .progress_chars("=> "),
+        )
+        .with_prefix(prefix)
+        .with_finish(ProgressFinish::Abandon)
+}
+
+fn show_fragments(bar: &ProgressBar, report: &MessageReport) {
+    bar.set_length(report.fragments as u64);
+    bar.set_position(report.acked as u64);
+    bar.set_message(format!(
+        "{} retransmitted, {}",
+        report.retransmissions,
+        report.state.as_str()
+    ));
+}
+
+/// `bastet completions SHELL`: the script on standard output. Made in
+/// memory first, so that a closed pipe is an error, not a panic.
+fn print_completions(shell: clap_complete::Shell) -> CliResult<()> {
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "bastet", &mut script);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        // `| head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 /// Takes the messages the daemon holds (waiting up to `wait` for one),

@@ -23,12 +23,14 @@ use crate::{
 
 /// Readiness of a relay for `/health`: it holds a consensus valid now that
 /// lists it, a Sphinx key for the current epoch, and its data directory
-/// has [`bastet_link::MIN_FREE_BYTES`] free. Each failure says what to do.
+/// has `min_free` bytes free (e.g. [`bastet_link::MIN_FREE_BYTES`]). Each
+/// failure says what to do.
 pub fn relay_readiness(
     consensus: crate::ConsensusWatch,
     keyring: Arc<Mutex<SphinxKeyRing>>,
     node: bastet_sphinx::NodeId,
     data_dir: PathBuf,
+    min_free: u64,
 ) -> bastet_link::Readiness {
     Arc::new(move || {
         let now = unix_now();
@@ -51,7 +53,7 @@ pub fn relay_readiness(
             return Err(format!("no Sphinx key for the current epoch {epoch}"));
         }
         drop(ring);
-        bastet_link::check_free_space(&data_dir, bastet_link::MIN_FREE_BYTES)
+        bastet_link::check_free_space(&data_dir, min_free)
     })
 }
 

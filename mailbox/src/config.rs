@@ -46,6 +46,11 @@ pub struct MailboxConfig {
     /// Replay tags remembered per Bloom filter generation, per Sphinx key.
     #[serde(default = "default_replay_filter_capacity")]
     pub replay_filter_capacity: usize,
+    /// MiB to keep free on the data directory's file system: below it, new
+    /// packets are refused (not stored, not acknowledged: their senders
+    /// retransmit) while polls are still served, and `/health` says why.
+    #[serde(default = "default_min_free_mib")]
+    pub min_free_mib: u64,
     /// Seconds into an epoch during which packets built for the previous
     /// epoch's Sphinx key are still accepted; then that key is erased.
     /// Default: a quarter epoch, clamped to 5..=300 s. At most
@@ -69,6 +74,10 @@ fn default_max_mailboxes() -> u64 {
 
 fn default_replay_filter_capacity() -> usize {
     1_000_000
+}
+
+fn default_min_free_mib() -> u64 {
+    bastet_link::MIN_FREE_BYTES >> 20
 }
 
 fn bad(key: &str, why: &str) -> Error {
@@ -120,6 +129,12 @@ impl MailboxConfig {
         if self.replay_filter_capacity == 0 {
             return Err(bad("replay_filter_capacity", "must be at least 1"));
         }
+        if self.min_free_mib == 0 || self.min_free_mib > 1 << 30 {
+            return Err(bad(
+                "min_free_mib",
+                "must be between 1 and 1073741824 (MiB; RocksDB needs room to flush and compact)",
+            ));
+        }
         if self
             .sphinx_key_grace_secs
             .is_some_and(|g| g > self.directory.epoch_secs)
@@ -141,6 +156,11 @@ impl MailboxConfig {
         }
         self.directory.validate()?;
         Ok(())
+    }
+
+    /// `min_free_mib` in bytes.
+    pub fn min_free_bytes(&self) -> u64 {
+        self.min_free_mib.saturating_mul(1 << 20)
     }
 
     /// The grace period in force: `sphinx_key_grace_secs` or its default.
@@ -244,6 +264,7 @@ pub fn init(options: InitOptions) -> Result<InitInfo> {
         quota_messages: default_quota_messages(),
         max_mailboxes: default_max_mailboxes(),
         replay_filter_capacity: default_replay_filter_capacity(),
+        min_free_mib: default_min_free_mib(),
         sphinx_key_grace_secs: None,
         packet_log: options.packet_log,
         directory: options.directory,
@@ -336,6 +357,11 @@ fn commented(c: &MailboxConfig) -> Result<String> {
          # kept, {fp} false-positive rate each; about 7.5 MB per million in all),\n\
          # one filter per Sphinx key held (at most three: current, next, previous).\n\
          replay_filter_capacity = {replay}\n\
+         # MiB to keep free on data_dir's file system. Below it, new packets are\n\
+         # refused (packets_dropped{{reason=\"disk_full\"}}; not acknowledged, so\n\
+         # their senders retransmit) while owners can still poll and delete, and\n\
+         # /health answers 503 with the reason. Room for RocksDB to flush and compact.\n\
+         min_free_mib = {min_free}\n\
          # Sphinx keys rotate per epoch. For this many seconds into an epoch, packets\n\
          # built for the previous epoch's key are still accepted; then that key is\n\
          # erased from memory and disk and its packets dropped (reason=\"unknown_key\").\n\
@@ -363,6 +389,7 @@ fn commented(c: &MailboxConfig) -> Result<String> {
         max_mailboxes = c.max_mailboxes,
         fp = bastet_sphinx::REPLAY_FILTER_FP_RATE,
         replay = c.replay_filter_capacity,
+        min_free = c.min_free_mib,
     ))
 }
 

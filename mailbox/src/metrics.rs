@@ -29,7 +29,7 @@ pub struct Outcome {
 
 /// Every reason a packet is dropped, listed so each series exists from the
 /// start.
-pub const DROP_REASONS: [&str; 9] = [
+pub const DROP_REASONS: [&str; 10] = [
     "replay",
     "malformed",
     "wrong_length",
@@ -39,6 +39,7 @@ pub const DROP_REASONS: [&str; 9] = [
     "overload",
     "store_error",
     "unknown_key",
+    "disk_full",
 ];
 
 /// Handles to every metric; cheap to clone.

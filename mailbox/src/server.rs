@@ -1,9 +1,10 @@
 //! The tokio shell: listeners, the store writer, descriptor publishing.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bastet_directory::{
     ConsensusWatch, Descriptor, DirectoryClient, EpochKey, NodeKeys, Role, SphinxKeyRing,
@@ -159,13 +160,14 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
             keyring.clone(),
             keys.node_id(),
             config.data_dir.clone(),
+            config.min_free_bytes(),
         );
         tasks.spawn(async move {
             bastet_link::serve_metrics(metrics_listener, registry, ready).await?;
             Ok(())
         });
     }
-    tasks.spawn(count_overload(stats, metrics.clone()));
+    tasks.spawn(count_link_drops(stats, metrics.clone()));
     tasks.spawn({
         let keyring = keyring.clone();
         async move {
@@ -198,8 +200,9 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
         outbound,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let disk = DiskGuard::new(config.data_dir.clone(), config.min_free_bytes());
     let mut pipeline = tokio::spawn(pipeline(
-        rx, hop, keys_rx, store, metrics, packet_log, acks, stop_rx,
+        rx, hop, keys_rx, store, disk, metrics, packet_log, acks, stop_rx,
     ));
 
     tracing::info!(
@@ -240,16 +243,23 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
     }
 }
 
-/// Moves the link's load-shedding count into the metrics.
-async fn count_overload(stats: Arc<IngressStats>, metrics: Metrics) -> Result<()> {
-    let mut seen = 0;
+/// Moves the link's counts into the metrics: frames shed under load, and
+/// frames cut short by a peer that hung up or stalled inside one (no
+/// packet, so not counted received).
+async fn count_link_drops(stats: Arc<IngressStats>, metrics: Metrics) -> Result<()> {
+    let (mut shed, mut cut) = (0, 0);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let now = stats.dropped_overload.load(Ordering::Relaxed);
-        if now > seen {
-            metrics.packets_received.inc_by(now - seen);
-            metrics.dropped("overload", now - seen);
-            seen = now;
+        if now > shed {
+            metrics.packets_received.inc_by(now - shed);
+            metrics.dropped("overload", now - shed);
+            shed = now;
+        }
+        let now = stats.partial_frames.load(Ordering::Relaxed);
+        if now > cut {
+            metrics.dropped("wrong_length", now - cut);
+            cut = now;
         }
     }
 }
@@ -304,6 +314,7 @@ async fn pipeline(
     mut hop: FinalHop,
     mut keys: watch::Receiver<Vec<EpochKey>>,
     store: Arc<Store>,
+    mut disk: DiskGuard,
     metrics: Metrics,
     mut packet_log: Option<PacketLog>,
     acks: Acks,
@@ -360,21 +371,77 @@ async fn pipeline(
             let stored = store_batch(
                 &mut hop,
                 &store,
+                &mut disk,
                 &batch_metrics,
                 packet_log.as_mut(),
                 &frames,
             );
-            (hop, packet_log, stored)
+            (hop, disk, packet_log, stored)
         })
         .await;
         let ack_requests;
-        (hop, packet_log, ack_requests) =
+        (hop, disk, packet_log, ack_requests) =
             done.map_err(|e| Error::Config(format!("storing packets failed: {e}")))?;
         metrics
             .replay_filter_entries
             .set(i64::try_from(hop.replay_entries()).unwrap_or(i64::MAX));
         // The batch is durable now: only what was stored is acknowledged.
         acks.send(&ack_requests, &metrics);
+    }
+}
+
+/// How often [`DiskGuard`] asks the file system.
+const DISK_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Refuses new packets while the data directory's file system has less
+/// than `min_free` bytes free (`min_free_mib`), asking it at most every
+/// [`DISK_CHECK_EVERY`]; logs when it starts and stops refusing.
+pub(crate) struct DiskGuard {
+    path: PathBuf,
+    min_free: u64,
+    checked: Option<Instant>,
+    full: bool,
+}
+
+impl DiskGuard {
+    pub(crate) fn new(path: PathBuf, min_free: u64) -> Self {
+        DiskGuard {
+            path,
+            min_free,
+            checked: None,
+            full: false,
+        }
+    }
+
+    /// Whether new packets must be refused now.
+    pub(crate) fn too_full(&mut self) -> bool {
+        if self.checked.is_some_and(|t| t.elapsed() < DISK_CHECK_EVERY) {
+            return self.full;
+        }
+        self.checked = Some(Instant::now());
+        let full = match bastet_link::free_bytes(&self.path) {
+            Ok(free) => free < self.min_free,
+            Err(e) => {
+                // Storing will say whether the disk works; the packets
+                // are dropped (store_error) and not acked if it does not.
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot read the free space of the data directory");
+                false
+            }
+        };
+        if full != self.full {
+            if full {
+                tracing::error!(
+                    path = %self.path.display(),
+                    min_free_mib = self.min_free >> 20,
+                    "the data directory's file system is nearly full: refusing new packets \
+                     (not acknowledged, their senders retransmit) until space is freed; polls are still served"
+                );
+            } else {
+                tracing::warn!("free space is back above min_free_mib: storing packets again");
+            }
+        }
+        self.full = full;
+        full
     }
 }
 
@@ -386,6 +453,7 @@ async fn pipeline(
 fn store_batch(
     hop: &mut FinalHop,
     store: &Store,
+    disk: &mut DiskGuard,
     metrics: &Metrics,
     mut packet_log: Option<&mut PacketLog>,
     frames: &[Frame],
@@ -410,6 +478,11 @@ fn store_batch(
         }
     }
     if items.is_empty() {
+        return acks;
+    }
+    if disk.too_full() {
+        // Not stored, so not acknowledged: the senders retransmit.
+        metrics.dropped("disk_full", items.len() as u64);
         return acks;
     }
     match store.deliver(&items, now_ms()) {
@@ -501,7 +574,8 @@ mod tests {
             frame_of(&asking),
         ];
 
-        let acks = store_batch(&mut hop, &store, &metrics, None, &frames);
+        let mut disk = DiskGuard::new(dir.path().to_path_buf(), 1);
+        let acks = store_batch(&mut hop, &store, &mut disk, &metrics, None, &frames);
         // The loop's ack, once: not the drop cover's, not the replay's.
         assert_eq!(acks, [ack]);
         assert_eq!(metrics.packets_received.get(), 4);
@@ -567,6 +641,7 @@ mod tests {
                 hop,
                 keys_rx,
                 store.clone(),
+                DiskGuard::new(dir.path().to_path_buf(), 1),
                 metrics,
                 None,
                 Acks {
@@ -581,5 +656,92 @@ mod tests {
         .unwrap();
         let (stored, _) = store.list(&mailbox, None, 1000).unwrap();
         assert_eq!(stored.len(), count);
+    }
+
+    #[test]
+    fn a_full_disk_refuses_messages_without_acks_until_space_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            quota_messages: 1000,
+            max_mailboxes: 10,
+        };
+        let store = Store::open(&dir.path().join("db"), limits).unwrap();
+        let (mailbox, _) = store.register(&[4; 32]).unwrap();
+        let key = SphinxSecretKey::from([3; 32]);
+        let me = Hop {
+            node: NodeId([3; 32]),
+            sphinx_key: SphinxPublicKey::from(&key),
+            delay: Duration::ZERO,
+        };
+        let mut hop = FinalHop::new(
+            vec![EpochKey {
+                epoch: 0,
+                secret: key,
+            }],
+            1000,
+        )
+        .unwrap();
+        let metrics = Metrics::register(&mut Registry::default());
+        let message = |text: &[u8]| {
+            let (surb, _) = Surb::build(std::slice::from_ref(&me), &mailbox).unwrap();
+            let ack = AckRequest {
+                id: AckId([7; 16]),
+                surb,
+            };
+            let f = fragment(text, &mut rand::rng()).unwrap().remove(0);
+            let payload = FinalPayload::new(Some(ack), &f).to_bytes();
+            frame_of(&build(std::slice::from_ref(&me), &mailbox, &payload).unwrap())
+        };
+        let dropped = |reason: &str| {
+            metrics
+                .packets_dropped
+                .get_or_create(&Reason {
+                    reason: reason.to_string(),
+                })
+                .get()
+        };
+
+        // More free space wanted than any disk has: refused, not acked.
+        let mut full = DiskGuard::new(dir.path().to_path_buf(), u64::MAX);
+        let acks = store_batch(
+            &mut hop,
+            &store,
+            &mut full,
+            &metrics,
+            None,
+            &[message(b"one")],
+        );
+        assert!(acks.is_empty(), "a refused packet is not acknowledged");
+        assert_eq!(dropped("disk_full"), 1);
+        assert_eq!(metrics.messages_stored.get(), 0);
+        assert!(store.list(&mailbox, None, 10).unwrap().0.is_empty());
+
+        // Space back: the next packet (its sender's retransmission) is stored.
+        let mut roomy = DiskGuard::new(dir.path().to_path_buf(), 1);
+        let acks = store_batch(
+            &mut hop,
+            &store,
+            &mut roomy,
+            &metrics,
+            None,
+            &[message(b"two")],
+        );
+        assert_eq!(acks.len(), 1);
+        assert_eq!(metrics.messages_stored.get(), 1);
+        assert_eq!(dropped("disk_full"), 1);
+        assert_eq!(store.list(&mailbox, None, 10).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn the_disk_guard_asks_the_file_system_at_most_every_half_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut guard = DiskGuard::new(dir.path().to_path_buf(), u64::MAX);
+        assert!(guard.too_full());
+        // Within the interval the answer is remembered...
+        guard.min_free = 1;
+        assert!(guard.too_full());
+        // ...and asked again after it.
+        guard.checked = Some(Instant::now() - DISK_CHECK_EVERY);
+        assert!(!guard.too_full());
     }
 }

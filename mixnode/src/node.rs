@@ -241,6 +241,7 @@ impl Mixnode {
                 keyring.clone(),
                 node_id,
                 config.data_dir.clone(),
+                bastet_link::MIN_FREE_BYTES,
             );
             tasks.spawn(async move {
                 let why = match bastet_link::serve_metrics(metrics_listener, registry, ready).await

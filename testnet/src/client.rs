@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::short;
 use crate::network::parse_json;
-use crate::process::{NodeProcess, StopOutcome, run_command_with_input, stop_all};
+use crate::process::{NodeProcess, StopOutcome, panic_lines, run_command_with_input, stop_all};
 use crate::{Error, Result};
 
 /// How long `bastet init` and `bastet send` may take.
@@ -159,10 +159,14 @@ pub struct Client {
 /// How long a daemon may take to answer `bastet status` after starting.
 const DAEMON_START: Duration = Duration::from_secs(30);
 
-/// A running `bastet daemon`. Stopped (SIGTERM) when dropped.
+/// A running `bastet daemon`. Stopped (SIGTERM) when dropped; dropping it
+/// panics if its log shows a panic (unless [`Daemon::panic`] reported it),
+/// so that no test passes while a user would have seen one.
 #[derive(Debug)]
 pub struct Daemon {
     process: Option<NodeProcess>,
+    log: PathBuf,
+    panic_reported: bool,
 }
 
 impl Daemon {
@@ -186,11 +190,34 @@ impl Daemon {
             .map(|p| p.log_tail(lines))
             .unwrap_or_default()
     }
+
+    /// The lines of the first panic in its log, if it panicked.
+    pub fn panic(&mut self) -> Option<String> {
+        let log = std::fs::read(&self.log).ok()?;
+        let panic = panic_lines(&String::from_utf8_lossy(&log));
+        self.panic_reported |= panic.is_some();
+        panic
+    }
 }
 
 impl Drop for Daemon {
+    // A test whose daemon panicked fails, even if it never asked.
+    #[allow(clippy::panic)]
     fn drop(&mut self) {
         self.stop();
+        if self.panic_reported {
+            return;
+        }
+        if let Some(panic) = self.panic() {
+            let log = self.log.display();
+            if std::thread::panicking() {
+                eprintln!("bastet-testnet: the daemon panicked (log {log}):\n{panic}");
+            } else {
+                panic!(
+                    "the daemon panicked (a bug: no panic may reach a user; log {log}):\n{panic}"
+                );
+            }
+        }
     }
 }
 
@@ -529,6 +556,12 @@ impl Client {
                     .map_err(|e| err(e.to_string()))?;
             }
             let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+            if let Some(panic) = panic_lines(&String::from_utf8_lossy(&out.stderr)) {
+                return Err(err(format!(
+                    "bastet config {} panicked: {panic}",
+                    args.join(" ")
+                )));
+            }
             if !out.status.success() {
                 return Err(err(format!(
                     "bastet config {}: {}",
@@ -600,6 +633,13 @@ impl Client {
         let deadline = Instant::now() + DAEMON_START;
         loop {
             if let Some(status) = process.exited() {
+                if let Some(panic) = process.panic() {
+                    return Err(Error::UnexpectedOutput {
+                        command: "bastet daemon".into(),
+                        why: format!("it panicked ({status}); its log is {}", log.display()),
+                        output: panic,
+                    });
+                }
                 return Err(process.exited_error(status));
             }
             if self.status().await.is_ok() {
@@ -608,6 +648,8 @@ impl Client {
             if Instant::now() >= deadline {
                 let mut d = Daemon {
                     process: Some(process),
+                    log: log.clone(),
+                    panic_reported: false,
                 };
                 let tail = d.log_tail(20);
                 d.stop();
@@ -625,6 +667,8 @@ impl Client {
         self.via_daemon = true;
         Ok(Daemon {
             process: Some(process),
+            log,
+            panic_reported: false,
         })
     }
 

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod chaos;
 mod client;
 mod demo;
 mod error;
@@ -12,6 +13,10 @@ mod process;
 mod scan;
 mod web;
 
+pub use chaos::{
+    ChaosOptions, ChaosReport, Scenario, network_options as chaos_network_options,
+    node_panics_error, run_chaos, run_on as run_chaos_on,
+};
 pub use client::{
     Client, Daemon, GIVE_UP_MARGIN, Payload, Received, ReceivedFileInfo, RouteHop, Sent,
 };

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bastet_directory::{AuthorityRef, DirectoryClient, DirectoryConfig, Role, VerifiedConsensus};
@@ -88,14 +89,43 @@ impl Default for NetworkOptions {
 #[derive(Default)]
 struct Processes {
     nodes: Vec<NodeProcess>,
+    /// Whether a panic in a node's log was reported already (by
+    /// [`Network::panics`] or [`Network::check_alive`]).
+    panics_reported: std::sync::atomic::AtomicBool,
+}
+
+impl Processes {
+    /// (node, the lines of its first panic) for each node whose log has one.
+    fn panics(&self) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), n.panic()?)))
+            .collect()
+    }
 }
 
 impl Drop for Processes {
+    // A node that panicked fails the test that ran it, even one that never
+    // asked (`Network::panics`): a panic is a bug an operator would see.
+    #[allow(clippy::panic)]
     fn drop(&mut self) {
         for (name, outcome) in stop_all(&mut self.nodes) {
             if outcome == StopOutcome::Killed {
                 tracing::warn!(node = %name, "did not exit on SIGTERM; killed");
             }
+        }
+        let panics = self.panics();
+        if panics.is_empty() || self.panics_reported.load(Ordering::Relaxed) {
+            return;
+        }
+        let report: String = panics
+            .iter()
+            .map(|(name, lines)| format!("--- {name}:\n{lines}\n"))
+            .collect();
+        if std::thread::panicking() {
+            eprintln!("bastet-testnet: nodes panicked:\n{report}");
+        } else {
+            panic!("nodes panicked (a bug: no panic may reach an operator):\n{report}");
         }
     }
 }
@@ -298,6 +328,47 @@ impl Network {
         Ok(())
     }
 
+    /// Freezes node `name` (SIGSTOP): it neither reads nor answers until
+    /// [`Network::resume_node`], as a node cut off the network would seem
+    /// to its peers.
+    pub fn pause_node(&mut self, name: &str) -> Result<()> {
+        self.signal_node(name, "-STOP")
+    }
+
+    /// Lets a node frozen by [`Network::pause_node`] go on (SIGCONT).
+    pub fn resume_node(&mut self, name: &str) -> Result<()> {
+        self.signal_node(name, "-CONT")
+    }
+
+    fn signal_node(&mut self, name: &str, signal: &str) -> Result<()> {
+        let node = self
+            .processes
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .ok_or_else(|| Error::InvalidOption(format!("no node called {name}")))?;
+        if let Some(status) = node.exited() {
+            return Err(node.exited_error(status));
+        }
+        // `unsafe_code` is forbidden, so kill(1) rather than libc::kill.
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(node.pid().to_string())
+            .stdin(std::process::Stdio::null())
+            .status()
+            .map_err(|e| Error::Io {
+                what: format!("kill {signal} {name}"),
+                source: e,
+            })?;
+        if !status.success() {
+            return Err(Error::Io {
+                what: format!("kill {signal} {name}"),
+                source: std::io::Error::other(status.to_string()),
+            });
+        }
+        Ok(())
+    }
+
     /// Starts node `name` again with its config and data directory, after
     /// [`Network::stop_node`] (or a crash).
     pub fn start_node(&mut self, name: &str) -> Result<()> {
@@ -367,14 +438,38 @@ impl Network {
         out
     }
 
-    /// Fails with the node's log tail if any node has exited.
+    /// Fails with the node's log tail if any node has exited, or with the
+    /// panic if a node's log shows one (a node may outlive a panicked task).
     pub fn check_alive(&mut self) -> Result<()> {
         for n in &mut self.processes.nodes {
             if let Some(status) = n.exited() {
                 return Err(n.exited_error(status));
             }
+            if let Some(panic) = n.new_panic() {
+                self.processes
+                    .panics_reported
+                    .store(true, Ordering::Relaxed);
+                return Err(Error::UnexpectedOutput {
+                    command: n.name.clone(),
+                    why: format!("it panicked; its log is {}", n.log.display()),
+                    output: panic,
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Every node whose log shows a panic, with the lines saying where and
+    /// why; empty when none did. Dropping the network panics with the
+    /// same report unless this (or [`Network::check_alive`]) reported it.
+    pub fn panics(&self) -> Vec<(String, String)> {
+        let panics = self.processes.panics();
+        if !panics.is_empty() {
+            self.processes
+                .panics_reported
+                .store(true, Ordering::Relaxed);
+        }
+        panics
     }
 
     /// The last `lines` lines of every node's log, for failure messages.
@@ -396,7 +491,11 @@ impl Network {
     /// Stops every node (SIGTERM, then SIGKILL after the grace period) and
     /// says how each one ended. The files stay until the network is dropped.
     pub fn stop(&mut self) -> Vec<(String, StopOutcome)> {
-        stop_all(&mut self.processes.nodes)
+        let outcomes = stop_all(&mut self.processes.nodes);
+        for (name, lines) in self.processes.panics() {
+            tracing::error!(node = %name, "the node panicked:\n{lines}");
+        }
+        outcomes
     }
 }
 

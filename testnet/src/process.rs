@@ -88,6 +88,18 @@ fn describe(program: &Path, args: &[&OsStr]) -> String {
     s
 }
 
+/// What Rust prints when a thread panics. No Bastet binary may show it to
+/// a user or write it to a node's log: a panic is a bug.
+pub(crate) const PANIC_MARKER: &str = "panicked at";
+
+/// The lines of the first panic in `text` (the `panicked at` line and
+/// the few after it, which hold the message), if there is one.
+pub(crate) fn panic_lines(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines.iter().position(|l| l.contains(PANIC_MARKER))?;
+    Some(lines[first..lines.len().min(first + 6)].join("\n"))
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -96,7 +108,9 @@ fn tail(text: &str, lines: usize) -> String {
 /// Runs `program args` to completion with a time limit and returns its
 /// stdout. The child is killed if the limit passes or the future is dropped
 /// (Ctrl-C). A non-zero exit becomes [`Error::CommandFailed`] carrying the
-/// end of its stderr.
+/// end of its stderr; a panic message on its stderr (whatever the exit
+/// status) becomes [`Error::UnexpectedOutput`], so that no test passes
+/// while a user would have seen one.
 pub(crate) async fn run_command(
     program: &Path,
     args: &[&OsStr],
@@ -148,6 +162,13 @@ pub(crate) async fn run_command_with_input(
         }
         Ok(r) => r.map_err(Error::io(format!("running `{command}`")))?,
     };
+    if let Some(panic) = panic_lines(&String::from_utf8_lossy(&output.stderr)) {
+        return Err(Error::UnexpectedOutput {
+            command,
+            why: format!("it panicked ({})", output.status),
+            output: panic,
+        });
+    }
     if !output.status.success() {
         return Err(Error::CommandFailed {
             command,
@@ -185,6 +206,8 @@ pub(crate) struct NodeProcess {
     pub(crate) log: PathBuf,
     child: Child,
     done: Option<ExitStatus>,
+    /// How far [`NodeProcess::new_panic`] has read the log.
+    scanned: u64,
 }
 
 impl NodeProcess {
@@ -244,6 +267,7 @@ impl NodeProcess {
             log: log.to_path_buf(),
             child,
             done: None,
+            scanned: 0,
         })
     }
 
@@ -270,6 +294,34 @@ impl NodeProcess {
         std::fs::read(&self.log)
             .map(|b| tail(&String::from_utf8_lossy(&b), lines))
             .unwrap_or_default()
+    }
+
+    /// The first panic in its log, if any (reads the whole log).
+    pub(crate) fn panic(&self) -> Option<String> {
+        let log = std::fs::read(&self.log).ok()?;
+        panic_lines(&String::from_utf8_lossy(&log))
+    }
+
+    /// The first panic written to its log since the last call: reads only
+    /// what was appended, so that a watcher may call it every second.
+    pub(crate) fn new_panic(&mut self) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(&self.log).ok()?;
+        file.seek(SeekFrom::Start(self.scanned)).ok()?;
+        let mut appended = Vec::new();
+        file.take(16 << 20).read_to_end(&mut appended).ok()?;
+        // Up to the last whole line: a line being written is read next time.
+        let whole = appended
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        self.scanned += whole as u64;
+        panic_lines(&String::from_utf8_lossy(&appended[..whole]))
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL now, and reap.
@@ -410,6 +462,55 @@ mod tests {
         }
         let out = stop_all(&mut nodes);
         assert_eq!(out[0].1, StopOutcome::Killed);
+    }
+
+    #[test]
+    fn panics_are_found_in_output_and_logs() {
+        let text = "INFO started\nthread 'main' panicked at src/main.rs:3:5:\nboom\nnote: run with `RUST_BACKTRACE=1`\n";
+        let found = panic_lines(text).unwrap();
+        assert!(found.starts_with("thread 'main' panicked at"), "{found}");
+        assert!(found.contains("boom"), "{found}");
+        assert_eq!(panic_lines("INFO all well\nWARN a peer left\n"), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("node.log");
+        let mut node = NodeProcess::spawn(
+            "talker",
+            Path::new("sh"),
+            &[OsStr::new("-c"), OsStr::new("echo all well")],
+            &[],
+            &log,
+        )
+        .unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while node.exited().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(node.new_panic(), None);
+        assert_eq!(node.panic(), None);
+        std::fs::write(&log, format!("all well\n{text}")).unwrap();
+        assert!(node.new_panic().unwrap().contains("boom"));
+        assert_eq!(node.new_panic(), None, "read once");
+        assert!(node.panic().unwrap().contains("boom"));
+    }
+
+    #[tokio::test]
+    async fn a_command_that_panics_fails_even_with_exit_status_0() {
+        let script = "echo out; echo \"thread 'main' panicked at src/main.rs:1:1:\" >&2";
+        let r = run_command(
+            Path::new("sh"),
+            &[OsStr::new("-c"), OsStr::new(script)],
+            &[],
+            Duration::from_secs(10),
+        )
+        .await;
+        match r {
+            Err(Error::UnexpectedOutput { why, output, .. }) => {
+                assert!(why.contains("panicked"), "{why}");
+                assert!(output.contains("src/main.rs"), "{output}");
+            }
+            other => panic!("a panic passed: {other:?}"),
+        }
     }
 
     #[test]

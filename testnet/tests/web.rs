@@ -6,6 +6,9 @@
 //! Chromium comes from Debian's `chromium` package; when it is missing the
 //! test runs `scripts/setup.sh`, which installs it.
 
+// This whole file is test code; its helpers fail the test by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufReader;
 use std::path::{Path, PathBuf};

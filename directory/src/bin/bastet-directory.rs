@@ -6,20 +6,36 @@ use std::process::ExitCode;
 
 use bastet_directory::server::{self, AuthorityConfig};
 use bastet_sphinx::NodeId;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// A Bastet directory authority: admits nodes and publishes a signed
 /// consensus of their keys every epoch.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, after_help = FIRST_STEPS)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// The top-level help's way in: the usual first steps, and the guide.
+const FIRST_STEPS: &str = "\
+First steps (the guide: docs/operators.md):
+  1. bastet-directory init --dir DIR --listen ADDR --metrics-listen ADDR \\
+         --allow NODE_ID ...
+     a key, a TLS certificate and DIR/authority.toml; exchange the printed
+     url, identity_key and tls_pin with the other authorities ([[peers]])
+  2. bastet-directory check-config --config DIR/authority.toml
+     every check the node makes at start, without starting it
+  3. bastet-directory run --config DIR/authority.toml
+     or the systemd unit in deploy/systemd/
+`bastet-directory COMMAND --help` says more; `bastet-directory completions --help` sets up shell completion.";
+
 #[derive(Subcommand)]
 enum Command {
-    /// Create a data directory with a fresh key, TLS certificate and config.
+    /// Create a data directory with a fresh key, TLS certificate and config
+    /// (authority.toml); prints its url, identity key and TLS pin. Next:
+    /// exchange these with the other authorities (`[[peers]]`), then
+    /// `check-config --config DIR/authority.toml`.
     Init {
         /// Data directory to create.
         #[arg(long)]
@@ -37,7 +53,8 @@ enum Command {
         #[arg(long = "allow")]
         allow: Vec<String>,
     },
-    /// Run the authority.
+    /// Run the authority until SIGTERM or Ctrl-C (check it first with
+    /// `check-config`; `status` then shows its epochs).
     Run {
         /// Path to authority.toml.
         #[arg(long)]
@@ -46,12 +63,16 @@ enum Command {
     /// Back up the node's long-term keys (identity, TLS) and its config,
     /// encrypted under a passphrase (Argon2id, XChaCha20-Poly1305), to
     /// FILE (mode 0600). The per-epoch Sphinx keys are left out on purpose.
+    /// Keep FILE and its passphrase apart, off this machine; `restore`
+    /// puts them back.
     Backup(bastet_directory::backup::BackupArgs),
     /// Restore a backup into a new data directory DIR (keys mode 0600; the
-    /// config's data_dir set to DIR); refuses a DIR that holds keys.
+    /// config's data_dir set to DIR); refuses a DIR that holds keys. Next:
+    /// `check-config --config DIR/authority.toml`, then `run`.
     Restore(bastet_directory::backup::RestoreArgs),
     /// Check authority.toml, the keys and the TLS identity without
     /// starting: prints one JSON object, or the error naming what is wrong.
+    /// Next: `run --config FILE` (or start the systemd unit).
     CheckConfig {
         /// Path to authority.toml.
         #[arg(long)]
@@ -67,6 +88,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish or
+    /// powershell) to standard output; the help says where to put it.
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions {
+        /// The shell to complete `bastet-directory` commands in.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Where each shell looks for completion scripts.
+const COMPLETIONS_HELP: &str = "\
+Install the script where your shell looks for it, then open a new shell:
+  bash:        bastet-directory completions bash > ~/.local/share/bash-completion/completions/bastet-directory
+  zsh:         bastet-directory completions zsh > ~/.zfunc/_bastet-directory
+               (and in ~/.zshrc, before compinit: fpath+=~/.zfunc)
+  fish:        bastet-directory completions fish > ~/.config/fish/completions/bastet-directory.fish
+  elvish:      bastet-directory completions elvish >> ~/.config/elvish/rc.elv
+  powershell:  add `bastet-directory completions powershell | Out-String | Invoke-Expression` to $PROFILE";
+
+/// `bastet-directory completions SHELL`: made in memory first, so that a closed
+/// pipe is an error, not a panic.
+fn print_completions(shell: clap_complete::Shell) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "bastet-directory", &mut script);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        // `| head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 fn main() -> ExitCode {
@@ -76,6 +128,7 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
+        Command::Completions { shell } => print_completions(shell),
         Command::Init {
             dir,
             listen,

@@ -5,24 +5,40 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bastet_mailbox::{InitOptions, MailboxConfig};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// A Bastet mailbox server: the final hop of every route. Stores the
 /// still-encrypted payloads it receives under pseudonymous mailbox ids and
 /// serves them to their owners over authenticated HTTPS.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, after_help = FIRST_STEPS)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The top-level help's way in: the usual first steps, and the guide.
+const FIRST_STEPS: &str = "\
+First steps (the guide: docs/operators.md):
+  1. bastet-mailbox init --dir DIR --listen ADDR --api-listen ADDR \\
+         --metrics-listen ADDR --jurisdiction CC --operator NAME \\
+         --directory directory.toml
+     keys, a TLS certificate and DIR/mailbox.toml; send the printed
+     node_id to your network's authorities
+  2. bastet-mailbox check-config --config DIR/mailbox.toml
+     every check the node makes at start, without starting it
+  3. bastet-mailbox run --config DIR/mailbox.toml
+     or the systemd unit in deploy/systemd/
+`bastet-mailbox COMMAND --help` says more; `bastet-mailbox completions --help` sets up shell completion.";
 
 // Parsed once at start: the size of the variants does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Create a data directory with fresh keys, a TLS certificate and a
-    /// commented mailbox.toml; prints one JSON object.
+    /// commented mailbox.toml; prints one JSON object. Next: send the node
+    /// id to your network's authorities, and `check-config --config
+    /// DIR/mailbox.toml`.
     Init {
         /// Data directory to create.
         #[arg(long)]
@@ -59,13 +75,17 @@ enum Command {
     /// Back up the node's long-term keys (identity, TLS) and its config,
     /// encrypted under a passphrase (Argon2id, XChaCha20-Poly1305), to
     /// FILE (mode 0600). The per-epoch Sphinx keys are left out on purpose.
+    /// Keep FILE and its passphrase apart, off this machine; `restore`
+    /// puts them back.
     Backup(bastet_directory::backup::BackupArgs),
     /// Restore a backup into a new data directory DIR (keys mode 0600; the
-    /// config's data_dir set to DIR); refuses a DIR that holds keys.
+    /// config's data_dir set to DIR); refuses a DIR that holds keys. Next:
+    /// `check-config --config DIR/mailbox.toml`, then `run`.
     Restore(bastet_directory::backup::RestoreArgs),
     /// Check mailbox.toml, the node's keys and TLS identity without starting:
     /// prints one JSON object (node id, pin, addresses), or the error naming
     /// what is wrong (the config key, or the file and how to fix it).
+    /// Next: `run --config FILE` (or start the systemd unit).
     CheckConfig {
         /// Path to mailbox.toml.
         #[arg(long)]
@@ -77,6 +97,37 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish or
+    /// powershell) to standard output; the help says where to put it.
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions {
+        /// The shell to complete `bastet-mailbox` commands in.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Where each shell looks for completion scripts.
+const COMPLETIONS_HELP: &str = "\
+Install the script where your shell looks for it, then open a new shell:
+  bash:        bastet-mailbox completions bash > ~/.local/share/bash-completion/completions/bastet-mailbox
+  zsh:         bastet-mailbox completions zsh > ~/.zfunc/_bastet-mailbox
+               (and in ~/.zshrc, before compinit: fpath+=~/.zfunc)
+  fish:        bastet-mailbox completions fish > ~/.config/fish/completions/bastet-mailbox.fish
+  elvish:      bastet-mailbox completions elvish >> ~/.config/elvish/rc.elv
+  powershell:  add `bastet-mailbox completions powershell | Out-String | Invoke-Expression` to $PROFILE";
+
+/// `bastet-mailbox completions SHELL`: made in memory first, so that a closed
+/// pipe is an error, not a panic.
+fn print_completions(shell: clap_complete::Shell) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "bastet-mailbox", &mut script);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        // `| head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 fn main() -> ExitCode {
@@ -86,6 +137,7 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
+        Command::Completions { shell } => print_completions(shell),
         Command::Init {
             dir,
             listen,

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bastet_client::{RoutePolicy, parse_classes, parse_list};
-use bastet_testnet::{DemoOptions, Error, Network, NetworkOptions, StopOutcome, WebView, run_demo};
+use bastet_testnet::{
+    ChaosOptions, DemoOptions, Error, Network, NetworkOptions, Scenario, StopOutcome, WebView,
+    node_panics_error, run_chaos, run_demo,
+};
 use clap::{Args, Parser, Subcommand};
 
 /// Exit status when a message was lost.
@@ -78,6 +81,36 @@ enum Command {
         /// large --size or many --messages finish sooner.
         #[arg(long, value_name = "PER_SEC")]
         payload_rate: Option<f64>,
+    },
+    /// Faults under load: start a network, stream messages between
+    /// several clients (a ring, each with its daemon), inject the fault
+    /// half-way, wait for every message, and report sent / delivered /
+    /// duplicated / lost / altered with latencies. Exit status 1 if any
+    /// message was lost, duplicated or altered. See RELIABILITY.md.
+    Chaos {
+        /// kill-mailbox, kill-mixnode, freeze-mixnode, one-authority-down,
+        /// two-authorities-down, or all (one network each, in turn).
+        scenario: String,
+        /// The long form: 4 clients, 50 messages each, a round a second
+        /// (default: the test suite's short form, 2 clients and 6 messages).
+        #[arg(long)]
+        long: bool,
+        /// Clients in the ring (at least 2); overrides the form's.
+        #[arg(long)]
+        clients: Option<usize>,
+        /// Messages each client sends; overrides the form's.
+        #[arg(long)]
+        messages: Option<usize>,
+        /// One JSON object per scenario on stdout instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Where to make the network: --dir and --keep as for `demo` (one
+        /// scenario only).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the network's files and say where.
+        #[arg(long)]
+        keep: bool,
     },
     /// Start a network, print where each node listens, and run until Ctrl-C.
     Up {
@@ -299,6 +332,69 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             };
             demo(network, &options, json, net.keep || net.dir.is_some()).await
         }
+        Command::Chaos {
+            scenario,
+            long,
+            clients,
+            messages,
+            json,
+            dir,
+            keep,
+        } => {
+            let scenarios = if scenario == "all" {
+                if dir.is_some() {
+                    return Err(Error::InvalidOption(
+                        "--dir takes one scenario, not all (each runs its own network)".into(),
+                    ));
+                }
+                Scenario::ALL.to_vec()
+            } else {
+                vec![scenario.parse::<Scenario>()?]
+            };
+            let mut failed = false;
+            for scenario in scenarios {
+                let mut options = if long {
+                    ChaosOptions::long(scenario)
+                } else {
+                    ChaosOptions::short(scenario)
+                };
+                options.clients = clients.unwrap_or(options.clients);
+                options.messages = messages.unwrap_or(options.messages);
+                if options.clients < 2 || options.messages == 0 {
+                    return Err(Error::InvalidOption(
+                        "--clients must be at least 2 and --messages at least 1".into(),
+                    ));
+                }
+                let base = NetworkOptions {
+                    dir: dir.clone(),
+                    keep,
+                    bin_dir: cli.bin_dir.clone(),
+                    ..NetworkOptions::default()
+                };
+                let report = run_chaos(base, &options).await?;
+                failed |= !report.passed();
+                if json {
+                    match serde_json::to_string(&report) {
+                        Ok(text) => println!("{text}"),
+                        Err(e) => eprintln!("bastet-testnet: cannot encode the report: {e}"),
+                    }
+                } else {
+                    println!(
+                        "{} {}",
+                        if report.passed() { "PASS" } else { "FAIL" },
+                        report.summary()
+                    );
+                    if !report.lost_ids.is_empty() {
+                        println!("  lost: {}", report.lost_ids.join(", "));
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(EXIT_LOST)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Up { net, json, web } => {
             up(net.options(cli.bin_dir, Duration::from_secs(60)), json, web).await
         }
@@ -335,6 +431,12 @@ async fn demo(
         eprintln!("relay counters:\n{}", network.counters().await);
     }
     report_stop(network.stop());
+    let panics = network.panics();
+    if !panics.is_empty() {
+        let dir = network.keep_files();
+        eprintln!("bastet-testnet: network files kept in {}", dir.display());
+        return Err(node_panics_error(&panics));
+    }
     let mut report = match outcome {
         Ok(r) => r,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! How every process names the directory authorities it trusts, and the one
 //! configuration loader all Bastet binaries use.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use bastet_link::CertPin;
@@ -117,6 +118,62 @@ impl DirectoryConfig {
         }
         Ok(())
     }
+
+    /// The `[directory]` section as a node's `init` writes it: every key
+    /// with a comment above its first occurrence, and `threshold`, when not
+    /// set, shown commented out with the default in force. The values come
+    /// from serializing `self`, so that none is left out.
+    pub fn to_commented_section(&self) -> Result<String> {
+        let plain = toml::to_string(&BTreeMap::from([("directory", self)]))
+            .map_err(|e| Error::Config(format!("directory: {e}")))?;
+        let mut out = String::new();
+        let mut commented = HashSet::new();
+        let mut comment = |out: &mut String, key: &str| {
+            if let Some(why) = section_comment(key).filter(|_| commented.insert(key.to_string())) {
+                for line in why.lines() {
+                    out.push_str("# ");
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        };
+        for line in plain.lines() {
+            let key = line.split_once(" = ").map_or(line, |(key, _)| key).trim();
+            comment(&mut out, key);
+            out.push_str(line);
+            out.push('\n');
+            if key == "epoch_secs" && self.threshold.is_none() {
+                comment(&mut out, "threshold");
+                out.push_str(&format!("# threshold = {}\n", self.threshold()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What each key of the `[directory]` section is for (`None`: the line
+/// needs no comment).
+fn section_comment(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "epoch_secs" => {
+            "Length of an epoch in seconds (default 3600): the authorities' epoch_secs,\n\
+             which every node and client of the network must share. Sphinx keys rotate\n\
+             and a new consensus is signed once per epoch."
+        }
+        "threshold" => {
+            "Authority signatures a consensus needs to be trusted. Default: a majority of\n\
+             the authorities listed (floor(n/2) + 1), so that no minority can publish one."
+        }
+        "[[directory.authorities]]" => {
+            "One [[directory.authorities]] table per authority, with what its\n\
+             `bastet-directory init` printed. Keys are pinned: no certificate authority\n\
+             is involved."
+        }
+        "url" => "Its HTTPS API, https://host:port.",
+        "identity_key" => "Its Ed25519 signing key, 64 hex digits: only its signatures count.",
+        "tls_pin" => "Pin of its TLS certificate, 64 hex digits: any other is refused.",
+        _ => return None,
+    })
 }
 
 /// Loads a TOML config file into `T`, with environment overrides
@@ -173,6 +230,55 @@ mod tests {
         .unwrap();
         let err = load_config::<Sample>(&path, "BASTET_TEST_UNKNOWN").unwrap_err();
         assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn the_commented_section_reads_back_and_comments_every_key() {
+        let authority = |i: u8| AuthorityRef {
+            url: format!("https://127.0.0.1:{i}"),
+            identity_key: hex::encode(
+                ed25519_dalek::SigningKey::from_bytes(&[i; 32])
+                    .verifying_key()
+                    .as_bytes(),
+            ),
+            tls_pin: hex::encode([i; 32]),
+        };
+        let mut c = DirectoryConfig {
+            authorities: vec![authority(1), authority(2), authority(3)],
+            threshold: None,
+            epoch_secs: 60,
+        };
+        for threshold in [None, Some(3)] {
+            c.threshold = threshold;
+            let text = c.to_commented_section().unwrap();
+            #[derive(Deserialize)]
+            struct Section {
+                directory: DirectoryConfig,
+            }
+            let back: Section = toml::from_str(&text).unwrap();
+            assert_eq!(back.directory, c, "{text}");
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate().skip(1) {
+                if line.contains(" = ") && !line.starts_with('#') {
+                    let key = line.split(" = ").next().unwrap();
+                    let first = lines
+                        .iter()
+                        .position(|l| l.starts_with(&format!("{key} =")));
+                    if first == Some(i) {
+                        assert!(
+                            lines[i - 1].starts_with("# "),
+                            "{key} lacks a comment: {text}"
+                        );
+                    }
+                }
+            }
+            let shown = if threshold.is_none() {
+                "\n# threshold = 2\n"
+            } else {
+                "\nthreshold = 3\n"
+            };
+            assert!(text.contains(shown), "{text}");
+        }
     }
 
     #[test]

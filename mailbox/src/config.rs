@@ -297,14 +297,7 @@ fn value(v: impl Into<toml::Value>) -> String {
 
 /// The config file text, every key with a comment saying what it does.
 fn commented(c: &MailboxConfig) -> Result<String> {
-    #[derive(Serialize)]
-    struct Section<'a> {
-        directory: &'a DirectoryConfig,
-    }
-    let directory = toml::to_string(&Section {
-        directory: &c.directory,
-    })
-    .map_err(|e| Error::Config(format!("directory: {e}")))?;
+    let directory = c.directory.to_commented_section()?;
     let optional = |key: &str, v: &Option<String>, example: &str| match v {
         Some(v) => format!("{key} = {}", value(v.as_str())),
         None => format!("# {key} = {}", value(example)),
@@ -343,9 +336,10 @@ fn commented(c: &MailboxConfig) -> Result<String> {
          # management network.\n\
          metrics_listen = {metrics_listen}\n\
          \n\
-         # Where this server runs (ISO 3166-1 alpha-2) and who runs it; both are\n\
-         # published so that clients can choose routes by jurisdiction.\n\
+         # Where this server runs (ISO 3166-1 alpha-2, in capitals); published so that\n\
+         # clients can choose routes by jurisdiction.\n\
          jurisdiction = {jurisdiction}\n\
+         # Who runs it (1 to 64 characters); published next to the jurisdiction.\n\
          operator = {operator}\n\
          \n\
          # Most messages one mailbox holds; further packets for it are dropped\n\

@@ -269,17 +269,7 @@ impl MixnodeConfig {
             Some(p) => format!("packet_log = {}", path(p)),
             None => "# packet_log = \"/tmp/bastet-mix-packets.bin\"".to_string(),
         };
-        #[derive(Serialize)]
-        struct Section<'a> {
-            directory: &'a DirectoryConfig,
-        }
-        let directory = toml::to_string(&Section {
-            directory: &self.directory,
-        })
-        .map_err(|e| Error::Config {
-            key: "directory",
-            why: e.to_string(),
-        })?;
+        let directory = self.directory.to_commented_section()?;
         Ok(format!(
             "# Bastet mixnode, written by `bastet-mixnode init`.\n\
              # Any key can be overridden from the environment as BASTET_MIXNODE__<KEY>,\n\
@@ -295,8 +285,10 @@ impl MixnodeConfig {
              # Plain-HTTP /health and Prometheus /metrics. Keep it on loopback or a\n\
              # management network.\n\
              metrics_listen = {metrics_listen}\n\
-             # Where the node runs (ISO 3166-1 alpha-2) and who runs it; published.\n\
+             # Where the node runs (ISO 3166-1 alpha-2, in capitals); published so that\n\
+             # clients can choose routes by jurisdiction.\n\
              jurisdiction = {jurisdiction}\n\
+             # Who runs the node (1 to 64 characters); published next to the jurisdiction.\n\
              operator = {operator}\n\
              # Packets asking to be held longer than this are dropped (delay_too_long).\n\
              max_delay_ms = {max_delay_ms}\n\
@@ -319,10 +311,11 @@ impl MixnodeConfig {
              # each mix hop still to come, then a random mailbox server, which discards it)\n\
              # on the same links as forwarded packets, so that they look alike, and loops\n\
              # back as the server's ack through a random mix of each earlier layer\n\
-             # (cover_loops_returned / cover_loops_lost). Each mix on the way holds it for\n\
-             # an exponential delay of mean cover_mix_delay_ms: keep that equal to the\n\
-             # mix_delay_ms clients use (default 50).\n\
+             # (cover_loops_returned / cover_loops_lost).\n\
              cover_rate = {cover_rate:?}\n\
+             # Each mix on a cover loop's way holds it for an exponential delay of this\n\
+             # mean, in milliseconds (at most 10000): keep it equal to the mix_delay_ms\n\
+             # clients use (default 50), so that cover is held like their packets.\n\
              cover_mix_delay_ms = {cover_mix_delay_ms}\n\
              # TEST HOOK ONLY: append every packet forwarded to this file (stops at 64 MiB);\n\
              # the node's own cover packets are not logged.\n\

@@ -3,7 +3,8 @@
 # clang and libclang-dev (bindgen generates RocksDB's Rust bindings with
 # libclang), a C++ compiler (RocksDB itself is C++), systemd-analyze
 # (the tests check the unit files in deploy/systemd with it) and Chromium
-# (testnet/tests/web.rs renders the testnet's live view headless).
+# (testnet/tests/web.rs renders the testnet's live view headless) and
+# libfaketime (the clock-skew chaos scenario runs a node with its clock ahead).
 # Debian/Ubuntu (apt-get); runs as root, or through sudo when available.
 set -euo pipefail
 
@@ -30,9 +31,10 @@ have_libclang || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(faketime)
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "setup: clang, libclang, a C++ compiler, systemd-analyze and chromium are present"
+    echo "setup: clang, libclang, a C++ compiler, systemd-analyze, chromium and libfaketime are present"
 else
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "setup: missing ${missing[*]}; install them with your package manager" >&2

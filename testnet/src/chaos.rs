@@ -37,30 +37,38 @@ pub enum Scenario {
     /// Stop one authority of three (SIGTERM) for two epochs, then start it
     /// again: the other two still make and sign each epoch's consensus.
     OneAuthorityDown,
-    /// Stop two authorities of three for two epochs, then start them again:
-    /// no new consensus can be signed (threshold 2), so clients hold their
-    /// messages once the last consensus expires, and send them when a
-    /// consensus is back.
+    /// Stop two authorities of three for three epochs and 5 s, then start
+    /// them again: no new consensus can be signed (threshold 2), so once
+    /// the one made ahead for the next epoch expires, clients hold their
+    /// messages, and send them when a consensus is back.
     TwoAuthoritiesDown,
-    /// Fill the file system of mailbox server `mailbox-b` for 10 s: a
-    /// filler file (its blocks really allocated) takes its free space below
-    /// the server's `min_free_mib`, which the scenario first sets 256 MiB
-    /// under the free space it finds; the server refuses new packets
+    /// Fill the file system of mailbox server `mailbox-b` for 10 s: the
+    /// scenario first sets the server's `min_free_mib` 256 MiB under the
+    /// free space it finds, then a filler file (its blocks really
+    /// allocated, a few hundred MiB) takes the free space 128 MiB under
+    /// that reserve; the server refuses new packets
     /// (unacknowledged, so retransmitted), keeps serving polls, says why in
     /// `/health`, and stores again once the filler is gone. Needs 1 GiB
     /// free where the network's files are.
     DiskFull,
+    /// Restart mixnode `mix-a` with its clock 3 minutes ahead (libfaketime;
+    /// timers keep the true monotonic clock) and leave it so: it lives in
+    /// a later epoch than the network, with other Sphinx keys and no
+    /// consensus valid by its clock, so what crosses it is lost and
+    /// retransmitted on other routes. Needs Debian's `faketime` package.
+    ClockSkew,
 }
 
 impl Scenario {
     /// Every scenario, in the order `chaos all` runs them.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::KillMailbox,
         Scenario::KillMixnode,
         Scenario::FreezeMixnode,
         Scenario::OneAuthorityDown,
         Scenario::TwoAuthoritiesDown,
         Scenario::DiskFull,
+        Scenario::ClockSkew,
     ];
 
     /// The name on the command line.
@@ -72,6 +80,7 @@ impl Scenario {
             Scenario::OneAuthorityDown => "one-authority-down",
             Scenario::TwoAuthoritiesDown => "two-authorities-down",
             Scenario::DiskFull => "disk-full",
+            Scenario::ClockSkew => "clock-skew",
         }
     }
 
@@ -395,15 +404,62 @@ pub async fn run_on(net: &mut Network, options: &ChaosOptions) -> Result<ChaosRe
     Ok(report)
 }
 
+/// How far ahead [`Scenario::ClockSkew`] puts a node's clock.
+const CLOCK_SKEW_SECS: u64 = 180;
+
+/// libfaketime's preload library (Debian's `faketime` package).
+fn libfaketime() -> Result<String> {
+    let found = std::fs::read_dir("/usr/lib").ok().and_then(|dirs| {
+        dirs.flatten()
+            .map(|d| d.path().join("faketime/libfaketime.so.1"))
+            .find(|p| p.is_file())
+    });
+    found.map(|p| p.display().to_string()).ok_or_else(|| {
+        Error::InvalidOption(
+            "clock-skew needs libfaketime (/usr/lib/<arch>/faketime/libfaketime.so.1): \
+                 run scripts/setup.sh, or apt-get install faketime"
+                .into(),
+        )
+    })
+}
+
+/// `bastet_mixnode_sphinx_key_epoch` of `node`.
+async fn key_epoch(net: &Network, node: &str) -> Result<f64> {
+    let metrics = net.metrics(node).await?;
+    Ok(crate::metric_sum(
+        &metrics,
+        "bastet_mixnode_sphinx_key_epoch",
+        "",
+    ))
+}
+
 /// The mailbox server whose disk [`Scenario::DiskFull`] fills.
 const DISK_FULL_NODE: &str = "mailbox-b";
-/// How far below the free space found the server's reserve is set.
+/// How far below the free space found the server's reserve is set (room
+/// for the network's own writes before the fault).
 const RESERVE_BELOW_FREE: u64 = 256 << 20;
-/// Free space the filler leaves: well under the reserve, so that other
-/// writes to the same file system during the test do not matter.
-const FILLER_LEAVES: u64 = 2 * RESERVE_BELOW_FREE;
+/// How far under the reserve the filler takes the free space (room for
+/// other writes to the same file system during the fault).
+const BELOW_RESERVE: u64 = 128 << 20;
 /// Free space the scenario needs.
 const DISK_FULL_NEEDS: u64 = 1 << 30;
+
+/// The `min_free_mib` in `config`, in bytes.
+fn reserve_of(config: &std::path::Path) -> Result<u64> {
+    let text = std::fs::read_to_string(config).map_err(|e| Error::Io {
+        what: format!("reading {}", config.display()),
+        source: e,
+    })?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("min_free_mib = ")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|mib| mib << 20)
+        .ok_or_else(|| Error::InvalidOption(format!("{} has no min_free_mib", config.display())))
+}
 
 fn free_bytes(path: &std::path::Path) -> Result<u64> {
     bastet_link::free_bytes(path).map_err(|e| Error::Io {
@@ -535,8 +591,12 @@ async fn inject(
                 .ok_or_else(|| Error::InvalidOption(format!("no node {DISK_FULL_NODE}")))?
                 .clone();
             let filler = node.dir.join("disk-full-filler");
+            // Down to BELOW_RESERVE under the server's reserve: the filler
+            // is a few hundred MiB, whatever the disk's size.
+            let reserve = reserve_of(&node.config)?;
             let free = free_bytes(&node.dir)?;
-            fill(&filler, free.saturating_sub(FILLER_LEAVES))?;
+            let target = reserve.saturating_sub(BELOW_RESERVE);
+            fill(&filler, free.saturating_sub(target))?;
             note(format!(
                 "{DISK_FULL_NODE}'s file system filled to {} MiB free",
                 free_bytes(&node.dir)? >> 20
@@ -572,11 +632,52 @@ async fn inject(
                 )));
             }
         }
+        Scenario::ClockSkew => {
+            let preload = libfaketime()?;
+            let before = key_epoch(net, "mix-b").await?;
+            net.stop_node("mix-a")?;
+            net.start_node_with_env(
+                "mix-a",
+                &[
+                    ("LD_PRELOAD".into(), preload),
+                    ("FAKETIME".into(), format!("+{CLOCK_SKEW_SECS}s")),
+                    ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+                ],
+            )?;
+            note(format!(
+                "mix-a restarted with its clock {CLOCK_SKEW_SECS} s ahead"
+            ));
+            // The skew took: mix-a's newest Sphinx key is for a later epoch.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let skewed = key_epoch(net, "mix-a").await.unwrap_or(0.0);
+                if skewed > before {
+                    note(format!(
+                        "mix-a's newest Sphinx key is for epoch {skewed}, the network's {before}"
+                    ));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::InvalidOption(format!(
+                        "clock-skew: mix-a's key epoch is {skewed}, not ahead of {before}: \
+                         did libfaketime take?"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
         Scenario::TwoAuthoritiesDown => {
             net.stop_node("authority-2")?;
             net.stop_node("authority-3")?;
             note("authority-2 and authority-3 stopped".into());
-            tokio::time::sleep(epoch * 2).await;
+            // Longer than the consensus made ahead for the next epoch
+            // lasts: the network runs out of consensus for a while.
+            tokio::time::sleep(epoch * 3 + Duration::from_secs(5)).await;
+            let left = net.metrics("authority-1").await?;
+            note(format!(
+                "authority-1 alone holds {} signature(s) on its current consensus (threshold 2)",
+                crate::metric_sum(&left, "bastet_directory_consensus_signatures", "")
+            ));
             net.start_node("authority-2")?;
             net.start_node("authority-3")?;
             note("authority-2 and authority-3 started again".into());

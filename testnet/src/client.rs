@@ -176,6 +176,11 @@ impl Daemon {
         stop_all(std::slice::from_mut(&mut p)).pop().map(|(_, o)| o)
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(NodeProcess::pid)
+    }
+
     /// SIGKILL at once, as a crash or power loss would.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.process.take() {

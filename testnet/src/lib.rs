@@ -11,6 +11,7 @@ mod ports;
 mod probe;
 mod process;
 mod scan;
+mod soak;
 mod web;
 
 pub use chaos::{
@@ -30,6 +31,9 @@ pub use metrics::metric_sum;
 pub use network::{Network, NetworkOptions};
 pub use process::{Binaries, STOP_GRACE, StopOutcome};
 pub use scan::{Hit, ScanReport, scan_for_marker};
+pub use soak::{
+    GROWTH, Growth, ProcessSeries, SoakOptions, SoakReport, fd_count, rss_kib, run_soak, soak_on,
+};
 pub use web::{NodeView, REFRESH, Snapshot, WebView};
 
 /// Result of this crate's operations.

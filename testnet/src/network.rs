@@ -328,6 +328,15 @@ impl Network {
         Ok(())
     }
 
+    /// Every node's name and process id (a node that exited is left out).
+    pub fn node_pids(&mut self) -> Vec<(String, u32)> {
+        self.processes
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.exited().is_none().then(|| (n.name.clone(), n.pid())))
+            .collect()
+    }
+
     /// Freezes node `name` (SIGSTOP): it neither reads nor answers until
     /// [`Network::resume_node`], as a node cut off the network would seem
     /// to its peers.
@@ -372,6 +381,13 @@ impl Network {
     /// Starts node `name` again with its config and data directory, after
     /// [`Network::stop_node`] (or a crash).
     pub fn start_node(&mut self, name: &str) -> Result<()> {
+        self.start_node_with_env(name, &[])
+    }
+
+    /// [`Network::start_node`] with extra environment variables for the
+    /// node (e.g. libfaketime's `LD_PRELOAD` and `FAKETIME` to skew its
+    /// clock).
+    pub fn start_node_with_env(&mut self, name: &str, env: &[(String, String)]) -> Result<()> {
         let i = self
             .processes
             .nodes
@@ -382,9 +398,9 @@ impl Network {
             return Err(Error::InvalidOption(format!("{name} is still running")));
         }
         let fresh = if let Some(a) = self.layout.authority(name) {
-            spawn_authority(&self.bins, a)?
+            spawn_authority(&self.bins, a, env)?
         } else if let Some(r) = self.layout.relay(name) {
-            spawn_relay(&self.bins, r)?
+            spawn_relay(&self.bins, r, env)?
         } else {
             return Err(Error::InvalidOption(format!("no node called {name}")));
         };
@@ -739,7 +755,7 @@ async fn launch(
 
     tracing::info!("starting {n_auth} directory authorities (threshold {threshold})");
     for a in &layout.authorities {
-        processes.nodes.push(spawn_authority(bins, a)?);
+        processes.nodes.push(spawn_authority(bins, a, &[])?);
     }
     let deadline = Instant::now() + options.ready_timeout;
     for i in 0..layout.authorities.len() {
@@ -768,7 +784,7 @@ async fn launch(
                     tracing::warn!(node = %name, "port taken by another process; restarting on it shortly");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                processes.nodes[n] = spawn_authority(bins, &layout.authorities[i])?;
+                processes.nodes[n] = spawn_authority(bins, &layout.authorities[i], &[])?;
                 write_layout(&layout)?;
                 continue;
             }
@@ -789,7 +805,7 @@ async fn launch(
         layout.relays.len() - mixes
     );
     for r in &layout.relays {
-        processes.nodes.push(spawn_relay(bins, r)?);
+        processes.nodes.push(spawn_relay(bins, r, &[])?);
     }
     let consensus = wait_ready(
         bins,
@@ -843,17 +859,29 @@ fn node_env() -> Vec<(String, String)> {
     vec![("BASTET_LOG".into(), log), ("NO_COLOR".into(), "1".into())]
 }
 
-fn spawn_authority(bins: &Binaries, a: &AuthorityNode) -> Result<NodeProcess> {
+fn spawn_authority(
+    bins: &Binaries,
+    a: &AuthorityNode,
+    extra_env: &[(String, String)],
+) -> Result<NodeProcess> {
+    let mut env = node_env();
+    env.extend_from_slice(extra_env);
     NodeProcess::spawn(
         &a.name,
         &bins.path("bastet-directory"),
         &[os("run"), os("--config"), a.config.as_os_str()],
-        &node_env(),
+        &env,
         &a.log,
     )
 }
 
-fn spawn_relay(bins: &Binaries, r: &RelayNode) -> Result<NodeProcess> {
+fn spawn_relay(
+    bins: &Binaries,
+    r: &RelayNode,
+    extra_env: &[(String, String)],
+) -> Result<NodeProcess> {
+    let mut env = node_env();
+    env.extend_from_slice(extra_env);
     let program = match r.role {
         Role::Mailbox => "bastet-mailbox",
         Role::Mix => "bastet-mixnode",
@@ -862,7 +890,7 @@ fn spawn_relay(bins: &Binaries, r: &RelayNode) -> Result<NodeProcess> {
         &r.name,
         &bins.path(program),
         &[os("run"), os("--config"), r.config.as_os_str()],
-        &node_env(),
+        &env,
         &r.log,
     )
 }
@@ -911,7 +939,7 @@ async fn wait_ready(
                 {
                     tracing::warn!(node = %name, "port taken by another process; restarting on fresh ports");
                     rebind(r)?;
-                    processes.nodes[i] = spawn_relay(bins, r)?;
+                    processes.nodes[i] = spawn_relay(bins, r, &[])?;
                     restarted.insert(name);
                     write_layout(layout)?;
                 }

@@ -12,11 +12,13 @@
 //! - a mixnode frozen (SIGSTOP) for 10 s and let go: a node cut off the
 //!   network and back;
 //! - one authority of three down for two epochs: the consensus goes on;
-//! - two authorities down for two epochs: no consensus can be signed, the
+//! - two authorities down for three epochs: no consensus can be signed, the
 //!   clients hold their messages and send them once it is back;
 //! - a mailbox server's file system filled below its reserve for 10 s: it
 //!   refuses new packets (unacknowledged, so retransmitted), serves polls,
-//!   reports itself not ready, and stores again once space is back.
+//!   reports itself not ready, and stores again once space is back;
+//! - a mixnode whose clock runs 3 minutes ahead (libfaketime): what crosses
+//!   it is lost and retransmitted on other routes.
 //!
 //! Start the binaries as `end_to_end.rs` says.
 
@@ -64,4 +66,9 @@ async fn two_authorities_down_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_on_a_mailbox_server_loses_nothing() {
     passes(Scenario::DiskFull).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixnode_with_its_clock_minutes_ahead_loses_nothing() {
+    passes(Scenario::ClockSkew).await;
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bastet_client::{RoutePolicy, parse_classes, parse_list};
 use bastet_testnet::{
-    ChaosOptions, DemoOptions, Error, Network, NetworkOptions, Scenario, StopOutcome, WebView,
-    node_panics_error, run_chaos, run_demo,
+    ChaosOptions, DemoOptions, Error, Network, NetworkOptions, Scenario, SoakOptions, StopOutcome,
+    WebView, node_panics_error, run_chaos, run_demo, run_soak,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -106,6 +106,32 @@ enum Command {
         json: bool,
         /// Where to make the network: --dir and --keep as for `demo` (one
         /// scenario only).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the network's files and say where.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The soak: a network under a steady load of messages between several
+    /// clients (with their cover traffic) for MINUTES, sampling every
+    /// process's memory (VmRSS) and open descriptors from /proc; reports
+    /// each process's start, end and peak, and whether it stayed flat after
+    /// the warm-up. Exit status 1 if a message was lost or duplicated, or a
+    /// process grew past the bound (see RELIABILITY.md).
+    Soak {
+        /// How long the load runs.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Clients in the ring (at least 2).
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Seconds between two samples (default: 10, or less for a short soak).
+        #[arg(long)]
+        sample_secs: Option<u64>,
+        /// One JSON object on stdout (with every sample) instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Where to make the network (new or empty directory).
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Keep the network's files and say where.
@@ -393,6 +419,46 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 ExitCode::from(EXIT_LOST)
             } else {
                 ExitCode::SUCCESS
+            })
+        }
+        Command::Soak {
+            minutes,
+            clients,
+            sample_secs,
+            json,
+            dir,
+            keep,
+        } => {
+            if !(minutes > 0.0 && minutes <= 24.0 * 60.0) || clients < 2 {
+                return Err(Error::InvalidOption(
+                    "--minutes must be above 0 and at most 1440, --clients at least 2".into(),
+                ));
+            }
+            let mut options = SoakOptions::minutes(minutes);
+            options.clients = clients;
+            if let Some(secs) = sample_secs {
+                options.sample_every = Duration::from_secs(secs.max(1));
+            }
+            let base = NetworkOptions {
+                dir,
+                keep,
+                bin_dir: cli.bin_dir,
+                ..NetworkOptions::default()
+            };
+            let report = run_soak(base, &options).await?;
+            if json {
+                match serde_json::to_string(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("bastet-testnet: cannot encode the report: {e}"),
+                }
+            } else {
+                print!("{}", report.to_human());
+                println!("{}", if report.passed() { "PASS" } else { "FAIL" });
+            }
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_LOST)
             })
         }
         Command::Up { net, json, web } => {

@@ -4,7 +4,8 @@
 # libclang), a C++ compiler (RocksDB itself is C++), systemd-analyze
 # (the tests check the unit files in deploy/systemd with it) and Chromium
 # (testnet/tests/web.rs renders the testnet's live view headless) and
-# libfaketime (the clock-skew chaos scenario runs a node with its clock ahead).
+# libfaketime (the clock-skew chaos scenario runs a node with its clock ahead)
+# and nftables (the partition chaos scenario cuts a node's port off).
 # Debian/Ubuntu (apt-get); runs as root, or through sudo when available.
 set -euo pipefail
 
@@ -32,9 +33,10 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(faketime)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "setup: clang, libclang, a C++ compiler, systemd-analyze, chromium and libfaketime are present"
+    echo "setup: clang, libclang, a C++ compiler, systemd-analyze, chromium, libfaketime and nft are present"
 else
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "setup: missing ${missing[*]}; install them with your package manager" >&2

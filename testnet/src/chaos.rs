@@ -57,11 +57,18 @@ pub enum Scenario {
     /// consensus valid by its clock, so what crosses it is lost and
     /// retransmitted on other routes. Needs Debian's `faketime` package.
     ClockSkew,
+    /// Cut mixnode `mix-a` off for 15 s, then heal: an nftables table of
+    /// the scenario's own drops every packet to or from its packet port on
+    /// loopback (connections to it time out, established ones stall; its
+    /// own outbound links, from ephemeral ports, are not cut). Needs `nft`
+    /// (Debian's `nftables`) and CAP_NET_ADMIN; the table is deleted on
+    /// heal, and on drop if the run fails first.
+    PartitionMixnode,
 }
 
 impl Scenario {
     /// Every scenario, in the order `chaos all` runs them.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::KillMailbox,
         Scenario::KillMixnode,
         Scenario::FreezeMixnode,
@@ -69,6 +76,7 @@ impl Scenario {
         Scenario::TwoAuthoritiesDown,
         Scenario::DiskFull,
         Scenario::ClockSkew,
+        Scenario::PartitionMixnode,
     ];
 
     /// The name on the command line.
@@ -81,6 +89,7 @@ impl Scenario {
             Scenario::TwoAuthoritiesDown => "two-authorities-down",
             Scenario::DiskFull => "disk-full",
             Scenario::ClockSkew => "clock-skew",
+            Scenario::PartitionMixnode => "partition-mixnode",
         }
     }
 
@@ -404,6 +413,95 @@ pub async fn run_on(net: &mut Network, options: &ChaosOptions) -> Result<ChaosRe
     Ok(report)
 }
 
+/// An nftables table that drops every packet to or from one TCP port
+/// (both hooks see loopback traffic); deleted by [`Partition::heal`] or on
+/// drop.
+struct Partition {
+    table: String,
+    healed: bool,
+}
+
+impl Partition {
+    fn cut(port: u16) -> Result<Partition> {
+        let table = format!("bastet_chaos_{}_{port}", std::process::id());
+        let script = format!(
+            "table inet {table} {{\n\
+             \tchain input {{\n\
+             \t\ttype filter hook input priority -10; policy accept;\n\
+             \t\ttcp dport {port} counter drop\n\
+             \t\ttcp sport {port} counter drop\n\
+             \t}}\n\
+             }}\n"
+        );
+        nft(&["-f", "-"], Some(&script))?;
+        Ok(Partition {
+            table,
+            healed: false,
+        })
+    }
+
+    /// Packets the table's rules dropped so far.
+    fn dropped(&self) -> Option<u64> {
+        let listing = nft(&["list", "table", "inet", &self.table], None).ok()?;
+        let mut total = 0;
+        for line in listing.lines().filter(|l| l.contains("counter packets")) {
+            let n = line
+                .split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)?
+                .parse::<u64>()
+                .ok()?;
+            total += n;
+        }
+        Some(total)
+    }
+
+    fn heal(mut self) -> Result<()> {
+        self.healed = true;
+        nft(&["delete", "table", "inet", &self.table], None).map(|_| ())
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        if !self.healed {
+            let _ = nft(&["delete", "table", "inet", &self.table], None);
+        }
+    }
+}
+
+/// Runs `nft ARGS` (with `input` on stdin); its stdout.
+fn nft(args: &[&str], input: Option<&str>) -> Result<String> {
+    use std::io::Write;
+    let fail = |why: String| {
+        Error::InvalidOption(format!(
+            "partition-mixnode needs nftables and CAP_NET_ADMIN (run as root; \
+             scripts/setup.sh installs nftables): `nft {}` {why}",
+            args.join(" ")
+        ))
+    };
+    let mut child = std::process::Command::new("nft")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.unwrap_or("").as_bytes())
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// How far ahead [`Scenario::ClockSkew`] puts a node's clock.
 const CLOCK_SKEW_SECS: u64 = 180;
 
@@ -631,6 +729,23 @@ async fn inject(
                      while its disk was full (refused {refused}, /health {health:?})"
                 )));
             }
+        }
+        Scenario::PartitionMixnode => {
+            let port = net
+                .layout()
+                .relay("mix-a")
+                .ok_or_else(|| Error::InvalidOption("no node mix-a".into()))?
+                .listen
+                .port();
+            let cut = Partition::cut(port)?;
+            note(format!("mix-a's port {port} cut off (nftables)"));
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let dropped = cut.dropped();
+            cut.heal()?;
+            note(format!(
+                "healed; {} packets to or from it were dropped",
+                dropped.map_or_else(|| "an unknown number of".into(), |n| n.to_string())
+            ));
         }
         Scenario::ClockSkew => {
             let preload = libfaketime()?;

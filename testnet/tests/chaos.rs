@@ -9,8 +9,10 @@
 //!   survived in RocksDB, what it did not was retransmitted;
 //! - a mixnode killed for good: what crossed it is retransmitted on other
 //!   routes;
-//! - a mixnode frozen (SIGSTOP) for 10 s and let go: a node cut off the
-//!   network and back;
+//! - a mixnode frozen (SIGSTOP) for 10 s and let go: a node that stops
+//!   answering and comes back;
+//! - a mixnode's port cut off (nftables drops every packet to or from it)
+//!   for 15 s and healed: a partition;
 //! - one authority of three down for two epochs: the consensus goes on;
 //! - two authorities down for three epochs: no consensus can be signed, the
 //!   clients hold their messages and send them once it is back;
@@ -71,4 +73,9 @@ async fn a_full_disk_on_a_mailbox_server_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixnode_with_its_clock_minutes_ahead_loses_nothing() {
     passes(Scenario::ClockSkew).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixnode_partitioned_and_healed_loses_nothing() {
+    passes(Scenario::PartitionMixnode).await;
 }

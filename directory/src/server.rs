@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -406,6 +407,11 @@ pub async fn run(config: AuthorityConfig) -> Result<()> {
         "Authorities' votes held for the current epoch, this one's included",
         metrics.votes.clone(),
     );
+    let api_connections = Arc::new(bastet_link::ConnectionStats::default());
+    bastet_link::register_peer_connections(
+        &mut registry,
+        [(bastet_link::Direction::Api, api_connections.clone())],
+    );
     let state = Arc::new(Authority {
         threshold: config.threshold(),
         key,
@@ -452,7 +458,7 @@ pub async fn run(config: AuthorityConfig) -> Result<()> {
             tokio::time::sleep(TICK).await;
         }
     });
-    let served = bastet_link::serve_https(listener, &tls, app).await;
+    let served = bastet_link::serve_https_counted(listener, &tls, app, api_connections).await;
     schedule.abort();
     Ok(served?)
 }
@@ -480,7 +486,22 @@ fn refuse(state: &Authority, status: StatusCode, reason: &str, detail: String) -
     (status, format!("{detail}\n")).into_response()
 }
 
-async fn post_descriptor(State(state): State<Arc<Authority>>, body: Bytes) -> Response {
+async fn post_descriptor(
+    State(state): State<Arc<Authority>>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    // Read here rather than by the extractor so that the refusal is counted.
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => {
+            let reason = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "unreadable"
+            };
+            return refuse(&state, e.status(), reason, e.body_text());
+        }
+    };
     let signed = match SignedDescriptor::from_bytes(&body) {
         Ok(s) => s,
         Err(e) => return refuse(&state, StatusCode::BAD_REQUEST, "malformed", e.to_string()),

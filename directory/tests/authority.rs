@@ -28,6 +28,8 @@ struct Net {
     _dir: tempfile::TempDir,
     directory: DirectoryConfig,
     admitted: NodeKeys,
+    /// Plain-HTTP `/metrics` address.
+    metrics: SocketAddr,
 }
 
 /// An authority in this process admitting `admitted`, and the directory
@@ -40,9 +42,19 @@ async fn authority_with_epochs(
     admitted: &[NodeId],
     epoch_secs: u64,
 ) -> (tempfile::TempDir, DirectoryConfig) {
+    let (dir, directory, _) = authority_with_metrics(admitted, epoch_secs).await;
+    (dir, directory)
+}
+
+/// [`authority_with_epochs`], also returning the `/metrics` address.
+async fn authority_with_metrics(
+    admitted: &[NodeId],
+    epoch_secs: u64,
+) -> (tempfile::TempDir, DirectoryConfig, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
     let listen = free_addr();
-    let info = server::init(dir.path(), listen, None, epoch_secs, admitted).unwrap();
+    let metrics = free_addr();
+    let info = server::init(dir.path(), listen, Some(metrics), epoch_secs, admitted).unwrap();
     let config: AuthorityConfig =
         load_config(&dir.path().join("authority.toml"), "BASTET_TEST_AUTHORITY").unwrap();
     tokio::spawn(server::run(config));
@@ -62,17 +74,37 @@ async fn authority_with_epochs(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    (dir, directory)
+    (dir, directory, metrics)
 }
 
 async fn start_authority() -> Net {
     let admitted = NodeKeys::generate();
-    let (dir, directory) = authority_admitting(&[admitted.node_id()]).await;
+    let (dir, directory, metrics) = authority_with_metrics(&[admitted.node_id()], EPOCH_SECS).await;
     Net {
         _dir: dir,
         directory,
         admitted,
+        metrics,
     }
+}
+
+/// The authority's `/metrics` text.
+async fn metrics_text(net: &Net) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(net.metrics).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+/// The value of the series `name{labels}` (as exported) in `text`.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{series} ")))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn descriptor(keys: &NodeKeys, epoch: u64) -> Descriptor {
@@ -172,6 +204,39 @@ async fn authority_refuses_bad_descriptors_with_reasons() {
     let (status, _) = post_raw(&net, vec![0; 64 * 1024]).await;
     assert_eq!(status, 413);
 
+    // Each refusal is counted by its reason, the oversize body too; and the
+    // API's connections are counted (`post_raw`'s each closed when done).
+    let text = metrics_text(&net).await;
+    let rejected = |reason: &str| {
+        value(
+            &text,
+            &format!("bastet_directory_descriptors_rejected_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    for (reason, n) in [
+        ("bad_signature", 1.0),
+        ("not_admitted", 1.0),
+        ("wrong_epoch", 1.0),
+        ("malformed", 1.0),
+        ("too_large", 1.0),
+    ] {
+        assert_eq!(rejected(reason), Some(n), "{reason}: {text}");
+    }
+    for reason in ["limit", "handshake", "idle", "closed"] {
+        let series = format!(
+            "bastet_directory_peer_connections_closed_total{{direction=\"api\",reason=\"{reason}\"}}"
+        );
+        assert!(value(&text, &series).is_some(), "no {series}: {text}");
+    }
+    assert!(
+        value(
+            &text,
+            "bastet_directory_peer_connections{direction=\"api\"}"
+        )
+        .is_some(),
+        "{text}"
+    );
+
     // None of it reached the consensus.
     let client = DirectoryClient::new(&net.directory).unwrap();
     assert!(client.fetch_consensus().await.is_err());
@@ -253,11 +318,13 @@ async fn a_rotating_node_publishes_each_epochs_own_sphinx_key() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let admitted = NodeKeys::generate();
-    let (_dir, directory) = authority_with_epochs(&[admitted.node_id()], EPOCH_SECS).await;
+    let (_dir, directory, metrics) =
+        authority_with_metrics(&[admitted.node_id()], EPOCH_SECS).await;
     let net = Net {
         _dir,
         directory,
         admitted,
+        metrics,
     };
     let keys_dir = tempfile::tempdir().unwrap();
     let mut ring = SphinxKeyRing::open(

@@ -40,7 +40,7 @@ impl Direction {
         match self {
             Direction::Inbound => &[Limit, Handshake, Idle, Broken, Closed],
             Direction::Outbound => &[Handshake, Idle, Broken, Closed],
-            Direction::Api => &[Handshake, Closed],
+            Direction::Api => &[Limit, Handshake, Idle, Closed],
         }
     }
 }
@@ -49,11 +49,13 @@ impl Direction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ConnectionEnd {
-    /// Refused at accept: `max_connections` were open already.
+    /// Refused at accept: the listener's most connections were open already.
     Limit,
     /// The TLS handshake (outbound: the TCP connect too) failed or timed out.
     Handshake,
-    /// Nothing to read (inbound) or to send (outbound) for the idle timeout.
+    /// Nothing to read (inbound) or to send (outbound) for the idle timeout;
+    /// on the API, ended before this node wrote any response (no whole
+    /// request came in time).
     Idle,
     /// Cut off inside a frame, or a read or write failed or timed out (also
     /// a connection whose task ended without saying why).

@@ -54,6 +54,9 @@ pub struct IngressStats {
     pub bad_connections: AtomicU64,
     /// Connections refused because `max_connections` were open.
     pub refused_connections: AtomicU64,
+    /// Frames cut off: the connection ended, failed or stalled past
+    /// `frame_timeout` inside one (a failed TLS handshake is no frame).
+    pub partial_frames: AtomicU64,
     /// Connections open now (from the TCP accept, so the TLS handshake
     /// included) and how past ones ended.
     pub connections: Arc<ConnectionStats>,
@@ -137,10 +140,15 @@ async fn connection(
         if started == 0 {
             return Ok(());
         }
-        tokio::time::timeout(config.frame_timeout, tls.read_exact(&mut frame[started..]))
-            .await
-            .map_err(|_| (Broken, "frame not completed in time".to_string()))?
-            .map_err(|e| (Broken, format!("partial frame: {e}")))?;
+        let rest =
+            tokio::time::timeout(config.frame_timeout, tls.read_exact(&mut frame[started..]))
+                .await
+                .map_err(|_| "frame not completed in time".to_string())
+                .and_then(|read| read.map_err(|e| format!("partial frame: {e}")));
+        if let Err(why) = rest {
+            stats.partial_frames.fetch_add(1, Ordering::Relaxed);
+            return Err((Broken, why));
+        }
         stats.frames.fetch_add(1, Ordering::Relaxed);
         if let Some(log) = &config.log {
             log.record(peer.ip(), FRAME_LEN);
@@ -183,6 +191,7 @@ mod tests {
         slow.flush().await.unwrap();
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(stats.bad_connections.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.partial_frames.load(Ordering::Relaxed), 1);
 
         let mut good = connect(&addr, pin).await.unwrap();
         good.write_all(&[2u8; FRAME_LEN]).await.unwrap();
@@ -261,6 +270,8 @@ mod tests {
         // An idle close is no bad connection; a failed handshake and a
         // partial frame are.
         assert_eq!(stats.bad_connections.load(Ordering::Relaxed), 2);
+        // Only the half frame was a frame cut off.
+        assert_eq!(stats.partial_frames.load(Ordering::Relaxed), 1);
         assert_eq!(stats.refused_connections.load(Ordering::Relaxed), 1);
         assert_eq!(ended(ConnectionEnd::Closed), 1);
     }

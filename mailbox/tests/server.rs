@@ -355,6 +355,37 @@ async fn mailbox_server_stores_durably_and_serves_only_its_owner() {
     })
     .await;
     assert!(
+        metrics.contains("bastet_mailbox_packets_dropped_total{reason=\"wrong_length\"} 0\n"),
+        "{metrics}"
+    );
+
+    // Half a packet, then the end: a packet cut short, counted as such
+    // (a connection that fails its TLS handshake is not a packet).
+    let mut junk = tokio::net::TcpStream::connect(node.listen).await.unwrap();
+    junk.write_all(b"not TLS\r\n").await.unwrap();
+    let mut half = connect(&node.listen.to_string(), node.pin).await.unwrap();
+    half.write_all(&[7; bastet_link::FRAME_LEN / 2])
+        .await
+        .unwrap();
+    half.shutdown().await.unwrap();
+    eventually("the two bad connections counted", &node, || async {
+        let text = node.metrics_text().await;
+        let inbound = |reason: &str| {
+            format!(
+                "bastet_mailbox_peer_connections_closed_total{{direction=\"inbound\",reason=\"{reason}\"}} 1\n"
+            )
+        };
+        (text.contains(&inbound("broken")) && text.contains(&inbound("handshake"))).then_some(())
+    })
+    .await;
+    // The link's counts reach the metrics every 500 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let metrics = node.metrics_text().await;
+    assert!(
+        metrics.contains("bastet_mailbox_packets_dropped_total{reason=\"wrong_length\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
         metrics.contains("bastet_mailbox_messages_stored_total 1\n"),
         "{metrics}"
     );

@@ -361,7 +361,7 @@ fn workers() -> usize {
 
 /// Copies the link's counters into the metrics: packets shed at ingress
 /// (which never reach [`dispatch`], where the others are counted as
-/// received), broken frames, and the outbound backlog; flushes the
+/// received), frames cut short, and the outbound backlog; flushes the
 /// `test_ingress_log`, so that its file is never more than a period behind.
 async fn copy_link_stats(
     stats: Arc<IngressStats>,
@@ -375,9 +375,10 @@ async fn copy_link_stats(
         tick.tick().await;
         let now = [
             stats.dropped_overload.load(Ordering::Relaxed),
-            // A connection that ended inside a frame; the link counts failed
-            // TLS handshakes here too, as it does not tell them apart.
-            stats.bad_connections.load(Ordering::Relaxed),
+            // A connection that ended inside a frame: a packet cut short.
+            // (Failed TLS handshakes are no packets; the link counts them
+            // in `peer_connections_closed`.)
+            stats.partial_frames.load(Ordering::Relaxed),
         ];
         let delta = |i: usize| now[i].saturating_sub(seen[i]);
         metrics.received.inc_by(delta(0));

@@ -83,6 +83,21 @@ async fn truncated_and_garbage_frames_are_dropped_and_the_node_keeps_serving() {
     let mut sink = Sink::start(&client).await;
     let mix = Mix::start(tmp.path(), &directory, |_| {}).await;
     mix.wait_for_consensus().await;
+    let inbound_closed = |reason: &str| {
+        format!(
+            "bastet_mixnode_peer_connections_closed_total{{direction=\"inbound\",reason=\"{reason}\"}}"
+        )
+    };
+
+    // Not TLS at all: a failed handshake, which is no packet.
+    let mut junk = tokio::net::TcpStream::connect(mix.node.listen_addr())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut junk, b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    mix.wait_metric(&inbound_closed("handshake"), |v| v == 1.0)
+        .await;
 
     let valid = packet(&mix, Duration::ZERO, sink.hop(), b"first");
     // Half a frame, then a clean TLS close: the connection ends mid-frame.
@@ -114,11 +129,6 @@ async fn truncated_and_garbage_frames_are_dropped_and_the_node_keeps_serving() {
 
     // Every sender has hung up, the first inside a frame; the link to the
     // sink stays open for the next packet.
-    let inbound_closed = |reason: &str| {
-        format!(
-            "bastet_mixnode_peer_connections_closed_total{{direction=\"inbound\",reason=\"{reason}\"}}"
-        )
-    };
     mix.wait_metric(&inbound_closed("broken"), |v| v == 1.0)
         .await;
     mix.wait_metric(&inbound_closed("closed"), |v| v == 2.0)
@@ -134,6 +144,12 @@ async fn truncated_and_garbage_frames_are_dropped_and_the_node_keeps_serving() {
     )
     .await;
     let text = mix.metrics().await;
+    // Of the three bad connections only the half frame was a packet cut short.
+    assert_eq!(
+        metric_value(&text, &dropped("wrong_length")),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(
         metric_value(&text, &inbound_closed("limit")),
         Some(0.0),

@@ -856,7 +856,17 @@ fn set_loss(config: &Path, loss: f64) -> Result<()> {
 fn node_env() -> Vec<(String, String)> {
     let log = std::env::var("BASTET_LOG").unwrap_or_else(|_| "info".into());
     // The logs are files: no terminal colour codes in them.
-    vec![("BASTET_LOG".into(), log), ("NO_COLOR".into(), "1".into())]
+    let mut env = vec![("BASTET_LOG".into(), log), ("NO_COLOR".into(), "1".into())];
+    // As the systemd units do: relays replace their replay filters (a few
+    // MiB each) every epoch, and glibc's dynamic mmap threshold would keep
+    // the freed ones in the heap (RELIABILITY.md, "Soak").
+    if std::env::var_os("GLIBC_TUNABLES").is_none() {
+        env.push((
+            "GLIBC_TUNABLES".into(),
+            "glibc.malloc.mmap_threshold=131072".into(),
+        ));
+    }
+    env
 }
 
 fn spawn_authority(

@@ -177,10 +177,22 @@ async fn chromium_renders_every_node_and_a_dead_one_turns_red() {
 
     // Every node drawn, ready, in its column: authorities, the mixnodes in
     // the layers the consensus gave them, the mailbox servers.
-    let dom = run_chromium(&view.url(), &["--dump-dom"]).await;
+    // Layers change with the epoch: compare with a snapshot of the same
+    // epoch as the one the page drew (taken before and after it).
+    let (dom, snapshot) = {
+        let mut tries = 0;
+        loop {
+            let before = view.snapshot();
+            let dom = run_chromium(&view.url(), &["--dump-dom"]).await;
+            let after = view.snapshot();
+            tries += 1;
+            if before.epoch == after.epoch || tries == 3 {
+                break (dom, after);
+            }
+        }
+    };
     let drawn = cards(&dom);
     assert_eq!(drawn.keys().cloned().collect::<BTreeSet<_>>(), all, "{dom}");
-    let snapshot = view.snapshot();
     for node in &snapshot.nodes {
         let (column, class) = &drawn[&node.name];
         assert_eq!(class, "ready", "{}: {node:?}", node.name);

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod bench;
 mod chaos;
 mod client;
 mod demo;
@@ -14,6 +15,11 @@ mod scan;
 mod soak;
 mod web;
 
+pub use bench::{
+    Added, Goal, LATENCY_LOADS, LatencyPhase, MixnodeBenchOptions, MixnodeBenchReport,
+    NodeActivity, Overload, Percentiles, ProcessRate, RecoveryWindow, Throughput, bench_mixnode,
+    process_rate, status_kib,
+};
 pub use chaos::{
     ChaosOptions, ChaosReport, Scenario, network_options as chaos_network_options,
     node_panics_error, run_chaos, run_on as run_chaos_on,

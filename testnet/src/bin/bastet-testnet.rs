@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use bastet_client::{RoutePolicy, parse_classes, parse_list};
 use bastet_testnet::{
-    ChaosOptions, DemoOptions, Error, Network, NetworkOptions, Scenario, SoakOptions, StopOutcome,
-    WebView, node_panics_error, run_chaos, run_demo, run_soak,
+    ChaosOptions, DemoOptions, Error, MixnodeBenchOptions, Network, NetworkOptions, Scenario,
+    SoakOptions, StopOutcome, WebView, bench_mixnode, node_panics_error, process_rate, run_chaos,
+    run_demo, run_soak,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -138,6 +139,12 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Benchmarks over real processes on loopback (figures in
+    /// BENCHMARKS.md). Goals are reported, never asserted.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Start a network, print where each node listens, and run until Ctrl-C.
     Up {
         #[command(flatten)]
@@ -152,6 +159,41 @@ enum Command {
         /// printed). Open it in a browser on this machine.
         #[arg(long, value_name = "ADDR")]
         web: Option<SocketAddr>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// One real mixnode process (on --cores CPUs, with taskset) fed
+    /// pre-built unique packets over TLS by this process, its next hop a
+    /// sink here: packets/s forwarded against the bare Sphinx process rate
+    /// on the same cores, CPU used, latency added per hop at 25, 50 and 90 %
+    /// of that rate (zero mixing delay), peak RSS, and 2x overload with the
+    /// recovery after it. Takes a few minutes (packets are built first).
+    Mixnode {
+        /// CPUs for the mixnode; this process takes the others, or shares
+        /// them when there are none left.
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
+        /// Length of the throughput phase and of each latency phase.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Print one JSON object on stdout instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Also draw throughput and latency against offered load here (SVG).
+        #[arg(long, value_name = "FILE")]
+        plot: Option<PathBuf>,
+    },
+    /// The bound: unwrap pre-built packets (Sphinx prepare + process) on
+    /// THREADS threads for SECONDS and print the rate as JSON. Run by
+    /// `bench mixnode` on the mixnode's CPUs.
+    #[command(hide = true)]
+    ProcessRate {
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
     },
 }
 
@@ -461,8 +503,50 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 ExitCode::from(EXIT_LOST)
             })
         }
+        Command::Bench { what } => bench(what, cli.bin_dir).await,
         Command::Up { net, json, web } => {
             up(net.options(cli.bin_dir, Duration::from_secs(60)), json, web).await
+        }
+    }
+}
+
+async fn bench(what: BenchWhat, bin_dir: Option<PathBuf>) -> Result<ExitCode, Error> {
+    match what {
+        BenchWhat::Mixnode {
+            cores,
+            seconds,
+            json,
+            plot,
+        } => {
+            let options = MixnodeBenchOptions {
+                cores,
+                seconds,
+                bin_dir,
+            };
+            let report = bench_mixnode(&options).await?;
+            if let Some(path) = &plot {
+                report.plot(path)?;
+                eprintln!("plot written to {}", path.display());
+            }
+            if json {
+                match serde_json::to_string(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("bastet-testnet: cannot encode the report: {e}"),
+                }
+            } else {
+                print!("{}", report.to_human());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchWhat::ProcessRate { threads, seconds } => {
+            let rate = tokio::task::spawn_blocking(move || process_rate(threads, seconds))
+                .await
+                .map_err(|e| Error::InvalidOption(format!("process-rate: {e}")))??;
+            match serde_json::to_string(&rate) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("bastet-testnet: cannot encode the rate: {e}"),
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -206,7 +206,7 @@ pub fn process_rate(threads: usize, seconds: f64) -> Result<ProcessRate> {
 }
 
 /// Latency percentiles, in microseconds.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Percentiles {
     /// Samples they are taken over.
     pub samples: usize,
@@ -247,7 +247,7 @@ impl Percentiles {
 }
 
 /// Latency a hop adds: its path's percentiles minus the direct path's.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Added {
     /// Median.
     pub p50_us: f64,
@@ -273,7 +273,7 @@ fn rate(count: f64, secs: f64) -> f64 {
 }
 
 /// What the mixnode did over one phase, from its `/metrics` and `/proc`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodeActivity {
     /// Seconds measured.
     pub secs: f64,
@@ -300,7 +300,7 @@ pub struct NodeActivity {
 }
 
 /// The throughput phase.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Throughput {
     /// Packets kept between the generator and the sink.
     pub window: u64,
@@ -322,7 +322,7 @@ pub struct Throughput {
 }
 
 /// One latency phase and its direct-path baseline.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LatencyPhase {
     /// Offered load as a fraction of the measured throughput.
     pub load: f64,
@@ -345,7 +345,7 @@ pub struct LatencyPhase {
 }
 
 /// One second of the recovery after the overload.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RecoveryWindow {
     /// Start, seconds after the overload ended (by send time).
     pub start_s: f64,
@@ -358,7 +358,7 @@ pub struct RecoveryWindow {
 }
 
 /// The overload phase and the recovery after it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Overload {
     /// Packets per second asked of the pacer.
     pub target_rate: f64,
@@ -389,7 +389,7 @@ pub struct Overload {
 }
 
 /// A goal of the issue and how this run measured against it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Goal {
     /// The goal.
     pub goal: String,
@@ -400,7 +400,7 @@ pub struct Goal {
 }
 
 /// Everything `bench mixnode` measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MixnodeBenchReport {
     /// CPUs the mixnode ran on.
     pub cores: usize,
@@ -1995,6 +1995,16 @@ impl MixnodeBenchReport {
         s
     }
 
+    /// Reads a report saved from `bench mixnode --json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(Error::io(format!("reading {}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            why: format!("not a `bench mixnode --json` report: {e}"),
+        })
+    }
+
     /// Draws throughput and latency against offered load as an SVG.
     pub fn plot(&self, path: &Path) -> Result<()> {
         plot::draw(self, path).map_err(|e| Error::Io {
@@ -2039,17 +2049,29 @@ mod plot {
         let (top, bottom) = root.split_vertically(450);
 
         // Throughput: each phase's offered load and what was forwarded.
-        let mut points: Vec<(f64, f64)> = r
+        let mut labelled: Vec<((f64, f64), String)> = r
             .latency
             .iter()
-            .map(|l| (l.offered_rate, l.node.forwarded_per_sec))
+            .map(|l| {
+                (
+                    (l.offered_rate, l.node.forwarded_per_sec),
+                    format!("{:.0} %", l.load * 100.0),
+                )
+            })
             .collect();
-        points.push((
-            r.throughput.node.received_per_sec,
-            r.throughput.node.forwarded_per_sec,
+        labelled.push((
+            (
+                r.throughput.node.received_per_sec,
+                r.throughput.node.forwarded_per_sec,
+            ),
+            "closed loop".into(),
         ));
-        points.push((r.overload.offered_rate, r.overload.node.forwarded_per_sec));
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        labelled.push((
+            (r.overload.offered_rate, r.overload.node.forwarded_per_sec),
+            "2x overload".into(),
+        ));
+        labelled.sort_by(|a, b| a.0.0.total_cmp(&b.0.0));
+        let points: Vec<(f64, f64)> = labelled.iter().map(|(p, _)| *p).collect();
         let xmax = points.iter().map(|p| p.0).fold(r.bare_rate, f64::max) * 1.1;
         let ymax = points.iter().map(|p| p.1).fold(r.bare_rate, f64::max) * 1.15;
         let title = format!(
@@ -2077,7 +2099,11 @@ mod plot {
             .label("forwarded by the mixnode")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
         chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))
+            .draw_series(labelled.iter().map(|(p, label)| {
+                EmptyElement::at(*p)
+                    + Circle::new((0, 0), 4, BLUE.filled())
+                    + Text::new(label.clone(), (6, -18), ("sans-serif", 13))
+            }))
             .map_err(|x| e(&x))?;
         chart
             .draw_series(LineSeries::new(

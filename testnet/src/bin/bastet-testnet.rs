@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bastet_client::{RoutePolicy, parse_classes, parse_list};
 use bastet_testnet::{
-    ChaosOptions, DemoOptions, Error, MixnodeBenchOptions, Network, NetworkOptions, Scenario,
-    SoakOptions, StopOutcome, WebView, bench_mixnode, node_panics_error, process_rate, run_chaos,
-    run_demo, run_soak,
+    ChaosOptions, DemoOptions, Error, MixnodeBenchOptions, MixnodeBenchReport, Network,
+    NetworkOptions, Scenario, SoakOptions, StopOutcome, WebView, bench_mixnode, node_panics_error,
+    process_rate, run_chaos, run_demo, run_soak,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -184,6 +184,14 @@ enum BenchWhat {
         /// Also draw throughput and latency against offered load here (SVG).
         #[arg(long, value_name = "FILE")]
         plot: Option<PathBuf>,
+    },
+    /// Draw the plot of a report saved with `bench mixnode --json`
+    /// (as `--plot` would have), without measuring again.
+    Plot {
+        /// The saved report.
+        report: PathBuf,
+        /// The SVG to write.
+        out: PathBuf,
     },
     /// The bound: unwrap pre-built packets (Sphinx prepare + process) on
     /// THREADS threads for SECONDS and print the rate as JSON. Run by
@@ -536,6 +544,11 @@ async fn bench(what: BenchWhat, bin_dir: Option<PathBuf>) -> Result<ExitCode, Er
             } else {
                 print!("{}", report.to_human());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchWhat::Plot { report, out } => {
+            MixnodeBenchReport::load(&report)?.plot(&out)?;
+            eprintln!("plot written to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         BenchWhat::ProcessRate { threads, seconds } => {

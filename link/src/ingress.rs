@@ -65,6 +65,34 @@ pub struct IngressStats {
 /// A frame received from a peer, not yet checked.
 pub type Frame = Box<[u8; FRAME_LEN]>;
 
+/// What became of a frame offered to a [`FrameSink`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// Queued for processing.
+    Taken,
+    /// The queue is full: the frame is dropped and counted as overload.
+    Full,
+    /// Nothing processes frames any more: the connection is closed.
+    Closed,
+}
+
+/// Where [`serve_packets`] hands whole frames: a bounded queue that never
+/// makes a connection wait (a full queue drops the frame).
+pub trait FrameSink: Clone + Send + Sync + 'static {
+    /// Queues `frame` without waiting, or says why not.
+    fn offer(&self, frame: Frame) -> Offered;
+}
+
+impl FrameSink for mpsc::Sender<Frame> {
+    fn offer(&self, frame: Frame) -> Offered {
+        match self.try_send(frame) {
+            Ok(()) => Offered::Taken,
+            Err(mpsc::error::TrySendError::Full(_)) => Offered::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offered::Closed,
+        }
+    }
+}
+
 /// Accepts TLS connections on `listener` and hands every whole frame to `tx`
 /// without waiting: when the queue is full the frame is dropped and counted,
 /// so a flood cannot grow memory. Runs until the listener fails.
@@ -72,7 +100,7 @@ pub async fn serve_packets(
     listener: TcpListener,
     identity: &TlsIdentity,
     config: IngressConfig,
-    tx: mpsc::Sender<Frame>,
+    tx: impl FrameSink,
     stats: Arc<IngressStats>,
 ) -> Result<()> {
     let acceptor = TlsAcceptor::from(server_config(identity)?);
@@ -123,7 +151,7 @@ async fn connection(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     config: &IngressConfig,
-    tx: &mpsc::Sender<Frame>,
+    tx: &impl FrameSink,
     stats: &IngressStats,
 ) -> std::result::Result<(), Closed> {
     use ConnectionEnd::{Broken, Handshake, Idle};
@@ -153,12 +181,12 @@ async fn connection(
         if let Some(log) = &config.log {
             log.record(peer.ip(), FRAME_LEN);
         }
-        match tx.try_send(frame) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match tx.offer(frame) {
+            Offered::Taken => {}
+            Offered::Full => {
                 stats.dropped_overload.fetch_add(1, Ordering::Relaxed);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            Offered::Closed => return Ok(()),
         }
     }
 }

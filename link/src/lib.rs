@@ -16,7 +16,7 @@ pub use connections::{ConnectionEnd, ConnectionStats, Direction, register_peer_c
 pub use error::Error;
 pub use frame::{FRAME_LEN, read_frame, write_frame};
 pub use https::{https_client, serve_https, serve_https_counted};
-pub use ingress::{Frame, IngressConfig, IngressStats, serve_packets};
+pub use ingress::{Frame, FrameSink, IngressConfig, IngressStats, Offered, serve_packets};
 pub use ingress_log::{INGRESS_LOG_LIMIT, IngressLog};
 pub use metrics::{MIN_FREE_BYTES, Readiness, check_free_space, free_bytes, serve_metrics};
 pub use packet_log::{PACKET_LOG_LIMIT, PacketLog};

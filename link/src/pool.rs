@@ -11,7 +11,7 @@ use bastet_sphinx::{NodeId, Packet};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::{CertPin, ConnectionEnd, ConnectionStats, connect_from, write_frame};
+use crate::{CertPin, ConnectionEnd, ConnectionStats, FRAME_LEN, connect_from, write_frame};
 
 /// Where a next hop listens and which certificate it must present.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +86,8 @@ struct Handle {
 /// A pool of connections to next hops. Cheap to share behind an `Arc`.
 pub struct Outbound {
     config: OutboundConfig,
+    /// Where writers run, so that [`Outbound::send`] works from any thread.
+    runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<NodeId, Handle>>,
     stats: Arc<Stats>,
 }
@@ -99,10 +101,13 @@ struct Stats {
 }
 
 impl Outbound {
-    /// An empty pool. Must be used inside a tokio runtime.
+    /// An empty pool. Must be created inside a tokio runtime, whose tasks
+    /// then write to the peers; [`Outbound::send`] may be called from any
+    /// thread.
     pub fn new(config: OutboundConfig) -> Self {
         Outbound {
             config,
+            runtime: tokio::runtime::Handle::current(),
             peers: Mutex::new(HashMap::new()),
             stats: Arc::default(),
         }
@@ -122,7 +127,7 @@ impl Outbound {
                 }
             }
             let (tx, rx) = mpsc::channel(self.config.queue_len.max(1));
-            tokio::spawn(writer(
+            self.runtime.spawn(writer(
                 peer.clone(),
                 rx,
                 self.config.clone(),
@@ -179,6 +184,7 @@ async fn writer(
     stats: Arc<Stats>,
 ) {
     let mut pending: Vec<Packet> = Vec::new();
+    let mut wire: Vec<u8> = Vec::new();
     let mut failures = 0u32;
     let mut backoff = config.retry_delay;
     loop {
@@ -247,14 +253,17 @@ async fn writer(
                 }
             }
             let n = pending.len();
+            // One write for the batch: TLS then seals it in as few records
+            // and system calls as it can, rather than one of each per frame.
+            wire.clear();
+            for p in pending.drain(..) {
+                wire.extend_from_slice(p.as_bytes());
+            }
             let written = tokio::time::timeout(config.write_timeout, async {
-                for p in &pending {
-                    write_frame(&mut stream, p.as_bytes()).await?;
-                }
+                write_frames(&mut stream, &wire).await?;
                 stream.flush().await
             })
             .await;
-            pending.clear();
             match written {
                 Ok(Ok(())) => {
                     stats.written.fetch_add(n as u64, Ordering::Relaxed);
@@ -273,6 +282,19 @@ async fn writer(
             }
         }
     }
+}
+
+/// Writes whole frames laid end to end in `wire`, checking each one's length
+/// as [`write_frame`] does.
+async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut W,
+    wire: &[u8],
+) -> std::io::Result<()> {
+    if !wire.len().is_multiple_of(FRAME_LEN) {
+        // Only whole packets are queued; check rather than trust.
+        return write_frame(stream, wire).await;
+    }
+    stream.write_all(wire).await
 }
 
 /// Moves a packet from the queue into the writer's hands.

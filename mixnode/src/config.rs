@@ -44,9 +44,21 @@ pub struct MixnodeConfig {
     /// Packets waiting to be unwrapped before new ones are dropped.
     #[serde(default = "default_ingress_queue")]
     pub ingress_queue: usize,
-    /// Replay tags remembered at least (Bloom filter, false positives ~1e-6).
-    #[serde(default = "default_replay_filter_capacity")]
-    pub replay_filter_capacity: usize,
+    /// A packet that waited longer than this, in milliseconds, to be
+    /// unwrapped is dropped as overload without any Sphinx work: the bound
+    /// on the delay an overloaded node adds to the packets it lets through.
+    #[serde(default = "default_ingress_max_wait_ms")]
+    pub ingress_max_wait_ms: u64,
+    /// Packets per second this node is provisioned for. Sizes the replay
+    /// filter: by default it remembers every packet a Sphinx key can see
+    /// in its life (`epoch_secs` + grace) at this rate.
+    #[serde(default = "default_max_packet_rate")]
+    pub max_packet_rate: u32,
+    /// Replay tags remembered at least per Sphinx key (Bloom filter, false
+    /// positives ~1e-6), overriding the size derived from
+    /// `max_packet_rate`; see [`MixnodeConfig::replay_filter_capacity`].
+    #[serde(default)]
+    pub replay_filter_capacity: Option<usize>,
     /// Seconds into an epoch during which packets built for the previous
     /// epoch's Sphinx key are still processed; then that key is erased.
     /// Default: a quarter epoch, clamped to 5..=300 s. At most
@@ -97,8 +109,12 @@ fn default_ingress_queue() -> usize {
     8192
 }
 
-fn default_replay_filter_capacity() -> usize {
-    1_000_000
+fn default_ingress_max_wait_ms() -> u64 {
+    100
+}
+
+fn default_max_packet_rate() -> u32 {
+    2_000
 }
 
 fn default_cover_rate() -> f64 {
@@ -116,6 +132,8 @@ const MAX_COVER_MIX_DELAY_MS: u64 = 10_000;
 
 /// Largest `replay_filter_capacity` accepted: about 750 MB of filter.
 const MAX_REPLAY_FILTER_CAPACITY: usize = 100_000_000;
+/// Largest `ingress_max_wait_ms`: longer waits are a backlog, not a queue.
+const MAX_INGRESS_WAIT_MS: u64 = 10_000;
 /// Largest `max_delay_ms`: an hour; Loopix delays are seconds.
 const MAX_DELAY_MS: u64 = 3_600_000;
 
@@ -173,8 +191,18 @@ impl MixnodeConfig {
         if self.ingress_queue == 0 {
             return bad("ingress_queue", "must be at least 1");
         }
-        if self.replay_filter_capacity == 0
-            || self.replay_filter_capacity > MAX_REPLAY_FILTER_CAPACITY
+        if !(1..=MAX_INGRESS_WAIT_MS).contains(&self.ingress_max_wait_ms) {
+            return bad(
+                "ingress_max_wait_ms",
+                &format!("must be from 1 to {MAX_INGRESS_WAIT_MS}"),
+            );
+        }
+        if self.max_packet_rate == 0 {
+            return bad("max_packet_rate", "must be at least 1");
+        }
+        if self
+            .replay_filter_capacity
+            .is_some_and(|c| c == 0 || c > MAX_REPLAY_FILTER_CAPACITY)
         {
             return bad("replay_filter_capacity", "must be between 1 and 100000000");
         }
@@ -236,12 +264,47 @@ impl MixnodeConfig {
             .unwrap_or_else(|| default_sphinx_key_grace_secs(self.directory.epoch_secs))
     }
 
+    /// How long packets arrive for one Sphinx key: its epoch, then the
+    /// grace period into the next.
+    pub fn key_life_secs(&self) -> u64 {
+        self.directory.epoch_secs + self.sphinx_key_grace_secs()
+    }
+
+    /// `max_packet_rate` × the key's life, at most the largest filter
+    /// accepted (see [`MixnodeConfig::replay_filter_capped`]).
+    fn derived_replay_filter_capacity(&self) -> usize {
+        usize::try_from(u64::from(self.max_packet_rate).saturating_mul(self.key_life_secs()))
+            .unwrap_or(usize::MAX)
+            .min(MAX_REPLAY_FILTER_CAPACITY)
+    }
+
+    /// Whether the replay filter `max_packet_rate` asks for is larger than
+    /// the largest accepted (100 million tags, about 750 MB), so that it
+    /// was capped: at that rate it forgets packets before their key is
+    /// erased. The node warns at start.
+    pub fn replay_filter_capped(&self) -> bool {
+        self.replay_filter_capacity.is_none()
+            && u64::from(self.max_packet_rate).saturating_mul(self.key_life_secs())
+                > MAX_REPLAY_FILTER_CAPACITY as u64
+    }
+
+    /// Replay tags each Sphinx key's filter remembers at least:
+    /// `replay_filter_capacity` if set, else `max_packet_rate` × the key's
+    /// life, so that no packet is forgotten before its key is erased while
+    /// the node runs within its rate. Above that rate the filter's oldest
+    /// generation is forgotten first (`replay_filter_turnovers_total`
+    /// counts it): a replay of a packet older than that would pass.
+    pub fn replay_filter_capacity(&self) -> usize {
+        self.replay_filter_capacity
+            .unwrap_or_else(|| self.derived_replay_filter_capacity())
+    }
+
     /// The [`crate::Mixer`]'s part of this config.
     pub fn mixer(&self) -> MixerConfig {
         MixerConfig {
             max_delay: Duration::from_millis(self.max_delay_ms),
             max_delayed_packets: self.max_delayed_packets,
-            replay_filter_capacity: self.replay_filter_capacity,
+            replay_filter_capacity: self.replay_filter_capacity(),
         }
     }
 
@@ -296,10 +359,20 @@ impl MixnodeConfig {
              max_delayed_packets = {max_delayed_packets}\n\
              # Packets waiting to be unwrapped; more are dropped (overload).\n\
              ingress_queue = {ingress_queue}\n\
-             # Replay tags remembered at least: two Bloom filter generations of this many\n\
-             # tags, about 7.5 bytes per unit in all; false positives at most 1e-6.\n\
-             # One filter per Sphinx key held (at most three: current, next, previous).\n\
-             replay_filter_capacity = {replay_filter_capacity}\n\
+             # A packet that waited longer than this (ms) to be unwrapped is dropped\n\
+             # (overload) before any Sphinx work: the most delay an overloaded node adds.\n\
+             ingress_max_wait_ms = {ingress_max_wait_ms}\n\
+             # Packets per second this node is provisioned for. It sizes the replay\n\
+             # filter to remember every packet of a Sphinx key's life (epoch_secs plus\n\
+             # the grace below) at this rate: 3.8 bytes per tag for each of two Bloom\n\
+             # filter generations, false positives at most 1e-6; one filter per key held\n\
+             # (at most three: current, next, previous), only the one in use filling.\n\
+             # Above this rate the oldest generation is forgotten early\n\
+             # (replay_filter_turnovers_total) and replays older than it would pass.\n\
+             max_packet_rate = {max_packet_rate}\n\
+             # Replay tags per filter generation, overriding the size max_packet_rate gives\n\
+             # (here {derived} for the epoch length below).\n\
+             {replay_filter_capacity}\n\
              # Sphinx keys rotate per epoch. For this many seconds into an epoch, packets\n\
              # built for the previous epoch's key are still processed; then that key is\n\
              # erased from memory and disk and its packets dropped (unknown_key).\n\
@@ -339,7 +412,16 @@ impl MixnodeConfig {
             max_delay_ms = self.max_delay_ms,
             max_delayed_packets = self.max_delayed_packets,
             ingress_queue = self.ingress_queue,
-            replay_filter_capacity = self.replay_filter_capacity,
+            ingress_max_wait_ms = self.ingress_max_wait_ms,
+            max_packet_rate = self.max_packet_rate,
+            derived = self.derived_replay_filter_capacity(),
+            replay_filter_capacity = match self.replay_filter_capacity {
+                Some(c) => format!("replay_filter_capacity = {c}"),
+                None => format!(
+                    "# replay_filter_capacity = {}",
+                    self.derived_replay_filter_capacity()
+                ),
+            },
             cover_rate = self.cover_rate,
             cover_mix_delay_ms = self.cover_mix_delay_ms,
         ))
@@ -396,7 +478,9 @@ pub fn init(options: &InitOptions) -> Result<InitReport> {
         max_delay_ms: default_max_delay_ms(),
         max_delayed_packets: default_max_delayed_packets(),
         ingress_queue: default_ingress_queue(),
-        replay_filter_capacity: default_replay_filter_capacity(),
+        ingress_max_wait_ms: default_ingress_max_wait_ms(),
+        max_packet_rate: default_max_packet_rate(),
+        replay_filter_capacity: None,
         sphinx_key_grace_secs: None,
         cover_rate: default_cover_rate(),
         cover_mix_delay_ms: default_cover_mix_delay_ms(),
@@ -486,7 +570,23 @@ mod tests {
         let config = MixnodeConfig::load(&report.config).unwrap();
         assert_eq!(config.operator, "Example \"Org\"");
         assert_eq!(config.max_delay_ms, 30_000);
-        assert_eq!(config.replay_filter_capacity, 1_000_000);
+        // Sized from the rate: 2,000 packets/s over the key's 60 + 15 s.
+        assert_eq!(config.max_packet_rate, 2_000);
+        assert_eq!(config.replay_filter_capacity, None);
+        assert_eq!(config.replay_filter_capacity(), 150_000);
+        assert!(!config.replay_filter_capped());
+        let mut sized = config.clone();
+        sized.replay_filter_capacity = Some(7);
+        assert_eq!(sized.replay_filter_capacity(), 7);
+        // A day-long epoch at the default rate would need 173 million tags:
+        // capped (the node warns), unless set outright.
+        let mut long = config.clone();
+        long.directory.epoch_secs = 86_400;
+        assert!(long.replay_filter_capped());
+        assert_eq!(long.replay_filter_capacity(), 100_000_000);
+        long.validate().unwrap();
+        long.replay_filter_capacity = Some(1_000_000);
+        assert!(!long.replay_filter_capped());
         assert_eq!(config.cover_rate, 1.0);
         assert_eq!(config.cover_mix_delay(), Duration::from_millis(50));
         assert_eq!(config.public_addr, None);

@@ -23,6 +23,7 @@ pub(crate) struct Metrics {
     pub(crate) sphinx_key_epoch: Gauge,
     pub(crate) replay_filter_entries: Gauge,
     pub(crate) replay_filter_capacity: Gauge,
+    pub(crate) replay_filter_turnovers: Counter,
     pub(crate) cover_sent: Counter,
     cover_skipped: Family<Reason, Counter>,
     pub(crate) cover_loops_returned: Counter,
@@ -44,6 +45,7 @@ impl Metrics {
             sphinx_key_epoch: Gauge::default(),
             replay_filter_entries: Gauge::default(),
             replay_filter_capacity: Gauge::default(),
+            replay_filter_turnovers: Counter::default(),
             cover_sent: Counter::default(),
             cover_skipped: Family::default(),
             cover_loops_returned: Counter::default(),
@@ -94,6 +96,12 @@ impl Metrics {
             "replay_filter_capacity",
             "Tags a replay filter generation holds (replay_filter_capacity)",
             m.replay_filter_capacity.clone(),
+        );
+        registry.register(
+            "replay_filter_turnovers",
+            "Replay filter generations started while their key was in force: more packets \
+             came than max_packet_rate sized the filter for, and the oldest tags were forgotten",
+            m.replay_filter_turnovers.clone(),
         );
         registry.register(
             "cover_sent",

@@ -292,6 +292,9 @@ pub struct MixerStats {
     pub delayed: u64,
     /// Packets released by [`Mixer::poll_transmit`].
     pub released: u64,
+    /// Replay filter generations turned over (the oldest tags forgotten)
+    /// while their key was held: more packets than the filter was sized for.
+    pub replay_turnovers: u64,
     dropped: [u64; DropReason::ALL.len()],
 }
 
@@ -407,7 +410,10 @@ impl Mixer {
             .ok_or(DropReason::UnknownKey)?;
         // Checked only after the layer authenticated, so garbage cannot
         // fill the filter and push real tags out early.
-        if replay.check_and_insert(&u.tag) {
+        let turnovers = replay.turnovers();
+        let seen = replay.check_and_insert(&u.tag);
+        self.stats.replay_turnovers += replay.turnovers() - turnovers;
+        if seen {
             return Err(DropReason::Replay);
         }
         let (next_hop, delay, packet) = match u.kind {
@@ -457,6 +463,11 @@ impl Mixer {
             next_hop: held.next_hop,
             packet: held.packet,
         })
+    }
+
+    /// Tags each replay filter generation holds.
+    pub fn replay_capacity(&self) -> usize {
+        self.config.replay_filter_capacity
     }
 
     /// Replay tags in the fullest filter's current generation.

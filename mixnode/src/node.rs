@@ -1,23 +1,33 @@
 //! The async shell: sockets, threads and timers around the [`Mixer`].
 //!
 //! ```text
-//! serve_packets ─▶ ingress queue ─▶ workers (Unwrapper, one per core)
-//!       ─▶ Mixer (replay filter per key, delay queue) ─▶ consensus lookup ─▶ Outbound
+//! serve_packets ─▶ ingress queue ─▶ packet threads (one per core):
+//!       unwrap, then under the Mixer's lock: replay filter, delay queue,
+//!       release what is due ─▶ consensus lookup ─▶ Outbound
+//! timer task: releases held packets as their delays end ─▶ Outbound
 //! ```
 //! Every arrow is a bounded queue; what does not fit is dropped and counted.
+//! A frame that waited in the ingress queue longer than
+//! `ingress_max_wait_ms` is dropped as overload before any Sphinx work, so
+//! the queue never holds more than that much delay for the packets it lets
+//! through. Packet threads are long-lived OS threads: a packet crosses one
+//! thread hand-off on the way in (the connection's reader task to a packet
+//! thread) and one on the way out (to the next hop's writer task), and a
+//! packet whose delay is zero is forwarded by the thread that unwrapped it.
+//!
 //! Beside it, the key rotation task rotates the [`SphinxKeyRing`] every
-//! second and hands the mixer (and through it the workers) the keys in force,
-//! and the cover task sends the node's own cover loops (λ_M) into the same
-//! `Outbound` at Poisson-distributed times. The cover task and the mixer
-//! share the [`LoopTracker`]: the one records loops sent and counts those
-//! past their deadline as lost, the other hands it the SURB replies that
-//! end at this node.
+//! second and hands the mixer (and through it the packet threads) the keys
+//! in force, and the cover task sends the node's own cover loops (λ_M) into
+//! the same `Outbound` at Poisson-distributed times. The cover task and the
+//! mixer share the [`LoopTracker`]: the one records loops sent and counts
+//! those past their deadline as lost, the other hands it the SURB replies
+//! that end at this node.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bastet_directory::{
@@ -25,13 +35,13 @@ use bastet_directory::{
     VerifiedConsensus, publish_rotating_forever, rotate_forever, unix_now,
 };
 use bastet_link::{
-    Direction, Frame, IngressConfig, IngressLog, IngressStats, Outbound, OutboundConfig, PacketLog,
-    TlsIdentity, serve_packets,
+    Direction, Frame, FrameSink, IngressConfig, IngressLog, IngressStats, Offered, Outbound,
+    OutboundConfig, PacketLog, TlsIdentity, serve_packets,
 };
 use bastet_sphinx::NodeId;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::metrics::{Metrics, gauge_value};
@@ -40,14 +50,104 @@ use crate::{
     Transmit, Unwrapped, Unwrapper, cover_gap, cover_packet, route,
 };
 
-/// Frames one worker takes from the ingress queue at a time.
-const WORKER_BATCH: usize = 32;
-/// Unwrapped packets waiting for the mixer; workers wait when it is full.
-const UNWRAPPED_QUEUE: usize = 1024;
 /// How often the link's counters are copied into the metrics.
 const STATS_PERIOD: Duration = Duration::from_millis(250);
+/// How often an idle packet thread looks whether the node has stopped.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
 
 type Unwrap = std::result::Result<Unwrapped, DropReason>;
+
+/// A frame and when it was read off the link.
+struct Arrival {
+    at: Instant,
+    frame: Frame,
+}
+
+/// The ingress queue's sending end, as the listener sees it.
+#[derive(Clone)]
+struct IngressQueue(crossbeam_channel::Sender<Arrival>);
+
+impl FrameSink for IngressQueue {
+    fn offer(&self, frame: Frame) -> Offered {
+        let arrival = Arrival {
+            at: Instant::now(),
+            frame,
+        };
+        match self.0.try_send(arrival) {
+            Ok(()) => Offered::Taken,
+            Err(crossbeam_channel::TrySendError::Full(_)) => Offered::Full,
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Offered::Closed,
+        }
+    }
+}
+
+/// What the packet threads and the timer task share: the [`Mixer`] behind
+/// one lock (held for the replay check, the queue and the release, never
+/// for any Diffie-Hellman), and what forwarding needs.
+struct Pipeline {
+    state: Mutex<MixState>,
+    /// Wakes the timer task when a packet is held that must leave before
+    /// the instant it sleeps until.
+    wake: Notify,
+    loops: Arc<Mutex<LoopTracker>>,
+    consensus: ConsensusWatch,
+    outbound: Arc<Outbound>,
+    metrics: Arc<Metrics>,
+    /// Set when the node is dropped or stopped: packet threads end.
+    stopped: AtomicBool,
+}
+
+struct MixState {
+    mixer: Mixer,
+    packet_log: Option<PacketLog>,
+    /// False once the node stops: frames still arriving are not admitted.
+    accepting: bool,
+    /// When the timer task wakes next, if it sleeps.
+    timer_at: Option<Instant>,
+}
+
+impl Pipeline {
+    fn lock(&self) -> MutexGuard<'_, MixState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forwards every held packet due at `now`.
+    fn release_due(&self, state: &mut MixState, now: Instant) {
+        let mut held_consensus = None;
+        let mut stale = false;
+        let MixState {
+            mixer, packet_log, ..
+        } = state;
+        while let Some(transmit) = mixer.poll_transmit(now) {
+            let c = held_consensus.get_or_insert_with(|| self.consensus.current());
+            let sent = forward(
+                transmit,
+                c.as_deref(),
+                &self.outbound,
+                &self.metrics,
+                packet_log,
+            );
+            if let Err(reason) = sent {
+                stale |= matches!(reason, DropReason::UnknownNextHop | DropReason::NoConsensus);
+                mixer.record_drop(reason);
+            }
+        }
+        if stale {
+            // A node joined after our fetch, or the epoch turned: look again
+            // now rather than at the next periodic refresh.
+            self.consensus.nudge();
+        }
+    }
+}
+
+/// Sets [`Pipeline::stopped`] when dropped with the [`Mixnode`].
+struct StopThreads(Arc<Pipeline>);
+
+impl Drop for StopThreads {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Relaxed);
+    }
+}
 
 /// A running mixnode. Dropping it stops every task it started.
 pub struct Mixnode {
@@ -62,6 +162,7 @@ pub struct Mixnode {
     /// Fires once the mixer has released (or given up on) what it held.
     drained: Option<tokio::sync::oneshot::Receiver<usize>>,
     outbound: Arc<Outbound>,
+    _threads: StopThreads,
 }
 
 /// How long a stopping mixnode keeps releasing the packets it holds (each
@@ -121,7 +222,17 @@ impl Mixnode {
         );
         metrics
             .replay_filter_capacity
-            .set(gauge_value(config.replay_filter_capacity));
+            .set(gauge_value(config.replay_filter_capacity()));
+        if config.replay_filter_capped() {
+            tracing::warn!(
+                max_packet_rate = config.max_packet_rate,
+                key_life_secs = config.key_life_secs(),
+                capacity = config.replay_filter_capacity(),
+                "the replay filter max_packet_rate asks for is larger than the largest \
+                 accepted and was capped: at that rate it forgets packets before their key \
+                 is erased. Lower max_packet_rate or shorten directory.epoch_secs"
+            );
+        }
         let unwrapper = mixer.unwrapper();
         let keyring = Arc::new(Mutex::new(keyring));
         let (keys_tx, keys_rx) = watch::channel(in_force);
@@ -151,8 +262,8 @@ impl Mixnode {
         let loops = Arc::new(Mutex::new(LoopTracker::new(&node_id)));
 
         let mut tasks = JoinSet::new();
-        let (frames_tx, frames_rx) = mpsc::channel::<Frame>(config.ingress_queue);
-        let (unwrapped_tx, unwrapped_rx) = mpsc::channel::<Unwrap>(UNWRAPPED_QUEUE);
+        let (frames_tx, frames_rx) = crossbeam_channel::bounded::<Arrival>(config.ingress_queue);
+        let frames_tx = IngressQueue(frames_tx);
         let ingress_stats = Arc::new(IngressStats::default());
         {
             let stats = ingress_stats.clone();
@@ -194,14 +305,49 @@ impl Mixnode {
                  (injected_loss). Never run a real node like this."
             );
         }
-        tasks.spawn(dispatch(
-            frames_rx,
-            unwrapper,
-            unwrapped_tx,
-            workers(),
-            metrics.clone(),
-            config.test_drop_fraction,
-        ));
+        let pipeline = Arc::new(Pipeline {
+            state: Mutex::new(MixState {
+                mixer,
+                packet_log,
+                accepting: true,
+                timer_at: None,
+            }),
+            wake: Notify::new(),
+            loops: loops.clone(),
+            consensus: consensus.clone(),
+            outbound: outbound.clone(),
+            metrics: metrics.clone(),
+            stopped: AtomicBool::new(false),
+        });
+        let threads = StopThreads(pipeline.clone());
+        let limits = ThreadLimits {
+            max_wait: Duration::from_millis(config.ingress_max_wait_ms),
+            drop_fraction: config.test_drop_fraction,
+        };
+        for i in 0..workers() {
+            let (pipeline, frames, unwrapper) =
+                (pipeline.clone(), frames_rx.clone(), unwrapper.clone());
+            let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("bastet-packets-{i}"))
+                .spawn(move || {
+                    // Dropped however the thread ends, panics included.
+                    let _ended = ended_tx;
+                    packet_thread(&frames, unwrapper, &pipeline, limits);
+                })
+                .map_err(|e| Error::TaskFailed {
+                    what: "packet threads",
+                    why: format!("cannot start one: {e}"),
+                })?;
+            tasks.spawn(async move {
+                let _ = ended.await;
+                Err(Error::TaskFailed {
+                    what: "packet threads",
+                    why: format!("bastet-packets-{i} stopped"),
+                })
+            });
+        }
+        drop(frames_rx);
         tasks.spawn({
             let keyring = keyring.clone();
             async move {
@@ -223,17 +369,7 @@ impl Mixnode {
                 loops.clone(),
             ));
         }
-        tasks.spawn(mix(
-            mixer,
-            loops,
-            keys_rx,
-            unwrapped_rx,
-            consensus.clone(),
-            outbound.clone(),
-            metrics,
-            packet_log,
-            (drain_rx, drained_tx),
-        ));
+        tasks.spawn(mix(pipeline, keys_rx, (drain_rx, drained_tx)));
         {
             let registry = Arc::new(registry);
             let ready = bastet_directory::relay_readiness(
@@ -278,6 +414,7 @@ impl Mixnode {
             drain,
             drained: Some(drained),
             outbound,
+            _threads: threads,
         })
     }
 
@@ -392,75 +529,101 @@ async fn copy_link_stats(
     }
 }
 
-/// Hands frames to at most `workers` blocking threads at a time, so that
-/// Sphinx work never runs on the I/O threads. When every worker is busy the
-/// ingress queue fills and the listener sheds load (counted as overload).
-/// With the `test_drop_fraction` hook, first drops that fraction of frames.
-async fn dispatch(
-    mut frames: mpsc::Receiver<Frame>,
-    unwrapper: Unwrapper,
-    out: mpsc::Sender<Unwrap>,
-    workers: usize,
-    metrics: Arc<Metrics>,
+/// Limits a packet thread applies before any Sphinx work.
+#[derive(Clone, Copy)]
+struct ThreadLimits {
+    /// A frame that waited longer in the ingress queue is dropped as
+    /// overload.
+    max_wait: Duration,
+    /// The `test_drop_fraction` fault-injection hook.
     drop_fraction: f64,
-) -> Result<()> {
-    let slots = Arc::new(Semaphore::new(workers.max(1)));
-    let stopped = |why: &str| Error::TaskFailed {
-        what: "packet workers",
-        why: why.into(),
-    };
-    loop {
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| stopped("worker pool closed"))?;
-        let mut batch = Vec::with_capacity(WORKER_BATCH);
-        if frames.recv_many(&mut batch, WORKER_BATCH).await == 0 {
-            return Err(stopped("ingress queue closed"));
+}
+
+/// One packet thread: takes frames off the ingress queue one at a time,
+/// unwraps each (the Diffie-Hellman, outside any lock), then admits it to
+/// the [`Mixer`] and forwards whatever is due, itself included when its
+/// delay is zero. Ends when the node stops or the listener is gone.
+fn packet_thread(
+    frames: &crossbeam_channel::Receiver<Arrival>,
+    unwrapper: Unwrapper,
+    pipeline: &Pipeline,
+    limits: ThreadLimits,
+) {
+    let metrics = &pipeline.metrics;
+    while !pipeline.stopped.load(Ordering::Relaxed) {
+        let arrival = match frames.recv_timeout(IDLE_CHECK) {
+            Ok(a) => a,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
+        metrics.received.inc();
+        if limits.drop_fraction > 0.0 && rand::random::<f64>() < limits.drop_fraction {
+            metrics.drops(DropReason::InjectedLoss, 1);
+            continue;
         }
-        metrics.received.inc_by(batch.len() as u64);
-        if drop_fraction > 0.0 {
-            let before = batch.len();
-            batch.retain(|_| rand::random::<f64>() >= drop_fraction);
-            metrics.drops(DropReason::InjectedLoss, (before - batch.len()) as u64);
+        if arrival.at.elapsed() > limits.max_wait {
+            // Behind by more than the bound: shed it before spending a
+            // Diffie-Hellman on a packet that would leave late anyway.
+            metrics.drops(DropReason::Overload, 1);
+            continue;
         }
-        let (unwrapper, out) = (unwrapper.clone(), out.clone());
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            for frame in batch {
-                if out.blocking_send(unwrapper.unwrap(&frame[..])).is_err() {
-                    return;
-                }
-            }
-        });
+        let unwrapped = unwrapper.unwrap(&arrival.frame[..]);
+        drop(arrival);
+        let now = Instant::now();
+        let mut state = pipeline.lock();
+        if !state.accepting {
+            // Stopping: what arrives now is not taken; senders retransmit.
+            continue;
+        }
+        admit(&mut state.mixer, &pipeline.loops, metrics, now, unwrapped);
+        pipeline.release_due(&mut state, now);
+        let next = state.mixer.poll_timeout();
+        let entries = state.mixer.replay_entries();
+        let wake = next.is_some_and(|n| state.timer_at.is_none_or(|t| n < t));
+        drop(state);
+        metrics.replay_filter_entries.set(gauge_value(entries));
+        if wake {
+            pipeline.wake.notify_one();
+        }
     }
 }
 
-/// Owns the [`Mixer`]: admits unwrapped packets, sleeps until the next
-/// release, hands released packets to their next hop, and takes the keys in
-/// force whenever they change.
-#[allow(clippy::too_many_arguments)]
+/// Releases held packets as their delays end, takes the keys in force
+/// whenever they change, and drains the delay queue when the node stops.
 async fn mix(
-    mut mixer: Mixer,
-    loops: Arc<Mutex<LoopTracker>>,
+    pipeline: Arc<Pipeline>,
     mut keys: watch::Receiver<Vec<EpochKey>>,
-    mut unwrapped: mpsc::Receiver<Unwrap>,
-    consensus: ConsensusWatch,
-    outbound: Arc<Outbound>,
-    metrics: Arc<Metrics>,
-    mut packet_log: Option<PacketLog>,
     (mut drain, drained): (watch::Receiver<bool>, tokio::sync::oneshot::Sender<usize>),
 ) -> Result<()> {
     // Set once the node stops: no new packets; release until then.
     let mut draining: Option<Instant> = None;
-    let mut input_done = false;
     let mut drained = Some(drained);
+    let metrics = pipeline.metrics.clone();
     loop {
         let now = Instant::now();
-        let mut wake = mixer
-            .poll_timeout()
-            .unwrap_or(now + Duration::from_secs(3600));
+        let (mut wake, queued) = {
+            let mut state = pipeline.lock();
+            pipeline.release_due(&mut state, now);
+            let wake = state
+                .mixer
+                .poll_timeout()
+                .unwrap_or(now + Duration::from_secs(3600));
+            state.timer_at = Some(wake);
+            (wake, state.mixer.queued())
+        };
+        metrics.delay_queue_depth.set(gauge_value(queued));
+        // Done once every packet admitted before the stop was released, or
+        // at the bound.
+        if let Some(deadline) = draining
+            && (queued == 0 || now >= deadline)
+        {
+            if let Some(tx) = drained.take() {
+                let _ = tx.send(queued);
+            }
+            // Stay until the node stops the task: returning would look like
+            // a failure to `wait`.
+            std::future::pending::<()>().await;
+        }
         if let Some(deadline) = draining {
             wake = wake.min(deadline);
         }
@@ -469,31 +632,12 @@ async fn mix(
                 // A stop, or the node dropped its sender (stopping too).
                 if changed.is_err() || *drain.borrow() {
                     draining = Some(Instant::now() + DRAIN_BOUND);
-                    unwrapped.close();
-                    tracing::info!(held = mixer.queued(), "stopping: releasing the packets held");
+                    let mut state = pipeline.lock();
+                    state.accepting = false;
+                    tracing::info!(held = state.mixer.queued(), "stopping: releasing the packets held");
                 }
             }
-            received = unwrapped.recv(), if !input_done => {
-                let Some(first) = received else {
-                    if draining.is_some() {
-                        input_done = true;
-                        continue;
-                    }
-                    return Err(Error::TaskFailed {
-                        what: "mixer",
-                        why: "packet workers stopped".into(),
-                    });
-                };
-                let now = Instant::now();
-                admit(&mut mixer, &loops, &metrics, now, first);
-                // Take what else is waiting; the queue bounds this loop.
-                while let Ok(next) = unwrapped.try_recv() {
-                    admit(&mut mixer, &loops, &metrics, now, next);
-                }
-                metrics
-                    .replay_filter_entries
-                    .set(gauge_value(mixer.replay_entries()));
-            }
+            () = pipeline.wake.notified() => {}
             () = tokio::time::sleep_until(wake.into()) => {}
             changed = keys.changed() => {
                 if changed.is_err() {
@@ -504,7 +648,7 @@ async fn mix(
                 }
                 let in_force = keys.borrow_and_update().clone();
                 let epochs: Vec<u64> = in_force.iter().map(|k| k.epoch).collect();
-                mixer.set_keys(in_force)?;
+                pipeline.lock().mixer.set_keys(in_force)?;
                 tracing::info!(?epochs, "processing packets under the Sphinx keys of these epochs");
                 metrics.sphinx_keys.set(gauge_value(epochs.len()));
                 metrics.sphinx_key_epoch.set(
@@ -512,35 +656,6 @@ async fn mix(
                 );
             }
         }
-        let now = Instant::now();
-        let mut held_consensus = None;
-        let mut stale = false;
-        while let Some(transmit) = mixer.poll_transmit(now) {
-            let c = held_consensus.get_or_insert_with(|| consensus.current());
-            let sent = forward(transmit, c.as_deref(), &outbound, &metrics, &mut packet_log);
-            if let Err(reason) = sent {
-                stale |= matches!(reason, DropReason::UnknownNextHop | DropReason::NoConsensus);
-                mixer.record_drop(reason);
-            }
-        }
-        if stale {
-            // A node joined after our fetch, or the epoch turned: look again
-            // now rather than at the next periodic refresh.
-            consensus.nudge();
-        }
-        // Done once every packet taken off the link before the stop was
-        // admitted and released, or at the bound.
-        if let Some(deadline) = draining
-            && ((input_done && mixer.queued() == 0) || Instant::now() >= deadline)
-        {
-            if let Some(tx) = drained.take() {
-                let _ = tx.send(mixer.queued());
-            }
-            // Stay until the node stops the task: returning would look like
-            // a failure to `wait`.
-            std::future::pending::<()>().await;
-        }
-        metrics.delay_queue_depth.set(gauge_value(mixer.queued()));
     }
 }
 
@@ -618,7 +733,18 @@ fn admit(
     now: Instant,
     unwrapped: Unwrap,
 ) {
-    let reason = match mixer.handle_unwrapped(now, unwrapped) {
+    let turnovers = mixer.stats().replay_turnovers;
+    let outcome = mixer.handle_unwrapped(now, unwrapped);
+    if mixer.stats().replay_turnovers > turnovers {
+        metrics.replay_filter_turnovers.inc();
+        tracing::warn!(
+            capacity = mixer.replay_capacity(),
+            "a replay filter filled before its Sphinx key expired and forgot its oldest \
+             generation: replays of those packets would pass. More packets came than \
+             max_packet_rate sized it for; raise max_packet_rate"
+        );
+    }
+    let reason = match outcome {
         Outcome::Delayed { .. } => return,
         Outcome::Dropped(reason) => reason,
         Outcome::Reply { mailbox, reply } => {

@@ -24,6 +24,7 @@ pub struct ReplayFilter {
     previous: Bloom<ReplayTag>,
     in_current: usize,
     capacity: usize,
+    turnovers: u64,
 }
 
 impl ReplayFilter {
@@ -35,6 +36,7 @@ impl ReplayFilter {
             previous: generation(capacity)?,
             in_current: 0,
             capacity,
+            turnovers: 0,
         })
     }
 
@@ -52,6 +54,12 @@ impl ReplayFilter {
     /// Tags a generation holds before the next one starts.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// How many times a full generation was replaced by a fresh one, each
+    /// time forgetting the tags of the one before.
+    pub fn turnovers(&self) -> u64 {
+        self.turnovers
     }
 
     /// Records `tag`; true if it was (probably) seen before.
@@ -72,6 +80,7 @@ impl ReplayFilter {
                 }
             }
             self.in_current = 0;
+            self.turnovers += 1;
         }
         self.current.set(tag);
         self.in_current += 1;
@@ -118,11 +127,13 @@ mod tests {
         for i in 0..n {
             false_positives += usize::from(f.check_and_insert(&tag(i)));
         }
+        assert_eq!(f.turnovers(), 0, "full, but not turned over yet");
         // Rotates: tags 0..n move to the previous generation, still known.
         for i in n..2 * n {
             false_positives += usize::from(f.check_and_insert(&tag(i)));
         }
         assert!(false_positives <= 2, "{false_positives} false positives");
+        assert_eq!(f.turnovers(), 1);
         for i in 0..2 * n {
             assert!(f.check_and_insert(&tag(i)), "tag {i} forgotten too early");
         }

@@ -149,7 +149,7 @@ impl Unwrapped {
 /// sees the keys the [`Mixer`] it came from was last given.
 #[derive(Clone)]
 pub struct Unwrapper {
-    /// Swapped whole by [`Mixer::set_keys`]; a worker clones the inner `Arc`
+    /// Swapped whole by [`Mixer::set_keys`]; a packet thread clones the inner `Arc`
     /// and lets go of the lock before any Diffie-Hellman.
     keys: Arc<RwLock<Arc<[EpochKey]>>>,
 }
@@ -173,8 +173,19 @@ impl Unwrapper {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let secrets: Vec<&SphinxSecretKey> = keys.iter().map(|k| &k.secret).collect();
-        let (index, prepared) = Prepared::with_keys(frame, &secrets).map_err(sphinx_reason)?;
+        let first = &keys.first().ok_or(DropReason::UnknownKey)?.secret;
+        let (index, prepared) = if keys.len() <= KEYS_ON_STACK {
+            // Current, next and the previous in grace: no allocation.
+            let mut secrets = [first; KEYS_ON_STACK];
+            for (slot, k) in secrets.iter_mut().zip(keys.iter()) {
+                *slot = &k.secret;
+            }
+            Prepared::with_keys(frame, &secrets[..keys.len()])
+        } else {
+            let secrets: Vec<&SphinxSecretKey> = keys.iter().map(|k| &k.secret).collect();
+            Prepared::with_keys(frame, &secrets)
+        }
+        .map_err(sphinx_reason)?;
         let epoch = keys.get(index).ok_or(DropReason::UnknownKey)?.epoch;
         let tag = prepared.replay_tag();
         let kind = match prepared.process().map_err(sphinx_reason)? {
@@ -194,6 +205,9 @@ impl Unwrapper {
         Ok(Unwrapped { epoch, tag, kind })
     }
 }
+
+/// Keys tried without allocating: a node holds at most three at once.
+const KEYS_ON_STACK: usize = 4;
 
 fn sphinx_reason(e: bastet_sphinx::Error) -> DropReason {
     match e {
@@ -366,7 +380,7 @@ impl Mixer {
         self.replay.keys().copied().collect()
     }
 
-    /// The stateless half, to run on worker threads.
+    /// The stateless half, to run on the packet threads.
     pub fn unwrapper(&self) -> Unwrapper {
         self.unwrapper.clone()
     }
@@ -403,7 +417,7 @@ impl Mixer {
         unwrapped: std::result::Result<Unwrapped, DropReason>,
     ) -> std::result::Result<Admitted, DropReason> {
         let u = unwrapped?;
-        // A worker may have unwrapped it just before its key was dropped.
+        // A packet thread may have unwrapped it just before its key was dropped.
         let replay = self
             .replay
             .get_mut(&u.epoch)

@@ -53,6 +53,17 @@ impl Packet {
         Ok(Packet(bytes.into()))
     }
 
+    /// Takes `bytes` without copying them, checking only the length.
+    pub fn from_vec(bytes: Vec<u8>) -> Result<Self> {
+        if bytes.len() != PACKET_LEN {
+            return Err(Error::WrongPacketLength {
+                got: bytes.len(),
+                expected: PACKET_LEN,
+            });
+        }
+        Ok(Packet(bytes.into_boxed_slice()))
+    }
+
     /// The wire bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -205,7 +216,7 @@ impl Prepared {
             } => Ok(Processed::Forward {
                 next_hop: NodeId(next_hop_address.to_bytes()),
                 delay: delay.to_duration(),
-                packet: Packet::from_bytes(&next_hop_packet.to_bytes())?,
+                packet: Packet::from_vec(next_hop_packet.to_bytes())?,
             }),
             ProcessedPacketData::FinalHop {
                 destination,

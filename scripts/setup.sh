@@ -5,7 +5,10 @@
 # (the tests check the unit files in deploy/systemd with it) and Chromium
 # (testnet/tests/web.rs renders the testnet's live view headless) and
 # libfaketime (the clock-skew chaos scenario runs a node with its clock ahead)
-# and nftables (the partition chaos scenario cuts a node's port off).
+# and nftables (the partition chaos scenario cuts a node's port off),
+# pkg-config with libopus-dev and libdav1d-dev (bastet-call links the system
+# Opus codec and the AV1 decoder, found through pkg-config) and nasm (the
+# AV1 encoder's SIMD assembly, without which it is too slow for a call).
 # Debian/Ubuntu (apt-get); runs as root, or through sudo when available.
 set -euo pipefail
 
@@ -34,9 +37,14 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(faketime)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+has_pkg() { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists "$1"; }
+has_pkg opus || missing+=(libopus-dev)
+has_pkg dav1d || missing+=(libdav1d-dev)
+command -v nasm >/dev/null 2>&1 || missing+=(nasm)
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "setup: clang, libclang, a C++ compiler, systemd-analyze, chromium, libfaketime and nft are present"
+    echo "setup: clang, libclang, a C++ compiler, systemd-analyze, chromium, libfaketime, nft, pkg-config, libopus, libdav1d and nasm are present"
 else
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "setup: missing ${missing[*]}; install them with your package manager" >&2

@@ -20,6 +20,7 @@ use crate::outbox::{DeliveryState, MAX_IN_FLIGHT, Outgoing, RoundTrip, ack_timeo
 use crate::packets::{RouteChoice, fragment_packet};
 use crate::policy::{RoutePolicy, choose_policy_route};
 use crate::route::{RouteNode, mailbox_descriptor};
+use crate::send_log::{SendLog, SendNote};
 use crate::{Address, ClientConfig, ClientKeys, DataDir, Error, Result};
 
 /// How often `inbox --wait` and `send` poll the mailbox.
@@ -379,6 +380,12 @@ impl Client {
             ..OutboundConfig::default()
         });
         let own_server = self.config.mailbox_server_id()?;
+        let send_log = self
+            .config
+            .test_send_log
+            .as_deref()
+            .map(SendLog::open)
+            .transpose()?;
         let base_timeout = ack_timeout(self.config.mix_delay(), POLL_INTERVAL);
         let mut round_trip = RoundTrip::default();
         let mut fragments: Vec<Vec<Vec<u8>>> = Vec::with_capacity(messages.len());
@@ -436,9 +443,17 @@ impl Client {
                         break;
                     }
                     window -= 1;
+                    let note = send_log.as_ref().map(|log| {
+                        let note = SendNote::Real {
+                            recipient: to.mailbox,
+                            message: m.message_id.clone(),
+                            fragment: index,
+                        };
+                        (log, note)
+                    });
                     let sent = self.send_fragment(
                         &network.consensus,
-                        &outbound,
+                        (&outbound, note),
                         to,
                         &own_server,
                         &fragments[i][index],
@@ -512,7 +527,7 @@ impl Client {
     fn send_fragment(
         &self,
         consensus: &VerifiedConsensus,
-        outbound: &Outbound,
+        (outbound, note): (&Outbound, Option<(&SendLog, SendNote)>),
         to: &Address,
         own_server: &NodeId,
         fragment: &[u8],
@@ -527,12 +542,16 @@ impl Client {
         let rng = &mut rand::rng();
         let (built, ack_id, keys) =
             fragment_packet(&choice, &self.keys, to, own_server, fragment, rng)?;
+        let logged = note.map(|(log, note)| (log, note, built.packet.clone()));
         outbound
             .send(&built.peer, built.packet)
             .map_err(|e| Error::Send {
                 addr: built.peer.addr.clone(),
                 why: e.to_string(),
             })?;
+        if let Some((log, note, packet)) = logged {
+            log.record(&packet, &note);
+        }
         Ok((ack_id, keys, built.nodes))
     }
 

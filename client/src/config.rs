@@ -2,6 +2,7 @@
 //! is, its route policy and its traffic (Loopix) parameters.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bastet_directory::DirectoryConfig;
@@ -145,6 +146,20 @@ pub struct ClientConfig {
     /// clients apart on loopback. Default: the system's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_addr: Option<String>,
+    /// Must be `true` for any `test_*` key to be accepted: a guard against
+    /// a test setting reaching a real client.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub test_hooks: bool,
+    /// Test hook (needs `test_hooks = true`): append one line per packet
+    /// handed to a first mix to this file, `<unix micros> <frame id>
+    /// <real|drop|loop> <recipient mailbox id or -> <message id>:<fragment
+    /// or ->`. It tells real packets from cover, so never on a real client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_send_log: Option<PathBuf>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The commented-out `[route]` section `init` writes.
@@ -176,6 +191,8 @@ impl ClientConfig {
             directory,
             route: RoutePolicy::default(),
             source_addr: None,
+            test_hooks: false,
+            test_send_log: None,
         }
     }
 
@@ -187,7 +204,17 @@ impl ClientConfig {
         self.directory.validate()?;
         self.route.validate("route.")?;
         self.source_ip()?;
-        Ok(())
+        match &self.test_send_log {
+            Some(p) if p.as_os_str().is_empty() => Err(Error::Config(
+                "test_send_log: must be a file path (or left out)".into(),
+            )),
+            Some(_) if !self.test_hooks => Err(Error::Config(
+                "test_send_log: is a test hook that tells real packets from cover: it needs \
+                 `test_hooks = true`"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The parsed `source_addr`.
@@ -304,6 +331,14 @@ impl ClientConfig {
             Some(a) => format!("source_addr = {}", toml::Value::String(a.clone())),
             None => "# source_addr = \"192.0.2.7\"".to_string(),
         };
+        let test_hooks = match (&self.test_send_log, self.test_hooks) {
+            (Some(p), true) => format!(
+                "test_hooks = true\ntest_send_log = {}",
+                toml::Value::String(p.to_string_lossy().into_owned())
+            ),
+            (None, true) => "test_hooks = true".to_string(),
+            _ => "# test_hooks = false\n# test_send_log = \"/tmp/bastet-send.log\"".to_string(),
+        };
         Ok(format!(
             "# Bastet client configuration, written by `bastet init`.\n\
              # Environment overrides: {ENV_PREFIX}__<KEY>, e.g. {ENV_PREFIX}__TRAFFIC__PRESET=paranoid.\n\
@@ -315,6 +350,11 @@ impl ClientConfig {
              # Bind outgoing packet connections to this local address (multi-homed hosts;\n\
              # the testnet uses it to tell clients apart on loopback). Default: any.\n\
              {source_addr}\n\
+             # TEST HOOKS ONLY, refused unless test_hooks = true: test_send_log appends a\n\
+             # line per packet sent to a file, \"<unix micros> <frame id> <real|drop|loop>\n\
+             # <recipient mailbox id or -> <message id>:<fragment or ->\" (which packets are\n\
+             # real, for whom: it undoes the cover traffic). Never on a real client.\n\
+             {test_hooks}\n\
              \n\
              {traffic}\n\
              # The directory authorities this client trusts (copied from --directory).\n\
@@ -552,6 +592,27 @@ mod tests {
         let mut c = sample();
         c.mailbox_id = "00".into();
         assert!(c.validate().unwrap_err().to_string().contains("mailbox_id"));
+    }
+
+    #[test]
+    fn the_send_log_needs_the_test_hooks_switch_and_round_trips() {
+        let mut c = sample();
+        c.test_send_log = Some(PathBuf::from("/tmp/send.log"));
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("test_send_log") && err.contains("test_hooks"),
+            "{err}"
+        );
+        c.test_hooks = true;
+        c.validate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, c.to_commented_toml().unwrap()).unwrap();
+        let loaded: ClientConfig =
+            bastet_directory::load_config(&path, "BASTET_CLIENT_TEST_SENDLOG").unwrap();
+        assert_eq!(loaded, c);
+        let text = sample().to_commented_toml().unwrap();
+        assert!(text.contains("\n# test_send_log = "), "{text}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod address;
+mod anonymity;
 pub mod backup;
 mod card;
 mod client;
@@ -21,9 +22,14 @@ mod poisson;
 mod policy;
 mod reliability;
 mod route;
+mod send_log;
 pub mod store;
 
 pub use address::{ADDRESS_LEN, ADDRESS_PREFIX, ADDRESS_VERSION, Address};
+pub use anonymity::{
+    AnonymityReport, AnonymityWarning, DEFAULT_MIX_COVER_DELAY, DEFAULT_MIX_COVER_RATE,
+    ESTIMATED_CLIENTS, Estimate, MIN_MIXES_PER_LAYER, MIN_POOL, NetworkLoad, sender_entropy_bits,
+};
 pub use card::{
     CARD_PREFIX, CARD_VERSION, Card, MAX_CARD_LEN, MAX_CARD_TEXT_LEN, qr_png, qr_terminal,
     safety_number,

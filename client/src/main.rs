@@ -2129,6 +2129,9 @@ fn print_status(s: &StatusReport, json: bool) -> CliResult<()> {
         ),
         None => println!("storage: plain files (not encrypted at rest; see `bastet store create`)"),
     }
+    if let Some(a) = &s.anonymity {
+        print_anonymity(a);
+    }
     if !s.scores.is_empty() {
         println!("node reliability (from loops), least reliable first:");
         for n in s.scores.iter().take(10) {
@@ -2142,6 +2145,41 @@ fn print_status(s: &StatusReport, json: bool) -> CliResult<()> {
         }
     }
     Ok(())
+}
+
+/// The anonymity section of `bastet status`.
+fn print_anonymity(a: &bastet_client::AnonymityReport) {
+    let layers: Vec<String> = a.mixes_per_layer.iter().map(usize::to_string).collect();
+    println!("anonymity (estimate; this client cannot see how many clients are active):",);
+    println!(
+        "  {} mixes per layer, {} mailbox servers; each client {:.2} packets/s, each mixnode {} loops/s{}",
+        layers.join("/"),
+        a.mailboxes,
+        a.client_rate,
+        a.mix_cover_rate,
+        if a.mix_cover_published {
+            ""
+        } else {
+            " (mixnode default, not in the consensus)"
+        }
+    );
+    println!(
+        "  mixnode cover alone keeps {:.2} packets in each mix",
+        a.floor_pool_per_mix
+    );
+    for e in &a.estimates {
+        println!(
+            "  {:>5} active clients: {:.1} packets per mix, sender entropy {:.1} of {:.1} bits (≈ {:.0} equally likely senders)",
+            e.clients,
+            e.pool_per_mix,
+            e.entropy_bits,
+            (e.clients.max(1) as f64).log2(),
+            e.effective_senders
+        );
+    }
+    for w in &a.warnings {
+        println!("  warning: {w}");
+    }
 }
 
 fn print_inbox(report: &InboxReport, json: bool) -> CliResult<()> {

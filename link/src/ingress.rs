@@ -27,7 +27,8 @@ pub struct IngressConfig {
     /// A frame must be complete this long after its first byte arrived
     /// (slow senders hold a slot for at most this long per frame).
     pub frame_timeout: Duration,
-    /// Test hook: record every frame received (time, peer address, length).
+    /// Test hook: record every frame received (time, peer address, length,
+    /// frame id).
     pub log: Option<Arc<IngressLog>>,
 }
 
@@ -179,7 +180,7 @@ async fn connection(
         }
         stats.frames.fetch_add(1, Ordering::Relaxed);
         if let Some(log) = &config.log {
-            log.record(peer.ip(), FRAME_LEN);
+            log.record(peer.ip(), &frame[..]);
         }
         match tx.offer(frame) {
             Offered::Taken => {}
@@ -336,11 +337,16 @@ mod tests {
         }
         log.flush();
         let text = std::fs::read_to_string(&path).unwrap();
-        let want = format!(" 127.0.0.2 {FRAME_LEN}");
-        assert_eq!(
-            text.lines().filter(|l| l.ends_with(&want)).count(),
-            2,
-            "{text}"
-        );
+        for b in [1u8, 2] {
+            let want = format!(
+                " 127.0.0.2 {FRAME_LEN} {}",
+                crate::frame_id(&[b; FRAME_LEN])
+            );
+            assert_eq!(
+                text.lines().filter(|l| l.ends_with(&want)).count(),
+                1,
+                "{text}"
+            );
+        }
     }
 }

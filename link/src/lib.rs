@@ -17,7 +17,7 @@ pub use error::Error;
 pub use frame::{FRAME_LEN, read_frame, write_frame};
 pub use https::{https_client, serve_https, serve_https_counted};
 pub use ingress::{Frame, FrameSink, IngressConfig, IngressStats, Offered, serve_packets};
-pub use ingress_log::{INGRESS_LOG_LIMIT, IngressLog};
+pub use ingress_log::{FrameId, INGRESS_LOG_LIMIT, IngressLog, TestLog, frame_id, unix_micros};
 pub use metrics::{MIN_FREE_BYTES, Readiness, check_free_space, free_bytes, serve_metrics};
 pub use packet_log::{PACKET_LOG_LIMIT, PacketLog};
 pub use pool::{Outbound, OutboundConfig, Peer, SendError};

@@ -1,6 +1,6 @@
 //! `mailbox.toml` and `init`, which writes it next to fresh keys.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use bastet_directory::{
@@ -33,6 +33,11 @@ pub struct MailboxConfig {
     pub public_api_addr: Option<String>,
     /// Plain-HTTP `/health` and `/metrics`.
     pub metrics_listen: SocketAddr,
+    /// Local address connections into the mixnet (acks) leave from (an IP
+    /// address): on a host with several addresses, the one the mixes see.
+    /// Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_addr: Option<IpAddr>,
     /// ISO 3166-1 alpha-2 code of the jurisdiction the server runs in.
     pub jurisdiction: String,
     /// Who runs the server.
@@ -60,6 +65,21 @@ pub struct MailboxConfig {
     /// Test hook: append every stored payload to this file (bounded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packet_log: Option<PathBuf>,
+    /// Must be `true` for any `test_*` key to be accepted: a guard against a
+    /// test setting reaching a real server.
+    #[serde(default)]
+    pub test_hooks: bool,
+    /// Test hook (needs `test_hooks = true`): append one line per frame
+    /// received to this file, `<unix micros> <peer ip> <frame length>
+    /// <frame id>`, as the mixnode's hook of the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_ingress_log: Option<PathBuf>,
+    /// Test hook (needs `test_hooks = true`): append one line per packet
+    /// opened to this file, `<frame id> <kind> <mailbox id hex>`, kind
+    /// `message`, `reply` or `cover` (whose mailbox is `-`): what each
+    /// arriving packet was and whose mailbox it was for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_store_log: Option<PathBuf>,
     /// The directory authorities.
     pub directory: DirectoryConfig,
 }
@@ -143,6 +163,31 @@ impl MailboxConfig {
                 "sphinx_key_grace_secs",
                 "must be at most directory.epoch_secs",
             ));
+        }
+        for (key, path, what) in [
+            (
+                "test_ingress_log",
+                &self.test_ingress_log,
+                "records who sent what when",
+            ),
+            (
+                "test_store_log",
+                &self.test_store_log,
+                "records what each packet was and for whom",
+            ),
+        ] {
+            match path {
+                Some(p) if p.as_os_str().is_empty() => {
+                    return Err(bad(key, "must be a file path (or left out)"));
+                }
+                Some(_) if !self.test_hooks => {
+                    return Err(bad(
+                        key,
+                        &format!("is a test hook that {what}: it needs `test_hooks = true`"),
+                    ));
+                }
+                _ => {}
+            }
         }
         let distinct = [self.listen, self.api_listen, self.metrics_listen];
         if distinct
@@ -259,6 +304,7 @@ pub fn init(options: InitOptions) -> Result<InitInfo> {
         api_listen: options.api_listen,
         public_api_addr: options.public_api_addr,
         metrics_listen: options.metrics_listen,
+        source_addr: None,
         jurisdiction: options.jurisdiction,
         operator: options.operator,
         quota_messages: default_quota_messages(),
@@ -267,6 +313,9 @@ pub fn init(options: InitOptions) -> Result<InitInfo> {
         min_free_mib: default_min_free_mib(),
         sphinx_key_grace_secs: None,
         packet_log: options.packet_log,
+        test_hooks: false,
+        test_ingress_log: None,
+        test_store_log: None,
         directory: options.directory,
     };
     config.validate()?;
@@ -336,6 +385,10 @@ fn commented(c: &MailboxConfig) -> Result<String> {
          # management network.\n\
          metrics_listen = {metrics_listen}\n\
          \n\
+         # Local address connections into the mixnet (acks) leave from, on a host with\n\
+         # several addresses: the one the mixes see. Default: the system's choice.\n\
+         {source_addr}\n\
+         \n\
          # Where this server runs (ISO 3166-1 alpha-2, in capitals); published so that\n\
          # clients can choose routes by jurisdiction.\n\
          jurisdiction = {jurisdiction}\n\
@@ -364,6 +417,14 @@ fn commented(c: &MailboxConfig) -> Result<String> {
          \n\
          # FOR TESTS ONLY: append every stored payload to this file (at most 64 MiB).\n\
          {packet_log}\n\
+         # TEST HOOKS ONLY, refused unless test_hooks = true. test_ingress_log appends a\n\
+         # line per packet received to a file, \"<unix micros> <peer ip> <frame length>\n\
+         # <frame id>\" (who sent what when); test_store_log a line per packet opened,\n\
+         # \"<frame id> <message|reply|cover> <mailbox id>\" (what it was, for whom).\n\
+         # Never on a real server; each stops at 64 MiB.\n\
+         # test_hooks = false\n\
+         # test_ingress_log = \"/tmp/bastet-mailbox-ingress.log\"\n\
+         # test_store_log = \"/tmp/bastet-mailbox-store.log\"\n\
          \n\
          # The directory authorities this server publishes its descriptor to.\n\
          {directory}",
@@ -377,6 +438,10 @@ fn commented(c: &MailboxConfig) -> Result<String> {
             "mailbox.example.org:9443"
         ),
         metrics_listen = value(c.metrics_listen.to_string()),
+        source_addr = match c.source_addr {
+            Some(a) => format!("source_addr = {}", value(a.to_string())),
+            None => "# source_addr = \"192.0.2.7\"".into(),
+        },
         jurisdiction = value(c.jurisdiction.as_str()),
         operator = value(c.operator.as_str()),
         quota = c.quota_messages,
@@ -454,6 +519,36 @@ mod tests {
             NodeKeys::load(&config.data_dir).unwrap().node_id().to_hex(),
             info.node_id
         );
+    }
+
+    #[test]
+    fn test_hooks_need_the_switch_and_source_addr_must_be_an_ip_address() {
+        let tmp = tempfile::tempdir().unwrap();
+        let info = init(options(tmp.path())).unwrap();
+        let text = std::fs::read_to_string(&info.config).unwrap();
+        assert!(text.contains("\n# source_addr = "), "{text}");
+        assert!(text.contains("\n# test_store_log = "), "{text}");
+        let config = MailboxConfig::load(&info.config).unwrap();
+        assert!(!config.test_hooks && config.source_addr.is_none());
+        let load = |extra: &str| {
+            std::fs::write(&info.config, format!("{extra}\n{text}")).unwrap();
+            MailboxConfig::load(&info.config)
+        };
+        for key in ["test_ingress_log", "test_store_log"] {
+            let err = load(&format!("{key} = \"/tmp/x.log\""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("test_hooks"), "{err}");
+        }
+        let on =
+            load("test_hooks = true\ntest_store_log = \"/tmp/s.log\"\nsource_addr = \"127.0.0.9\"")
+                .unwrap();
+        assert_eq!(on.test_store_log, Some(PathBuf::from("/tmp/s.log")));
+        assert_eq!(on.source_addr, Some("127.0.0.9".parse().unwrap()));
+        let err = load("source_addr = \"mailbox.example\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source_addr"), "{err}");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use bastet_directory::{
     publish_rotating_forever, rotate_forever, unix_now,
 };
 use bastet_link::{
-    ConnectionStats, Direction, Frame, IngressConfig, IngressStats, Outbound, OutboundConfig,
-    PacketLog, TlsIdentity,
+    ConnectionStats, Direction, Frame, IngressConfig, IngressLog, IngressStats, Outbound,
+    OutboundConfig, PacketLog, TestLog, TlsIdentity, frame_id,
 };
 use bastet_sphinx::AckRequest;
 use prometheus_client::registry::Registry;
@@ -87,6 +87,38 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
         })?),
         None => None,
     };
+    let ingress_log = config
+        .test_ingress_log
+        .as_deref()
+        .map(|path| {
+            let log = IngressLog::open(path).map_err(|e| Error::File {
+                path: path.to_path_buf(),
+                why: format!("test_ingress_log: {e}"),
+            })?;
+            tracing::warn!(
+                path = %path.display(),
+                "TEST HOOK test_ingress_log is on: the time, sender address and length of \
+                 every packet received are written to disk. Never run a real server like this."
+            );
+            Ok::<_, Error>(Arc::new(log))
+        })
+        .transpose()?;
+    let store_log = config
+        .test_store_log
+        .as_deref()
+        .map(|path| {
+            let log = TestLog::open(path).map_err(|e| Error::File {
+                path: path.to_path_buf(),
+                why: format!("test_store_log: {e}"),
+            })?;
+            tracing::warn!(
+                path = %path.display(),
+                "TEST HOOK test_store_log is on: what every packet received was and whose \
+                 mailbox it was for are written to disk. Never run a real server like this."
+            );
+            Ok::<_, Error>(Arc::new(log))
+        })
+        .transpose()?;
 
     let bind_err = |addr, what| move |source| Error::Bind { addr, what, source };
     let packet_listener = tokio::net::TcpListener::bind(config.listen)
@@ -113,7 +145,10 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
         .replay_filter_capacity
         .set(i64::try_from(config.replay_filter_capacity).unwrap_or(i64::MAX));
     let stats = Arc::new(IngressStats::default());
-    let outbound = Arc::new(Outbound::new(OutboundConfig::default()));
+    let outbound = Arc::new(Outbound::new(OutboundConfig {
+        bind_addr: config.source_addr,
+        ..OutboundConfig::default()
+    }));
     let api_connections = Arc::new(ConnectionStats::default());
     bastet_link::register_peer_connections(
         &mut registry,
@@ -130,9 +165,12 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
     let (tx, rx) = mpsc::channel::<Frame>(INGRESS_QUEUE);
     {
         let (tls, stats) = (tls.clone(), stats.clone());
+        let ingress = IngressConfig {
+            log: ingress_log.clone(),
+            ..IngressConfig::default()
+        };
         tasks.spawn(async move {
-            bastet_link::serve_packets(packet_listener, &tls, IngressConfig::default(), tx, stats)
-                .await?;
+            bastet_link::serve_packets(packet_listener, &tls, ingress, tx, stats).await?;
             Ok(())
         });
     }
@@ -167,7 +205,11 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
             Ok(())
         });
     }
-    tasks.spawn(count_link_drops(stats, metrics.clone()));
+    tasks.spawn(count_link_drops(
+        stats,
+        metrics.clone(),
+        (ingress_log.clone(), store_log.clone()),
+    ));
     tasks.spawn({
         let keyring = keyring.clone();
         async move {
@@ -202,7 +244,15 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
     let (stop_tx, stop_rx) = watch::channel(false);
     let disk = DiskGuard::new(config.data_dir.clone(), config.min_free_bytes());
     let mut pipeline = tokio::spawn(pipeline(
-        rx, hop, keys_rx, store, disk, metrics, packet_log, acks, stop_rx,
+        rx,
+        hop,
+        keys_rx,
+        store,
+        disk,
+        metrics,
+        (packet_log, store_log.clone()),
+        acks,
+        stop_rx,
     ));
 
     tracing::info!(
@@ -236,7 +286,14 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
     tasks.abort_all();
     // The pipeline stores everything already read off the link, then ends.
     let _ = stop_tx.send(true);
-    match pipeline.await {
+    let ended = pipeline.await;
+    if let Some(log) = &ingress_log {
+        log.flush();
+    }
+    if let Some(log) = &store_log {
+        log.flush();
+    }
+    match ended {
         Ok(Ok(())) => outcome,
         Ok(Err(e)) => Err(e),
         Err(e) => Err(Error::Config(format!("the packet pipeline failed: {e}"))),
@@ -245,11 +302,22 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
 
 /// Moves the link's counts into the metrics: frames shed under load, and
 /// frames cut short by a peer that hung up or stalled inside one (no
-/// packet, so not counted received).
-async fn count_link_drops(stats: Arc<IngressStats>, metrics: Metrics) -> Result<()> {
+/// packet, so not counted received). Flushes the test logs, so that their
+/// files are never more than a period behind.
+async fn count_link_drops(
+    stats: Arc<IngressStats>,
+    metrics: Metrics,
+    (ingress_log, store_log): (Option<Arc<IngressLog>>, Option<Arc<TestLog>>),
+) -> Result<()> {
     let (mut shed, mut cut) = (0, 0);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(log) = &ingress_log {
+            log.flush();
+        }
+        if let Some(log) = &store_log {
+            log.flush();
+        }
         let now = stats.dropped_overload.load(Ordering::Relaxed);
         if now > shed {
             metrics.packets_received.inc_by(now - shed);
@@ -316,7 +384,7 @@ async fn pipeline(
     store: Arc<Store>,
     mut disk: DiskGuard,
     metrics: Metrics,
-    mut packet_log: Option<PacketLog>,
+    (mut packet_log, store_log): (Option<PacketLog>, Option<Arc<TestLog>>),
     acks: Acks,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
@@ -366,14 +434,14 @@ async fn pipeline(
                 Err(_) => break,
             }
         }
-        let (store, batch_metrics) = (store.clone(), metrics.clone());
+        let (store, batch_metrics, store_log) = (store.clone(), metrics.clone(), store_log.clone());
         let done = tokio::task::spawn_blocking(move || {
             let stored = store_batch(
                 &mut hop,
                 &store,
                 &mut disk,
                 &batch_metrics,
-                packet_log.as_mut(),
+                (packet_log.as_mut(), store_log.as_deref()),
                 &frames,
             );
             (hop, disk, packet_log, stored)
@@ -455,7 +523,7 @@ fn store_batch(
     store: &Store,
     disk: &mut DiskGuard,
     metrics: &Metrics,
-    mut packet_log: Option<&mut PacketLog>,
+    (mut packet_log, store_log): (Option<&mut PacketLog>, Option<&TestLog>),
     frames: &[Frame],
 ) -> Vec<AckRequest> {
     let mut opened = Vec::with_capacity(frames.len());
@@ -463,7 +531,16 @@ fn store_batch(
     let mut acks = Vec::new();
     for frame in frames {
         metrics.packets_received.inc();
-        match hop.open(&frame[..]) {
+        let opened_now = hop.open(&frame[..]);
+        if let (Some(log), Ok(item)) = (store_log, &opened_now) {
+            let (kind, mailbox) = match item {
+                Opened::Message { mailbox, .. } => ("message", mailbox.to_hex()),
+                Opened::Reply { mailbox, .. } => ("reply", mailbox.to_hex()),
+                Opened::Cover { .. } => ("cover", "-".to_string()),
+            };
+            log.line(format_args!("{} {kind} {mailbox}", frame_id(&frame[..])));
+        }
+        match opened_now {
             Ok(Opened::Cover { ack }) => {
                 metrics.cover_received.inc();
                 acks.extend(ack);
@@ -575,7 +652,7 @@ mod tests {
         ];
 
         let mut disk = DiskGuard::new(dir.path().to_path_buf(), 1);
-        let acks = store_batch(&mut hop, &store, &mut disk, &metrics, None, &frames);
+        let acks = store_batch(&mut hop, &store, &mut disk, &metrics, (None, None), &frames);
         // The loop's ack, once: not the drop cover's, not the replay's.
         assert_eq!(acks, [ack]);
         assert_eq!(metrics.packets_received.get(), 4);
@@ -643,7 +720,7 @@ mod tests {
                 store.clone(),
                 DiskGuard::new(dir.path().to_path_buf(), 1),
                 metrics,
-                None,
+                (None, None),
                 Acks {
                     consensus: ConsensusWatch::fixed(None),
                     outbound: Arc::new(Outbound::new(OutboundConfig::default())),
@@ -708,7 +785,7 @@ mod tests {
             &store,
             &mut full,
             &metrics,
-            None,
+            (None, None),
             &[message(b"one")],
         );
         assert!(acks.is_empty(), "a refused packet is not acknowledged");
@@ -717,14 +794,23 @@ mod tests {
         assert!(store.list(&mailbox, None, 10).unwrap().0.is_empty());
 
         // Space back: the next packet (its sender's retransmission) is stored.
+        // With the store log on, it names the frame, its kind and mailbox.
         let mut roomy = DiskGuard::new(dir.path().to_path_buf(), 1);
+        let log_path = dir.path().join("store.log");
+        let log = TestLog::open(&log_path).unwrap();
+        let two = message(b"two");
         let acks = store_batch(
             &mut hop,
             &store,
             &mut roomy,
             &metrics,
-            None,
-            &[message(b"two")],
+            (None, Some(&log)),
+            std::slice::from_ref(&two),
+        );
+        log.flush();
+        assert_eq!(
+            std::fs::read_to_string(&log_path).unwrap(),
+            format!("{} message {}\n", frame_id(&two[..]), mailbox.to_hex())
         );
         assert_eq!(acks.len(), 1);
         assert_eq!(metrics.messages_stored.get(), 1);

@@ -1,6 +1,6 @@
 //! `mixnode.toml`: what `init` writes and `run` reads.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,6 +31,11 @@ pub struct MixnodeConfig {
     pub public_addr: Option<String>,
     /// Plain-HTTP `/health` and `/metrics`.
     pub metrics_listen: SocketAddr,
+    /// Local address connections to next hops leave from (an IP address):
+    /// on a host with several addresses, the one next hops see. Default:
+    /// the system's choice.
+    #[serde(default)]
+    pub source_addr: Option<IpAddr>,
     /// ISO 3166-1 alpha-2 code of where the node runs.
     pub jurisdiction: String,
     /// Who runs the node.
@@ -93,6 +98,14 @@ pub struct MixnodeConfig {
     /// that a test can see the timing and size of one sender's packets.
     #[serde(default)]
     pub test_ingress_log: Option<PathBuf>,
+    /// Test hook (needs `test_hooks = true`): append one line per packet
+    /// taken into the delay queue to this file, `<in frame id> <out frame
+    /// id>` (frame ids as in the ingress log, [`bastet_link::frame_id`]):
+    /// which packet left for which came in, the one thing only this node
+    /// knows. Its own cover loops are `- <out frame id>`, a loop ending
+    /// here `<in frame id> -`.
+    #[serde(default)]
+    pub test_hop_log: Option<PathBuf>,
     /// The directory authorities.
     pub directory: DirectoryConfig,
 }
@@ -252,6 +265,19 @@ impl MixnodeConfig {
             }
             _ => {}
         }
+        match &self.test_hop_log {
+            Some(p) if p.as_os_str().is_empty() => {
+                return bad("test_hop_log", "must be a file path (or left out)");
+            }
+            Some(_) if !self.test_hooks => {
+                return bad(
+                    "test_hop_log",
+                    "is a test hook that records which packet left for which came in (it \
+                     undoes this node's mixing): it needs `test_hooks = true`",
+                );
+            }
+            _ => {}
+        }
         self.directory.validate().map_err(|e| Error::Config {
             key: "directory",
             why: e.to_string(),
@@ -332,6 +358,10 @@ impl MixnodeConfig {
             Some(p) => format!("packet_log = {}", path(p)),
             None => "# packet_log = \"/tmp/bastet-mix-packets.bin\"".to_string(),
         };
+        let source_addr = match &self.source_addr {
+            Some(a) => format!("source_addr = {}", q(&a.to_string())),
+            None => "# source_addr = \"192.0.2.7\"".to_string(),
+        };
         let directory = self.directory.to_commented_section()?;
         Ok(format!(
             "# Bastet mixnode, written by `bastet-mixnode init`.\n\
@@ -348,6 +378,9 @@ impl MixnodeConfig {
              # Plain-HTTP /health and Prometheus /metrics. Keep it on loopback or a\n\
              # management network.\n\
              metrics_listen = {metrics_listen}\n\
+             # Local address connections to next hops leave from, on a host with several\n\
+             # addresses: the one the next hops see. Default: the system's choice.\n\
+             {source_addr}\n\
              # Where the node runs (ISO 3166-1 alpha-2, in capitals); published so that\n\
              # clients can choose routes by jurisdiction.\n\
              jurisdiction = {jurisdiction}\n\
@@ -396,11 +429,14 @@ impl MixnodeConfig {
              # TEST HOOKS ONLY, refused unless test_hooks = true. test_drop_fraction (fault\n\
              # injection) drops that fraction of received packets at random;\n\
              # test_ingress_log appends a line per packet received to a file,\n\
-             # \"<unix micros> <peer ip> <frame length>\" (who sent what when: never on a\n\
-             # real node; stops at 64 MiB).\n\
+             # \"<unix micros> <peer ip> <frame length> <frame id>\" (who sent what when);\n\
+             # test_hop_log a line per packet held, \"<in frame id> <out frame id>\" (which\n\
+             # packet left for which: it undoes the mixing). Never on a real node; each\n\
+             # stops at 64 MiB.\n\
              # test_hooks = false\n\
              # test_drop_fraction = 0.0\n\
              # test_ingress_log = \"/tmp/bastet-mix-ingress.log\"\n\
+             # test_hop_log = \"/tmp/bastet-mix-hops.log\"\n\
              \n\
              # Directory authorities this node publishes to and trusts for the consensus.\n\
              {directory}",
@@ -473,6 +509,7 @@ pub fn init(options: &InitOptions) -> Result<InitReport> {
         listen: options.listen,
         public_addr: options.public_addr.clone(),
         metrics_listen: options.metrics_listen,
+        source_addr: None,
         jurisdiction: options.jurisdiction.clone(),
         operator: options.operator.clone(),
         max_delay_ms: default_max_delay_ms(),
@@ -488,6 +525,7 @@ pub fn init(options: &InitOptions) -> Result<InitReport> {
         test_hooks: false,
         test_drop_fraction: 0.0,
         test_ingress_log: None,
+        test_hop_log: None,
         directory,
     };
     config.validate()?;
@@ -674,12 +712,46 @@ mod tests {
         )
         .unwrap();
         assert_eq!(log.test_ingress_log, Some(PathBuf::from("/tmp/x.log")));
+        let err = write("hops.toml", "test_hop_log = \"/tmp/h.log\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("test_hop_log") && err.contains("test_hooks"),
+            "{err}"
+        );
+        let hops = write(
+            "hops-on.toml",
+            "test_hooks = true\ntest_hop_log = \"/tmp/h.log\"",
+        )
+        .unwrap();
+        assert_eq!(hops.test_hop_log, Some(PathBuf::from("/tmp/h.log")));
         let on = write("on.toml", "test_hooks = true\ntest_drop_fraction = 0.1").unwrap();
         assert_eq!(on.test_drop_fraction, 0.1);
         let err = write("over.toml", "test_hooks = true\ntest_drop_fraction = 1.5")
             .unwrap_err()
             .to_string();
         assert!(err.contains("test_drop_fraction"), "{err}");
+    }
+
+    #[test]
+    fn source_addr_is_optional_and_must_be_an_ip_address() {
+        let tmp = tempfile::tempdir().unwrap();
+        let report = init(&options(tmp.path())).unwrap();
+        let text = std::fs::read_to_string(&report.config).unwrap();
+        assert!(text.contains("\n# source_addr = "), "{text}");
+        assert_eq!(
+            MixnodeConfig::load(&report.config).unwrap().source_addr,
+            None
+        );
+        let path = tmp.path().join("source.toml");
+        std::fs::write(&path, format!("source_addr = \"127.0.0.7\"\n{text}")).unwrap();
+        assert_eq!(
+            MixnodeConfig::load(&path).unwrap().source_addr,
+            Some("127.0.0.7".parse().unwrap())
+        );
+        std::fs::write(&path, format!("source_addr = \"mix.example\"\n{text}")).unwrap();
+        let err = MixnodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("source_addr"), "{err}");
     }
 
     #[test]

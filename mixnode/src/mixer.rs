@@ -141,6 +141,15 @@ impl Unwrapped {
     pub fn key_epoch(&self) -> u64 {
         self.epoch
     }
+
+    /// The packet to send on, layer removed; `None` for a SURB reply that
+    /// ends here.
+    pub fn packet(&self) -> Option<&Packet> {
+        match &self.kind {
+            Kind::Forward { packet, .. } => Some(packet),
+            Kind::Reply { .. } => None,
+        }
+    }
 }
 
 /// The CPU-heavy, stateless half of mixing: parse, one Diffie-Hellman per

@@ -36,7 +36,7 @@ use bastet_directory::{
 };
 use bastet_link::{
     Direction, Frame, FrameSink, IngressConfig, IngressLog, IngressStats, Offered, Outbound,
-    OutboundConfig, PacketLog, TlsIdentity, serve_packets,
+    OutboundConfig, PacketLog, TestLog, TlsIdentity, frame_id, serve_packets,
 };
 use bastet_sphinx::NodeId;
 use prometheus_client::registry::Registry;
@@ -93,6 +93,8 @@ struct Pipeline {
     consensus: ConsensusWatch,
     outbound: Arc<Outbound>,
     metrics: Arc<Metrics>,
+    /// The `test_hop_log` test hook.
+    hop_log: Option<Arc<TestLog>>,
     /// Set when the node is dropped or stopped: packet threads end.
     stopped: AtomicBool,
 }
@@ -157,6 +159,7 @@ pub struct Mixnode {
     consensus: ConsensusWatch,
     tasks: JoinSet<Result<()>>,
     ingress_log: Option<Arc<IngressLog>>,
+    hop_log: Option<Arc<TestLog>>,
     /// Tells the mixer to stop taking packets and release what it holds.
     drain: watch::Sender<bool>,
     /// Fires once the mixer has released (or given up on) what it held.
@@ -211,6 +214,11 @@ impl Mixnode {
             .test_ingress_log
             .as_deref()
             .map(open_ingress_log)
+            .transpose()?;
+        let hop_log = config
+            .test_hop_log
+            .as_deref()
+            .map(open_hop_log)
             .transpose()?;
 
         let mut registry = Registry::with_prefix("bastet_mixnode");
@@ -282,7 +290,10 @@ impl Mixnode {
                 })
             });
         }
-        let outbound = Arc::new(Outbound::new(OutboundConfig::default()));
+        let outbound = Arc::new(Outbound::new(OutboundConfig {
+            bind_addr: config.source_addr,
+            ..OutboundConfig::default()
+        }));
         bastet_link::register_peer_connections(
             &mut registry,
             [
@@ -296,7 +307,7 @@ impl Mixnode {
             ingress_stats,
             outbound.clone(),
             metrics.clone(),
-            ingress_log.clone(),
+            (ingress_log.clone(), hop_log.clone()),
         ));
         if config.test_drop_fraction > 0.0 {
             tracing::warn!(
@@ -317,6 +328,7 @@ impl Mixnode {
             consensus: consensus.clone(),
             outbound: outbound.clone(),
             metrics: metrics.clone(),
+            hop_log: hop_log.clone(),
             stopped: AtomicBool::new(false),
         });
         let threads = StopThreads(pipeline.clone());
@@ -360,13 +372,13 @@ impl Mixnode {
         });
         if config.cover_rate > 0.0 {
             tasks.spawn(cover(
-                config.cover_rate,
-                config.cover_mix_delay(),
+                (config.cover_rate, config.cover_mix_delay()),
                 node_id,
                 consensus.clone(),
                 outbound.clone(),
                 metrics.clone(),
                 loops.clone(),
+                hop_log.clone(),
             ));
         }
         tasks.spawn(mix(pipeline, keys_rx, (drain_rx, drained_tx)));
@@ -411,6 +423,7 @@ impl Mixnode {
             consensus,
             tasks,
             ingress_log,
+            hop_log,
             drain,
             drained: Some(drained),
             outbound,
@@ -478,6 +491,9 @@ impl Mixnode {
         if let Some(log) = &self.ingress_log {
             log.flush();
         }
+        if let Some(log) = &self.hop_log {
+            log.flush();
+        }
     }
 }
 
@@ -499,12 +515,13 @@ fn workers() -> usize {
 /// Copies the link's counters into the metrics: packets shed at ingress
 /// (which never reach [`dispatch`], where the others are counted as
 /// received), frames cut short, and the outbound backlog; flushes the
-/// `test_ingress_log`, so that its file is never more than a period behind.
+/// `test_ingress_log` and `test_hop_log`, so that their files are never
+/// more than a period behind.
 async fn copy_link_stats(
     stats: Arc<IngressStats>,
     outbound: Arc<Outbound>,
     metrics: Arc<Metrics>,
-    ingress_log: Option<Arc<IngressLog>>,
+    (ingress_log, hop_log): (Option<Arc<IngressLog>>, Option<Arc<TestLog>>),
 ) -> Result<()> {
     let mut seen = [0u64; 2];
     let mut tick = tokio::time::interval(STATS_PERIOD);
@@ -524,6 +541,9 @@ async fn copy_link_stats(
         seen = now;
         metrics.outbound_queued.set(gauge_value(outbound.queued()));
         if let Some(log) = &ingress_log {
+            log.flush();
+        }
+        if let Some(log) = &hop_log {
             log.flush();
         }
     }
@@ -567,15 +587,37 @@ fn packet_thread(
             metrics.drops(DropReason::Overload, 1);
             continue;
         }
+        // Only with the test hook on: no hashing on the real path.
+        let in_id = pipeline
+            .hop_log
+            .as_ref()
+            .map(|_| frame_id(&arrival.frame[..]));
         let unwrapped = unwrapper.unwrap(&arrival.frame[..]);
         drop(arrival);
+        let hop = in_id.map(|in_id| {
+            let out_id = unwrapped
+                .as_ref()
+                .ok()
+                .and_then(Unwrapped::packet)
+                .map(|p| frame_id(p.as_bytes()));
+            (in_id, out_id)
+        });
         let now = Instant::now();
         let mut state = pipeline.lock();
         if !state.accepting {
             // Stopping: what arrives now is not taken; senders retransmit.
             continue;
         }
-        admit(&mut state.mixer, &pipeline.loops, metrics, now, unwrapped);
+        let admitted = admit(&mut state.mixer, &pipeline.loops, metrics, now, unwrapped);
+        if let (Some(log), Some((in_id, out_id))) = (&pipeline.hop_log, hop) {
+            // Logged under the lock, before the packet can be released, so
+            // that the line is written before the packet's next hop logs it.
+            match (admitted, out_id) {
+                (Admitted::Held, Some(out_id)) => log.line(format_args!("{in_id} {out_id}")),
+                (Admitted::Ended, _) => log.line(format_args!("{in_id} -")),
+                _ => {}
+            }
+        }
         pipeline.release_due(&mut state, now);
         let next = state.mixer.poll_timeout();
         let entries = state.mixer.replay_entries();
@@ -667,13 +709,13 @@ async fn mix(
 /// counted and skipped; the task never fails, and ends when the node stops.
 /// Every tick, sent or not, counts the loops past their deadline as lost.
 async fn cover(
-    rate: f64,
-    mean_delay: Duration,
+    (rate, mean_delay): (f64, Duration),
     me: NodeId,
     consensus: ConsensusWatch,
     outbound: Arc<Outbound>,
     metrics: Arc<Metrics>,
     loops: Arc<Mutex<LoopTracker>>,
+    hop_log: Option<Arc<TestLog>>,
 ) -> Result<()> {
     // Ticks are scheduled from the previous tick, not from when its work
     // ended, so the rate does not sag; after a stall (a suspended process)
@@ -694,9 +736,13 @@ async fn cover(
         let held = consensus.current();
         let sent =
             cover_packet(held.as_deref(), &me, mean_delay, &mut rand::rng()).and_then(|cover| {
+                let out_id = hop_log.as_ref().map(|_| frame_id(cover.packet.as_bytes()));
                 outbound
                     .send(&cover.first_hop, cover.packet)
                     .map_err(|_| CoverSkipped::QueueFull)?;
+                if let (Some(log), Some(out_id)) = (&hop_log, out_id) {
+                    log.line(format_args!("- {out_id}"));
+                }
                 Ok(cover.pending)
             });
         let now = Instant::now();
@@ -726,13 +772,24 @@ const STALL: Duration = Duration::from_secs(1);
 /// Longest wait between two cover packets.
 const LONGEST_COVER_GAP: Duration = Duration::from_secs(3600);
 
+/// What [`admit`] did with a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admitted {
+    /// Held in the delay queue, to be forwarded.
+    Held,
+    /// One of this node's cover loops, back.
+    Ended,
+    /// Dropped (and counted).
+    Dropped,
+}
+
 fn admit(
     mixer: &mut Mixer,
     loops: &Mutex<LoopTracker>,
     metrics: &Metrics,
     now: Instant,
     unwrapped: Unwrap,
-) {
+) -> Admitted {
     let turnovers = mixer.stats().replay_turnovers;
     let outcome = mixer.handle_unwrapped(now, unwrapped);
     if mixer.stats().replay_turnovers > turnovers {
@@ -745,7 +802,7 @@ fn admit(
         );
     }
     let reason = match outcome {
-        Outcome::Delayed { .. } => return,
+        Outcome::Delayed { .. } => return Admitted::Held,
         Outcome::Dropped(reason) => reason,
         Outcome::Reply { mailbox, reply } => {
             let mut loops = loops.lock().unwrap_or_else(PoisonError::into_inner);
@@ -756,7 +813,7 @@ fn admit(
             drop(loops);
             if returned == LoopReply::Returned {
                 metrics.cover_loops_returned.inc();
-                return;
+                return Admitted::Ended;
             }
             // Someone else's SURB ending here, or a loop already counted
             // lost: a mixnode is the last hop of nothing else.
@@ -766,6 +823,7 @@ fn admit(
     };
     tracing::debug!(%reason, "packet dropped");
     metrics.drops(reason, 1);
+    Admitted::Dropped
 }
 
 fn forward(
@@ -818,6 +876,21 @@ fn open_ingress_log(path: &Path) -> Result<Arc<IngressLog>> {
         path = %path.display(),
         "TEST HOOK test_ingress_log is on: the time, sender address and length of every \
          packet received are written to disk. Never run a real node like this."
+    );
+    Ok(Arc::new(log))
+}
+
+/// Opens the `test_hop_log` test hook, loudly: it undoes this node's
+/// mixing for whoever reads the file.
+fn open_hop_log(path: &Path) -> Result<Arc<TestLog>> {
+    let log = TestLog::open(path).map_err(|source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    tracing::warn!(
+        path = %path.display(),
+        "TEST HOOK test_hop_log is on: which packet left for which packet came in is \
+         written to disk, undoing this node's mixing. Never run a real node like this."
     );
     Ok(Arc::new(log))
 }

@@ -54,7 +54,10 @@ fn the_shipped_example_loads_and_validates() {
         "the [directory] section of {EXAMPLE} is not the shipped directory.toml, which init copies: {REGENERATE}"
     );
     assert!(
-        !config.test_hooks && config.packet_log.is_none() && config.test_ingress_log.is_none(),
+        !config.test_hooks
+            && config.packet_log.is_none()
+            && config.test_ingress_log.is_none()
+            && config.test_hop_log.is_none(),
         "an example for operators turns on no test hook"
     );
 }

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use bastet_link::frame_id;
 use bastet_sphinx::PACKET_LEN;
 use common::*;
 
@@ -15,7 +16,14 @@ async fn a_packet_is_forwarded_after_its_delay_and_its_replay_is_dropped() {
     let (directory, client) = authority(tmp.path()).await;
     let mut sink = Sink::start(&client).await;
     let log = tmp.path().join("packets.bin");
-    let mix = Mix::start(tmp.path(), &directory, |c| c.packet_log = Some(log.clone())).await;
+    let (ingress_log, hop_log) = (tmp.path().join("ingress.log"), tmp.path().join("hop.log"));
+    let mix = Mix::start(tmp.path(), &directory, |c| {
+        c.packet_log = Some(log.clone());
+        c.test_hooks = true;
+        c.test_ingress_log = Some(ingress_log.clone());
+        c.test_hop_log = Some(hop_log.clone());
+    })
+    .await;
     mix.wait_for_consensus().await;
 
     let delay = Duration::from_millis(400);
@@ -73,6 +81,21 @@ async fn a_packet_is_forwarded_after_its_delay_and_its_replay_is_dropped() {
     );
     assert_eq!(std::fs::read(&log).unwrap().len(), PACKET_LEN);
     mix.node.stop().await;
+
+    // The test hooks: the ingress log names both arrivals by frame id, the
+    // hop log the one packet held, and which packet left for it.
+    let (in_id, out_id) = (frame_id(p.as_bytes()), frame_id(&frame[..]));
+    let ingress = std::fs::read_to_string(&ingress_log).unwrap();
+    let suffix = format!(" 127.0.0.1 {PACKET_LEN} {in_id}");
+    assert_eq!(
+        ingress.lines().filter(|l| l.ends_with(&suffix)).count(),
+        2,
+        "{ingress}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&hop_log).unwrap(),
+        format!("{in_id} {out_id}\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -613,6 +613,52 @@ impl Client {
         })
     }
 
+    /// Turns on its `test_send_log` test hook (and `test_hooks`) in its
+    /// `client.toml`: a line per packet it hands to a first mix, saying
+    /// which are real and for whom.
+    pub fn set_send_log(&self, log: &Path) -> Result<()> {
+        let path = self.data_dir.join("client.toml");
+        let err = |why: String| Error::Config {
+            path: path.clone(),
+            why,
+        };
+        self.edit_config(|text| {
+            let mut doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+            doc.insert("test_hooks".into(), toml::Value::Boolean(true));
+            doc.insert(
+                "test_send_log".into(),
+                toml::Value::String(log.to_string_lossy().into_owned()),
+            );
+            toml::to_string(&doc).map_err(|e| err(e.to_string()))
+        })
+    }
+
+    /// Its mailbox id and its mailbox server's node id (hex), from its
+    /// `client.toml`.
+    pub fn mailbox(&self) -> Result<(String, String)> {
+        let path = self.data_dir.join("client.toml");
+        let err = |why: String| Error::Config {
+            path: path.clone(),
+            why,
+        };
+        let text = match &self.passphrase {
+            None => std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?,
+            Some(_) => {
+                return Err(err(
+                    "an encrypted client's config is read through its daemon".into(),
+                ));
+            }
+        };
+        let doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let field = |key: &str| {
+            doc.get(key)
+                .and_then(toml::Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| err(format!("no {key}")))
+        };
+        Ok((field("mailbox_id")?, field("mailbox_server")?))
+    }
+
     /// Starts `bastet daemon` (log: `daemon.log` in its data dir) and waits
     /// until it answers `bastet status`; from now on commands go through it.
     pub async fn start_daemon(&mut self) -> Result<Daemon> {

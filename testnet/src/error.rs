@@ -113,6 +113,9 @@ pub enum Error {
     /// Talking to the directory authority failed.
     #[error(transparent)]
     Directory(#[from] bastet_directory::Error),
+    /// The anonymity analysis refused the trace (`bastet-testnet anonymity`).
+    #[error(transparent)]
+    Anonymity(#[from] bastet_anonymity::Error),
     /// Ctrl-C or SIGTERM arrived.
     #[error("interrupted")]
     Interrupted,

@@ -124,10 +124,23 @@ pub struct RelayNode {
     pub log: PathBuf,
     /// Test hook: raw bytes of every packet it forwarded or payload it stored.
     pub packet_log: PathBuf,
-    /// Test hook (mixnodes, with [`crate::NetworkOptions::ingress_log`]): a
-    /// line per packet received, `<unix micros> <peer ip> <frame length>`.
+    /// Test hook (mixnodes with [`crate::NetworkOptions::ingress_log`],
+    /// every relay with [`crate::NetworkOptions::trace`]): a line per
+    /// packet received, `<unix micros> <peer ip> <frame length> <frame id>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_log: Option<PathBuf>,
+    /// Test hook (mixnodes, with [`crate::NetworkOptions::trace`]): a line
+    /// per packet held, `<in frame id> <out frame id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hop_log: Option<PathBuf>,
+    /// Test hook (mailbox servers, with [`crate::NetworkOptions::trace`]): a
+    /// line per packet opened, `<frame id> <message|reply|cover> <mailbox>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_log: Option<PathBuf>,
+    /// The loopback address its connections to other relays leave from
+    /// (with [`crate::NetworkOptions::trace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_addr: Option<std::net::IpAddr>,
 }
 
 /// Where everything in a testnet is; also written to `network.json`.

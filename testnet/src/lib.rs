@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod anonymity;
 mod bench;
 mod chaos;
 mod client;
@@ -15,6 +16,10 @@ mod scan;
 mod soak;
 mod web;
 
+pub use anonymity::{
+    AnonymityOptions, AnonymityReport, Capture, CaptureStats, ClientLogs, MAX_CLIENTS, RelayLogs,
+    Traffic, build_trace, delay_model, run_anonymity,
+};
 pub use bench::{
     Added, Goal, LATENCY_LOADS, LatencyPhase, MixnodeBenchOptions, MixnodeBenchReport,
     NodeActivity, Overload, Percentiles, ProcessRate, RecoveryWindow, Throughput, bench_mixnode,
@@ -34,7 +39,7 @@ pub use demo::{
 pub use error::Error;
 pub use layout::{AuthorityNode, Layout, RelayNode};
 pub use metrics::metric_sum;
-pub use network::{Network, NetworkOptions};
+pub use network::{Network, NetworkOptions, client_source_addr, relay_source_addr};
 pub use process::{Binaries, STOP_GRACE, StopOutcome};
 pub use scan::{Hit, ScanReport, scan_for_marker};
 pub use soak::{

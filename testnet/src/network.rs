@@ -64,6 +64,17 @@ pub struct NetworkOptions {
     /// the first mix sees it (tell clients apart with
     /// [`Client::set_source_addr`]).
     pub ingress_log: bool,
+    /// Record what a global passive observer sees and the ground truth
+    /// only the relays know, for `bastet-testnet anonymity`: every relay's
+    /// `test_ingress_log`, each mixnode's `test_hop_log` and each mailbox
+    /// server's `test_store_log` (in its directory; see [`RelayNode`]), and
+    /// each relay's connections leaving from its own loopback address
+    /// ([`RelayNode::source_addr`], `source_addr` in its config) so that
+    /// the ingress logs name the sending relay.
+    pub trace: bool,
+    /// Every mixnode's `cover_rate` (λ_M, per second) and
+    /// `cover_mix_delay_ms`; `None`: their defaults.
+    pub mix_cover: Option<(f64, u64)>,
 }
 
 impl Default for NetworkOptions {
@@ -80,8 +91,29 @@ impl Default for NetworkOptions {
             mixes_per_jurisdiction: 3,
             loss: 0.0,
             ingress_log: false,
+            trace: false,
+            mix_cover: None,
         }
     }
+}
+
+/// The loopback address relay number `index` (in plan order) sends from
+/// with [`NetworkOptions::trace`]: `127.1.x.y`, one per relay.
+pub fn relay_source_addr(index: usize) -> std::net::IpAddr {
+    loopback(1, index)
+}
+
+/// A distinct loopback address for client number `index` to send from
+/// (see [`Client::set_source_addr`]): `127.2.x.y`, one per client.
+pub fn client_source_addr(index: usize) -> std::net::IpAddr {
+    loopback(2, index)
+}
+
+fn loopback(second: u8, index: usize) -> std::net::IpAddr {
+    // 250 hosts per /24, never .0 or .255.
+    let third = u8::try_from(index / 250).unwrap_or(u8::MAX);
+    let fourth = (index % 250) as u8 + 1;
+    std::net::IpAddr::from([127, second, third, fourth])
 }
 
 /// The node processes of a network; stopping them on drop is what makes
@@ -707,16 +739,37 @@ async fn launch(
              (mixnode) or payload stored (mailbox), scanned by the end-to-end tests.",
         )?;
         let mut ingress_log = None;
+        let (mut hop_log, mut store_log, mut source_addr) = (None, None, None);
         if plan.role == Role::Mix {
             mixes_seen += 1;
             if options.loss > 0.0 && mixes_seen % 2 == 1 {
                 set_loss(&config, options.loss)?;
             }
-            if options.ingress_log {
-                let path = node_dir.join("ingress.log");
-                set_ingress_log(&config, &path)?;
-                ingress_log = Some(path);
+            if let Some((rate, delay_ms)) = options.mix_cover {
+                layout::edit_config(&config, "cover_rate", rate.into(), "")?;
+                let delay = i64::try_from(delay_ms).unwrap_or(i64::MAX);
+                layout::edit_config(&config, "cover_mix_delay_ms", delay.into(), "")?;
             }
+        }
+        if options.trace || (options.ingress_log && plan.role == Role::Mix) {
+            let path = node_dir.join("ingress.log");
+            set_ingress_log(&config, &path)?;
+            ingress_log = Some(path);
+        }
+        if options.trace {
+            let (key, file) = match plan.role {
+                Role::Mix => ("test_hop_log", "hop.log"),
+                Role::Mailbox => ("test_store_log", "store.log"),
+            };
+            let path = node_dir.join(file);
+            layout::edit_config(&config, key, path.to_string_lossy().into_owned().into(), "")?;
+            match plan.role {
+                Role::Mix => hop_log = Some(path),
+                Role::Mailbox => store_log = Some(path),
+            }
+            let ip = relay_source_addr(relays.len());
+            layout::edit_config(&config, "source_addr", ip.to_string().into(), "")?;
+            source_addr = Some(ip);
         }
         relays.push(RelayNode {
             name: plan.name.clone(),
@@ -732,6 +785,9 @@ async fn launch(
             config,
             packet_log,
             ingress_log,
+            hop_log,
+            store_log,
+            source_addr,
         });
     }
     // Only now are the node ids known: admit exactly these nodes.
@@ -826,7 +882,7 @@ async fn launch(
     Ok(layout)
 }
 
-/// Turns on the mixnode's ingress log test hook.
+/// Turns on the relay's ingress log test hook.
 fn set_ingress_log(config: &Path, path: &Path) -> Result<()> {
     layout::edit_config(
         config,
@@ -1125,6 +1181,9 @@ mod tests {
             log: d.path().join("node.log"),
             packet_log: d.path().join("packet.log"),
             ingress_log: None,
+            hop_log: None,
+            store_log: None,
+            source_addr: None,
         };
         rebind(&mut relay).unwrap();
         let t: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();

@@ -62,10 +62,16 @@ fn arrivals(net: &Network) -> Vec<Arrival> {
             std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for line in text.lines() {
             let mut f = line.split(' ');
-            let (Some(at), Some(ip), Some(len), None) = (f.next(), f.next(), f.next(), f.next())
+            let (Some(at), Some(ip), Some(len), Some(id), None) =
+                (f.next(), f.next(), f.next(), f.next(), f.next())
             else {
                 panic!("{}: malformed line {line:?}", path.display());
             };
+            assert!(
+                id.parse::<bastet_link::FrameId>().is_ok(),
+                "{}: the frame id of {line:?} is not 16 hex digits",
+                path.display()
+            );
             all.push((
                 at.parse().unwrap(),
                 ip.parse().unwrap(),

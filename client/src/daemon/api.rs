@@ -399,6 +399,10 @@ pub struct StatusReport {
     /// (`None`: a plain data dir).
     #[serde(default)]
     pub store_bytes: Option<(u64, u64)>,
+    /// Estimated sender anonymity of this preset on the consensus in
+    /// force (`None` from a daemon that predates it).
+    #[serde(default)]
+    pub anonymity: Option<crate::AnonymityReport>,
 }
 
 /// The daemon's answer.

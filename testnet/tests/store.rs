@@ -125,6 +125,16 @@ async fn the_daemon_runs_from_an_encrypted_store_and_survives_sigkill() {
     let text = alice.bastet(&["status"]).await.unwrap();
     assert!(text.contains("storage: encrypted store of 8 MiB"), "{text}");
     assert!(text.contains("route policy: "), "{text}");
+    // The anonymity estimate, with its caveat, for the testnet's layers
+    // (two mixes each: too few, which it must say).
+    assert!(
+        text.contains("anonymity (estimate; this client cannot see how many clients are active)"),
+        "{text}"
+    );
+    assert!(text.contains("2/2/2 mixes per layer"), "{text}");
+    assert!(text.contains("  warning: "), "{text}");
+    let estimates = status["anonymity"]["estimates"].as_array().unwrap();
+    assert_eq!(estimates.len(), 3, "{status}");
 
     // While the daemon holds the store, another process cannot open it.
     match decoy.bastet(&["address"]).await {

@@ -496,10 +496,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 let report = run_chaos(base, &options).await?;
                 failed |= !report.passed();
                 if json {
-                    match serde_json::to_string(&report) {
-                        Ok(text) => println!("{text}"),
-                        Err(e) => eprintln!("bastet-testnet: cannot encode the report: {e}"),
-                    }
+                    print_json(&report);
                 } else {
                     println!(
                         "{} {}",
@@ -543,10 +540,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             };
             let report = run_soak(base, &options).await?;
             if json {
-                match serde_json::to_string(&report) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => eprintln!("bastet-testnet: cannot encode the report: {e}"),
-                }
+                print_json(&report);
             } else {
                 print!("{}", report.to_human());
                 println!("{}", if report.passed() { "PASS" } else { "FAIL" });
@@ -596,10 +590,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             };
             let report = run_anonymity(base, &options).await?;
             if json {
-                match serde_json::to_string(&report) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => eprintln!("bastet-testnet: cannot encode the report: {e}"),
-                }
+                print_json(&report);
             } else {
                 print!("{}", report.to_human());
             }
@@ -631,10 +622,7 @@ async fn bench(what: BenchWhat, bin_dir: Option<PathBuf>) -> Result<ExitCode, Er
                 eprintln!("plot written to {}", path.display());
             }
             if json {
-                match serde_json::to_string(&report) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => eprintln!("bastet-testnet: cannot encode the report: {e}"),
-                }
+                print_json(&report);
             } else {
                 print!("{}", report.to_human());
             }
@@ -706,10 +694,7 @@ async fn demo(
         report.dir = Some(network.keep_files());
     }
     if json {
-        match serde_json::to_string(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => eprintln!("bastet-testnet: cannot encode the report: {e}"),
-        }
+        print_json(&report);
     } else {
         print!("{}", report.to_human());
     }
@@ -792,5 +777,13 @@ fn report_stop(outcomes: Vec<(String, StopOutcome)>) {
             }
             StopOutcome::Exited(_) => {}
         }
+    }
+}
+
+/// Prints `report` as one line of JSON (what `--json` asks for).
+fn print_json(report: &impl serde::Serialize) {
+    match serde_json::to_string(report) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("bastet-testnet: cannot encode the report: {e}"),
     }
 }

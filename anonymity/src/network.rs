@@ -84,6 +84,7 @@ impl Network {
                 tls_pin: identity,
                 addr: format!("127.0.0.1:{}", 20_000 + i),
                 api_addr: (role == Role::Mailbox).then(|| format!("127.0.0.1:{}", 30_000 + i)),
+                circuit_addr: None,
                 role,
                 jurisdiction: JURISDICTIONS[i as usize % JURISDICTIONS.len()].into(),
                 operator: format!("operator-{i}"),

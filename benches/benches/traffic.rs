@@ -39,6 +39,7 @@ fn consensus(mixes: u8) -> VerifiedConsensus {
         tls_pin: [3; 32],
         addr: format!("127.0.0.1:{}", 9000 + u16::from(i)),
         api_addr: (role == Role::Mailbox).then(|| format!("127.0.0.1:{}", 9500 + u16::from(i))),
+        circuit_addr: None,
         role,
         jurisdiction: codes[usize::from(i) % codes.len()].into(),
         operator: format!("op{i}"),

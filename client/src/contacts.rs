@@ -29,6 +29,7 @@ use vodozemac::Curve25519PublicKey;
 use vodozemac::olm::{Account, AccountPickle, OlmMessage, Session, SessionConfig, SessionPickle};
 use zeroize::Zeroizing;
 
+use crate::calls::{CallSignal, ReceivedCall};
 use crate::card::{CARD_ID_LEN, Card, MAX_NICKNAME_LEN, safety_number};
 use crate::crypto::{self, ClientKeys, PUBLIC_KEY_LEN};
 use crate::identity::{
@@ -68,6 +69,10 @@ pub const MAX_PENDING: usize = 256;
 /// Messages held until a contact's missing chain links arrive, per
 /// contact.
 pub const MAX_HELD_PER_CONTACT: usize = 64;
+/// Call signals opened and not yet taken by [`Contacts::take_calls`], and
+/// call signals held (in memory) for a contact's missing chain links, at
+/// most each; beyond it the oldest is dropped.
+pub const MAX_OPENED_CALLS: usize = crate::calls::MAX_RECEIVED_CALLS;
 /// Ratchet sessions started with this device's fallback key that are
 /// remembered, so a replayed first message cannot start one again.
 const MAX_FALLBACK_SESSIONS: usize = 1024;
@@ -585,6 +590,12 @@ pub struct Contacts {
     pairing_dirty: bool,
     /// Pairing messages to send.
     pairing_out: Vec<SealedMessage>,
+    /// Call signals opened, for [`Contacts::take_calls`] (memory only: a
+    /// call is over long before a restart matters).
+    calls: VecDeque<ReceivedCall>,
+    /// Call signals of a contact whose chain is behind the head they
+    /// claim: judged again when the links arrive, like held messages.
+    held_calls: VecDeque<ReceivedCall>,
 }
 
 /// A message decrypted by [`Contacts::open_message`], or what it did.
@@ -600,6 +611,23 @@ pub enum Opened {
     /// Chain links (or a request for ours): merged or answered; nothing to
     /// show but the notices.
     Chain(Vec<ReceivedMessage>),
+    /// A call signal from a contact's current device: for the daemon's
+    /// call queue, not the inbox ([`Contacts::receive`] keeps it for
+    /// [`Contacts::take_calls`]).
+    Call(Box<ReceivedCall>),
+}
+
+/// Appends `call` to `queue`, dropping the oldest beyond
+/// [`MAX_OPENED_CALLS`] (logged).
+fn push_bounded(queue: &mut VecDeque<ReceivedCall>, call: ReceivedCall, what: &str) {
+    if queue.len() >= MAX_OPENED_CALLS {
+        queue.pop_front();
+        tracing::warn!(
+            max = MAX_OPENED_CALLS,
+            "too many call signals {what}: the oldest is dropped"
+        );
+    }
+    queue.push_back(call);
 }
 
 fn contact_error(why: impl Into<String>) -> Error {
@@ -790,6 +818,8 @@ impl Contacts {
             pairing: PairingFile::default(),
             pairing_dirty: false,
             pairing_out: Vec::new(),
+            calls: VecDeque::new(),
+            held_calls: VecDeque::new(),
         };
         let pairing_path = book.dir.join(PAIRING);
         if let Some(bytes) = data_dir.read_bounded(&pairing_path, MAX_PAIRING_FILE)? {
@@ -2265,12 +2295,17 @@ impl Contacts {
 
     /// [`Contacts::open_message`], with every failure made a rejected
     /// message to show (nothing is dropped silently). `None`: nothing to
-    /// show now (chain traffic, or a message held for missing links; see
+    /// show now (chain traffic, a call signal, kept for
+    /// [`Contacts::take_calls`], or a message held for missing links; see
     /// [`Contacts::take_released`]).
     pub fn receive(&mut self, keys: &ClientKeys, payload: &[u8]) -> Option<ReceivedMessage> {
         match self.open_message(keys, payload) {
             Ok(Opened::Message(m)) => Some(m),
             Ok(Opened::Held) => None,
+            Ok(Opened::Call(call)) => {
+                push_bounded(&mut self.calls, *call, "opened");
+                None
+            }
             Ok(Opened::Chain(notices)) => {
                 self.released.extend(notices.into_iter().map(|n| (n, None)));
                 None
@@ -2468,6 +2503,34 @@ impl Contacts {
                     self.mark(&n);
                 }
                 Ok(Opened::Chain(Vec::new()))
+            }
+            Content::Call(signal) => {
+                if name == SELF {
+                    return Err(Error::Layer {
+                        layer: "content",
+                        why: "a call signal from another device of your own identity; rejected"
+                            .into(),
+                    });
+                }
+                let call = ReceivedCall {
+                    contact: name.clone(),
+                    identity: opened.sender_identity,
+                    device: opened.sender_device,
+                    signal,
+                    received_at_ms: crate::now_ms(),
+                };
+                let behind = self
+                    .contacts
+                    .get(&name)
+                    .is_some_and(|c| c.awaiting.is_some());
+                if behind {
+                    // As for messages: the missing links may revoke the
+                    // device. Asked for at most once a minute.
+                    push_bounded(&mut self.held_calls, call, "held");
+                    self.ask_links(&name, &device.cert.device);
+                    return Ok(Opened::Held);
+                }
+                Ok(Opened::Call(Box::new(call)))
             }
             Content::LinksRequest { .. } => {
                 let now = crate::now_ms();
@@ -2744,6 +2807,22 @@ impl Contacts {
             return Ok(());
         }
         let chain = c.chain.clone();
+        let (theirs, others): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.held_calls)
+            .into_iter()
+            .partition(|call| call.contact == name);
+        self.held_calls = others;
+        for call in theirs {
+            match chain.device(&call.device) {
+                Some(d) if d.is_current() => push_bounded(&mut self.calls, call, "opened"),
+                Some(_) => tracing::warn!(
+                    contact = name,
+                    device = %short_id(&call.device),
+                    "a call signal from a device its identity revoked is refused"
+                ),
+                // Not in the chain: it stays held.
+                None => self.held_calls.push_back(call),
+            }
+        }
         // (file, bytes, whether it is only in memory yet)
         let mut files: Vec<(String, Vec<u8>, bool)> = self
             .held
@@ -2816,6 +2895,34 @@ impl Contacts {
             files.extend(f);
         }
         (messages, files)
+    }
+
+    /// Call signals opened by [`Contacts::receive`] (or released once a
+    /// contact's missing links arrived), oldest first.
+    pub fn take_calls(&mut self) -> Vec<ReceivedCall> {
+        std::mem::take(&mut self.calls).into()
+    }
+
+    /// Seals call signal `signal` to contact `name`: to its device
+    /// `device`, or to every current device (an offer rings them all).
+    pub fn seal_call<R: CryptoRng + ?Sized>(
+        &mut self,
+        keys: &ClientKeys,
+        name: &str,
+        device: Option<[u8; PUBLIC_KEY_LEN]>,
+        signal: &CallSignal,
+        sent_at_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<SealedMessage>> {
+        not_self(name)?;
+        self.seal_to(
+            keys,
+            name,
+            device,
+            &Content::Call(signal.clone()),
+            sent_at_ms,
+            rng,
+        )
     }
 
     /// Forgets a held message (after it was released and stored).
@@ -3966,7 +4073,7 @@ mod device_tests {
     use super::*;
 
     /// `new` (a fresh device) joins `admin`'s identity as device `name`.
-    fn join(admin: &mut Party, new: &mut Party, name: &str) {
+    pub(super) fn join(admin: &mut Party, new: &mut Party, name: &str) {
         let identity = admin.keys.identity_public();
         let (cert, sig) = new
             .book
@@ -3981,7 +4088,7 @@ mod device_tests {
 
     /// Seals `from`'s queued chain traffic; returns the copies for `to`'s
     /// device.
-    fn chain_traffic_for(from: &mut Party, to: &Party) -> Vec<Vec<u8>> {
+    pub(super) fn chain_traffic_for(from: &mut Party, to: &Party) -> Vec<Vec<u8>> {
         from.book
             .seal_actions(&from.keys, 20, &mut rand::rng())
             .into_iter()
@@ -3991,7 +4098,7 @@ mod device_tests {
     }
 
     /// Delivers `from`'s chain traffic to `to`: the notices it gives.
-    fn deliver_chain(from: &mut Party, to: &mut Party) -> Vec<ReceivedMessage> {
+    pub(super) fn deliver_chain(from: &mut Party, to: &mut Party) -> Vec<ReceivedMessage> {
         let mut notices = Vec::new();
         for payload in chain_traffic_for(from, to) {
             match to.book.open_message(&to.keys, &payload).unwrap() {
@@ -4674,5 +4781,150 @@ mod device_tests {
             Err(Error::Equivocation(_))
         ));
         assert!(d.book.info(&d.keys, "carol").unwrap().alarm.is_some());
+    }
+}
+
+#[cfg(test)]
+mod call_tests {
+    use std::time::Duration;
+
+    use super::device_tests::{deliver_chain, join};
+    use super::testing::{Party, befriend};
+    use super::*;
+    use crate::calls::{self, Hangup, HangupReason};
+
+    fn offer() -> CallSignal {
+        let now = crate::now_ms() / 1000;
+        let (offer, _) = calls::new_offer(
+            &mut rand::rng(),
+            "normal",
+            [9; 32],
+            now,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        CallSignal::Offer(offer)
+    }
+
+    fn seal(from: &mut Party, to: &str, device: Option<[u8; 32]>, s: &CallSignal) -> Vec<Vec<u8>> {
+        from.book
+            .seal_call(&from.keys, to, device, s, 1000, &mut rand::rng())
+            .unwrap()
+            .into_iter()
+            .map(|c| c.payload)
+            .collect()
+    }
+
+    fn open_call(to: &mut Party, payload: &[u8]) -> ReceivedCall {
+        match to.book.open_message(&to.keys, payload).unwrap() {
+            Opened::Call(call) => *call,
+            other => panic!("not a call signal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn call_signals_open_as_calls_and_a_revoked_devices_are_refused() {
+        let (mut a1, mut b) = (Party::new(), Party::new());
+        befriend(&mut a1, "alice", &mut b, "bob");
+        let mut a2 = Party::new();
+        join(&mut a1, &mut a2, "laptop");
+        deliver_chain(&mut a1, &mut b);
+        let alice = a1.keys.identity_public();
+
+        // An offer sealed by A1's device opens at B as a call signal from
+        // Alice's identity and that device, not as a message.
+        let signal = offer();
+        let payloads = seal(&mut a1, "bob", None, &signal);
+        assert_eq!(payloads.len(), 1);
+        let call = open_call(&mut b, &payloads[0]);
+        assert_eq!(call.contact, "alice");
+        assert_eq!(call.identity, alice);
+        assert_eq!(call.device, a1.keys.device_public());
+        assert_eq!(call.signal, signal);
+        assert!(call.received_at_ms > 0);
+
+        // Through `receive`: nothing for the inbox; kept for take_calls.
+        let payloads = seal(&mut a2, "bob", None, &signal);
+        assert!(b.book.receive(&b.keys, &payloads[0]).is_none());
+        let calls = b.book.take_calls();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].identity, alice);
+        assert_eq!(calls[0].device, a2.keys.device_public());
+        assert!(b.book.take_calls().is_empty());
+
+        // An offer rings every device of the callee; an answer goes to one.
+        let to_all = seal(&mut b, "alice", None, &signal);
+        assert_eq!(to_all.len(), 2);
+        let hangup = CallSignal::Hangup(Hangup {
+            call_id: signal.call_id(),
+            reason: HangupReason::Declined,
+        });
+        let to_one = seal(&mut b, "alice", Some(a1.keys.device_public()), &hangup);
+        assert_eq!(to_one.len(), 1);
+        let call = open_call(&mut a1, &to_one[0]);
+        assert_eq!(call.contact, "bob");
+        assert_eq!(call.device, b.keys.device_public());
+        assert_eq!(call.signal, hangup);
+        assert!(
+            b.book
+                .seal_call(&b.keys, SELF, None, &hangup, 1, &mut rand::rng())
+                .is_err()
+        );
+
+        // A1 revokes A2 and B learns it: A2's offers are refused.
+        let a2_id = short_id(&a2.keys.device_public());
+        a1.book
+            .revoke_device(&a1.keys, &a2_id, "stolen", 30)
+            .unwrap();
+        deliver_chain(&mut a1, &mut b);
+        let payloads = seal(&mut a2, "bob", None, &offer());
+        match b.book.open_message(&b.keys, &payloads[0]) {
+            Err(e @ Error::RevokedDevice { .. }) => assert!(e.to_string().contains("stolen")),
+            other => panic!("{other:?}"),
+        }
+        let payloads = seal(&mut a2, "bob", None, &offer());
+        let shown = b.book.receive(&b.keys, &payloads[0]).unwrap();
+        assert!(shown.rejected.unwrap().contains("revoked device"));
+        assert!(b.book.take_calls().is_empty());
+        // A1 still calls.
+        let payloads = seal(&mut a1, "bob", None, &signal);
+        assert_eq!(
+            open_call(&mut b, &payloads[0]).device,
+            a1.keys.device_public()
+        );
+    }
+
+    #[test]
+    fn call_signals_wait_for_missing_links_like_messages() {
+        let (mut a1, mut b) = (Party::new(), Party::new());
+        befriend(&mut a1, "alice", &mut b, "bob");
+        let mut a2 = Party::new();
+        join(&mut a1, &mut a2, "laptop");
+        deliver_chain(&mut a1, &mut b);
+        // A1 revokes A2; the new chain does not reach B yet.
+        let a2_id = short_id(&a2.keys.device_public());
+        a1.book.revoke_device(&a1.keys, &a2_id, "lost", 30).unwrap();
+        let links = super::device_tests::chain_traffic_for(&mut a1, &b);
+        // A1's offer claims the newer head: held; so is A2's.
+        let from_a1 = seal(&mut a1, "bob", None, &offer());
+        let from_a2 = seal(&mut a2, "bob", None, &offer());
+        for p in [&from_a1[0], &from_a2[0]] {
+            assert!(matches!(
+                b.book.open_message(&b.keys, p).unwrap(),
+                Opened::Held
+            ));
+        }
+        assert!(b.book.take_calls().is_empty());
+        // The links arrive: A1's offer is released, A2's refused.
+        for p in links {
+            assert!(matches!(
+                b.book.open_message(&b.keys, &p).unwrap(),
+                Opened::Chain(_)
+            ));
+        }
+        let calls = b.book.take_calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].device, a1.keys.device_public());
+        assert!(b.book.held_calls.is_empty());
     }
 }

@@ -140,6 +140,74 @@ pub enum Error {
     )]
     NoSuchContact(String),
 
+    /// A call signal does not parse: the message says which field.
+    #[error("malformed call signal: {0}")]
+    MalformedCallSignal(String),
+    /// An offer names a media profile this client does not know.
+    #[error("unknown call profile {0:?}: use normal, constrained or video")]
+    UnknownCallProfile(String),
+    /// An offer's lifetime is zero or longer than allowed.
+    #[error("a call offer must expire within 1 to {max_secs} s, not {secs} s")]
+    CallOfferTtl {
+        /// The lifetime asked for, seconds.
+        secs: f64,
+        /// The longest allowed.
+        max_secs: u64,
+    },
+    /// An offer arrived (or was answered) after it expired.
+    #[error(
+        "call offer {call_id} expired {secs_ago} s ago: it cannot be answered; ask the caller to call again (or check both clocks)"
+    )]
+    CallOfferExpired {
+        /// The call's id (hex).
+        call_id: String,
+        /// Seconds since it expired.
+        secs_ago: u64,
+    },
+    /// An offer expires further ahead than any offer may: the caller's
+    /// clock is far ahead, or the offer was made to be replayed later.
+    #[error(
+        "call offer {call_id} expires {secs_ahead} s from now, more than the {max_secs} s an offer may live (clock skew included): refused (check both clocks)"
+    )]
+    CallOfferTooFarAhead {
+        /// The call's id (hex).
+        call_id: String,
+        /// Seconds until it expires, by this device's clock.
+        secs_ahead: u64,
+        /// The most allowed.
+        max_secs: u64,
+    },
+    /// A key in a call signal cannot be used.
+    #[error("call setup: the peer's {0} is invalid; the call cannot start")]
+    InvalidCallKey(&'static str),
+    /// A signal, or the caller's secrets, of another call than expected.
+    #[error("call setup: expected a signal of call {expected}, got one of call {got}")]
+    CallIdMismatch {
+        /// The call expected (hex).
+        expected: String,
+        /// The call given (hex).
+        got: String,
+    },
+    /// The two ends derived different call keys.
+    #[error(
+        "call {call_id}: the call keys do not match: the offer or the answer was altered on the way (possible man-in-the-middle); the call must not start"
+    )]
+    CallKeyMismatch {
+        /// The call's id (hex).
+        call_id: String,
+    },
+    /// A call signal that was received before.
+    #[error("call {call_id}: this {kind} was received before (a replay or a duplicate); dropped")]
+    CallReplay {
+        /// The call's id (hex).
+        call_id: String,
+        /// `offer`, `answer` or `hangup`.
+        kind: String,
+    },
+    /// A call-media key schedule problem.
+    #[error(transparent)]
+    Call(#[from] bastet_call::Error),
+
     /// The consensus has no mix node in a layer, so no route can be built.
     #[error("no mix node in layer {0} of the consensus: cannot build a route, try again later")]
     NoMixInLayer(u8),
@@ -221,4 +289,10 @@ pub enum Error {
     /// Building the Sphinx packet failed.
     #[error(transparent)]
     Sphinx(#[from] bastet_sphinx::Error),
+    /// No call circuit meets the route policy.
+    #[error("no call circuit: {0}")]
+    CallRoute(String),
+    /// The call's media or circuit failed.
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaError),
 }

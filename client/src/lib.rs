@@ -3,6 +3,7 @@
 mod address;
 mod anonymity;
 pub mod backup;
+pub mod calls;
 mod card;
 mod client;
 mod config;
@@ -14,6 +15,7 @@ mod error;
 pub mod identity;
 mod inbox;
 pub mod layers;
+pub mod media;
 mod message;
 mod outbox;
 pub mod packets;
@@ -30,6 +32,7 @@ pub use anonymity::{
     AnonymityReport, AnonymityWarning, DEFAULT_MIX_COVER_DELAY, DEFAULT_MIX_COVER_RATE,
     ESTIMATED_CLIENTS, Estimate, MIN_MIXES_PER_LAYER, MIN_POOL, NetworkLoad, sender_entropy_bits,
 };
+pub use calls::{CallId, CallSignal, ReceivedCall};
 pub use card::{
     CARD_PREFIX, CARD_VERSION, Card, MAX_CARD_LEN, MAX_CARD_TEXT_LEN, qr_png, qr_terminal,
     safety_number,
@@ -44,7 +47,7 @@ pub use config::{
 pub use contacts::{
     BundledContact, ChainAction, ContactInfo, ContactRequest, ContactResponse, Contacts,
     DeviceBundle, DeviceInfo, FIRST_DEVICE_NAME, MAX_CONTACTS, MAX_HELD_PER_CONTACT, MAX_NAME_LEN,
-    MAX_PENDING, MAX_SESSIONS, Opened, PskSource, check_name,
+    MAX_OPENED_CALLS, MAX_PENDING, MAX_SESSIONS, Opened, PskSource, check_name,
 };
 pub use crypto::{ClientKeys, DeviceSecrets};
 pub use datadir::{DataDir, MAX_COMPLETED_ENVELOPES, OutboxLock, STORE_FILE};
@@ -65,9 +68,9 @@ pub use poisson::{
     SendKind, TrafficParams, TrafficStream,
 };
 pub use policy::{
-    ANY_CLASS, HopCandidates, MAX_MIX_HOPS, MIN_MIX_HOPS, RoutePolicy, choose_policy_nodes,
-    choose_policy_nodes_weighted, choose_policy_route, choose_policy_route_weighted, hop_layer,
-    is_country_code, parse_classes, parse_list,
+    ANY_CLASS, HopCandidates, MAX_MIX_HOPS, MIN_MIX_HOPS, RoutePolicy, choose_circuit_nodes,
+    choose_policy_nodes, choose_policy_nodes_weighted, choose_policy_route,
+    choose_policy_route_weighted, hop_layer, is_country_code, parse_classes, parse_list,
 };
 pub use reliability::{
     HALF_LIFE_MS, MAX_SCORED_NODES, MAX_SCORES_JSON, NodeScore, NodeScores, PRIOR_DELIVERED,

@@ -1,5 +1,5 @@
-//! What a message is: its id, its content (text or file), and what the
-//! recipient gets out of it. The bytes on the wire are made by
+//! What a message is: its id, its content (text, file, call signal or
+//! chain traffic), and what the recipient gets out of it. The bytes on the wire are made by
 //! [`crate::Contacts::seal`] through the layers of [`crate::layers`].
 
 use std::fmt;
@@ -100,6 +100,9 @@ pub enum Content {
         /// What was sent: text or a file.
         content: Box<Content>,
     },
+    /// A call-setup signal (offer, answer or hangup; see [`crate::calls`]):
+    /// handed to the daemon's call queue, not shown as a message.
+    Call(crate::calls::CallSignal),
 }
 
 impl fmt::Debug for Content {
@@ -112,6 +115,7 @@ impl fmt::Debug for Content {
             Content::Copy { content, .. } => write!(f, "Copy({content:?})"),
             Content::Rekey { seq, .. } => write!(f, "Rekey(seq {seq})"),
             Content::PeerRekey { seq, .. } => write!(f, "PeerRekey(seq {seq})"),
+            Content::Call(signal) => write!(f, "Call({} {})", signal.kind(), signal.call_id()),
         }
     }
 }
@@ -126,6 +130,7 @@ impl Content {
             Content::Copy { content, .. } => 33 + content.len(),
             Content::Rekey { .. } => 40,
             Content::PeerRekey { .. } => 72,
+            Content::Call(signal) => signal.encoded_len(),
         }
     }
 
@@ -152,6 +157,7 @@ impl Content {
                 Content::Text(_) | Content::File { .. } => content.check()?,
                 _ => return Err(Error::MalformedMessage("a copy holds a text or a file")),
             },
+            Content::Call(signal) => signal.check()?,
             _ => {}
         }
         Ok(())

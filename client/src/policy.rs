@@ -803,6 +803,106 @@ pub fn parse_list(spec: &str, codes: bool) -> Vec<String> {
         .collect()
 }
 
+/// The relays of a call circuit under `policy`: an entry from the
+/// template's first hop class, a middle from its second, and the
+/// rendezvous from its last class, each a mixnode that relays calls
+/// (publishes a circuit address), none avoided, all distinct and meeting
+/// the distinctness rules among themselves. Layers do not apply: a
+/// circuit does not mix. `rendezvous` fixes the last relay (the callee
+/// takes the one the caller's offer names) and is refused, with the
+/// reason, if the policy does not admit it. Refuses rather than relaxing
+/// the policy.
+pub fn choose_circuit_nodes<'c, R: Rng + ?Sized>(
+    consensus: &'c VerifiedConsensus,
+    policy: &RoutePolicy,
+    rendezvous: Option<&NodeId>,
+    rng: &mut R,
+) -> Result<Vec<&'c Descriptor>> {
+    let first = policy.template.first().map_or(ANY_CLASS, String::as_str);
+    let second = policy.template.get(1).map_or(ANY_CLASS, String::as_str);
+    let last = policy.template.last().map_or(ANY_CLASS, String::as_str);
+    let relays: Vec<&Descriptor> = consensus
+        .nodes
+        .iter()
+        .filter(|d| d.role == Role::Mix && d.circuit_addr.is_some())
+        .collect();
+    if relays.is_empty() {
+        return Err(Error::CallRoute(
+            "no mixnode in the consensus relays calls (none publishes a circuit address)".into(),
+        ));
+    }
+    let rendezvous = match rendezvous {
+        Some(id) => {
+            let d = consensus.node(id).ok_or_else(|| {
+                Error::CallRoute(format!(
+                    "the rendezvous relay {} is not in the consensus",
+                    id.short()
+                ))
+            })?;
+            if d.role != Role::Mix || d.circuit_addr.is_none() {
+                return Err(Error::CallRoute(format!(
+                    "the rendezvous relay {} does not relay calls",
+                    id.short()
+                )));
+            }
+            if !policy.admits(last, &d.jurisdiction) {
+                return Err(Error::CallRoute(format!(
+                    "the rendezvous relay {} is in {}, which the route policy does not admit for \
+                     its last hop (class {last}{}): the call is refused rather than the policy \
+                     relaxed",
+                    id.short(),
+                    d.jurisdiction,
+                    if policy.avoids(&d.jurisdiction) {
+                        ", avoided"
+                    } else {
+                        ""
+                    },
+                )));
+            }
+            d
+        }
+        None => pick(&relays, policy, last, &[], rng).ok_or_else(|| {
+            Error::CallRoute(format!(
+                "no mixnode that relays calls is admitted by the last hop class {last}"
+            ))
+        })?,
+    };
+    let mut chosen = vec![rendezvous];
+    for (position, class) in [("entry", first), ("middle", second)] {
+        let d = pick(&relays, policy, class, &chosen, rng).ok_or_else(|| {
+            Error::CallRoute(format!(
+                "no mixnode that relays calls can be the circuit's {position} relay: class \
+                 {class}, distinct from the other relays of the circuit under the policy's rules"
+            ))
+        })?;
+        chosen.push(d);
+    }
+    // Entry, middle, rendezvous.
+    chosen.rotate_left(1);
+    Ok(chosen)
+}
+
+/// A random relay of `relays` admitted by `class` and in no conflict with
+/// `taken`.
+fn pick<'c, R: Rng + ?Sized>(
+    relays: &[&'c Descriptor],
+    policy: &RoutePolicy,
+    class: &str,
+    taken: &[&Descriptor],
+    rng: &mut R,
+) -> Option<&'c Descriptor> {
+    let eligible: Vec<&'c Descriptor> = relays
+        .iter()
+        .copied()
+        .filter(|d| policy.admits(class, &d.jurisdiction))
+        .filter(|d| taken.iter().all(|t| conflict(policy, d, t).is_none()))
+        .collect();
+    if eligible.is_empty() {
+        return None;
+    }
+    Some(eligible[rng.random_range(0..eligible.len())])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -822,6 +922,7 @@ mod tests {
             tls_pin: [3; 32],
             addr: format!("127.0.0.1:{}", 9000 + i),
             api_addr: (role == Role::Mailbox).then(|| format!("127.0.0.1:{}", 9500 + i)),
+            circuit_addr: None,
             role,
             jurisdiction: jurisdiction.into(),
             operator: operator.into(),

@@ -146,6 +146,7 @@ mod tests {
             tls_pin: [i; 32],
             addr: format!("127.0.0.1:{}", 9000 + u16::from(i)),
             api_addr: (role == Role::Mailbox).then(|| format!("127.0.0.1:{}", 9100 + u16::from(i))),
+            circuit_addr: None,
             role,
             jurisdiction: jurisdiction.into(),
             operator: "Org".into(),

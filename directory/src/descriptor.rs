@@ -48,6 +48,9 @@ pub struct Descriptor {
     pub addr: String,
     /// `host:port` of the HTTPS API (mailbox servers), same certificate.
     pub api_addr: Option<String>,
+    /// `host:port` of the call circuit listener (mixnodes that relay
+    /// calls), same certificate.
+    pub circuit_addr: Option<String>,
     /// Mix layer or mailbox.
     pub role: Role,
     /// ISO 3166-1 alpha-2 code of the jurisdiction the node runs in.
@@ -86,6 +89,7 @@ impl Descriptor {
         for (field, addr) in [
             ("addr", Some(&self.addr)),
             ("api_addr", self.api_addr.as_ref()),
+            ("circuit_addr", self.circuit_addr.as_ref()),
         ] {
             if let Some(a) = addr
                 && (a.is_empty() || a.len() > MAX_ADDR_LEN || !a.contains(':'))
@@ -223,6 +227,7 @@ pub(crate) mod tests {
             tls_pin: [2; 32],
             addr: "127.0.0.1:4000".into(),
             api_addr: (role == Role::Mailbox).then(|| "127.0.0.1:4001".into()),
+            circuit_addr: None,
             role,
             jurisdiction: jurisdiction.into(),
             operator: "Example Org".into(),

@@ -115,6 +115,7 @@ fn descriptor(keys: &NodeKeys, epoch: u64) -> Descriptor {
         tls_pin: [9; 32],
         addr: "127.0.0.1:9".into(),
         api_addr: None,
+        circuit_addr: None,
         role: Role::Mix,
         jurisdiction: "DE".into(),
         operator: "Test Org".into(),

@@ -441,6 +441,7 @@ mod tests {
             tls_pin: [i; 32],
             addr: format!("127.0.0.1:{}", 7000 + u16::from(i)),
             api_addr: None,
+            circuit_addr: None,
             role: Role::Mix,
             jurisdiction: "DE".into(),
             operator: "Org".into(),

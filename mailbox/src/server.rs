@@ -227,6 +227,7 @@ pub async fn run_until(config: MailboxConfig, shutdown: impl Future<Output = ()>
             tls_pin: tls.pin().0,
             addr: config.public_addr(),
             api_addr: Some(config.public_api_addr()),
+            circuit_addr: None,
             role: Role::Mailbox,
             jurisdiction: config.jurisdiction.clone(),
             operator: config.operator.clone(),

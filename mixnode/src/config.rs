@@ -36,6 +36,17 @@ pub struct MixnodeConfig {
     /// the system's choice.
     #[serde(default)]
     pub source_addr: Option<IpAddr>,
+    /// Where the call circuit listener (TLS, same certificate) listens:
+    /// this node relays calls (`bastet-circuit`) only when it is set.
+    #[serde(default)]
+    pub circuit_listen: Option<SocketAddr>,
+    /// `host:port` of the circuit listener published in the directory;
+    /// default: the bound `circuit_listen`.
+    #[serde(default)]
+    pub public_circuit_addr: Option<String>,
+    /// Most call circuits through this node at once.
+    #[serde(default = "default_max_circuits")]
+    pub max_circuits: usize,
     /// ISO 3166-1 alpha-2 code of where the node runs.
     pub jurisdiction: String,
     /// Who runs the node.
@@ -106,8 +117,22 @@ pub struct MixnodeConfig {
     /// here `<in frame id> -`.
     #[serde(default)]
     pub test_hop_log: Option<PathBuf>,
+    /// Test hook (needs `test_hooks = true`): corrupt this fraction, from 0
+    /// to 1, of the call circuit cells this node relays, so that the next
+    /// hop that authenticates them drops them: loss injected at a relay.
+    #[serde(default)]
+    pub test_cell_loss: f64,
+    /// Test hook (needs `test_hooks = true`): append one line per call
+    /// circuit cell read to this file, `<unix micros> <circuit> <out|back>
+    /// <bytes>`, to measure cell timing on the wire.
+    #[serde(default)]
+    pub test_cell_log: Option<PathBuf>,
     /// The directory authorities.
     pub directory: DirectoryConfig,
+}
+
+fn default_max_circuits() -> usize {
+    1024
 }
 
 fn default_max_delay_ms() -> u64 {
@@ -194,6 +219,57 @@ impl MixnodeConfig {
         }
         if self.metrics_listen == self.listen && self.listen.port() != 0 {
             return bad("metrics_listen", "must differ from `listen`");
+        }
+        if let Some(c) = self.circuit_listen
+            && c.port() != 0
+            && (c == self.listen || c == self.metrics_listen)
+        {
+            return bad(
+                "circuit_listen",
+                "must differ from `listen` and `metrics_listen`",
+            );
+        }
+        match &self.public_circuit_addr {
+            Some(a) if a.is_empty() || a.len() > 255 || !a.contains(':') => {
+                return bad(
+                    "public_circuit_addr",
+                    "must be host:port, at most 255 bytes",
+                );
+            }
+            Some(_) if self.circuit_listen.is_none() => {
+                return bad("public_circuit_addr", "needs `circuit_listen`");
+            }
+            None if self.circuit_listen.is_some_and(|c| c.ip().is_unspecified()) => {
+                return bad(
+                    "public_circuit_addr",
+                    "is required when `circuit_listen` is a wildcard address",
+                );
+            }
+            _ => {}
+        }
+        if !(1..=1_000_000).contains(&self.max_circuits) {
+            return bad("max_circuits", "must be between 1 and 1000000");
+        }
+        if !(0.0..=1.0).contains(&self.test_cell_loss) {
+            return bad("test_cell_loss", "must be between 0 and 1");
+        }
+        if self.test_cell_loss > 0.0 && !self.test_hooks {
+            return bad(
+                "test_cell_loss",
+                "is a fault-injection test hook: it needs `test_hooks = true`",
+            );
+        }
+        match &self.test_cell_log {
+            Some(p) if p.as_os_str().is_empty() => {
+                return bad("test_cell_log", "must be a file path (or left out)");
+            }
+            Some(_) if !self.test_hooks => {
+                return bad(
+                    "test_cell_log",
+                    "is a test hook that records call cell timing: it needs `test_hooks = true`",
+                );
+            }
+            _ => {}
         }
         if self.max_delay_ms == 0 || self.max_delay_ms > MAX_DELAY_MS {
             return bad("max_delay_ms", "must be between 1 and 3600000");
@@ -362,6 +438,14 @@ impl MixnodeConfig {
             Some(a) => format!("source_addr = {}", q(&a.to_string())),
             None => "# source_addr = \"192.0.2.7\"".to_string(),
         };
+        let circuit_listen = match &self.circuit_listen {
+            Some(a) => format!("circuit_listen = {}", q(&a.to_string())),
+            None => "# circuit_listen = \"0.0.0.0:4102\"".to_string(),
+        };
+        let public_circuit_addr = match &self.public_circuit_addr {
+            Some(a) => format!("public_circuit_addr = {}", q(a)),
+            None => "# public_circuit_addr = \"mix.example.org:4102\"".to_string(),
+        };
         let directory = self.directory.to_commented_section()?;
         Ok(format!(
             "# Bastet mixnode, written by `bastet-mixnode init`.\n\
@@ -381,6 +465,15 @@ impl MixnodeConfig {
              # Local address connections to next hops leave from, on a host with several\n\
              # addresses: the one the next hops see. Default: the system's choice.\n\
              {source_addr}\n\
+             # Call circuits (TLS, same certificate): the node relays calls only when\n\
+             # circuit_listen is set. Cells pass with no mixing delay, one TLS connection\n\
+             # per circuit per link.\n\
+             {circuit_listen}\n\
+             # host:port of the circuit listener published in the directory.\n\
+             # Default: circuit_listen.\n\
+             {public_circuit_addr}\n\
+             # Most call circuits through this node at once; more are refused (overload).\n\
+             max_circuits = {max_circuits}\n\
              # Where the node runs (ISO 3166-1 alpha-2, in capitals); published so that\n\
              # clients can choose routes by jurisdiction.\n\
              jurisdiction = {jurisdiction}\n\
@@ -437,6 +530,11 @@ impl MixnodeConfig {
              # test_drop_fraction = 0.0\n\
              # test_ingress_log = \"/tmp/bastet-mix-ingress.log\"\n\
              # test_hop_log = \"/tmp/bastet-mix-hops.log\"\n\
+             # test_cell_loss (fault injection) corrupts that fraction of call cells so the\n\
+             # next hop drops them; test_cell_log a line per call cell read,\n\
+             # \"<unix micros> <circuit> <out|back> <bytes>\".\n\
+             # test_cell_loss = 0.0\n\
+             # test_cell_log = \"/tmp/bastet-mix-cells.log\"\n\
              \n\
              # Directory authorities this node publishes to and trusts for the consensus.\n\
              {directory}",
@@ -449,6 +547,7 @@ impl MixnodeConfig {
             max_delayed_packets = self.max_delayed_packets,
             ingress_queue = self.ingress_queue,
             ingress_max_wait_ms = self.ingress_max_wait_ms,
+            max_circuits = self.max_circuits,
             max_packet_rate = self.max_packet_rate,
             derived = self.derived_replay_filter_capacity(),
             replay_filter_capacity = match self.replay_filter_capacity {
@@ -510,6 +609,9 @@ pub fn init(options: &InitOptions) -> Result<InitReport> {
         public_addr: options.public_addr.clone(),
         metrics_listen: options.metrics_listen,
         source_addr: None,
+        circuit_listen: None,
+        public_circuit_addr: None,
+        max_circuits: default_max_circuits(),
         jurisdiction: options.jurisdiction.clone(),
         operator: options.operator.clone(),
         max_delay_ms: default_max_delay_ms(),
@@ -526,6 +628,8 @@ pub fn init(options: &InitOptions) -> Result<InitReport> {
         test_drop_fraction: 0.0,
         test_ingress_log: None,
         test_hop_log: None,
+        test_cell_loss: 0.0,
+        test_cell_log: None,
         directory,
     };
     config.validate()?;

@@ -383,6 +383,7 @@ mod tests {
             tls_pin: [i; 32],
             addr: format!("127.0.0.1:{}", 7000 + u16::from(i)),
             api_addr: (role == Role::Mailbox).then(|| format!("127.0.0.1:{}", 7100 + u16::from(i))),
+            circuit_addr: None,
             role,
             jurisdiction: "DE".into(),
             operator: "Org".into(),

@@ -783,6 +783,7 @@ mod tests {
             tls_pin: [2; 32],
             addr: "127.0.0.1:4000".into(),
             api_addr: None,
+            circuit_addr: None,
             role: Role::Mix,
             jurisdiction: "DE".into(),
             operator: "Org".into(),

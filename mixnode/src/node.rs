@@ -160,6 +160,7 @@ pub struct Mixnode {
     tasks: JoinSet<Result<()>>,
     ingress_log: Option<Arc<IngressLog>>,
     hop_log: Option<Arc<TestLog>>,
+    cell_log: Option<Arc<TestLog>>,
     /// Tells the mixer to stop taking packets and release what it holds.
     drain: watch::Sender<bool>,
     /// Fires once the mixer has released (or given up on) what it held.
@@ -200,10 +201,24 @@ impl Mixnode {
             unix_now(),
         )?;
         let tls = TlsIdentity::load(&config.data_dir)?;
+        let circuit_tls = circuit_listener_tls(&config)?;
         let directory = Arc::new(DirectoryClient::new(&config.directory)?);
         let listener = bind("listen", config.listen).await?;
         let metrics_listener = bind("metrics_listen", config.metrics_listen).await?;
         let listen_addr = local_addr("listen", config.listen, &listener)?;
+        let circuit_listener = match config.circuit_listen {
+            Some(addr) => {
+                let l = bind("circuit_listen", addr).await?;
+                let bound = local_addr("circuit_listen", addr, &l)?;
+                Some((l, bound))
+            }
+            None => None,
+        };
+        let cell_log = config
+            .test_cell_log
+            .as_deref()
+            .map(open_cell_log)
+            .transpose()?;
         let metrics_addr = local_addr("metrics_listen", config.metrics_listen, &metrics_listener)?;
         let packet_log = config
             .packet_log
@@ -256,6 +271,12 @@ impl Mixnode {
                 .clone()
                 .unwrap_or_else(|| listen_addr.to_string()),
             api_addr: None,
+            circuit_addr: circuit_listener.as_ref().map(|(_, bound)| {
+                config
+                    .public_circuit_addr
+                    .clone()
+                    .unwrap_or_else(|| bound.to_string())
+            }),
             role: Role::Mix,
             jurisdiction: config.jurisdiction.clone(),
             operator: config.operator.clone(),
@@ -381,6 +402,59 @@ impl Mixnode {
                 hop_log.clone(),
             ));
         }
+        if let Some((listener, bound)) = circuit_listener {
+            let circuit_metrics = bastet_circuit::CircuitMetrics::register(
+                registry.sub_registry_with_prefix("circuit"),
+            );
+            if config.test_cell_loss > 0.0 {
+                tracing::warn!(
+                    fraction = config.test_cell_loss,
+                    "TEST HOOK test_cell_loss is on: call cells are corrupted at random. \
+                     Never run a real node like this."
+                );
+            }
+            let relay = bastet_circuit::RelayConfig {
+                max_circuits: config.max_circuits,
+                source_addr: config.source_addr,
+                test_cell_loss: config.test_cell_loss,
+                test_cell_log: cell_log.clone(),
+                ..bastet_circuit::RelayConfig::default()
+            };
+            let (keys, consensus) = (keys_rx.clone(), consensus.clone());
+            let tls = circuit_tls.ok_or_else(|| Error::TaskFailed {
+                what: "circuit listener",
+                why: "no TLS identity".into(),
+            })?;
+            tracing::info!(circuit_listen = %bound, "relaying call circuits");
+            tasks.spawn(async move {
+                let why = match bastet_circuit::serve_circuits(
+                    listener,
+                    &tls,
+                    relay,
+                    keys,
+                    consensus,
+                    circuit_metrics,
+                )
+                .await
+                {
+                    Ok(()) => "listener closed".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                Err(Error::TaskFailed {
+                    what: "circuit listener",
+                    why,
+                })
+            });
+            if let Some(log) = cell_log.clone() {
+                tasks.spawn(async move {
+                    let mut tick = tokio::time::interval(STATS_PERIOD);
+                    loop {
+                        tick.tick().await;
+                        log.flush();
+                    }
+                });
+            }
+        }
         tasks.spawn(mix(pipeline, keys_rx, (drain_rx, drained_tx)));
         {
             let registry = Arc::new(registry);
@@ -424,6 +498,7 @@ impl Mixnode {
             tasks,
             ingress_log,
             hop_log,
+            cell_log,
             drain,
             drained: Some(drained),
             outbound,
@@ -492,6 +567,9 @@ impl Mixnode {
             log.flush();
         }
         if let Some(log) = &self.hop_log {
+            log.flush();
+        }
+        if let Some(log) = &self.cell_log {
             log.flush();
         }
     }
@@ -882,6 +960,28 @@ fn open_ingress_log(path: &Path) -> Result<Arc<IngressLog>> {
 
 /// Opens the `test_hop_log` test hook, loudly: it undoes this node's
 /// mixing for whoever reads the file.
+/// The TLS identity for the circuit listener (the node's certificate,
+/// loaded a second time for its own acceptor), if calls are relayed.
+fn circuit_listener_tls(config: &MixnodeConfig) -> Result<Option<TlsIdentity>> {
+    match config.circuit_listen {
+        Some(_) => Ok(Some(TlsIdentity::load(&config.data_dir)?)),
+        None => Ok(None),
+    }
+}
+
+fn open_cell_log(path: &Path) -> Result<Arc<TestLog>> {
+    let log = TestLog::open(path).map_err(|source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    tracing::warn!(
+        path = %path.display(),
+        "TEST HOOK test_cell_log is on: the time of every call cell is written to disk. \
+         Never run a real node like this."
+    );
+    Ok(Arc::new(log))
+}
+
 fn open_hop_log(path: &Path) -> Result<Arc<TestLog>> {
     let log = TestLog::open(path).map_err(|source| Error::File {
         path: path.to_path_buf(),

@@ -17,8 +17,8 @@ pub use fragment::{
     fragment,
 };
 pub use packet::{
-    Hop, MAX_HOPS, MAX_MESSAGE_LEN, PACKET_LEN, PAYLOAD_SIZE, Packet, Prepared, Processed,
-    ReplayTag, build, build_with_secret,
+    Hop, HopSecret, MAX_HOPS, MAX_MESSAGE_LEN, PACKET_LEN, PAYLOAD_SIZE, Packet, Prepared,
+    Processed, ReplayTag, build, build_with_hop_secrets, build_with_secret,
 };
 pub use replay::{REPLAY_FILTER_FP_RATE, ReplayFilter};
 pub use surb::{

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sphinx_packet::constants::{IDENTIFIER_LENGTH, REPLAY_TAG_SIZE};
 use sphinx_packet::header::SphinxHeader;
 use sphinx_packet::header::delays::Delay;
+use sphinx_packet::header::keys::KeyMaterial;
 use sphinx_packet::header::shared_secret::ExpandedSharedSecret;
 use sphinx_packet::payload::PAYLOAD_OVERHEAD_SIZE;
 use sphinx_packet::route::{Destination, DestinationAddressBytes, Node, NodeAddressBytes};
@@ -108,6 +109,58 @@ pub fn build_with_secret(
     Packet::from_bytes(&bytes)
 }
 
+/// A secret that a packet's creator shares with one relay on its route:
+/// both derive it from that hop's Sphinx shared secret, the creator when it
+/// builds the packet ([`build_with_hop_secrets`]), the relay when it
+/// processes it ([`Prepared::hop_secret`]). Keys for other protocols (the
+/// call circuit's per-hop keys) are derived from it with
+/// [`HopSecret::derive`], never from the Sphinx keys directly. Zeroizes on
+/// drop.
+pub struct HopSecret(zeroize::Zeroizing<[u8; 32]>);
+
+/// BLAKE3 key-derivation context of [`HopSecret`].
+const HOP_SECRET_CONTEXT: &str = "bastet 2026 sphinx hop secret v1";
+
+impl HopSecret {
+    fn of(secret: &ExpandedSharedSecret) -> Self {
+        HopSecret(zeroize::Zeroizing::new(blake3::derive_key(
+            HOP_SECRET_CONTEXT,
+            secret.legacy_payload_key(),
+        )))
+    }
+
+    /// A 32-byte key for `context` (a BLAKE3 key-derivation context: a
+    /// hard-coded, globally unique string naming the protocol and the key's
+    /// use).
+    pub fn derive(&self, context: &str) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(blake3::derive_key(context, self.0.as_slice()))
+    }
+}
+
+impl std::fmt::Debug for HopSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HopSecret(<redacted>)")
+    }
+}
+
+/// Like [`build`], also returning the [`HopSecret`] shared with each hop of
+/// `route`, in route order.
+pub fn build_with_hop_secrets(
+    route: &[Hop],
+    mailbox: &MailboxId,
+    message: &[u8],
+) -> Result<(Packet, Vec<HopSecret>)> {
+    let initial_secret = StaticSecret::random();
+    let packet = build_with_secret(route, mailbox, message, &initial_secret)?;
+    let (nodes, _) = sphinx_route(route)?;
+    let secrets = KeyMaterial::derive(&nodes, &initial_secret)
+        .expanded_shared_secrets
+        .iter()
+        .map(HopSecret::of)
+        .collect();
+    Ok((packet, secrets))
+}
+
 /// `route` as sphinx-packet's nodes and delays, after checking its length
 /// (1 to [`MAX_HOPS`]) and that every delay fits its encoding.
 pub(crate) fn sphinx_route(route: &[Hop]) -> Result<(Vec<Node>, Vec<Delay>)> {
@@ -191,6 +244,12 @@ impl Prepared {
     /// The tag to check against the replay filter.
     pub fn replay_tag(&self) -> ReplayTag {
         ReplayTag(*self.secret.replay_tag())
+    }
+
+    /// The secret this relay shares with the packet's creator
+    /// (see [`HopSecret`]).
+    pub fn hop_secret(&self) -> HopSecret {
+        HopSecret::of(&self.secret)
     }
 
     /// Removes this node's layer. At the last hop, a forward packet (SURB
@@ -306,6 +365,28 @@ mod tests {
             delay: Duration::from_millis(u64::from(i)),
         };
         (hop, sk)
+    }
+
+    #[test]
+    fn each_relay_derives_the_hop_secret_its_creator_holds_and_no_other() {
+        let (hops, keys): (Vec<_>, Vec<_>) = (1..=3).map(node).unzip();
+        let mailbox = MailboxId([4; 32]);
+        let (mut packet, secrets) = build_with_hop_secrets(&hops, &mailbox, b"hi").unwrap();
+        assert_eq!(secrets.len(), 3);
+        let ctx = "bastet test hop secret";
+        for (i, key) in keys.iter().enumerate() {
+            let prepared = Prepared::new(packet.as_bytes(), key).unwrap();
+            let relay = prepared.hop_secret().derive(ctx);
+            for (j, secret) in secrets.iter().enumerate() {
+                assert_eq!(*relay == *secret.derive(ctx), i == j, "hop {i} vs {j}");
+            }
+            assert_ne!(*relay, *secrets[i].derive("bastet test other context"));
+            match prepared.process().unwrap() {
+                Processed::Forward { packet: next, .. } => packet = next,
+                Processed::Deliver { message, .. } => assert_eq!(message, b"hi"),
+                Processed::Reply { .. } => panic!("not a reply"),
+            }
+        }
     }
 
     #[test]

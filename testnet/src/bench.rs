@@ -1204,6 +1204,7 @@ async fn setup(dir: &Path, bins: &Binaries, cores: usize, all_cpus: Vec<usize>) 
         tls_pin: sink.pin.0,
         addr: sink.addr.to_string(),
         api_addr: None,
+        circuit_addr: None,
         role: Role::Mix,
         jurisdiction: "CH".into(),
         operator: "Bench Sink".into(),

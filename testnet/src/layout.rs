@@ -141,6 +141,13 @@ pub struct RelayNode {
     /// (with [`crate::NetworkOptions::trace`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_addr: Option<std::net::IpAddr>,
+    /// Call circuit listener (mixnodes; every testnet mixnode relays calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_listen: Option<SocketAddr>,
+    /// Test hook (mixnodes, with [`crate::NetworkOptions::cell_log`]): a
+    /// line per call cell read, `<unix micros> <circuit> <out|back> <bytes>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell_log: Option<PathBuf>,
 }
 
 /// Where everything in a testnet is; also written to `network.json`.

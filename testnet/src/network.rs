@@ -75,6 +75,13 @@ pub struct NetworkOptions {
     /// Every mixnode's `cover_rate` (λ_M, per second) and
     /// `cover_mix_delay_ms`; `None`: their defaults.
     pub mix_cover: Option<(f64, u64)>,
+    /// Fault injection for calls: the fraction of call cells the first
+    /// mixnode (in plan order, [`Network::call_relay`]) corrupts through
+    /// its `test_cell_loss` hook, so that they are lost.
+    pub cell_loss: f64,
+    /// Turn on every mixnode's `test_cell_log` hook (`cells.log` in its
+    /// directory; see [`RelayNode::cell_log`]).
+    pub cell_log: bool,
 }
 
 impl Default for NetworkOptions {
@@ -93,6 +100,8 @@ impl Default for NetworkOptions {
             ingress_log: false,
             trace: false,
             mix_cover: None,
+            cell_loss: 0.0,
+            cell_log: false,
         }
     }
 }
@@ -740,7 +749,36 @@ async fn launch(
         )?;
         let mut ingress_log = None;
         let (mut hop_log, mut store_log, mut source_addr) = (None, None, None);
+        let (mut circuit_listen, mut cell_log) = (None, None);
         if plan.role == Role::Mix {
+            let port = next_port()?;
+            layout::edit_config(
+                &config,
+                "circuit_listen",
+                port.to_string().into(),
+                "Set by bastet-testnet: this mixnode relays calls.",
+            )?;
+            circuit_listen = Some(port);
+            if options.cell_loss > 0.0 && mixes_seen == 0 {
+                layout::edit_config(
+                    &config,
+                    "test_hooks",
+                    true.into(),
+                    "Test hooks set by bastet-testnet: call cell loss.",
+                )?;
+                layout::edit_config(&config, "test_cell_loss", options.cell_loss.into(), "")?;
+            }
+            if options.cell_log {
+                let path = node_dir.join("cells.log");
+                layout::edit_config(&config, "test_hooks", true.into(), "")?;
+                layout::edit_config(
+                    &config,
+                    "test_cell_log",
+                    path.to_string_lossy().into_owned().into(),
+                    "",
+                )?;
+                cell_log = Some(path);
+            }
             mixes_seen += 1;
             if options.loss > 0.0 && mixes_seen % 2 == 1 {
                 set_loss(&config, options.loss)?;
@@ -788,6 +826,8 @@ async fn launch(
             hop_log,
             store_log,
             source_addr,
+            circuit_listen,
+            cell_log,
         });
     }
     // Only now are the node ids known: admit exactly these nodes.
@@ -1097,6 +1137,8 @@ fn rebind(r: &mut RelayNode) -> Result<()> {
     let ports = free_ports(3)?;
     let (listen, metrics) = (ports[0], ports[1]);
     let api = r.api_listen.map(|_| ports[2]);
+    // A node has an API or a circuit listener, never both.
+    let circuit = r.circuit_listen.map(|_| ports[2]);
     let current: toml::Table = std::fs::read_to_string(&r.config)
         .ok()
         .and_then(|t| t.parse().ok())
@@ -1111,12 +1153,16 @@ fn rebind(r: &mut RelayNode) -> Result<()> {
             edits.push(("public_api_addr", api));
         }
     }
+    if let Some(circuit) = circuit {
+        edits.push(("circuit_listen", circuit));
+    }
     for (key, addr) in edits {
         layout::edit_config(&r.config, key, addr.to_string().into(), "")?;
     }
     r.listen = listen;
     r.metrics_listen = metrics;
     r.api_listen = api;
+    r.circuit_listen = circuit;
     Ok(())
 }
 
@@ -1184,6 +1230,8 @@ mod tests {
             hop_log: None,
             store_log: None,
             source_addr: None,
+            circuit_listen: None,
+            cell_log: None,
         };
         rebind(&mut relay).unwrap();
         let t: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();

@@ -75,6 +75,7 @@ fn network() -> Network {
             tls_pin: [0; 32],
             addr: format!("127.0.0.1:{}", 7000 + i),
             api_addr: (role == Role::Mailbox).then(|| format!("127.0.0.1:{}", 8000 + i)),
+            circuit_addr: None,
             role,
             jurisdiction: jurisdiction.into(),
             operator: format!("operator {i}"),

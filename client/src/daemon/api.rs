@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use crate::calls::{CallAnswer, CallId, CallOffer, CallSignal, Hangup, HangupReason, ReceivedCall};
 use crate::{
     DeliveryState, Error, InboxMessage, MessageId, Outgoing, ReceivedFile, ReceivedMessage, Result,
     RouteNode, RoutePolicy, SentMessage,
@@ -90,6 +91,196 @@ pub enum Request {
         /// What to do.
         request: crate::ContactRequest,
     },
+    /// Seal a call signal to a contact and queue it like a message (same
+    /// outbox, acks, retransmission and give-up); answered with `sent`.
+    CallSend {
+        /// The contact's name.
+        to: String,
+        /// One device of theirs (its device key, hex): an answer goes to
+        /// the device that sent the offer. `None`: every current device
+        /// (an offer rings them all; a hangup cancels it on all).
+        #[serde(default)]
+        device: Option<String>,
+        /// The signal.
+        signal: WireCallSignal,
+    },
+    /// Take (remove) the call signals received, oldest first; answered
+    /// with `call_signals`.
+    CallSignals {
+        /// With none waiting, wait up to this many milliseconds (at most
+        /// [`MAX_WAIT_MS`]) for one.
+        #[serde(default)]
+        wait_ms: u64,
+        /// Only the signals of this call (hex id); the others stay.
+        #[serde(default)]
+        call_id: Option<String>,
+    },
+}
+
+/// A call signal in JSON: byte fields in hex.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WireCallSignal {
+    /// [`CallOffer`].
+    Offer {
+        /// 16 bytes.
+        call_id: String,
+        /// Unix seconds.
+        expires_unix: u64,
+        /// `normal`, `constrained` or `video`.
+        profile: String,
+        /// The rendezvous relay's node id, 32 bytes.
+        rendezvous: String,
+        /// 32 bytes.
+        cookie: String,
+        /// The caller's ephemeral X25519 key, 32 bytes.
+        x25519: String,
+        /// The caller's ML-KEM-768 encapsulation key, 1184 bytes.
+        kem_ek: String,
+    },
+    /// [`CallAnswer`].
+    Answer {
+        /// 16 bytes.
+        call_id: String,
+        /// The callee's ephemeral X25519 key, 32 bytes.
+        x25519: String,
+        /// The ML-KEM-768 ciphertext, 1088 bytes.
+        kem_ct: String,
+        /// The callee's key confirmation, 32 bytes.
+        confirmation: String,
+    },
+    /// [`Hangup`].
+    Hangup {
+        /// 16 bytes.
+        call_id: String,
+        /// Why.
+        reason: HangupReason,
+    },
+}
+
+/// `N` bytes from the hex of field `what`.
+fn hex_field<const N: usize>(s: &str, what: &str) -> Result<[u8; N]> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s, &mut out).map_err(|_| {
+        Error::MalformedCallSignal(format!(
+            "{what} must be {N} bytes in hex ({} hex digits), got {} characters",
+            2 * N,
+            s.len()
+        ))
+    })?;
+    Ok(out)
+}
+
+impl From<&CallSignal> for WireCallSignal {
+    fn from(signal: &CallSignal) -> Self {
+        match signal {
+            CallSignal::Offer(o) => WireCallSignal::Offer {
+                call_id: o.call_id.to_hex(),
+                expires_unix: o.expires_unix,
+                profile: o.profile.clone(),
+                rendezvous: hex::encode(o.rendezvous),
+                cookie: hex::encode(o.cookie),
+                x25519: hex::encode(o.x25519),
+                kem_ek: hex::encode(o.kem_ek.as_slice()),
+            },
+            CallSignal::Answer(a) => WireCallSignal::Answer {
+                call_id: a.call_id.to_hex(),
+                x25519: hex::encode(a.x25519),
+                kem_ct: hex::encode(a.kem_ct.as_slice()),
+                confirmation: hex::encode(a.confirmation),
+            },
+            CallSignal::Hangup(h) => WireCallSignal::Hangup {
+                call_id: h.call_id.to_hex(),
+                reason: h.reason,
+            },
+        }
+    }
+}
+
+impl TryFrom<&WireCallSignal> for CallSignal {
+    type Error = Error;
+
+    /// Refuses bad hex, wrong lengths and an unknown profile.
+    fn try_from(wire: &WireCallSignal) -> Result<Self> {
+        let signal = match wire {
+            WireCallSignal::Offer {
+                call_id,
+                expires_unix,
+                profile,
+                rendezvous,
+                cookie,
+                x25519,
+                kem_ek,
+            } => CallSignal::Offer(CallOffer {
+                call_id: CallId(hex_field(call_id, "call_id")?),
+                expires_unix: *expires_unix,
+                profile: profile.clone(),
+                rendezvous: hex_field(rendezvous, "rendezvous")?,
+                cookie: hex_field(cookie, "cookie")?,
+                x25519: hex_field(x25519, "x25519")?,
+                kem_ek: Box::new(hex_field(kem_ek, "kem_ek")?),
+            }),
+            WireCallSignal::Answer {
+                call_id,
+                x25519,
+                kem_ct,
+                confirmation,
+            } => CallSignal::Answer(CallAnswer {
+                call_id: CallId(hex_field(call_id, "call_id")?),
+                x25519: hex_field(x25519, "x25519")?,
+                kem_ct: Box::new(hex_field(kem_ct, "kem_ct")?),
+                confirmation: hex_field(confirmation, "confirmation")?,
+            }),
+            WireCallSignal::Hangup { call_id, reason } => CallSignal::Hangup(Hangup {
+                call_id: CallId(hex_field(call_id, "call_id")?),
+                reason: *reason,
+            }),
+        };
+        signal.check()?;
+        Ok(signal)
+    }
+}
+
+/// A received call signal in JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireReceivedCall {
+    /// The contact it is from.
+    pub contact: String,
+    /// The sender's identity key (hex).
+    pub identity: String,
+    /// The sender's device key (hex): where an answer or hangup goes.
+    pub device: String,
+    /// When this device opened it (unix ms).
+    pub received_at_ms: u64,
+    /// The signal.
+    pub signal: WireCallSignal,
+}
+
+impl From<&ReceivedCall> for WireReceivedCall {
+    fn from(c: &ReceivedCall) -> Self {
+        WireReceivedCall {
+            contact: c.contact.clone(),
+            identity: hex::encode(c.identity),
+            device: hex::encode(c.device),
+            received_at_ms: c.received_at_ms,
+            signal: WireCallSignal::from(&c.signal),
+        }
+    }
+}
+
+impl TryFrom<&WireReceivedCall> for ReceivedCall {
+    type Error = Error;
+
+    fn try_from(wire: &WireReceivedCall) -> Result<Self> {
+        Ok(ReceivedCall {
+            contact: wire.contact.clone(),
+            identity: hex_field(&wire.identity, "identity")?,
+            device: hex_field(&wire.device, "device")?,
+            received_at_ms: wire.received_at_ms,
+            signal: CallSignal::try_from(&wire.signal)?,
+        })
+    }
 }
 
 /// One relay of a route, for display.
@@ -314,6 +505,15 @@ pub struct Counters {
     pub ticks: u64,
     /// Microseconds spent building and queueing them.
     pub tick_work_us: u64,
+    /// Call signals received and queued for `call_signals`.
+    #[serde(default)]
+    pub call_signals: u64,
+    /// Call signals refused: offers expired or too far ahead, replays.
+    #[serde(default)]
+    pub call_signals_refused: u64,
+    /// Call signals dropped, oldest first, because too many waited.
+    #[serde(default)]
+    pub call_signals_dropped: u64,
 }
 
 /// One node's loop-measured reliability.
@@ -445,6 +645,11 @@ pub enum Response {
         /// The configuration in force.
         config: Box<crate::ClientConfig>,
     },
+    /// To `call_signals`.
+    CallSignals {
+        /// The signals taken, oldest first (empty if none came in time).
+        signals: Vec<WireReceivedCall>,
+    },
     /// The request failed.
     Error {
         /// Why.
@@ -495,12 +700,60 @@ pub async fn call(data_dir: &Path, request: &Request) -> Result<Response> {
     };
     let limit = REQUEST_TIMEOUT
         + match request {
-            Request::Message { wait_ms, .. } => Duration::from_millis((*wait_ms).min(MAX_WAIT_MS)),
+            Request::Message { wait_ms, .. } | Request::CallSignals { wait_ms, .. } => {
+                Duration::from_millis((*wait_ms).min(MAX_WAIT_MS))
+            }
             _ => Duration::ZERO,
         };
     tokio::time::timeout(limit, exchange)
         .await
         .map_err(|_| Error::Daemon(format!("no answer within {limit:?}")))?
+}
+
+/// Asks the daemon of `data_dir` to seal `signal` to contact `to` (its
+/// device `device`, or every current device) and queue it: the reports of
+/// the copies queued, one per device.
+pub async fn send_call_signal(
+    data_dir: &Path,
+    to: &str,
+    device: Option<&[u8; 32]>,
+    signal: &CallSignal,
+) -> Result<Vec<MessageReport>> {
+    let request = Request::CallSend {
+        to: to.to_string(),
+        device: device.map(hex::encode),
+        signal: WireCallSignal::from(signal),
+    };
+    match call(data_dir, &request).await? {
+        Response::Sent { copies } => Ok(copies),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Takes the call signals the daemon of `data_dir` received (of call
+/// `call_id` only, if given), waiting up to `wait` (at most
+/// [`MAX_WAIT_MS`]) for one if none is there yet.
+pub async fn take_call_signals(
+    data_dir: &Path,
+    wait: Duration,
+    call_id: Option<CallId>,
+) -> Result<Vec<ReceivedCall>> {
+    let request = Request::CallSignals {
+        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        call_id: call_id.map(|id| id.to_hex()),
+    };
+    match call(data_dir, &request).await? {
+        Response::CallSignals { signals } => signals.iter().map(ReceivedCall::try_from).collect(),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The error for an answer of the wrong kind (or the daemon's error).
+fn unexpected(response: Response) -> Error {
+    match response {
+        Response::Error { error } => Error::Daemon(error),
+        other => Error::Daemon(format!("unexpected answer: {other:?}")),
+    }
 }
 
 fn daemon_error(e: &dyn std::fmt::Display) -> Error {
@@ -619,6 +872,116 @@ mod tests {
             serde_json::from_str::<Response>(&json),
             Ok(Response::Sent { .. })
         ));
+    }
+
+    #[test]
+    fn call_signals_survive_the_socket_and_bad_fields_are_named() {
+        use crate::calls::{self, CallSignal, Hangup, HangupReason, Peer, ReceivedCall};
+        let now = 1_800_000_000;
+        let (offer, _) = calls::new_offer(
+            &mut rand::rng(),
+            "video",
+            [2; 32],
+            now,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let peer = Peer {
+            identity: [1; 32],
+            device: [2; 32],
+        };
+        let (answer, _) = calls::answer(&mut rand::rng(), &offer, &peer, &peer, now).unwrap();
+        for signal in [
+            CallSignal::Offer(offer.clone()),
+            CallSignal::Answer(answer),
+            CallSignal::Hangup(Hangup {
+                call_id: offer.call_id,
+                reason: HangupReason::AnsweredElsewhere,
+            }),
+        ] {
+            let request = Request::CallSend {
+                to: "bob".into(),
+                device: None,
+                signal: WireCallSignal::from(&signal),
+            };
+            let json = serde_json::to_string(&request).unwrap();
+            let Ok(Request::CallSend { signal: wire, .. }) = serde_json::from_str(&json) else {
+                panic!("{json}");
+            };
+            assert_eq!(CallSignal::try_from(&wire).unwrap(), signal);
+            let received = ReceivedCall {
+                contact: "alice".into(),
+                identity: [3; 32],
+                device: [4; 32],
+                signal: signal.clone(),
+                received_at_ms: 5,
+            };
+            let response = Response::CallSignals {
+                signals: vec![WireReceivedCall::from(&received)],
+            };
+            let json = serde_json::to_string(&response).unwrap();
+            let Ok(Response::CallSignals { signals }) = serde_json::from_str(&json) else {
+                panic!("{json}");
+            };
+            assert_eq!(ReceivedCall::try_from(&signals[0]).unwrap(), received);
+        }
+        let json =
+            r#"{"kind":"hangup","call_id":"00112233445566778899aabbccddeeff","reason":"busy"}"#;
+        let wire: WireCallSignal = serde_json::from_str(json).unwrap();
+        assert!(matches!(
+            CallSignal::try_from(&wire),
+            Ok(CallSignal::Hangup(Hangup {
+                reason: HangupReason::Busy,
+                ..
+            }))
+        ));
+        for bad in [
+            r#"{"kind":"hangup","call_id":"0011","reason":"busy"}"#,
+            r#"{"kind":"hangup","call_id":"zz112233445566778899aabbccddeeff","reason":"busy"}"#,
+        ] {
+            let wire: WireCallSignal = serde_json::from_str(bad).unwrap();
+            let e = CallSignal::try_from(&wire).unwrap_err();
+            assert!(e.to_string().contains("call_id must be 16 bytes"), "{e}");
+        }
+        assert!(
+            serde_json::from_str::<WireCallSignal>(
+                r#"{"kind":"hangup","call_id":"00112233445566778899aabbccddeeff","reason":"bored"}"#
+            )
+            .is_err()
+        );
+        let WireCallSignal::Offer { .. } = WireCallSignal::from(&CallSignal::Offer(offer.clone()))
+        else {
+            panic!()
+        };
+        let mut wire = WireCallSignal::from(&CallSignal::Offer(offer.clone()));
+        if let WireCallSignal::Offer {
+            kem_ek, profile, ..
+        } = &mut wire
+        {
+            kem_ek.pop();
+            *profile = "normal".into();
+        }
+        let e = CallSignal::try_from(&wire).unwrap_err();
+        assert!(e.to_string().contains("kem_ek must be 1184 bytes"), "{e}");
+        let mut wire = WireCallSignal::from(&CallSignal::Offer(offer));
+        if let WireCallSignal::Offer { profile, .. } = &mut wire {
+            *profile = "hifi".into();
+        }
+        assert!(matches!(
+            CallSignal::try_from(&wire),
+            Err(Error::UnknownCallProfile(_))
+        ));
+        let r: Request = serde_json::from_str(r#"{"op":"call_signals","wait_ms":500}"#).unwrap();
+        assert!(matches!(
+            r,
+            Request::CallSignals {
+                wait_ms: 500,
+                call_id: None
+            }
+        ));
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"call_signals","wait_ms":5,"x":1}"#).is_err()
+        );
     }
 
     #[test]

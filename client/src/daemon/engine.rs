@@ -19,10 +19,11 @@ use bastet_sphinx::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::api::{
-    Counters, MAX_INBOX_PAGE_BYTES, MessageReport, Request, Response, StatusReport, WireHop,
-    WireReceived, WireScore,
+    Counters, MAX_INBOX_PAGE_BYTES, MessageReport, Request, Response, StatusReport, WireCallSignal,
+    WireHop, WireReceived, WireReceivedCall, WireScore,
 };
 use super::saver::Saver;
+use crate::calls::{CallId, CallInbox, CallSignal};
 use crate::contacts::Contacts;
 use crate::datadir::MAX_HELD_MESSAGES;
 use crate::inbox::plan_inbox;
@@ -171,6 +172,10 @@ pub(crate) struct Engine {
     dirty: bool,
     last_housekeeping: Instant,
     waiters: Vec<(String, Instant, oneshot::Sender<Response>)>,
+    /// Call signals received, for `call_signals`.
+    calls: CallInbox,
+    /// `call_signals` requests waiting for a signal (of one call, or any).
+    call_waiters: Vec<(Option<CallId>, Instant, oneshot::Sender<Response>)>,
     saver: Saver,
     events: mpsc::Sender<Event>,
 }
@@ -271,6 +276,8 @@ impl Engine {
             dirty: false,
             last_housekeeping: Instant::now(),
             waiters: Vec::new(),
+            calls: CallInbox::new(),
+            call_waiters: Vec::new(),
             saver: Saver::start(dir_for_saver),
             events,
         };
@@ -547,6 +554,7 @@ impl Engine {
     /// Give-ups, lost loops, the real-packet queue, saving, the consensus.
     fn housekeeping(&mut self) {
         self.answer_waiters();
+        self.take_calls();
         let now = now_ms();
         let mut done = Vec::new();
         for (i, live) in self.live.iter_mut().enumerate() {
@@ -790,6 +798,7 @@ impl Engine {
             Instant::now(),
         );
         self.partial = plan.partial_envelopes;
+        self.take_calls();
         for u in &plan.unreadable {
             tracing::warn!(seq = u.seq, error = %u.error, "a payload could not be read; it stays on the server");
         }
@@ -884,7 +893,68 @@ impl Engine {
         }
     }
 
+    /// Moves the call signals the contact book opened into the call queue
+    /// (refusing stale offers and replays), and answers the
+    /// `call_signals` requests waiting for them or whose wait is over.
+    fn take_calls(&mut self) {
+        let now = now_ms();
+        for call in self.contacts.take_calls() {
+            let (contact, kind) = (call.contact.clone(), call.signal.kind());
+            match self.calls.accept(call, now) {
+                Ok(()) => self.counters.call_signals += 1,
+                Err(e) => tracing::warn!(contact, %kind, error = %e, "a call signal is refused"),
+            }
+        }
+        self.counters.call_signals_refused = self.calls.refused();
+        self.counters.call_signals_dropped = self.calls.dropped();
+        if self.call_waiters.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (call_id, deadline, reply) in std::mem::take(&mut self.call_waiters) {
+            if reply.is_closed() {
+                // The asker went away: what it waited for stays queued.
+                continue;
+            }
+            if self.calls.has(call_id) || now >= deadline {
+                let taken = self.calls.take(call_id);
+                if let Err(Response::CallSignals { signals }) = reply.send(call_response(&taken))
+                    && !signals.is_empty()
+                {
+                    self.calls.put_back(taken);
+                }
+            } else {
+                self.call_waiters.push((call_id, deadline, reply));
+            }
+        }
+    }
+
+    /// Takes the waiting call signals (of one call, if given).
+    fn call_signals(&mut self, call_id: Option<CallId>) -> Response {
+        call_response(&self.calls.take(call_id))
+    }
+
     fn handle(&mut self, request: Request, reply: oneshot::Sender<Response>) {
+        if let Request::CallSignals { wait_ms, call_id } = &request
+            && *wait_ms > 0
+            && self.call_waiters.len() < MAX_WAITERS
+        {
+            let call_id = match call_id.as_deref().map(parse_call_id).transpose() {
+                Ok(id) => id,
+                Err(e) => {
+                    let _ = reply.send(Response::Error {
+                        error: e.to_string(),
+                    });
+                    return;
+                }
+            };
+            if !self.calls.has(call_id) {
+                let wait = Duration::from_millis((*wait_ms).min(super::api::MAX_WAIT_MS));
+                self.call_waiters
+                    .push((call_id, Instant::now() + wait, reply));
+                return;
+            }
+        }
         if let Request::Message { id, wait_ms } = &request
             && *wait_ms > 0
             && self.report(id).is_some_and(|r| !r.state.is_final())
@@ -922,6 +992,14 @@ impl Engine {
                 config: Box::new(self.config.clone()),
             }),
             Request::Contact { request } => self.contact(request),
+            Request::CallSend { to, device, signal } => {
+                self.queue_call(&to, device.as_deref(), &signal)
+            }
+            Request::CallSignals { call_id, .. } => call_id
+                .as_deref()
+                .map(parse_call_id)
+                .transpose()
+                .map(|id| self.call_signals(id)),
         };
         result.unwrap_or_else(|e| Response::Error {
             error: e.to_string(),
@@ -953,29 +1031,10 @@ impl Engine {
             _ => return Err(Error::Daemon("give either a text or a file".into())),
         };
         content.check()?;
-        if let Some(p) = &route {
-            p.validate("route policy: ")?;
-        }
         if give_up_secs == 0 {
             return Err(Error::Daemon("give_up_secs must be at least 1".into()));
         }
-        // Refused now rather than retried until the give-up: an unknown
-        // mailbox server, or a policy this consensus cannot meet.
-        {
-            let policy = route.as_ref().unwrap_or(&self.config.route);
-            let (mean, rng) = (self.params.mean_hop_delay, &mut rand::rng());
-            for to in &addresses {
-                mailbox_descriptor(&self.consensus, &to.mailbox_server)?;
-                choose_policy_route(&self.consensus, policy, &to.mailbox_server, mean, rng)?;
-            }
-            choose_policy_route(&self.consensus, policy, &self.own_server, mean, rng)?;
-        }
-        if self.live.len() + addresses.len() > crate::datadir::MAX_OUTBOX_MESSAGES {
-            return Err(Error::Daemon(format!(
-                "the outbox holds {} messages already; wait for some to be stored",
-                self.live.len()
-            )));
-        }
+        self.check_sendable(&addresses, route.as_ref())?;
         let sent_at_ms = now_ms();
         let copies = self.contacts.seal_message(
             &self.keys,
@@ -1016,6 +1075,72 @@ impl Engine {
                 tracing::warn!(error = %e, "copies for your other devices could not be sealed");
             }
         }
+        self.refill();
+        Ok(Response::Sent { copies: reports })
+    }
+
+    /// Refuses now rather than retrying until the give-up: a route policy
+    /// that is invalid, an unknown mailbox server, a policy this consensus
+    /// cannot meet, or an outbox without room for one copy per address.
+    fn check_sendable(&self, addresses: &[Address], route: Option<&RoutePolicy>) -> Result<()> {
+        if let Some(p) = route {
+            p.validate("route policy: ")?;
+        }
+        let policy = route.unwrap_or(&self.config.route);
+        let (mean, rng) = (self.params.mean_hop_delay, &mut rand::rng());
+        for to in addresses {
+            mailbox_descriptor(&self.consensus, &to.mailbox_server)?;
+            choose_policy_route(&self.consensus, policy, &to.mailbox_server, mean, rng)?;
+        }
+        choose_policy_route(&self.consensus, policy, &self.own_server, mean, rng)?;
+        if self.live.len() + addresses.len() > crate::datadir::MAX_OUTBOX_MESSAGES {
+            return Err(Error::Daemon(format!(
+                "the outbox holds {} messages already; wait for some to be stored",
+                self.live.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Seals a call signal to contact `to` (device `device`, hex, or every
+    /// current device) and queues each copy exactly as a message is
+    /// queued, with the default give-up and the configured route policy.
+    fn queue_call(
+        &mut self,
+        to: &str,
+        device: Option<&str>,
+        signal: &WireCallSignal,
+    ) -> Result<Response> {
+        let signal = CallSignal::try_from(signal)?;
+        let device = device
+            .map(|d| {
+                let mut key = [0u8; 32];
+                hex::decode_to_slice(d, &mut key)
+                    .map(|()| key)
+                    .map_err(|_| {
+                        Error::Daemon(format!("device {d:?} is not a device key (64 hex digits)"))
+                    })
+            })
+            .transpose()?;
+        if device.is_none() && matches!(signal, CallSignal::Answer(_)) {
+            return Err(Error::Daemon(
+                "an answer goes to the one device that sent the offer: give its device key".into(),
+            ));
+        }
+        let addresses = self.contacts.addresses_of(to)?;
+        self.check_sendable(&addresses, None)?;
+        let copies =
+            self.contacts
+                .seal_call(&self.keys, to, device, &signal, now_ms(), &mut rand::rng())?;
+        let mut reports = Vec::with_capacity(copies.len());
+        for sealed in &copies {
+            reports.push(self.queue_copy(sealed, to, crate::outbox::DEFAULT_GIVE_UP, None)?);
+        }
+        tracing::debug!(
+            kind = %signal.kind(),
+            copies = reports.len(),
+            "call signal queued"
+        );
         self.refill();
         Ok(Response::Sent { copies: reports })
     }
@@ -1287,6 +1412,18 @@ impl Engine {
         }
         load.report(false)
     }
+}
+
+/// The answer to `call_signals`.
+fn call_response(calls: &[crate::ReceivedCall]) -> Response {
+    Response::CallSignals {
+        signals: calls.iter().map(WireReceivedCall::from).collect(),
+    }
+}
+
+/// A call id from the API (hex).
+fn parse_call_id(s: &str) -> Result<CallId> {
+    s.parse()
 }
 
 /// Uptime after which `status` estimates anonymity from the measured

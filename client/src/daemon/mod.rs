@@ -7,6 +7,8 @@ pub mod api;
 mod engine;
 mod saver;
 
+pub use self::api::{send_call_signal, take_call_signals};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 

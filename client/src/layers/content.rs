@@ -17,7 +17,8 @@
 //! identity it was sent to (32) || 0 text or 1 file (1) || the text or
 //! file), 5 a re-key secret: seq (u64 BE) || secret (32), 6 a re-key
 //! secret sent to a contact, for another device of the sender: contact
-//! identity (32) || seq || secret) || name length (u8) || name || content
+//! identity (32) || seq || secret), 7 a call signal: see crate::calls)
+//! || name length (u8) || name || content
 //! length (u32 BE) ||
 //! content || Ed25519 signature (64)`, signed by the sender's device key
 //! over `"bastet 2026 content v2" || recipient identity key || recipient
@@ -53,6 +54,7 @@ const KIND_LINKS_REQUEST: u8 = 3;
 const KIND_COPY: u8 = 4;
 const KIND_REKEY: u8 = 5;
 const KIND_PEER_REKEY: u8 = 6;
+const KIND_CALL: u8 = 7;
 const ID_LEN: usize = 16;
 /// Plaintext bytes besides the name and content.
 const PLAINTEXT_OVERHEAD: usize =
@@ -340,6 +342,11 @@ fn parse(keys: &ClientKeys, plaintext: &[u8]) -> Result<Opened> {
                 content: Box::new(content),
             }
         }
+        // Every failure of this parser is a content-layer error (the fuzz
+        // target checks it), with the signal's own reason.
+        KIND_CALL if name.is_empty() => Content::Call(
+            crate::calls::CallSignal::decode(body).map_err(|e| layer_error(e.to_string()))?,
+        ),
         KIND_LINKS_REQUEST if name.is_empty() => {
             let after: [u8; 8] = body
                 .try_into()
@@ -390,6 +397,7 @@ fn kind_name_body(content: &Content) -> (u8, &str, std::borrow::Cow<'_, [u8]>) {
             out.extend_from_slice(r);
             (KIND_PEER_REKEY, "", Cow::Owned(out))
         }
+        Content::Call(signal) => (KIND_CALL, "", Cow::Owned(signal.encode())),
         Content::Copy { to, content } => {
             let (inner, name, body) = kind_name_body(content);
             let mut out = Vec::with_capacity(PUBLIC_KEY_LEN + 1 + body.len());
@@ -496,6 +504,21 @@ mod tests {
                 to: [4; 32],
                 content: Box::new(Content::Text("sent".into())),
             },
+            Content::Call(crate::calls::CallSignal::Hangup(crate::calls::Hangup {
+                call_id: crate::CallId([6; 16]),
+                reason: crate::calls::HangupReason::Busy,
+            })),
+            Content::Call(crate::calls::CallSignal::Offer(
+                crate::calls::new_offer(
+                    &mut rand::rng(),
+                    "constrained",
+                    [1; 32],
+                    5,
+                    std::time::Duration::from_secs(9),
+                )
+                .unwrap()
+                .0,
+            )),
             Content::Copy {
                 to: [4; 32],
                 content: Box::new(Content::File {
@@ -675,6 +698,28 @@ mod tests {
                 &mut rand::rng()
             ),
             Err(Error::BadFileName(..))
+        ));
+        // A call offer naming no known profile.
+        let (mut offer, _) = crate::calls::new_offer(
+            &mut rand::rng(),
+            "normal",
+            [1; 32],
+            5,
+            std::time::Duration::from_secs(9),
+        )
+        .unwrap();
+        offer.profile = "x".repeat(200);
+        assert!(matches!(
+            seal(
+                &alice,
+                &HEAD,
+                &recipient(&bob),
+                MessageId([0; 16]),
+                &Content::Call(crate::calls::CallSignal::Offer(offer)),
+                1,
+                &mut rand::rng()
+            ),
+            Err(Error::UnknownCallProfile(..))
         ));
         // A low-order ephemeral key on the wire.
         let mut sealed = seal(

@@ -66,6 +66,7 @@ pub async fn publish(
         tls_pin: pin,
         addr,
         api_addr,
+        circuit_addr: None,
         role: relay.role,
         jurisdiction: if relay.role == Role::Mailbox {
             "CH"

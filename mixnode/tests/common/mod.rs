@@ -169,6 +169,7 @@ impl Sink {
             tls_pin: pin.0,
             addr: addr.to_string(),
             api_addr: (role == Role::Mailbox).then(|| free_port().to_string()),
+            circuit_addr: None,
             role,
             jurisdiction: "CH".into(),
             operator: "Sink Org".into(),

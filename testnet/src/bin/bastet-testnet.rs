@@ -350,6 +350,8 @@ impl NetArgs {
             ingress_log: false,
             trace: false,
             mix_cover: None,
+            cell_loss: 0.0,
+            cell_log: false,
         }
     }
 }

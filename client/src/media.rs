@@ -1,0 +1,286 @@
+//! One end of a call's media, in real time: captures frames from the
+//! input at their own pace, sends one sealed cell per tick into the
+//! circuit whatever is said, receives the peer's cells, plays them out
+//! through the jitter buffer, and counts.
+//!
+//! Media clock: both ends run on the same host in the testnet, so the
+//! media clock is the Unix time as a [`Duration`]. A frame's capture time is
+//! the instant it is complete (its last sample), when the sender can first
+//! encode it, and ticks are aligned with frame ends; so the receiver's
+//! *network* latency (capture to cell arrival) is the path's network and
+//! crypto time plus scheduling, and *mouth-to-ear* is the playout latency
+//! plus one frame (the framing delay of waiting for a frame's last sample).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bastet_call::{
+    CELL_LEN, CallKeys, I420Frame, Profile, Receiver, Sender, SenderStats, Stats, VideoSource,
+};
+use bastet_circuit::{CircuitReader, CircuitWriter, Incoming, PAYLOAD_LEN, Reason};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// What can stop a call's media.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The media pipeline (codecs, call keys, cells) failed.
+    #[error("call media: {0}")]
+    Call(#[from] bastet_call::Error),
+    /// The call circuit failed.
+    #[error("call circuit: {0}")]
+    Circuit(#[from] bastet_circuit::Error),
+}
+
+type Result<T> = std::result::Result<T, MediaError>;
+
+const _: () = assert!(CELL_LEN == PAYLOAD_LEN, "a call cell fills a circuit cell");
+
+/// After the last tick, how long the receiver keeps playing what is still
+/// in the jitter buffer before the call's media ends.
+const PLAYOUT_TAIL: Duration = Duration::from_millis(500);
+
+/// What one end says into the call.
+#[derive(Clone, Debug, Default)]
+pub struct MediaInput {
+    /// 48 kHz mono PCM; silence is sent once it runs out.
+    pub audio: Vec<i16>,
+    /// Pictures at the profile's frame rate (video profile only).
+    pub video: Vec<I420Frame>,
+}
+
+/// What one end heard and saw, and how it went.
+#[derive(Debug)]
+pub struct MediaOutcome {
+    /// Played-out PCM, frame after frame from the first frame played.
+    pub audio: Vec<i16>,
+    /// Played-out pictures (the last good one again where a frame was
+    /// missing; black before the first).
+    pub video: Vec<I420Frame>,
+    /// The receiving side's statistics.
+    pub received: Stats,
+    /// The sending side's counters.
+    pub sent: SenderStats,
+    /// Why the call's media ended.
+    pub ended: Ended,
+}
+
+/// Why the media of a call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ended {
+    /// This end reached its duration and hung up.
+    Duration,
+    /// This end was asked to hang up.
+    HungUp,
+    /// The circuit ended (the peer hung up, or a relay closed it).
+    Circuit(#[serde(with = "reason_text")] Reason),
+}
+
+mod reason_text {
+    use bastet_circuit::Reason;
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(reason: &Reason, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(reason.as_str())
+    }
+}
+
+/// The media clock: Unix time.
+pub fn media_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Sleeps until the media clock reads `at`.
+async fn sleep_until(at: Duration) {
+    let now = media_now();
+    if at > now {
+        tokio::time::sleep(at - now).await;
+    }
+}
+
+/// Runs both directions of one end's media over a joined circuit until
+/// `duration` has passed, the circuit ends, or `hang_up` fires.
+pub async fn run_media<S>(
+    writer: CircuitWriter<S>,
+    reader: CircuitReader<S>,
+    keys: CallKeys,
+    profile: Profile,
+    input: MediaInput,
+    duration: Duration,
+    hang_up: tokio::sync::oneshot::Receiver<()>,
+) -> Result<MediaOutcome>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let start = media_now();
+    let end = start + duration;
+    let CallKeys { send, receive, .. } = keys;
+    let sender = Sender::new(profile.clone(), send, start + profile.audio.frame)?;
+    let receiver = Receiver::new(profile.clone(), receive)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let send = send_media(
+        writer,
+        sender,
+        profile.clone(),
+        input,
+        (start, end),
+        hang_up,
+        stop_rx,
+    );
+    let receive = receive_media(reader, receiver, profile, end, stop_tx);
+    let (sent, received) = tokio::join!(send, receive);
+    let (sent, hung_up) = sent?;
+    let (audio, video, received, circuit_end) = received?;
+    let ended = match (circuit_end, hung_up) {
+        (_, true) => Ended::HungUp,
+        (Some(reason), false) => Ended::Circuit(reason),
+        (None, false) => Ended::Duration,
+    };
+    Ok(MediaOutcome {
+        audio,
+        video,
+        received,
+        sent,
+        ended,
+    })
+}
+
+/// The sending half: one cell per tick. Returns the counters and whether
+/// it stopped because of `hang_up`.
+async fn send_media<S>(
+    mut writer: CircuitWriter<S>,
+    mut sender: Sender,
+    profile: Profile,
+    input: MediaInput,
+    (start, end): (Duration, Duration),
+    mut hang_up: tokio::sync::oneshot::Receiver<()>,
+    mut circuit_ended: tokio::sync::watch::Receiver<bool>,
+) -> Result<(SenderStats, bool)>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let frame = profile.audio.frame;
+    let samples = profile.audio_frame_samples();
+    let silence = vec![0i16; samples];
+    let frames: Vec<&[i16]> = input.audio.chunks_exact(samples).collect();
+    let video_interval = profile.video_frame_interval();
+    let (mut next_audio, mut next_video) = (0u32, 0u32);
+    let mut video_done = input.video.is_empty();
+    loop {
+        let due = sender.poll_timeout();
+        tokio::select! {
+            () = sleep_until(due) => {}
+            _ = &mut hang_up => {
+                let _ = writer.hang_up().await;
+                return Ok((sender.stats().clone(), true));
+            }
+            _ = circuit_ended.changed() => return Ok((sender.stats().clone(), false)),
+        }
+        let now = media_now();
+        // Every audio frame complete by now, stamped with its end.
+        while start + frame * (next_audio + 1) <= now {
+            let pcm = frames.get(next_audio as usize).copied().unwrap_or(&silence);
+            sender.push_audio(start + frame * (next_audio + 1), pcm)?;
+            next_audio += 1;
+        }
+        if let Some(interval) = video_interval {
+            while (next_video as usize) < input.video.len() && start + interval * next_video <= now
+            {
+                sender.push_video(
+                    start + interval * next_video,
+                    &input.video[next_video as usize],
+                )?;
+                next_video += 1;
+            }
+            if !video_done && next_video as usize == input.video.len() {
+                sender.finish_video()?;
+                video_done = true;
+            }
+        }
+        while let Some(cell) = sender.poll_transmit(now)? {
+            if writer.send(&cell).await.is_err() {
+                // The circuit is gone: the receiving half says why.
+                return Ok((sender.stats().clone(), false));
+            }
+        }
+        if now >= end {
+            let _ = writer.hang_up().await;
+            return Ok((sender.stats().clone(), false));
+        }
+    }
+}
+
+type Received = (Vec<i16>, Vec<I420Frame>, Stats, Option<Reason>);
+
+/// The receiving half: cells in, playout out, until the circuit ends or
+/// the call's end plus the playout tail.
+async fn receive_media<S>(
+    mut reader: CircuitReader<S>,
+    mut receiver: Receiver,
+    profile: Profile,
+    end: Duration,
+    circuit_ended: tokio::sync::watch::Sender<bool>,
+) -> Result<Received>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let mut audio = Vec::new();
+    let mut video: Vec<I420Frame> = Vec::new();
+    let (width, height) = profile
+        .video
+        .as_ref()
+        .map_or((0, 0), |v| (v.width, v.height));
+    let stop = end + PLAYOUT_TAIL;
+    let mut ended = None;
+    loop {
+        let now = media_now();
+        if now >= stop {
+            break;
+        }
+        let wake = receiver.poll_timeout().unwrap_or(stop).min(stop);
+        tokio::select! {
+            incoming = reader.recv(), if ended.is_none() => {
+                let now = media_now();
+                match incoming {
+                    // A refused cell is counted by the receiver; the call
+                    // goes on.
+                    Ok(Incoming::Cell(cell)) => {
+                        let _ = receiver.handle_cell(now, cell.as_slice());
+                    }
+                    // Lost on the way: the gap in the counter shows it.
+                    Ok(Incoming::Corrupt) => {}
+                    Ok(Incoming::Ended(reason)) => {
+                        ended = Some(reason);
+                        let _ = circuit_ended.send(true);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %MediaError::from(e), "the call circuit failed");
+                        ended = Some(Reason::Hangup);
+                        let _ = circuit_ended.send(true);
+                    }
+                }
+            }
+            () = sleep_until(wake) => {}
+        }
+        let now = media_now();
+        while let Some(out) = receiver.poll_audio(now)? {
+            audio.extend_from_slice(&out.pcm);
+        }
+        while let Some(out) = receiver.poll_video(now)? {
+            let picture = match (out.picture, out.source) {
+                (Some(p), VideoSource::Decoded | VideoSource::Frozen) => p,
+                (None, _) => I420Frame::black(width, height)?,
+            };
+            video.push(picture);
+        }
+        if ended.is_some() && receiver.poll_timeout().is_none() {
+            break;
+        }
+        if ended.is_some() && now >= end {
+            break;
+        }
+    }
+    Ok((audio, video, receiver.stats(), ended))
+}

@@ -35,7 +35,9 @@ pub use keys::{
 pub use pipeline::{
     AUDIO_QUEUE, AudioOut, MAX_ASSEMBLING, Receiver, Sender, VideoOut, VideoSource,
 };
-pub use stats::{AudioStats, CellStats, Percentiles, SenderStats, Stats, VideoStats};
+pub use stats::{
+    AudioStats, CellStats, Percentiles, SenderStats, Stats, VideoStats, ks_two_sample,
+};
 pub use video::{EncodedVideo, I420Frame, MAX_DIMENSION, VideoDecoder, VideoEncoder, i420_len};
 
 /// Result of this crate's operations.

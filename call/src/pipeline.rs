@@ -48,6 +48,8 @@ pub struct Sender {
     next_video_frame: u32,
     next_tick: Duration,
     slot: usize,
+    /// Whether the last cell sent was cover.
+    last_cover: bool,
     stats: SenderStats,
 }
 
@@ -73,6 +75,7 @@ impl Sender {
             next_video_frame: 0,
             next_tick: start,
             slot: 0,
+            last_cover: false,
             stats: SenderStats::default(),
         })
     }
@@ -210,6 +213,14 @@ impl Sender {
         Some(Payload::Video(fragment))
     }
 
+    /// Whether the cell [`Sender::poll_transmit`] returned last carries
+    /// no media (cover, or silence past the gate): for measurements that
+    /// compare cell timing in speech and in silence. The cell itself does
+    /// not show it.
+    pub fn last_was_cover(&self) -> bool {
+        self.last_cover
+    }
+
     /// When the next cell is due.
     pub fn poll_timeout(&self) -> Duration {
         self.next_tick
@@ -228,7 +239,8 @@ impl Sender {
             Slot::Video => self.next_video().or_else(|| self.audio_queue.pop_front()),
         }
         .unwrap_or(Payload::Cover);
-        self.stats.cover += u64::from(payload.is_cover());
+        self.last_cover = payload.is_cover();
+        self.stats.cover += u64::from(self.last_cover);
         let plaintext = payload.encode()?;
         let cell = self.sealer.seal(self.next_tick, &plaintext)?;
         self.stats.cells += 1;

@@ -198,9 +198,50 @@ pub struct SenderStats {
     pub media_bytes: u64,
 }
 
+/// The two-sample Kolmogorov–Smirnov statistic of `a` and `b` (the
+/// largest distance between their empirical distribution functions) and
+/// its critical value at α = 0.01 (asymptotic, c(α) = 1.628): the samples
+/// are told apart at that level when the statistic exceeds it. `None` if
+/// either sample is empty.
+pub fn ks_two_sample(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    let (n, m) = (a.len(), b.len());
+    let (mut i, mut j, mut d) = (0, 0, 0.0f64);
+    while i < n && j < m {
+        let x = a[i].min(b[j]);
+        while i < n && a[i] <= x {
+            i += 1;
+        }
+        while j < m && b[j] <= x {
+            j += 1;
+        }
+        d = d.max((i as f64 / n as f64 - j as f64 / m as f64).abs());
+    }
+    let critical = 1.628 * ((n + m) as f64 / (n * m) as f64).sqrt();
+    Some((d, critical))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ks_tells_shifted_samples_apart_and_not_equal_ones() {
+        let a: Vec<f64> = (0..500).map(|i| f64::from(i) / 500.0).collect();
+        let b: Vec<f64> = (0..400).map(|i| f64::from(i) / 400.0).collect();
+        let (d, c) = ks_two_sample(&a, &b).unwrap();
+        assert!(d < c, "same distribution: {d} >= {c}");
+        let shifted: Vec<f64> = b.iter().map(|x| x + 0.2).collect();
+        let (d, c) = ks_two_sample(&a, &shifted).unwrap();
+        assert!((d - 0.2).abs() < 0.01 && d > c, "{d} vs {c}");
+        assert!(ks_two_sample(&a, &[]).is_none());
+    }
 
     #[test]
     fn percentiles_of_a_histogram() {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bastet_call::{
     AudioDecoder, AudioEncoder, AudioSource, CELL_LEN, CallKeys, EncodedAudio, EphemeralKey, Error,
     FrameOpener, I420Frame, KEM_CIPHERTEXT_LEN, Party, Payload, Profile, Receiver, Role, Sender,
-    SharedSecrets, Transcript, VideoDecoder, VideoEncoder, VideoSource, moving_pattern,
-    speech_like,
+    SharedSecrets, Transcript, VideoDecoder, VideoEncoder, VideoSource, ks_two_sample,
+    moving_pattern, speech_like,
 };
 use zeroize::Zeroizing;
 
@@ -317,28 +317,6 @@ fn with_loss_video_freezes_then_recovers_at_a_keyframe() {
     );
 }
 
-/// Two-sample Kolmogorov–Smirnov statistic and its α = 0.01 critical value.
-fn ks_two_sample(a: &[f64], b: &[f64]) -> (f64, f64) {
-    let mut a = a.to_vec();
-    let mut b = b.to_vec();
-    a.sort_by(f64::total_cmp);
-    b.sort_by(f64::total_cmp);
-    let (n, m) = (a.len(), b.len());
-    let (mut i, mut j, mut d) = (0, 0, 0.0f64);
-    while i < n && j < m {
-        let x = a[i].min(b[j]);
-        while i < n && a[i] <= x {
-            i += 1;
-        }
-        while j < m && b[j] <= x {
-            j += 1;
-        }
-        d = d.max((i as f64 / n as f64 - j as f64 / m as f64).abs());
-    }
-    let critical = 1.628 * ((n + m) as f64 / (n * m) as f64).sqrt();
-    (d, critical)
-}
-
 /// The cells a sender emits for `pcm` when its caller wakes up with
 /// random timer slop: (emission time, cell).
 fn emissions(pcm: &[i16], seed: u64) -> (Vec<(f64, usize)>, Vec<bool>) {
@@ -389,18 +367,19 @@ fn silence_and_speech_leave_the_same_cell_stream() {
     assert!(talk.iter().chain(&quiet).all(|&(_, len)| len == CELL_LEN));
     let talk_times: Vec<f64> = talk.iter().map(|c| c.0).collect();
     let quiet_times: Vec<f64> = quiet.iter().map(|c| c.0).collect();
-    let (d, critical) = ks_two_sample(&gaps(&talk_times), &gaps(&quiet_times));
+    let (d, critical) = ks_two_sample(&gaps(&talk_times), &gaps(&quiet_times)).unwrap();
     assert!(
         d < critical,
         "inter-cell times differ: D = {d:.4} ≥ {critical:.4}"
     );
     let sizes = |c: &[(f64, usize)]| c.iter().map(|&(_, l)| l as f64).collect::<Vec<_>>();
-    let (d, critical) = ks_two_sample(&sizes(&talk), &sizes(&quiet));
+    let (d, critical) = ks_two_sample(&sizes(&talk), &sizes(&quiet)).unwrap();
     assert!(d < critical, "cell sizes differ: D = {d:.4}");
     let (d, critical) = ks_two_sample(
         &counts(&talk_times, seconds),
         &counts(&quiet_times, seconds),
-    );
+    )
+    .unwrap();
     assert!(
         d < critical,
         "cells per window differ: D = {d:.4} ≥ {critical:.4}"
@@ -418,7 +397,8 @@ fn silence_and_speech_leave_the_same_cell_stream() {
     let (d, critical) = ks_two_sample(
         &counts(&media_times, seconds),
         &counts(&quiet_times, seconds),
-    );
+    )
+    .unwrap();
     assert!(
         d > critical,
         "a media-only stream should differ: D = {d:.4} ≤ {critical:.4}"

@@ -3,6 +3,7 @@
 mod address;
 mod anonymity;
 pub mod backup;
+pub mod calling;
 pub mod calls;
 mod card;
 mod client;

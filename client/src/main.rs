@@ -141,6 +141,51 @@ enum Command {
         #[arg(long)]
         direct: bool,
     },
+    /// Call a contact through the daemon: the offer crosses the mixnet
+    /// (rings every device of theirs); once a device answers and the call
+    /// keys are confirmed, a low-latency circuit through relays your route
+    /// policy admits meets theirs at a rendezvous relay, and media flows
+    /// both ways at a constant cell rate until --duration, `bastet hangup`,
+    /// Ctrl-C or their hang-up. Media from and to files (live microphone
+    /// and camera are not supported yet). A call's relays can see that you
+    /// are on a call, and an observer of both ends' links can link the two
+    /// ends by timing: see docs/calls.md.
+    #[command(
+        after_help = "Example:\n  bastet call bob --audio-in me.wav --audio-out bob.wav --duration 30 --stats-json call.json"
+    )]
+    Call {
+        /// The contact's name.
+        contact: String,
+        /// normal (20 ms Opus, 204.8 kbit/s on the wire), constrained (60 ms,
+        /// 68.3 kbit/s) or video (audio and 320x240 AV1, 409.6 kbit/s).
+        #[arg(long, default_value = "normal")]
+        profile: String,
+        /// Seconds to ring before giving up (the offer expires then; at most 120).
+        #[arg(long, value_name = "SECS", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(5..=120))]
+        ring: u64,
+        /// The rendezvous relay (node id, hex) instead of one drawn under the
+        /// route policy; for tests and measurements.
+        #[arg(long, value_name = "HEX")]
+        rendezvous: Option<String>,
+        #[command(flatten)]
+        media: MediaCli,
+    },
+    /// Answer a call: waits for an offer (the newest that has not expired,
+    /// or --call ID), answers it and runs the call as `bastet call` does.
+    Answer {
+        /// The call's id (hex), if several ring.
+        #[arg(long, value_name = "ID")]
+        call: Option<String>,
+        /// Seconds to wait for a call to come in.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        wait: u64,
+        #[command(flatten)]
+        media: MediaCli,
+    },
+    /// Hang up the call running on this device (`bastet call` or `bastet
+    /// answer` in another terminal), or decline the calls ringing.
+    Hangup,
     /// Read new messages (from the daemon if one runs, else from the
     /// mailbox server directly): reassembled, decrypted, verified; printed,
     /// then forgotten.
@@ -415,6 +460,73 @@ enum DeviceCommand {
 
 /// Route policy overrides for one command (client.toml's `[route]` is not
 /// changed).
+/// A call's runtime: sending and receiving media run on their own threads.
+fn media_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// Media files and statistics of `call` and `answer`.
+#[derive(Args)]
+struct MediaCli {
+    /// What to say: 48 kHz mono 16-bit WAV (silence when it ends; silence
+    /// throughout without it).
+    #[arg(long, value_name = "WAV")]
+    audio_in: Option<PathBuf>,
+    /// Write what you heard here (WAV, 48 kHz mono 16-bit).
+    #[arg(long, value_name = "WAV")]
+    audio_out: Option<PathBuf>,
+    /// What to show (video profile): 320x240 YUV4MPEG2, 4:2:0.
+    #[arg(long, value_name = "Y4M")]
+    video_in: Option<PathBuf>,
+    /// Write what you saw here (Y4M).
+    #[arg(long, value_name = "Y4M")]
+    video_out: Option<PathBuf>,
+    /// Seconds of talk before hanging up.
+    #[arg(long, value_name = "SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    duration: u64,
+    /// Write the call's statistics here (JSON): latency percentiles, cells
+    /// lost, concealed frames, bitrates.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+    /// Write one line per cell sent here, `<unix micros> <media|cover>`
+    /// (for timing measurements).
+    #[arg(long, value_name = "FILE")]
+    cell_trace: Option<PathBuf>,
+    /// Print the statistics as one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+impl MediaCli {
+    fn args(&self) -> bastet_client::calling::MediaArgs {
+        bastet_client::calling::MediaArgs {
+            audio_in: self.audio_in.clone(),
+            audio_out: self.audio_out.clone(),
+            video_in: self.video_in.clone(),
+            video_out: self.video_out.clone(),
+            duration: Duration::from_secs(self.duration),
+            stats_json: self.stats_json.clone(),
+            cell_trace: self.cell_trace.clone(),
+        }
+    }
+
+    fn print(
+        &self,
+        report: &bastet_client::calling::CallReport,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        if self.json {
+            println!("{}", serde_json::to_string(report)?);
+        } else {
+            println!("{}", report.summary());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Args)]
 struct PolicyArgs {
     /// Use the route policy in FILE (the keys of [route], at the top level)
@@ -674,6 +786,54 @@ fn real_main(cli: Cli) -> CliResult<()> {
                 );
             }))?;
             eprintln!("bastet daemon: stopped; the outbox is saved");
+        }
+        Command::Call {
+            contact,
+            profile,
+            ring,
+            rendezvous,
+            media,
+        } => {
+            dirs.check_initialised()?;
+            let rendezvous = rendezvous
+                .map(|h| {
+                    bastet_sphinx::NodeId::from_hex(&h).ok_or_else(|| {
+                        format!("--rendezvous {h:?} is not a node id (64 hex digits)")
+                    })
+                })
+                .transpose()?;
+            let report = media_runtime()?.block_on(bastet_client::calling::place_call(
+                &dirs.root,
+                &contact,
+                &profile,
+                rendezvous,
+                Duration::from_secs(ring),
+                &media.args(),
+            ))?;
+            media.print(&report)?;
+        }
+        Command::Answer { call, wait, media } => {
+            dirs.check_initialised()?;
+            let call = call
+                .map(|h| {
+                    bastet_client::CallId::from_hex(&h)
+                        .ok_or_else(|| format!("--call {h:?} is not a call id (32 hex digits)"))
+                })
+                .transpose()?;
+            let report = media_runtime()?.block_on(bastet_client::calling::answer_call(
+                &dirs.root,
+                call,
+                Duration::from_secs(wait),
+                &media.args(),
+            ))?;
+            media.print(&report)?;
+        }
+        Command::Hangup => {
+            dirs.check_initialised()?;
+            println!(
+                "{}",
+                runtime.block_on(bastet_client::calling::hang_up(&dirs.root))?
+            );
         }
         Command::Status { json } => {
             // An uninitialised data dir says so, rather than "no daemon"

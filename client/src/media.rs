@@ -62,7 +62,13 @@ pub struct MediaOutcome {
     pub sent: SenderStats,
     /// Why the call's media ended.
     pub ended: Ended,
+    /// With `trace_cells`: each cell sent, (Unix microseconds, whether it
+    /// carried no media), at most [`MAX_TRACED_CELLS`].
+    pub cells_sent: Vec<(u64, bool)>,
 }
+
+/// Most cells a traced call records (about 2.8 hours of the video profile).
+pub const MAX_TRACED_CELLS: usize = 1 << 20;
 
 /// Why the media of a call ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -100,20 +106,36 @@ async fn sleep_until(at: Duration) {
     }
 }
 
+/// How one end's media runs.
+#[derive(Clone, Debug)]
+pub struct MediaPlan {
+    /// The call profile both ends agreed on.
+    pub profile: Profile,
+    /// What to say and show.
+    pub input: MediaInput,
+    /// When this end hangs up.
+    pub duration: Duration,
+    /// Record each cell sent ([`MediaOutcome::cells_sent`]).
+    pub trace_cells: bool,
+}
+
 /// Runs both directions of one end's media over a joined circuit until
-/// `duration` has passed, the circuit ends, or `hang_up` fires.
+/// the plan's duration has passed, the circuit ends, or `hang_up` fires.
 pub async fn run_media<S>(
-    writer: CircuitWriter<S>,
-    reader: CircuitReader<S>,
+    (writer, reader): (CircuitWriter<S>, CircuitReader<S>),
     keys: CallKeys,
-    profile: Profile,
-    input: MediaInput,
-    duration: Duration,
+    plan: MediaPlan,
     hang_up: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<MediaOutcome>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let MediaPlan {
+        profile,
+        input,
+        duration,
+        trace_cells,
+    } = plan;
     let start = media_now();
     let end = start + duration;
     let CallKeys { send, receive, .. } = keys;
@@ -126,12 +148,21 @@ where
         profile.clone(),
         input,
         (start, end),
-        hang_up,
-        stop_rx,
+        (hang_up, stop_rx),
+        trace_cells,
     );
     let receive = receive_media(reader, receiver, profile, end, stop_tx);
-    let (sent, received) = tokio::join!(send, receive);
-    let (sent, hung_up) = sent?;
+    // Two tasks, so that encoding (a video frame can take milliseconds)
+    // never delays reading the peer's cells, and the other way round.
+    let (sent, received) = tokio::join!(tokio::spawn(send), tokio::spawn(receive));
+    let joined = |e: tokio::task::JoinError| {
+        MediaError::Call(bastet_call::Error::Io {
+            context: "a call media task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    };
+    let (sent, received) = (sent.map_err(joined)?, received.map_err(joined)?);
+    let (sent, hung_up, cells_sent) = sent?;
     let (audio, video, received, circuit_end) = received?;
     let ended = match (circuit_end, hung_up) {
         (_, true) => Ended::HungUp,
@@ -144,6 +175,7 @@ where
         received,
         sent,
         ended,
+        cells_sent,
     })
 }
 
@@ -155,9 +187,12 @@ async fn send_media<S>(
     profile: Profile,
     input: MediaInput,
     (start, end): (Duration, Duration),
-    mut hang_up: tokio::sync::oneshot::Receiver<()>,
-    mut circuit_ended: tokio::sync::watch::Receiver<bool>,
-) -> Result<(SenderStats, bool)>
+    (mut hang_up, mut circuit_ended): (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::watch::Receiver<bool>,
+    ),
+    trace_cells: bool,
+) -> Result<(SenderStats, bool, Vec<(u64, bool)>)>
 where
     S: AsyncRead + AsyncWrite,
 {
@@ -168,15 +203,16 @@ where
     let video_interval = profile.video_frame_interval();
     let (mut next_audio, mut next_video) = (0u32, 0u32);
     let mut video_done = input.video.is_empty();
+    let mut trace = Vec::new();
     loop {
         let due = sender.poll_timeout();
         tokio::select! {
             () = sleep_until(due) => {}
             _ = &mut hang_up => {
                 let _ = writer.hang_up().await;
-                return Ok((sender.stats().clone(), true));
+                return Ok((sender.stats().clone(), true, trace));
             }
-            _ = circuit_ended.changed() => return Ok((sender.stats().clone(), false)),
+            _ = circuit_ended.changed() => return Ok((sender.stats().clone(), false, trace)),
         }
         let now = media_now();
         // Every audio frame complete by now, stamped with its end.
@@ -202,12 +238,16 @@ where
         while let Some(cell) = sender.poll_transmit(now)? {
             if writer.send(&cell).await.is_err() {
                 // The circuit is gone: the receiving half says why.
-                return Ok((sender.stats().clone(), false));
+                return Ok((sender.stats().clone(), false, trace));
+            }
+            if trace_cells && trace.len() < MAX_TRACED_CELLS {
+                let micros = u64::try_from(media_now().as_micros()).unwrap_or(u64::MAX);
+                trace.push((micros, sender.last_was_cover()));
             }
         }
         if now >= end {
             let _ = writer.hang_up().await;
-            return Ok((sender.stats().clone(), false));
+            return Ok((sender.stats().clone(), false, trace));
         }
     }
 }

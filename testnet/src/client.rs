@@ -503,6 +503,13 @@ impl Client {
             .map(|_| ())
     }
 
+    /// [`Client::bastet`] with its own time limit (a call runs longer
+    /// than a command).
+    pub async fn bastet_with_timeout(&self, args: &[&str], timeout: Duration) -> Result<String> {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        self.run(&args, timeout).await
+    }
+
     /// Runs `bastet --data-dir <its dir> ARGS...` and returns its stdout.
     pub async fn bastet(&self, args: &[&str]) -> Result<String> {
         let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();

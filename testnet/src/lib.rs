@@ -2,6 +2,7 @@
 
 mod anonymity;
 mod bench;
+mod call_demo;
 mod chaos;
 mod client;
 mod demo;
@@ -24,6 +25,9 @@ pub use bench::{
     Added, Goal, LATENCY_LOADS, LatencyPhase, MixnodeBenchOptions, MixnodeBenchReport,
     NodeActivity, Overload, Percentiles, ProcessRate, RecoveryWindow, Throughput, bench_mixnode,
     process_rate, status_kib,
+};
+pub use call_demo::{
+    CallDemoOptions, CallDemoReport, Lossless, WireReport, call_relay, run_call_demo,
 };
 pub use chaos::{
     ChaosOptions, ChaosReport, Scenario, network_options as chaos_network_options,

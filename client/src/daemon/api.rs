@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use bastet_sphinx::NodeId;
+
 use crate::calls::{CallAnswer, CallId, CallOffer, CallSignal, Hangup, HangupReason, ReceivedCall};
 use crate::{
     DeliveryState, Error, InboxMessage, MessageId, Outgoing, ReceivedFile, ReceivedMessage, Result,
@@ -115,6 +117,44 @@ pub enum Request {
         #[serde(default)]
         call_id: Option<String>,
     },
+    /// The relays of a call circuit under the configured route policy
+    /// (entry, middle, rendezvous) from the daemon's consensus, and this
+    /// device's public keys; answered with `call_route`.
+    CallRoute {
+        /// The rendezvous relay (node id, hex) the offer names; `None`:
+        /// the daemon chooses one (the caller).
+        #[serde(default)]
+        rendezvous: Option<String>,
+    },
+}
+
+/// One relay of a call circuit, as `call_route` gives it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireCircuitHop {
+    /// Node id, hex.
+    pub node: String,
+    /// Its circuit listener, `host:port`.
+    pub addr: String,
+    /// Its TLS certificate pin, hex.
+    pub pin: String,
+    /// Its Sphinx key for the consensus epoch, hex.
+    pub sphinx_key: String,
+    /// Its jurisdiction.
+    pub jurisdiction: String,
+}
+
+/// A call circuit's relays and this device's keys.
+#[derive(Clone, Debug)]
+pub struct CallRoute {
+    /// Entry, middle, rendezvous.
+    pub hops: Vec<bastet_circuit::CircuitHop>,
+    /// Their jurisdictions, in the same order (for the user).
+    pub jurisdictions: Vec<String>,
+    /// This device's identity and device keys.
+    pub me: crate::calls::Peer,
+    /// Where this client's connections leave from (`source_addr`).
+    pub source_addr: Option<std::net::IpAddr>,
 }
 
 /// A call signal in JSON: byte fields in hex.
@@ -650,6 +690,18 @@ pub enum Response {
         /// The signals taken, oldest first (empty if none came in time).
         signals: Vec<WireReceivedCall>,
     },
+    /// To `call_route`.
+    CallRoute {
+        /// Entry, middle, rendezvous.
+        hops: Vec<WireCircuitHop>,
+        /// This identity's key, hex.
+        identity: String,
+        /// This device's key, hex.
+        device: String,
+        /// The configured `source_addr`, if any.
+        #[serde(default)]
+        source_addr: Option<String>,
+    },
     /// The request failed.
     Error {
         /// Why.
@@ -746,6 +798,56 @@ pub async fn take_call_signals(
         Response::CallSignals { signals } => signals.iter().map(ReceivedCall::try_from).collect(),
         other => Err(unexpected(other)),
     }
+}
+
+/// Asks the daemon of `data_dir` for the relays of a call circuit under
+/// its route policy (ending at `rendezvous` if given) and this device's
+/// keys.
+pub async fn call_route(data_dir: &Path, rendezvous: Option<&NodeId>) -> Result<CallRoute> {
+    let request = Request::CallRoute {
+        rendezvous: rendezvous.map(NodeId::to_hex),
+    };
+    let (hops, identity, device, source_addr) = match call(data_dir, &request).await? {
+        Response::CallRoute {
+            hops,
+            identity,
+            device,
+            source_addr,
+        } => (hops, identity, device, source_addr),
+        other => return Err(unexpected(other)),
+    };
+    let key = |what: &str, s: &str| -> Result<[u8; 32]> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| Error::Daemon(format!("call_route: {what} is not 64 hex digits")))?;
+        Ok(out)
+    };
+    let mut circuit = Vec::with_capacity(hops.len());
+    let mut jurisdictions = Vec::with_capacity(hops.len());
+    for hop in hops {
+        circuit.push(bastet_circuit::CircuitHop {
+            node: NodeId(key("node", &hop.node)?),
+            sphinx_key: bastet_sphinx::SphinxPublicKey::from(key("sphinx_key", &hop.sphinx_key)?),
+            addr: hop.addr,
+            pin: bastet_link::CertPin(key("pin", &hop.pin)?),
+        });
+        jurisdictions.push(hop.jurisdiction);
+    }
+    let source_addr = source_addr
+        .map(|s| {
+            s.parse()
+                .map_err(|_| Error::Daemon(format!("call_route: bad source_addr {s:?}")))
+        })
+        .transpose()?;
+    Ok(CallRoute {
+        hops: circuit,
+        jurisdictions,
+        me: crate::calls::Peer {
+            identity: key("identity", &identity)?,
+            device: key("device", &device)?,
+        },
+        source_addr,
+    })
 }
 
 /// The error for an answer of the wrong kind (or the daemon's error).

@@ -1000,9 +1000,43 @@ impl Engine {
                 .map(parse_call_id)
                 .transpose()
                 .map(|id| self.call_signals(id)),
+            Request::CallRoute { rendezvous } => self.call_route(rendezvous.as_deref()),
         };
         result.unwrap_or_else(|e| Response::Error {
             error: e.to_string(),
+        })
+    }
+
+    /// A call circuit's relays under the configured policy.
+    fn call_route(&self, rendezvous: Option<&str>) -> Result<Response> {
+        let rendezvous = rendezvous
+            .map(|h| {
+                NodeId::from_hex(h).ok_or_else(|| {
+                    Error::Daemon(format!("rendezvous {h:?} is not a node id (64 hex digits)"))
+                })
+            })
+            .transpose()?;
+        let nodes = crate::choose_circuit_nodes(
+            &self.consensus,
+            &self.config.route,
+            rendezvous.as_ref(),
+            &mut rand::rng(),
+        )?;
+        let hops = nodes
+            .iter()
+            .map(|d| super::api::WireCircuitHop {
+                node: d.node_id().to_hex(),
+                addr: d.circuit_addr.clone().unwrap_or_default(),
+                pin: hex::encode(d.tls_pin),
+                sphinx_key: hex::encode(d.sphinx_key),
+                jurisdiction: d.jurisdiction.clone(),
+            })
+            .collect();
+        Ok(Response::CallRoute {
+            hops,
+            identity: hex::encode(self.keys.identity_public()),
+            device: hex::encode(self.keys.device_public()),
+            source_addr: self.config.source_addr.clone(),
         })
     }
 

@@ -145,6 +145,40 @@ impl Sender {
         self.queue_video(encoded)
     }
 
+    /// Takes the video encoder out, for an application that encodes on
+    /// its own thread (an AV1 picture takes tens of milliseconds, more
+    /// than a tick): it then numbers pictures 0, 1, … as
+    /// [`Sender::push_video`] would, asks [`Sender::take_keyframe_wanted`]
+    /// before each, and hands what the encoder returns to
+    /// [`Sender::video_encoded`]. `None` without video or if already taken.
+    pub fn take_video_encoder(&mut self) -> Option<VideoEncoder> {
+        self.video.take()
+    }
+
+    /// Whether the next picture must be a keyframe (the start of the
+    /// call, a frame dropped from the queue, or the peer's request);
+    /// clears the flag. For an application that encodes itself.
+    pub fn take_keyframe_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.force_keyframe)
+    }
+
+    /// Queues frames encoded outside the sender (see
+    /// [`Sender::take_video_encoder`]); `captures` gives the capture time
+    /// of each picture number the encoder was given.
+    pub fn video_encoded(
+        &mut self,
+        captures: &[(u32, Duration)],
+        encoded: Vec<EncodedVideo>,
+    ) -> Result<()> {
+        for &(frame, capture) in captures {
+            if self.captures.len() == MAX_CAPTURES {
+                self.captures.pop_front();
+            }
+            self.captures.push_back((frame, capture));
+        }
+        self.queue_video(encoded)
+    }
+
     /// Asks for the next picture to be a keyframe (the peer lost video).
     pub fn request_keyframe(&mut self) {
         self.force_keyframe = true;

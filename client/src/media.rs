@@ -203,6 +203,7 @@ where
     let video_interval = profile.video_frame_interval();
     let (mut next_audio, mut next_video) = (0u32, 0u32);
     let mut video_done = input.video.is_empty();
+    let mut video = sender.take_video_encoder().map(VideoThread::spawn);
     let mut trace = Vec::new();
     loop {
         let due = sender.poll_timeout();
@@ -221,17 +222,20 @@ where
             sender.push_audio(start + frame * (next_audio + 1), pcm)?;
             next_audio += 1;
         }
-        if let Some(interval) = video_interval {
+        if let (Some(interval), Some(video)) = (video_interval, video.as_mut()) {
+            // What the encoder finished, then the pictures now due.
+            video.collect(&mut sender)?;
             while (next_video as usize) < input.video.len() && start + interval * next_video <= now
             {
-                sender.push_video(
+                video.offer(
+                    &mut sender,
                     start + interval * next_video,
                     &input.video[next_video as usize],
-                )?;
+                );
                 next_video += 1;
             }
             if !video_done && next_video as usize == input.video.len() {
-                sender.finish_video()?;
+                video.finish();
                 video_done = true;
             }
         }
@@ -248,6 +252,108 @@ where
         if now >= end {
             let _ = writer.hang_up().await;
             return Ok((sender.stats().clone(), false, trace));
+        }
+    }
+}
+
+/// AV1 encoding on its own thread: a picture takes tens of milliseconds,
+/// longer than a tick, and must never hold back the cells of the call.
+/// The thread takes at most [`VIDEO_BACKLOG`] pictures ahead; a picture
+/// that finds it busy beyond that is skipped (and counted).
+struct VideoThread {
+    jobs: std::sync::mpsc::SyncSender<VideoJob>,
+    done: std::sync::mpsc::Receiver<bastet_call::Result<Encoded>>,
+    next_frame: u32,
+    skipped: u64,
+}
+
+/// Pictures waiting for the video encoder thread.
+const VIDEO_BACKLOG: usize = 2;
+
+enum VideoJob {
+    Picture {
+        frame: u32,
+        capture: Duration,
+        picture: Box<I420Frame>,
+        keyframe: bool,
+    },
+    Finish,
+}
+
+type Encoded = (Vec<(u32, Duration)>, Vec<bastet_call::EncodedVideo>);
+
+impl VideoThread {
+    fn spawn(mut encoder: bastet_call::VideoEncoder) -> Self {
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<VideoJob>(VIDEO_BACKLOG);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            while let Ok(job) = job_rx.recv() {
+                let result = match job {
+                    VideoJob::Picture {
+                        frame,
+                        capture,
+                        picture,
+                        keyframe,
+                    } => encoder
+                        .encode(&picture, keyframe)
+                        .map(|e| (vec![(frame, capture)], e)),
+                    VideoJob::Finish => encoder.finish().map(|e| (Vec::new(), e)),
+                };
+                if done_tx.send(result).is_err() {
+                    return;
+                }
+            }
+        });
+        VideoThread {
+            jobs,
+            done,
+            next_frame: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Hands the encoder a picture, or skips it if the encoder is behind.
+    fn offer(&mut self, sender: &mut Sender, capture: Duration, picture: &I420Frame) {
+        let keyframe = sender.take_keyframe_wanted();
+        let job = VideoJob::Picture {
+            frame: self.next_frame,
+            capture,
+            picture: Box::new(picture.clone()),
+            keyframe,
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => self.next_frame += 1,
+            Err(_) => {
+                self.skipped += 1;
+                if keyframe {
+                    sender.request_keyframe();
+                }
+            }
+        }
+    }
+
+    /// Queues what the encoder finished into the sender.
+    fn collect(&mut self, sender: &mut Sender) -> Result<()> {
+        while let Ok(result) = self.done.try_recv() {
+            let (captures, encoded) = result?;
+            sender.video_encoded(&captures, encoded)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the encoder for the pictures it still holds.
+    fn finish(&mut self) {
+        let _ = self.jobs.try_send(VideoJob::Finish);
+    }
+}
+
+impl Drop for VideoThread {
+    fn drop(&mut self) {
+        if self.skipped > 0 {
+            tracing::warn!(
+                skipped = self.skipped,
+                "the video encoder fell behind: pictures were skipped"
+            );
         }
     }
 }

@@ -114,8 +114,11 @@ impl<R: BufRead> Y4mReader<R> {
     /// [`MAX_DIMENSION`], chroma other than 4:2:0, interlacing.
     pub fn new(mut reader: R) -> Result<Self> {
         let line = read_line(&mut reader)?.ok_or_else(|| Error::Y4m("empty stream".into()))?;
-        let line =
-            std::str::from_utf8(&line).map_err(|_| Error::Y4m("header is not ASCII".into()))?;
+        // ASCII only: the fields below are split after their first byte.
+        let line = std::str::from_utf8(&line)
+            .ok()
+            .filter(|l| l.is_ascii())
+            .ok_or_else(|| Error::Y4m("header is not ASCII".into()))?;
         let mut fields = line.split(' ');
         if fields.next() != Some("YUV4MPEG2") {
             return Err(Error::Y4m("missing YUV4MPEG2 signature".into()));
@@ -412,6 +415,19 @@ mod tests {
     use std::io::Cursor;
 
     use super::*;
+
+    /// Found by the `call_y4m` fuzz target: a header field starting with a
+    /// character of more than one byte panicked the parser.
+    #[test]
+    fn a_non_ascii_header_is_an_error_not_a_panic() {
+        let crash = hex::decode("595556344d5045473220cea90a").unwrap();
+        assert!(matches!(Y4mReader::new(&crash[..]), Err(Error::Y4m(_))));
+        let found = hex::decode(
+            "595556344d50454732205732292920cea9205720573456344d20573220572057322055410a20205759003220550a22",
+        )
+        .unwrap();
+        assert!(Y4mReader::new(&found[..]).is_err());
+    }
 
     #[test]
     fn wav_round_trips_and_refuses_other_formats() {

@@ -504,11 +504,11 @@ impl Receiver {
                 self.audio_stats.late += u64::from(push == Push::Late);
             }
             Payload::Video(fragment) => {
+                let Some(video) = self.video.as_mut() else {
+                    self.cells.rejected_other += 1;
+                    return Err(Error::MalformedCell("video in a call without video"));
+                };
                 self.media_bytes += fragment.data.len() as u64;
-                let video = self
-                    .video
-                    .as_mut()
-                    .ok_or(Error::MalformedCell("video in a call without video"))?;
                 video.take_fragment(now, fragment)?;
             }
         }

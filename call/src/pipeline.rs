@@ -439,6 +439,11 @@ impl Receiver {
         })
     }
 
+    /// The call profile.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
     /// Takes in one cell that arrived at `now`. An error says why the cell
     /// was refused; the receiver is unchanged by a refused cell and goes
     /// on with the next one.

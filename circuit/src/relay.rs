@@ -49,6 +49,15 @@ pub const SPLICE_QUEUE: usize = 64;
 pub const STALL_LIMIT: Duration = Duration::from_secs(2);
 /// Most circuits waiting at this relay for their peer.
 pub const MAX_WAITING: usize = 4096;
+/// Connections over `max_circuits` that still get a TLS handshake and an
+/// `overload` answer at once; more are closed without a handshake.
+const OVERLOAD_NOTICES: usize = 16;
+/// Cookies of spliced circuits remembered, so that a third circuit with
+/// the same cookie is refused (`rendezvous_taken`).
+const MAX_USED_COOKIES: usize = 16_384;
+/// Consecutive cells that fail to authenticate at the rendezvous before it
+/// ends the circuit: its counters are out of step with the endpoint's.
+const MAX_REFUSED_IN_A_ROW: u32 = 50;
 /// Setup packets remembered per replay filter.
 const REPLAY_CAPACITY: usize = 1 << 20;
 
@@ -175,12 +184,34 @@ struct Waiting {
     partner: oneshot::Sender<Side>,
 }
 
+/// The rendezvous table: circuits waiting for their peer, and the cookies
+/// of circuits already spliced (oldest first, bounded).
+#[derive(Default)]
+struct Rendezvous {
+    waiting: HashMap<Cookie, Waiting>,
+    used: std::collections::HashSet<Cookie>,
+    used_order: std::collections::VecDeque<Cookie>,
+}
+
+impl Rendezvous {
+    fn spliced(&mut self, cookie: Cookie) {
+        if self.used.len() >= MAX_USED_COOKIES
+            && let Some(oldest) = self.used_order.pop_front()
+        {
+            self.used.remove(&oldest);
+        }
+        if self.used.insert(cookie) {
+            self.used_order.push_back(cookie);
+        }
+    }
+}
+
 struct Shared {
     config: RelayConfig,
     keys: watch::Receiver<Vec<EpochKey>>,
     consensus: ConsensusWatch,
     replay: Mutex<ReplayFilter>,
-    waiting: Mutex<HashMap<Cookie, Waiting>>,
+    waiting: Mutex<Rendezvous>,
     metrics: Arc<CircuitMetrics>,
     next_circuit: AtomicU64,
 }
@@ -198,13 +229,14 @@ pub async fn serve_circuits(
 ) -> Result<()> {
     let acceptor = TlsAcceptor::from(server_config(identity)?);
     let slots = Arc::new(Semaphore::new(config.max_circuits));
+    let notices = Arc::new(Semaphore::new(OVERLOAD_NOTICES));
     let replay = ReplayFilter::new(REPLAY_CAPACITY).map_err(|e| Error::Malformed(e.into()))?;
     let shared = Arc::new(Shared {
         config,
         keys,
         consensus,
         replay: Mutex::new(replay),
-        waiting: Mutex::new(HashMap::new()),
+        waiting: Mutex::new(Rendezvous::default()),
         metrics,
         next_circuit: AtomicU64::new(1),
     });
@@ -218,7 +250,20 @@ pub async fn serve_circuits(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let permit = slots.clone().try_acquire_owned();
+        // Over the limit, a few connections still get a TLS handshake and
+        // an `overload` answer, so that endpoints see why; beyond those,
+        // the connection is closed at once: no handshake, no task.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(permit),
+            Err(_) => match notices.clone().try_acquire_owned() {
+                Ok(notice) => Err(notice),
+                Err(_) => {
+                    shared.metrics.ended(Reason::Overload);
+                    drop(tcp);
+                    continue;
+                }
+            },
+        };
         let (acceptor, shared) = (acceptor.clone(), shared.clone());
         tokio::spawn(async move {
             let setup = shared.config.setup_timeout;
@@ -226,11 +271,17 @@ pub async fn serve_circuits(
                 tracing::debug!("circuit TLS handshake failed or timed out");
                 return;
             };
-            let Ok(_permit) = permit else {
-                // At the limit: say so, so that the endpoint's error is clear.
-                shared.metrics.ended(Reason::Overload);
-                let _ = write_message(&mut tls, &Message::Destroy(Reason::Overload)).await;
-                return;
+            let _permit = match permit {
+                Ok(permit) => permit,
+                Err(_notice) => {
+                    shared.metrics.ended(Reason::Overload);
+                    let _ = tokio::time::timeout(
+                        setup,
+                        write_message(&mut tls, &Message::Destroy(Reason::Overload)),
+                    )
+                    .await;
+                    return;
+                }
             };
             let circuit = shared.next_circuit.fetch_add(1, Ordering::Relaxed);
             shared.metrics.open.inc();
@@ -536,38 +587,54 @@ where
         tx: tx.clone(),
     };
     let claim = {
-        let mut waiting = shared
+        let mut table = shared
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let claim = match waiting.remove(&cookie) {
-            Some(first) => match first.partner.send(own) {
-                Ok(()) => Claim::Second(first.side),
-                // The waiting circuit ended as we took it.
-                Err(_) => Claim::Refused(Reason::NoPeer),
-            },
-            None if waiting.len() >= MAX_WAITING => Claim::Refused(Reason::Overload),
-            None => {
-                let (partner, rx) = oneshot::channel();
-                waiting.insert(
-                    cookie,
-                    Waiting {
-                        circuit,
-                        side: own,
-                        partner,
-                    },
-                );
-                Claim::First(rx)
+        let claim = if table.used.contains(&cookie) {
+            Claim::Refused(Reason::RendezvousTaken)
+        } else {
+            match table.waiting.remove(&cookie) {
+                Some(first) => {
+                    // JOINED reaches the first circuit before any cell the
+                    // second could send it: it is queued here, under the
+                    // lock, before the second circuit can read a cell.
+                    let _ = first.side.tx.try_send(Message::Joined);
+                    match first.partner.send(own) {
+                        Ok(()) => {
+                            table.spliced(cookie);
+                            Claim::Second(first.side)
+                        }
+                        // The waiting circuit ended as we took it.
+                        Err(_) => Claim::Refused(Reason::NoPeer),
+                    }
+                }
+                None if table.waiting.len() >= MAX_WAITING => Claim::Refused(Reason::Overload),
+                None => {
+                    let (partner, rx) = oneshot::channel();
+                    let _ = tx.try_send(Message::Ready);
+                    table.waiting.insert(
+                        cookie,
+                        Waiting {
+                            circuit,
+                            side: own,
+                            partner,
+                        },
+                    );
+                    Claim::First(rx)
+                }
             }
         };
-        shared.metrics.waiting.set(gauge(waiting.len()));
+        shared.metrics.waiting.set(gauge(table.waiting.len()));
         claim
     };
     let peer = match claim {
-        Claim::Second(side) => side,
+        Claim::Second(side) => {
+            let _ = tx.try_send(Message::Joined);
+            side
+        }
         Claim::Refused(reason) => return Err(reason),
         Claim::First(rx) => {
-            let _ = tx.try_send(Message::Ready);
             let outcome = tokio::select! {
                 side = rx => side.map_err(|_| Reason::NoPeer),
                 message = read_message(reader) => Err(match message {
@@ -578,19 +645,23 @@ where
                 () = tokio::time::sleep(shared.config.rendezvous_wait) => Err(Reason::NoPeer),
             };
             if outcome.is_err() {
-                let mut waiting = shared
+                let mut table = shared
                     .waiting
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                if waiting.get(&cookie).is_some_and(|w| w.circuit == circuit) {
-                    waiting.remove(&cookie);
+                if table
+                    .waiting
+                    .get(&cookie)
+                    .is_some_and(|w| w.circuit == circuit)
+                {
+                    table.waiting.remove(&cookie);
                 }
-                shared.metrics.waiting.set(gauge(waiting.len()));
+                shared.metrics.waiting.set(gauge(table.waiting.len()));
             }
+            // Its JOINED was queued by the circuit that claimed it.
             outcome?
         }
     };
-    let _ = tx.try_send(Message::Joined);
     tracing::debug!(circuit, "circuit spliced at its rendezvous");
     Ok(peer)
 }
@@ -616,6 +687,7 @@ where
         let _ = peer_tx.try_send(Message::Destroy(reason));
         reason
     };
+    let mut refused_in_a_row = 0u32;
     loop {
         let read = tokio::time::timeout(shared.config.idle_timeout, read_message(reader)).await;
         let message = match read {
@@ -628,8 +700,14 @@ where
                 hooks(shared, circuit, "out", &mut body);
                 let Ok(sealed) = opener.open(&body) else {
                     shared.metrics.cells_refused.inc();
+                    refused_in_a_row += 1;
+                    if refused_in_a_row >= MAX_REFUSED_IN_A_ROW {
+                        // Out of step with its endpoint: nothing will open.
+                        return end(Reason::Protocol);
+                    }
                     continue;
                 };
+                refused_in_a_row = 0;
                 let Ok(out) = sealer.seal(&sealed) else {
                     return end(Reason::Protocol);
                 };

@@ -29,7 +29,7 @@ use crate::calls::{
     self, CallId, CallOffer, CallSignal, Hangup, HangupReason, MAX_OFFER_TTL, ReceivedCall,
 };
 use crate::daemon::{call_route, send_call_signal, take_call_signals};
-use crate::media::{Ended, MediaInput, MediaOutcome, MediaPlan, run_media};
+use crate::media::{Ended, Keep, MediaInput, MediaOutcome, MediaPlan, run_media};
 use crate::{Error, Result};
 
 /// The local socket a running call listens on for `bastet hangup`.
@@ -258,12 +258,20 @@ fn write_output(
     Ok(())
 }
 
-/// Listens on DATA_DIR/call.sock while a call runs: a connection is a
-/// request to hang up (`bastet hangup`). Refuses to start a second call.
+/// What `bastet hangup` writes on the call socket.
+const HANGUP_REQUEST: &[u8] = b"hangup\n";
+
+/// Listens on DATA_DIR/call.sock while a call runs: a connection that
+/// writes [`HANGUP_REQUEST`] asks to hang up (`bastet hangup`); one that
+/// writes nothing is only looking whether a call runs. Refuses to start a
+/// second call.
 struct HangupSocket {
     path: PathBuf,
     listener: tokio::net::UnixListener,
 }
+
+/// Turns true when the user hangs up: `bastet hangup`, SIGINT or SIGTERM.
+type HangUp = tokio::sync::watch::Receiver<bool>;
 
 impl HangupSocket {
     async fn bind(data_dir: &Path) -> Result<Self> {
@@ -284,9 +292,9 @@ impl HangupSocket {
         Ok(HangupSocket { path, listener })
     }
 
-    /// Fires on the first connection, or on SIGINT/SIGTERM.
-    fn spawn(self) -> Result<(tokio::sync::oneshot::Receiver<()>, SocketGuard)> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    /// Watches the socket and the signals from now on.
+    fn spawn(self) -> Result<(HangUp, SocketGuard)> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
         let guard = SocketGuard(self.path.clone());
         let signal = bastet_link::shutdown_signal().map_err(|e| Error::File {
             path: self.path.clone(),
@@ -294,11 +302,28 @@ impl HangupSocket {
         })?;
         tokio::spawn(async move {
             let listener = self.listener;
+            let requested = async {
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    let mut request = [0u8; HANGUP_REQUEST.len()];
+                    let read = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut request),
+                    )
+                    .await;
+                    if matches!(read, Ok(Ok(_))) && request == HANGUP_REQUEST {
+                        return;
+                    }
+                }
+            };
             tokio::select! {
-                _ = listener.accept() => {}
+                () = requested => {}
                 () = signal => {}
             }
-            let _ = tx.send(());
+            let _ = tx.send(true);
         });
         Ok((rx, guard))
     }
@@ -313,12 +338,94 @@ impl Drop for SocketGuard {
     }
 }
 
+/// Resolves once the user hung up (never, if the watch is gone).
+async fn hung_up(hang_up: &mut HangUp) {
+    if hang_up.wait_for(|h| *h).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A one-shot view of `hang_up` for [`run_media`].
+fn media_hang_up(mut hang_up: HangUp) -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        hung_up(&mut hang_up).await;
+        let _ = tx.send(());
+    });
+    rx
+}
+
+/// The rendezvous cookie the two circuits present: the offer's cookie
+/// bound to the call keys this device and its peer derived. Every device
+/// that answers an offer derives other keys, so the circuits of two
+/// answering devices never meet each other, and a circuit is only joined
+/// to the one whose keys match.
+fn rendezvous_cookie(offer: &CallOffer, keys: &bastet_call::CallKeys) -> Cookie {
+    let mut material = [0u8; 64];
+    material[..32].copy_from_slice(&keys.confirmation());
+    material[32..].copy_from_slice(&offer.cookie);
+    Cookie(blake3::derive_key(
+        "bastet 2026 call rendezvous cookie v1",
+        &material,
+    ))
+}
+
 fn now_unix() -> u64 {
     crate::media::media_now().as_secs()
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn media_plan(profile: &Profile, input: MediaInput, args: &MediaArgs) -> MediaPlan {
+    MediaPlan {
+        profile: profile.clone(),
+        input,
+        duration: args.duration,
+        trace_cells: args.cell_trace.is_some(),
+        keep: Keep {
+            audio: args.audio_out.is_some(),
+            video: args.video_out.is_some(),
+        },
+    }
+}
+
+/// Opens this end's circuit with `cookie` and waits until the rendezvous
+/// joins it to the peer's (at most `wait`), unless the user hangs up.
+async fn join_circuit(
+    route: &crate::daemon::CallRoute,
+    cookie: &Cookie,
+    wait: Duration,
+    hang_up: &mut HangUp,
+) -> std::result::Result<
+    (bastet_circuit::CircuitWriter, bastet_circuit::CircuitReader),
+    Option<Error>,
+> {
+    let join = async {
+        open_circuit(&route.hops, cookie, route.source_addr, SETUP_TIMEOUT)
+            .await?
+            .joined(wait)
+            .await
+    };
+    tokio::select! {
+        joined = join => joined.map_err(|e| Some(crate::media::MediaError::from(e).into())),
+        () = hung_up(hang_up) => Err(None),
+    }
+}
+
+/// Sends `reason` to the peer device, best effort (the call is ending).
+async fn tell(
+    data_dir: &Path,
+    contact: &str,
+    device: &[u8; 32],
+    call_id: CallId,
+    reason: HangupReason,
+) {
+    let signal = CallSignal::Hangup(Hangup { call_id, reason });
+    if let Err(e) = send_call_signal(data_dir, contact, Some(device), &signal).await {
+        tracing::warn!(error = %e, "could not tell {contact} the call ended ({reason})");
+    }
 }
 
 /// Places a call to `contact` and runs it; `rendezvous` fixes the
@@ -351,16 +458,15 @@ pub async fn place_call(
     )?;
     let call_id = offer.call_id;
     let started = Instant::now();
+    let (mut hang_up, _guard) = hangup.spawn()?;
     send_call_signal(data_dir, contact, None, &CallSignal::Offer(offer.clone())).await?;
     eprintln!(
         "calling {contact} (call {call_id}, profile {profile_name}); ringing for up to {} s",
         ring.as_secs()
     );
-    let (hang_up, _guard) = hangup.spawn()?;
-    // Wait for an answer, a refusal, or the end of the ring.
-    let answered = wait_for_answer(data_dir, call_id, ring, hang_up).await;
-    let (answer_from, answer, hang_up) = match answered {
-        Ok(Some((from, answer, hang_up))) => (from, answer, hang_up),
+    // An answer, a refusal, the end of the ring, or the user hanging up.
+    let (answer_from, answer) = match wait_for_answer(data_dir, call_id, ring, &mut hang_up).await {
+        Ok(Some(answered)) => answered,
         Ok(None) => {
             let _ = cancel(data_dir, contact, call_id).await;
             return Err(Error::CallRoute(format!(
@@ -377,11 +483,14 @@ pub async fn place_call(
     let keys = match calls::finish(&secrets, &offer, &answer, &route.me, &callee) {
         Ok(keys) => keys,
         Err(e) => {
-            let failed = CallSignal::Hangup(Hangup {
+            tell(
+                data_dir,
+                contact,
+                &callee.device,
                 call_id,
-                reason: HangupReason::Failed,
-            });
-            let _ = send_call_signal(data_dir, contact, Some(&callee.device), &failed).await;
+                HangupReason::Failed,
+            )
+            .await;
             return Err(e);
         }
     };
@@ -389,56 +498,50 @@ pub async fn place_call(
         "{contact} answered; key confirmation {}; joining the circuit",
         short_confirmation(&keys)
     );
-    let cookie = Cookie(offer.cookie);
-    let pending = open_circuit(&route.hops, &cookie, route.source_addr, SETUP_TIMEOUT)
-        .await
-        .map_err(crate::media::MediaError::from)?;
-    let (writer, reader) = pending
-        .joined(CALLER_JOIN_WAIT)
-        .await
-        .map_err(crate::media::MediaError::from)?;
+    let cookie = rendezvous_cookie(&offer, &keys);
+    let (writer, reader) = match join_circuit(&route, &cookie, CALLER_JOIN_WAIT, &mut hang_up).await
+    {
+        Ok(halves) => halves,
+        Err(why) => {
+            let reason = if why.is_some() {
+                HangupReason::Failed
+            } else {
+                HangupReason::Normal
+            };
+            tell(data_dir, contact, &callee.device, call_id, reason).await;
+            return Err(why.unwrap_or_else(|| {
+                Error::CallRoute(format!("call {call_id} hung up before it connected"))
+            }));
+        }
+    };
     let setup = started.elapsed();
     eprintln!(
         "connected after {} ms; talking for up to {} s",
         millis(setup),
         args.duration.as_secs()
     );
-    let plan = MediaPlan {
-        profile: profile.clone(),
-        input,
-        duration: args.duration,
-        trace_cells: args.cell_trace.is_some(),
+    let plan = media_plan(&profile, input, args);
+    let outcome = run_media((writer, reader), keys, plan, media_hang_up(hang_up)).await;
+    let reason = if outcome.is_ok() {
+        HangupReason::Normal
+    } else {
+        HangupReason::Failed
     };
-    let outcome = run_media((writer, reader), keys, plan, hang_up).await?;
-    let _ = send_call_signal(
-        data_dir,
-        contact,
-        Some(&callee.device),
-        &CallSignal::Hangup(Hangup {
-            call_id,
-            reason: HangupReason::Normal,
-        }),
-    )
-    .await;
+    tell(data_dir, contact, &callee.device, call_id, reason).await;
     finish_report(
-        "caller", call_id, contact, &profile, &route, setup, outcome, args,
+        "caller", call_id, contact, &profile, &route, setup, outcome?, args,
     )
 }
 
 /// The answer to `call_id`, from which device; `None` if the ring ended
-/// without one (or the callee declined: that is an error).
+/// without one. A refusal by the callee, or the user hanging up, is an
+/// error.
 async fn wait_for_answer(
     data_dir: &Path,
     call_id: CallId,
     ring: Duration,
-    mut hang_up: tokio::sync::oneshot::Receiver<()>,
-) -> Result<
-    Option<(
-        ReceivedCall,
-        calls::CallAnswer,
-        tokio::sync::oneshot::Receiver<()>,
-    )>,
-> {
+    hang_up: &mut HangUp,
+) -> Result<Option<(ReceivedCall, calls::CallAnswer)>> {
     let deadline = Instant::now() + ring;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -448,7 +551,7 @@ async fn wait_for_answer(
         let wait = left.min(Duration::from_secs(5));
         let signals = tokio::select! {
             signals = take_call_signals(data_dir, wait, Some(call_id)) => signals?,
-            _ = &mut hang_up => {
+            () = hung_up(hang_up) => {
                 return Err(Error::CallRoute(format!("call {call_id} cancelled")));
             }
         };
@@ -456,7 +559,7 @@ async fn wait_for_answer(
             match &received.signal {
                 CallSignal::Answer(answer) => {
                     let answer = answer.clone();
-                    return Ok(Some((received, answer, hang_up)));
+                    return Ok(Some((received, answer)));
                 }
                 CallSignal::Hangup(h) => {
                     return Err(Error::CallRoute(format!(
@@ -494,22 +597,21 @@ pub async fn answer_call(
     args: &MediaArgs,
 ) -> Result<CallReport> {
     let hangup = HangupSocket::bind(data_dir).await?;
-    let (hang_up, _guard) = hangup.spawn()?;
-    let (received, offer) = wait_for_offer(data_dir, call_id, wait).await?;
+    let (mut hang_up, _guard) = hangup.spawn()?;
+    let (received, offer) = tokio::select! {
+        offer = wait_for_offer(data_dir, call_id, wait) => offer?,
+        () = hung_up(&mut hang_up) => {
+            return Err(Error::CallRoute("stopped waiting for a call".into()));
+        }
+    };
     let started = Instant::now();
     let contact = received.contact.clone();
     let caller = received.peer();
-    let profile = Profile::by_name(&offer.profile)
-        .ok_or_else(|| Error::UnknownCallProfile(offer.profile.clone()))?;
-    let refuse = |reason| {
-        let signal = CallSignal::Hangup(Hangup {
-            call_id: offer.call_id,
-            reason,
-        });
-        let contact = contact.clone();
-        async move {
-            let _ = send_call_signal(data_dir, &contact, Some(&caller.device), &signal).await;
-        }
+    let call = offer.call_id;
+    let refuse = |reason| tell(data_dir, &contact, &caller.device, call, reason);
+    let Some(profile) = Profile::by_name(&offer.profile) else {
+        refuse(HangupReason::Failed).await;
+        return Err(Error::UnknownCallProfile(offer.profile.clone()));
     };
     let input = match read_input(&profile, args) {
         Ok(input) => input,
@@ -541,23 +643,25 @@ pub async fn answer_call(
     )
     .await?;
     eprintln!(
-        "answered {contact} (call {}, profile {}); key confirmation {}; waiting at the rendezvous",
-        offer.call_id,
+        "answered {contact} (call {call}, profile {}); key confirmation {}; waiting at the \
+         rendezvous",
         offer.profile,
         short_confirmation(&keys)
     );
-    let cookie = Cookie(offer.cookie);
-    let joined = async {
-        open_circuit(&route.hops, &cookie, route.source_addr, SETUP_TIMEOUT)
-            .await?
-            .joined(CALLEE_JOIN_WAIT)
-            .await
-    };
-    let (writer, reader) = match joined.await {
+    let cookie = rendezvous_cookie(&offer, &keys);
+    let (writer, reader) = match join_circuit(&route, &cookie, CALLEE_JOIN_WAIT, &mut hang_up).await
+    {
         Ok(halves) => halves,
-        Err(e) => {
-            refuse(HangupReason::Failed).await;
-            return Err(crate::media::MediaError::from(e).into());
+        Err(why) => {
+            let reason = if why.is_some() {
+                HangupReason::Failed
+            } else {
+                HangupReason::Normal
+            };
+            refuse(reason).await;
+            return Err(why.unwrap_or_else(|| {
+                Error::CallRoute(format!("call {call} hung up before it connected"))
+            }));
         }
     };
     let setup = started.elapsed();
@@ -566,22 +670,13 @@ pub async fn answer_call(
         millis(setup),
         args.duration.as_secs()
     );
-    let plan = MediaPlan {
-        profile: profile.clone(),
-        input,
-        duration: args.duration,
-        trace_cells: args.cell_trace.is_some(),
-    };
-    let outcome = run_media((writer, reader), keys, plan, hang_up).await?;
+    let plan = media_plan(&profile, input, args);
+    let outcome = run_media((writer, reader), keys, plan, media_hang_up(hang_up)).await;
+    if outcome.is_err() {
+        refuse(HangupReason::Failed).await;
+    }
     finish_report(
-        "callee",
-        offer.call_id,
-        &contact,
-        &profile,
-        &route,
-        setup,
-        outcome,
-        args,
+        "callee", call, &contact, &profile, &route, setup, outcome?, args,
     )
 }
 
@@ -626,7 +721,15 @@ async fn wait_for_offer(
 /// waiting. Returns what it did.
 pub async fn hang_up(data_dir: &Path) -> Result<String> {
     let path = data_dir.join(CALL_SOCKET);
-    if tokio::net::UnixStream::connect(&path).await.is_ok() {
+    if let Ok(mut stream) = tokio::net::UnixStream::connect(&path).await {
+        use tokio::io::AsyncWriteExt;
+        stream
+            .write_all(HANGUP_REQUEST)
+            .await
+            .map_err(|e| Error::File {
+                path: path.clone(),
+                why: format!("cannot ask the running call to hang up: {e}"),
+            })?;
         return Ok("hung up the call running on this device".into());
     }
     let waiting = take_call_signals(data_dir, Duration::ZERO, None).await?;

@@ -117,7 +117,28 @@ pub struct MediaPlan {
     pub duration: Duration,
     /// Record each cell sent ([`MediaOutcome::cells_sent`]).
     pub trace_cells: bool,
+    /// What to keep of what is played out (for output files).
+    pub keep: Keep,
 }
+
+/// What of the played-out media [`run_media`] keeps, up to
+/// [`MAX_KEPT_AUDIO`] and [`MAX_KEPT_VIDEO`]: nothing is kept that no
+/// output asks for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Keep {
+    /// Keep the audio played.
+    pub audio: bool,
+    /// Keep the pictures shown.
+    pub video: bool,
+}
+
+/// Most audio kept for `--audio-out`: 30 minutes (173 MB).
+pub const MAX_KEPT_AUDIO: Duration = Duration::from_secs(30 * 60);
+/// Most video kept for `--video-out`: 5 minutes (about 400 MB of pictures).
+pub const MAX_KEPT_VIDEO: Duration = Duration::from_secs(5 * 60);
+/// A cell write that takes longer than this ends the call: the first relay
+/// stopped reading.
+const SEND_LIMIT: Duration = Duration::from_secs(2);
 
 /// Runs both directions of one end's media over a joined circuit until
 /// the plan's duration has passed, the circuit ends, or `hang_up` fires.
@@ -135,6 +156,7 @@ where
         input,
         duration,
         trace_cells,
+        keep,
     } = plan;
     let start = media_now();
     let end = start + duration;
@@ -142,16 +164,25 @@ where
     let sender = Sender::new(profile.clone(), send, start + profile.audio.frame)?;
     let receiver = Receiver::new(profile.clone(), receive)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let send = send_media(
-        writer,
-        sender,
-        profile.clone(),
-        input,
-        (start, end),
-        (hang_up, stop_rx),
-        trace_cells,
-    );
-    let receive = receive_media(reader, receiver, profile, end, stop_tx);
+    let (sender_done_tx, sender_done_rx) = tokio::sync::watch::channel(false);
+    let send = async move {
+        let sent = send_media(
+            writer,
+            sender,
+            profile.clone(),
+            input,
+            (start, end),
+            (hang_up, stop_rx),
+            trace_cells,
+        )
+        .await;
+        // However the sending half ended, the receiving half plays out
+        // what it holds and stops.
+        let _ = sender_done_tx.send(true);
+        sent
+    };
+    let keep = (keep.audio, keep.video);
+    let receive = receive_media(reader, receiver, (end, keep), stop_tx, sender_done_rx);
     // Two tasks, so that encoding (a video frame can take milliseconds)
     // never delays reading the peer's cells, and the other way round.
     let (sent, received) = tokio::join!(tokio::spawn(send), tokio::spawn(receive));
@@ -210,7 +241,7 @@ where
         tokio::select! {
             () = sleep_until(due) => {}
             _ = &mut hang_up => {
-                let _ = writer.hang_up().await;
+                let _ = tokio::time::timeout(SEND_LIMIT, writer.hang_up()).await;
                 return Ok((sender.stats().clone(), true, trace));
             }
             _ = circuit_ended.changed() => return Ok((sender.stats().clone(), false, trace)),
@@ -240,9 +271,17 @@ where
             }
         }
         while let Some(cell) = sender.poll_transmit(now)? {
-            if writer.send(&cell).await.is_err() {
+            match tokio::time::timeout(SEND_LIMIT, writer.send(&cell)).await {
+                Ok(Ok(())) => {}
                 // The circuit is gone: the receiving half says why.
-                return Ok((sender.stats().clone(), false, trace));
+                Ok(Err(_)) => return Ok((sender.stats().clone(), false, trace)),
+                Err(_) => {
+                    tracing::warn!(
+                        "a call cell could not be written within {SEND_LIMIT:?}: the first \
+                         relay stopped reading; ending the call"
+                    );
+                    return Ok((sender.stats().clone(), false, trace));
+                }
             }
             if trace_cells && trace.len() < MAX_TRACED_CELLS {
                 let micros = u64::try_from(media_now().as_micros()).unwrap_or(u64::MAX);
@@ -250,7 +289,7 @@ where
             }
         }
         if now >= end {
-            let _ = writer.hang_up().await;
+            let _ = tokio::time::timeout(SEND_LIMIT, writer.hang_up()).await;
             return Ok((sender.stats().clone(), false, trace));
         }
     }
@@ -365,21 +404,42 @@ type Received = (Vec<i16>, Vec<I420Frame>, Stats, Option<Reason>);
 async fn receive_media<S>(
     mut reader: CircuitReader<S>,
     mut receiver: Receiver,
-    profile: Profile,
-    end: Duration,
+    (end, (keep_audio, keep_video)): (Duration, (bool, bool)),
     circuit_ended: tokio::sync::watch::Sender<bool>,
+    mut sender_done: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Received>
 where
-    S: AsyncRead + AsyncWrite,
+    S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let mut audio = Vec::new();
-    let mut video: Vec<I420Frame> = Vec::new();
+    let profile = receiver.profile().clone();
     let (width, height) = profile
         .video
         .as_ref()
         .map_or((0, 0), |v| (v.width, v.height));
-    let stop = end + PLAYOUT_TAIL;
+    let max_audio = usize::try_from(
+        u64::from(bastet_call::SAMPLE_RATE).saturating_mul(MAX_KEPT_AUDIO.as_secs()),
+    )
+    .unwrap_or(usize::MAX);
+    let max_video = profile
+        .video
+        .as_ref()
+        .map_or(0, |v| v.fps as usize * MAX_KEPT_VIDEO.as_secs() as usize);
+    let (mut audio, mut video): (Vec<i16>, Vec<I420Frame>) = (Vec::new(), Vec::new());
+    // The link is read in a task of its own: a cell is never cut in half
+    // by the wake-ups of the playout loop.
+    let (cells_tx, mut cells) = tokio::sync::mpsc::channel(64);
+    let read_task = tokio::spawn(async move {
+        loop {
+            let incoming = reader.recv().await;
+            let last = !matches!(incoming, Ok(Incoming::Cell(_) | Incoming::Corrupt));
+            if cells_tx.send(incoming).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let mut stop = end + PLAYOUT_TAIL;
     let mut ended = None;
+    let mut sending = true;
     loop {
         let now = media_now();
         if now >= stop {
@@ -387,46 +447,57 @@ where
         }
         let wake = receiver.poll_timeout().unwrap_or(stop).min(stop);
         tokio::select! {
-            incoming = reader.recv(), if ended.is_none() => {
+            incoming = cells.recv(), if ended.is_none() => {
                 let now = media_now();
                 match incoming {
                     // A refused cell is counted by the receiver; the call
                     // goes on.
-                    Ok(Incoming::Cell(cell)) => {
+                    Some(Ok(Incoming::Cell(cell))) => {
                         let _ = receiver.handle_cell(now, cell.as_slice());
                     }
                     // Lost on the way: the gap in the counter shows it.
-                    Ok(Incoming::Corrupt) => {}
-                    Ok(Incoming::Ended(reason)) => {
+                    Some(Ok(Incoming::Corrupt)) => {}
+                    Some(Ok(Incoming::Ended(reason))) => {
                         ended = Some(reason);
+                        stop = stop.min(now + PLAYOUT_TAIL);
                         let _ = circuit_ended.send(true);
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         tracing::warn!(error = %MediaError::from(e), "the call circuit failed");
                         ended = Some(Reason::Hangup);
+                        stop = stop.min(now + PLAYOUT_TAIL);
                         let _ = circuit_ended.send(true);
                     }
+                    None => {
+                        ended = Some(Reason::Hangup);
+                        stop = stop.min(now + PLAYOUT_TAIL);
+                    }
                 }
+            }
+            _ = sender_done.changed(), if sending => {
+                // This end hung up (or its sending failed): play out what
+                // is held, then stop.
+                sending = false;
+                stop = stop.min(media_now() + PLAYOUT_TAIL);
             }
             () = sleep_until(wake) => {}
         }
         let now = media_now();
         while let Some(out) = receiver.poll_audio(now)? {
-            audio.extend_from_slice(&out.pcm);
+            if keep_audio && audio.len() < max_audio {
+                audio.extend_from_slice(&out.pcm);
+            }
         }
         while let Some(out) = receiver.poll_video(now)? {
-            let picture = match (out.picture, out.source) {
-                (Some(p), VideoSource::Decoded | VideoSource::Frozen) => p,
-                (None, _) => I420Frame::black(width, height)?,
-            };
-            video.push(picture);
-        }
-        if ended.is_some() && receiver.poll_timeout().is_none() {
-            break;
-        }
-        if ended.is_some() && now >= end {
-            break;
+            if keep_video && video.len() < max_video {
+                let picture = match (out.picture, out.source) {
+                    (Some(p), VideoSource::Decoded | VideoSource::Frozen) => p,
+                    (None, _) => I420Frame::black(width, height)?,
+                };
+                video.push(picture);
+            }
         }
     }
+    read_task.abort();
     Ok((audio, video, receiver.stats(), ended))
 }

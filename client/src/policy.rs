@@ -831,7 +831,27 @@ pub fn choose_circuit_nodes<'c, R: Rng + ?Sized>(
             "no mixnode in the consensus relays calls (none publishes a circuit address)".into(),
         ));
     }
-    let rendezvous = match rendezvous {
+    let entry_and_middle = |rendezvous: &'c Descriptor, rng: &mut R| {
+        let mut chosen = vec![rendezvous];
+        for class in [first, second] {
+            chosen.push(pick(&relays, policy, class, &chosen, rng)?);
+        }
+        // Entry, middle, rendezvous.
+        chosen.rotate_left(1);
+        Some(chosen)
+    };
+    let no_circuit = |last_chosen: Option<&Descriptor>| {
+        Error::CallRoute(format!(
+            "no entry (class {first}) and middle (class {second}) relay that relays calls{}, \
+             distinct under the policy's rules",
+            last_chosen.map_or(String::new(), |d| format!(
+                " can go with the rendezvous {} ({})",
+                d.node_id().short(),
+                d.jurisdiction
+            ))
+        ))
+    };
+    match rendezvous {
         Some(id) => {
             let d = consensus.node(id).ok_or_else(|| {
                 Error::CallRoute(format!(
@@ -859,27 +879,31 @@ pub fn choose_circuit_nodes<'c, R: Rng + ?Sized>(
                     },
                 )));
             }
-            d
+            entry_and_middle(d, rng).ok_or_else(|| no_circuit(Some(d)))
         }
-        None => pick(&relays, policy, last, &[], rng).ok_or_else(|| {
-            Error::CallRoute(format!(
-                "no mixnode that relays calls is admitted by the last hop class {last}"
-            ))
-        })?,
-    };
-    let mut chosen = vec![rendezvous];
-    for (position, class) in [("entry", first), ("middle", second)] {
-        let d = pick(&relays, policy, class, &chosen, rng).ok_or_else(|| {
-            Error::CallRoute(format!(
-                "no mixnode that relays calls can be the circuit's {position} relay: class \
-                 {class}, distinct from the other relays of the circuit under the policy's rules"
-            ))
-        })?;
-        chosen.push(d);
+        None => {
+            // Every admitted rendezvous in random order, until one leaves
+            // an entry and a middle: a valid circuit is never refused for
+            // an unlucky first draw.
+            let mut candidates: Vec<&'c Descriptor> = relays
+                .iter()
+                .copied()
+                .filter(|d| policy.admits(last, &d.jurisdiction))
+                .collect();
+            if candidates.is_empty() {
+                return Err(Error::CallRoute(format!(
+                    "no mixnode that relays calls is admitted by the last hop class {last}"
+                )));
+            }
+            while !candidates.is_empty() {
+                let d = candidates.swap_remove(rng.random_range(0..candidates.len()));
+                if let Some(chosen) = entry_and_middle(d, rng) {
+                    return Ok(chosen);
+                }
+            }
+            Err(no_circuit(None))
+        }
     }
-    // Entry, middle, rendezvous.
-    chosen.rotate_left(1);
-    Ok(chosen)
 }
 
 /// A random relay of `relays` admitted by `class` and in no conflict with
@@ -952,6 +976,59 @@ mod tests {
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Mixes that relay calls, as `(jurisdiction, operator)` indices.
+    fn call_relays(mixes: &[(usize, usize)]) -> VerifiedConsensus {
+        let nodes = mixes
+            .iter()
+            .enumerate()
+            .map(|(i, (j, o))| {
+                let mut d = descriptor(i, Role::Mix, POOL[*j], &format!("op{o}"));
+                d.circuit_addr = Some(format!("127.0.0.1:{}", 7000 + i));
+                d
+            })
+            .collect();
+        VerifiedConsensus::assume_verified(1, 0, u64::MAX, nodes, 1)
+    }
+
+    #[test]
+    fn a_call_circuit_follows_the_policy_and_is_never_refused_for_a_bad_first_draw() {
+        // One relay in DE, two in CH: with `de → any → any`, the DE relay
+        // must be the entry, never the rendezvous (then no entry is left).
+        let c = call_relays(&[(0, 0), (1, 1), (1, 2)]);
+        let policy = RoutePolicy {
+            classes: [("de".to_string(), strings(&["DE"]))].into_iter().collect(),
+            template: strings(&["de", "any", "any"]),
+            ..RoutePolicy::default()
+        };
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..50 {
+            let chosen = choose_circuit_nodes(&c, &policy, None, &mut rng).unwrap();
+            let js: Vec<&str> = chosen.iter().map(|d| d.jurisdiction.as_str()).collect();
+            assert_eq!(js, ["DE", "CH", "CH"]);
+            assert_ne!(chosen[1].operator, chosen[2].operator);
+        }
+        // The callee takes the rendezvous the offer names, if its policy
+        // admits it, and says why not otherwise.
+        let ch = c
+            .nodes
+            .iter()
+            .find(|d| d.jurisdiction == "CH")
+            .unwrap()
+            .node_id();
+        let chosen = choose_circuit_nodes(&c, &policy, Some(&ch), &mut rng).unwrap();
+        assert_eq!(chosen[2].node_id(), ch);
+        let avoiding = RoutePolicy {
+            avoid: strings(&["CH"]),
+            ..RoutePolicy::default()
+        };
+        let err = choose_circuit_nodes(&c, &avoiding, Some(&ch), &mut rng).unwrap_err();
+        assert!(err.to_string().contains("does not admit"), "{err}");
+        // Relays that do not relay calls are never chosen.
+        let none = consensus(1, &[(0, 0), (1, 1), (2, 2)], &[(3, 3)]);
+        let err = choose_circuit_nodes(&none, &RoutePolicy::default(), None, &mut rng).unwrap_err();
+        assert!(err.to_string().contains("relays calls"), "{err}");
     }
 
     fn seed_policy() -> RoutePolicy {

@@ -36,7 +36,10 @@ async fn call(loss: f64) -> CallDemoReport {
     network.stop();
     let report = report.unwrap_or_else(|e| {
         let dir = network.keep_files();
-        panic!("call-demo (loss {loss}) failed: {e}; files kept in {}", dir.display())
+        panic!(
+            "call-demo (loss {loss}) failed: {e}; files kept in {}",
+            dir.display()
+        )
     });
     println!("{}", report.to_human());
     report
@@ -59,7 +62,11 @@ async fn a_call_carries_audio_unaltered_in_constant_cells_and_survives_loss() {
     ] {
         let l = l.as_ref().unwrap();
         assert_eq!(l.not_applicable, None, "{what}: frames were late");
-        assert!(l.compared >= 250, "{what}: only {} frames heard", l.compared);
+        assert!(
+            l.compared >= 250,
+            "{what}: only {} frames heard",
+            l.compared
+        );
         assert_eq!(l.identical, l.compared, "{what}: the path altered audio");
     }
     for side in [&report.caller, &report.callee] {
@@ -67,8 +74,15 @@ async fn a_call_carries_audio_unaltered_in_constant_cells_and_survives_loss() {
         assert_eq!(count(side, &["received", "audio", "concealed"]), 0);
     }
     let wire = report.wire.as_ref().expect("the relays logged cells");
-    assert_eq!(wire.cell_sizes, [512], "call cells of other sizes on the wire");
-    assert!(wire.speech_cells > 50 && wire.silence_cells > 20, "{wire:?}");
+    assert_eq!(
+        wire.cell_sizes,
+        [512],
+        "call cells of other sizes on the wire"
+    );
+    assert!(
+        wire.speech_cells > 50 && wire.silence_cells > 20,
+        "{wire:?}"
+    );
     assert!(
         !wire.ks_rejects,
         "speech and silence told apart by timing: D = {} > {}",

@@ -116,6 +116,11 @@ impl<T> JitterBuffer<T> {
         self.items.get(&seq)
     }
 
+    /// Frames held for playout (received, not yet released).
+    pub fn held(&self) -> usize {
+        self.items.len()
+    }
+
     /// When the next frame is due, once anchored.
     pub fn poll_timeout(&self) -> Option<Duration> {
         self.playout_time(self.next)

@@ -444,6 +444,19 @@ impl Receiver {
         &self.profile
     }
 
+    /// Audio frames received and not yet played out: once the peer has
+    /// stopped sending, its audio ends when this is zero (playing on would
+    /// only conceal frames that will never come).
+    pub fn audio_held(&self) -> usize {
+        self.audio_buffer.held()
+    }
+
+    /// Video frames complete and not yet played out (see
+    /// [`Receiver::audio_held`]).
+    pub fn video_held(&self) -> usize {
+        self.video.as_ref().map_or(0, |v| v.buffer.held())
+    }
+
     /// Takes in one cell that arrived at `now`. An error says why the cell
     /// was refused; the receiver is unchanged by a refused cell and goes
     /// on with the next one.

@@ -483,12 +483,24 @@ where
             () = sleep_until(wake) => {}
         }
         let now = media_now();
-        while let Some(out) = receiver.poll_audio(now)? {
+        // Once the peer sends no more, play what was received and conceal
+        // nothing after it.
+        let audio_over = ended.is_some() && receiver.audio_held() == 0;
+        let video_over = ended.is_some() && receiver.video_held() == 0;
+        while let Some(out) = (!audio_over)
+            .then(|| receiver.poll_audio(now))
+            .transpose()?
+            .flatten()
+        {
             if keep_audio && audio.len() < max_audio {
                 audio.extend_from_slice(&out.pcm);
             }
         }
-        while let Some(out) = receiver.poll_video(now)? {
+        while let Some(out) = (!video_over)
+            .then(|| receiver.poll_video(now))
+            .transpose()?
+            .flatten()
+        {
             if keep_video && video.len() < max_video {
                 let picture = match (out.picture, out.source) {
                     (Some(p), VideoSource::Decoded | VideoSource::Frozen) => p,
@@ -496,6 +508,9 @@ where
                 };
                 video.push(picture);
             }
+        }
+        if audio_over && video_over {
+            break;
         }
     }
     read_task.abort();

@@ -414,6 +414,18 @@ async fn join_circuit(
     }
 }
 
+/// What to tell the peer, and the error to return, when the circuit did
+/// not join: it failed (`why`), or the user hung up (`None`).
+fn not_joined(call_id: CallId, why: Option<Error>) -> (HangupReason, Error) {
+    match why {
+        Some(e) => (HangupReason::Failed, e),
+        None => (
+            HangupReason::Normal,
+            Error::CallRoute(format!("call {call_id} hung up before it connected")),
+        ),
+    }
+}
+
 /// Sends `reason` to the peer device, best effort (the call is ending).
 async fn tell(
     data_dir: &Path,
@@ -503,15 +515,9 @@ pub async fn place_call(
     {
         Ok(halves) => halves,
         Err(why) => {
-            let reason = if why.is_some() {
-                HangupReason::Failed
-            } else {
-                HangupReason::Normal
-            };
+            let (reason, error) = not_joined(call_id, why);
             tell(data_dir, contact, &callee.device, call_id, reason).await;
-            return Err(why.unwrap_or_else(|| {
-                Error::CallRoute(format!("call {call_id} hung up before it connected"))
-            }));
+            return Err(error);
         }
     };
     let setup = started.elapsed();
@@ -653,15 +659,9 @@ pub async fn answer_call(
     {
         Ok(halves) => halves,
         Err(why) => {
-            let reason = if why.is_some() {
-                HangupReason::Failed
-            } else {
-                HangupReason::Normal
-            };
+            let (reason, error) = not_joined(call, why);
             refuse(reason).await;
-            return Err(why.unwrap_or_else(|| {
-                Error::CallRoute(format!("call {call} hung up before it connected"))
-            }));
+            return Err(error);
         }
     };
     let setup = started.elapsed();

@@ -28,7 +28,6 @@ use bastet_call::{
 };
 use serde::Serialize;
 
-use crate::demo::{DEMO_PASSPHRASES, DEMO_STORE_SIZE};
 use crate::{Error, Network, Result};
 
 /// What to run.
@@ -264,19 +263,7 @@ pub async fn run_call_demo(network: &Network, options: &CallDemoOptions) -> Resu
     })?;
     let relay = call_relay(network)?;
     let secs = options.duration.as_secs().max(1);
-    tracing::info!("creating clients alice and bob, each in an encrypted store");
-    let mut alice = network
-        .encrypted_client(
-            "alice",
-            "mailbox-a",
-            &[DEMO_PASSPHRASES[0]],
-            DEMO_STORE_SIZE,
-        )
-        .await?;
-    let mut bob = network
-        .encrypted_client("bob", "mailbox-b", &[DEMO_PASSPHRASES[1]], DEMO_STORE_SIZE)
-        .await?;
-    alice.befriend(&bob).await?;
+    let (mut alice, mut bob) = crate::demo::alice_and_bob(network).await?;
     let _alice_daemon = alice.start_daemon().await?;
     let _bob_daemon = bob.start_daemon().await?;
 

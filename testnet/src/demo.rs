@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::client::{Payload, RouteHop, Sent};
+use crate::client::{Client, Payload, RouteHop, Sent};
 use crate::layout::short;
 use crate::{Error, Network, Result};
 
@@ -211,6 +211,28 @@ enum Expected {
     File(Vec<u8>),
 }
 
+/// The demo's two clients, each in an encrypted store: alice on
+/// mailbox-a and bob on mailbox-b, contacts of each other.
+pub(crate) async fn alice_and_bob(network: &Network) -> Result<(Client, Client)> {
+    tracing::info!(
+        "creating clients alice (on mailbox-a) and bob (on mailbox-b), each in an encrypted store ({DEMO_STORE_SIZE})"
+    );
+    let alice = network
+        .encrypted_client(
+            "alice",
+            "mailbox-a",
+            &[DEMO_PASSPHRASES[0]],
+            DEMO_STORE_SIZE,
+        )
+        .await?;
+    let bob = network
+        .encrypted_client("bob", "mailbox-b", &[DEMO_PASSPHRASES[1]], DEMO_STORE_SIZE)
+        .await?;
+    tracing::info!("alice and bob exchange contact cards (files, as they would offline)");
+    alice.befriend(&bob).await?;
+    Ok((alice, bob))
+}
+
 /// Runs the demo on `network`: creates `alice` (mailbox on `mailbox-a`) and
 /// `bob` (on `mailbox-b`), starts a `bastet daemon` for each (Poisson
 /// sending with drop and loop cover, at `options.traffic`), queues the
@@ -232,22 +254,7 @@ pub async fn run_demo(network: &Network, options: &DemoOptions) -> Result<DemoRe
         .traffic
         .params()
         .map_err(|e| Error::InvalidOption(e.to_string()))?;
-    tracing::info!(
-        "creating clients alice (on mailbox-a) and bob (on mailbox-b), each in an encrypted store ({DEMO_STORE_SIZE})"
-    );
-    let mut alice = network
-        .encrypted_client(
-            "alice",
-            "mailbox-a",
-            &[DEMO_PASSPHRASES[0]],
-            DEMO_STORE_SIZE,
-        )
-        .await?;
-    let mut bob = network
-        .encrypted_client("bob", "mailbox-b", &[DEMO_PASSPHRASES[1]], DEMO_STORE_SIZE)
-        .await?;
-    tracing::info!("alice and bob exchange contact cards (files, as they would offline)");
-    alice.befriend(&bob).await?;
+    let (mut alice, mut bob) = alice_and_bob(network).await?;
     if let Some(policy) = &options.policy {
         tracing::info!("alice routes by policy: {}", policy.template.join(" -> "));
         alice.set_route_policy(policy)?;

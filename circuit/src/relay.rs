@@ -548,9 +548,9 @@ where
         Ok(peer) => splice_cells(shared, circuit, &mut reader, &tx, &mut opener, peer).await,
         Err(reason) => reason,
     };
-    // The endpoint hears why (if it is still there); the writer sends what
-    // is queued, the DESTROY last, within the idle limit.
-    let _ = tx.try_send(Message::Destroy(reason));
+    // The endpoint hears why (if it is still there): the DESTROY waits
+    // behind what is queued, for a second at most.
+    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Destroy(reason))).await;
     drop(tx);
     if tokio::time::timeout(shared.config.idle_timeout, &mut writer)
         .await

@@ -28,7 +28,7 @@ use serde::Serialize;
 use crate::calls::{
     self, CallId, CallOffer, CallSignal, Hangup, HangupReason, MAX_OFFER_TTL, ReceivedCall,
 };
-use crate::daemon::{call_route, send_call_signal, take_call_signals};
+use crate::daemon::{call_route, send_call_signal, send_call_signal_except, take_call_signals};
 use crate::media::{Ended, Keep, MediaInput, MediaOutcome, MediaPlan, run_media};
 use crate::{Error, Result};
 
@@ -492,6 +492,14 @@ pub async fn place_call(
         }
     };
     let callee = answer_from.peer();
+    // The other devices of the callee stop ringing.
+    let elsewhere = CallSignal::Hangup(Hangup {
+        call_id,
+        reason: HangupReason::AnsweredElsewhere,
+    });
+    if let Err(e) = send_call_signal_except(data_dir, contact, &callee.device, &elsewhere).await {
+        tracing::warn!(error = %e, "could not tell {contact}'s other devices the call was answered");
+    }
     let keys = match calls::finish(&secrets, &offer, &answer, &route.me, &callee) {
         Ok(keys) => keys,
         Err(e) => {
@@ -655,8 +663,21 @@ pub async fn answer_call(
         short_confirmation(&keys)
     );
     let cookie = rendezvous_cookie(&offer, &keys);
-    let (writer, reader) = match join_circuit(&route, &cookie, CALLEE_JOIN_WAIT, &mut hang_up).await
-    {
+    // While the circuit waits at the rendezvous, the caller may hang up or
+    // take another device's answer: stop waiting then.
+    let joined = tokio::select! {
+        joined = join_circuit(&route, &cookie, CALLEE_JOIN_WAIT, &mut hang_up) => joined,
+        reason = caller_gave_up(data_dir, call) => {
+            let why = match reason {
+                HangupReason::AnsweredElsewhere => {
+                    "another of your devices answered it".to_string()
+                }
+                other => format!("{contact} {other}"),
+            };
+            return Err(Error::CallRoute(format!("call {call} not connected: {why}")));
+        }
+    };
+    let (writer, reader) = match joined {
         Ok(halves) => halves,
         Err(why) => {
             let (reason, error) = not_joined(call, why);
@@ -678,6 +699,26 @@ pub async fn answer_call(
     finish_report(
         "callee", call, &contact, &profile, &route, setup, outcome?, args,
     )
+}
+
+/// Resolves with the reason when the caller hangs up call `call_id` (or
+/// takes another device's answer); never otherwise.
+async fn caller_gave_up(data_dir: &Path, call_id: CallId) -> HangupReason {
+    loop {
+        match take_call_signals(data_dir, Duration::from_secs(5), Some(call_id)).await {
+            Ok(signals) => {
+                if let Some(reason) = signals.iter().find_map(|r| match &r.signal {
+                    CallSignal::Hangup(h) => Some(h.reason),
+                    _ => None,
+                }) {
+                    return reason;
+                }
+            }
+            // The daemon is gone or busy: the circuit's own limits still
+            // end the wait.
+            Err(_) => tokio::time::sleep(Duration::from_secs(5)).await,
+        }
+    }
 }
 
 /// The first live offer (of `call_id` if given) within `wait`.

@@ -103,6 +103,11 @@ pub enum Request {
         /// (an offer rings them all; a hangup cancels it on all).
         #[serde(default)]
         device: Option<String>,
+        /// With `device` left out: every current device but this one (hex):
+        /// the caller's `answered_elsewhere` to the devices that did not
+        /// answer.
+        #[serde(default)]
+        except: Option<String>,
         /// The signal.
         signal: WireCallSignal,
     },
@@ -774,6 +779,27 @@ pub async fn send_call_signal(
     let request = Request::CallSend {
         to: to.to_string(),
         device: device.map(hex::encode),
+        except: None,
+        signal: WireCallSignal::from(signal),
+    };
+    match call(data_dir, &request).await? {
+        Response::Sent { copies } => Ok(copies),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Like [`send_call_signal`] to every current device of `to` but
+/// `except`.
+pub async fn send_call_signal_except(
+    data_dir: &Path,
+    to: &str,
+    except: &[u8; 32],
+    signal: &CallSignal,
+) -> Result<Vec<MessageReport>> {
+    let request = Request::CallSend {
+        to: to.to_string(),
+        device: None,
+        except: Some(hex::encode(except)),
         signal: WireCallSignal::from(signal),
     };
     match call(data_dir, &request).await? {
@@ -1004,6 +1030,7 @@ mod tests {
             let request = Request::CallSend {
                 to: "bob".into(),
                 device: None,
+                except: None,
                 signal: WireCallSignal::from(&signal),
             };
             let json = serde_json::to_string(&request).unwrap();

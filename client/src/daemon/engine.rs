@@ -992,9 +992,12 @@ impl Engine {
                 config: Box::new(self.config.clone()),
             }),
             Request::Contact { request } => self.contact(request),
-            Request::CallSend { to, device, signal } => {
-                self.queue_call(&to, device.as_deref(), &signal)
-            }
+            Request::CallSend {
+                to,
+                device,
+                except,
+                signal,
+            } => self.queue_call(&to, (device.as_deref(), except.as_deref()), &signal),
             Request::CallSignals { call_id, .. } => call_id
                 .as_deref()
                 .map(parse_call_id)
@@ -1142,20 +1145,25 @@ impl Engine {
     fn queue_call(
         &mut self,
         to: &str,
-        device: Option<&str>,
+        (device, except): (Option<&str>, Option<&str>),
         signal: &WireCallSignal,
     ) -> Result<Response> {
         let signal = CallSignal::try_from(signal)?;
-        let device = device
-            .map(|d| {
-                let mut key = [0u8; 32];
-                hex::decode_to_slice(d, &mut key)
-                    .map(|()| key)
-                    .map_err(|_| {
-                        Error::Daemon(format!("device {d:?} is not a device key (64 hex digits)"))
-                    })
-            })
-            .transpose()?;
+        let key = |d: &str| {
+            let mut key = [0u8; 32];
+            hex::decode_to_slice(d, &mut key)
+                .map(|()| key)
+                .map_err(|_| {
+                    Error::Daemon(format!("device {d:?} is not a device key (64 hex digits)"))
+                })
+        };
+        let device = device.map(key).transpose()?;
+        let except = except.map(key).transpose()?;
+        if device.is_some() && except.is_some() {
+            return Err(Error::Daemon(
+                "give a device or a device to leave out, not both".into(),
+            ));
+        }
         if device.is_none() && matches!(signal, CallSignal::Answer(_)) {
             return Err(Error::Daemon(
                 "an answer goes to the one device that sent the offer: give its device key".into(),
@@ -1167,7 +1175,9 @@ impl Engine {
             self.contacts
                 .seal_call(&self.keys, to, device, &signal, now_ms(), &mut rand::rng())?;
         let mut reports = Vec::with_capacity(copies.len());
-        for sealed in &copies {
+        // Sealed for the device left out and not sent: its ratchet skips
+        // that message key, as for any message lost on the way.
+        for sealed in copies.iter().filter(|c| Some(c.device) != except) {
             reports.push(self.queue_copy(sealed, to, crate::outbox::DEFAULT_GIVE_UP, None)?);
         }
         tracing::debug!(

@@ -7,7 +7,10 @@ pub mod api;
 mod engine;
 mod saver;
 
-pub use self::api::{CallRoute, WireCircuitHop, call_route, send_call_signal, take_call_signals};
+pub use self::api::{
+    CallRoute, WireCircuitHop, call_route, send_call_signal, send_call_signal_except,
+    take_call_signals,
+};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

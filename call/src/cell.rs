@@ -22,6 +22,9 @@
 //!   3 video:   frame (u32 BE) || capture µs (u64 BE) || fragment index (u16 BE)
 //!              || fragment count (u16 BE) || flags (1: bit 0 keyframe) || len (u16 BE)
 //!              || fragment || zero padding
+//!   4 keyframe request: zero padding (the receiver lost video and asks for a
+//!              keyframe; sent in a slot that would carry cover, so it costs nothing
+//!              and on the wire it is a cover cell like any other)
 //! ```
 
 use std::time::Duration;
@@ -40,6 +43,7 @@ const KIND_COVER: u8 = 0;
 const KIND_AUDIO: u8 = 1;
 const KIND_SILENCE: u8 = 2;
 const KIND_VIDEO: u8 = 3;
+const KIND_KEYFRAME_REQUEST: u8 = 4;
 const AUDIO_HEADER: usize = 1 + 4 + 8 + 1 + 2;
 /// Packets one audio cell carries: its frame's and the previous frame's.
 pub const AUDIO_PACKETS_PER_CELL: usize = 2;
@@ -259,6 +263,8 @@ pub enum Payload {
     },
     /// A fragment of an encoded video frame.
     Video(VideoFragment),
+    /// The peer lost video: send a keyframe.
+    KeyframeRequest,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -309,6 +315,7 @@ impl Payload {
         };
         match self {
             Payload::Cover => put(&[KIND_COVER]),
+            Payload::KeyframeRequest => put(&[KIND_KEYFRAME_REQUEST]),
             Payload::Audio {
                 seq,
                 capture,
@@ -366,6 +373,7 @@ impl Payload {
         let mut r = Reader { bytes: plaintext };
         match r.array::<1>()?[0] {
             KIND_COVER => Ok(Payload::Cover),
+            KIND_KEYFRAME_REQUEST => Ok(Payload::KeyframeRequest),
             KIND_AUDIO => {
                 let seq = r.u32()?;
                 let capture = r.time()?;
@@ -421,7 +429,10 @@ impl Payload {
     /// Whether this cell carries no media (cover or gated silence): what
     /// the cover/real flag inside the encryption says.
     pub fn is_cover(&self) -> bool {
-        matches!(self, Payload::Cover | Payload::Silence { .. })
+        matches!(
+            self,
+            Payload::Cover | Payload::Silence { .. } | Payload::KeyframeRequest
+        )
     }
 }
 

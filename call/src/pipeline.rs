@@ -50,6 +50,8 @@ pub struct Sender {
     slot: usize,
     /// Whether the last cell sent was cover.
     last_cover: bool,
+    /// A keyframe request to send in the next slot that would be cover.
+    ask_keyframe: bool,
     stats: SenderStats,
 }
 
@@ -76,6 +78,7 @@ impl Sender {
             next_tick: start,
             slot: 0,
             last_cover: false,
+            ask_keyframe: false,
             stats: SenderStats::default(),
         })
     }
@@ -179,6 +182,14 @@ impl Sender {
         self.queue_video(encoded)
     }
 
+    /// Asks the peer for a keyframe (this end's receiver lost video: see
+    /// [`Receiver::take_keyframe_request`]), in the next cell that would
+    /// otherwise be cover; the peer's receiver reports it with
+    /// [`Receiver::take_peer_keyframe_request`].
+    pub fn ask_for_keyframe(&mut self) {
+        self.ask_keyframe = true;
+    }
+
     /// Asks for the next picture to be a keyframe (the peer lost video).
     pub fn request_keyframe(&mut self) {
         self.force_keyframe = true;
@@ -272,7 +283,13 @@ impl Sender {
             Slot::Audio => self.audio_queue.pop_front().or_else(|| self.next_video()),
             Slot::Video => self.next_video().or_else(|| self.audio_queue.pop_front()),
         }
-        .unwrap_or(Payload::Cover);
+        .unwrap_or_else(|| {
+            if std::mem::take(&mut self.ask_keyframe) {
+                Payload::KeyframeRequest
+            } else {
+                Payload::Cover
+            }
+        });
         self.last_cover = payload.is_cover();
         self.stats.cover += u64::from(self.last_cover);
         let plaintext = payload.encode()?;
@@ -393,6 +410,8 @@ pub struct Receiver {
     first_arrival: Option<Duration>,
     last_now: Duration,
     audio_stats: AudioCounters,
+    /// The peer asked for a keyframe.
+    peer_wants_keyframe: bool,
 }
 
 fn frames_in(depth: Duration, interval: Duration) -> u32 {
@@ -436,6 +455,7 @@ impl Receiver {
             first_arrival: None,
             last_now: Duration::ZERO,
             audio_stats: AudioCounters::default(),
+            peer_wants_keyframe: false,
         })
     }
 
@@ -489,6 +509,7 @@ impl Receiver {
         self.cells.cover += u64::from(payload.is_cover());
         match payload {
             Payload::Cover => {}
+            Payload::KeyframeRequest => self.peer_wants_keyframe = true,
             Payload::Audio {
                 seq,
                 capture,
@@ -604,6 +625,13 @@ impl Receiver {
             (Some(a), Some(v)) => Some(a.min(v)),
             (a, v) => a.or(v),
         }
+    }
+
+    /// Whether the peer asked for a keyframe since the last call (give it
+    /// to this end's [`Sender::request_keyframe`], at a rate the call can
+    /// afford). Clears the flag.
+    pub fn take_peer_keyframe_request(&mut self) -> bool {
+        std::mem::take(&mut self.peer_wants_keyframe)
     }
 
     /// Whether video was lost since the last call, so the peer should

@@ -491,3 +491,34 @@ fn a_replayed_cell_is_rejected() {
     assert_eq!(stats.cells.rejected_replay, 3);
     assert_eq!(stats.cells.received, 5);
 }
+
+/// A keyframe request rides in a slot that would carry cover, never in
+/// place of media, looks like cover on the wire (same size, same cover
+/// flag inside), and reaches the peer's receiver once.
+#[test]
+fn a_keyframe_request_takes_a_cover_slot_and_reaches_the_peer_once() {
+    let profile = Profile::normal();
+    let (caller, callee) = call_keys();
+    let mut sender = Sender::new(profile.clone(), caller.send, Duration::ZERO).unwrap();
+    let mut receiver = Receiver::new(profile.clone(), callee.receive).unwrap();
+    let pcm = bastet_call::tone_sweep(profile.audio_frame_samples(), 300.0, 900.0, 0.3);
+    // With audio queued, the request waits: media first.
+    sender.ask_for_keyframe();
+    sender.push_audio(Duration::ZERO, &pcm).unwrap();
+    let with_audio = sender.poll_transmit(Duration::ZERO).unwrap().unwrap();
+    assert!(!sender.last_was_cover());
+    receiver.handle_cell(MS, &with_audio).unwrap();
+    assert!(!receiver.take_peer_keyframe_request());
+    // The next slot has nothing to say: it carries the request.
+    let request = sender.poll_transmit(profile.tick).unwrap().unwrap();
+    assert!(sender.last_was_cover());
+    assert_eq!(request.len(), with_audio.len());
+    receiver.handle_cell(profile.tick + MS, &request).unwrap();
+    assert!(receiver.take_peer_keyframe_request());
+    assert!(!receiver.take_peer_keyframe_request());
+    // Then plain cover again.
+    let cover = sender.poll_transmit(profile.tick * 2).unwrap().unwrap();
+    receiver.handle_cell(profile.tick * 2 + MS, &cover).unwrap();
+    assert!(!receiver.take_peer_keyframe_request());
+    assert_eq!(receiver.stats().cells.cover, 2);
+}

@@ -11,6 +11,8 @@
 //! crypto time plus scheduling, and *mouth-to-ear* is the playout latency
 //! plus one frame (the framing delay of waiting for a frame's last sample).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bastet_call::{
@@ -136,6 +138,18 @@ pub struct Keep {
 pub const MAX_KEPT_AUDIO: Duration = Duration::from_secs(30 * 60);
 /// Most video kept for `--video-out`: 5 minutes (about 400 MB of pictures).
 pub const MAX_KEPT_VIDEO: Duration = Duration::from_secs(5 * 60);
+/// Keyframe requests between the two halves of one end: `ask` (this end
+/// lost video: ask the peer), `peer_asked` (the peer lost video: force a
+/// keyframe).
+#[derive(Default)]
+struct Keyframes {
+    ask: AtomicBool,
+    peer_asked: AtomicBool,
+}
+
+/// Forced keyframes at most this often, however often the peer asks.
+const MIN_KEYFRAME_GAP: Duration = Duration::from_secs(1);
+
 /// A cell write that takes longer than this ends the call: the first relay
 /// stopped reading.
 const SEND_LIMIT: Duration = Duration::from_secs(2);
@@ -165,6 +179,8 @@ where
     let receiver = Receiver::new(profile.clone(), receive)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (sender_done_tx, sender_done_rx) = tokio::sync::watch::channel(false);
+    let keyframes = Arc::new(Keyframes::default());
+    let send_keyframes = keyframes.clone();
     let send = async move {
         let sent = send_media(
             writer,
@@ -173,7 +189,7 @@ where
             input,
             (start, end),
             (hang_up, stop_rx),
-            trace_cells,
+            (trace_cells, send_keyframes),
         )
         .await;
         // However the sending half ended, the receiving half plays out
@@ -182,7 +198,13 @@ where
         sent
     };
     let keep = (keep.audio, keep.video);
-    let receive = receive_media(reader, receiver, (end, keep), stop_tx, sender_done_rx);
+    let receive = receive_media(
+        reader,
+        receiver,
+        (end, keep, keyframes),
+        stop_tx,
+        sender_done_rx,
+    );
     // Two tasks, so that encoding (a video frame can take milliseconds)
     // never delays reading the peer's cells, and the other way round.
     let (sent, received) = tokio::join!(tokio::spawn(send), tokio::spawn(receive));
@@ -222,7 +244,7 @@ async fn send_media<S>(
         tokio::sync::oneshot::Receiver<()>,
         tokio::sync::watch::Receiver<bool>,
     ),
-    trace_cells: bool,
+    (trace_cells, keyframes): (bool, Arc<Keyframes>),
 ) -> Result<(SenderStats, bool, Vec<(u64, bool)>)>
 where
     S: AsyncRead + AsyncWrite,
@@ -236,6 +258,7 @@ where
     let mut video_done = input.video.is_empty();
     let mut video = sender.take_video_encoder().map(VideoThread::spawn);
     let mut trace = Vec::new();
+    let mut last_forced = None;
     loop {
         let due = sender.poll_timeout();
         tokio::select! {
@@ -247,6 +270,17 @@ where
             _ = circuit_ended.changed() => return Ok((sender.stats().clone(), false, trace)),
         }
         let now = media_now();
+        // Keyframe requests, both ways: ours goes out in a cover slot; the
+        // peer's forces a keyframe, at most one a second.
+        if keyframes.ask.swap(false, Ordering::Relaxed) {
+            sender.ask_for_keyframe();
+        }
+        if keyframes.peer_asked.swap(false, Ordering::Relaxed)
+            && last_forced.is_none_or(|t: std::time::Instant| t.elapsed() >= MIN_KEYFRAME_GAP)
+        {
+            sender.request_keyframe();
+            last_forced = Some(std::time::Instant::now());
+        }
         // Every audio frame complete by now, stamped with its end.
         while start + frame * (next_audio + 1) <= now {
             let pcm = frames.get(next_audio as usize).copied().unwrap_or(&silence);
@@ -404,7 +438,7 @@ type Received = (Vec<i16>, Vec<I420Frame>, Stats, Option<Reason>);
 async fn receive_media<S>(
     mut reader: CircuitReader<S>,
     mut receiver: Receiver,
-    (end, (keep_audio, keep_video)): (Duration, (bool, bool)),
+    (end, (keep_audio, keep_video), keyframes): (Duration, (bool, bool), Arc<Keyframes>),
     circuit_ended: tokio::sync::watch::Sender<bool>,
     mut sender_done: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Received>
@@ -508,6 +542,12 @@ where
                 };
                 video.push(picture);
             }
+        }
+        if receiver.take_keyframe_request() {
+            keyframes.ask.store(true, Ordering::Relaxed);
+        }
+        if receiver.take_peer_keyframe_request() {
+            keyframes.peer_asked.store(true, Ordering::Relaxed);
         }
         if audio_over && video_over {
             break;

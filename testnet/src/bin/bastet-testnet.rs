@@ -732,21 +732,7 @@ async fn demo(
     if !outcome.as_ref().is_ok_and(|r| r.all_delivered()) {
         eprintln!("relay counters:\n{}", network.counters().await);
     }
-    report_stop(network.stop());
-    let panics = network.panics();
-    if !panics.is_empty() {
-        let dir = network.keep_files();
-        eprintln!("bastet-testnet: network files kept in {}", dir.display());
-        return Err(node_panics_error(&panics));
-    }
-    let mut report = match outcome {
-        Ok(r) => r,
-        Err(e) => {
-            let dir = network.keep_files();
-            eprintln!("bastet-testnet: network files kept in {}", dir.display());
-            return Err(e);
-        }
-    };
+    let mut report = stop_network(&mut network, outcome)?;
     if kept || !report.all_delivered() {
         report.dir = Some(network.keep_files());
     }
@@ -851,21 +837,7 @@ async fn call_demo(
     }
     let mut network = Network::start(net_options).await?;
     let outcome = run_call_demo(&network, options).await;
-    report_stop(network.stop());
-    let panics = network.panics();
-    if !panics.is_empty() {
-        let dir = network.keep_files();
-        eprintln!("bastet-testnet: network files kept in {}", dir.display());
-        return Err(node_panics_error(&panics));
-    }
-    let report = match outcome {
-        Ok(r) => r,
-        Err(e) => {
-            let dir = network.keep_files();
-            eprintln!("bastet-testnet: network files kept in {}", dir.display());
-            return Err(e);
-        }
-    };
+    let report = stop_network(&mut network, outcome)?;
     if json {
         print_json(&report);
     } else {
@@ -874,10 +846,27 @@ async fn call_demo(
     Ok(if report.passed() {
         ExitCode::SUCCESS
     } else {
-        let dir = network.keep_files();
-        eprintln!("bastet-testnet: network files kept in {}", dir.display());
+        keep_network(&mut network);
         ExitCode::FAILURE
     })
+}
+
+/// Stops `network` and returns `outcome`; a node that panicked is the
+/// error instead. The files are kept (and where said) on any error.
+fn stop_network<T>(network: &mut Network, outcome: Result<T, Error>) -> Result<T, Error> {
+    report_stop(network.stop());
+    let panics = network.panics();
+    if !panics.is_empty() {
+        keep_network(network);
+        return Err(node_panics_error(&panics));
+    }
+    outcome.inspect_err(|_| keep_network(network))
+}
+
+/// Keeps the network's files and says where.
+fn keep_network(network: &mut Network) {
+    let dir = network.keep_files();
+    eprintln!("bastet-testnet: network files kept in {}", dir.display());
 }
 
 fn print_json(report: &impl serde::Serialize) {

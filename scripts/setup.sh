@@ -8,7 +8,9 @@
 # and nftables (the partition chaos scenario cuts a node's port off),
 # pkg-config with libopus-dev and libdav1d-dev (bastet-call links the system
 # Opus codec and the AV1 decoder, found through pkg-config) and nasm (the
-# AV1 encoder's SIMD assembly, without which it is too slow for a call).
+# AV1 encoder's SIMD assembly, without which it is too slow for a call),
+# libasound2-dev (the live microphone and speaker, cargo feature
+# `live-audio`, reach ALSA through cpal; the tests build it).
 # Debian/Ubuntu (apt-get); runs as root, or through sudo when available.
 set -euo pipefail
 
@@ -42,9 +44,10 @@ has_pkg() { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists "$1"; }
 has_pkg opus || missing+=(libopus-dev)
 has_pkg dav1d || missing+=(libdav1d-dev)
 command -v nasm >/dev/null 2>&1 || missing+=(nasm)
+has_pkg alsa || missing+=(libasound2-dev)
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "setup: clang, libclang, a C++ compiler, systemd-analyze, chromium, libfaketime, nft, pkg-config, libopus, libdav1d and nasm are present"
+    echo "setup: clang, libclang, a C++ compiler, systemd-analyze, chromium, libfaketime, nft, pkg-config, libopus, libdav1d, nasm and libasound2-dev are present"
 else
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "setup: missing ${missing[*]}; install them with your package manager" >&2

@@ -65,6 +65,13 @@ pub struct MediaArgs {
     /// Where to write one line per cell sent, `<unix micros> <media|cover>`
     /// (for timing measurements).
     pub cell_trace: Option<PathBuf>,
+    /// Talk into a live microphone: `Some(None)` the system default,
+    /// `Some(Some(id))` a device from `bastet devices`.
+    pub microphone: Option<Option<String>>,
+    /// Listen on a live speaker, as for `microphone`.
+    pub speaker: Option<Option<String>>,
+    /// Show a live camera (video profile): `Some(None)` `/dev/video0`.
+    pub camera: Option<Option<String>>,
 }
 
 /// Latency percentiles of a call end, in milliseconds.
@@ -133,6 +140,8 @@ pub struct CallReport {
     pub received: bastet_call::Stats,
     /// The sending side.
     pub sent: bastet_call::SenderStats,
+    /// How the live devices kept pace (all null when files were used).
+    pub devices: crate::media::DeviceReport,
 }
 
 impl CallReport {
@@ -176,13 +185,49 @@ impl CallReport {
     }
 }
 
-/// Reads the media to send, checking it fits `profile`.
-fn read_input(profile: &Profile, args: &MediaArgs) -> Result<MediaInput> {
-    let audio = match &args.audio_in {
-        Some(path) => bastet_call::read_wav_file(path)?,
-        None => Vec::new(),
+/// A live speaker, if asked for.
+type Speaker = Option<Box<dyn bastet_devices::AudioPlayback>>;
+
+/// Reads the media to send, checking it fits `profile`, and opens the live
+/// devices asked for (before the call rings, so that a missing device
+/// stops it early).
+fn open_media(profile: &Profile, args: &MediaArgs) -> Result<(MediaInput, Speaker)> {
+    let (audio, microphone) = match (&args.audio_in, &args.microphone) {
+        (Some(_), Some(_)) => {
+            return Err(Error::CallOptions(
+                "--audio-in and --mic both say what to send: give one".into(),
+            ));
+        }
+        (Some(path), None) => (bastet_call::read_wav_file(path)?, None),
+        (None, Some(name)) => (
+            Vec::new(),
+            Some(bastet_devices::open_microphone(name.as_deref())?),
+        ),
+        (None, None) => (Vec::new(), None),
+    };
+    let camera = match (&profile.video, &args.camera, &args.video_in) {
+        (_, Some(_), Some(_)) => {
+            return Err(Error::CallOptions(
+                "--video-in and --camera both say what to show: give one".into(),
+            ));
+        }
+        (None, Some(_), None) => {
+            return Err(Error::CallOptions("--camera needs --profile video".into()));
+        }
+        (Some(settings), Some(path), None) => Some(bastet_devices::open_camera(
+            path.as_deref(),
+            settings.width,
+            settings.height,
+            settings.fps,
+        )?),
+        _ => None,
+    };
+    let speaker = match &args.speaker {
+        Some(name) => Some(bastet_devices::open_speaker(name.as_deref())?),
+        None => None,
     };
     let video = match (&profile.video, &args.video_in) {
+        (Some(_), None) if camera.is_some() => Vec::new(),
         (Some(settings), Some(path)) => {
             let mut reader = Y4mReader::open(path)?;
             if (reader.width(), reader.height()) != (settings.width, settings.height) {
@@ -196,16 +241,26 @@ fn read_input(profile: &Profile, args: &MediaArgs) -> Result<MediaInput> {
             reader.read_all(MAX_VIDEO_FRAMES)?
         }
         (Some(_), None) => {
-            return Err(Error::CallRoute(
-                "the video profile needs --video-in (a 320x240 YUV4MPEG2 file)".into(),
+            return Err(Error::CallOptions(
+                "the video profile needs --video-in (a 320x240 YUV4MPEG2 file) or --camera".into(),
             ));
         }
         (None, Some(_)) => {
-            return Err(Error::CallRoute("--video-in needs --profile video".into()));
+            return Err(Error::CallOptions(
+                "--video-in needs --profile video".into(),
+            ));
         }
         (None, None) => Vec::new(),
     };
-    Ok(MediaInput { audio, video })
+    Ok((
+        MediaInput {
+            audio,
+            video,
+            microphone,
+            camera,
+        },
+        speaker,
+    ))
 }
 
 /// Writes what was heard and seen, and the statistics.
@@ -378,8 +433,13 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn media_plan(profile: &Profile, input: MediaInput, args: &MediaArgs) -> MediaPlan {
+fn media_plan(
+    profile: &Profile,
+    (input, speaker): (MediaInput, Speaker),
+    args: &MediaArgs,
+) -> MediaPlan {
     MediaPlan {
+        speaker,
         profile: profile.clone(),
         input,
         duration: args.duration,
@@ -452,7 +512,7 @@ pub async fn place_call(
 ) -> Result<CallReport> {
     let profile = Profile::by_name(profile_name)
         .ok_or_else(|| Error::UnknownCallProfile(profile_name.to_string()))?;
-    let input = read_input(&profile, args)?;
+    let input = open_media(&profile, args)?;
     let hangup = HangupSocket::bind(data_dir).await?;
     let route = call_route(data_dir, rendezvous.as_ref()).await?;
     let rendezvous_node = route
@@ -627,7 +687,7 @@ pub async fn answer_call(
         refuse(HangupReason::Failed).await;
         return Err(Error::UnknownCallProfile(offer.profile.clone()));
     };
-    let input = match read_input(&profile, args) {
+    let input = match open_media(&profile, args) {
         Ok(input) => input,
         Err(e) => {
             refuse(HangupReason::Failed).await;
@@ -827,6 +887,7 @@ fn finish_report(
         mouth_to_ear: Latency::shifted(&outcome.received.audio.playout_latency, frame_ms),
         received: outcome.received.clone(),
         sent: outcome.sent.clone(),
+        devices: outcome.devices.clone(),
     };
     write_output(profile, args, &outcome, &report)?;
     Ok(report)

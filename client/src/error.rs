@@ -292,6 +292,12 @@ pub enum Error {
     /// No call circuit meets the route policy.
     #[error("no call circuit: {0}")]
     CallRoute(String),
+    /// Call options that do not go together.
+    #[error("call options: {0}")]
+    CallOptions(String),
+    /// A live microphone, speaker or camera.
+    #[error("{0}")]
+    Device(#[from] bastet_devices::Error),
     /// The call's media or circuit failed.
     #[error(transparent)]
     Media(#[from] crate::media::MediaError),

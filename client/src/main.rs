@@ -186,6 +186,10 @@ enum Command {
     /// Hang up the call running on this device (`bastet call` or `bastet
     /// answer` in another terminal), or decline the calls ringing.
     Hangup,
+    /// List the microphones, speakers and cameras `call` and `answer` can
+    /// use (`--mic ID`, `--speaker ID`, `--camera PATH`). Live devices are
+    /// built with `--features live` (or `live-audio`, `camera`).
+    Devices,
     /// Read new messages (from the daemon if one runs, else from the
     /// mailbox server directly): reassembled, decrypted, verified; printed,
     /// then forgotten.
@@ -484,6 +488,21 @@ struct MediaCli {
     /// Write what you saw here (Y4M).
     #[arg(long, value_name = "Y4M")]
     video_out: Option<PathBuf>,
+    /// Talk into a live microphone: the system default, or ID from
+    /// `bastet devices` (e.g. `--mic=hw:1,0`). Needs a build with
+    /// `--features live-audio`.
+    #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "",
+          conflicts_with = "audio_in")]
+    mic: Option<String>,
+    /// Listen on a live speaker: the system default, or ID from `bastet
+    /// devices`. Works with --audio-out. Needs `--features live-audio`.
+    #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "")]
+    speaker: Option<String>,
+    /// Show a live camera (video profile): /dev/video0, or PATH. YUYV or
+    /// MJPEG, cropped and scaled to 320x240. Needs `--features camera`.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "",
+          conflicts_with = "video_in")]
+    camera: Option<String>,
     /// Seconds of talk before hanging up.
     #[arg(long, value_name = "SECS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -501,6 +520,11 @@ struct MediaCli {
     json: bool,
 }
 
+/// `--mic` alone is the default device (`Some(None)`), `--mic=ID` that one.
+fn device_choice(flag: &Option<String>) -> Option<Option<String>> {
+    flag.as_ref().map(|id| (!id.is_empty()).then(|| id.clone()))
+}
+
 impl MediaCli {
     fn args(&self) -> bastet_client::calling::MediaArgs {
         bastet_client::calling::MediaArgs {
@@ -511,6 +535,9 @@ impl MediaCli {
             duration: Duration::from_secs(self.duration),
             stats_json: self.stats_json.clone(),
             cell_trace: self.cell_trace.clone(),
+            microphone: device_choice(&self.mic),
+            speaker: device_choice(&self.speaker),
+            camera: device_choice(&self.camera),
         }
     }
 
@@ -827,6 +854,11 @@ fn real_main(cli: Cli) -> CliResult<()> {
                 &media.args(),
             ))?;
             media.print(&report)?;
+        }
+        Command::Devices => {
+            for line in bastet_devices::list_devices() {
+                println!("{line}");
+            }
         }
         Command::Hangup => {
             dirs.check_initialised()?;

@@ -19,6 +19,7 @@ use bastet_call::{
     CELL_LEN, CallKeys, I420Frame, Profile, Receiver, Sender, SenderStats, Stats, VideoSource,
 };
 use bastet_circuit::{CircuitReader, CircuitWriter, Incoming, PAYLOAD_LEN, Reason};
+use bastet_devices::{AudioCapture, AudioPlayback, DeviceStats, VideoCapture};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -42,12 +43,39 @@ const _: () = assert!(CELL_LEN == PAYLOAD_LEN, "a call cell fills a circuit cell
 const PLAYOUT_TAIL: Duration = Duration::from_millis(500);
 
 /// What one end says into the call.
-#[derive(Clone, Debug, Default)]
+#[derive(Default)]
 pub struct MediaInput {
     /// 48 kHz mono PCM; silence is sent once it runs out.
     pub audio: Vec<i16>,
     /// Pictures at the profile's frame rate (video profile only).
     pub video: Vec<I420Frame>,
+    /// A live microphone, instead of `audio`.
+    pub microphone: Option<Box<dyn AudioCapture>>,
+    /// A live camera, instead of `video` (video profile only).
+    pub camera: Option<Box<dyn VideoCapture>>,
+}
+
+impl std::fmt::Debug for MediaInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaInput")
+            .field("audio_samples", &self.audio.len())
+            .field("video_pictures", &self.video.len())
+            .field("microphone", &self.microphone.as_ref().map(|m| m.name()))
+            .field("camera", &self.camera.as_ref().map(|c| c.name()))
+            .finish()
+    }
+}
+
+/// How the live devices of one end kept pace with the call (none when the
+/// end used files).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DeviceReport {
+    /// The microphone's name and counters (samples).
+    pub microphone: Option<(String, DeviceStats)>,
+    /// The speaker's name and counters (samples).
+    pub speaker: Option<(String, DeviceStats)>,
+    /// The camera's name and counters (pictures).
+    pub camera: Option<(String, DeviceStats)>,
 }
 
 /// What one end heard and saw, and how it went.
@@ -67,6 +95,8 @@ pub struct MediaOutcome {
     /// With `trace_cells`: each cell sent, (Unix microseconds, whether it
     /// carried no media), at most [`MAX_TRACED_CELLS`].
     pub cells_sent: Vec<(u64, bool)>,
+    /// How the live devices kept pace.
+    pub devices: DeviceReport,
 }
 
 /// Most cells a traced call records (about 2.8 hours of the video profile).
@@ -109,7 +139,7 @@ async fn sleep_until(at: Duration) {
 }
 
 /// How one end's media runs.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct MediaPlan {
     /// The call profile both ends agreed on.
     pub profile: Profile,
@@ -121,6 +151,8 @@ pub struct MediaPlan {
     pub trace_cells: bool,
     /// What to keep of what is played out (for output files).
     pub keep: Keep,
+    /// A live speaker to play what is heard (besides what `keep` keeps).
+    pub speaker: Option<Box<dyn AudioPlayback>>,
 }
 
 /// What of the played-out media [`run_media`] keeps, up to
@@ -171,6 +203,7 @@ where
         duration,
         trace_cells,
         keep,
+        speaker,
     } = plan;
     let start = media_now();
     let end = start + duration;
@@ -201,7 +234,12 @@ where
     let receive = receive_media(
         reader,
         receiver,
-        (end, keep, keyframes),
+        Playout {
+            end,
+            keep,
+            keyframes,
+            speaker,
+        },
         stop_tx,
         sender_done_rx,
     );
@@ -215,8 +253,14 @@ where
         })
     };
     let (sent, received) = (sent.map_err(joined)?, received.map_err(joined)?);
-    let (sent, hung_up, cells_sent) = sent?;
-    let (audio, video, received, circuit_end) = received?;
+    let Sent {
+        stats: sent,
+        hung_up,
+        cells: cells_sent,
+        microphone,
+        camera,
+    } = sent?;
+    let (audio, video, received, circuit_end, speaker) = received?;
     let ended = match (circuit_end, hung_up) {
         (_, true) => Ended::HungUp,
         (Some(reason), false) => Ended::Circuit(reason),
@@ -229,11 +273,26 @@ where
         sent,
         ended,
         cells_sent,
+        devices: DeviceReport {
+            microphone,
+            speaker,
+            camera,
+        },
     })
 }
 
-/// The sending half: one cell per tick. Returns the counters and whether
-/// it stopped because of `hang_up`.
+/// What the sending half reports.
+struct Sent {
+    stats: SenderStats,
+    /// Whether it stopped because this end hung up.
+    hung_up: bool,
+    /// The cell trace.
+    cells: Vec<(u64, bool)>,
+    microphone: Option<(String, DeviceStats)>,
+    camera: Option<(String, DeviceStats)>,
+}
+
+/// The sending half: one cell per tick.
 async fn send_media<S>(
     mut writer: CircuitWriter<S>,
     mut sender: Sender,
@@ -245,17 +304,37 @@ async fn send_media<S>(
         tokio::sync::watch::Receiver<bool>,
     ),
     (trace_cells, keyframes): (bool, Arc<Keyframes>),
-) -> Result<(SenderStats, bool, Vec<(u64, bool)>)>
+) -> Result<Sent>
 where
     S: AsyncRead + AsyncWrite,
 {
     let frame = profile.audio.frame;
     let samples = profile.audio_frame_samples();
     let silence = vec![0i16; samples];
-    let frames: Vec<&[i16]> = input.audio.chunks_exact(samples).collect();
+    let MediaInput {
+        audio,
+        video: pictures,
+        mut microphone,
+        mut camera,
+    } = input;
+    let frames: Vec<&[i16]> = audio.chunks_exact(samples).collect();
+    let mut captured = vec![0i16; samples];
+    let done = |sender: &Sender,
+                hung_up: bool,
+                cells: Vec<(u64, bool)>,
+                microphone: &Option<Box<dyn AudioCapture>>,
+                camera: &Option<Box<dyn VideoCapture>>| Sent {
+        stats: sender.stats().clone(),
+        hung_up,
+        cells,
+        microphone: microphone
+            .as_ref()
+            .map(|m| (m.name().to_string(), m.stats())),
+        camera: camera.as_ref().map(|c| (c.name().to_string(), c.stats())),
+    };
     let video_interval = profile.video_frame_interval();
     let (mut next_audio, mut next_video) = (0u32, 0u32);
-    let mut video_done = input.video.is_empty();
+    let mut video_done = pictures.is_empty();
     let mut video = sender.take_video_encoder().map(VideoThread::spawn);
     let mut trace = Vec::new();
     let mut last_forced = None;
@@ -265,9 +344,11 @@ where
             () = sleep_until(due) => {}
             _ = &mut hang_up => {
                 let _ = tokio::time::timeout(SEND_LIMIT, writer.hang_up()).await;
-                return Ok((sender.stats().clone(), true, trace));
+                return Ok(done(&sender, true, trace, &microphone, &camera));
             }
-            _ = circuit_ended.changed() => return Ok((sender.stats().clone(), false, trace)),
+            _ = circuit_ended.changed() => {
+                return Ok(done(&sender, false, trace, &microphone, &camera));
+            }
         }
         let now = media_now();
         // Keyframe requests, both ways: ours goes out in a cover slot; the
@@ -283,23 +364,38 @@ where
         }
         // Every audio frame complete by now, stamped with its end.
         while start + frame * (next_audio + 1) <= now {
-            let pcm = frames.get(next_audio as usize).copied().unwrap_or(&silence);
+            let pcm = match microphone.as_mut() {
+                Some(microphone) => {
+                    microphone.read_frame(&mut captured);
+                    &captured
+                }
+                None => frames.get(next_audio as usize).copied().unwrap_or(&silence),
+            };
             sender.push_audio(start + frame * (next_audio + 1), pcm)?;
             next_audio += 1;
         }
         if let (Some(interval), Some(video)) = (video_interval, video.as_mut()) {
             // What the encoder finished, then the pictures now due.
             video.collect(&mut sender)?;
-            while (next_video as usize) < input.video.len() && start + interval * next_video <= now
-            {
+            if let Some(camera) = camera.as_mut() {
+                // The newest picture at each picture time; none new (the
+                // camera is slower than the call), none sent.
+                while start + interval * next_video <= now {
+                    if let Some(picture) = camera.take_picture() {
+                        video.offer(&mut sender, start + interval * next_video, &picture);
+                    }
+                    next_video += 1;
+                }
+            }
+            while (next_video as usize) < pictures.len() && start + interval * next_video <= now {
                 video.offer(
                     &mut sender,
                     start + interval * next_video,
-                    &input.video[next_video as usize],
+                    &pictures[next_video as usize],
                 );
                 next_video += 1;
             }
-            if !video_done && next_video as usize == input.video.len() {
+            if !video_done && next_video as usize == pictures.len() {
                 video.finish();
                 video_done = true;
             }
@@ -308,13 +404,13 @@ where
             match tokio::time::timeout(SEND_LIMIT, writer.send(&cell)).await {
                 Ok(Ok(())) => {}
                 // The circuit is gone: the receiving half says why.
-                Ok(Err(_)) => return Ok((sender.stats().clone(), false, trace)),
+                Ok(Err(_)) => return Ok(done(&sender, false, trace, &microphone, &camera)),
                 Err(_) => {
                     tracing::warn!(
                         "a call cell could not be written within {SEND_LIMIT:?}: the first \
                          relay stopped reading; ending the call"
                     );
-                    return Ok((sender.stats().clone(), false, trace));
+                    return Ok(done(&sender, false, trace, &microphone, &camera));
                 }
             }
             if trace_cells && trace.len() < MAX_TRACED_CELLS {
@@ -324,7 +420,7 @@ where
         }
         if now >= end {
             let _ = tokio::time::timeout(SEND_LIMIT, writer.hang_up()).await;
-            return Ok((sender.stats().clone(), false, trace));
+            return Ok(done(&sender, false, trace, &microphone, &camera));
         }
     }
 }
@@ -431,14 +527,35 @@ impl Drop for VideoThread {
     }
 }
 
-type Received = (Vec<i16>, Vec<I420Frame>, Stats, Option<Reason>);
+/// Where the receiving half's playout goes.
+struct Playout {
+    /// When this end hangs up.
+    end: Duration,
+    /// Keep the audio, the video.
+    keep: (bool, bool),
+    keyframes: Arc<Keyframes>,
+    speaker: Option<Box<dyn AudioPlayback>>,
+}
+
+type Received = (
+    Vec<i16>,
+    Vec<I420Frame>,
+    Stats,
+    Option<Reason>,
+    Option<(String, DeviceStats)>,
+);
 
 /// The receiving half: cells in, playout out, until the circuit ends or
 /// the call's end plus the playout tail.
 async fn receive_media<S>(
     mut reader: CircuitReader<S>,
     mut receiver: Receiver,
-    (end, (keep_audio, keep_video), keyframes): (Duration, (bool, bool), Arc<Keyframes>),
+    Playout {
+        end,
+        keep: (keep_audio, keep_video),
+        keyframes,
+        mut speaker,
+    }: Playout,
     circuit_ended: tokio::sync::watch::Sender<bool>,
     mut sender_done: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Received>
@@ -526,6 +643,9 @@ where
             .transpose()?
             .flatten()
         {
+            if let Some(speaker) = speaker.as_mut() {
+                speaker.play(&out.pcm);
+            }
             if keep_audio && audio.len() < max_audio {
                 audio.extend_from_slice(&out.pcm);
             }
@@ -554,5 +674,6 @@ where
         }
     }
     read_task.abort();
-    Ok((audio, video, receiver.stats(), ended))
+    let speaker = speaker.map(|s| (s.name().to_string(), s.stats()));
+    Ok((audio, video, receiver.stats(), ended, speaker))
 }

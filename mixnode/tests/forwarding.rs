@@ -215,8 +215,17 @@ async fn unknown_next_hops_and_overlong_delays_are_dropped_by_reason() {
 async fn without_a_consensus_released_packets_are_dropped_and_health_is_served() {
     let tmp = tempfile::tempdir().unwrap();
     let mix = Mix::start(tmp.path(), &unreachable_directory(), |_| {}).await;
-    // /health is served, and says the node is not ready, and why.
-    let health = http_get_any(mix.node.metrics_addr(), "/health").await;
+    // /health is served, and says the node is not ready, and why. The
+    // first readiness check runs off the request path, so until it has
+    // returned /health says "starting"; wait for it (5 s at most).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let health = loop {
+        let health = http_get_any(mix.node.metrics_addr(), "/health").await;
+        if !health.contains("readiness not checked yet") || std::time::Instant::now() > deadline {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");
     assert!(health.contains("not ready: no consensus"), "{health}");
 

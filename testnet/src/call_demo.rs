@@ -40,6 +40,12 @@ pub struct CallDemoOptions {
     /// The cell loss injected at the rendezvous relay (the network must be
     /// started with the same `cell_loss`).
     pub loss: f64,
+    /// Alice talks into this live microphone (`""` the default) instead of
+    /// her file; what bob heard is then not compared.
+    pub mic: Option<String>,
+    /// Alice also plays what she hears on this live speaker (`""` the
+    /// default).
+    pub speaker: Option<String>,
 }
 
 impl Default for CallDemoOptions {
@@ -48,6 +54,8 @@ impl Default for CallDemoOptions {
             profile: "normal".into(),
             duration: Duration::from_secs(10),
             loss: 0.0,
+            mic: None,
+            speaker: None,
         }
     }
 }
@@ -287,19 +295,30 @@ pub async fn run_call_demo(network: &Network, options: &CallDemoOptions) -> Resu
             write_y4m(&file(&format!("{who}.y4m")), v, &frames).map_err(call_err)?;
         }
     }
+    let device = |flag: &str, id: &str| {
+        if id.is_empty() {
+            flag.to_string()
+        } else {
+            format!("{flag}={id}")
+        }
+    };
     let media = |me: &str, peer: &str| -> Vec<String> {
-        let mut args = vec![
-            "--duration".to_string(),
-            secs.to_string(),
-            "--audio-in".into(),
-            path_arg(&file(&format!("{me}.wav"))),
-            "--audio-out".into(),
+        let mut args = vec!["--duration".to_string(), secs.to_string()];
+        match (me, &options.mic) {
+            ("alice", Some(id)) => args.push(device("--mic", id)),
+            _ => args.extend(["--audio-in".into(), path_arg(&file(&format!("{me}.wav")))]),
+        }
+        if let ("alice", Some(id)) = (me, &options.speaker) {
+            args.push(device("--speaker", id));
+        }
+        args.extend([
+            "--audio-out".to_string(),
             path_arg(&file(&format!("{me}-heard-{peer}.wav"))),
             "--stats-json".into(),
             path_arg(&file(&format!("{me}-stats.json"))),
             "--cell-trace".into(),
             path_arg(&file(&format!("{me}-cells.txt"))),
-        ];
+        ]);
         if profile.video.is_some() {
             args.extend([
                 "--video-in".into(),
@@ -357,7 +376,7 @@ pub async fn run_call_demo(network: &Network, options: &CallDemoOptions) -> Resu
     let callee_stats = read_json("bob-stats.json")?;
 
     let lossless = options.loss == 0.0;
-    let audio_to_callee = lossless
+    let audio_to_callee = (lossless && options.mic.is_none())
         .then(|| compare_audio(&profile, &file("alice.wav"), &file("bob-heard-alice.wav")))
         .transpose()?
         .map(|l| l.unless_late(&callee_stats["received"]["audio"], "audio"));

@@ -24,6 +24,7 @@ async fn call(loss: f64) -> CallDemoReport {
         profile: "normal".into(),
         duration: Duration::from_secs(6),
         loss,
+        ..CallDemoOptions::default()
     };
     let mut network = Network::start(NetworkOptions {
         cell_loss: loss,

@@ -106,6 +106,15 @@ enum Command {
         /// the call's cells (so they are lost); try 0.1.
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
+        /// Alice talks into a live microphone (the default one, or ID from
+        /// `bastet devices`) instead of her file; bob's end checks nothing
+        /// against it. Needs bastet built with `--features live-audio`.
+        #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "")]
+        mic: Option<String>,
+        /// Alice also hears bob on a live speaker (the default one, or ID).
+        /// Needs bastet built with `--features live-audio`.
+        #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "")]
+        speaker: Option<String>,
         /// Print one JSON object on stdout instead of the summary.
         #[arg(long)]
         json: bool,
@@ -491,6 +500,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             profile,
             duration,
             loss,
+            mic,
+            speaker,
             json,
             timeout,
         } => {
@@ -503,6 +514,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 profile,
                 duration: Duration::from_secs(duration),
                 loss,
+                mic,
+                speaker,
             };
             let network = NetworkOptions {
                 cell_loss: loss,

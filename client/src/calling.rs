@@ -74,6 +74,21 @@ pub struct MediaArgs {
     pub camera: Option<Option<String>>,
 }
 
+impl MediaArgs {
+    /// What the callee uses of its options: the caller chose the profile,
+    /// so in a call without video the callee's `--camera` and `--video-in`
+    /// are set aside rather than refusing the call.
+    fn answering(&self, profile: &Profile) -> MediaArgs {
+        let mut args = self.clone();
+        if profile.video.is_none() && (args.camera.is_some() || args.video_in.is_some()) {
+            eprintln!("an audio call ({}): no video is sent", profile.name);
+            args.camera = None;
+            args.video_in = None;
+        }
+        args
+    }
+}
+
 /// Latency percentiles of a call end, in milliseconds.
 #[derive(Clone, Debug, Serialize)]
 pub struct Latency {
@@ -687,7 +702,7 @@ pub async fn answer_call(
         refuse(HangupReason::Failed).await;
         return Err(Error::UnknownCallProfile(offer.profile.clone()));
     };
-    let input = match open_media(&profile, args) {
+    let input = match open_media(&profile, &args.answering(&profile)) {
         Ok(input) => input,
         Err(e) => {
             refuse(HangupReason::Failed).await;
@@ -891,4 +906,38 @@ fn finish_report(
     };
     write_output(profile, args, &outcome, &report)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> MediaArgs {
+        MediaArgs {
+            audio_in: None,
+            audio_out: None,
+            video_in: Some("me.y4m".into()),
+            video_out: None,
+            duration: Duration::from_secs(1),
+            stats_json: None,
+            cell_trace: None,
+            microphone: None,
+            speaker: None,
+            camera: Some(None),
+        }
+    }
+
+    #[test]
+    fn a_callee_sets_its_video_options_aside_only_in_an_audio_call() {
+        let normal = Profile::by_name("normal").unwrap();
+        let answering = args().answering(&normal);
+        assert!(answering.camera.is_none() && answering.video_in.is_none());
+        let video = Profile::by_name("video").unwrap();
+        let answering = args().answering(&video);
+        assert_eq!(answering.camera, Some(None));
+        assert!(answering.video_in.is_some());
+        // The caller's own options are checked as given.
+        let err = open_media(&normal, &args()).err().unwrap().to_string();
+        assert!(err.contains("give one"), "{err}");
+    }
 }

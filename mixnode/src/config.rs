@@ -65,6 +65,12 @@ pub struct MixnodeConfig {
     /// on the delay an overloaded node adds to the packets it lets through.
     #[serde(default = "default_ingress_max_wait_ms")]
     pub ingress_max_wait_ms: u64,
+    /// Where the Sphinx work runs: `"runtime"` (default), one task per
+    /// core on the node's async runtime, beside the connections; or
+    /// `"threads"`, one OS thread per core beside the runtime's. See
+    /// [`PacketWork`].
+    #[serde(default)]
+    pub packet_work: PacketWork,
     /// Packets per second this node is provisioned for. Sizes the replay
     /// filter: by default it remembers every packet a Sphinx key can see
     /// in its life (`epoch_secs` + grace) at this rate.
@@ -129,6 +135,26 @@ pub struct MixnodeConfig {
     pub test_cell_log: Option<PathBuf>,
     /// The directory authorities.
     pub directory: DirectoryConfig,
+}
+
+/// Where a mixnode unwraps packets.
+///
+/// With `Runtime` a packet is read, unwrapped and forwarded by tasks of the
+/// one async runtime, which has a worker thread per core: no thread
+/// hand-off on the way and no second thread competing for a core, so a
+/// packet never waits for the kernel's scheduler to switch threads (a
+/// slice of about 3 ms on Linux). A packet task yields after each packet,
+/// so the connections' reads and writes run between packets. `Threads`
+/// runs the same work on dedicated OS threads; it is kept for comparison
+/// (`bastet-testnet bench mixnode --packet-work threads`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PacketWork {
+    /// Packet tasks on the async runtime's workers.
+    #[default]
+    Runtime,
+    /// Dedicated packet threads, one per core.
+    Threads,
 }
 
 fn default_max_circuits() -> usize {
@@ -488,6 +514,10 @@ impl MixnodeConfig {
              # A packet that waited longer than this (ms) to be unwrapped is dropped\n\
              # (overload) before any Sphinx work: the most delay an overloaded node adds.\n\
              ingress_max_wait_ms = {ingress_max_wait_ms}\n\
+             # Where packets are unwrapped: \"runtime\", one task per core beside the\n\
+             # connections on the node's async runtime (no thread hand-offs), or\n\
+             # \"threads\", one OS thread per core beside the runtime's.\n\
+             packet_work = {packet_work}\n\
              # Packets per second this node is provisioned for. It sizes the replay\n\
              # filter to remember every packet of a Sphinx key's life (epoch_secs plus\n\
              # the grace below) at this rate: 3.8 bytes per tag for each of two Bloom\n\
@@ -547,6 +577,10 @@ impl MixnodeConfig {
             max_delayed_packets = self.max_delayed_packets,
             ingress_queue = self.ingress_queue,
             ingress_max_wait_ms = self.ingress_max_wait_ms,
+            packet_work = q(match self.packet_work {
+                PacketWork::Runtime => "runtime",
+                PacketWork::Threads => "threads",
+            }),
             max_circuits = self.max_circuits,
             max_packet_rate = self.max_packet_rate,
             derived = self.derived_replay_filter_capacity(),
@@ -618,6 +652,7 @@ pub fn init(options: &InitOptions) -> Result<InitReport> {
         max_delayed_packets: default_max_delayed_packets(),
         ingress_queue: default_ingress_queue(),
         ingress_max_wait_ms: default_ingress_max_wait_ms(),
+        packet_work: PacketWork::default(),
         max_packet_rate: default_max_packet_rate(),
         replay_filter_capacity: None,
         sphinx_key_grace_secs: None,

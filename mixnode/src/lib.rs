@@ -7,7 +7,9 @@ mod metrics;
 mod mixer;
 mod node;
 
-pub use config::{CONFIG_FILE, ENV_PREFIX, InitOptions, InitReport, MixnodeConfig, init};
+pub use config::{
+    CONFIG_FILE, ENV_PREFIX, InitOptions, InitReport, MixnodeConfig, PacketWork, init,
+};
 pub use cover::{
     CoverPacket, CoverSkipped, LOOP_SLACK, LoopReply, LoopTracker, MAX_COVER_HOP_DELAY,
     MAX_PENDING_LOOPS, PendingLoop, cover_gap, cover_packet, loop_id,

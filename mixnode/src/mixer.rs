@@ -158,7 +158,7 @@ impl Unwrapped {
 /// sees the keys the [`Mixer`] it came from was last given.
 #[derive(Clone)]
 pub struct Unwrapper {
-    /// Swapped whole by [`Mixer::set_keys`]; a packet thread clones the inner `Arc`
+    /// Swapped whole by [`Mixer::set_keys`]; a packet worker clones the inner `Arc`
     /// and lets go of the lock before any Diffie-Hellman.
     keys: Arc<RwLock<Arc<[EpochKey]>>>,
 }
@@ -389,7 +389,7 @@ impl Mixer {
         self.replay.keys().copied().collect()
     }
 
-    /// The stateless half, to run on the packet threads.
+    /// The stateless half, to run on the packet workers.
     pub fn unwrapper(&self) -> Unwrapper {
         self.unwrapper.clone()
     }
@@ -426,7 +426,7 @@ impl Mixer {
         unwrapped: std::result::Result<Unwrapped, DropReason>,
     ) -> std::result::Result<Admitted, DropReason> {
         let u = unwrapped?;
-        // A packet thread may have unwrapped it just before its key was dropped.
+        // A packet worker may have unwrapped it just before its key was dropped.
         let replay = self
             .replay
             .get_mut(&u.epoch)

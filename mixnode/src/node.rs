@@ -1,7 +1,7 @@
-//! The async shell: sockets, threads and timers around the [`Mixer`].
+//! The async shell: sockets, packet workers and timers around the [`Mixer`].
 //!
 //! ```text
-//! serve_packets ─▶ ingress queue ─▶ packet threads (one per core):
+//! serve_packets ─▶ ingress queue ─▶ packet workers (one per core):
 //!       unwrap, then under the Mixer's lock: replay filter, delay queue,
 //!       release what is due ─▶ consensus lookup ─▶ Outbound
 //! timer task: releases held packets as their delays end ─▶ Outbound
@@ -10,13 +10,18 @@
 //! A frame that waited in the ingress queue longer than
 //! `ingress_max_wait_ms` is dropped as overload before any Sphinx work, so
 //! the queue never holds more than that much delay for the packets it lets
-//! through. Packet threads are long-lived OS threads: a packet crosses one
-//! thread hand-off on the way in (the connection's reader task to a packet
-//! thread) and one on the way out (to the next hop's writer task), and a
-//! packet whose delay is zero is forwarded by the thread that unwrapped it.
+//! through. A packet whose delay is zero is forwarded by the worker that
+//! unwrapped it.
+//!
+//! Packet workers are, by default ([`PacketWork::Runtime`]), tasks on the
+//! node's tokio runtime, beside the connections' reader and writer tasks on
+//! the same worker threads: a packet crosses no thread hand-off. With
+//! [`PacketWork::Threads`] they are long-lived OS threads, and a packet
+//! crosses one hand-off on the way in (the reader task to a packet thread)
+//! and one on the way out (to the next hop's writer task).
 //!
 //! Beside it, the key rotation task rotates the [`SphinxKeyRing`] every
-//! second and hands the mixer (and through it the packet threads) the keys
+//! second and hands the mixer (and through it the packet workers) the keys
 //! in force, and the cover task sends the node's own cover loops (λ_M) into
 //! the same `Outbound` at Poisson-distributed times. The cover task and the
 //! mixer share the [`LoopTracker`]: the one records loops sent and counts
@@ -46,14 +51,19 @@ use tokio::task::JoinSet;
 
 use crate::metrics::{Metrics, gauge_value};
 use crate::{
-    CoverSkipped, DropReason, Error, LoopReply, LoopTracker, Mixer, MixnodeConfig, Outcome, Result,
-    Transmit, Unwrapped, Unwrapper, cover_gap, cover_packet, route,
+    CoverSkipped, DropReason, Error, LoopReply, LoopTracker, Mixer, MixnodeConfig, Outcome,
+    PacketWork, Result, Transmit, Unwrapped, Unwrapper, cover_gap, cover_packet, route,
 };
 
 /// How often the link's counters are copied into the metrics.
 const STATS_PERIOD: Duration = Duration::from_millis(250);
 /// How often an idle packet thread looks whether the node has stopped.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
+/// A packet task that finds at least this many frames still waiting after
+/// a packet (about a millisecond of work on one core) is behind...
+const BACKLOG: usize = 8;
+/// ...and then unwraps up to this many in a row before it yields.
+const BACKLOG_RUN: usize = 8;
 
 type Unwrap = std::result::Result<Unwrapped, DropReason>;
 
@@ -63,9 +73,11 @@ struct Arrival {
     frame: Frame,
 }
 
-/// The ingress queue's sending end, as the listener sees it.
+/// The ingress queue's sending end, as the listener sees it, and what
+/// wakes a packet task (`None` with packet threads, which block on the
+/// queue itself).
 #[derive(Clone)]
-struct IngressQueue(crossbeam_channel::Sender<Arrival>);
+struct IngressQueue(crossbeam_channel::Sender<Arrival>, Option<Arc<Notify>>);
 
 impl FrameSink for IngressQueue {
     fn offer(&self, frame: Frame) -> Offered {
@@ -74,14 +86,19 @@ impl FrameSink for IngressQueue {
             frame,
         };
         match self.0.try_send(arrival) {
-            Ok(()) => Offered::Taken,
+            Ok(()) => {
+                if let Some(ready) = &self.1 {
+                    ready.notify_one();
+                }
+                Offered::Taken
+            }
             Err(crossbeam_channel::TrySendError::Full(_)) => Offered::Full,
             Err(crossbeam_channel::TrySendError::Disconnected(_)) => Offered::Closed,
         }
     }
 }
 
-/// What the packet threads and the timer task share: the [`Mixer`] behind
+/// What the packet workers and the timer task share: the [`Mixer`] behind
 /// one lock (held for the replay check, the queue and the release, never
 /// for any Diffie-Hellman), and what forwarding needs.
 struct Pipeline {
@@ -292,7 +309,8 @@ impl Mixnode {
 
         let mut tasks = JoinSet::new();
         let (frames_tx, frames_rx) = crossbeam_channel::bounded::<Arrival>(config.ingress_queue);
-        let frames_tx = IngressQueue(frames_tx);
+        let ready = (config.packet_work == PacketWork::Runtime).then(|| Arc::new(Notify::new()));
+        let frames_tx = IngressQueue(frames_tx, ready.clone());
         let ingress_stats = Arc::new(IngressStats::default());
         {
             let stats = ingress_stats.clone();
@@ -360,13 +378,23 @@ impl Mixnode {
         for i in 0..workers() {
             let (pipeline, frames, unwrapper) =
                 (pipeline.clone(), frames_rx.clone(), unwrapper.clone());
+            if let Some(ready) = &ready {
+                tasks.spawn(packet_task(
+                    frames,
+                    ready.clone(),
+                    unwrapper,
+                    pipeline,
+                    limits,
+                ));
+                continue;
+            }
             let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new()
                 .name(format!("bastet-packets-{i}"))
                 .spawn(move || {
                     // Dropped however the thread ends, panics included.
                     let _ended = ended_tx;
-                    packet_thread(&frames, unwrapper, &pipeline, limits);
+                    packet_thread(&frames, &unwrapper, &pipeline, limits);
                 })
                 .map_err(|e| Error::TaskFailed {
                     what: "packet threads",
@@ -627,7 +655,7 @@ async fn copy_link_stats(
     }
 }
 
-/// Limits a packet thread applies before any Sphinx work.
+/// Limits a packet worker applies before any Sphinx work.
 #[derive(Clone, Copy)]
 struct ThreadLimits {
     /// A frame that waited longer in the ingress queue is dropped as
@@ -637,74 +665,118 @@ struct ThreadLimits {
     drop_fraction: f64,
 }
 
-/// One packet thread: takes frames off the ingress queue one at a time,
-/// unwraps each (the Diffie-Hellman, outside any lock), then admits it to
-/// the [`Mixer`] and forwards whatever is due, itself included when its
-/// delay is zero. Ends when the node stops or the listener is gone.
+/// One packet thread: takes frames off the ingress queue one at a time and
+/// [`process`]es each. Ends when the node stops or the listener is gone.
 fn packet_thread(
     frames: &crossbeam_channel::Receiver<Arrival>,
-    unwrapper: Unwrapper,
+    unwrapper: &Unwrapper,
     pipeline: &Pipeline,
     limits: ThreadLimits,
 ) {
-    let metrics = &pipeline.metrics;
     while !pipeline.stopped.load(Ordering::Relaxed) {
-        let arrival = match frames.recv_timeout(IDLE_CHECK) {
-            Ok(a) => a,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+        match frames.recv_timeout(IDLE_CHECK) {
+            Ok(arrival) => process(arrival, unwrapper, pipeline, limits),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-        };
-        metrics.received.inc();
-        if limits.drop_fraction > 0.0 && rand::random::<f64>() < limits.drop_fraction {
-            metrics.drops(DropReason::InjectedLoss, 1);
-            continue;
         }
-        if arrival.at.elapsed() > limits.max_wait {
-            // Behind by more than the bound: shed it before spending a
-            // Diffie-Hellman on a packet that would leave late anyway.
-            metrics.drops(DropReason::Overload, 1);
-            continue;
-        }
-        // Only with the test hook on: no hashing on the real path.
-        let in_id = pipeline
-            .hop_log
-            .as_ref()
-            .map(|_| frame_id(&arrival.frame[..]));
-        let unwrapped = unwrapper.unwrap(&arrival.frame[..]);
-        drop(arrival);
-        let hop = in_id.map(|in_id| {
-            let out_id = unwrapped
-                .as_ref()
-                .ok()
-                .and_then(Unwrapped::packet)
-                .map(|p| frame_id(p.as_bytes()));
-            (in_id, out_id)
-        });
-        let now = Instant::now();
-        let mut state = pipeline.lock();
-        if !state.accepting {
-            // Stopping: what arrives now is not taken; senders retransmit.
-            continue;
-        }
-        let admitted = admit(&mut state.mixer, &pipeline.loops, metrics, now, unwrapped);
-        if let (Some(log), Some((in_id, out_id))) = (&pipeline.hop_log, hop) {
-            // Logged under the lock, before the packet can be released, so
-            // that the line is written before the packet's next hop logs it.
-            match (admitted, out_id) {
-                (Admitted::Held, Some(out_id)) => log.line(format_args!("{in_id} {out_id}")),
-                (Admitted::Ended, _) => log.line(format_args!("{in_id} -")),
-                _ => {}
+    }
+}
+
+/// One packet task on the async runtime: [`process`]es frames off the
+/// ingress queue, yielding after each so that the connections' reads and
+/// writes (and the other tasks) run between packets, and sleeps on `ready`
+/// when the queue is empty. Ends when the listener is gone.
+async fn packet_task(
+    frames: crossbeam_channel::Receiver<Arrival>,
+    ready: Arc<Notify>,
+    unwrapper: Unwrapper,
+    pipeline: Arc<Pipeline>,
+    limits: ThreadLimits,
+) -> Result<()> {
+    loop {
+        match frames.try_recv() {
+            Ok(arrival) => {
+                process(arrival, &unwrapper, &pipeline, limits);
+                // Behind: take a few more before yielding, so that the
+                // writers send them in one system call rather than one each.
+                let mut run = 1;
+                while run < BACKLOG_RUN && frames.len() >= BACKLOG {
+                    let Ok(arrival) = frames.try_recv() else {
+                        break;
+                    };
+                    process(arrival, &unwrapper, &pipeline, limits);
+                    run += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            // The listener wakes one task per frame it queues; a wake-up
+            // that comes while this task is busy is kept for its next wait.
+            Err(crossbeam_channel::TryRecvError::Empty) => ready.notified().await,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                return Err(Error::TaskFailed {
+                    what: "packet tasks",
+                    why: "the packet listener is gone".into(),
+                });
             }
         }
-        pipeline.release_due(&mut state, now);
-        let next = state.mixer.poll_timeout();
-        let entries = state.mixer.replay_entries();
-        let wake = next.is_some_and(|n| state.timer_at.is_none_or(|t| n < t));
-        drop(state);
-        metrics.replay_filter_entries.set(gauge_value(entries));
-        if wake {
-            pipeline.wake.notify_one();
+    }
+}
+
+/// Takes one frame off the ingress queue: unwraps it (the Diffie-Hellman,
+/// outside any lock), then admits it to the [`Mixer`] and forwards whatever
+/// is due, itself included when its delay is zero.
+fn process(arrival: Arrival, unwrapper: &Unwrapper, pipeline: &Pipeline, limits: ThreadLimits) {
+    let metrics = &pipeline.metrics;
+    metrics.received.inc();
+    if limits.drop_fraction > 0.0 && rand::random::<f64>() < limits.drop_fraction {
+        metrics.drops(DropReason::InjectedLoss, 1);
+        return;
+    }
+    if arrival.at.elapsed() > limits.max_wait {
+        // Behind by more than the bound: shed it before spending a
+        // Diffie-Hellman on a packet that would leave late anyway.
+        metrics.drops(DropReason::Overload, 1);
+        return;
+    }
+    // Only with the test hook on: no hashing on the real path.
+    let in_id = pipeline
+        .hop_log
+        .as_ref()
+        .map(|_| frame_id(&arrival.frame[..]));
+    let unwrapped = unwrapper.unwrap(&arrival.frame[..]);
+    drop(arrival);
+    let hop = in_id.map(|in_id| {
+        let out_id = unwrapped
+            .as_ref()
+            .ok()
+            .and_then(Unwrapped::packet)
+            .map(|p| frame_id(p.as_bytes()));
+        (in_id, out_id)
+    });
+    let now = Instant::now();
+    let mut state = pipeline.lock();
+    if !state.accepting {
+        // Stopping: what arrives now is not taken; senders retransmit.
+        return;
+    }
+    let admitted = admit(&mut state.mixer, &pipeline.loops, metrics, now, unwrapped);
+    if let (Some(log), Some((in_id, out_id))) = (&pipeline.hop_log, hop) {
+        // Logged under the lock, before the packet can be released, so
+        // that the line is written before the packet's next hop logs it.
+        match (admitted, out_id) {
+            (Admitted::Held, Some(out_id)) => log.line(format_args!("{in_id} {out_id}")),
+            (Admitted::Ended, _) => log.line(format_args!("{in_id} -")),
+            _ => {}
         }
+    }
+    pipeline.release_due(&mut state, now);
+    let next = state.mixer.poll_timeout();
+    let entries = state.mixer.replay_entries();
+    let wake = next.is_some_and(|n| state.timer_at.is_none_or(|t| n < t));
+    drop(state);
+    metrics.replay_filter_entries.set(gauge_value(entries));
+    if wake {
+        pipeline.wake.notify_one();
     }
 }
 

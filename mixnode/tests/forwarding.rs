@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bastet_link::frame_id;
+use bastet_mixnode::PacketWork;
 use bastet_sphinx::PACKET_LEN;
 use common::*;
 
@@ -289,4 +290,60 @@ async fn a_stopping_node_releases_what_it_holds_within_the_drain_bound() {
     .await
     .expect("stop took longer than the drain bound")
     .unwrap();
+}
+
+/// A burst of packets on one connection, far more than the packet workers
+/// take in one run, under each `packet_work`: every packet is forwarded
+/// once, with its layer removed, and none is dropped.
+async fn a_burst_is_forwarded_whole(work: PacketWork) {
+    const BURST: usize = 120;
+    avoid_epoch_boundary().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (directory, client) = authority(tmp.path()).await;
+    let mut sink = Sink::start(&client).await;
+    let mix = Mix::start(tmp.path(), &directory, |c| c.packet_work = work).await;
+    mix.wait_for_consensus().await;
+    let mut wire = Vec::with_capacity(BURST * PACKET_LEN);
+    for i in 0..BURST {
+        let p = packet(
+            &mix,
+            Duration::ZERO,
+            sink.hop(),
+            format!("burst {i}").as_bytes(),
+        );
+        wire.extend_from_slice(p.as_bytes());
+    }
+    mix.send_raw(&wire).await;
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < BURST {
+        let frame = sink
+            .next(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("{work:?}: {} of {BURST} forwarded", got.len()));
+        let (_, message) = sink.open(&frame[..]);
+        let message = String::from_utf8(message).unwrap();
+        assert!(got.insert(message.clone()), "{work:?}: {message} twice");
+    }
+    let want: std::collections::BTreeSet<String> =
+        (0..BURST).map(|i| format!("burst {i}")).collect();
+    assert_eq!(got, want, "{work:?}");
+    mix.wait_metric(FORWARDED, |v| v == BURST as f64).await;
+    let text = mix.metrics().await;
+    assert_eq!(metric_value(&text, RECEIVED), Some(BURST as f64), "{text}");
+    assert_eq!(
+        metric_value(&text, &dropped("overload")),
+        Some(0.0),
+        "{text}"
+    );
+    mix.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_forwarded_whole_by_packet_tasks() {
+    a_burst_is_forwarded_whole(PacketWork::Runtime).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_forwarded_whole_by_packet_threads() {
+    a_burst_is_forwarded_whole(PacketWork::Threads).await;
 }

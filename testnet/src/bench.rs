@@ -123,6 +123,9 @@ pub struct MixnodeBenchOptions {
     pub seconds: f64,
     /// Where the Bastet binaries are (`None`: see [`Binaries::locate`]).
     pub bin_dir: Option<PathBuf>,
+    /// The mixnode's `packet_work` setting: `"runtime"` (packet tasks on
+    /// its async runtime) or `"threads"` (packet threads).
+    pub packet_work: &'static str,
 }
 
 /// The bare Sphinx processing rate: what `bench process-rate` prints.
@@ -417,6 +420,10 @@ pub struct MixnodeBenchReport {
     /// `release` or `debug` (the profile this harness was built with; the
     /// binaries next to it are assumed to match).
     pub profile: String,
+    /// The mixnode's `packet_work` (`runtime` or `threads`; reports saved
+    /// before the option existed ran `threads`).
+    #[serde(default = "threads")]
+    pub packet_work: String,
     /// `/proc/loadavg` (1, 5, 15 min) before and after the run.
     pub load_before: [f64; 3],
     /// See `load_before`.
@@ -928,7 +935,14 @@ pub async fn bench_mixnode(options: &MixnodeBenchOptions) -> Result<MixnodeBench
         .prefix("bastet-bench-")
         .tempdir()
         .map_err(Error::io("creating a temporary directory"))?;
-    let mut rig = match setup(temp.path(), &bins, options.cores, all_cpus).await {
+    let mut rig = match setup(
+        temp.path(),
+        &bins,
+        (options.cores, options.packet_work),
+        all_cpus,
+    )
+    .await
+    {
         Ok(rig) => rig,
         Err(e) => {
             let kept = temp.keep();
@@ -1034,6 +1048,7 @@ async fn measure(
             cpu_list(&rig.harness_cpus)
         },
         cpus_online: rig.all_cpus.len(),
+        packet_work: options.packet_work.into(),
         profile: if cfg!(debug_assertions) {
             "debug"
         } else {
@@ -1059,7 +1074,16 @@ async fn measure(
 
 /// Starts the authority, the sink and the mixnode, and waits until a
 /// packet crosses the mixnode to the sink.
-async fn setup(dir: &Path, bins: &Binaries, cores: usize, all_cpus: Vec<usize>) -> Result<Rig> {
+fn threads() -> String {
+    "threads".into()
+}
+
+async fn setup(
+    dir: &Path,
+    bins: &Binaries,
+    (cores, packet_work): (usize, &str),
+    all_cpus: Vec<usize>,
+) -> Result<Rig> {
     let dir = dir.to_path_buf();
     let node_cpus: Vec<usize> = all_cpus[..cores].to_vec();
     let harness_cpus: Vec<usize> = all_cpus[cores..].to_vec();
@@ -1146,6 +1170,12 @@ async fn setup(dir: &Path, bins: &Binaries, cores: usize, all_cpus: Vec<usize>) 
         "cover_rate",
         0.0.into(),
         "Set by bastet-testnet bench: only the bench's packets.",
+    )?;
+    edit_config(
+        &init.config,
+        "packet_work",
+        packet_work.into(),
+        "Set by bastet-testnet bench --packet-work.",
     )?;
     let mix_id = NodeId::from_hex(&init.node_id).ok_or_else(|| Error::UnexpectedOutput {
         command: "bastet-mixnode init".into(),
@@ -1855,9 +1885,10 @@ impl MixnodeBenchReport {
         let t = &self.throughput;
         let _ = writeln!(
             s,
-            "mixnode on {} core(s) (CPUs {}), harness on CPUs {}{}; {} build; {} B packets",
+            "mixnode on {} core(s) (CPUs {}, packet_work {}), harness on CPUs {}{}; {} build; {} B packets",
             self.cores,
             self.node_cpus,
+            self.packet_work,
             self.harness_cpus,
             if self.harness_cpus == self.node_cpus {
                 " (shared: the generator and sink compete with the mixnode)"

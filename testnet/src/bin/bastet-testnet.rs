@@ -267,6 +267,10 @@ enum BenchWhat {
         /// Also draw throughput and latency against offered load here (SVG).
         #[arg(long, value_name = "FILE")]
         plot: Option<PathBuf>,
+        /// The mixnode's `packet_work`: `runtime` (its default: packet
+        /// tasks on its async runtime) or `threads` (packet threads).
+        #[arg(long, value_name = "WHERE", default_value = "runtime", value_parser = ["runtime", "threads"])]
+        packet_work: String,
     },
     /// Draw the plot of a report saved with `bench mixnode --json`
     /// (as `--plot` would have), without measuring again.
@@ -680,11 +684,17 @@ async fn bench(what: BenchWhat, bin_dir: Option<PathBuf>) -> Result<ExitCode, Er
             seconds,
             json,
             plot,
+            packet_work,
         } => {
             let options = MixnodeBenchOptions {
                 cores,
                 seconds,
                 bin_dir,
+                packet_work: if packet_work == "threads" {
+                    "threads"
+                } else {
+                    "runtime"
+                },
             };
             let report = bench_mixnode(&options).await?;
             if let Some(path) = &plot {

@@ -675,7 +675,9 @@ fn packet_thread(
 ) {
     while !pipeline.stopped.load(Ordering::Relaxed) {
         match frames.recv_timeout(IDLE_CHECK) {
-            Ok(arrival) => process(arrival, unwrapper, pipeline, limits),
+            Ok(arrival) => {
+                process(arrival, unwrapper, pipeline, limits);
+            }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         }
@@ -696,16 +698,19 @@ async fn packet_task(
     loop {
         match frames.try_recv() {
             Ok(arrival) => {
-                process(arrival, &unwrapper, &pipeline, limits);
-                // Behind: take a few more before yielding, so that the
-                // writers send them in one system call rather than one each.
-                let mut run = 1;
-                while run < BACKLOG_RUN && frames.len() >= BACKLOG {
+                // Frames shed without Sphinx work (waited too long) cost
+                // next to nothing: go on until one packet was unwrapped, so
+                // that under overload the stale head of the queue is cleared
+                // at once rather than a few frames per turn while the
+                // connections' reads take the core. Behind, take up to
+                // `BACKLOG_RUN` packets before yielding, so that the writers
+                // send them in one system call rather than one each.
+                let mut run = usize::from(process(arrival, &unwrapper, &pipeline, limits));
+                while run == 0 || (run < BACKLOG_RUN && frames.len() >= BACKLOG) {
                     let Ok(arrival) = frames.try_recv() else {
                         break;
                     };
-                    process(arrival, &unwrapper, &pipeline, limits);
-                    run += 1;
+                    run += usize::from(process(arrival, &unwrapper, &pipeline, limits));
                 }
                 tokio::task::yield_now().await;
             }
@@ -724,19 +729,25 @@ async fn packet_task(
 
 /// Takes one frame off the ingress queue: unwraps it (the Diffie-Hellman,
 /// outside any lock), then admits it to the [`Mixer`] and forwards whatever
-/// is due, itself included when its delay is zero.
-fn process(arrival: Arrival, unwrapper: &Unwrapper, pipeline: &Pipeline, limits: ThreadLimits) {
+/// is due, itself included when its delay is zero. False when the frame
+/// was shed before any Sphinx work.
+fn process(
+    arrival: Arrival,
+    unwrapper: &Unwrapper,
+    pipeline: &Pipeline,
+    limits: ThreadLimits,
+) -> bool {
     let metrics = &pipeline.metrics;
     metrics.received.inc();
     if limits.drop_fraction > 0.0 && rand::random::<f64>() < limits.drop_fraction {
         metrics.drops(DropReason::InjectedLoss, 1);
-        return;
+        return false;
     }
     if arrival.at.elapsed() > limits.max_wait {
         // Behind by more than the bound: shed it before spending a
         // Diffie-Hellman on a packet that would leave late anyway.
         metrics.drops(DropReason::Overload, 1);
-        return;
+        return false;
     }
     // Only with the test hook on: no hashing on the real path.
     let in_id = pipeline
@@ -757,7 +768,7 @@ fn process(arrival: Arrival, unwrapper: &Unwrapper, pipeline: &Pipeline, limits:
     let mut state = pipeline.lock();
     if !state.accepting {
         // Stopping: what arrives now is not taken; senders retransmit.
-        return;
+        return true;
     }
     let admitted = admit(&mut state.mixer, &pipeline.loops, metrics, now, unwrapped);
     if let (Some(log), Some((in_id, out_id))) = (&pipeline.hop_log, hop) {
@@ -778,6 +789,7 @@ fn process(arrival: Arrival, unwrapper: &Unwrapper, pipeline: &Pipeline, limits:
     if wake {
         pipeline.wake.notify_one();
     }
+    true
 }
 
 /// Releases held packets as their delays end, takes the keys in force

@@ -203,6 +203,13 @@ pub fn server_config(identity: &TlsIdentity) -> Result<Arc<ServerConfig>> {
         .with_no_client_auth()
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No session tickets. Nothing here resumes sessions (peers are pinned
+    // and links long-lived), a ticket would let a server link a client's
+    // connections, and tickets a client never reads sit in its receive
+    // buffer: closing a socket with unread bytes sends a reset instead of a
+    // FIN, and the reset makes the server's kernel throw away the frames it
+    // had received but this side had not read yet.
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 

@@ -156,7 +156,9 @@ impl Sink {
         let tls = TlsIdentity::generate().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (tx, frames) = mpsc::channel(64);
+        // Room for a whole burst (`a_burst_is_forwarded_whole`): a full
+        // channel drops frames, as a full ingress queue does.
+        let (tx, frames) = mpsc::channel(1024);
         let pin = tls.pin();
         tokio::spawn(async move {
             let stats = Arc::new(IngressStats::default());
@@ -297,7 +299,10 @@ impl Mix {
     }
 
     /// Sends raw bytes to the mix over a fresh pinned TLS connection and
-    /// closes it cleanly.
+    /// closes it at once, as a writer does when it is done. Whatever the
+    /// mix has not read yet must still reach it (a_burst_is_forwarded_whole
+    /// checks it: with TLS session tickets left unread here, the close was
+    /// a reset and the mix lost two thirds of a burst).
     pub async fn send_raw(&self, bytes: &[u8]) {
         let mut tls = bastet_link::connect(&self.node.listen_addr().to_string(), self.pin)
             .await

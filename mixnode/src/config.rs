@@ -148,13 +148,28 @@ pub struct MixnodeConfig {
 /// runs the same work on dedicated OS threads; it is kept for comparison
 /// (`bastet-testnet bench mixnode --packet-work threads`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum PacketWork {
     /// Packet tasks on the async runtime's workers.
     #[default]
     Runtime,
     /// Dedicated packet threads, one per core.
     Threads,
+}
+
+impl TryFrom<String> for PacketWork {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "runtime" => Ok(PacketWork::Runtime),
+            "threads" => Ok(PacketWork::Threads),
+            // The loader adds "for key `packet_work`".
+            other => Err(format!(
+                "expected \"runtime\" or \"threads\", found {other:?}"
+            )),
+        }
+    }
 }
 
 fn default_max_circuits() -> usize {
@@ -912,6 +927,29 @@ mod tests {
         .unwrap();
         let err = MixnodeConfig::load(&zero).unwrap_err().to_string();
         assert!(err.contains("ingress_queue"), "{err}");
+
+        let work = tmp.path().join("work.toml");
+        assert!(text.contains("packet_work = \"runtime\""), "{text}");
+        std::fs::write(
+            &work,
+            text.replace("packet_work = \"runtime\"", "packet_work = \"fast\""),
+        )
+        .unwrap();
+        let err = MixnodeConfig::load(&work).unwrap_err().to_string();
+        assert!(
+            err.contains("expected \"runtime\" or \"threads\", found \"fast\"")
+                && err.contains("packet_work"),
+            "{err}"
+        );
+        std::fs::write(
+            &work,
+            text.replace("packet_work = \"runtime\"", "packet_work = \"threads\""),
+        )
+        .unwrap();
+        assert_eq!(
+            MixnodeConfig::load(&work).unwrap().packet_work,
+            PacketWork::Threads
+        );
 
         let short_epoch = tmp.path().join("epoch.toml");
         std::fs::write(

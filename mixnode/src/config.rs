@@ -157,6 +157,16 @@ pub enum PacketWork {
     Threads,
 }
 
+impl PacketWork {
+    /// The value as written in `mixnode.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PacketWork::Runtime => "runtime",
+            PacketWork::Threads => "threads",
+        }
+    }
+}
+
 impl TryFrom<String> for PacketWork {
     type Error = String;
 
@@ -592,10 +602,7 @@ impl MixnodeConfig {
             max_delayed_packets = self.max_delayed_packets,
             ingress_queue = self.ingress_queue,
             ingress_max_wait_ms = self.ingress_max_wait_ms,
-            packet_work = q(match self.packet_work {
-                PacketWork::Runtime => "runtime",
-                PacketWork::Threads => "threads",
-            }),
+            packet_work = q(self.packet_work.as_str()),
             max_circuits = self.max_circuits,
             max_packet_rate = self.max_packet_rate,
             derived = self.derived_replay_filter_capacity(),

@@ -125,7 +125,7 @@ pub struct MixnodeBenchOptions {
     pub bin_dir: Option<PathBuf>,
     /// The mixnode's `packet_work` setting: `"runtime"` (packet tasks on
     /// its async runtime) or `"threads"` (packet threads).
-    pub packet_work: &'static str,
+    pub packet_work: String,
 }
 
 /// The bare Sphinx processing rate: what `bench process-rate` prints.
@@ -938,7 +938,7 @@ pub async fn bench_mixnode(options: &MixnodeBenchOptions) -> Result<MixnodeBench
     let mut rig = match setup(
         temp.path(),
         &bins,
-        (options.cores, options.packet_work),
+        (options.cores, &options.packet_work),
         all_cpus,
     )
     .await
@@ -1048,7 +1048,7 @@ async fn measure(
             cpu_list(&rig.harness_cpus)
         },
         cpus_online: rig.all_cpus.len(),
-        packet_work: options.packet_work.into(),
+        packet_work: options.packet_work.clone(),
         profile: if cfg!(debug_assertions) {
             "debug"
         } else {

@@ -690,11 +690,7 @@ async fn bench(what: BenchWhat, bin_dir: Option<PathBuf>) -> Result<ExitCode, Er
                 cores,
                 seconds,
                 bin_dir,
-                packet_work: if packet_work == "threads" {
-                    "threads"
-                } else {
-                    "runtime"
-                },
+                packet_work,
             };
             let report = bench_mixnode(&options).await?;
             if let Some(path) = &plot {

@@ -26,7 +26,10 @@
 //! 3. latency at 25 %, 50 % and 90 % of the measured throughput, Poisson
 //!    arrivals on one connection from a dedicated thread, zero mixing
 //!    delay; each followed by the same schedule sent straight to the sink
-//!    (the harness's own TLS, loopback and scheduling cost, subtracted);
+//!    (the harness's own TLS, loopback and scheduling cost, subtracted),
+//!    and set against its bound: the latency of an ideal relay at the same
+//!    rate, one first-come-first-served queue per core whose packets take
+//!    the unwrap times phase 1 measured ([`queue_floor`]);
 //! 4. overload: twice the measured throughput for 10 s, then 50 % for
 //!    10 s, with the mixnode's memory sampled every 250 ms and the 99th
 //!    percentile of each second watched until it is back to normal.
@@ -96,6 +99,11 @@ const RECOVERY_SECS: f64 = 10.0;
 const RSS_PERIOD: Duration = Duration::from_millis(250);
 /// How long a paced phase waits for its last packets to arrive.
 const DRAIN: Duration = Duration::from_secs(2);
+/// Unwrap times kept per thread of a bare process-rate measurement (about
+/// 8,500 a second per core).
+const MAX_SERVICE_SAMPLES: usize = 100_000;
+/// Arrivals simulated for an ideal relay's latency floor.
+const FLOOR_ARRIVALS: usize = 200_000;
 /// How long each bare process-rate measurement runs.
 const BARE_SECS: f64 = 3.0;
 /// Most packets built for one phase (about 2.4 KB each): a phase that would
@@ -142,6 +150,16 @@ pub struct ProcessRate {
     /// Packets per second of CPU time the process used while measuring
     /// (utime + stime): unlike `rate`, unmoved by other work on its CPUs.
     pub per_cpu_sec: Option<f64>,
+    /// Each packet's unwrap time, wall clock: how steady the CPUs were
+    /// (a packet that took 10 times the median was interrupted). `None` in
+    /// reports saved before it was measured.
+    #[serde(default)]
+    pub per_packet: Option<Percentiles>,
+    /// The unwrap times themselves, ns (at most [`MAX_SERVICE_SAMPLES`]
+    /// per thread): what [`queue_floor`] draws from. Passed from the child
+    /// process, not kept in the report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_packet_ns: Vec<u64>,
 }
 
 /// Unwraps one mix layer (`Prepared::new` + `process`, what a mixnode's
@@ -177,38 +195,81 @@ pub fn process_rate(threads: usize, seconds: f64) -> Result<ProcessRate> {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 let (packets, secret) = (&packets, &secret);
-                s.spawn(move || -> std::result::Result<u64, bastet_sphinx::Error> {
-                    let mut done = 0u64;
-                    let mut i = t;
-                    while Instant::now() < deadline {
-                        for _ in 0..16 {
-                            let p = &packets[i % packets.len()];
-                            Prepared::new(p.as_bytes(), secret)?.process()?;
-                            i += 1;
-                            done += 1;
+                s.spawn(
+                    move || -> std::result::Result<(u64, Vec<u64>), bastet_sphinx::Error> {
+                        let mut done = 0u64;
+                        let mut times = Vec::with_capacity(MAX_SERVICE_SAMPLES.min(1 << 16));
+                        let mut i = t;
+                        while Instant::now() < deadline {
+                            for _ in 0..16 {
+                                let p = &packets[i % packets.len()];
+                                let started = Instant::now();
+                                Prepared::new(p.as_bytes(), secret)?.process()?;
+                                if times.len() < MAX_SERVICE_SAMPLES {
+                                    times.push(
+                                        u64::try_from(started.elapsed().as_nanos())
+                                            .unwrap_or(u64::MAX),
+                                    );
+                                }
+                                i += 1;
+                                done += 1;
+                            }
                         }
-                    }
-                    Ok(done)
-                })
+                        Ok((done, times))
+                    },
+                )
             })
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or(Ok(0)))
-            .collect::<std::result::Result<Vec<u64>, _>>()
+            .map(|w| w.join().unwrap_or(Ok((0, Vec::new()))))
+            .collect::<std::result::Result<Vec<(u64, Vec<u64>)>, _>>()
     })?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_secs = cpu_ticks(std::process::id())
         .zip(ticks_before)
         .map(|(after, before)| after.saturating_sub(before) as f64 / clock_ticks());
-    let packets: u64 = counts.iter().sum();
+    let packets: u64 = counts.iter().map(|(n, _)| n).sum();
+    let per_packet_ns: Vec<u64> = counts.into_iter().flat_map(|(_, t)| t).collect();
     Ok(ProcessRate {
         threads,
         seconds: elapsed,
         packets,
         rate: rate(packets as f64, elapsed),
         per_cpu_sec: cpu_secs.filter(|c| *c > 0.0).map(|c| packets as f64 / c),
+        per_packet: (!per_packet_ns.is_empty())
+            .then(|| Percentiles::of(&mut per_packet_ns.clone())),
+        per_packet_ns,
     })
+}
+
+/// The latency an ideal relay would add at `rate` packets a second: Poisson
+/// arrivals to `servers` first-come-first-served servers (one per core),
+/// each packet taking an unwrap time drawn from `service_ns`, the bare
+/// Sphinx work measured on the same CPUs in the same run. No I/O, TLS,
+/// wake-ups or scheduling: a mixnode can only add latency above this, as
+/// its throughput can only fall below the bare rate. Reproducible (a fixed
+/// seed); `None` without samples, servers or rate.
+pub fn queue_floor(rate: f64, servers: usize, service_ns: &[u64]) -> Option<Percentiles> {
+    use rand::{RngExt, SeedableRng};
+    if service_ns.is_empty() || servers == 0 || !rate.is_finite() || rate <= 0.0 {
+        return None;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+    let mut free_at = vec![0.0f64; servers];
+    let mut now = 0.0f64;
+    let mut sojourn = Vec::with_capacity(FLOOR_ARRIVALS);
+    for _ in 0..FLOOR_ARRIVALS {
+        now += -(1.0 - rng.random::<f64>()).ln() / rate * 1e9;
+        // First come, first served: the packet goes to the server that is
+        // free soonest.
+        let server = free_at.iter_mut().min_by(|a, b| a.total_cmp(b))?;
+        let service = service_ns[rng.random_range(0..service_ns.len())] as f64;
+        let done = now.max(*server) + service;
+        *server = done;
+        sojourn.push((done - now) as u64);
+    }
+    Some(Percentiles::of(&mut sojourn))
 }
 
 /// Latency percentiles, in microseconds.
@@ -346,6 +407,11 @@ pub struct LatencyPhase {
     pub direct: Percentiles,
     /// `path - direct`.
     pub added: Added,
+    /// The bound `added` is measured against: an ideal relay's latency at
+    /// the offered rate on this run's bare unwrap times ([`queue_floor`]).
+    /// `None` in reports saved before it was computed.
+    #[serde(default)]
+    pub floor: Option<Percentiles>,
     /// What the mixnode did.
     pub node: NodeActivity,
 }
@@ -1016,9 +1082,24 @@ async fn measure(
         });
     }
 
+    let service_ns = [
+        bare_before.per_packet_ns.as_slice(),
+        &bare_after.per_packet_ns,
+    ]
+    .concat();
+    let (bare_before, bare_after) = (
+        ProcessRate {
+            per_packet_ns: Vec::new(),
+            ..bare_before
+        },
+        ProcessRate {
+            per_packet_ns: Vec::new(),
+            ..bare_after
+        },
+    );
     let mut latency = Vec::new();
     for load in LATENCY_LOADS {
-        latency.push(latency_phase(rig, load, capacity, options.seconds).await?);
+        latency.push(latency_phase(rig, load, capacity, options.seconds, &service_ns).await?);
     }
     let steady_p99 = latency
         .iter()
@@ -1617,6 +1698,7 @@ async fn latency_phase(
     load: f64,
     capacity: f64,
     seconds: f64,
+    service_ns: &[u64],
 ) -> Result<LatencyPhase> {
     let target = load * capacity;
     let n = paced_count(target, seconds);
@@ -1672,13 +1754,19 @@ async fn latency_phase(
     let mut direct_ns = latencies(&direct_paced.sent_ns.concat(), &direct_tracker.arrivals());
     let direct = Percentiles::of(&mut direct_ns);
     rig.mix()?;
+    let floor = queue_floor(offered_rate, rig.node_cpus.len(), service_ns);
     tracing::info!(
-        "{:.0} % load: {arrived}/{} arrived, added p50/p99/p999 {:.0}/{:.0}/{:.0} µs",
+        "{:.0} % load: {arrived}/{} arrived, added p50/p99/p999 {:.0}/{:.0}/{:.0} µs \
+         (an ideal relay's {})",
         load * 100.0,
         sent.len(),
         path.p50_us - direct.p50_us,
         path.p99_us - direct.p99_us,
-        path.p999_us - direct.p999_us
+        path.p999_us - direct.p999_us,
+        floor.map_or("?".into(), |f| format!(
+            "{:.0}/{:.0}/{:.0}",
+            f.p50_us, f.p99_us, f.p999_us
+        ))
     );
     Ok(LatencyPhase {
         load,
@@ -1689,6 +1777,7 @@ async fn latency_phase(
         added: path.minus(&direct),
         path,
         direct,
+        floor,
         node,
     })
 }
@@ -1837,7 +1926,13 @@ fn goals(r: &MixnodeBenchReport) -> Vec<Goal> {
     if let Some(l) = r.latency.iter().find(|l| l.load == 0.5) {
         goals.push(Goal {
             goal: "added latency per hop at 50 % load: p99 <= 1 ms".into(),
-            measured: format!("p99 {:.0} µs", l.added.p99_us),
+            measured: match l.floor {
+                Some(f) => format!(
+                    "p99 {:.0} µs (an ideal relay on this run's bare unwrap times: {:.0} µs)",
+                    l.added.p99_us, f.p99_us
+                ),
+                None => format!("p99 {:.0} µs", l.added.p99_us),
+            },
             met: Some(l.added.p99_us <= LATENCY_GOAL_US),
         });
     }
@@ -1922,6 +2017,13 @@ impl MixnodeBenchReport {
                 .per_cpu_sec
                 .map_or("?".into(), |r| format!("{r:.0}")),
         );
+        if let (Some(a), Some(b)) = (self.bare_before.per_packet, self.bare_after.per_packet) {
+            let _ = writeln!(
+                s,
+                "  one unwrap: p50/p99/p999/max {:.0}/{:.0}/{:.0}/{:.0} µs before, {:.0}/{:.0}/{:.0}/{:.0} µs after",
+                a.p50_us, a.p99_us, a.p999_us, a.max_us, b.p50_us, b.p99_us, b.p999_us, b.max_us
+            );
+        }
         let _ = writeln!(
             s,
             "throughput ({} in flight over {} TLS connections, {:.1} s{}): {:.0} forwarded/s \
@@ -1948,16 +2050,18 @@ impl MixnodeBenchReport {
         }
         let _ = writeln!(
             s,
-            "latency, zero mixing delay, Poisson arrivals (µs; added = through the mixnode minus straight to the sink):"
+            "latency, zero mixing delay, Poisson arrivals (µs; added = through the mixnode minus straight to the sink; \
+             ideal = a relay that only unwraps, each packet taking a bare unwrap time from this run, one queue per core):"
         );
         let _ = writeln!(
             s,
-            "  load  offered/s  arrived/sent   added p50/p99/p999   path p50/p99/p999    direct p50/p99/p999"
+            "  load  offered/s  arrived/sent   added p50/p99/p999   ideal p50/p99/p999   path p50/p99/p999    direct p50/p99/p999"
         );
         for l in &self.latency {
+            let f = l.floor.unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  {:>3.0} % {:>9.0}  {:>6}/{:<6}  {:>6.0} {:>6.0} {:>6.0}  {:>6.0} {:>6.0} {:>6.0}  {:>6.0} {:>6.0} {:>6.0}",
+                "  {:>3.0} % {:>9.0}  {:>6}/{:<6}  {:>6.0} {:>6.0} {:>6.0}  {:>6.0} {:>6.0} {:>6.0}  {:>6.0} {:>6.0} {:>6.0}  {:>6.0} {:>6.0} {:>6.0}",
                 l.load * 100.0,
                 l.offered_rate,
                 l.arrived,
@@ -1965,6 +2069,9 @@ impl MixnodeBenchReport {
                 l.added.p50_us,
                 l.added.p99_us,
                 l.added.p999_us,
+                f.p50_us,
+                f.p99_us,
+                f.p999_us,
                 l.path.p50_us,
                 l.path.p99_us,
                 l.path.p999_us,
@@ -2216,6 +2323,23 @@ mod plot {
                 .draw_series(data.iter().map(|&p| Circle::new(p, 4, color.filled())))
                 .map_err(|x| e(&x))?;
         }
+        // The bound each p99 is measured against, where the report has it.
+        let ideal: Vec<(f64, f64)> = r
+            .latency
+            .iter()
+            .filter_map(|l| l.floor.map(|f| (l.offered_rate, f.p99_us.max(floor))))
+            .collect();
+        if !ideal.is_empty() {
+            let light = BLUE.mix(0.4);
+            chart
+                .draw_series(LineSeries::new(ideal.clone(), light.stroke_width(1)))
+                .map_err(|x| e(&x))?
+                .label("p99 of an ideal relay (bare unwrap times, this run)")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], light));
+            chart
+                .draw_series(ideal.iter().map(|&p| Circle::new(p, 3, light)))
+                .map_err(|x| e(&x))?;
+        }
         chart
             .draw_series(LineSeries::new(
                 vec![
@@ -2460,6 +2584,39 @@ mod tests {
         let r = process_rate(1, 0.2).unwrap();
         assert_eq!(r.threads, 1);
         assert!(r.packets > 0 && r.rate > 0.0, "{r:?}");
+        assert_eq!(r.per_packet_ns.len() as u64, r.packets);
+        let per_packet = r.per_packet.unwrap();
+        assert!(per_packet.p50_us > 0.0 && per_packet.max_us >= per_packet.p99_us);
+        // The samples go from the child to the harness in the JSON.
+        let back: ProcessRate = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.per_packet_ns, r.per_packet_ns);
         assert!(process_rate(0, 1.0).is_err());
+    }
+
+    #[test]
+    fn the_floor_is_the_queue_of_an_ideal_relay() {
+        // Exponential service times (mean 100 µs) make one server an M/M/1
+        // queue, whose time in the system is exponential with rate μ - λ:
+        // at λ = 5,000/s its p50 is ln 2 / 5,000 s = 139 µs and its p99
+        // ln 100 / 5,000 s = 921 µs.
+        let service: Vec<u64> = (0..10_000)
+            .map(|i| (-(1.0 - (i as f64 + 0.5) / 10_000.0).ln() * 100_000.0) as u64)
+            .collect();
+        let one = queue_floor(5_000.0, 1, &service).unwrap();
+        assert_eq!(one.samples, FLOOR_ARRIVALS);
+        assert!((one.p50_us / 138.6 - 1.0).abs() < 0.05, "{one:?}");
+        assert!((one.p99_us / 921.0 - 1.0).abs() < 0.05, "{one:?}");
+        // A fixed service time: at ρ = 0.3, 70 % of packets find the
+        // server free and take exactly that long.
+        let fixed = queue_floor(3_000.0, 1, &[100_000]).unwrap();
+        assert_eq!(fixed.p50_us, 100.0);
+        assert!(fixed.p99_us > 100.0 && fixed.p99_us < 400.0, "{fixed:?}");
+        // Two servers at twice the rate: the same load per core, a shorter
+        // tail (a packet waits only when both are busy).
+        let two = queue_floor(10_000.0, 2, &service).unwrap();
+        assert!(two.p99_us < one.p99_us * 0.8, "{two:?} against {one:?}");
+        assert!(queue_floor(5_000.0, 0, &service).is_none());
+        assert!(queue_floor(0.0, 1, &service).is_none());
+        assert!(queue_floor(5_000.0, 1, &[]).is_none());
     }
 }

@@ -28,8 +28,8 @@
 //!    delay; each followed by the same schedule sent straight to the sink
 //!    (the harness's own TLS, loopback and scheduling cost, subtracted),
 //!    and set against two bounds: the same packets through the bare relay
-//!    (one thread on the mixnode's CPUs that unwraps and writes, nothing
-//!    else; at 25 and 50 %), and the latency of an ideal relay at the same
+//!    (one thread on the mixnode's CPU that unwraps and writes, nothing
+//!    else; at 25 and 50 % on one core), and the latency of an ideal relay at the same
 //!    rate, one first-come-first-served queue per core whose packets take
 //!    the unwrap times phase 1 measured ([`queue_floor`]);
 //! 4. overload: twice the measured throughput for 10 s, then 50 % for
@@ -418,8 +418,9 @@ pub struct LatencyPhase {
     #[serde(default)]
     pub floor: Option<Percentiles>,
     /// The same packets, on the same schedule, through the least a relay
-    /// can do on this rig ([`BareRelay`]); at loads up to
-    /// [`BARE_RELAY_MAX_LOAD`]. `None` above it and in older reports.
+    /// can do on this rig ([`BareRelay`]); on one core, at loads up to
+    /// [`BARE_RELAY_MAX_LOAD`]. `None` otherwise (one thread is no bound
+    /// for several cores) and in older reports.
     #[serde(default)]
     pub bare_relay: Option<BareRelayPath>,
     /// What the mixnode did.
@@ -1899,7 +1900,7 @@ async fn latency_phase(
 
     // The same packets through the bare relay (it keeps no replay filter),
     // with the mixnode's key, on its CPUs while the mixnode idles.
-    let relay = if load <= BARE_RELAY_MAX_LOAD {
+    let relay = if load <= BARE_RELAY_MAX_LOAD && rig.node_cpus.len() == 1 {
         let (_, secret) = rig.route()?;
         let relay = BareRelay::start(secret, &rig.sink, &rig.node_cpus)?;
         let relay_tracker = Arc::new(Tracker::new(&keys));
@@ -2394,6 +2395,9 @@ mod plot {
 
     use super::MixnodeBenchReport;
 
+    /// (offered load, latency) points of one line.
+    type Points = Vec<(f64, f64)>;
+
     pub(super) fn draw(r: &MixnodeBenchReport, path: &std::path::Path) -> Result<(), String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let root = SVGBackend::new(path, (900, 900)).into_drawing_area();
@@ -2534,39 +2538,37 @@ mod plot {
                 .map_err(|x| e(&x))?;
         }
         // The bounds each p99 is measured against, where the report has them.
-        let relay: Vec<(f64, f64)> = r
-            .latency
-            .iter()
-            .filter_map(|l| {
-                l.bare_relay
-                    .map(|b| (l.offered_rate, b.added.p99_us.max(floor)))
-            })
-            .collect();
-        if !relay.is_empty() {
-            let grey = BLACK.mix(0.5);
+        let bounds: [(Points, RGBAColor, &str); 2] = [
+            (
+                r.latency
+                    .iter()
+                    .filter_map(|l| l.bare_relay.map(|b| (l.offered_rate, b.added.p99_us)))
+                    .collect(),
+                BLACK.mix(0.5),
+                "p99 of the bare relay (one thread, same CPUs, this run)",
+            ),
+            (
+                r.latency
+                    .iter()
+                    .filter_map(|l| l.floor.map(|f| (l.offered_rate, f.p99_us)))
+                    .collect(),
+                BLUE.mix(0.4),
+                "p99 of an ideal relay (bare unwrap times, this run)",
+            ),
+        ];
+        for (points, color, label) in bounds {
+            if points.is_empty() {
+                continue;
+            }
+            let points: Vec<(f64, f64)> =
+                points.into_iter().map(|(x, y)| (x, y.max(floor))).collect();
             chart
-                .draw_series(LineSeries::new(relay.clone(), grey.stroke_width(1)))
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(1)))
                 .map_err(|x| e(&x))?
-                .label("p99 of the bare relay (one thread, same CPUs, this run)")
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
             chart
-                .draw_series(relay.iter().map(|&p| Circle::new(p, 3, grey)))
-                .map_err(|x| e(&x))?;
-        }
-        let ideal: Vec<(f64, f64)> = r
-            .latency
-            .iter()
-            .filter_map(|l| l.floor.map(|f| (l.offered_rate, f.p99_us.max(floor))))
-            .collect();
-        if !ideal.is_empty() {
-            let light = BLUE.mix(0.4);
-            chart
-                .draw_series(LineSeries::new(ideal.clone(), light.stroke_width(1)))
-                .map_err(|x| e(&x))?
-                .label("p99 of an ideal relay (bare unwrap times, this run)")
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], light));
-            chart
-                .draw_series(ideal.iter().map(|&p| Circle::new(p, 3, light)))
+                .draw_series(points.iter().map(|&p| Circle::new(p, 3, color)))
                 .map_err(|x| e(&x))?;
         }
         chart

@@ -29,9 +29,10 @@
 //!    (the harness's own TLS, loopback and scheduling cost, subtracted),
 //!    and set against two bounds: the same packets through the bare relay
 //!    (one thread on the mixnode's CPU that unwraps and writes, nothing
-//!    else; at 25 and 50 % on one core), and the latency of an ideal relay at the same
-//!    rate, one first-come-first-served queue per core whose packets take
-//!    the unwrap times phase 1 measured ([`queue_floor`]);
+//!    else; at 25 and 50 % on one core), and the latency of an ideal
+//!    relay at the same rate, one first-come-first-served queue per core
+//!    whose packets take the unwrap times phase 1 measured
+//!    ([`queue_floor`]);
 //! 4. overload: twice the measured throughput for 10 s, then 50 % for
 //!    10 s, with the mixnode's memory sampled every 250 ms and the 99th
 //!    percentile of each second watched until it is back to normal.
@@ -1006,8 +1007,9 @@ struct BareRelay {
 
 impl BareRelay {
     /// Starts the thread and waits until it is pinned, listening and
-    /// connected to the sink.
-    fn start(secret: SphinxSecretKey, sink: &Sink, cpus: &[usize]) -> Result<BareRelay> {
+    /// connected to the sink (whose side of that runs on this runtime, so
+    /// the wait must not block it).
+    async fn start(secret: SphinxSecretKey, sink: &Sink, cpus: &[usize]) -> Result<BareRelay> {
         let fail = |why: String| Error::Io {
             what: "starting the bare relay".into(),
             source: std::io::Error::other(why),
@@ -1028,7 +1030,8 @@ impl BareRelay {
             .local_addr()
             .map_err(Error::io("reading the bare relay's address"))?;
         let (sink_addr, sink_pin, cpus) = (sink.addr, sink.pin, cpu_list(cpus));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
+        let (ready_tx, ready_rx) =
+            tokio::sync::oneshot::channel::<std::result::Result<(), String>>();
         let thread = std::thread::Builder::new()
             .name("bench-bare-relay".into())
             .spawn(move || -> std::result::Result<u64, String> {
@@ -1088,19 +1091,22 @@ impl BareRelay {
                 })
             })
             .map_err(Error::io("starting the bare relay's thread"))?;
-        match ready_rx.recv() {
+        match ready_rx.await {
             Ok(Ok(())) => Ok(BareRelay { addr, pin, thread }),
             Ok(Err(why)) => Err(fail(why)),
             Err(_) => Err(fail("its thread ended before it was ready".into())),
         }
     }
 
-    /// Waits for the thread, which ends when the sender hangs up; its
-    /// error, if it had one.
-    fn finish(self) -> Result<u64> {
-        self.thread
-            .join()
-            .map_err(|_| "it panicked".to_string())
+    /// Waits for the thread, which ends when the sender hangs up, without
+    /// blocking the runtime (the sink may still be reading from it); the
+    /// thread's error, if it had one, or how many packets it forwarded.
+    async fn finish(self) -> Result<u64> {
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| format!("waiting for its thread: {e}"))
+            .and_then(|joined| joined.map_err(|_| "it panicked".to_string()))
             .and_then(|r| r)
             .map_err(|why| Error::Io {
                 what: "running the bare relay".into(),
@@ -1902,7 +1908,7 @@ async fn latency_phase(
     // with the mixnode's key, on its CPUs while the mixnode idles.
     let relay = if load <= BARE_RELAY_MAX_LOAD && rig.node_cpus.len() == 1 {
         let (_, secret) = rig.route()?;
-        let relay = BareRelay::start(secret, &rig.sink, &rig.node_cpus)?;
+        let relay = BareRelay::start(secret, &rig.sink, &rig.node_cpus).await?;
         let relay_tracker = Arc::new(Tracker::new(&keys));
         rig.sink.shared.track(Some(relay_tracker.clone()));
         let paced = pace(
@@ -1918,7 +1924,7 @@ async fn latency_phase(
         .await?;
         drain(&relay_tracker).await;
         rig.sink.shared.track(None);
-        relay.finish()?;
+        relay.finish().await?;
         let mut ns = latencies(&paced.sent_ns.concat(), &relay_tracker.arrivals());
         Some((ns.len(), Percentiles::of(&mut ns)))
     } else {
@@ -2824,7 +2830,9 @@ mod tests {
         assert!(process_rate(0, 1.0).is_err());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // One worker: the relay's start and finish must not block the runtime
+    // the sink runs on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn the_bare_relay_unwraps_and_forwards_and_says_what_went_wrong() {
         let mut tasks = JoinSet::new();
         let sink = Sink::start(Instant::now(), &mut tasks).await.unwrap();
@@ -2857,7 +2865,9 @@ mod tests {
         let tracker = Arc::new(Tracker::new(&keys));
         sink.shared.track(Some(tracker.clone()));
 
-        let relay = BareRelay::start(secret.clone(), &sink, &cpus).unwrap();
+        let relay = BareRelay::start(secret.clone(), &sink, &cpus)
+            .await
+            .unwrap();
         let mut link = bastet_link::connect(&relay.addr.to_string(), relay.pin)
             .await
             .unwrap();
@@ -2867,16 +2877,16 @@ mod tests {
         link.shutdown().await.unwrap();
         drain(&tracker).await;
         assert_eq!(tracker.arrived(), 3);
-        assert_eq!(tokio::task::block_in_place(|| relay.finish()).unwrap(), 3);
+        assert_eq!(relay.finish().await.unwrap(), 3);
 
         // A frame that is not a packet for its key stops it, and says so.
-        let relay = BareRelay::start(secret, &sink, &cpus).unwrap();
+        let relay = BareRelay::start(secret, &sink, &cpus).await.unwrap();
         let mut link = bastet_link::connect(&relay.addr.to_string(), relay.pin)
             .await
             .unwrap();
         link.write_all(&[0u8; FRAME_LEN]).await.unwrap();
         link.flush().await.unwrap();
-        let err = tokio::task::block_in_place(|| relay.finish()).unwrap_err();
+        let err = relay.finish().await.unwrap_err();
         assert!(err.to_string().contains("bare relay"), "{err}");
     }
 

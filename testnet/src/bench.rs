@@ -179,18 +179,7 @@ pub fn process_rate(threads: usize, seconds: f64) -> Result<ProcessRate> {
         ));
     }
     let secret = SphinxSecretKey::random();
-    let route = [
-        Hop {
-            node: NodeId([1; 32]),
-            sphinx_key: SphinxPublicKey::from(&secret),
-            delay: Duration::ZERO,
-        },
-        Hop {
-            node: NodeId([2; 32]),
-            sphinx_key: SphinxPublicKey::from(&SphinxSecretKey::random()),
-            delay: Duration::ZERO,
-        },
-    ];
+    let route = standalone_route(&secret);
     let packets = (0..64)
         .map(|_| build(&route, &MailboxId([7; 32]), b"bench"))
         .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -247,6 +236,23 @@ pub fn process_rate(threads: usize, seconds: f64) -> Result<ProcessRate> {
             .then(|| Percentiles::of(&mut per_packet_ns.clone())),
         per_packet_ns,
     })
+}
+
+/// A two-hop route, zero delays, whose first hop unwraps with `secret` and
+/// whose second is a made-up node: packets for a relay outside any network.
+fn standalone_route(secret: &SphinxSecretKey) -> [Hop; 2] {
+    [
+        Hop {
+            node: NodeId([1; 32]),
+            sphinx_key: SphinxPublicKey::from(secret),
+            delay: Duration::ZERO,
+        },
+        Hop {
+            node: NodeId([2; 32]),
+            sphinx_key: SphinxPublicKey::from(&SphinxSecretKey::random()),
+            delay: Duration::ZERO,
+        },
+    ]
 }
 
 /// The latency an ideal relay would add at `rate` packets a second: Poisson
@@ -2838,18 +2844,7 @@ mod tests {
         let sink = Sink::start(Instant::now(), &mut tasks).await.unwrap();
         let cpus = allowed_cpus().unwrap();
         let secret = SphinxSecretKey::random();
-        let route = [
-            Hop {
-                node: NodeId([1; 32]),
-                sphinx_key: SphinxPublicKey::from(&secret),
-                delay: Duration::ZERO,
-            },
-            Hop {
-                node: NodeId([2; 32]),
-                sphinx_key: SphinxPublicKey::from(&SphinxSecretKey::random()),
-                delay: Duration::ZERO,
-            },
-        ];
+        let route = standalone_route(&secret);
         let packets: Vec<_> = (0..3)
             .map(|_| build(&route, &MailboxId([7; 32]), b"bench").unwrap())
             .collect();

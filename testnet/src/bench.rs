@@ -1869,6 +1869,32 @@ fn paced_count(rate: f64, secs: f64) -> usize {
     ((rate * secs).ceil() as usize).clamp(1, MAX_PHASE_PACKETS)
 }
 
+/// Paces `batch` at `rate` to `to`, whose packets reach the sink as
+/// `keys`, and returns the latencies (ns) of those that arrived.
+async fn paced_latencies(
+    sink: &Sink,
+    to: (SocketAddr, CertPin),
+    batch: Arc<Batch>,
+    keys: &[u128],
+    rate: f64,
+) -> Result<Vec<u64>> {
+    let tracker = Arc::new(Tracker::new(keys));
+    sink.shared.track(Some(tracker.clone()));
+    let paced = pace(
+        to.0,
+        to.1,
+        vec![Segment { batch, rate }],
+        sink.shared.base,
+        None,
+    )
+    .await;
+    if paced.is_ok() {
+        drain(&tracker).await;
+    }
+    sink.shared.track(None);
+    Ok(latencies(&paced?.sent_ns.concat(), &tracker.arrivals()))
+}
+
 async fn latency_phase(
     rig: &mut Rig,
     load: f64,
@@ -1915,23 +1941,15 @@ async fn latency_phase(
     let relay = if load <= BARE_RELAY_MAX_LOAD && rig.node_cpus.len() == 1 {
         let (_, secret) = rig.route()?;
         let relay = BareRelay::start(secret, &rig.sink, &rig.node_cpus).await?;
-        let relay_tracker = Arc::new(Tracker::new(&keys));
-        rig.sink.shared.track(Some(relay_tracker.clone()));
-        let paced = pace(
-            relay.addr,
-            relay.pin,
-            vec![Segment {
-                batch: relay_batch,
-                rate: target,
-            }],
-            base,
-            None,
+        let mut ns = paced_latencies(
+            &rig.sink,
+            (relay.addr, relay.pin),
+            relay_batch,
+            &keys,
+            target,
         )
         .await?;
-        drain(&relay_tracker).await;
-        rig.sink.shared.track(None);
         relay.finish().await?;
-        let mut ns = latencies(&paced.sent_ns.concat(), &relay_tracker.arrivals());
         Some((ns.len(), Percentiles::of(&mut ns)))
     } else {
         drop(relay_batch);
@@ -1940,23 +1958,15 @@ async fn latency_phase(
 
     // The same schedule, straight to the sink.
     let (direct_batch, direct_keys) = Batch::random(n);
-    let direct_tracker = Arc::new(Tracker::new(&direct_keys));
-    rig.sink.shared.track(Some(direct_tracker.clone()));
-    let direct_paced = pace(
-        rig.sink.addr,
-        rig.sink.pin,
-        vec![Segment {
-            batch: Arc::new(direct_batch),
-            rate: target,
-        }],
-        base,
-        None,
+    let mut direct_ns = paced_latencies(
+        &rig.sink,
+        (rig.sink.addr, rig.sink.pin),
+        Arc::new(direct_batch),
+        &direct_keys,
+        target,
     )
     .await?;
-    drain(&direct_tracker).await;
-    rig.sink.shared.track(None);
     rig.pin_harness(false)?;
-    let mut direct_ns = latencies(&direct_paced.sent_ns.concat(), &direct_tracker.arrivals());
     let direct = Percentiles::of(&mut direct_ns);
     rig.mix()?;
     let floor = queue_floor(offered_rate, rig.node_cpus.len(), service_ns);
